@@ -1,0 +1,39 @@
+# One entry point for set-up, code generation, the demo, tests and benchmarks. Every target does its own set-up.
+PY      ?= python3
+VENV    ?= .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PROTOS  := $(wildcard proto/slperf/v1/*.proto)
+CONFIG  ?= configs/mnist_splitfed_v1.yaml
+
+.PHONY: setup proto demo test test-fast bench data clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install --upgrade --quiet pip
+	# torch==2.13.0 resolves to the CPU wheel on the project's machines (never a multi-GB CUDA build).
+	$(VPY) -m pip install --quiet "torch==2.13.0"
+	$(VPY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Regenerates the committed stubs in slperf/v1/ from proto/ (tests/test_proto_stubs.py fails when they are stale).
+proto: $(STAMP)
+	$(VPY) -m slperf.common.wire.protogen
+
+data: $(STAMP)
+	$(VPY) -m slperf.cli data prepare mnist
+
+# The main job: a local federation (server + 3 client daemons over mutual TLS) training on MNIST.
+demo: $(STAMP)
+	$(VPY) -m slperf.cli federation $(CONFIG)
+
+test: $(STAMP)
+	$(VPY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,230 @@
+from slperf.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PHASE_UNSPECIFIED: _ClassVar[Phase]
+    PHASE_TRAIN: _ClassVar[Phase]
+    PHASE_EVAL: _ClassVar[Phase]
+PHASE_UNSPECIFIED: Phase
+PHASE_TRAIN: Phase
+PHASE_EVAL: Phase
+
+class StepRef(_message.Message):
+    __slots__ = ("run_id", "round", "step", "phase", "stage")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    step: int
+    phase: Phase
+    stage: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., stage: _Optional[str] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("protocol_version", "client_id", "software_version", "capabilities", "resume_token")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    client_id: str
+    software_version: str
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    resume_token: str
+    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[str] = ..., software_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("protocol_version", "session_id", "resume_token", "max_message_bytes", "chunk_bytes")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    session_id: str
+    resume_token: str
+    max_message_bytes: int
+    chunk_bytes: int
+    def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., resume_token: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class Activations(_message.Message):
+    __slots__ = ("ref", "tensor", "labels")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    ref: StepRef
+    tensor: _tensor_pb2.Tensor
+    labels: _tensor_pb2.Tensor
+    def __init__(self, ref: _Optional[_Union[StepRef, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+
+class Gradients(_message.Message):
+    __slots__ = ("ref", "tensor", "loss", "correct", "count")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ref: StepRef
+    tensor: _tensor_pb2.Tensor
+    loss: float
+    correct: int
+    count: int
+    def __init__(self, ref: _Optional[_Union[StepRef, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[float] = ..., correct: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ModelState(_message.Message):
+    __slots__ = ("run_id", "round", "segment", "num_samples", "tensors")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    segment: str
+    num_samples: int
+    tensors: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.NamedTensor]
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., segment: _Optional[str] = ..., num_samples: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[_tensor_pb2.NamedTensor, _Mapping]]] = ...) -> None: ...
+
+class RunSetup(_message.Message):
+    __slots__ = ("run_id", "config_json", "client_index", "num_clients")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    config_json: str
+    client_index: int
+    num_clients: int
+    def __init__(self, run_id: _Optional[str] = ..., config_json: _Optional[str] = ..., client_index: _Optional[int] = ..., num_clients: _Optional[int] = ...) -> None: ...
+
+class TrainEpoch(_message.Message):
+    __slots__ = ("run_id", "round", "options_json")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    options_json: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., options_json: _Optional[str] = ...) -> None: ...
+
+class Evaluate(_message.Message):
+    __slots__ = ("run_id", "round")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
+class RequestWeights(_message.Message):
+    __slots__ = ("run_id", "round", "segment")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    segment: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., segment: _Optional[str] = ...) -> None: ...
+
+class Finish(_message.Message):
+    __slots__ = ("run_id", "reason")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    reason: str
+    def __init__(self, run_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Instruction(_message.Message):
+    __slots__ = ("setup", "train", "evaluate", "request_weights", "finish")
+    SETUP_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
+    setup: RunSetup
+    train: TrainEpoch
+    evaluate: Evaluate
+    request_weights: RequestWeights
+    finish: Finish
+    def __init__(self, setup: _Optional[_Union[RunSetup, _Mapping]] = ..., train: _Optional[_Union[TrainEpoch, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., request_weights: _Optional[_Union[RequestWeights, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ...) -> None: ...
+
+class PhaseDone(_message.Message):
+    __slots__ = ("ref", "num_samples", "steps", "loss_sum", "correct")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_SUM_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    ref: StepRef
+    num_samples: int
+    steps: int
+    loss_sum: float
+    correct: int
+    def __init__(self, ref: _Optional[_Union[StepRef, _Mapping]] = ..., num_samples: _Optional[int] = ..., steps: _Optional[int] = ..., loss_sum: _Optional[float] = ..., correct: _Optional[int] = ...) -> None: ...
+
+class Ready(_message.Message):
+    __slots__ = ("run_id", "train_samples", "test_samples")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TEST_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    train_samples: int
+    test_samples: int
+    def __init__(self, run_id: _Optional[str] = ..., train_samples: _Optional[int] = ..., test_samples: _Optional[int] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ClientMessage(_message.Message):
+    __slots__ = ("seq", "hello", "ready", "activations", "model_state", "phase_done", "chunk", "error")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_STATE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_DONE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    hello: Hello
+    ready: Ready
+    activations: Activations
+    model_state: ModelState
+    phase_done: PhaseDone
+    chunk: _tensor_pb2.Chunk
+    error: Error
+    def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., activations: _Optional[_Union[Activations, _Mapping]] = ..., model_state: _Optional[_Union[ModelState, _Mapping]] = ..., phase_done: _Optional[_Union[PhaseDone, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class ServerMessage(_message.Message):
+    __slots__ = ("seq", "welcome", "instruction", "gradients", "model_state", "chunk", "error")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_STATE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    welcome: Welcome
+    instruction: Instruction
+    gradients: Gradients
+    model_state: ModelState
+    chunk: _tensor_pb2.Chunk
+    error: Error
+    def __init__(self, seq: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., instruction: _Optional[_Union[Instruction, _Mapping]] = ..., gradients: _Optional[_Union[Gradients, _Mapping]] = ..., model_state: _Optional[_Union[ModelState, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The SLPerf server daemon."""
