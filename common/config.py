@@ -1,0 +1,261 @@
+"""Run configuration: one YAML file, strict keys, documented defaults, SLPerf's spellings accepted.
+
+Strictness is deliberate: a typo in a federation config (``partition_alfa``) silently falling back to a
+default would make a benchmark compare the wrong things, so unknown and ill-typed keys are errors that
+name the key. Paradigm-specific keys (``thred``, ``splitavg_active``, ...) are declared by the paradigm
+itself (see ``slperf.common.paradigms``), so adding a paradigm never means editing this file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; the message names the key and what is wrong."""
+
+
+@dataclass
+class RunConfig:
+    """Every key of a run, with its default. Docstrings of the fields live in ``FIELD_DOCS``."""
+
+    paradigm: str = "splitfed_v1"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    clients: int = 3
+    client_ids: list[str] | None = None
+    partition_method: str = "homo"
+    partition_alpha: float = 0.5
+    class_number_per_client: int = 2
+    equal_size: bool = False
+    model: str = "lenet"
+    split_layer: int = 1
+    batch_size: int = 64
+    epochs: int = 3
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "cpu"
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    eval_batch_size: int = 500
+    client_timeout: float = 300.0
+    torch_threads: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def participant_ids(self) -> list[str] | None:
+        return list(self.client_ids) if self.client_ids else None
+
+
+FIELD_DOCS: dict[str, str] = {
+    "paradigm": "split-learning paradigm (see `slperf paradigms`); SLPerf's variants_type names are aliases",
+    "dataset": "dataset name (mnist, ...); loaded offline from the pinned registry artifact or data_dir",
+    "data_dir": "folder with the dataset's original files, used instead of the registry artifact",
+    "clients": "number of client daemons that take part",
+    "client_ids": "explicit client ids to wait for (default: the first `clients` ids to connect, sorted)",
+    "partition_method": "homo (IID), hetero (Dirichlet), label_skew, base_on_class",
+    "partition_alpha": "Dirichlet concentration for hetero; smaller = more label skew",
+    "class_number_per_client": "classes per client for label_skew",
+    "equal_size": "truncate every shard to the smallest one (SLPerf's behaviour; off by default)",
+    "model": "model architecture (lenet, ...)",
+    "split_layer": "index of the first block that runs on the server",
+    "batch_size": "training batch size on every client",
+    "epochs": "rounds; in each round every client passes once over its shard",
+    "lr": "learning rate (SGD)",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay",
+    "seed": "seed for model init, partitions and batch order; same seed -> same run",
+    "device": "torch device of every party (cpu)",
+    "max_train_samples": "use a deterministic subset of this many training samples (quick runs, tests)",
+    "max_test_samples": "evaluate on a deterministic subset of this many test samples",
+    "eval_batch_size": "batch size for evaluation passes",
+    "client_timeout": "seconds to wait for a client's next message before it counts as dropped",
+    "torch_threads": "torch intra-op threads per process (0 = leave torch's default)",
+    "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
+}
+
+# SLPerf spelling -> canonical key.
+ALIASES: dict[str, str] = {
+    "variants_type": "paradigm",
+    "dataDir": "data_dir",
+    "client_number": "clients",
+    "rounds": "epochs",
+}
+
+# SLPerf keys that mean nothing here (MPI ranks, log paths, download flags); accepted and reported.
+IGNORED_SLPERF_KEYS = frozenset(
+    {
+        "download", "log_step", "server_rank", "max_rank", "gpu_num_per_server", "gpu_server_num",
+        "log_save_path", "model_save_path", "model_tmp_path", "save_acts_step", "save_attack_acts_step",
+        "save_model_epoch", "wd", "comm_round", "frequency_of_the_test", "optimizer", "train",
+        "SGLR_splitLR",
+    }
+)
+
+_HINTS = get_type_hints(RunConfig)
+_FIELD_NAMES = [f.name for f in fields(RunConfig)]
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Checks one value against its declared type; ints are accepted for floats, nothing else is coerced."""
+    text = str(hint)
+    optional = "None" in text
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' must not be empty (expected {_type_name(hint)})")
+    if text.startswith("list") or "list[" in text:
+        if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+            raise ConfigError(f"config key '{key}' must be a list of ids, got {value!r}")
+        return [str(v) for v in value]
+    if text.startswith("dict"):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
+        return dict(value)
+    if "bool" in text:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if "int" in text and "float" not in text:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if "float" in text:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if "str" in text:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    positive = ("clients", "batch_size", "epochs", "eval_batch_size")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
+    if cfg.lr <= 0:
+        raise ConfigError(f"config key 'lr' must be > 0, got {cfg.lr}")
+    if cfg.partition_alpha <= 0:
+        raise ConfigError(f"config key 'partition_alpha' must be > 0, got {cfg.partition_alpha}")
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"config key 'momentum' must be in [0, 1), got {cfg.momentum}")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"config key 'weight_decay' must be >= 0, got {cfg.weight_decay}")
+    for key in ("max_train_samples", "max_test_samples"):
+        value = getattr(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1 when set, got {value}")
+    if cfg.client_timeout <= 0:
+        raise ConfigError(f"config key 'client_timeout' must be > 0, got {cfg.client_timeout}")
+    if cfg.client_ids is not None:
+        if len(cfg.client_ids) != len(set(cfg.client_ids)):
+            raise ConfigError("config key 'client_ids' lists an id twice")
+        if len(cfg.client_ids) != cfg.clients:
+            raise ConfigError(
+                f"config key 'client_ids' has {len(cfg.client_ids)} ids but 'clients' is {cfg.clients}"
+            )
+    if cfg.device != "cpu" and not cfg.device.startswith("cuda"):
+        raise ConfigError(f"config key 'device' must be 'cpu' or 'cuda[:N]', got {cfg.device!r}")
+
+
+def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tuple[RunConfig, list[str]]:
+    """Builds a validated RunConfig; returns it with warnings (ignored SLPerf keys).
+
+    Keys not known to the core are offered to the selected paradigm; whatever it does not declare is an
+    error naming the key.
+    """
+    from slperf.common.paradigms import registry  # late: paradigms import config
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys to values")
+    warnings: list[str] = []
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: config keys must be strings, got {key!r}")
+        canonical = ALIASES.get(key, key)
+        if canonical in values:
+            raise ConfigError(f"{source}: key '{key}' given twice (directly and through an alias)")
+        if canonical in _HINTS:
+            values[canonical] = _coerce(key, value, _HINTS[canonical])
+        elif key in IGNORED_SLPERF_KEYS:
+            warnings.append(f"ignoring SLPerf key '{key}' (it has no meaning in a gRPC federation)")
+        else:
+            extra[key] = value
+    cfg = RunConfig(**values)
+    spec = registry.get(cfg.paradigm)  # raises ConfigError for an unknown paradigm
+    cfg.paradigm = spec.name
+    merged_options = dict(cfg.options)
+    for key, value in extra.items():
+        if key not in spec.option_keys():
+            known = sorted(set(_FIELD_NAMES) | set(ALIASES) | set(spec.option_keys()))
+            raise ConfigError(f"{source}: unknown config key '{key}' (known keys: {', '.join(known)})")
+        merged_options[spec.canonical_option(key)] = value
+    cfg.options = spec.validate_options(merged_options)
+    _check_ranges(cfg)
+    return cfg, warnings
+
+
+def load_config_text(text: str, *, source: str = "config") -> tuple[RunConfig, list[str]]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    return config_from_mapping(raw, source=source)
+
+
+def load_config(path: str | Path) -> tuple[RunConfig, list[str]]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    return load_config_text(text, source=str(path))
+
+
+def config_from_json(text: str) -> RunConfig:
+    """Parses the resolved config a server sends in RunSetup, with the same validation as a file."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"run config is not valid JSON: {exc}") from None
+    cfg, _ = config_from_mapping(raw, source="run config")
+    return cfg
+
+
+def describe_defaults() -> str:
+    """The documented defaults, as YAML with comments (used by `slperf config defaults`)."""
+    lines = []
+    for name in _FIELD_NAMES:
+        default = getattr(RunConfig(), name)
+        lines.append(f"# {FIELD_DOCS[name]}")
+        lines.append(yaml.safe_dump({name: default}, default_flow_style=True).strip().strip("{}"))
+    return "\n".join(lines) + "\n"

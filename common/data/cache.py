@@ -1,0 +1,116 @@
+"""The on-disk cache: downloaded artifacts and decoded arrays.
+
+Layout under the cache dir (env SLPERF_CACHE, else ~/.cache/slperf):
+
+    artifacts/<file>                      registry downloads, checked by sha256 (see artifacts.py)
+    arrays/<key>/{train_x,...}.npy        decoded arrays, one .npy per array
+    arrays/<key>/meta.json                written last: its presence marks the set as complete
+
+A data set is decoded once; every later process maps the .npy files read-only (`np.load(mmap_mode="r")`),
+so start-up costs milliseconds and the pages are shared through the OS file cache between the processes
+of one machine. Every file is written to a temporary name in the same folder and moved into place with
+`os.replace`, so a reader never sees a half-written file even when two processes fill the cache at once
+(they write identical content and the last rename wins).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+CACHE_ENV = "SLPERF_CACHE"
+CACHE_FORMAT = 1
+_META = "meta.json"
+
+
+def default_cache_dir() -> Path:
+    """$SLPERF_CACHE if set and non-empty, else ~/.cache/slperf."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "slperf"
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def arrays_dir(cache_dir: str | os.PathLike[str] | None, key: str) -> Path:
+    return resolve_cache_dir(cache_dir) / "arrays" / key
+
+
+def _file_mode() -> int:
+    """0o666 less the process umask: what open() would have given (mkstemp creates 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Calls write(file_object) on a temporary file next to path, then renames it over path."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _file_mode())
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_arrays(
+    cache_dir: str | os.PathLike[str] | None,
+    key: str,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    source: str = "",
+) -> Path:
+    """Writes each array to arrays/<key>/<name>.npy atomically, then meta.json; returns the folder."""
+    folder = arrays_dir(cache_dir, key)
+    folder.mkdir(parents=True, exist_ok=True)
+    # A stale meta.json must not vouch for a set that is being replaced.
+    try:
+        os.unlink(folder / _META)
+    except FileNotFoundError:
+        pass
+    entries = {}
+    for name, arr in arrays.items():
+        arr = np.ascontiguousarray(arr)
+        _write_atomic(folder / f"{name}.npy", lambda fh, a=arr: np.save(fh, a, allow_pickle=False))
+        entries[name] = {"shape": list(arr.shape), "dtype": arr.dtype.str}
+    meta = {"format": CACHE_FORMAT, "source": source, "arrays": entries}
+    _write_atomic(folder / _META, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
+    return folder
+
+
+def load_arrays(
+    cache_dir: str | os.PathLike[str] | None, key: str, names: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], str] | None:
+    """Maps the cached arrays read-only; returns (arrays, source) or None when the set is missing or damaged.
+
+    A damaged set (unreadable meta, a missing or truncated .npy, a shape or dtype that disagrees with
+    meta.json) is reported as missing, so the caller decodes it again and overwrites it.
+    """
+    folder = arrays_dir(cache_dir, key)
+    try:
+        meta = json.loads((folder / _META).read_text())
+        if meta.get("format") != CACHE_FORMAT:
+            return None
+        out = {}
+        for name in names:
+            want = meta["arrays"][name]
+            arr = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            if list(arr.shape) != list(want["shape"]) or arr.dtype.str != want["dtype"]:
+                return None
+            out[name] = arr
+        return out, str(meta.get("source", ""))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,116 @@
+"""Per-client batches from a shard of a loaded data set.
+
+A ShardLoader copies only its own rows out of the (memory-mapped) data set, so a client process keeps just
+its shard in memory. Batch order within an epoch comes from `np.random.default_rng([seed, client_index,
+epoch])`: a single-process reference run that builds a loader with the same arguments sees exactly the same
+batches as the distributed client.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .registry import LoadedDataset
+
+
+def _non_negative_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def cap_indices(indices: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
+    """A deterministic random subset of at most max_samples of indices (sorted int64).
+
+    max_samples None (or >= len(indices)) keeps them all. The subset depends on (indices, max_samples, seed)
+    only.
+    """
+    idx = np.sort(np.asarray(indices, dtype=np.int64).ravel())
+    if max_samples is None or max_samples >= idx.size:
+        return idx
+    max_samples = _non_negative_int(max_samples, "max_samples")
+    seed = _non_negative_int(seed, "seed")
+    pick = np.random.default_rng([seed, 0x6361_70]).choice(idx.size, size=max_samples, replace=False)
+    return np.sort(idx[pick])
+
+
+class ShardLoader:
+    """Batches (x float32 B×C×H×W normalised, y int64 B) over one client's shard.
+
+    dataset: from load_dataset; indices: the shard's rows (None = the whole split); train: use the train or the
+    test split. x = (pixels/255 - mean)/std per channel, computed in float32.
+    """
+
+    def __init__(
+        self,
+        dataset: LoadedDataset,
+        indices: np.ndarray | None,
+        batch_size: int,
+        seed: int,
+        client_index: int,
+        train: bool = True,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = int(batch_size)
+        self.seed = _non_negative_int(seed, "seed")
+        self.client_index = _non_negative_int(client_index, "client_index")
+        self.train = bool(train)
+        self.spec = dataset.spec
+        arrays = dataset.arrays
+        x_all, y_all = (arrays.train_x, arrays.train_y) if train else (arrays.test_x, arrays.test_y)
+        if indices is None:
+            self.indices = np.arange(len(y_all), dtype=np.int64)
+            self._x = np.array(x_all)  # a private copy, off the memory map
+            self._y = np.array(y_all, dtype=np.int64)
+        else:
+            idx = np.asarray(indices)
+            if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+                raise ValueError("indices must be a 1-D integer array")
+            idx = idx.astype(np.int64, copy=False)
+            if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= len(y_all)):
+                raise ValueError(f"indices must lie in 0..{len(y_all) - 1}")
+            self.indices = idx.copy()
+            self._x = np.ascontiguousarray(x_all[idx])  # fancy indexing copies just these rows
+            self._y = np.asarray(y_all[idx], dtype=np.int64)
+        channels = len(self.spec.mean)
+        self._mean = self._std = None
+        if channels:  # a spec without mean/std (e.g. pre-standardised features) is passed through
+            shape = (1, channels) + (1,) * max(self._x.ndim - 2, 0)
+            self._mean = torch.tensor(self.spec.mean, dtype=torch.float32).reshape(shape)
+            self._std = torch.tensor(self.spec.std, dtype=torch.float32).reshape(shape)
+        self._scale = 255.0 if self._x.dtype == np.uint8 else 1.0
+
+    @property
+    def num_samples(self) -> int:
+        return int(self._y.size)
+
+    def num_batches(self, drop_last: bool = False) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if drop_last else -(-n // b)
+
+    def __len__(self) -> int:
+        return self.num_batches()
+
+    def order(self, epoch: int, *, shuffle: bool = True) -> np.ndarray:
+        """Positions within the shard in the order epoch `epoch` visits them."""
+        epoch = _non_negative_int(epoch, "epoch")
+        if not shuffle:
+            return np.arange(self.num_samples)
+        return np.random.default_rng([self.seed, self.client_index, epoch]).permutation(self.num_samples)
+
+    def batches(
+        self, epoch: int, *, shuffle: bool = True, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.order(epoch, shuffle=shuffle)
+        stop = self.num_batches(drop_last) * self.batch_size
+        for start in range(0, min(stop, order.size), self.batch_size):
+            sel = order[start : start + self.batch_size]
+            x = torch.from_numpy(self._x[sel]).to(torch.float32)
+            if self._scale != 1.0:
+                x = x.div_(self._scale)
+            if self._mean is not None:
+                x = x.sub_(self._mean).div_(self._std)
+            yield x, torch.from_numpy(self._y[sel])

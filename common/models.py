@@ -1,0 +1,93 @@
+"""Models as sequences of blocks, and cutting them into per-party segments.
+
+Every party builds the *whole* model from the run's seed and keeps only its own blocks. That makes the
+initial weights of a split model identical to the unsplit one, which is what lets the tests prove that
+split training with one client equals single-process training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from slperf.common.config import ConfigError
+
+
+def lenet(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> nn.Sequential:
+    """SLPerf's LeNet: two conv blocks, a flatten and an MLP block; cut after block 1 by default."""
+    side = ((image_size - 4) // 2 - 4) // 2
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(in_channels, 6, 5), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Flatten(),
+        nn.Sequential(
+            nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
+        ),
+    )
+
+
+ModelFactory = Callable[[int, int, int], nn.Sequential]
+
+MODELS: dict[str, ModelFactory] = {"lenet": lenet}
+
+
+def register_model(name: str, factory: ModelFactory) -> None:
+    MODELS[name] = factory
+
+
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int) -> nn.Sequential:
+    """Builds the unsplit model with weights determined only by ``seed`` (global RNG state untouched)."""
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))})") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory(input_shape[0], num_classes, input_shape[-1])
+
+
+def split_model(model: nn.Sequential, cuts: Sequence[int]) -> list[nn.Sequential]:
+    """Cuts a block sequence at the given indices; every segment must keep at least one block."""
+    n = len(model)
+    bounds = [0, *cuts, n]
+    for cut in cuts:
+        if not 0 < cut < n:
+            raise ConfigError(f"split_layer {cut} is out of range: this model has {n} blocks, so it must be 1..{n - 1}")
+    if any(b <= a for a, b in zip(bounds, bounds[1:])):
+        raise ConfigError(f"cut layers {list(cuts)} leave a segment empty; they must be strictly increasing")
+    return [nn.Sequential(*list(model.children())[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+@dataclass(frozen=True)
+class SplitModel:
+    """The segments of a cut model plus what crosses the wire between them."""
+
+    segments: list[nn.Sequential]
+    cut_shapes: list[tuple[int, ...]]  # per-sample shape of the tensor leaving each segment but the last
+
+    @property
+    def cut_elements(self) -> list[int]:
+        out = []
+        for shape in self.cut_shapes:
+            size = 1
+            for d in shape:
+                size *= d
+            out.append(size)
+        return out
+
+
+def build_split(name: str, input_shape: Sequence[int], num_classes: int, seed: int, cuts: Sequence[int]) -> SplitModel:
+    model = build_model(name, input_shape, num_classes, seed)
+    segments = split_model(model, cuts)
+    shapes: list[tuple[int, ...]] = []
+    with torch.no_grad():
+        x = torch.zeros(1, *input_shape)
+        for seg in segments[:-1]:
+            was_training = seg.training
+            seg.eval()
+            x = seg(x)
+            seg.train(was_training)
+            shapes.append(tuple(x.shape[1:]))
+    return SplitModel(segments=segments, cut_shapes=shapes)

@@ -1,0 +1,264 @@
+"""The plug-in interface every paradigm implements, and the in-memory messages it works with.
+
+A paradigm is a pair of strategy objects: a ``ServerParadigm`` that decides who trains when, what crosses
+the wire per batch and what is aggregated, and a ``ClientParadigm`` that runs inside each client daemon.
+They see client handles, links and tensors, never gRPC: the daemons in ``slserver``/``slclient`` provide
+those, so a new paradigm is one module in this package and needs no change to the server or client core.
+"""
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar, Mapping, Protocol, Sequence, TypeVar
+
+import torch
+from torch import nn
+
+from slperf.common.config import RunConfig
+
+T = TypeVar("T")
+State = dict[str, torch.Tensor]
+
+
+class Phase(enum.IntEnum):
+    TRAIN = 1
+    EVAL = 2
+
+
+@dataclass(frozen=True)
+class StepRef:
+    """Which run, round, step (and sub-exchange) a message belongs to: how stale or duplicate ones are caught."""
+
+    run_id: str
+    round: int
+    step: int
+    phase: Phase = Phase.TRAIN
+    stage: str = ""
+
+
+@dataclass
+class ActivationBatch:
+    """What a client sent for one step: cut-layer activations and, where the server owns the loss, labels."""
+
+    ref: StepRef
+    tensor: torch.Tensor
+    labels: torch.Tensor | None = None
+
+
+@dataclass
+class Reply:
+    """What the server sends back for one step: a gradient (or forward output) and batch metrics."""
+
+    ref: StepRef
+    tensor: torch.Tensor | None
+    loss: float = 0.0
+    correct: int = 0
+    count: int = 0
+
+
+@dataclass
+class PhaseSummary:
+    """A client's account of a finished train or eval pass; ``samples`` weights FedAvg."""
+
+    samples: int = 0
+    steps: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.steps if self.steps else 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.samples if self.samples else 0.0
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """What a valid activation message looks like at this cut; the transport rejects anything else."""
+
+    sample_shape: tuple[int, ...]
+    labels: bool
+    num_classes: int
+    max_batch: int
+    dtypes: tuple[torch.dtype, ...] = (torch.float32,)
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    loss: float
+    samples: int
+
+
+@dataclass
+class RoundResult:
+    """What a round did: who took part, who dropped out, and per-client training figures."""
+
+    participants: list[str]
+    dropped: list[str] = field(default_factory=list)
+    per_client: dict[str, PhaseSummary] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_loss(self) -> float:
+        steps = sum(s.steps for s in self.per_client.values())
+        return sum(s.loss_sum for s in self.per_client.values()) / steps if steps else 0.0
+
+    @property
+    def train_accuracy(self) -> float:
+        samples = sum(s.samples for s in self.per_client.values())
+        return sum(s.correct for s in self.per_client.values()) / samples if samples else 0.0
+
+
+class ClientGone(Exception):
+    """A client's session ended or timed out while the paradigm was waiting for it."""
+
+    def __init__(self, client_id: str, reason: str):
+        super().__init__(f"client {client_id} dropped out: {reason}")
+        self.client_id = client_id
+        self.reason = reason
+
+
+class ClientHandle(Protocol):
+    """The server paradigm's view of one client daemon taking part in the run."""
+
+    client_id: str
+    index: int
+    train_samples: int
+
+    async def set_weights(self, segment: str, state: Mapping[str, torch.Tensor], round: int) -> None: ...
+
+    async def get_weights(self, segment: str, round: int, expected: Mapping[str, torch.Tensor]) -> tuple[State, int]: ...
+
+    def train(self, round: int, spec: ActivationSpec, options: Mapping[str, Any] | None = None) -> "PhaseStream": ...
+
+    def evaluate(self, round: int, spec: ActivationSpec) -> "PhaseStream": ...
+
+    async def reply(self, reply: Reply) -> None: ...
+
+
+class PhaseStream(Protocol):
+    """Activations of one train/eval pass, in step order; ``summary`` is set once the client says it is done."""
+
+    summary: PhaseSummary | None
+
+    def __aiter__(self) -> AsyncIterator[ActivationBatch]: ...
+
+
+class ServerContext(Protocol):
+    config: RunConfig
+    run_id: str
+
+    async def compute(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs model compute off the event loop (the server's loop must keep serving every session)."""
+        ...
+
+
+class ClientLink(Protocol):
+    """The client paradigm's connection to the server during one pass."""
+
+    run_id: str
+
+    async def send_activations(self, ref: StepRef, tensor: torch.Tensor, labels: torch.Tensor | None = None) -> None: ...
+
+    async def recv_reply(self, ref: StepRef, shape: Sequence[int] | None) -> Reply: ...
+
+
+@dataclass
+class ClientData:
+    """What a client daemon holds locally: only its own shard, plus the evaluation set."""
+
+    train: Any  # slperf.common.data.ShardLoader
+    test: Any
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+class ServerParadigm(abc.ABC):
+    """Server half of a paradigm. One instance per run."""
+
+    def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
+        self.config = config
+        self.ctx = ctx
+        self.num_classes = num_classes
+        self.input_shape = input_shape
+
+    @abc.abstractmethod
+    async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
+        """Runs one round (every client passes once over its shard) and any aggregation after it."""
+
+    @abc.abstractmethod
+    async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
+        """Evaluates the current global model on the test set, through whichever client(s) hold it."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume after a restart (segments, optimisers, paradigm state)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+    def model_state(self) -> dict[str, State]:
+        """Segments of the global model the server holds (for checkpoints and the equivalence tests)."""
+        return {}
+
+
+class ClientParadigm(abc.ABC):
+    """Client half of a paradigm. One instance per run inside each client daemon."""
+
+    def __init__(self, config: RunConfig, index: int, num_clients: int, data: ClientData):
+        self.config = config
+        self.index = index
+        self.num_clients = num_clients
+        self.data = data
+        self.segments: dict[str, nn.Module] = {}
+
+    @abc.abstractmethod
+    async def train_epoch(self, link: ClientLink, round: int, options: Mapping[str, Any]) -> PhaseSummary: ...
+
+    @abc.abstractmethod
+    async def evaluate(self, link: ClientLink, round: int) -> PhaseSummary: ...
+
+
+@dataclass
+class ParadigmSpec:
+    """Registry entry: names, the two halves, and the paradigm's own config keys."""
+
+    name: str
+    server: type[ServerParadigm]
+    client: type[ClientParadigm]
+    aliases: tuple[str, ...] = ()
+    options: Mapping[str, tuple[type, Any]] = field(default_factory=dict)  # key -> (type, default)
+    option_aliases: Mapping[str, str] = field(default_factory=dict)  # SLPerf key -> key
+    validate: Callable[[dict[str, Any]], None] | None = None
+    summary: str = ""
+
+    def option_keys(self) -> set[str]:
+        return set(self.options) | set(self.option_aliases)
+
+    def canonical_option(self, key: str) -> str:
+        return self.option_aliases.get(key, key)
+
+    def validate_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        from slperf.common.config import ConfigError
+
+        out: dict[str, Any] = {}
+        for key, value in given.items():
+            key = self.canonical_option(key)
+            if key not in self.options:
+                raise ConfigError(f"paradigm '{self.name}' has no option '{key}' (options: {', '.join(sorted(self.options)) or 'none'})")
+            kind, _ = self.options[key]
+            ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value, ok = float(value), True
+            if not ok:
+                raise ConfigError(f"option '{key}' of paradigm '{self.name}' must be {kind.__name__}, got {value!r}")
+            out[key] = value
+        for key, (_, default) in self.options.items():
+            out.setdefault(key, default)
+        if self.validate:
+            self.validate(out)
+        return out

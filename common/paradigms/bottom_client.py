@@ -1,0 +1,50 @@
+"""Client half shared by every paradigm where the client holds the bottom of the model and the server
+holds the top and the loss (vanilla, SplitFed, PSL, SGLR, async): per batch, activations and labels go
+up and the gradient of the activations comes back down."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from slperf.common.config import RunConfig
+from slperf.common.models import build_split
+from slperf.common.paradigms.base import ClientData, ClientLink, ClientParadigm, Phase, PhaseSummary, StepRef
+from slperf.common.paradigms.steps import bottom_backward_step, make_optimizer
+
+
+class BottomClient(ClientParadigm):
+    def __init__(self, config: RunConfig, index: int, num_clients: int, data: ClientData):
+        super().__init__(config, index, num_clients, data)
+        split = build_split(config.model, data.input_shape, data.num_classes, config.seed, [config.split_layer])
+        self.bottom = split.segments[0]
+        self.segments = {"bottom": self.bottom}
+        self.optimizer = make_optimizer(self.bottom.parameters(), config)
+
+    async def train_epoch(self, link: ClientLink, round: int, options: Mapping[str, Any]) -> PhaseSummary:
+        self.bottom.train()
+        summary = PhaseSummary()
+        for step, (x, y) in enumerate(self.data.train.batches(round)):
+            ref = StepRef(link.run_id, round, step, Phase.TRAIN)
+            acts = self.bottom(x)
+            await link.send_activations(ref, acts.detach(), labels=y)
+            reply = await link.recv_reply(ref, shape=tuple(acts.shape))
+            if reply.tensor is not None:  # paradigms may withhold the gradient (e.g. a frozen client)
+                bottom_backward_step(acts, reply.tensor, self.optimizer)
+            summary.samples += int(y.shape[0])
+            summary.steps += 1
+            summary.loss_sum += reply.loss
+            summary.correct += reply.correct
+        return summary
+
+    async def evaluate(self, link: ClientLink, round: int) -> PhaseSummary:
+        self.bottom.eval()
+        summary = PhaseSummary()
+        for step, (x, y) in enumerate(self.data.test.batches(0, shuffle=False)):
+            ref = StepRef(link.run_id, round, step, Phase.EVAL)
+            with torch.no_grad():
+                acts = self.bottom(x)
+            await link.send_activations(ref, acts, labels=y)
+            summary.samples += int(y.shape[0])
+            summary.steps += 1
+        return summary

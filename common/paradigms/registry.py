@@ -1,0 +1,51 @@
+"""Finds paradigms by name or SLPerf alias. Every module in this package that calls ``register`` is a
+paradigm; third-party paradigms register through the ``slperf.paradigms`` entry-point group. Neither way
+needs an edit to the server, the client daemon or the CLI."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+
+from slperf.common.config import ConfigError
+from slperf.common.paradigms.base import ParadigmSpec
+
+_SPECS: dict[str, ParadigmSpec] = {}
+_ALIASES: dict[str, str] = {}
+_loaded = False
+
+
+def register(spec: ParadigmSpec) -> ParadigmSpec:
+    if spec.name in _SPECS and _SPECS[spec.name] is not spec:
+        raise ValueError(f"paradigm '{spec.name}' registered twice")
+    _SPECS[spec.name] = spec
+    for alias in spec.aliases:
+        _ALIASES[alias] = spec.name
+    return spec
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import slperf.common.paradigms as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name not in {"base", "registry", "steps"} and not info.name.startswith("_"):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+    for ep in entry_points(group="slperf.paradigms"):
+        ep.load()
+
+
+def get(name: str) -> ParadigmSpec:
+    _load_all()
+    key = _ALIASES.get(name, name)
+    if key not in _SPECS:
+        raise ConfigError(f"unknown paradigm '{name}' (known: {', '.join(sorted(_SPECS))}; SLPerf aliases: {', '.join(sorted(_ALIASES))})")
+    return _SPECS[key]
+
+
+def all_specs() -> list[ParadigmSpec]:
+    _load_all()
+    return [_SPECS[k] for k in sorted(_SPECS)]

@@ -1,0 +1,98 @@
+"""SplitFed v1 (Thapa et al., AAAI 2022): parallel clients, one top copy per client on the server.
+
+Protocol, per round:
+  1. Every client receives the global bottom (``set_weights``) and trains its shard in parallel.
+  2. The server keeps one copy of the top per client; client k's batches step only copy k. Server compute
+     for the copies is serialised on the server's compute thread, the wire traffic overlaps.
+  3. After the round the server collects every bottom and FedAvgs the bottoms and the top copies, weighted
+     by the samples each client trained on this round; every top copy then continues from the average.
+  4. Evaluation runs through one client with the averaged bottom and top.
+
+SLPerf has no SplitFed v1 (both of its SplitFed variants share one top: see ``splitfed_v2``). A client that
+drops out is left out of that round's averages; the round is recorded with who took part.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any, Mapping, Sequence
+
+from slperf.common.aggregation import fedavg
+from slperf.common.paradigms.base import (
+    ClientGone, ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext,
+)
+from slperf.common.paradigms.bottom_client import BottomClient
+from slperf.common.paradigms.registry import register
+from slperf.common.paradigms.steps import clone_state, load_state, make_optimizer
+from slperf.common.paradigms.top_server import TopHolder, evaluate_through, serve_training
+
+
+class SplitFedV1Server(TopHolder):
+    def __init__(self, config, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
+        super().__init__(config, ctx, num_classes, input_shape)
+        split = self.build_split()
+        self.global_top = split.segments[1]
+        self.tops = [copy.deepcopy(self.global_top) for _ in range(config.clients)]
+        self.optimizers = [make_optimizer(top.parameters(), config) for top in self.tops]
+        self.bottom_state = clone_state(split.segments[0])
+        self.train_spec = self.activation_spec(split, config.batch_size)
+        self.eval_spec = self.activation_spec(split, config.eval_batch_size)
+
+    async def _client_round(self, client: ClientHandle, round: int):
+        await client.set_weights("bottom", self.bottom_state, round)
+        top, opt = self.tops[client.index], self.optimizers[client.index]
+        summary = await serve_training(self.ctx, client, round, self.train_spec, top, opt)
+        bottom, _ = await client.get_weights("bottom", round, expected=self.bottom_state)
+        return summary, bottom
+
+    async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
+        outcomes = await asyncio.gather(*(self._client_round(c, round) for c in clients), return_exceptions=True)
+        result = RoundResult(participants=[])
+        bottoms, tops = [], []
+        for client, outcome in zip(clients, outcomes):
+            if isinstance(outcome, ClientGone):
+                result.dropped.append(client.client_id)
+                continue
+            if isinstance(outcome, BaseException):
+                raise outcome
+            summary, bottom = outcome
+            result.participants.append(client.client_id)
+            result.per_client[client.client_id] = summary
+            bottoms.append((bottom, summary.samples))
+            tops.append((clone_state(self.tops[client.index]), summary.samples))
+        if bottoms:
+            self.bottom_state = await self.ctx.compute(fedavg, bottoms)
+            top_avg = await self.ctx.compute(fedavg, tops)
+            load_state(self.global_top, top_avg)
+            for top in self.tops:
+                load_state(top, top_avg)
+        return result
+
+    async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
+        for client in clients:
+            try:
+                await client.set_weights("bottom", self.bottom_state, round)
+                return await evaluate_through(self.ctx, client, round, self.eval_spec, self.global_top)
+            except ClientGone:
+                continue
+        raise ClientGone("*", "no client left to evaluate through")
+
+    def model_state(self):
+        return {"bottom": self.bottom_state, "top": clone_state(self.global_top)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"top": self.global_top.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
+                "bottom": self.bottom_state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        load_state(self.global_top, state["top"])
+        for top, opt, opt_state in zip(self.tops, self.optimizers, state["optimizers"]):
+            load_state(top, state["top"])
+            opt.load_state_dict(opt_state)
+        self.bottom_state = dict(state["bottom"])
+
+
+SPEC = register(ParadigmSpec(
+    name="splitfed_v1", server=SplitFedV1Server, client=BottomClient, aliases=("SplitFedV1", "splitfed1"),
+    summary="parallel clients, one top copy per client, FedAvg of bottoms and tops each round",
+))

@@ -1,0 +1,69 @@
+"""Training steps shared by paradigms whose server holds the top of the model and the loss.
+
+These are plain functions over modules and tensors, run by the server off its event loop
+(``ctx.compute``) and by the clients inline; keeping them in one place is what makes the one-client
+equivalence with single-process training hold for every such paradigm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slperf.common.config import RunConfig
+
+
+def make_optimizer(params, config: RunConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay, as SLPerf uses for every paradigm but two."""
+    return torch.optim.SGD(params, lr=config.lr if lr is None else lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+@dataclass
+class StepOutcome:
+    grad: torch.Tensor | None
+    loss: float
+    correct: int
+    count: int
+
+
+def top_train_step(top: nn.Module, optimizer: torch.optim.Optimizer, acts: torch.Tensor,
+                   labels: torch.Tensor, *, step: bool = True) -> StepOutcome:
+    """Forward the cut activations through the top, step, and return the gradient for the client."""
+    top.train()
+    acts = acts.detach().requires_grad_(True)
+    optimizer.zero_grad(set_to_none=True)
+    logits = top(acts)
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    if step:
+        optimizer.step()
+    correct = int((logits.detach().argmax(1) == labels).sum())
+    return StepOutcome(acts.grad, float(loss.detach()), correct, int(labels.shape[0]))
+
+
+@torch.no_grad()
+def top_eval_step(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> StepOutcome:
+    top.eval()
+    logits = top(acts)
+    loss = F.cross_entropy(logits, labels, reduction="sum")
+    correct = int((logits.argmax(1) == labels).sum())
+    return StepOutcome(None, float(loss), correct, int(labels.shape[0]))
+
+
+def bottom_backward_step(acts: torch.Tensor, grad: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    acts.backward(grad)
+    optimizer.step()
+
+
+def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def load_state(module: nn.Module, state) -> None:
+    """Copies into the module's existing tensors, so optimisers keep pointing at the live parameters
+    (SLPerf replaced the module object and left its optimiser stepping the old one)."""
+    module.load_state_dict(state, strict=True)

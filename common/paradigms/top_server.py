@@ -1,0 +1,51 @@
+"""Server-side building blocks for paradigms where the server holds the top of the model and the loss:
+serve one client's training pass against a top segment, and evaluate through one client."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from slperf.common.models import SplitModel, build_split
+from slperf.common.paradigms.base import (
+    ActivationSpec, ClientHandle, EvalResult, PhaseSummary, Reply, ServerContext, ServerParadigm,
+)
+from slperf.common.paradigms.steps import top_eval_step, top_train_step
+
+
+class TopHolder(ServerParadigm):
+    """Base for paradigms with a bottom on each client and a top (or tops) on the server."""
+
+    def build_split(self) -> SplitModel:
+        cfg = self.config
+        return build_split(cfg.model, self.input_shape, self.num_classes, cfg.seed, [cfg.split_layer])
+
+    def activation_spec(self, split: SplitModel, batch_size: int) -> ActivationSpec:
+        return ActivationSpec(sample_shape=split.cut_shapes[0], labels=True, num_classes=self.num_classes,
+                              max_batch=batch_size)
+
+
+async def serve_training(ctx: ServerContext, client: ClientHandle, round: int, spec: ActivationSpec,
+                         top: nn.Module, optimizer, options: Mapping[str, Any] | None = None) -> PhaseSummary:
+    """One client's pass: for each batch, step the top and send the activation gradient back."""
+    stream = client.train(round, spec, options)
+    async for batch in stream:
+        out = await ctx.compute(top_train_step, top, optimizer, batch.tensor, batch.labels)
+        await client.reply(Reply(batch.ref, out.grad, out.loss, out.correct, out.count))
+    assert stream.summary is not None
+    return stream.summary
+
+
+async def evaluate_through(ctx: ServerContext, client: ClientHandle, round: int, spec: ActivationSpec,
+                           top: nn.Module) -> EvalResult:
+    """The client streams test-set activations (no reply per batch); the server scores them with its top."""
+    correct = 0
+    loss_sum = 0.0
+    count = 0
+    async for batch in client.evaluate(round, spec):
+        out = await ctx.compute(top_eval_step, top, batch.tensor, batch.labels)
+        correct += out.correct
+        loss_sum += out.loss
+        count += out.count
+    return EvalResult(accuracy=correct / count if count else 0.0, loss=loss_sum / count if count else 0.0,
+                      samples=count)

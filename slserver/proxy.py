@@ -1,0 +1,211 @@
+"""The server paradigm's handle on one client daemon: turns paradigm calls into protocol messages.
+
+It resolves the client's *live* session on every call, so a client that reconnects (a new session) is
+set up again for the run and rejoins with the weights the paradigm hands it next; every message it
+reads back is checked against the run, round, phase and step it expects.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator, Mapping
+
+import grpc
+import torch
+
+from slperf.common.config import RunConfig
+from slperf.common.paradigms.base import ActivationBatch, ActivationSpec, ClientGone, Phase, PhaseSummary, Reply, State, StepRef
+from slperf.common.wire.codec import decode_state, decode_tensor, encode_state, encode_tensor
+from slperf.common.wire.errors import WireError
+from slperf.common.wire.messages import ref_from_pb, ref_to_pb, same_step
+from slperf.slserver.sessions import Session, SessionRegistry
+from slperf.v1 import session_pb2
+
+
+class ClientProxy:
+    def __init__(self, client_id: str, index: int, registry: SessionRegistry, config: RunConfig, run_id: str):
+        self.client_id = client_id
+        self.index = index
+        self.train_samples = 0
+        self.test_samples = 0
+        self._registry = registry
+        self._config = config
+        self._run_id = run_id
+        self._setup_session: str | None = None
+        self._timeout = config.client_timeout
+
+    # -- session plumbing -------------------------------------------------------------------------
+    async def session(self) -> Session:
+        """The live session, set up for this run (again, after a reconnect)."""
+        try:
+            session = await self._registry.wait_session(self.client_id, self._timeout)
+        except asyncio.TimeoutError:
+            raise ClientGone(self.client_id, f"not connected within {self._timeout:.0f} s") from None
+        if session.session_id != self._setup_session:
+            session.in_run = self._run_id
+            session.drain()
+            setup = session_pb2.RunSetup(run_id=self._run_id, config_json=self._config.to_json(),
+                                         client_index=self.index, num_clients=self._config.clients)
+            await self._send(session, session_pb2.ServerMessage(instruction=session_pb2.Instruction(setup=setup)))
+            ready = await self._expect(session, "ready")
+            if ready.run_id != self._run_id:
+                raise ClientGone(self.client_id, f"answered setup for run {ready.run_id!r}")
+            self.train_samples, self.test_samples = ready.train_samples, ready.test_samples
+            self._setup_session = session.session_id
+            session.state = "in-run"
+        return session
+
+    async def _send(self, session: Session, message: session_pb2.ServerMessage) -> None:
+        try:
+            await session.send(message)
+        except (ConnectionError, grpc.aio.AioRpcError, RuntimeError) as exc:
+            raise ClientGone(self.client_id, f"send failed: {exc}") from None
+
+    async def _next(self, session: Session) -> session_pb2.ClientMessage:
+        try:
+            message = await session.next(self._timeout)
+        except asyncio.TimeoutError:
+            raise ClientGone(self.client_id, f"no message for {self._timeout:.0f} s (client_timeout)") from None
+        except ConnectionError as exc:
+            raise ClientGone(self.client_id, str(exc)) from None
+        if message.WhichOneof("body") == "error":
+            raise ClientGone(self.client_id, f"client reported an error: {message.error.message}")
+        return message
+
+    async def _expect(self, session: Session, kind: str) -> Any:
+        """Reads until a message of ``kind`` arrives; anything else is refused with FAILED_PRECONDITION."""
+        while True:
+            message = await self._next(session)
+            got = message.WhichOneof("body")
+            if got == kind:
+                return getattr(message, kind)
+            await session.send_error(grpc.StatusCode.FAILED_PRECONDITION, f"expected {kind}, got {got}; dropped")
+
+    # -- ClientHandle -------------------------------------------------------------------------------
+    async def set_weights(self, segment: str, state: Mapping[str, torch.Tensor], round: int) -> None:
+        session = await self.session()
+        message = session_pb2.ModelState(run_id=self._run_id, round=round, segment=segment,
+                                          tensors=encode_state(state))
+        await self._send(session, session_pb2.ServerMessage(model_state=message))
+
+    async def get_weights(self, segment: str, round: int, expected: Mapping[str, torch.Tensor]) -> tuple[State, int]:
+        session = await self.session()
+        request = session_pb2.RequestWeights(run_id=self._run_id, round=round, segment=segment)
+        await self._send(session, session_pb2.ServerMessage(instruction=session_pb2.Instruction(request_weights=request)))
+        while True:
+            state = await self._expect(session, "model_state")
+            if (state.run_id, state.round, state.segment) != (self._run_id, round, segment):
+                await session.send_error(grpc.StatusCode.FAILED_PRECONDITION,
+                                         f"weights for {state.run_id}/{state.round}/{state.segment!r} are not the ones requested")
+                continue
+            try:
+                tensors = decode_state(state.tensors, limits=session.limits.tensor_limits, expected=expected)
+            except WireError as err:
+                await session.send_error(err.code, err.message)
+                raise ClientGone(self.client_id, f"sent unusable weights: {err.message}") from None
+            return tensors, int(state.num_samples)
+
+    def train(self, round: int, spec: ActivationSpec, options: Mapping[str, Any] | None = None) -> "ProxyPhaseStream":
+        instruction = session_pb2.Instruction(train=session_pb2.TrainEpoch(
+            run_id=self._run_id, round=round, options_json=json.dumps(dict(options or {}))))
+        return ProxyPhaseStream(self, instruction, StepRef(self._run_id, round, 0, Phase.TRAIN), spec)
+
+    def evaluate(self, round: int, spec: ActivationSpec) -> "ProxyPhaseStream":
+        instruction = session_pb2.Instruction(evaluate=session_pb2.Evaluate(run_id=self._run_id, round=round))
+        return ProxyPhaseStream(self, instruction, StepRef(self._run_id, round, 0, Phase.EVAL), spec)
+
+    async def reply(self, reply: Reply) -> None:
+        session = await self.session()
+        grads = session_pb2.Gradients(ref=ref_to_pb(reply.ref), loss=reply.loss, correct=reply.correct, count=reply.count)
+        if reply.tensor is not None:
+            grads.tensor.CopyFrom(encode_tensor(reply.tensor))
+        await self._send(session, session_pb2.ServerMessage(gradients=grads))
+
+    async def finish(self, reason: str) -> None:
+        session = self._registry.get(self.client_id)
+        if session is None:
+            return
+        message = session_pb2.Instruction(finish=session_pb2.Finish(run_id=self._run_id, reason=reason))
+        try:
+            await session.send(session_pb2.ServerMessage(instruction=message))
+        except (ConnectionError, grpc.aio.AioRpcError, RuntimeError):
+            pass
+        session.in_run = None
+        session.state = "idle"
+
+    # -- validation -----------------------------------------------------------------------------------
+    def check_activations(self, session: Session, message: session_pb2.Activations, expect: StepRef,
+                          spec: ActivationSpec) -> ActivationBatch:
+        ref = ref_from_pb(message.ref)
+        if not same_step(ref, expect):
+            code = grpc.StatusCode.FAILED_PRECONDITION
+            if ref.run_id == expect.run_id and ref.round == expect.round and ref.step < expect.step:
+                raise WireError(code, f"duplicate step {ref.step} (expected {expect.step}); not applied twice")
+            raise WireError(code, f"activations for run {ref.run_id!r} round {ref.round} step {ref.step} "
+                                  f"{ref.phase.name.lower()} arrived while the server expects round {expect.round} "
+                                  f"step {expect.step} {expect.phase.name.lower()}")
+        limits = session.limits.tensor_limits
+        acts = decode_tensor(message.tensor, name="activations", limits=limits, writable=True)
+        if acts.dtype not in spec.dtypes:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"activations have dtype {acts.dtype}, expected {spec.dtypes[0]}")
+        shape = tuple(acts.shape)
+        if len(shape) != 1 + len(spec.sample_shape) or shape[1:] != spec.sample_shape:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"activations have shape {list(shape)}, expected [batch, {', '.join(map(str, spec.sample_shape))}]")
+        if not 1 <= shape[0] <= spec.max_batch:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"batch of {shape[0]} samples; must be 1..{spec.max_batch}")
+        labels = None
+        if spec.labels:
+            if not message.HasField("labels"):
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "activations carry no labels; this paradigm needs them")
+            labels = decode_tensor(message.labels, name="labels", limits=limits, writable=True)
+            if labels.dtype != torch.int64 or tuple(labels.shape) != (shape[0],):
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"labels must be int64 of shape [{shape[0]}], got {labels.dtype} {list(labels.shape)}")
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"labels must be in 0..{spec.num_classes - 1}")
+        elif message.HasField("labels"):
+            raise WireError(grpc.StatusCode.PERMISSION_DENIED, "labels must not leave the client in this paradigm")
+        return ActivationBatch(ref, acts, labels)
+
+
+class ProxyPhaseStream:
+    """Activations of one pass in step order; invalid ones are refused on the stream and skipped."""
+
+    def __init__(self, proxy: ClientProxy, instruction: session_pb2.Instruction, first: StepRef, spec: ActivationSpec):
+        self._proxy = proxy
+        self._instruction = instruction
+        self._first = first
+        self._spec = spec
+        self.summary: PhaseSummary | None = None
+
+    def __aiter__(self) -> AsyncIterator[ActivationBatch]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[ActivationBatch]:
+        proxy = self._proxy
+        session = await proxy.session()
+        await proxy._send(session, session_pb2.ServerMessage(instruction=self._instruction))
+        expect = self._first
+        while True:
+            message = await proxy._next(session)
+            kind = message.WhichOneof("body")
+            if kind == "phase_done":
+                done = message.phase_done
+                ref = ref_from_pb(done.ref)
+                if (ref.run_id, ref.round, ref.phase) != (expect.run_id, expect.round, expect.phase):
+                    await session.send_error(grpc.StatusCode.FAILED_PRECONDITION, "phase_done for another phase; dropped")
+                    continue
+                self.summary = PhaseSummary(samples=int(done.num_samples), steps=int(done.steps),
+                                            loss_sum=float(done.loss_sum), correct=int(done.correct))
+                return
+            if kind != "activations":
+                await session.send_error(grpc.StatusCode.FAILED_PRECONDITION, f"expected activations, got {kind}; dropped")
+                continue
+            try:
+                batch = proxy.check_activations(session, message.activations, expect, self._spec)
+            except WireError as err:
+                await session.send_error(err.code, err.message)
+                continue
+            yield batch
+            expect = StepRef(expect.run_id, expect.round, expect.step + 1, expect.phase, expect.stage)

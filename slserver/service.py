@@ -1,0 +1,200 @@
+"""gRPC services of the server: the client session stream and the operator's Control service.
+
+Identity comes from the client certificate (mutual TLS). A session may speak only as the client its
+certificate names, a revoked client is refused, and Control calls need the operator certificate. With
+``--insecure`` (local experiments only) there is no certificate and the claimed id is trusted.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import grpc
+
+from slperf import __version__
+from slperf.common import tls
+from slperf.common.config import ConfigError, load_config_text
+from slperf.common.wire.errors import WireError
+from slperf.common.wire.messages import PROTOCOL_VERSION
+from slperf.slserver.coordinator import Run, RunCoordinator
+from slperf.slserver.sessions import Session, SessionRegistry
+from slperf.v1 import service_pb2, service_pb2_grpc, session_pb2
+
+log = logging.getLogger("slperf.server")
+
+
+class Authenticator:
+    def __init__(self, certs_dir: Path | None, insecure: bool):
+        self.certs_dir = certs_dir
+        self.insecure = insecure
+
+    def identity(self, context: grpc.aio.ServicerContext) -> tls.Identity | None:
+        if self.insecure:
+            return None
+        return tls.identity_from_auth_context(context.auth_context())
+
+    async def client(self, context: grpc.aio.ServicerContext, claimed: str) -> None:
+        """Aborts the call unless the certificate names this client and it is not revoked."""
+        if self.insecure:
+            return
+        ident = self.identity(context)
+        if ident is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate identity on this connection")
+        if ident.role != "client":
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"a {ident.role} certificate cannot open a client session")
+        if ident.name != claimed:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"client id '{claimed}' does not match the certificate's client id '{ident.name}'")
+        if self.certs_dir is not None:
+            try:
+                revoked = tls.load_revoked(self.certs_dir)
+            except tls.TLSConfigError as exc:
+                log.error("%s", exc)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server cannot read its revocation list")
+            if claimed in revoked:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"client '{claimed}' has been revoked")
+
+    async def operator(self, context: grpc.aio.ServicerContext) -> None:
+        if self.insecure:
+            return
+        ident = self.identity(context)
+        if ident is None or ident.role != "operator":
+            who = f"a {ident.role} certificate ({ident.name})" if ident else "no certificate"
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"Control calls need the operator certificate; this connection has {who}")
+
+
+class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
+    def __init__(self, registry: SessionRegistry, auth: Authenticator):
+        self.registry = registry
+        self.auth = auth
+
+    async def Session(self, request_iterator, context: grpc.aio.ServicerContext):
+        limits = self.registry.limits
+        try:
+            first = await asyncio.wait_for(context.read(), limits.hello_timeout)
+        except asyncio.TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {limits.hello_timeout:.0f} s")
+        if first == grpc.aio.EOF:
+            return
+        if first.WhichOneof("body") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be Hello")
+        hello = first.hello
+        if hello.protocol_version != PROTOCOL_VERSION:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"protocol version {hello.protocol_version} is not supported; this server speaks "
+                                f"version {PROTOCOL_VERSION} (upgrade the client or the server)")
+        if not tls.valid_client_id(hello.client_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid client id {hello.client_id!r}")
+        await self.auth.client(context, hello.client_id)
+        session = Session(hello.client_id, context.peer(), context, limits)
+        try:
+            replaced = await self.registry.add(session)
+        except WireError as err:
+            await context.abort(err.code, err.message)
+        if replaced is not None:
+            replaced.close("replaced by a new session of the same client (reconnect)")
+            replaced.context.cancel() if hasattr(replaced.context, "cancel") else None
+        log.info("client %s connected from %s", hello.client_id, context.peer())
+        try:
+            await session.send(session_pb2.ServerMessage(welcome=session_pb2.Welcome(
+                protocol_version=PROTOCOL_VERSION, session_id=session.session_id,
+                resume_token=session.resume_token, chunk_bytes=1 << 20,
+                max_message_bytes=limits.max_payload_bytes)))
+            await session.read_loop()
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:  # a broken stream ends this session only
+            session.close(f"stream failed: {exc}")
+        finally:
+            session.close(session.close_reason or "stream ended")
+            await self.registry.remove(session)
+            log.info("client %s disconnected: %s", hello.client_id, session.close_reason)
+
+
+def _run_status(run: Run | None) -> service_pb2.RunStatus:
+    if run is None:
+        return service_pb2.RunStatus(state="none")
+    return service_pb2.RunStatus(
+        run_id=run.run_id, state=run.state, round=run.round, rounds=run.config.epochs,
+        test_accuracy=run.test_accuracy, paradigm=run.config.paradigm, error=run.error,
+        summary_json=json.dumps(run.summary) if run.summary else "")
+
+
+class ControlService(service_pb2_grpc.ControlServicer):
+    def __init__(self, registry: SessionRegistry, coordinator: RunCoordinator, auth: Authenticator,
+                 shutdown: asyncio.Event):
+        self.registry = registry
+        self.coordinator = coordinator
+        self.auth = auth
+        self.shutdown_event = shutdown
+
+    def _run(self, run_id: str) -> Run | None:
+        run = self.coordinator.current
+        if run is None or (run_id and run.run_id != run_id):
+            return None
+        return run
+
+    async def StartRun(self, request, context):
+        await self.auth.operator(context)
+        try:
+            config, warnings = load_config_text(request.config, source="run config")
+        except ConfigError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        for warning in warnings:
+            log.warning("%s", warning)
+        if request.run_id and not tls.valid_client_id(request.run_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid run id {request.run_id!r}")
+        try:
+            run = self.coordinator.start(config, request.run_id or None)
+        except RuntimeError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return service_pb2.StartRunResponse(run_id=run.run_id)
+
+    async def Status(self, request, context):
+        await self.auth.operator(context)
+        loop = asyncio.get_running_loop()
+        clients = [
+            service_pb2.ClientStatus(client_id=s.client_id, state=s.state, peer=s.peer, bytes_up=s.counter.up,
+                                     bytes_down=s.counter.down, connected_seconds=loop.time() - s.connected_at)
+            for s in sorted(self.registry.sessions.values(), key=lambda s: s.client_id)
+        ]
+        return service_pb2.StatusResponse(clients=clients, run=_run_status(self.coordinator.current),
+                                          server_version=__version__)
+
+    async def WatchRun(self, request, context):
+        await self.auth.operator(context)
+        run = self._run(request.run_id)
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} on this server")
+        queue: asyncio.Queue = asyncio.Queue()
+        run.watchers.append(queue)
+        try:
+            yield service_pb2.RunEvent(run_id=run.run_id, kind="state", status=_run_status(run))
+            while not run.finished:
+                kind, payload = await queue.get()
+                yield service_pb2.RunEvent(run_id=run.run_id, kind=kind, json=json.dumps(payload),
+                                           status=_run_status(run))
+            while not queue.empty():  # events published together with the final state
+                kind, payload = queue.get_nowait()
+                yield service_pb2.RunEvent(run_id=run.run_id, kind=kind, json=json.dumps(payload),
+                                           status=_run_status(run))
+        finally:
+            run.watchers.remove(queue)
+
+    async def StopRun(self, request, context):
+        await self.auth.operator(context)
+        run = self._run(request.run_id)
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} on this server")
+        was_running = not run.finished
+        await self.coordinator.stop(run)
+        return service_pb2.StopRunResponse(stopped=was_running)
+
+    async def Shutdown(self, request, context):
+        await self.auth.operator(context)
+        self.shutdown_event.set()
+        return service_pb2.ShutdownResponse()

@@ -1,0 +1,203 @@
+"""Client sessions on the server: one long-lived bidirectional stream per client daemon.
+
+The session owns the stream. A reader task checks every incoming envelope (sequence, chunks, tensor
+structure) before anything else sees it, so a malformed message is answered with INVALID_ARGUMENT on
+that stream and never reaches a paradigm; well-formed messages for the run wait in the session's inbox
+until the run's client proxy asks for them. Writes are serialised by a lock because several tasks
+(the run, the control service) may send on one stream.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits, decode_tensor
+from slperf.common.wire.errors import WireError
+from slperf.common.wire.framing import ByteCounter, Deframer, Framer
+from slperf.v1 import session_pb2
+
+log = logging.getLogger("slperf.server.sessions")
+
+_CLOSED = object()
+
+
+@dataclass
+class SessionLimits:
+    max_sessions: int = 256
+    max_payload_bytes: int = 1 << 30
+    tensor_limits: TensorLimits = DEFAULT_LIMITS
+    inbox_size: int = 256
+    hello_timeout: float = 30.0
+
+
+class Session:
+    """One connected client daemon."""
+
+    def __init__(self, client_id: str, peer: str, context: grpc.aio.ServicerContext, limits: SessionLimits):
+        self.client_id = client_id
+        self.peer = peer
+        self.session_id = secrets.token_hex(8)
+        self.resume_token = secrets.token_urlsafe(24)
+        self.context = context
+        self.limits = limits
+        self.counter = ByteCounter()
+        self.connected_at = time.monotonic()
+        self._framer = Framer(session_pb2.ServerMessage, self.counter, outgoing_is_up=False)
+        self._deframer = Deframer(session_pb2.ClientMessage, self.counter, incoming_is_up=True,
+                                  max_payload_bytes=limits.max_payload_bytes)
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue(limits.inbox_size)
+        self._send_lock = asyncio.Lock()
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        # Set by the run while this client takes part; messages arriving for no run are refused.
+        self.in_run: str | None = None
+        self.state = "idle"
+
+    async def send(self, message: session_pb2.ServerMessage) -> None:
+        if self.closed.is_set():
+            raise ConnectionError(f"session of {self.client_id} is closed: {self.close_reason}")
+        async with self._send_lock:
+            for envelope in self._framer.frames(message):
+                await self.context.write(envelope)
+
+    async def send_error(self, code: grpc.StatusCode, message: str) -> None:
+        """An in-stream error: the offending message is dropped and the session goes on."""
+        log.info("client %s: %s: %s", self.client_id, code.name, message)
+        try:
+            await self.send(session_pb2.ServerMessage(error=session_pb2.Error(code=code.value[0], message=message)))
+        except (ConnectionError, grpc.aio.AioRpcError, asyncio.InvalidStateError, RuntimeError):
+            pass
+
+    async def next(self, timeout: float) -> Any:
+        """The next message for the run, or ``_CLOSED``-based ConnectionError / TimeoutError."""
+        item = await asyncio.wait_for(self._inbox.get(), timeout)
+        if item is _CLOSED:
+            self._inbox.put_nowait(_CLOSED)  # keep waking later readers too
+            raise ConnectionError(self.close_reason or "session closed")
+        return item
+
+    def drain(self) -> None:
+        """Drops messages left over from an aborted phase, so the next phase starts clean."""
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if item is _CLOSED:
+                self._inbox.put_nowait(_CLOSED)
+                return
+
+    def _check_structure(self, msg: session_pb2.ClientMessage) -> None:
+        """Validates every tensor in the message without copying it (shape/bytes/dtype/limits)."""
+        kind = msg.WhichOneof("body")
+        if kind == "activations":
+            if not msg.activations.HasField("tensor"):
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "activations message has no tensor")
+            decode_tensor(msg.activations.tensor, name="activations", limits=self.limits.tensor_limits,
+                          writable=False, allow_nonfinite=False)
+            if msg.activations.HasField("labels"):
+                decode_tensor(msg.activations.labels, name="labels", limits=self.limits.tensor_limits, writable=False)
+        elif kind == "model_state":
+            for named in msg.model_state.tensors:
+                decode_tensor(named.tensor, name=named.name or "<unnamed>", limits=self.limits.tensor_limits,
+                              writable=False, allow_nonfinite=False)
+        elif kind == "hello":
+            raise WireError(grpc.StatusCode.FAILED_PRECONDITION, "Hello was already received on this session")
+        elif kind is None:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "empty message (no body set)")
+
+    async def read_loop(self) -> None:
+        """Reads until the client closes the stream; returns the reason."""
+        while True:
+            envelope = await self.context.read()
+            if envelope == grpc.aio.EOF:
+                self.close("client closed the stream")
+                return
+            try:
+                message = self._deframer.feed(envelope)
+                if message is None:
+                    continue
+                self._check_structure(message)
+            except WireError as err:
+                await self.send_error(err.code, err.message)
+                continue
+            if message.WhichOneof("body") == "error":
+                log.warning("client %s reports: %s", self.client_id, message.error.message)
+            if self.in_run is None:
+                await self.send_error(grpc.StatusCode.FAILED_PRECONDITION,
+                                      f"client {self.client_id} is not taking part in a run; message dropped")
+                continue
+            await self._inbox.put(message)
+
+    def close(self, reason: str) -> None:
+        if not self.closed.is_set():
+            self.close_reason = reason
+            self.closed.set()
+            self.state = "disconnected"
+            try:
+                self._inbox.put_nowait(_CLOSED)
+            except asyncio.QueueFull:
+                self.drain()
+                self._inbox.put_nowait(_CLOSED)
+
+
+@dataclass
+class SessionRegistry:
+    """Live sessions by client id; waiters are woken by a condition, never by polling."""
+
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    # Bytes of sessions that have ended, so a client's totals survive its reconnects.
+    retired_bytes: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._changed = asyncio.Condition()
+
+    def client_bytes(self, client_id: str) -> tuple[int, int]:
+        up, down = self.retired_bytes.get(client_id, (0, 0))
+        live = self.sessions.get(client_id)
+        if live is not None:
+            up, down = up + live.counter.up, down + live.counter.down
+        return up, down
+
+    async def add(self, session: Session) -> Session | None:
+        """Registers a session; returns the one it replaces (a reconnect), which the caller closes."""
+        async with self._changed:
+            old = self.sessions.get(session.client_id)
+            if old is not None:
+                # A reconnect: the old session's bytes move to the retired total now, not when it unwinds.
+                del self.sessions[session.client_id]
+                up, down = self.retired_bytes.get(old.client_id, (0, 0))
+                self.retired_bytes[old.client_id] = (up + old.counter.up, down + old.counter.down)
+                old.counter = ByteCounter()
+            if old is None and len(self.sessions) >= self.limits.max_sessions:
+                raise WireError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"server has {len(self.sessions)} sessions, the limit (max_sessions) is reached")
+            self.sessions[session.client_id] = session
+            self._changed.notify_all()
+            return old
+
+    async def remove(self, session: Session) -> None:
+        async with self._changed:
+            if self.sessions.get(session.client_id) is session:
+                del self.sessions[session.client_id]
+            up, down = self.retired_bytes.get(session.client_id, (0, 0))
+            self.retired_bytes[session.client_id] = (up + session.counter.up, down + session.counter.down)
+            self._changed.notify_all()
+
+    def get(self, client_id: str) -> Session | None:
+        return self.sessions.get(client_id)
+
+    async def wait_for(self, predicate, timeout: float | None) -> None:
+        async def _wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: predicate(self.sessions))
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def wait_session(self, client_id: str, timeout: float) -> Session:
+        await self.wait_for(lambda s: client_id in s, timeout)
+        return self.sessions[client_id]
