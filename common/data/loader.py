@@ -39,8 +39,8 @@ def cap_indices(indices: np.ndarray, max_samples: int | None, seed: int) -> np.n
 class ShardLoader:
     """Batches (x float32 B×C×H×W normalised, y int64 B) over one client's shard.
 
-    dataset: from load_dataset; indices: the shard's rows (None = the whole split); train: use the train or the
-    test split. x = (pixels/255 - mean)/std per channel, computed in float32.
+    dataset: from load_dataset; indices: the shard's rows (None = the whole split), visited in the given order
+    when shuffle=False; train: use the train or the test split. x = (pixels/255 - mean)/std per channel, computed in float32.
     """
 
     def __init__(
@@ -61,9 +61,11 @@ class ShardLoader:
         self.spec = dataset.spec
         arrays = dataset.arrays
         x_all, y_all = (arrays.train_x, arrays.train_y) if train else (arrays.test_x, arrays.test_y)
+        # Plain ndarray views of the (possibly memory-mapped) arrays: indexing them gives plain owned copies.
+        x_all, y_all = np.asarray(x_all), np.asarray(y_all)
         if indices is None:
             self.indices = np.arange(len(y_all), dtype=np.int64)
-            self._x = np.array(x_all)  # a private copy, off the memory map
+            self._x = np.array(x_all, copy=True)  # a private copy, off the memory map
             self._y = np.array(y_all, dtype=np.int64)
         else:
             idx = np.asarray(indices)

