@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 import grpc
 import torch
@@ -105,12 +105,13 @@ class ClientProxy:
                 raise ClientGone(self.client_id, f"sent unusable weights: {err.message}") from None
             return tensors, int(state.num_samples)
 
-    def train(self, round: int, spec: ActivationSpec, options: Mapping[str, Any] | None = None) -> "ProxyPhaseStream":
+    def train(self, round: int, spec: ActivationSpec | Sequence[ActivationSpec],
+              options: Mapping[str, Any] | None = None) -> "ProxyPhaseStream":
         instruction = session_pb2.Instruction(train=session_pb2.TrainEpoch(
             run_id=self._run_id, round=round, options_json=json.dumps(dict(options or {}))))
         return ProxyPhaseStream(self, instruction, StepRef(self._run_id, round, 0, Phase.TRAIN), spec)
 
-    def evaluate(self, round: int, spec: ActivationSpec) -> "ProxyPhaseStream":
+    def evaluate(self, round: int, spec: ActivationSpec | Sequence[ActivationSpec]) -> "ProxyPhaseStream":
         instruction = session_pb2.Instruction(evaluate=session_pb2.Evaluate(run_id=self._run_id, round=round))
         return ProxyPhaseStream(self, instruction, StepRef(self._run_id, round, 0, Phase.EVAL), spec)
 
@@ -170,13 +171,14 @@ class ClientProxy:
 
 
 class ProxyPhaseStream:
-    """Activations of one pass in step order; invalid ones are refused on the stream and skipped."""
+    """Activations of one pass in step (and stage) order; invalid ones are refused on the stream and skipped."""
 
-    def __init__(self, proxy: ClientProxy, instruction: session_pb2.Instruction, first: StepRef, spec: ActivationSpec):
+    def __init__(self, proxy: ClientProxy, instruction: session_pb2.Instruction, first: StepRef,
+                 spec: ActivationSpec | Sequence[ActivationSpec]):
         self._proxy = proxy
         self._instruction = instruction
         self._first = first
-        self._spec = spec
+        self._specs = [spec] if isinstance(spec, ActivationSpec) else list(spec)
         self.summary: PhaseSummary | None = None
 
     def __aiter__(self) -> AsyncIterator[ActivationBatch]:
@@ -186,7 +188,8 @@ class ProxyPhaseStream:
         proxy = self._proxy
         session = await proxy.session()
         await proxy._send(session, session_pb2.ServerMessage(instruction=self._instruction))
-        expect = self._first
+        stage = 0
+        expect = StepRef(self._first.run_id, self._first.round, 0, self._first.phase, self._specs[0].stage)
         while True:
             message = await proxy._next(session)
             kind = message.WhichOneof("body")
@@ -203,9 +206,11 @@ class ProxyPhaseStream:
                 await session.send_error(grpc.StatusCode.FAILED_PRECONDITION, f"expected activations, got {kind}; dropped")
                 continue
             try:
-                batch = proxy.check_activations(session, message.activations, expect, self._spec)
+                batch = proxy.check_activations(session, message.activations, expect, self._specs[stage])
             except WireError as err:
                 await session.send_error(err.code, err.message)
                 continue
             yield batch
-            expect = StepRef(expect.run_id, expect.round, expect.step + 1, expect.phase, expect.stage)
+            stage = (stage + 1) % len(self._specs)
+            step = expect.step + (1 if stage == 0 else 0)
+            expect = StepRef(expect.run_id, expect.round, step, expect.phase, self._specs[stage].stage)

@@ -84,6 +84,11 @@ class ActivationSpec:
     num_classes: int
     max_batch: int
     dtypes: tuple[torch.dtype, ...] = (torch.float32,)
+    # For paradigms with several client->server messages per step (U-shaped: "head" activations, then the
+    # "tail" gradient), one spec per stage, in the order they arrive within a step.
+    stage: str = ""
+
+
 
 
 @dataclass
@@ -133,9 +138,10 @@ class ClientHandle(Protocol):
 
     async def get_weights(self, segment: str, round: int, expected: Mapping[str, torch.Tensor]) -> tuple[State, int]: ...
 
-    def train(self, round: int, spec: ActivationSpec, options: Mapping[str, Any] | None = None) -> "PhaseStream": ...
+    def train(self, round: int, spec: "ActivationSpec | Sequence[ActivationSpec]",
+              options: Mapping[str, Any] | None = None) -> "PhaseStream": ...
 
-    def evaluate(self, round: int, spec: ActivationSpec) -> "PhaseStream": ...
+    def evaluate(self, round: int, spec: "ActivationSpec | Sequence[ActivationSpec]") -> "PhaseStream": ...
 
     async def reply(self, reply: Reply) -> None: ...
 
