@@ -1,132 +1,240 @@
 """Tensor wire codec: raw little-endian C-order bytes + dtype + shape, validated before any allocation.
 
-Decoding is zero-copy (``numpy.frombuffer`` over the received bytes); ``writable=True`` makes exactly one
-copy so autograd and in-place optimiser updates may touch the result. Nothing here pickles.
+Copies (measured with benchmarks/bench_codec.py):
+
+* ``encode_tensor`` makes one copy of the tensor into a ``bytes`` object (``ndarray.tobytes``, which also
+  makes non-contiguous input C-ordered); the protobuf runtime then copies that into the message.
+* Reading ``msg.data`` from the upb protobuf runtime always materialises a fresh ``bytes`` object; that is the
+  only way to reach the field through the public API. ``decode_tensor`` reads it exactly once and then:
+  ``writable=False`` wraps it with ``numpy.frombuffer`` without copying (the tensor must then not be written
+  to: it aliases an immutable ``bytes``); ``writable=True`` makes exactly one more copy (``ndarray.copy``,
+  measured faster than ``torch.frombuffer(bytearray(...))`` and ``Tensor.clone`` for activation sizes) so that
+  autograd and in-place optimiser updates may touch the result.
+
+Nothing here pickles.
 """
 from __future__ import annotations
 
+import sys
+import threading
+import warnings
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Iterable, Mapping
 
-import grpc
 import numpy as np
 import torch
 
 from slperf.common.wire.errors import WireError
 from slperf.v1 import tensor_pb2
 
-# dtype table: wire enum <-> torch dtype, plus the numpy dtype used to view the bytes (bfloat16 as int16).
-_TABLE = [
-    (tensor_pb2.DTYPE_FLOAT32, torch.float32, np.dtype("<f4")),
-    (tensor_pb2.DTYPE_FLOAT16, torch.float16, np.dtype("<f2")),
-    (tensor_pb2.DTYPE_BFLOAT16, torch.bfloat16, np.dtype("<i2")),
-    (tensor_pb2.DTYPE_FLOAT64, torch.float64, np.dtype("<f8")),
-    (tensor_pb2.DTYPE_INT64, torch.int64, np.dtype("<i8")),
-    (tensor_pb2.DTYPE_INT32, torch.int32, np.dtype("<i4")),
-    (tensor_pb2.DTYPE_INT16, torch.int16, np.dtype("<i2")),
-    (tensor_pb2.DTYPE_INT8, torch.int8, np.dtype("i1")),
-    (tensor_pb2.DTYPE_UINT8, torch.uint8, np.dtype("u1")),
-    (tensor_pb2.DTYPE_BOOL, torch.bool, np.dtype("?")),
+__all__ = [
+    "DEFAULT_LIMITS", "TORCH_TO_WIRE", "WIRE_TO_TORCH", "TensorLimits",
+    "decode_state", "decode_tensor", "dtype_name", "encode_state", "encode_tensor",
 ]
-TORCH_TO_WIRE = {t: w for w, t, _ in _TABLE}
-WIRE_TO_TORCH = {w: t for w, t, _ in _TABLE}
-WIRE_TO_NUMPY = {w: n for w, _, n in _TABLE}
-_FLOATS = {tensor_pb2.DTYPE_FLOAT32, tensor_pb2.DTYPE_FLOAT16, tensor_pb2.DTYPE_BFLOAT16, tensor_pb2.DTYPE_FLOAT64}
+
+
+@dataclass(frozen=True)
+class _Spec:
+    code: int  # tensor_pb2.DType value
+    torch_dtype: torch.dtype
+    np_dtype: np.dtype  # how the raw bytes are viewed; bfloat16 has no numpy dtype and travels as its int16 bits
+    name: str
+    is_float: bool
+
+
+# The one dtype table: wire enum <-> torch dtype <-> numpy view of the bytes.
+_SPECS = (
+    _Spec(tensor_pb2.DTYPE_FLOAT32, torch.float32, np.dtype("<f4"), "float32", True),
+    _Spec(tensor_pb2.DTYPE_FLOAT16, torch.float16, np.dtype("<f2"), "float16", True),
+    _Spec(tensor_pb2.DTYPE_BFLOAT16, torch.bfloat16, np.dtype("<i2"), "bfloat16", True),
+    _Spec(tensor_pb2.DTYPE_FLOAT64, torch.float64, np.dtype("<f8"), "float64", True),
+    _Spec(tensor_pb2.DTYPE_INT64, torch.int64, np.dtype("<i8"), "int64", False),
+    _Spec(tensor_pb2.DTYPE_INT32, torch.int32, np.dtype("<i4"), "int32", False),
+    _Spec(tensor_pb2.DTYPE_INT16, torch.int16, np.dtype("<i2"), "int16", False),
+    _Spec(tensor_pb2.DTYPE_INT8, torch.int8, np.dtype("i1"), "int8", False),
+    _Spec(tensor_pb2.DTYPE_UINT8, torch.uint8, np.dtype("u1"), "uint8", False),
+    _Spec(tensor_pb2.DTYPE_BOOL, torch.bool, np.dtype("?"), "bool", False),
+)
+_BY_CODE: Mapping[int, _Spec] = MappingProxyType({s.code: s for s in _SPECS})
+_BY_TORCH: Mapping[torch.dtype, _Spec] = MappingProxyType({s.torch_dtype: s for s in _SPECS})
+
+TORCH_TO_WIRE: Mapping[torch.dtype, int] = MappingProxyType({s.torch_dtype: s.code for s in _SPECS})
+WIRE_TO_TORCH: Mapping[int, torch.dtype] = MappingProxyType({s.code: s.torch_dtype for s in _SPECS})
+
+# The wire is little-endian; on a big-endian host the bytes are swapped on the way in and out (one extra copy).
+_NATIVE_LE = sys.byteorder == "little"
+_UINT8 = np.dtype("u1")
+
+
+def dtype_name(code: int) -> str:
+    """'float32' for DTYPE_FLOAT32 etc.; a readable label for unknown numbers too."""
+    spec = _BY_CODE.get(code)
+    if spec is not None:
+        return spec.name
+    return "DTYPE_UNSPECIFIED" if code == tensor_pb2.DTYPE_UNSPECIFIED else f"unknown dtype {code}"
 
 
 @dataclass(frozen=True)
 class TensorLimits:
+    """What a receiver accepts. ``allowed`` is a set of ``tensor_pb2.DType`` values, or None for all known."""
+
     max_elements: int = 1 << 28
     max_dims: int = 8
     allowed: frozenset[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_elements < 0 or self.max_dims < 0:
+            raise ValueError(f"TensorLimits must not be negative (max_elements={self.max_elements}, "
+                             f"max_dims={self.max_dims})")
+        if self.allowed is not None:
+            unknown = sorted(c for c in self.allowed if c not in _BY_CODE)
+            if unknown:
+                raise ValueError(f"TensorLimits.allowed holds dtype numbers the codec does not know: {unknown}")
 
 
 DEFAULT_LIMITS = TensorLimits()
 
 
-def _invalid(message: str) -> WireError:
-    return WireError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
 def encode_tensor(t: torch.Tensor) -> tensor_pb2.Tensor:
-    try:
-        wire = TORCH_TO_WIRE[t.dtype]
-    except KeyError:
-        raise ValueError(f"dtype {t.dtype} cannot be sent on the wire") from None
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    t = t.contiguous()
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-    data = t.numpy().tobytes() if t.numel() else b""
-    return tensor_pb2.Tensor(dtype=wire, shape=list(t.shape), data=data)
+    """The tensor as raw little-endian C-order bytes (detached, moved to CPU, one copy into ``bytes``)."""
+    spec = _BY_TORCH.get(t.dtype)
+    if spec is None:
+        raise WireError.invalid(f"dtype {t.dtype} cannot be sent on the wire (supported: "
+                                f"{', '.join(s.name for s in _SPECS)})")
+    if t.layout != torch.strided:
+        raise WireError.invalid(f"only dense tensors can be sent on the wire, not {t.layout}")
+    if spec.code == tensor_pb2.DTYPE_BFLOAT16:
+        t = t.detach().view(torch.int16)  # same bits; numpy has no bfloat16
+    array = t.numpy(force=True)  # detach, cpu, resolve conj/neg; no copy for a plain CPU tensor
+    if not _NATIVE_LE and array.dtype.itemsize > 1:
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return tensor_pb2.Tensor(dtype=spec.code, shape=t.shape, data=array.tobytes())  # tobytes: C order
 
 
 def decode_tensor(msg: tensor_pb2.Tensor, *, name: str = "tensor", limits: TensorLimits = DEFAULT_LIMITS,
                   writable: bool = True, allow_nonfinite: bool = False) -> torch.Tensor:
-    dtype = msg.dtype
-    if dtype not in WIRE_TO_TORCH:
-        raise _invalid(f"tensor '{name}': unknown or unspecified dtype {dtype}")
-    if limits.allowed is not None and dtype not in limits.allowed:
-        raise _invalid(f"tensor '{name}': dtype {tensor_pb2.DType.Name(dtype)} is not allowed here")
-    shape = list(msg.shape)
+    """Validates ``msg`` completely, then decodes it (see the module docstring for the copies made).
+
+    Raises WireError: INVALID_ARGUMENT for an unknown/unspecified/disallowed dtype, a negative dimension, too
+    many dimensions, a byte length that does not match the shape, non-0/1 bool bytes or (unless
+    ``allow_nonfinite``) NaN/Inf in a float tensor; RESOURCE_EXHAUSTED for more than ``limits.max_elements``.
+    With ``writable=False`` the result aliases immutable memory and must not be modified in place.
+    """
+    code = msg.dtype
+    spec = _BY_CODE.get(code)
+    if spec is None:
+        if code == tensor_pb2.DTYPE_UNSPECIFIED:
+            raise WireError.invalid(f"tensor '{name}': dtype is DTYPE_UNSPECIFIED")
+        raise WireError.invalid(f"tensor '{name}': unknown dtype number {code}")
+    if limits.allowed is not None and code not in limits.allowed:
+        allowed = ", ".join(sorted(dtype_name(c) for c in limits.allowed)) or "none"
+        raise WireError.invalid(f"tensor '{name}': dtype {spec.name} is not allowed here (allowed: {allowed})")
+
+    shape = tuple(msg.shape)
     if len(shape) > limits.max_dims:
-        raise _invalid(f"tensor '{name}': {len(shape)} dimensions, at most {limits.max_dims} allowed")
-    count = 1
-    for d in shape:
+        raise WireError.invalid(f"tensor '{name}': shape has {len(shape)} dimensions, at most {limits.max_dims} "
+                                "are allowed")
+    # Python ints cannot overflow, and at most max_dims factors are multiplied. Zero-sized dims are counted
+    # as 1 in the bound so that e.g. [2**62, 2**62, 0] is refused too (its strides would overflow int64).
+    bound = 1
+    for i, d in enumerate(shape):
         if d < 0:
-            raise _invalid(f"tensor '{name}': negative dimension in shape {shape}")
-        count *= d  # Python ints cannot overflow; compared with the limit below
-        if count > limits.max_elements:
-            raise WireError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"tensor '{name}': shape {shape} has more than the {limits.max_elements} elements allowed")
-    np_dtype = WIRE_TO_NUMPY[dtype]
-    need = count * np_dtype.itemsize
-    if len(msg.data) != need:
-        raise _invalid(f"tensor '{name}': data has {len(msg.data)} bytes, shape {shape} with "
-                       f"{tensor_pb2.DType.Name(dtype)[6:].lower()} needs {need}")
-    array = np.frombuffer(msg.data, dtype=np_dtype, count=count).reshape(shape)
-    if writable:
+            raise WireError.invalid(f"tensor '{name}': dimension {i} of shape {list(shape)} is negative ({d})")
+        if d > 1:
+            bound *= d
+    numel = 0 if 0 in shape else bound
+    if bound > limits.max_elements:
+        what = f"has {bound} elements" if numel else f"spans {bound} elements (zero-sized dimensions counted as 1)"
+        raise WireError.exhausted(f"tensor '{name}': shape {list(shape)} {what}, more than the "
+                                  f"{limits.max_elements} allowed")
+    need = numel * spec.np_dtype.itemsize
+
+    data = msg.data  # upb copies the field into a new bytes object on every access: read it once
+    if len(data) != need:
+        raise WireError.invalid(f"tensor '{name}': data has {len(data)} bytes, shape {list(shape)} with "
+                                f"{spec.name} needs {need}")
+
+    if code == tensor_pb2.DTYPE_BOOL and numel and np.frombuffer(data, dtype=_UINT8).max() > 1:
+        bad = np.frombuffer(data, dtype=_UINT8)
+        first = int(np.flatnonzero(bad > 1)[0])
+        raise WireError.invalid(f"tensor '{name}': bool data must be bytes 0 or 1; byte {first} is {bad[first]}")
+
+    array = np.frombuffer(data, dtype=spec.np_dtype)  # zero-copy, read-only view of `data`
+    if not _NATIVE_LE and array.dtype.itemsize > 1:
+        array = array.astype(array.dtype.newbyteorder("="))  # the byte swap is then the one copy
+    elif writable:
         array = array.copy()
-    elif count == 0:
-        array = np.empty(shape, dtype=np_dtype)
-    tensor = torch.from_numpy(array) if writable else _readonly_tensor(array)
-    if dtype == tensor_pb2.DTYPE_BFLOAT16:
+    tensor = torch.from_numpy(array) if array.flags.writeable else _from_readonly(array)
+    if code == tensor_pb2.DTYPE_BFLOAT16:
         tensor = tensor.view(torch.bfloat16)
-    if not allow_nonfinite and dtype in _FLOATS and count and not bool(torch.isfinite(tensor).all()):
-        raise _invalid(f"tensor '{name}': contains NaN or Inf")
+    tensor = tensor.view(shape)
+
+    if spec.is_float and numel and not allow_nonfinite:
+        lo, hi = torch.aminmax(tensor)  # NaN propagates; one pass, no temporary the size of the tensor
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+            raise WireError.invalid(_nonfinite_message(name, spec, tensor))
     return tensor
 
 
-def _readonly_tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor view over read-only bytes (validation only; never written to)."""
-    import warnings
+def _nonfinite_message(name: str, spec: _Spec, tensor: torch.Tensor) -> str:
+    flat = tensor.reshape(-1)
+    nan = torch.isnan(flat)
+    inf = torch.isinf(flat)
+    first = int(torch.nonzero(nan | inf)[0, 0])
+    return (f"tensor '{name}': {spec.name} data contains {int(nan.sum())} NaN and {int(inf.sum())} Inf values "
+            f"(first at flat index {first}); non-finite values are not accepted")
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+
+_readonly_lock = threading.Lock()
+_readonly_warned = False
+
+
+def _from_readonly(array: np.ndarray) -> torch.Tensor:
+    """torch.from_numpy over read-only memory. Torch warns about that once per process; the warning is
+    expected here (documented contract of writable=False), so the first call swallows it."""
+    global _readonly_warned
+    if _readonly_warned:
         return torch.from_numpy(array)
+    with _readonly_lock:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(array)
+        _readonly_warned = True
+    return tensor
 
 
 def encode_state(state: Mapping[str, torch.Tensor]) -> list[tensor_pb2.NamedTensor]:
+    """A state dict as NamedTensors, in the mapping's order."""
     return [tensor_pb2.NamedTensor(name=k, tensor=encode_tensor(v)) for k, v in state.items()]
 
 
 def decode_state(named: Iterable[tensor_pb2.NamedTensor], *, limits: TensorLimits = DEFAULT_LIMITS,
-                 expected: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for item in named:
-        if item.name in out:
-            raise _invalid(f"model state names tensor '{item.name}' twice")
-        out[item.name] = decode_tensor(item.tensor, name=item.name, limits=limits, writable=True)
+                 expected: Mapping[str, torch.Tensor] | None = None, writable: bool = True,
+                 allow_nonfinite: bool = False) -> dict[str, torch.Tensor]:
+    """Decodes a state dict. Empty and duplicate names are refused. With ``expected``, the names must be exactly
+    its keys and every tensor must have the expected tensor's dtype and shape; all of that is checked on the
+    messages before any tensor is decoded. Every failure is a WireError with INVALID_ARGUMENT (or the
+    RESOURCE_EXHAUSTED of an element limit)."""
+    items = list(named)
+    seen: set[str] = set()
+    for item in items:
+        if not item.name:
+            raise WireError.invalid("model state holds a tensor with an empty name")
+        if item.name in seen:
+            raise WireError.invalid(f"model state names tensor '{item.name}' more than once")
+        seen.add(item.name)
     if expected is not None:
-        missing = sorted(set(expected) - set(out))
-        extra = sorted(set(out) - set(expected))
+        missing = [k for k in expected if k not in seen]
+        extra = [n.name for n in items if n.name not in expected]
         if missing or extra:
-            raise _invalid(f"model state does not match the segment: missing {missing}, unexpected {extra}")
-        for key, ref in expected.items():
-            got = out[key]
-            if got.dtype != ref.dtype or tuple(got.shape) != tuple(ref.shape):
-                raise _invalid(f"tensor '{key}': {got.dtype} {list(got.shape)} where {ref.dtype} "
-                               f"{list(ref.shape)} is expected")
-    return out
+            raise WireError.invalid(f"model state does not match: missing {missing}, unexpected {extra}")
+        for item in items:
+            ref = expected[item.name]
+            ref_spec = _BY_TORCH.get(ref.dtype)
+            got_shape = list(item.tensor.shape)
+            if ref_spec is None or item.tensor.dtype != ref_spec.code or got_shape != list(ref.shape):
+                raise WireError.invalid(f"tensor '{item.name}': got {dtype_name(item.tensor.dtype)} {got_shape}, "
+                                        f"expected {str(ref.dtype).removeprefix('torch.')} {list(ref.shape)}")
+    return {item.name: decode_tensor(item.tensor, name=item.name, limits=limits, writable=writable,
+                                     allow_nonfinite=allow_nonfinite) for item in items}

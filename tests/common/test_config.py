@@ -45,7 +45,7 @@ def test_alias_and_canonical_key_together_is_an_error():
 
 
 def test_broken_yaml_and_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match="line 1"):
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
         load_config_text("lr: [0.1\n")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
