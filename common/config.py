@@ -47,6 +47,7 @@ class RunConfig:
     max_test_samples: int | None = None
     eval_batch_size: int = 500
     client_timeout: float = 300.0
+    rejoin_timeout: float = 15.0
     torch_threads: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -82,7 +83,8 @@ FIELD_DOCS: dict[str, str] = {
     "max_train_samples": "use a deterministic subset of this many training samples (quick runs, tests)",
     "max_test_samples": "evaluate on a deterministic subset of this many test samples",
     "eval_batch_size": "batch size for evaluation passes",
-    "client_timeout": "seconds to wait for a client's next message before it counts as dropped",
+    "client_timeout": "seconds to wait for a client's next message (or for all clients at the start) before it counts as dropped",
+    "rejoin_timeout": "seconds a disconnected client has to reconnect at its next turn before it sits out that round",
     "torch_threads": "torch intra-op threads per process (0 = leave torch's default)",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
 }
@@ -165,8 +167,9 @@ def _check_ranges(cfg: RunConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"config key '{key}' must be >= 1 when set, got {value}")
-    if cfg.client_timeout <= 0:
-        raise ConfigError(f"config key 'client_timeout' must be > 0, got {cfg.client_timeout}")
+    for key in ("client_timeout", "rejoin_timeout"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {getattr(cfg, key)}")
     if cfg.client_ids is not None:
         if len(cfg.client_ids) != len(set(cfg.client_ids)):
             raise ConfigError("config key 'client_ids' lists an id twice")
@@ -174,6 +177,10 @@ def _check_ranges(cfg: RunConfig) -> None:
             raise ConfigError(
                 f"config key 'client_ids' has {len(cfg.client_ids)} ids but 'clients' is {cfg.clients}"
             )
+    from slperf.common.data import DATASETS  # late: the data layer is heavier than config
+
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"config key 'dataset': unknown dataset '{cfg.dataset}' (known: {', '.join(sorted(DATASETS))})")
     if cfg.device != "cpu" and not cfg.device.startswith("cuda"):
         raise ConfigError(f"config key 'device' must be 'cpu' or 'cuda[:N]', got {cfg.device!r}")
 

@@ -40,6 +40,12 @@ class RunFolder:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        write_atomic(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        write_atomic(self.path / "state.json", json.dumps(state, sort_keys=True) + "\n")
+
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []

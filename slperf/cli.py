@@ -289,7 +289,10 @@ def data_prepare(name: str, data_dir: str | None) -> None:
     from slperf.common.data import load_dataset
 
     t0 = time.perf_counter()
-    loaded = load_dataset(name, data_dir)
+    try:
+        loaded = load_dataset(name, data_dir)
+    except ValueError as exc:  # an unknown name: the message lists the known ones
+        _fail(str(exc))
     a = loaded.arrays
     click.echo(f"{name}: train {tuple(a.train_x.shape)}, test {tuple(a.test_x.shape)} in {time.perf_counter() - t0:.2f} s")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -9,6 +10,9 @@ import grpc
 
 from slperf.common.wire.framing import grpc_options
 from slperf.v1 import service_pb2, service_pb2_grpc
+
+
+FINAL_STATES = ("finished", "failed", "stopped")
 
 
 @dataclass
@@ -42,18 +46,35 @@ class OperatorClient:
         for event in self.stub.WatchRun(service_pb2.WatchRunRequest(run_id=run_id)):
             yield event.kind, (json.loads(event.json) if event.json else {}), event.status
 
-    def follow(self, run_id: str, on_round: Callable[[dict], None]) -> service_pb2.RunStatus:
-        """Blocks until the run ends; calls ``on_round`` for every finished round. Returns the final status."""
-        final = None
-        for kind, payload, status in self.watch(run_id):
-            if kind == "round":
-                on_round(payload)
-            final = status
-            if status.state in ("finished", "failed", "stopped"):
-                break
-        if final is None or final.state not in ("finished", "failed", "stopped"):
-            final = self.status().run
-        return final
+    def follow(self, run_id: str, on_round: Callable[[dict], None], *,
+               reconnect_timeout: float = 180.0) -> service_pb2.RunStatus:
+        """Blocks until the run ends; calls ``on_round`` once for every finished round; returns the final status.
+
+        A server that goes away (a restart resumes the run from its checkpoint) is waited for up to
+        ``reconnect_timeout`` seconds, so an operator following a run does not lose it to a server restart.
+        """
+        seen: set[int] = set()
+        lost_since: float | None = None
+        while True:
+            try:
+                for kind, payload, status in self.watch(run_id):
+                    lost_since = None
+                    if kind == "round" and payload.get("round") not in seen:
+                        seen.add(payload["round"])
+                        on_round(payload)
+                    if status.state in FINAL_STATES:
+                        return status
+                status = self.status().run
+                if status.run_id == run_id and status.state in FINAL_STATES:
+                    return status
+            except grpc.RpcError as err:
+                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                    raise
+                now = time.monotonic()
+                lost_since = lost_since or now
+                if now - lost_since > reconnect_timeout:
+                    raise
+                time.sleep(1.0)  # retry delay while the server restarts (not synchronisation)
 
     def stop_run(self, run_id: str, timeout: float = 30) -> bool:
         return self.stub.StopRun(service_pb2.StopRunRequest(run_id=run_id), timeout=timeout).stopped

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from slperf.common.config import RunConfig
+import yaml
+
+from slperf.common.config import ConfigError, RunConfig, config_from_mapping
 from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone, RoundResult
@@ -57,6 +59,7 @@ class Run:
     test_accuracy: float = 0.0
     summary: dict[str, Any] | None = None
     task: asyncio.Task | None = None
+    stop_reason: str = ""
     watchers: list[asyncio.Queue] = field(default_factory=list)
 
     def publish(self, kind: str, payload: dict[str, Any]) -> None:
@@ -65,7 +68,7 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("finished", "failed", "stopped")
+        return self.state in ("finished", "failed", "stopped", "interrupted")
 
 
 class RunCoordinator:
@@ -84,7 +87,24 @@ class RunCoordinator:
         self.current = run
         return run
 
-    async def stop(self, run: Run) -> None:
+    def find_resumable(self) -> Path | None:
+        """The newest run folder with a checkpoint but no final state: a run the server was killed in."""
+        if not self.runs_dir.is_dir():
+            return None
+        candidates = [p for p in self.runs_dir.iterdir()
+                      if (p / "checkpoint.pt").exists() and (p / "config.yaml").exists() and not (p / "state.json").exists()]
+        return max(candidates, key=lambda p: (p / "checkpoint.pt").stat().st_mtime, default=None)
+
+    def resume(self, folder: Path) -> Run | None:
+        try:
+            config, _ = config_from_mapping(yaml.safe_load((folder / "config.yaml").read_text()), source=str(folder))
+        except (ConfigError, OSError, yaml.YAMLError) as exc:
+            log.error("cannot resume %s: %s", folder.name, exc)
+            return None
+        return self.start(config, folder.name)
+
+    async def stop(self, run: Run, reason: str = "operator") -> None:
+        run.stop_reason = reason
         if run.task and not run.task.done():
             run.task.cancel()
             try:
@@ -141,7 +161,10 @@ class RunCoordinator:
             await ctx.compute(run.folder.write_plots, records, f"{config.paradigm} on {config.dataset}")
             run.state = "finished"
         except asyncio.CancelledError:
-            run.state, run.error = "stopped", "stopped by the operator"
+            if run.stop_reason == "operator":
+                run.state, run.error = "stopped", "stopped by the operator"
+            else:
+                run.state, run.error = "interrupted", "server shut down; the run resumes from its checkpoint on restart"
             raise
         except (RunFailed, ClientGone) as exc:
             run.state, run.error = "failed", str(exc)
@@ -151,6 +174,9 @@ class RunCoordinator:
             log.exception("run %s failed", run.run_id)
         finally:
             await asyncio.gather(*(p.finish(run.state) for p in proxies), return_exceptions=True)
+            if run.state in ("finished", "failed", "stopped"):
+                # A final state marks the folder as not resumable; an interrupted or killed server writes none.
+                run.folder.write_state({"state": run.state, "error": run.error})
             run.publish("state", {"state": run.state, "error": run.error})
 
     def _resume(self, run: Run, paradigm) -> tuple[int, list[dict[str, Any]], float]:
@@ -163,6 +189,7 @@ class RunCoordinator:
             raise RunFailed(f"{path} belongs to a run with another config; use a new run id")
         paradigm.load_state_dict(state["paradigm"])
         records = [r for r in run.folder.read_metrics() if r["round"] <= state["round"]]
+        run.folder.rewrite_metrics(records)  # drop a round recorded after the last checkpoint
         log.info("run %s resumes after round %d", run.run_id, state["round"])
         return int(state["round"]) + 1, records, float(state.get("elapsed", 0.0))
 

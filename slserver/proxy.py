@@ -38,9 +38,10 @@ class ClientProxy:
     async def session(self) -> Session:
         """The live session, set up for this run (again, after a reconnect)."""
         try:
-            session = await self._registry.wait_session(self.client_id, self._timeout)
+            session = await self._registry.wait_session(self.client_id, self._config.rejoin_timeout)
         except asyncio.TimeoutError:
-            raise ClientGone(self.client_id, f"not connected within {self._timeout:.0f} s") from None
+            raise ClientGone(self.client_id, f"not connected (waited rejoin_timeout = "
+                                             f"{self._config.rejoin_timeout:.0f} s)") from None
         if session.session_id != self._setup_session:
             session.in_run = self._run_id
             session.drain()

@@ -19,9 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from slperf.common import tls
 from slperf.common.wire.framing import grpc_options
 from slperf.slserver.coordinator import RunCoordinator
-from slperf.slserver.service import Authenticator, ControlService, SplitLearningService
+from slperf.slserver.service import Authenticator, ControlService, SplitLearningService, add_services
 from slperf.slserver.sessions import SessionLimits, SessionRegistry
-from slperf.v1 import service_pb2_grpc
 
 log = logging.getLogger("slperf.server")
 
@@ -36,7 +35,7 @@ class ServerOptions:
     runs_dir: Path = Path("runs")
     limits: SessionLimits | None = None
     torch_threads: int = 0
-    resume_run: str | None = None
+    allowed_clients: frozenset[str] | None = None
 
 
 class AddressInUse(Exception):
@@ -53,11 +52,13 @@ async def serve(opts: ServerOptions, *, announce=print) -> None:
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slperf-compute")
     coordinator = RunCoordinator(registry, opts.runs_dir, executor)
     shutdown = asyncio.Event()
-    auth = Authenticator(None if opts.insecure else opts.certs_dir, opts.insecure)
+    auth = Authenticator(None if opts.insecure else opts.certs_dir, opts.insecure, opts.allowed_clients)
 
-    server = grpc.aio.server(options=grpc_options(), maximum_concurrent_rpcs=limits.max_sessions + 32)
-    service_pb2_grpc.add_SplitLearningServicer_to_server(SplitLearningService(registry, auth), server)
-    service_pb2_grpc.add_ControlServicer_to_server(ControlService(registry, coordinator, auth, shutdown), server)
+    # SO_REUSEPORT off: a second server on the same port must fail loudly, not share the port.
+    server = grpc.aio.server(options=grpc_options() + [("grpc.so_reuseport", 0)],
+                             maximum_concurrent_rpcs=limits.max_sessions + 32)
+    resumable = coordinator.find_resumable()
+    add_services(server, SplitLearningService(registry, auth), ControlService(registry, coordinator, auth, shutdown))
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
@@ -78,6 +79,9 @@ async def serve(opts: ServerOptions, *, announce=print) -> None:
         loop.add_signal_handler(sig, shutdown.set)
     log.info("listening on port %d (%s)", port, "plaintext" if opts.insecure else "mutual TLS")
     announce(f"{READY_PREFIX}{port}")
+    if resumable is not None:
+        log.info("resuming run %s from its last checkpoint", resumable.run_id)
+        coordinator.resume(resumable)
     try:
         await shutdown.wait()
     finally:
@@ -85,7 +89,7 @@ async def serve(opts: ServerOptions, *, announce=print) -> None:
             await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
         run = coordinator.current
         if run is not None and not run.finished:
-            await coordinator.stop(run)
+            await coordinator.stop(run, reason="shutdown")
         for session in list(registry.sessions.values()):
             session.close("server shutting down")
         await server.stop(grace=2.0)

@@ -26,9 +26,10 @@ log = logging.getLogger("slperf.server")
 
 
 class Authenticator:
-    def __init__(self, certs_dir: Path | None, insecure: bool):
+    def __init__(self, certs_dir: Path | None, insecure: bool, allowed: frozenset[str] | None = None):
         self.certs_dir = certs_dir
         self.insecure = insecure
+        self.allowed = allowed  # None = every client the CA certified
 
     def identity(self, context: grpc.aio.ServicerContext) -> tls.Identity | None:
         if self.insecure:
@@ -37,6 +38,9 @@ class Authenticator:
 
     async def client(self, context: grpc.aio.ServicerContext, claimed: str) -> None:
         """Aborts the call unless the certificate names this client and it is not revoked."""
+        if self.allowed is not None and claimed not in self.allowed:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"client '{claimed}' is not in this server's allowed list (--allowed-clients)")
         if self.insecure:
             return
         ident = self.identity(context)
@@ -80,6 +84,8 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {limits.hello_timeout:.0f} s")
         if first == grpc.aio.EOF:
             return
+        if isinstance(first, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.reason)
         if first.WhichOneof("body") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be Hello")
         hello = first.hello
@@ -113,6 +119,67 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             session.close(session.close_reason or "stream ended")
             await self.registry.remove(session)
             log.info("client %s disconnected: %s", hello.client_id, session.close_reason)
+
+
+class Malformed:
+    """Stands in for a request whose bytes do not parse, so the handler can answer INVALID_ARGUMENT
+    (gRPC would otherwise answer a deserialisation failure with INTERNAL and end a session stream)."""
+
+    def __init__(self, size: int, reason: str):
+        self.size = size
+        self.reason = reason
+
+    def WhichOneof(self, _name: str) -> str:
+        return "malformed"
+
+    def ByteSize(self) -> int:
+        return self.size
+
+
+def _safe_parser(message_type):
+    def parse(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except Exception as exc:  # protobuf's DecodeError and friends: the peer's fault, never ours
+            return Malformed(len(data), f"{len(data)} bytes do not parse as {message_type.DESCRIPTOR.full_name}: {exc}")
+    return parse
+
+
+def _unary(method, request_type, response_type, streaming_response=False):
+    async def handler(request, context):
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        return await method(request, context)
+
+    async def stream_handler(request, context):
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        async for item in method(request, context):
+            yield item
+
+    make = grpc.unary_stream_rpc_method_handler if streaming_response else grpc.unary_unary_rpc_method_handler
+    return make(stream_handler if streaming_response else handler, request_deserializer=_safe_parser(request_type),
+                response_serializer=response_type.SerializeToString)
+
+
+def add_services(server: grpc.aio.Server, sessions: "SplitLearningService", control: "ControlService") -> None:
+    """Registers both services with deserialisers that never raise (see ``Malformed``)."""
+    session_handlers = {
+        "Session": grpc.stream_stream_rpc_method_handler(
+            sessions.Session, request_deserializer=_safe_parser(session_pb2.ClientMessage),
+            response_serializer=session_pb2.ServerMessage.SerializeToString),
+    }
+    control_handlers = {
+        "StartRun": _unary(control.StartRun, service_pb2.StartRunRequest, service_pb2.StartRunResponse),
+        "Status": _unary(control.Status, service_pb2.StatusRequest, service_pb2.StatusResponse),
+        "WatchRun": _unary(control.WatchRun, service_pb2.WatchRunRequest, service_pb2.RunEvent, streaming_response=True),
+        "StopRun": _unary(control.StopRun, service_pb2.StopRunRequest, service_pb2.StopRunResponse),
+        "Shutdown": _unary(control.Shutdown, service_pb2.ShutdownRequest, service_pb2.ShutdownResponse),
+    }
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler("slperf.v1.SplitLearning", session_handlers),
+        grpc.method_handlers_generic_handler("slperf.v1.Control", control_handlers),
+    ))
 
 
 def _run_status(run: Run | None) -> service_pb2.RunStatus:

@@ -29,11 +29,34 @@ _CLOSED = object()
 
 @dataclass
 class SessionLimits:
+    """Every limit a client is held to, in one place (server flags map onto these)."""
+
     max_sessions: int = 256
     max_payload_bytes: int = 1 << 30
     tensor_limits: TensorLimits = DEFAULT_LIMITS
     inbox_size: int = 256
     hello_timeout: float = 30.0
+    messages_per_second: float = 5000.0
+    message_burst: int = 10000
+
+
+class TokenBucket:
+    """Per-session message rate limit; refills continuously from the loop clock (no timers, no polling)."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate = rate
+        self.capacity = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 class Session:
@@ -53,6 +76,7 @@ class Session:
                                   max_payload_bytes=limits.max_payload_bytes)
         self._inbox: asyncio.Queue[Any] = asyncio.Queue(limits.inbox_size)
         self._send_lock = asyncio.Lock()
+        self._bucket = TokenBucket(limits.messages_per_second, limits.message_burst)
         self.closed = asyncio.Event()
         self.close_reason = ""
         # Set by the run while this client takes part; messages arriving for no run are refused.
@@ -116,6 +140,15 @@ class Session:
             if envelope == grpc.aio.EOF:
                 self.close("client closed the stream")
                 return
+            if not self._bucket.take():
+                await self.send_error(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      f"more than {self.limits.messages_per_second:.0f} messages per second "
+                                      f"(messages_per_second); message dropped")
+                continue
+            if envelope.WhichOneof("body") == "malformed":  # bytes that did not parse (service.Malformed)
+                self.counter.add(up=envelope.ByteSize())
+                await self.send_error(grpc.StatusCode.INVALID_ARGUMENT, envelope.reason)
+                continue
             try:
                 message = self._deframer.feed(envelope)
                 if message is None:

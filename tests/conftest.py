@@ -31,13 +31,15 @@ class Daemons:
 
     tmp: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
+    server_proc: subprocess.Popen | None = None
 
-    def server(self, certs: Path | None, runs: Path, *extra: str) -> int:
-        args = ["server", "--address", "127.0.0.1:0", "--runs-dir", str(runs), "--torch-threads", "1", *extra]
+    def server(self, certs: Path | None, runs: Path, *extra: str, port: int = 0) -> int:
+        args = ["server", "--address", f"127.0.0.1:{port}", "--runs-dir", str(runs), "--torch-threads", "1", *extra]
         args += ["--certs", str(certs)] if certs else ["--insecure"]
-        log = open(self.tmp / "server.log", "wb")
+        log = open(self.tmp / "server.log", "ab")
         proc = subprocess.Popen(slperf_cmd(*args), stdout=subprocess.PIPE, stderr=log, env=child_env())
         self.procs.append(proc)
+        self.server_proc = proc
         line = proc.stdout.readline().decode().strip()
         assert line.startswith(READY), f"server did not start: {(self.tmp / 'server.log').read_text()[-2000:]}"
         return int(line[len(READY):])

@@ -1,0 +1,95 @@
+"""Faults with real processes: kill -9 of a client daemon mid-round, and of the server mid-run."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+import yaml
+
+from slperf.common import tls
+from slperf.common.results import RunFolder
+from slperf.operator import OperatorClient
+
+pytestmark = pytest.mark.slow
+
+
+def _config(**overrides) -> str:
+    config = {"paradigm": "splitfed_v1", "clients": 2, "client_ids": ["c1", "c2"], "epochs": 4, "batch_size": 32,
+              "lr": 0.05, "max_train_samples": 1200, "max_test_samples": 500, "seed": 2,
+              "client_timeout": 60, "rejoin_timeout": 30}
+    config.update(overrides)
+    return yaml.safe_dump(config)
+
+
+def _operator(port, pki) -> OperatorClient:
+    return OperatorClient(f"127.0.0.1:{port}", tls.operator_channel_credentials(pki), server_name="localhost")
+
+
+@pytest.mark.parametrize("paradigm", ["splitfed_v1", "vanilla"])
+def test_client_killed_mid_round_is_dropped_and_rejoins(tmp_path, pki, daemons, paradigm):
+    runs = tmp_path / "runs"
+    port = daemons.server(pki, runs)
+    daemons.client(port, "c1", pki)
+    victim = daemons.client(port, "c2", pki)
+    op = _operator(port, pki)
+    run_id = op.start_run(_config(paradigm=paradigm))
+    killed = {}
+
+    def on_round(record):
+        if record["round"] == 0:
+            victim.send_signal(signal.SIGKILL)  # round 1 is starting: c2 dies in the middle of it
+            victim.wait()
+            killed["at"] = time.monotonic()
+            daemons.client(port, "c2", pki, log_name="c2-restarted")
+
+    status = op.follow(run_id, on_round)
+    op.close()
+    assert status.state == "finished", status.error
+    records = RunFolder(runs / run_id).read_metrics()
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    assert records[0]["participants"] == ["c1", "c2"]
+    assert records[1]["dropped"] == ["c2"] and records[1]["participants"] == ["c1"]
+    assert records[-1]["participants"] == ["c1", "c2"], "the restarted client must rejoin"
+    assert records[-1]["test_accuracy"] > 0.5
+
+
+def test_server_killed_mid_run_resumes_from_checkpoint(tmp_path, pki, daemons):
+    config = _config(epochs=4)
+    # The uninterrupted reference run.
+    port = daemons.server(pki, tmp_path / "ref")
+    daemons.client(port, "c1", pki, log_name="ref-c1")
+    daemons.client(port, "c2", pki, log_name="ref-c2")
+    op = _operator(port, pki)
+    reference = op.follow(op.start_run(config, "reference"), lambda r: None)
+    op.shutdown()
+    op.close()
+    daemons.server_proc.wait(timeout=30)
+    assert reference.state == "finished"
+
+    runs = tmp_path / "runs"
+    port = daemons.server(pki, runs)
+    daemons.client(port, "c1", pki)
+    daemons.client(port, "c2", pki)
+    op = _operator(port, pki)
+    run_id = op.start_run(config, "interrupted")
+    restarted = {}
+
+    def on_round(record):
+        if record["round"] == 1 and "at" not in restarted:
+            daemons.server_proc.send_signal(signal.SIGKILL)
+            daemons.server_proc.wait()
+            restarted["at"] = time.monotonic()
+            daemons.server(pki, runs, port=port)
+
+    status = op.follow(run_id, on_round)
+    op.close()
+    assert restarted, "the server was never killed"
+    assert status.state == "finished", status.error
+    records = RunFolder(runs / run_id).read_metrics()
+    assert [r["round"] for r in records] == [0, 1, 2, 3], "no completed round lost, none repeated"
+    summary = json.loads(status.summary_json)
+    ref_summary = json.loads(reference.summary_json)
+    assert abs(summary["test_accuracy"] - ref_summary["test_accuracy"]) < 0.05, (summary, ref_summary)
+    assert "resumes after round 1" in daemons.log("server")
