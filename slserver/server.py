@@ -80,7 +80,7 @@ async def serve(opts: ServerOptions, *, announce=print) -> None:
     log.info("listening on port %d (%s)", port, "plaintext" if opts.insecure else "mutual TLS")
     announce(f"{READY_PREFIX}{port}")
     if resumable is not None:
-        log.info("resuming run %s from its last checkpoint", resumable.run_id)
+        log.info("resuming run %s from its last checkpoint", resumable.name)
         coordinator.resume(resumable)
     try:
         await shutdown.wait()

@@ -27,22 +27,25 @@ def _operator(port, pki) -> OperatorClient:
     return OperatorClient(f"127.0.0.1:{port}", tls.operator_channel_credentials(pki), server_name="localhost")
 
 
-@pytest.mark.parametrize("paradigm", ["splitfed_v1", "vanilla"])
-def test_client_killed_mid_round_is_dropped_and_rejoins(tmp_path, pki, daemons, paradigm):
+# Parallel: c2 dies while both train. Sequential (a ring c1 -> c2): c1 dies during its own turn, which
+# then passes on to c2.
+@pytest.mark.parametrize("paradigm,victim_id", [("splitfed_v1", "c2"), ("vanilla", "c1")])
+def test_client_killed_mid_round_is_dropped_and_rejoins(tmp_path, pki, daemons, paradigm, victim_id):
     runs = tmp_path / "runs"
     port = daemons.server(pki, runs)
-    daemons.client(port, "c1", pki)
-    victim = daemons.client(port, "c2", pki)
+    procs = {cid: daemons.client(port, cid, pki) for cid in ("c1", "c2")}
+    victim = procs[victim_id]
+    survivor = "c2" if victim_id == "c1" else "c1"
     op = _operator(port, pki)
     run_id = op.start_run(_config(paradigm=paradigm))
     killed = {}
 
     def on_round(record):
         if record["round"] == 0:
-            victim.send_signal(signal.SIGKILL)  # round 1 is starting: c2 dies in the middle of it
+            victim.send_signal(signal.SIGKILL)  # round 1 is starting: the victim dies in the middle of it
             victim.wait()
             killed["at"] = time.monotonic()
-            daemons.client(port, "c2", pki, log_name="c2-restarted")
+            daemons.client(port, victim_id, pki, log_name=f"{victim_id}-restarted")
 
     status = op.follow(run_id, on_round)
     op.close()
@@ -50,7 +53,7 @@ def test_client_killed_mid_round_is_dropped_and_rejoins(tmp_path, pki, daemons, 
     records = RunFolder(runs / run_id).read_metrics()
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     assert records[0]["participants"] == ["c1", "c2"]
-    assert records[1]["dropped"] == ["c2"] and records[1]["participants"] == ["c1"]
+    assert records[1]["dropped"] == [victim_id] and records[1]["participants"] == [survivor]
     assert records[-1]["participants"] == ["c1", "c2"], "the restarted client must rejoin"
     assert records[-1]["test_accuracy"] > 0.5
 
