@@ -105,18 +105,35 @@ def certs_revoke(client_id: str, directory: Path) -> None:
 @click.option("--insecure", is_flag=True, help="plaintext, no client authentication (local experiments only)")
 @click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--torch-threads", type=int, default=0, help="torch threads for server compute (0 = default)")
+@click.option("--allowed-clients", help="comma-separated client ids allowed to connect (default: any the CA certified)")
+@click.option("--max-sessions", type=int, default=256, show_default=True, help="concurrent client sessions")
+@click.option("--max-payload-mb", type=int, default=1024, show_default=True,
+              help="largest reassembled message (chunked transfers)")
+@click.option("--max-tensor-elements", type=int, default=1 << 28, show_default=True)
+@click.option("--max-messages-per-second", type=float, default=5000.0, show_default=True,
+              help="per-session message rate; excess messages get RESOURCE_EXHAUSTED")
 @click.option("-v", "--verbose", is_flag=True)
-def server(address: str, certs_dir: Path | None, insecure: bool, runs_dir: Path, torch_threads: int, verbose: bool) -> None:
-    """Run the server daemon (top segments, aggregation, checkpoints, control)."""
+def server(address: str, certs_dir: Path | None, insecure: bool, runs_dir: Path, torch_threads: int,
+           allowed_clients: str | None, max_sessions: int, max_payload_mb: int, max_tensor_elements: int,
+           max_messages_per_second: float, verbose: bool) -> None:
+    """Run the server daemon (top segments, aggregation, checkpoints, control). A run interrupted by a
+    crash or a restart resumes from its last checkpoint when the server starts again."""
+    from slperf.common.wire.codec import TensorLimits
     from slperf.slserver.server import AddressInUse, ServerOptions, run_server
+    from slperf.slserver.sessions import SessionLimits
 
     _setup_logging(verbose)
     if not insecure and certs_dir is None:
         _fail("the server needs --certs DIR for mutual TLS (make one with `slperf certs init --dir DIR`), "
               "or --insecure for a local plaintext experiment")
+    allowed = frozenset(c.strip() for c in allowed_clients.split(",") if c.strip()) if allowed_clients else None
+    limits = SessionLimits(max_sessions=max_sessions, max_payload_bytes=max_payload_mb << 20,
+                           tensor_limits=TensorLimits(max_elements=max_tensor_elements),
+                           messages_per_second=max_messages_per_second,
+                           message_burst=max(1, int(2 * max_messages_per_second)))
     try:
         run_server(ServerOptions(address=address, certs_dir=certs_dir, insecure=insecure, runs_dir=runs_dir,
-                                 torch_threads=torch_threads))
+                                 torch_threads=torch_threads, allowed_clients=allowed, limits=limits))
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
         if "bind" in str(exc).lower():
             raise AddressInUse(f"cannot listen on {address}: the port is in use (choose another with --address)") from None

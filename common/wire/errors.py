@@ -1,10 +1,8 @@
 """The one exception type of the wire layer: a gRPC status code plus a precise, human-readable message.
 
-Servicers can turn it into a gRPC status with ``err.abort(context)``; clients can re-raise it as is.
+A servicer answers with ``err.code`` and ``err.message`` (e.g. ``await context.abort(err.code, err.message)``).
 """
 from __future__ import annotations
-
-from typing import NoReturn
 
 import grpc
 
@@ -27,10 +25,8 @@ class WireError(Exception):
     def __repr__(self) -> str:
         return f"WireError({self.code.name}, {self.message!r})"
 
-    def abort(self, context: grpc.ServicerContext) -> NoReturn:
-        """Ends the RPC of ``context`` with this error's code and message (``context.abort`` raises)."""
-        context.abort(self.code, self.message)
-        raise AssertionError("grpc context.abort returned")  # pragma: no cover - abort always raises
+    def __reduce__(self):  # picklable across processes despite the two-argument constructor
+        return (type(self), (self.code, self.message))
 
     # Constructors for the status codes the wire layer uses.
     @classmethod

@@ -99,3 +99,37 @@ def test_malformed_tensor_gets_invalid_argument_while_the_run_goes_on(tmp_path, 
     status = op.follow(run_id, lambda record: None)
     op.close()
     assert status.state == "finished", status.error
+
+
+def test_revoked_client_is_refused_with_unauthenticated_and_exits(tmp_path, pki, daemons):
+    tls.revoke(pki, "c2")
+    port = daemons.server(pki, tmp_path / "runs")
+    proc = daemons.client(port, "c2", pki, log_name="revoked")
+    assert _wait_exit(proc) != 0
+    log = daemons.log("revoked")
+    assert "UNAUTHENTICATED" in log and "revoked" in log
+
+
+def test_expired_certificate_is_refused_in_the_handshake_and_the_client_exits(tmp_path, pki, daemons):
+    tls.make_expired_client(pki, "c3", overwrite=True)
+    port = daemons.server(pki, tmp_path / "runs")
+    proc = daemons.client(port, "c3", pki, log_name="expired")
+    assert _wait_exit(proc) != 0
+    assert "TLS handshake" in daemons.log("expired")
+
+
+def test_client_outside_the_allowed_list_is_refused(tmp_path, pki, daemons):
+    port = daemons.server(pki, tmp_path / "runs", "--allowed-clients", "c1,c2")
+    proc = daemons.client(port, "c3", pki, log_name="outsider")
+    assert _wait_exit(proc) != 0
+    log = daemons.log("outsider")
+    assert "PERMISSION_DENIED" in log and "allowed" in log
+
+
+def test_no_secret_reaches_the_logs(tmp_path, pki, daemons):
+    port = daemons.server(pki, tmp_path / "runs")
+    daemons.client(port, "c2", pki, cert_id="c1", log_name="thief")
+    _wait_exit(daemons.procs[-1])
+    for name in ("server", "thief"):
+        text = daemons.log(name)
+        assert "PRIVATE KEY" not in text and "BEGIN" not in text
