@@ -147,7 +147,8 @@ class ClientProxy:
                                   f"{ref.phase.name.lower()} arrived while the server expects round {expect.round} "
                                   f"step {expect.step} {expect.phase.name.lower()}")
         limits = session.limits.tensor_limits
-        acts = decode_tensor(message.tensor, name="activations", limits=limits, writable=True)
+        # NaN/Inf were already refused by the session's structural check; decode once more, writable.
+        acts = decode_tensor(message.tensor, name="activations", limits=limits, writable=True, allow_nonfinite=True)
         if acts.dtype not in spec.dtypes:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"activations have dtype {acts.dtype}, expected {spec.dtypes[0]}")
         shape = tuple(acts.shape)
