@@ -212,8 +212,8 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
             extra[key] = value
     cfg = RunConfig(**values)
     spec = registry.get(cfg.paradigm)  # raises ConfigError for an unknown paradigm
+    merged_options = {**spec.alias_options.get(cfg.paradigm, {}), **cfg.options}
     cfg.paradigm = spec.name
-    merged_options = dict(cfg.options)
     for key, value in extra.items():
         if key not in spec.option_keys():
             known = sorted(set(_FIELD_NAMES) | set(ALIASES) | set(spec.option_keys()))

@@ -257,7 +257,8 @@ class ClientDaemon:
             spec = paradigms.get(config.paradigm)
             if config.torch_threads:
                 torch.set_num_threads(config.torch_threads)
-            data = await asyncio.to_thread(build_client_data, config, setup.client_index, self.opts.cache_dir)
+            builder = spec.client_data or build_client_data
+            data = await asyncio.to_thread(builder, config, setup.client_index, self.opts.cache_dir)
             self.paradigm = await asyncio.to_thread(spec.client, config, setup.client_index, setup.num_clients, data)
         except (ConfigError, DatasetUnavailable, ValueError) as exc:
             await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"cannot set up run {setup.run_id}: {exc}")

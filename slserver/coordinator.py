@@ -229,6 +229,7 @@ class RunCoordinator:
             "bytes_down": totals[1],
             "per_client": per_client,
             **({"extra": result.extra} if result.extra else {}),
+            **({"eval_extra": evaluation.extra} if evaluation.extra else {}),
         }
 
     def _bytes(self, client_id: str) -> tuple[int, int]:

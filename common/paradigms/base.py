@@ -96,6 +96,7 @@ class EvalResult:
     accuracy: float
     loss: float
     samples: int
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. per-client / per-task figures
 
 
 @dataclass
@@ -241,6 +242,12 @@ class ParadigmSpec:
     option_aliases: Mapping[str, str] = field(default_factory=dict)  # SLPerf key -> key
     validate: Callable[[dict[str, Any]], None] | None = None
     summary: str = ""
+    # SLPerf alias -> options it implies (e.g. parallel_U_Shape -> {"schedule": "parallel"}); explicit
+    # options in the config still win.
+    alias_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Builds a client's data when the default shard (build_client_data) is not the paradigm's (multitask:
+    # each task's data set split among the task's clients). Same signature as build_client_data.
+    client_data: Callable[..., "ClientData"] | None = None
 
     def option_keys(self) -> set[str]:
         return set(self.options) | set(self.option_aliases)
