@@ -91,10 +91,13 @@ class SessionLink:
                 return message
 
     # -- ClientLink ---------------------------------------------------------------------------------
-    async def send_activations(self, ref: StepRef, tensor: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+    async def send_activations(self, ref: StepRef, tensor: torch.Tensor, labels: torch.Tensor | None = None,
+                               sample_ids: torch.Tensor | None = None) -> None:
         acts = session_pb2.Activations(ref=ref_to_pb(ref), tensor=encode_tensor(tensor))
         if labels is not None:
             acts.labels.CopyFrom(encode_tensor(labels))
+        if sample_ids is not None:
+            acts.sample_ids.CopyFrom(encode_tensor(sample_ids))
         await self.send(session_pb2.ClientMessage(activations=acts))
 
     async def recv_reply(self, ref: StepRef, shape: Sequence[int] | None) -> Reply:
@@ -229,7 +232,13 @@ class ClientDaemon:
                 else:
                     summary = await self.paradigm.evaluate(link, part.round)
                     phase = Phase.EVAL
-            except (ServerError, WireError, ValueError) as exc:
+            except ServerError as exc:
+                if exc.code == grpc.StatusCode.ABORTED.value[0]:
+                    log.warning("the server ended %s of round %d early: %s", kind, part.round, exc)
+                    return False
+                await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
+                return False
+            except (WireError, ValueError) as exc:
                 # The server drops this client from the phase when it reports an error; the session goes on.
                 await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
                 return False

@@ -123,6 +123,11 @@ class ClientProxy:
             grads.tensor.CopyFrom(encode_tensor(reply.tensor))
         await self._send(session, session_pb2.ServerMessage(gradients=grads))
 
+    async def abort(self, reason: str) -> None:
+        session = self._registry.get(self.client_id)
+        if session is not None:
+            await session.send_error(grpc.StatusCode.ABORTED, reason)
+
     async def finish(self, reason: str) -> None:
         session = self._registry.get(self.client_id)
         if session is None:
@@ -169,7 +174,13 @@ class ClientProxy:
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"labels must be in 0..{spec.num_classes - 1}")
         elif message.HasField("labels"):
             raise WireError(grpc.StatusCode.PERMISSION_DENIED, "labels must not leave the client in this paradigm")
-        return ActivationBatch(ref, acts, labels)
+        sample_ids = None
+        if message.HasField("sample_ids"):
+            sample_ids = decode_tensor(message.sample_ids, name="sample_ids", limits=limits, writable=True)
+            if sample_ids.dtype != torch.int64 or tuple(sample_ids.shape) != (shape[0],):
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"sample_ids must be int64 of shape [{shape[0]}], got {sample_ids.dtype} {list(sample_ids.shape)}")
+        return ActivationBatch(ref, acts, labels, sample_ids)
 
 
 class ProxyPhaseStream:

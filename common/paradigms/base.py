@@ -44,6 +44,7 @@ class ActivationBatch:
     ref: StepRef
     tensor: torch.Tensor
     labels: torch.Tensor | None = None
+    sample_ids: torch.Tensor | None = None
 
 
 @dataclass
@@ -146,6 +147,11 @@ class ClientHandle(Protocol):
 
     async def reply(self, reply: Reply) -> None: ...
 
+    async def abort(self, reason: str) -> None:
+        """Ends the client's current pass early (the server stopped using it); the client goes back to
+        waiting for instructions without reporting an error."""
+        ...
+
 
 class PhaseStream(Protocol):
     """Activations of one train/eval pass, in step order; ``summary`` is set once the client says it is done."""
@@ -169,7 +175,8 @@ class ClientLink(Protocol):
 
     run_id: str
 
-    async def send_activations(self, ref: StepRef, tensor: torch.Tensor, labels: torch.Tensor | None = None) -> None: ...
+    async def send_activations(self, ref: StepRef, tensor: torch.Tensor, labels: torch.Tensor | None = None,
+                               sample_ids: torch.Tensor | None = None) -> None: ...
 
     async def recv_reply(self, ref: StepRef, shape: Sequence[int] | None) -> Reply: ...
 
@@ -263,7 +270,10 @@ class ParadigmSpec:
             key = self.canonical_option(key)
             if key not in self.options:
                 raise ConfigError(f"paradigm '{self.name}' has no option '{key}' (options: {', '.join(sorted(self.options)) or 'none'})")
-            kind, _ = self.options[key]
+            kind, default = self.options[key]
+            if value is None and default is None:
+                out[key] = None
+                continue
             ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value, ok = float(value), True

@@ -60,14 +60,16 @@ class Welcome(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., resume_token: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class Activations(_message.Message):
-    __slots__ = ("ref", "tensor", "labels")
+    __slots__ = ("ref", "tensor", "labels", "sample_ids")
     REF_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
     ref: StepRef
     tensor: _tensor_pb2.Tensor
     labels: _tensor_pb2.Tensor
-    def __init__(self, ref: _Optional[_Union[StepRef, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    sample_ids: _tensor_pb2.Tensor
+    def __init__(self, ref: _Optional[_Union[StepRef, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., sample_ids: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class Gradients(_message.Message):
     __slots__ = ("ref", "tensor", "loss", "correct", "count")
