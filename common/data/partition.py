@@ -26,15 +26,38 @@ Methods and how they differ from SLPerf's:
 * ``base_on_class``: disjoint contiguous class blocks (K//N classes each, one more for the first K % N
   clients), each client getting all samples of its classes. N > K is an error (SLPerf silently produced a
   broken split). No truncation unless equal_size=True.
+* ``base_on_attribute`` (SLPerf: Adult only; here any tabular data set): split by the values of one original
+  attribute, ``partition_method_attributes`` = its column index in the original file (Adult: 9 = sex,
+  7 = relationship). Callers pass the per-row value codes as ``attribute`` (see `attribute_codes` in
+  tabular.py, or `partition_dataset`, which does it). With N clients and V distinct values: if N <= V, the
+  sorted values are dealt out as contiguous blocks (V//N each, one more for the first V % N clients) and each
+  client gets every row of its values; if N > V, the clients are dealt out over the values the same way and
+  the clients sharing a value split its (shuffled) rows into near-equal parts. Shards are disjoint; unlike
+  SLPerf they are not cut to the smallest one unless equal_size=True.
+* ``vertical``: every client gets every row (the shards are identical, not disjoint); what differs is the
+  feature columns, `vertical_columns` in tabular.py (``data_vertical_list``, e.g. [6, 4, 4]: attribute counts
+  per client). Row order is the alignment key: the clients of a vertical run must visit their rows in the
+  same order (ShardLoader with the same seed and client_index, or shuffle=False).
 
-equal_size=True (any method) cuts every shard to the size of the smallest by a random subset, as SLPerf did
-for the lock-step paradigms that need equal batch counts.
+equal_size=True (any method but vertical) cuts every shard to the size of the smallest by a random subset, as
+SLPerf did for the lock-step paradigms that need equal batch counts.
+
+`label_histograms` gives the clients' label counts (the N×K matrix plus names, a text table and a dict for
+JSON) and `plot_label_histograms` draws them as a PNG (stacked bars, matplotlib's Agg canvas).
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
 import numpy as np
 
-PARTITION_METHODS = ("homo", "hetero", "label_skew", "base_on_class")
+if TYPE_CHECKING:
+    from .registry import LoadedDataset
+
+PARTITION_METHODS = ("homo", "hetero", "label_skew", "base_on_class", "base_on_attribute", "vertical")
 HETERO_MAX_TRIES = 1000
 
 _RENAMED = {"base_on_class_intersection": "label_skew", "iid": "homo", "dirichlet": "hetero"}
@@ -129,6 +152,32 @@ def _by_assignment(
     return [np.concatenate(s) if s else np.empty(0, np.int64) for s in shards]
 
 
+def attribute_value_blocks(values: Sequence[int], num_clients: int) -> list[list[int]]:
+    """``base_on_attribute`` with num_clients <= len(values): the attribute values each client holds."""
+    return [b.tolist() for b in np.array_split(np.asarray(values), num_clients)]
+
+
+def _base_on_attribute(attribute: np.ndarray, n: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    a = np.asarray(attribute)
+    if a.shape != (n,) or (a.size and a.dtype.kind not in "iu"):
+        raise ValueError(f"attribute must be a 1-D integer array with one value code per sample ({n}), got shape {a.shape}")
+    a = a.astype(np.int64, copy=False)
+    values = np.unique(a[a >= 0])
+    if values.size == 0:
+        raise ValueError("base_on_attribute: the attribute has no values")
+    rows = {int(v): np.flatnonzero(a == v) for v in values}
+    shards: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    if num_clients <= values.size:
+        for client, block in enumerate(attribute_value_blocks(values, num_clients)):
+            shards[client] = [rows[v] for v in block]
+    else:
+        groups = np.array_split(np.arange(num_clients), values.size)
+        for v, group in zip(values.tolist(), groups):
+            for client, piece in zip(group.tolist(), np.array_split(rng.permutation(rows[v]), group.size)):
+                shards[client].append(piece)
+    return [np.concatenate(s) if s else np.empty(0, np.int64) for s in shards]
+
+
 def partition(
     labels: np.ndarray,
     method: str,
@@ -140,13 +189,18 @@ def partition(
     class_number_per_client: int = 2,
     equal_size: bool = False,
     num_classes: int | None = None,
+    attribute: np.ndarray | None = None,
+    data_vertical_list: Sequence[int] | None = None,
 ) -> list[np.ndarray]:
     """Splits the sample indices 0..len(labels)-1 among num_clients clients; returns sorted int64 arrays.
 
     method: one of PARTITION_METHODS (see the module docstring). alpha, min_samples: ``hetero`` only.
-    class_number_per_client: ``label_skew`` only. equal_size: cut every shard to the smallest one's size.
-    num_classes: default max(labels)+1. The shards are always disjoint; raises ValueError for bad arguments,
-    an impossible request, or a split that would leave a client without samples.
+    class_number_per_client: ``label_skew`` only. attribute: ``base_on_attribute`` only, one integer value code
+    per sample (codes < 0 = no value: such rows go to nobody). data_vertical_list: ``vertical`` only, optional
+    here (checked to have one entry per client; the columns come from `vertical_columns`). equal_size: cut
+    every shard to the smallest one's size. num_classes: default max(labels)+1. The shards are disjoint for
+    every method but ``vertical`` (where each client gets every row); raises ValueError for bad arguments, an
+    impossible request, or a split that would leave a client without samples.
     """
     if method not in PARTITION_METHODS:
         hint = f" (use {_RENAMED[method]!r})" if method in _RENAMED else ""
@@ -175,6 +229,21 @@ def partition(
         if not 1 <= class_number_per_client <= k:
             raise ValueError(f"class_number_per_client must be in 1..{k} (the number of classes), got {class_number_per_client}")
         shards = _by_assignment(by_class, label_skew_classes(k, num_clients, class_number_per_client), rng)
+    elif method == "base_on_attribute":
+        if attribute is None:
+            raise ValueError(
+                "base_on_attribute needs the attribute's value per sample (attribute=...; for a data set use "
+                "partition_dataset with partition_method_attributes)"
+            )
+        shards = _base_on_attribute(attribute, n, num_clients, rng)
+    elif method == "vertical":
+        if data_vertical_list is not None and len(list(data_vertical_list)) != num_clients:
+            raise ValueError(
+                f"data_vertical_list {list(data_vertical_list)} has {len(list(data_vertical_list))} entries for "
+                f"{num_clients} clients; it needs one attribute count per client"
+            )
+        everyone = np.arange(n, dtype=np.int64)
+        return [everyone.copy() for _ in range(num_clients)]
     else:  # base_on_class
         if num_clients > k:
             raise ValueError(
@@ -196,3 +265,151 @@ def class_counts(labels: np.ndarray, shards: list[np.ndarray], num_classes: int 
     """N×K matrix of how many samples of each class every client holds (for logs and checks)."""
     y, k = _check_labels(labels, num_classes)
     return np.stack([np.bincount(y[s], minlength=k) for s in shards]) if shards else np.zeros((0, k), np.int64)
+
+
+# ---- partitions of a loaded data set -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClientPartition:
+    """What one client holds: training rows (indices into the train split) and, for a vertical partition,
+    its feature columns (None = all columns)."""
+
+    indices: np.ndarray
+    columns: np.ndarray | None = None
+
+
+def partition_dataset(
+    dataset: "LoadedDataset",
+    method: str,
+    num_clients: int,
+    seed: int,
+    *,
+    pool: np.ndarray | None = None,
+    alpha: float = 0.5,
+    min_samples: int = 10,
+    class_number_per_client: int = 2,
+    equal_size: bool = False,
+    partition_method_attributes: int = 9,
+    data_vertical_list: Sequence[int] | None = None,
+) -> list[ClientPartition]:
+    """`partition` for a loaded data set, including the methods that need more than labels.
+
+    pool: the training rows to split (default all); the returned indices refer to the full train split.
+    partition_method_attributes: ``base_on_attribute``'s original attribute column (Adult: 9 = sex).
+    data_vertical_list: ``vertical``'s attribute counts per client (default: the attributes dealt out as evenly
+    as possible, earlier clients getting one more).
+    """
+    spec, arrays = dataset.spec, dataset.arrays
+    labels = np.asarray(arrays.train_y)
+    pool = np.arange(len(labels), dtype=np.int64) if pool is None else np.asarray(pool, dtype=np.int64)
+    extra: dict[str, Any] = {}
+    columns: list[np.ndarray] | None = None
+    if method == "base_on_attribute":
+        from .tabular import attribute_codes
+
+        extra["attribute"] = attribute_codes(spec, np.asarray(arrays.train_x)[pool], partition_method_attributes)
+    elif method == "vertical":
+        from .tabular import vertical_columns
+
+        if data_vertical_list is None and spec.features and isinstance(num_clients, int) and num_clients > 0:
+            data_vertical_list = [len(b) for b in np.array_split(np.arange(len(spec.features)), num_clients)]
+        columns = vertical_columns(spec, data_vertical_list if data_vertical_list is not None else [])
+        extra["data_vertical_list"] = data_vertical_list
+    shards = partition(labels[pool], method, num_clients, seed, alpha=alpha, min_samples=min_samples,
+                       class_number_per_client=class_number_per_client, equal_size=equal_size,
+                       num_classes=spec.num_classes, **extra)
+    if columns is None:
+        return [ClientPartition(pool[s]) for s in shards]
+    return [ClientPartition(pool[s], c) for s, c in zip(shards, columns)]
+
+
+# ---- label histograms ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabelHistograms:
+    """Per-client label counts of a partition: counts[i, k] = samples of class k that client i holds."""
+
+    counts: np.ndarray
+    class_names: tuple[str, ...]
+    title: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return self.counts.sum(axis=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "classes": list(self.class_names),
+            "clients": [
+                {"client": i, "samples": int(row.sum()), "counts": [int(c) for c in row]}
+                for i, row in enumerate(self.counts)
+            ],
+            "notes": list(self.notes),
+        }
+
+    def table(self) -> str:
+        """A plain-text table: one row per client, one column per class, and the total."""
+        names = [n if len(n) <= 12 else n[:11] + "." for n in self.class_names]
+        widths = [max(len(n), len(str(int(self.counts[:, k].max(initial=0))))) for k, n in enumerate(names)]
+        total_w = max(5, len(str(int(self.sizes.max(initial=0)))))
+        head = "client  " + "  ".join(n.rjust(w) for n, w in zip(names, widths)) + "  " + "total".rjust(total_w)
+        lines = [self.title] if self.title else []
+        lines.append(head)
+        for i, row in enumerate(self.counts):
+            cells = "  ".join(str(int(c)).rjust(w) for c, w in zip(row, widths))
+            lines.append(f"{i:>6}  {cells}  {str(int(row.sum())).rjust(total_w)}")
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+def label_histograms(
+    labels: np.ndarray,
+    shards: Sequence[np.ndarray],
+    num_classes: int | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    title: str = "",
+    notes: Sequence[str] = (),
+) -> LabelHistograms:
+    """Per-client label counts (see LabelHistograms); class names default to the class ids."""
+    counts = class_counts(labels, list(shards), num_classes)
+    k = counts.shape[1]
+    names = tuple(class_names) if class_names else tuple(str(c) for c in range(k))
+    if len(names) != k:
+        raise ValueError(f"{len(names)} class names for {k} classes")
+    return LabelHistograms(counts=counts, class_names=names, title=title, notes=tuple(notes))
+
+
+def plot_label_histograms(hist: LabelHistograms, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
+    """Draws the clients' label counts as stacked horizontal bars (one bar per client) into a PNG file."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n, k = hist.counts.shape
+    fig = Figure(figsize=(7.0, 1.2 + 0.45 * max(n, 1) + (0.1 * k if k <= 12 else 0.05 * k)), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+    left = np.zeros(n)
+    ys = np.arange(n)
+    for c in range(k):
+        ax.barh(ys, hist.counts[:, c], left=left, color=colours(c % colours.N), label=hist.class_names[c],
+                edgecolor="white", linewidth=0.4)
+        left += hist.counts[:, c]
+    for i, total in enumerate(hist.sizes):
+        ax.text(left[i], i, f" {int(total)}", va="center", fontsize=8)
+    ax.set_yticks(ys, [f"client {i}" for i in range(n)])
+    ax.invert_yaxis()
+    ax.set_xlabel("training samples")
+    ax.set_xlim(0, max(1.0, float(left.max(initial=0))) * 1.12)
+    ax.set_title(hist.title or "label histogram per client", fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if k <= 12 else 2, fontsize=8, frameon=False,
+              title="class", title_fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")  # "tight" keeps the legend beside the axes
+    return path

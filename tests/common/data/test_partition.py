@@ -214,4 +214,4 @@ def test_label_skew_empty_client_is_an_error():
 
 
 def test_method_names():
-    assert PARTITION_METHODS == ("homo", "hetero", "label_skew", "base_on_class")
+    assert PARTITION_METHODS == ("homo", "hetero", "label_skew", "base_on_class", "base_on_attribute", "vertical")
