@@ -20,6 +20,9 @@ Protocol, per round:
   4. Evaluation: every client streams the test set through its own bottom, the server scores each with the
      shared top; the reported accuracy pools all clients (per-client figures go in the round's ``extra``).
 
+Names: ``psl`` (alias ``asy_vanilla``) takes ``server_update``; ``psl_sum`` (alias ``asy_vanilla2``) and
+``psl_lockstep`` (alias ``synchronization``) are the same halves with the option pinned (see the bottom).
+
 Deliberate deviations from SLPerf's code:
   * Lock-step modes need no equal shard sizes. A client whose pass ended (PhaseDone) leaves the barrier and
     the rest go on; a client that drops out (ClientGone) leaves it too and is recorded in
