@@ -34,6 +34,8 @@ class RunConfig:
     partition_alpha: float = 0.5
     class_number_per_client: int = 2
     equal_size: bool = False
+    partition_method_attributes: int = 9
+    data_vertical_list: list[int] | None = None
     model: str = "lenet"
     split_layer: int = 1
     batch_size: int = 64
@@ -67,10 +69,12 @@ FIELD_DOCS: dict[str, str] = {
     "data_dir": "folder with the dataset's original files, used instead of the registry artifact",
     "clients": "number of client daemons that take part",
     "client_ids": "explicit client ids to wait for (default: the first `clients` ids to connect, sorted)",
-    "partition_method": "homo (IID), hetero (Dirichlet), label_skew, base_on_class",
+    "partition_method": "homo (IID), hetero (Dirichlet), label_skew, base_on_class, base_on_attribute, vertical",
     "partition_alpha": "Dirichlet concentration for hetero; smaller = more label skew",
     "class_number_per_client": "classes per client for label_skew",
     "equal_size": "truncate every shard to the smallest one (SLPerf's behaviour; off by default)",
+    "partition_method_attributes": "base_on_attribute: original attribute column (Adult: 9 = sex, 7 = relationship)",
+    "data_vertical_list": "vertical: original attributes per client, in column order, e.g. [6, 4, 4]",
     "model": "model architecture (lenet, ...)",
     "split_layer": "index of the first block that runs on the server",
     "batch_size": "training batch size on every client",
@@ -123,6 +127,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if optional:
             return None
         raise ConfigError(f"config key '{key}' must not be empty (expected {_type_name(hint)})")
+    if "list[int]" in text:
+        if not isinstance(value, list) or not value or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            raise ConfigError(f"config key '{key}' must be a list of positive integers, got {value!r}")
+        return list(value)
     if text.startswith("list") or "list[" in text:
         if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
             raise ConfigError(f"config key '{key}' must be a list of ids, got {value!r}")
@@ -177,6 +186,9 @@ def _check_ranges(cfg: RunConfig) -> None:
             raise ConfigError(
                 f"config key 'client_ids' has {len(cfg.client_ids)} ids but 'clients' is {cfg.clients}"
             )
+    if cfg.data_vertical_list is not None and len(cfg.data_vertical_list) != cfg.clients:
+        raise ConfigError(f"config key 'data_vertical_list' has {len(cfg.data_vertical_list)} entries for "
+                          f"{cfg.clients} clients")
     from slperf.common.data import DATASETS  # late: the data layer is heavier than config
 
     if cfg.dataset not in DATASETS:

@@ -91,3 +91,5 @@ def build_split(name: str, input_shape: Sequence[int], num_classes: int, seed: i
             seg.train(was_training)
             shapes.append(tuple(x.shape[1:]))
     return SplitModel(segments=segments, cut_shapes=shapes)
+
+from slperf.common import model_zoo as _model_zoo  # noqa: E402,F401  (registers resnet20/56, vgg_cifar, mlp_*)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from slperf.common.config import RunConfig
-from slperf.common.data import ShardLoader, cap_indices, load_dataset, partition
+from slperf.common.data import ShardLoader, cap_indices, load_dataset, partition_dataset
+from slperf.common.data.partition import ClientPartition
+from slperf.common.data.registry import LoadedDataset
 from slperf.common.paradigms.base import ClientData
 
 
@@ -17,24 +19,37 @@ def train_indices(config: RunConfig, labels: np.ndarray) -> np.ndarray:
     return pool
 
 
-def client_indices(config: RunConfig, labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
-    pool = train_indices(config, labels)
-    shards = partition(labels[pool], config.partition_method, config.clients, config.seed,
-                       alpha=config.partition_alpha, class_number_per_client=config.class_number_per_client,
-                       equal_size=config.equal_size, num_classes=num_classes)
-    return [pool[s] for s in shards]
+def client_partitions(config: RunConfig, dataset: LoadedDataset) -> list[ClientPartition]:
+    """Every client's rows (and, for a vertical partition, feature columns); raises ValueError for a
+    partition the data set cannot do (e.g. base_on_attribute on images)."""
+    pool = train_indices(config, np.asarray(dataset.arrays.train_y))
+    return partition_dataset(
+        dataset, config.partition_method, config.clients, config.seed, pool=pool,
+        alpha=config.partition_alpha, class_number_per_client=config.class_number_per_client,
+        equal_size=config.equal_size, partition_method_attributes=config.partition_method_attributes,
+        data_vertical_list=config.data_vertical_list,
+    )
+
+
+def client_indices(config: RunConfig, dataset: LoadedDataset) -> list[np.ndarray]:
+    return [p.indices for p in client_partitions(config, dataset)]
 
 
 def build_client_data(config: RunConfig, index: int, cache_dir=None) -> ClientData:
     dataset = load_dataset(config.dataset, config.data_dir, cache_dir)
     spec, arrays = dataset.spec, dataset.arrays
-    shard = client_indices(config, np.asarray(arrays.train_y), spec.num_classes)[index]
+    part = client_partitions(config, dataset)[index]
+    # Vertical: row order is the alignment key, so every client visits its rows in the same order.
+    order_index = 0 if config.partition_method == "vertical" else index
     test = np.arange(len(arrays.test_y), dtype=np.int64)
     if config.max_test_samples is not None:
         test = cap_indices(test, config.max_test_samples, config.seed)
+    train_loader = ShardLoader(dataset, part.indices, config.batch_size, config.seed, order_index, train=True,
+                               columns=part.columns)
     return ClientData(
-        train=ShardLoader(dataset, shard, config.batch_size, config.seed, index, train=True),
-        test=ShardLoader(dataset, test, config.eval_batch_size, config.seed, index, train=False),
+        train=train_loader,
+        test=ShardLoader(dataset, test, config.eval_batch_size, config.seed, order_index, train=False,
+                         columns=part.columns),
         num_classes=spec.num_classes,
-        input_shape=tuple(spec.input_shape),
+        input_shape=train_loader.input_shape,  # = spec.input_shape except for a vertical client's columns
     )

@@ -314,6 +314,73 @@ def data_prepare(name: str, data_dir: str | None) -> None:
     click.echo(f"{name}: train {tuple(a.train_x.shape)}, test {tuple(a.test_x.shape)} in {time.perf_counter() - t0:.2f} s")
 
 
+@data.command("list")
+def data_list() -> None:
+    """List the data sets (generated ones are marked SYNTHETIC)."""
+    from slperf.common.data import DATASETS
+
+    for spec in DATASETS.values():
+        click.echo(spec.summary)
+
+
+@data.command("fetch")
+@click.argument("name")
+@click.option("--dest", type=click.Path(path_type=Path), help="folder to download into (default <cache>/downloads/NAME)")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="dataset cache (default $SLPERF_CACHE or ~/.cache/slperf)")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds per network operation")
+def data_fetch(name: str, dest: Path | None, cache_dir: Path | None, timeout: float) -> None:
+    """Download a data set's original files from their hosts (needs internet) and verify their checksums."""
+    from slperf.common.data.fetch import fetch_dataset
+
+    try:
+        folder = fetch_dataset(name, dest, cache_dir=cache_dir, timeout=timeout, echo=click.echo)
+    except ValueError as exc:  # no download plan for this name
+        _fail(str(exc))
+    if name.lower() == "cifar10" and dest is None:
+        click.echo(f"cifar10: ready in {folder}; `slperf data prepare cifar10` and runs find it without data_dir")
+    else:
+        click.echo(f"{name}: files in {folder}; use them with `data_dir: {folder}` in a config "
+                   f"(or `slperf data prepare {name} --data-dir {folder}`)")
+
+
+@main.command("partition")
+@click.argument("config_path", type=click.Path(path_type=Path))
+@click.option("--png", "png_path", type=click.Path(path_type=Path),
+              help="where to draw the label histograms (default ./<config name>-partition.png)")
+@click.option("--json", "as_json", is_flag=True, help="print the histograms as JSON instead of a table")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="dataset cache (default ~/.cache/slperf)")
+def partition_cmd(config_path: Path, png_path: Path | None, as_json: bool, cache_dir: Path | None) -> None:
+    """Show how a config splits the training data among the clients: label histograms (table and PNG)."""
+    import numpy as np
+
+    from slperf.common.config import load_config
+    from slperf.common.data import label_histograms, load_dataset, plot_label_histograms
+    from slperf.common.shards import client_partitions
+
+    cfg, warnings = load_config(config_path)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, cache_dir)
+    try:
+        parts = client_partitions(cfg, dataset)
+    except ValueError as exc:
+        _fail(f"{config_path}: {exc}")
+    spec = dataset.spec
+    notes = []
+    if spec.synthetic:
+        notes.append(f"note: {spec.name} is SYNTHETIC (generated data, not a real data set)")
+    for i, p in enumerate(parts):
+        if p.columns is not None:
+            notes.append(f"client {i}: feature columns {int(p.columns[0])}..{int(p.columns[-1])} "
+                         f"({p.columns.size} of {spec.input_shape[0]})")
+    hist = label_histograms(np.asarray(dataset.arrays.train_y), [p.indices for p in parts], spec.num_classes,
+                            class_names=spec.class_names or None, notes=notes,
+                            title=f"{spec.name}: {cfg.partition_method}, {cfg.clients} clients, seed {cfg.seed}")
+    click.echo(json.dumps(hist.to_dict(), indent=2) if as_json else hist.table())
+    png = plot_label_histograms(hist, png_path or Path(f"{config_path.stem}-partition.png"))
+    click.echo(f"label histograms drawn to {png}", err=as_json)
+
+
 @main.command()
 def paradigms() -> None:
     """List the paradigms and their SLPerf aliases."""

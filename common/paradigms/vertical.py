@@ -12,8 +12,9 @@ Protocol, per round (lock-step per batch):
      client its slice of the gradient (split by embedding width, ``cut_layer_vertical_list``).
   3. Evaluation runs the same way over the test rows, without gradients; the server scores.
 
-Keys as in SLPerf: ``data_vertical_list`` (number of original attributes per client, in column order),
-``cut_layer_vertical_list`` (embedding width per client). Deliberate deviations from SLPerf's code:
+Keys as in SLPerf: ``data_vertical_list`` (number of original attributes per client, in column order; a
+partition key, shared with ``partition_method: vertical``), ``cut_layer_vertical_list`` (embedding width
+per client). Deliberate deviations from SLPerf's code:
   * only the label owner sends labels (SLPerf had every client send them, so every party held the labels);
   * the sample ids travel with each batch and are checked, instead of trusting identical shuffles;
   * a client that drops out is replaced by zeros for the rest of the round (its columns are missing, the
@@ -50,7 +51,7 @@ def _widths(config: RunConfig) -> list[int]:
 
 
 def _attribute_counts(config: RunConfig, num_attributes: int) -> list[int]:
-    counts = config.options.get("data_vertical_list")
+    counts = config.data_vertical_list
     if counts:
         return [int(c) for c in counts]
     base, extra = divmod(num_attributes, config.clients)
@@ -246,7 +247,7 @@ async def _none():
 
 
 def _validate(options: dict[str, Any]) -> None:
-    for key in ("data_vertical_list", "cut_layer_vertical_list"):
+    for key in ("cut_layer_vertical_list",):
         value = options.get(key)
         if value is not None and (not isinstance(value, list) or not all(isinstance(v, int) and v > 0 for v in value)):
             raise ConfigError(f"option '{key}' must be a list of positive integers, got {value!r}")
@@ -256,7 +257,7 @@ def _validate(options: dict[str, Any]) -> None:
 
 SPEC = register(ParadigmSpec(
     name="vertical", server=VerticalServer, client=VerticalClient, aliases=("vertical", "vsl"),
-    options={"data_vertical_list": (list, None), "cut_layer_vertical_list": (list, None), "label_owner": (int, 0)},
+    options={"cut_layer_vertical_list": (list, None), "label_owner": (int, 0)},
     validate=_validate, client_data=vertical_client_data,
     summary="feature columns split across clients (same rows), one label owner, lock-step per batch",
 ))
