@@ -23,7 +23,7 @@ proto: $(STAMP)
 	$(VPY) -m slperf.common.wire.protogen
 
 data: $(STAMP)
-	$(VPY) -m slperf.cli data prepare mnist
+	for d in mnist fashionmnist adult german; do $(VPY) -m slperf.cli data prepare $$d || exit 1; done
 
 # The main job: a local federation (server + 3 client daemons over mutual TLS) training on MNIST.
 demo: $(STAMP)
