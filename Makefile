@@ -37,3 +37,5 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+include deploy/deploy.mk

@@ -270,6 +270,11 @@ def stop(address, certs_dir, ca, cert, key, server_name, insecure, run_id) -> No
     click.echo(f"run {run_id} {'stopped' if stopped else 'was not running'}")
 
 
+from slperf.healthcheck import health as _health  # noqa: E402  (imports only click; grpc loads when it runs)
+
+main.add_command(_health, "health")
+
+
 # -- local federation ---------------------------------------------------------------------------------
 @main.command()
 @click.argument("config_path", type=click.Path(path_type=Path))

@@ -1,0 +1,230 @@
+"""The compose federation for real: image build, certificate job, server, three client daemons, a run.
+
+The test starts its own Docker engine (dockerd with --bridge=none --iptables=false, in a temporary folder, with its
+own socket, data and exec roots), imports the local base image made by deploy/ci-docker-setup.sh, builds the image
+with `docker-compose build` (PIP_SOURCE=wheelhouse: no package index in the build), brings the federation up with
+`docker-compose up -d`, starts the smoke run with the documented operator command
+(`docker-compose run --rm operator`), checks the run's summary, the run folder on the runs volume and every
+service's health, and tears everything down, that dockerd included, also on failure.
+
+It installs nothing. Skipped, with the reason, when not root, when dockerd / docker-compose / docker are missing, or
+when the base tarball or the wheelhouse are not prepared: deploy/ci-docker-setup.sh does both.
+Figures (build time, image size, compose-up-to-trained time) are printed (pytest -s) and recorded as properties.
+
+SLPERF_DOCKER_TEST_DATA_ROOT=DIR keeps the engine's data root (images and build cache) in DIR between runs, for
+development; by default it is a fresh temporary folder that is deleted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("SLPERF_DOCKER_CACHE", "/var/cache/slperf-docker"))
+BASE_TAR = CACHE / "base-bookworm-python3.tar"
+BASE_IMAGE = "slperf/base:bookworm"
+WHEELHOUSE = ROOT / "deploy" / "wheelhouse"
+SERVICES = ("server", "c1", "c2", "c3")
+SETUP_HINT = "run deploy/ci-docker-setup.sh (as root) first"
+
+
+def _requirements() -> dict[str, str]:
+    if os.geteuid() != 0:
+        pytest.skip("starting dockerd needs root")
+    tools = {name: shutil.which(name) for name in ("dockerd", "docker-compose", "docker")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed ({SETUP_HINT})")
+    if not BASE_TAR.is_file():
+        pytest.skip(f"no local base image tarball at {BASE_TAR} ({SETUP_HINT})")
+    if not list(WHEELHOUSE.glob("torch-2.13.0*.whl")):
+        pytest.skip(f"the wheelhouse {WHEELHOUSE} has no torch 2.13.0 wheel ({SETUP_HINT})")
+    return tools
+
+
+class Dockerd:
+    """A private Docker engine: own socket, data root and exec root; stop() leaves no process or mount behind."""
+
+    def __init__(self, exe: str, docker: str):
+        self.exe, self.docker = exe, docker
+        # Short paths: the engine puts unix sockets under its exec root (108-byte limit).
+        self.root = Path(tempfile.mkdtemp(prefix="sld-", dir="/tmp"))
+        keep = os.environ.get("SLPERF_DOCKER_TEST_DATA_ROOT")
+        self.data_root = Path(keep) if keep else self.root / "data"
+        self.socket = self.root / "docker.sock"
+        self.log = self.root / "dockerd.log"
+        self.proc: subprocess.Popen | None = None
+        (self.root / "config").mkdir()
+        (self.root / "daemon.json").write_text("{}")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "SLPERF_"))}
+        env.update(DOCKER_HOST=f"unix://{self.socket}", DOCKER_CONFIG=str(self.root / "config"), **extra)
+        return env
+
+    def start(self) -> None:
+        cmd = [self.exe, "--config-file", str(self.root / "daemon.json"), "--data-root", str(self.data_root),
+               "--exec-root", str(self.root / "exec"), "-H", f"unix://{self.socket}",
+               "--pidfile", str(self.root / "dockerd.pid"), "--bridge=none", "--iptables=false",
+               "--ip6tables=false", "--userland-proxy=false", "--log-level=warn"]
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dockerd exited {self.proc.returncode}: {self.tail()}")
+            if subprocess.run([self.docker, "info"], env=self.env(), capture_output=True, timeout=30).returncode == 0:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"dockerd did not answer within 90 s: {self.tail()}")
+
+    def tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def _children(self) -> list[int]:
+        """Processes still holding this engine's folders (containerd, shims), found by their command lines."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(self.root) in cmdline and int(entry.name) != os.getpid():
+                pids.append(int(entry.name))
+        return pids
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in self._children():  # started by this engine (its containerd and shims); ended by pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1].startswith((str(self.root), str(self.data_root)))]
+        for mount in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
+        left = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                if line.split()[1].startswith(str(self.root))]
+        if not left:
+            shutil.rmtree(self.root, ignore_errors=True)
+        assert not left, f"mounts left under {self.root}: {left}"
+        assert not self._children(), "processes of the test's dockerd are still running"
+
+
+def _run(argv: list[str], env: dict, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def _inspect(docker: str, env: dict, container: str, fmt: str) -> str:
+    out = _run([docker, "inspect", "-f", fmt, container], env, 60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_compose_federation_builds_starts_and_trains(record_property):
+    tools = _requirements()
+    docker, compose_exe = tools["docker"], tools["docker-compose"]
+    engine = Dockerd(tools["dockerd"], docker)
+    project = f"slpt{secrets.token_hex(3)}"
+    image = f"slperf:deploy-test-{project}"
+    env = engine.env(SLPERF_IMAGE=image, SLPERF_BASE_IMAGE=BASE_IMAGE, SLPERF_PIP_SOURCE="wheelhouse")
+    compose = [compose_exe, "--ansi", "never", "-p", project, "-f", str(ROOT / "docker-compose.yml")]
+    figures: dict[str, float] = {}
+    try:
+        engine.start()
+        # The local base: Docker Hub is not reachable from these machines.
+        t0 = time.monotonic()
+        if _run([docker, "image", "inspect", BASE_IMAGE], env, 60).returncode != 0:
+            imported = _run([docker, "import", "--change", 'CMD ["python3"]', str(BASE_TAR), BASE_IMAGE], env, 600)
+            assert imported.returncode == 0, imported.stderr
+        figures["base_import_s"] = time.monotonic() - t0
+
+        t0 = time.monotonic()
+        build = _run([*compose, "build"], env, 2400)
+        figures["build_s"] = time.monotonic() - t0
+        assert build.returncode == 0, (build.stdout + build.stderr)[-4000:]
+        figures["image_mb"] = int(_inspect(docker, env, image, "{{.Size}}")) / 1e6
+
+        # Up: the certificate job, the server (healthy), then the three clients.
+        t_up = time.monotonic()
+        up = _run([*compose, "up", "-d"], env, 600)
+        assert up.returncode == 0, up.stdout + up.stderr
+        figures["up_s"] = time.monotonic() - t_up
+
+        # The documented operator command, with the smoke config; it waits for all four services to be healthy.
+        run_env = dict(env, SLPERF_CONFIG_DIR="./deploy/configs", SLPERF_RUN_CONFIG="compose-smoke.yaml")
+        t_run = time.monotonic()
+        run = _run([*compose, "run", "--rm", "-T", "operator"], run_env, 900)
+        figures["operator_run_s"] = time.monotonic() - t_run
+        figures["up_to_trained_s"] = time.monotonic() - t_up
+        if run.returncode != 0:
+            logs = _run([*compose, "logs", "--tail", "30"], env, 120).stdout
+            pytest.fail(f"operator run failed ({run.returncode}):\n{run.stdout}\n{run.stderr[-3000:]}\n{logs[-6000:]}")
+        summary = json.loads(run.stdout[run.stdout.index("{"):])
+        assert summary["paradigm"] == "splitfed_v1" and summary["rounds"] == 2 and summary["clients"] == 3
+        assert sorted(summary["per_client"]) == ["c1", "c2", "c3"]
+        assert sum(c["samples"] for c in summary["per_client"].values()) == 600 * 2
+        assert summary["test_accuracy"] > 0.2, summary  # chance is 0.1
+        assert summary["bytes_up"] > 0 and summary["bytes_down"] > 0
+        figures["run_wall_s"] = summary["wall_seconds"]
+
+        # Health: the certificate job completed, the four daemons are healthy, and they run as uid 10001.
+        ids = {}
+        for service in ("certs", *SERVICES):
+            ps = _run([*compose, "ps", "-q", service], env, 60)
+            ids[service] = ps.stdout.strip()
+            assert ids[service], f"no container for {service}: {ps.stderr}"
+        assert _inspect(docker, env, ids["certs"], "{{.State.Status}} {{.State.ExitCode}}") == "exited 0"
+        for service in SERVICES:
+            assert _inspect(docker, env, ids[service], "{{.State.Health.Status}}") == "healthy", \
+                _inspect(docker, env, ids[service], "{{json .State.Health}}")
+            assert _inspect(docker, env, ids[service], "{{.Config.User}}") == "10001:10001"
+        # The operator's status command: all three clients connected, over the internal network.
+        status = _run([*compose, "run", "--rm", "-T", "operator", "status", "--server", "server:50051",
+                       "--certs", "/var/lib/slperf/certs"], env, 300)
+        assert status.returncode == 0 and "3 client(s) connected" in status.stdout, status.stdout + status.stderr
+        # The run folder is on the runs volume.
+        run_dir = f"/var/lib/slperf/runs/{summary['run_id']}"
+        stored = _run([*compose, "exec", "-T", "server", "cat", f"{run_dir}/summary.json"], env, 120)
+        assert stored.returncode == 0 and json.loads(stored.stdout)["run_id"] == summary["run_id"], stored.stderr
+        listing = _run([*compose, "exec", "-T", "server", "ls", run_dir], env, 120).stdout.split()
+        assert {"checkpoint.pt", "metrics.jsonl", "config.yaml"} <= set(listing), listing
+        # Each client holds only its own key pair (and the CA certificate).
+        for cid in ("c1", "c2", "c3"):
+            files = _run([*compose, "exec", "-T", cid, "ls", "/var/lib/slperf/certs"], env, 120).stdout.split()
+            assert sorted(files) == ["ca.pem", "client.key", "client.pem"], files
+
+        for key, value in figures.items():
+            record_property(key, round(value, 1))
+        print("\ncompose federation: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))
+    finally:
+        try:
+            if engine.proc is not None and engine.proc.poll() is None:
+                _run([*compose, "--profile", "operator", "down", "-v", "--remove-orphans", "--timeout", "20"], env, 300)
+                if not os.environ.get("SLPERF_DOCKER_TEST_DATA_ROOT"):
+                    _run([docker, "image", "rm", "-f", image], env, 120)
+        finally:
+            engine.stop()
