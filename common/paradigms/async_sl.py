@@ -66,7 +66,7 @@ from slperf.common.paradigms.base import (
 from slperf.common.paradigms.bottom_client import BottomClient
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.steps import clone_state, make_optimizer, top_train_step
-from slperf.common.paradigms.top_server import TopHolder, evaluate_through
+from slperf.common.paradigms.top_server import TopHolder, evaluate_first_available
 
 A, B, C = "A", "B", "C"
 NEXT = {A: B, B: C, C: C}
@@ -163,14 +163,9 @@ class AsyncServer(TopHolder):
         return result
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        ordered = sorted(clients, key=lambda c: c.client_id != self.last_trained)
-        for client in ordered:
-            try:
-                await client.set_weights("bottom", self.bottom_state, round)
-                return await evaluate_through(self.ctx, client, round, self.eval_spec, self.top)
-            except ClientGone:
-                continue
-        raise ClientGone("*", "no client left to evaluate through")
+        latest_first = sorted(clients, key=lambda c: c.client_id != self.last_trained)
+        return await evaluate_first_available(self.ctx, latest_first, round, self.eval_spec, self.bottom_state,
+                                              self.top)
 
     def model_state(self):
         return {"bottom": self.bottom_state, "top": clone_state(self.top)}

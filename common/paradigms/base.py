@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Mapping, Protocol, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -127,6 +127,20 @@ class ClientGone(Exception):
         super().__init__(f"client {client_id} dropped out: {reason}")
         self.client_id = client_id
         self.reason = reason
+
+
+def sort_outcomes(clients: Sequence["ClientHandle"], outcomes: Sequence[Any], result: RoundResult) -> list[tuple["ClientHandle", Any]]:
+    """Splits ``asyncio.gather(..., return_exceptions=True)`` results of a parallel round: clients that
+    dropped out go to ``result.dropped``, any other exception is a bug and is raised, the rest is returned."""
+    done = []
+    for client, outcome in zip(clients, outcomes):
+        if isinstance(outcome, ClientGone):
+            result.dropped.append(client.client_id)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            done.append((client, outcome))
+    return done
 
 
 class ClientHandle(Protocol):

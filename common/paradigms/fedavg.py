@@ -34,7 +34,7 @@ from slperf.common.config import RunConfig
 from slperf.common.models import build_model
 from slperf.common.paradigms.base import (
     ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, ClientParadigm, EvalResult, ParadigmSpec,
-    PhaseSummary, RoundResult, ServerContext, ServerParadigm, State,
+    PhaseSummary, RoundResult, ServerContext, ServerParadigm, State, sort_outcomes,
 )
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.steps import clone_state, make_optimizer
@@ -73,13 +73,7 @@ class FedAvgServer(ServerParadigm):
         outcomes = await asyncio.gather(*(self._client_round(c, round) for c in clients), return_exceptions=True)
         result = RoundResult(participants=[])
         states = []
-        for client, outcome in zip(clients, outcomes):
-            if isinstance(outcome, ClientGone):
-                result.dropped.append(client.client_id)
-                continue
-            if isinstance(outcome, BaseException):
-                raise outcome
-            summary, state = outcome
+        for client, (summary, state) in sort_outcomes(clients, outcomes, result):
             result.participants.append(client.client_id)
             result.per_client[client.client_id] = summary
             states.append((state, summary.samples))

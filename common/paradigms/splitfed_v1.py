@@ -19,12 +19,12 @@ from typing import Any, Mapping, Sequence
 
 from slperf.common.aggregation import fedavg
 from slperf.common.paradigms.base import (
-    ClientGone, ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext,
+    ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext, sort_outcomes,
 )
 from slperf.common.paradigms.bottom_client import BottomClient
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.steps import clone_state, load_state, make_optimizer
-from slperf.common.paradigms.top_server import TopHolder, evaluate_through, serve_training
+from slperf.common.paradigms.top_server import TopHolder, evaluate_first_available, serve_training
 
 
 class SplitFedV1Server(TopHolder):
@@ -49,13 +49,7 @@ class SplitFedV1Server(TopHolder):
         outcomes = await asyncio.gather(*(self._client_round(c, round) for c in clients), return_exceptions=True)
         result = RoundResult(participants=[])
         bottoms, tops = [], []
-        for client, outcome in zip(clients, outcomes):
-            if isinstance(outcome, ClientGone):
-                result.dropped.append(client.client_id)
-                continue
-            if isinstance(outcome, BaseException):
-                raise outcome
-            summary, bottom = outcome
+        for client, (summary, bottom) in sort_outcomes(clients, outcomes, result):
             result.participants.append(client.client_id)
             result.per_client[client.client_id] = summary
             bottoms.append((bottom, summary.samples))
@@ -69,13 +63,8 @@ class SplitFedV1Server(TopHolder):
         return result
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        for client in clients:
-            try:
-                await client.set_weights("bottom", self.bottom_state, round)
-                return await evaluate_through(self.ctx, client, round, self.eval_spec, self.global_top)
-            except ClientGone:
-                continue
-        raise ClientGone("*", "no client left to evaluate through")
+        return await evaluate_first_available(self.ctx, clients, round, self.eval_spec,
+                                              self.bottom_state, self.global_top)
 
     def model_state(self):
         return {"bottom": self.bottom_state, "top": clone_state(self.global_top)}

@@ -40,12 +40,13 @@ from slperf.common.aggregation import fedavg
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.paradigms.base import (
     ClientData, ClientGone, ClientHandle, EvalResult, ParadigmSpec, PhaseSummary, RoundResult, ServerContext,
+    sort_outcomes,
 )
 from slperf.common.paradigms.bottom_client import BottomClient
 from slperf.common.paradigms.psl import serve_in_arrival_order
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.steps import clone_state, make_optimizer
-from slperf.common.paradigms.top_server import TopHolder, evaluate_through
+from slperf.common.paradigms.top_server import TopHolder, evaluate_first_available
 
 ORDERS = ("parallel", "sequential")
 OPTIMS = ("sgd", "adam")
@@ -88,13 +89,7 @@ class SplitFedV2Server(TopHolder):
                     outcomes.append(gone)
         result = RoundResult(participants=[])
         bottoms = []
-        for client, outcome in zip(clients, outcomes):
-            if isinstance(outcome, ClientGone):
-                result.dropped.append(client.client_id)
-                continue
-            if isinstance(outcome, BaseException):
-                raise outcome
-            summary, bottom = outcome
+        for client, (summary, bottom) in sort_outcomes(clients, outcomes, result):
             result.participants.append(client.client_id)
             result.per_client[client.client_id] = summary
             bottoms.append((bottom, summary.samples))
@@ -103,13 +98,8 @@ class SplitFedV2Server(TopHolder):
         return result
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        for client in clients:
-            try:
-                await client.set_weights("bottom", self.bottom_state, round)
-                return await evaluate_through(self.ctx, client, round, self.eval_spec, self.top)
-            except ClientGone:
-                continue
-        raise ClientGone("*", "no client left to evaluate through")
+        return await evaluate_first_available(self.ctx, clients, round, self.eval_spec,
+                                              self.bottom_state, self.top)
 
     def model_state(self):
         return {"bottom": self.bottom_state, "top": clone_state(self.top)}

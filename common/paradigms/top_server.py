@@ -2,13 +2,13 @@
 serve one client's training pass against a top segment, and evaluate through one client."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
 from slperf.common.models import SplitModel, build_split
 from slperf.common.paradigms.base import (
-    ActivationSpec, ClientHandle, EvalResult, PhaseSummary, Reply, ServerContext, ServerParadigm,
+    ActivationSpec, ClientGone, ClientHandle, EvalResult, PhaseSummary, Reply, ServerContext, ServerParadigm,
 )
 from slperf.common.paradigms.steps import top_eval_step, top_train_step
 
@@ -49,3 +49,16 @@ async def evaluate_through(ctx: ServerContext, client: ClientHandle, round: int,
         count += out.count
     return EvalResult(accuracy=correct / count if count else 0.0, loss=loss_sum / count if count else 0.0,
                       samples=count)
+
+
+async def evaluate_first_available(ctx: ServerContext, clients: Sequence[ClientHandle], round: int,
+                                   spec: ActivationSpec, bottom_state, top: nn.Module) -> EvalResult:
+    """Evaluates the global bottom + top through the first client that answers (in the given order): it is
+    handed the bottom first, so any client can do it and a dropped one is simply skipped."""
+    for client in clients:
+        try:
+            await client.set_weights("bottom", bottom_state, round)
+            return await evaluate_through(ctx, client, round, spec, top)
+        except ClientGone:
+            continue
+    raise ClientGone("*", "no client left to evaluate through")

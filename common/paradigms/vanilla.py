@@ -27,7 +27,7 @@ from slperf.common.paradigms.base import (
 from slperf.common.paradigms.bottom_client import BottomClient
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.steps import clone_state, make_optimizer
-from slperf.common.paradigms.top_server import TopHolder, evaluate_through, serve_training
+from slperf.common.paradigms.top_server import TopHolder, evaluate_first_available, serve_training
 
 
 class VanillaServer(TopHolder):
@@ -58,14 +58,9 @@ class VanillaServer(TopHolder):
         return result
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        ordered = sorted(clients, key=lambda c: c.client_id != self.last_trained)
-        for client in ordered:
-            try:
-                await client.set_weights("bottom", self.bottom_state, round)
-                return await evaluate_through(self.ctx, client, round, self.eval_spec, self.top)
-            except ClientGone:
-                continue
-        raise ClientGone("*", "no client left to evaluate through")
+        latest_first = sorted(clients, key=lambda c: c.client_id != self.last_trained)
+        return await evaluate_first_available(self.ctx, latest_first, round, self.eval_spec, self.bottom_state,
+                                              self.top)
 
     def model_state(self):
         return {"bottom": self.bottom_state, "top": clone_state(self.top)}
