@@ -66,6 +66,9 @@ class ClientProxy:
         try:
             message = await session.next(self._timeout)
         except asyncio.TimeoutError:
+            # A client dropped for silence must not keep this stream: if it resumed, the instructions queued
+            # on it would keep the client one round behind the server for the rest of the run.
+            session.close(f"dropped: no message for {self._timeout:.0f} s (client_timeout)")
             raise ClientGone(self.client_id, f"no message for {self._timeout:.0f} s (client_timeout)") from None
         except ConnectionError as exc:
             raise ClientGone(self.client_id, str(exc)) from None

@@ -102,15 +102,24 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
         except WireError as err:
             await context.abort(err.code, err.message)
         if replaced is not None:
-            replaced.close("replaced by a new session of the same client (reconnect)")
-            replaced.context.cancel() if hasattr(replaced.context, "cancel") else None
+            replaced.close("replaced by a new session of the same client (reconnect)")  # its handler returns
         log.info("client %s connected from %s", hello.client_id, context.peer())
         try:
             await session.send(session_pb2.ServerMessage(welcome=session_pb2.Welcome(
                 protocol_version=PROTOCOL_VERSION, session_id=session.session_id,
                 resume_token=session.resume_token, chunk_bytes=1 << 20,
                 max_message_bytes=limits.max_payload_bytes)))
-            await session.read_loop()
+            # The handler ends when the peer ends the stream *or* when the session is closed on this side
+            # (replaced by a reconnect, dropped by the run), so a stalled stream cannot resume later.
+            reader = asyncio.ensure_future(session.read_loop())
+            closed = asyncio.ensure_future(session.closed.wait())
+            try:
+                await asyncio.wait({reader, closed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+                reader.cancel()
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception()
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:  # a broken stream ends this session only
