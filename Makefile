@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PROTOS  := $(wildcard proto/slperf/v1/*.proto)
 CONFIG  ?= configs/mnist_splitfed_v1.yaml
 
-.PHONY: setup proto demo test test-fast bench data clean
+.PHONY: setup proto demo test test-fast bench bench-suite data clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not slow"
+
+# Performance benchmarks (split overhead, codec, stream throughput, scaling): print figures, write JSON to
+# benchmarks/results/; none is a pass/fail test. `slperf bench --suite quick` is the research matrix.
+bench: $(STAMP)
+	$(VPY) -m benchmarks.run_all
+
+bench-suite: $(STAMP)
+	$(VPY) -m slperf.cli bench --suite quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

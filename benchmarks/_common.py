@@ -1,0 +1,58 @@
+"""Shared by the performance benchmarks: where results go, what the machine was doing, small statistics."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform()}
+    try:
+        info["loadavg"] = os.getloadavg()
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except Exception:
+        pass
+    try:
+        import grpc
+
+        info["grpcio"] = grpc.__version__
+    except Exception:
+        pass
+    return info
+
+
+def write_result(name: str, data: dict[str, Any], results_dir: Path | None = None) -> Path:
+    folder = Path(results_dir) if results_dir else RESULTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), **data,
+               "note": "measured on a shared machine; timings are noisy (see machine.loadavg)"}
+    path = folder / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+    return path
+
+
+def median(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def banner(title: str) -> None:
+    load = machine().get("loadavg")
+    suffix = f" (load average {load[0]:.1f} on {os.cpu_count()} CPUs: figures are noisy)" if load else ""
+    print(f"== {title}{suffix}", flush=True)

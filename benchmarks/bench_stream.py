@@ -1,0 +1,245 @@
+"""Stream throughput: MB/s of 1, 4, 16 and 64 MiB float32 tensors sent through the real session path, against
+the same bytes over a plain TCP socket on loopback (no TLS, no framing: the ceiling).
+
+The sender is the client daemon's own ``SessionLink.send_activations`` (message building, ``encode_tensor``,
+``Framer``: ~1 MiB chunks, seq numbers, byte counts) on a grpc.aio bidirectional stream with mutual TLS. The
+receiver does what the server does with activations: ``Deframer`` (reassembly, CRC-32), the structure check
+without a copy (``decode_tensor(writable=False)``, as ``Session._check_structure``) and the paradigm's
+writable decode (as ``ClientProxy.check_activations``). Both receivers run in their own process and answer
+each tensor with a small acknowledgement; one transfer = build + encode + send + receive + decode + ack.
+
+    python -m benchmarks.bench_stream [--sizes-mib 1 4 16 64] [--repeats 5]
+
+Ratio = gRPC MB/s / TCP MB/s per size (target >= 0.7).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import banner, write_result
+
+TARGET_RATIO = 0.7
+READY = "BENCH_READY port="
+
+
+# ---- receivers (run in their own process) -----------------------------------------------------------------
+
+async def _serve_grpc(certs: Path) -> None:
+    import grpc
+
+    from slperf.common import tls
+    from slperf.common.wire.codec import decode_tensor
+    from slperf.common.wire.framing import ByteCounter, Deframer, Framer, grpc_options
+    from slperf.v1 import service_pb2_grpc, session_pb2
+
+    class Sink(service_pb2_grpc.SplitLearningServicer):
+        async def Session(self, request_iterator, context):
+            counter = ByteCounter()
+            deframer = Deframer(session_pb2.ClientMessage, counter, incoming_is_up=True)
+            framer = Framer(session_pb2.ServerMessage, counter, outgoing_is_up=False)
+            while True:
+                envelope = await context.read()
+                if envelope == grpc.aio.EOF:
+                    return
+                message = deframer.feed(envelope)
+                if message is None:
+                    continue
+                decode_tensor(message.activations.tensor, name="activations", writable=False)  # structure check
+                tensor = decode_tensor(message.activations.tensor, name="activations", writable=True)
+                ack = session_pb2.ServerMessage(gradients=session_pb2.Gradients(
+                    ref=message.activations.ref, count=int(tensor.numel() % (1 << 32))))
+                for out in framer.frames(ack):
+                    await context.write(out)
+
+    server = grpc.aio.server(options=grpc_options())
+    service_pb2_grpc.add_SplitLearningServicer_to_server(Sink(), server)
+    port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(certs, require_client_auth=True))
+    await server.start()
+    print(f"{READY}{port}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
+    await server.stop(grace=1)
+
+
+def _recv_exact(conn: socket.socket, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = conn.recv_into(view[got:])
+        if n == 0:
+            raise ConnectionError("peer closed")
+        got += n
+
+
+def _serve_tcp() -> None:
+    import numpy as np
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    print(f"{READY}{listener.getsockname()[1]}", flush=True)
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    header = bytearray(8)
+    buffers: dict[int, bytearray] = {}
+    while True:
+        try:
+            _recv_exact(conn, memoryview(header))
+        except ConnectionError:
+            return
+        (length,) = struct.unpack("<Q", header)
+        if length not in buffers:
+            buffers[length] = bytearray(length)
+        buf = buffers[length]
+        _recv_exact(conn, memoryview(buf))
+        array = np.frombuffer(buf, dtype="<f4")  # the receiver's view of the tensor
+        conn.sendall(struct.pack("<Q", array.size))
+
+
+# ---- senders --------------------------------------------------------------------------------------------
+
+def _start(args: list[str]) -> tuple[subprocess.Popen, int]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_stream", *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env, cwd=str(Path(__file__).resolve().parent.parent))
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()
+    if not line.startswith(READY):
+        proc.kill()
+        raise RuntimeError(f"receiver did not start: {line!r}")
+    return proc, int(line[len(READY):])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        if proc.stdin:
+            proc.stdin.close()
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _tensor(mib: int):
+    import torch
+
+    return torch.randn(mib * (1 << 20) // 4, generator=torch.Generator().manual_seed(mib))
+
+
+async def _grpc_times(port: int, certs: Path, sizes: list[int], repeats: int) -> dict[int, list[float]]:
+    import grpc
+
+    from slperf.common import tls
+    from slperf.common.paradigms.base import Phase, StepRef
+    from slperf.common.wire.framing import grpc_options
+    from slperf.slclient.daemon import SessionLink
+    from slperf.v1 import service_pb2_grpc
+
+    creds = tls.client_channel_credentials(certs, "bench")
+    options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
+    times: dict[int, list[float]] = {}
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
+        call = service_pb2_grpc.SplitLearningStub(channel).Session()
+        link = SessionLink(call, run_id="bench")  # the client daemon's sending and receiving code
+        step = 0
+        for mib in sizes:
+            tensor = _tensor(mib)
+            times[mib] = []
+            for i in range(repeats + 1):  # the first transfer of each size warms up and is not counted
+                step += 1
+                started = time.perf_counter()
+                await link.send_activations(StepRef("bench", 0, step, Phase.TRAIN), tensor)
+                reply = await link.receive()
+                elapsed = time.perf_counter() - started
+                if reply is None or reply.gradients.ref.step != step:
+                    raise RuntimeError("no acknowledgement, or one for the wrong transfer")
+                if i:
+                    times[mib].append(elapsed)
+        await call.done_writing()
+    return times
+
+
+def _tcp_times(port: int, sizes: list[int], repeats: int) -> dict[int, list[float]]:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ack = bytearray(8)
+    times: dict[int, list[float]] = {}
+    try:
+        for mib in sizes:
+            tensor = _tensor(mib)
+            times[mib] = []
+            for i in range(repeats + 1):
+                started = time.perf_counter()
+                payload = memoryview(tensor.numpy()).cast("B")  # the raw bytes, no copy
+                sock.sendall(struct.pack("<Q", len(payload)))
+                sock.sendall(payload)
+                _recv_exact(sock, memoryview(ack))
+                elapsed = time.perf_counter() - started
+                if i:
+                    times[mib].append(elapsed)
+    finally:
+        sock.close()
+    return times
+
+
+def run(sizes: list[int], repeats: int) -> dict[str, Any]:
+    from slperf.common import tls
+
+    banner("stream throughput: session framing over grpc.aio + mutual TLS vs a plain TCP socket (loopback)")
+    with tempfile.TemporaryDirectory(prefix="slperf-stream-") as tmp:
+        certs = Path(tmp) / "certs"
+        tls.init_pki(certs)
+        tls.add_client(certs, "bench")
+        proc, port = _start(["serve-tcp"])
+        try:
+            tcp = _tcp_times(port, sizes, repeats)
+        finally:
+            _stop(proc)
+        proc, port = _start(["serve-grpc", "--certs", str(certs)])
+        try:
+            grpc_t = asyncio.run(_grpc_times(port, certs, sizes, repeats))
+        finally:
+            _stop(proc)
+    cases = []
+    for mib in sizes:
+        nbytes = mib * (1 << 20)
+        g, t = statistics.median(grpc_t[mib]), statistics.median(tcp[mib])
+        g_mbps, t_mbps = nbytes / g / 1e6, nbytes / t / 1e6
+        cases.append({"size_mib": mib, "grpc_tls_seconds": grpc_t[mib], "tcp_seconds": tcp[mib],
+                      "grpc_tls_MBps": g_mbps, "tcp_MBps": t_mbps, "ratio": g_mbps / t_mbps,
+                      "meets_target": g_mbps / t_mbps >= TARGET_RATIO})
+        print(f"{mib:>3} MiB: gRPC+mTLS+framing {g_mbps:8.1f} MB/s, plain TCP {t_mbps:8.1f} MB/s, "
+              f"ratio {g_mbps / t_mbps:.2f} (target >= {TARGET_RATIO})", flush=True)
+    return {"cases": cases, "target_ratio": TARGET_RATIO, "repeats": repeats,
+            "chunk_bytes": 1 << 20, "what": "median seconds per transfer (encode, send, receive, decode, ack)"}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve-grpc"]:
+        asyncio.run(_serve_grpc(Path(argv[argv.index("--certs") + 1])))
+        return None
+    if argv[:1] == ["serve-tcp"]:
+        _serve_tcp()
+        return None
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--results-dir", type=Path)
+    args = parser.parse_args(argv)
+    result = run(args.sizes_mib, args.repeats)
+    write_result("stream_throughput", result, args.results_dir)
+    return result
+
+
+if __name__ == "__main__":
+    main()
