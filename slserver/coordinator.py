@@ -35,6 +35,20 @@ class RunFailed(Exception):
     pass
 
 
+def _cut_info(config: RunConfig, dataset) -> dict[str, Any]:
+    """What crosses the cut for this model and split_layer (per sample), for the run summary."""
+    from slperf.common.models import build_split
+
+    try:
+        split = build_split(config.model, tuple(dataset.input_shape), dataset.num_classes, config.seed,
+                            [config.split_layer])
+    except Exception:  # paradigms with their own models (vertical, fedavg) or a cut the model cannot take
+        return {}
+    shape = split.cut_shapes[0]
+    return {"cut_shape_per_sample": list(shape), "cut_floats_per_sample": split.cut_elements[0],
+            "cut_bytes_per_sample_fp32": 4 * split.cut_elements[0]}
+
+
 @dataclass
 class ComputeContext:
     """What a server paradigm gets: the run's config and a way to compute off the event loop."""
@@ -157,6 +171,7 @@ class RunCoordinator:
                 await ctx.compute(save_checkpoint, run.folder.checkpoint_path, checkpoint)
                 run.publish("round", record)
             run.summary = self._summary(run, records, time.monotonic() - started + elapsed_before)
+            run.summary.update(await ctx.compute(_cut_info, config, dataset))
             run.folder.write_summary(run.summary)
             await ctx.compute(run.folder.write_plots, records, f"{config.paradigm} on {config.dataset}")
             run.state = "finished"

@@ -54,6 +54,8 @@ def test_federation_cli_leaves_a_complete_run_folder(tmp_path, paradigm):
     for plot in ("accuracy_vs_round.png", "accuracy_vs_bytes.png", "accuracy_vs_time.png"):
         assert (run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "checkpoint.pt").exists()
+    assert summary["split_layer"] == 1 and summary["cut_shape_per_sample"] == [6, 12, 12]
+    assert summary["cut_bytes_per_sample_fp32"] == 864 * 4
 
 
 def test_federation_rejects_a_broken_config_with_one_line(tmp_path):
