@@ -780,9 +780,9 @@ def run_suite(suite: str | Path | Suite, out_dir: str | Path | None = None, *, r
 
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
+    cells = expand(suite)  # a broken suite fails here, before any folder is made
     out = Path(out_dir) if out_dir is not None else Path("runs") / "bench" / suite.name
     out.mkdir(parents=True, exist_ok=True)
-    cells = expand(suite)
     store = ResultsStore(out)
     previous = store.load()
     estimator = Estimator.for_suite(suite)
