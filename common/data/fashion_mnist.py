@@ -20,7 +20,7 @@ import numpy as np
 from .archives import read_deb_files
 from .artifacts import FASHION_IDX_HINT, ensure_artifact
 from .errors import DatasetCorrupt
-from .mnist import IDX_NAMES, find_idx_files, parse_idx, read_idx_file
+from .mnist import IDX_NAMES, find_idx_files, grey28_arrays, parse_idx, read_idx_file
 from .registry import Arrays
 
 DEB_ARTIFACT = "dataset-fashion-mnist"
@@ -84,9 +84,4 @@ def load_fashion_mnist(
         deb = ensure_artifact(DEB_ARTIFACT, cache_dir)
         raw, source = read_fashion_deb(deb), deb.name
     verify_fashion(raw, source)
-    return Arrays(
-        train_x=raw["train_x"].reshape(-1, 1, 28, 28),
-        train_y=raw["train_y"].astype(np.int64),
-        test_x=raw["test_x"].reshape(-1, 1, 28, 28),
-        test_y=raw["test_y"].astype(np.int64),
-    )
+    return grey28_arrays(raw)

