@@ -1,6 +1,11 @@
 """Stream throughput: MB/s of 1, 4, 16 and 64 MiB float32 tensors sent through the real session path, against
 the same bytes over a plain TCP socket on loopback (no TLS, no framing: the ceiling).
 
+Two more rows place the gap: the same bytes over a TLS socket with the same certificates (Python's ``ssl``,
+OpenSSL: what encryption alone costs), and over the same gRPC + mutual TLS transport with none of our code
+(raw 1 MiB ``bytes`` messages, identity serializers: what gRPC itself costs). Our framing is then judged
+against the transport it runs on (``ratio_to_raw_grpc``) as well as against the socket (``ratio``).
+
 The sender is the client daemon's own ``SessionLink.send_activations`` (message building, ``encode_tensor``,
 ``Framer``: ~1 MiB chunks, seq numbers, byte counts) on a grpc.aio bidirectional stream with mutual TLS. The
 receiver does what the server does with activations: ``Deframer`` (reassembly, CRC-32), the structure check
@@ -52,11 +57,13 @@ async def _serve_grpc(certs: Path) -> None:
                 envelope = await context.read()
                 if envelope == grpc.aio.EOF:
                     return
-                message = deframer.feed(envelope)
-                if message is None:
+                inbound = deframer.feed(envelope)
+                if inbound is None:
                     continue
-                decode_tensor(message.activations.tensor, name="activations", writable=False)  # structure check
-                tensor = decode_tensor(message.activations.tensor, name="activations", writable=True)
+                message = inbound.message
+                decode_tensor(message.activations.tensor, name="activations", writable=False,
+                              bulk=inbound.bulk)  # the structure check
+                tensor = decode_tensor(message.activations.tensor, name="activations", writable=True, bulk=inbound.bulk)
                 ack = session_pb2.ServerMessage(gradients=session_pb2.Gradients(
                     ref=message.activations.ref, count=int(tensor.numel() % (1 << 32))))
                 for out in framer.frames(ack):
@@ -71,6 +78,50 @@ async def _serve_grpc(certs: Path) -> None:
     await server.stop(grace=1)
 
 
+async def _serve_raw_grpc(certs: Path) -> None:
+    """gRPC + mutual TLS with none of our code: counts the bytes of a transfer, acknowledges its end marker."""
+    import grpc
+
+    from slperf.common import tls
+    from slperf.common.wire.framing import grpc_options
+
+    async def stream(requests, context):
+        received = 0
+        async for part in requests:
+            if part:
+                received += len(part)
+            else:  # the empty end-of-transfer marker
+                yield struct.pack("<Q", received)
+                received = 0
+
+    identity = lambda b: b  # noqa: E731 - raw bytes both ways
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Raw", {"Stream": grpc.stream_stream_rpc_method_handler(stream, identity, identity)})
+    server = grpc.aio.server(options=grpc_options())
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(certs, require_client_auth=True))
+    await server.start()
+    print(f"{READY}{port}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop(grace=1)
+
+
+def _tls_context(certs: Path, server: bool):
+    import ssl
+
+    from slperf.common import tls
+
+    ca, _ = tls.ca_paths(certs)
+    if server:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca))
+        ctx.load_cert_chain(*map(str, tls.server_paths(certs)))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+        ctx.load_cert_chain(*map(str, tls.client_paths(certs, "bench")))
+    return ctx
+
+
 def _recv_exact(conn: socket.socket, view: memoryview) -> None:
     got = 0
     while got < len(view):
@@ -80,7 +131,8 @@ def _recv_exact(conn: socket.socket, view: memoryview) -> None:
         got += n
 
 
-def _serve_tcp() -> None:
+def _serve_tcp(certs: Path | None = None) -> None:
+    """A length-prefixed receiver on a plain (or, with ``certs``, a mutual-TLS) socket."""
     import numpy as np
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -89,6 +141,8 @@ def _serve_tcp() -> None:
     print(f"{READY}{listener.getsockname()[1]}", flush=True)
     conn, _ = listener.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if certs is not None:
+        conn = _tls_context(certs, server=True).wrap_socket(conn, server_side=True)
     header = bytearray(8)
     buffers: dict[int, bytearray] = {}
     while True:
@@ -140,15 +194,14 @@ async def _grpc_times(port: int, certs: Path, sizes: list[int], repeats: int) ->
 
     from slperf.common import tls
     from slperf.common.paradigms.base import Phase, StepRef
-    from slperf.common.wire.framing import grpc_options
+    from slperf.common.wire.framing import grpc_options, open_session
     from slperf.slclient.daemon import SessionLink
-    from slperf.v1 import service_pb2_grpc
 
     creds = tls.client_channel_credentials(certs, "bench")
     options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
     times: dict[int, list[float]] = {}
     async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
-        call = service_pb2_grpc.SplitLearningStub(channel).Session()
+        call = open_session(channel)
         link = SessionLink(call, run_id="bench")  # the client daemon's sending and receiving code
         step = 0
         for mib in sizes:
@@ -160,7 +213,7 @@ async def _grpc_times(port: int, certs: Path, sizes: list[int], repeats: int) ->
                 await link.send_activations(StepRef("bench", 0, step, Phase.TRAIN), tensor)
                 reply = await link.receive()
                 elapsed = time.perf_counter() - started
-                if reply is None or reply.gradients.ref.step != step:
+                if reply is None or reply.message.gradients.ref.step != step:
                     raise RuntimeError("no acknowledgement, or one for the wrong transfer")
                 if i:
                     times[mib].append(elapsed)
@@ -168,9 +221,42 @@ async def _grpc_times(port: int, certs: Path, sizes: list[int], repeats: int) ->
     return times
 
 
-def _tcp_times(port: int, sizes: list[int], repeats: int) -> dict[int, list[float]]:
+async def _raw_grpc_times(port: int, certs: Path, sizes: list[int], repeats: int) -> dict[int, list[float]]:
+    import grpc
+
+    from slperf.common import tls
+    from slperf.common.wire.framing import grpc_options
+
+    creds = tls.client_channel_credentials(certs, "bench")
+    options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
+    identity = lambda b: b  # noqa: E731
+    times: dict[int, list[float]] = {}
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
+        call = channel.stream_stream("/bench.Raw/Stream", request_serializer=identity,
+                                     response_deserializer=identity)()
+        for mib in sizes:
+            view = memoryview(_tensor(mib).numpy()).cast("B")
+            times[mib] = []
+            for i in range(repeats + 1):
+                started = time.perf_counter()
+                for start in range(0, len(view), 1 << 20):
+                    await call.write(bytes(view[start:start + (1 << 20)]))  # gRPC takes bytes: one copy
+                await call.write(b"")
+                (received,) = struct.unpack("<Q", await call.read())
+                elapsed = time.perf_counter() - started
+                if received != len(view):
+                    raise RuntimeError(f"raw gRPC receiver counted {received} of {len(view)} bytes")
+                if i:
+                    times[mib].append(elapsed)
+        await call.done_writing()
+    return times
+
+
+def _tcp_times(port: int, sizes: list[int], repeats: int, certs: Path | None = None) -> dict[int, list[float]]:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if certs is not None:
+        sock = _tls_context(certs, server=False).wrap_socket(sock, server_hostname="localhost")
     ack = bytearray(8)
     times: dict[int, list[float]] = {}
     try:
@@ -204,6 +290,16 @@ def run(sizes: list[int], repeats: int) -> dict[str, Any]:
             tcp = _tcp_times(port, sizes, repeats)
         finally:
             _stop(proc)
+        proc, port = _start(["serve-tls", "--certs", str(certs)])
+        try:
+            tls_t = _tcp_times(port, sizes, repeats, certs)
+        finally:
+            _stop(proc)
+        proc, port = _start(["serve-raw-grpc", "--certs", str(certs)])
+        try:
+            raw_t = asyncio.run(_raw_grpc_times(port, certs, sizes, repeats))
+        finally:
+            _stop(proc)
         proc, port = _start(["serve-grpc", "--certs", str(certs)])
         try:
             grpc_t = asyncio.run(_grpc_times(port, certs, sizes, repeats))
@@ -212,13 +308,17 @@ def run(sizes: list[int], repeats: int) -> dict[str, Any]:
     cases = []
     for mib in sizes:
         nbytes = mib * (1 << 20)
-        g, t = statistics.median(grpc_t[mib]), statistics.median(tcp[mib])
-        g_mbps, t_mbps = nbytes / g / 1e6, nbytes / t / 1e6
+        g_mbps, t_mbps, s_mbps, r_mbps = (nbytes / statistics.median(x[mib]) / 1e6 for x in (grpc_t, tcp, tls_t, raw_t))
         cases.append({"size_mib": mib, "grpc_tls_seconds": grpc_t[mib], "tcp_seconds": tcp[mib],
-                      "grpc_tls_MBps": g_mbps, "tcp_MBps": t_mbps, "ratio": g_mbps / t_mbps,
+                      "tls_socket_seconds": tls_t[mib], "raw_grpc_tls_seconds": raw_t[mib],
+                      "grpc_tls_MBps": g_mbps, "tcp_MBps": t_mbps, "tls_socket_MBps": s_mbps,
+                      "raw_grpc_tls_MBps": r_mbps, "ratio": g_mbps / t_mbps, "ratio_to_raw_grpc": g_mbps / r_mbps,
+                      "tls_socket_ratio": s_mbps / t_mbps, "raw_grpc_ratio": r_mbps / t_mbps,
                       "meets_target": g_mbps / t_mbps >= TARGET_RATIO})
-        print(f"{mib:>3} MiB: gRPC+mTLS+framing {g_mbps:8.1f} MB/s, plain TCP {t_mbps:8.1f} MB/s, "
-              f"ratio {g_mbps / t_mbps:.2f} (target >= {TARGET_RATIO})", flush=True)
+        print(f"{mib:>3} MiB: session {g_mbps:7.1f} MB/s | plain TCP {t_mbps:7.1f}, TLS socket {s_mbps:7.1f}, "
+              f"raw gRPC+mTLS {r_mbps:7.1f} | ratio to TCP {g_mbps / t_mbps:.2f} (target >= {TARGET_RATIO}; "
+              f"TLS socket {s_mbps / t_mbps:.2f}, raw gRPC {r_mbps / t_mbps:.2f}), to raw gRPC {g_mbps / r_mbps:.2f}",
+              flush=True)
     return {"cases": cases, "target_ratio": TARGET_RATIO, "repeats": repeats,
             "chunk_bytes": 1 << 20, "what": "median seconds per transfer (encode, send, receive, decode, ack)"}
 
@@ -230,6 +330,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return None
     if argv[:1] == ["serve-tcp"]:
         _serve_tcp()
+        return None
+    if argv[:1] == ["serve-tls"]:
+        _serve_tcp(Path(argv[argv.index("--certs") + 1]))
+        return None
+    if argv[:1] == ["serve-raw-grpc"]:
+        asyncio.run(_serve_raw_grpc(Path(argv[argv.index("--certs") + 1])))
         return None
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 4, 16, 64])

@@ -28,9 +28,9 @@ from slperf.common.paradigms.base import ClientParadigm, Phase, PhaseSummary, Re
 from slperf.common.shards import build_client_data
 from slperf.common.wire.codec import DEFAULT_LIMITS, decode_state, decode_tensor, encode_state, encode_tensor
 from slperf.common.wire.errors import WireError
-from slperf.common.wire.framing import ByteCounter, Deframer, Framer, grpc_options
+from slperf.common.wire.framing import ByteCounter, Deframer, Framer, Inbound, grpc_options, open_session
 from slperf.common.wire.messages import PROTOCOL_VERSION, ref_from_pb, ref_to_pb, same_step
-from slperf.v1 import service_pb2_grpc, session_pb2
+from slperf.v1 import session_pb2
 
 log = logging.getLogger("slperf.client")
 
@@ -73,38 +73,40 @@ class SessionLink:
         self._framer = Framer(session_pb2.ClientMessage, self.counter, outgoing_is_up=True)
         self._deframer = Deframer(session_pb2.ServerMessage, self.counter, incoming_is_up=False)
 
-    async def send(self, message: session_pb2.ClientMessage) -> None:
-        for envelope in self._framer.frames(message):
+    async def send(self, message: session_pb2.ClientMessage, bulk: Sequence[memoryview] = ()) -> None:
+        for envelope in self._framer.frames(message, bulk):
             await self.call.write(envelope)
 
-    async def receive(self) -> session_pb2.ServerMessage | None:
+    async def receive(self) -> Inbound[session_pb2.ServerMessage] | None:
         while True:
             envelope = await self.call.read()
             if envelope == grpc.aio.EOF:
                 return None
             try:
-                message = self._deframer.feed(envelope)
+                inbound = self._deframer.feed(envelope)
             except WireError as err:
                 log.error("dropping a bad message from the server: %s", err.message)
                 continue
-            if message is not None:
-                return message
+            if inbound is not None:
+                return inbound
 
     # -- ClientLink ---------------------------------------------------------------------------------
     async def send_activations(self, ref: StepRef, tensor: torch.Tensor, labels: torch.Tensor | None = None,
                                sample_ids: torch.Tensor | None = None) -> None:
-        acts = session_pb2.Activations(ref=ref_to_pb(ref), tensor=encode_tensor(tensor))
+        bulk: list[memoryview] = []
+        acts = session_pb2.Activations(ref=ref_to_pb(ref), tensor=encode_tensor(tensor, bulk))
         if labels is not None:
-            acts.labels.CopyFrom(encode_tensor(labels))
+            acts.labels.CopyFrom(encode_tensor(labels, bulk))
         if sample_ids is not None:
-            acts.sample_ids.CopyFrom(encode_tensor(sample_ids))
-        await self.send(session_pb2.ClientMessage(activations=acts))
+            acts.sample_ids.CopyFrom(encode_tensor(sample_ids, bulk))
+        await self.send(session_pb2.ClientMessage(activations=acts), bulk)
 
     async def recv_reply(self, ref: StepRef, shape: Sequence[int] | None) -> Reply:
         while True:
-            message = await self.receive()
-            if message is None:
+            inbound = await self.receive()
+            if inbound is None:
                 raise ConnectionError("the server closed the session")
+            message = inbound.message
             kind = message.WhichOneof("body")
             if kind == "error":
                 raise ServerError(message.error.code, message.error.message)
@@ -117,7 +119,8 @@ class SessionLink:
                 continue
             tensor = None
             if grads.HasField("tensor"):
-                tensor = decode_tensor(grads.tensor, name="gradients", limits=DEFAULT_LIMITS, writable=True)
+                tensor = decode_tensor(grads.tensor, name="gradients", limits=DEFAULT_LIMITS, writable=True,
+                                       bulk=inbound.bulk)
                 if shape is not None and tuple(tensor.shape) != tuple(shape):
                     raise ServerError(grpc.StatusCode.INVALID_ARGUMENT.value[0],
                                       f"gradient shape {list(tensor.shape)} does not match {list(shape)}")
@@ -175,26 +178,25 @@ class ClientDaemon:
         else:
             channel = grpc.aio.secure_channel(opts.server, opts.credentials, options=options)
         async with channel:
-            stub = service_pb2_grpc.SplitLearningStub(channel)
-            call = stub.Session(wait_for_ready=False)
+            call = open_session(channel)
             link = SessionLink(call)
             await link.send(session_pb2.ClientMessage(hello=session_pb2.Hello(
                 protocol_version=PROTOCOL_VERSION, client_id=opts.client_id, software_version=__version__,
-                capabilities=["chunks", "paradigms:" + ",".join(s.name for s in paradigms.all_specs())])))
+                capabilities=["chunks", "attachments", "paradigms:" + ",".join(s.name for s in paradigms.all_specs())])))
             welcome = await link.receive()
             if welcome is None:
                 await call  # surfaces the server's status (refusals end up here)
                 raise ConnectionError("the server closed the session before Welcome")
-            if welcome.WhichOneof("body") != "welcome":
-                raise ConnectionError(f"expected Welcome, got {welcome.WhichOneof('body')}")
+            if welcome.message.WhichOneof("body") != "welcome":
+                raise ConnectionError(f"expected Welcome, got {welcome.message.WhichOneof('body')}")
             log.info("connected to %s as %s", opts.server, opts.client_id)
             finished = False
             while True:
-                message = await link.receive()
-                if message is None:
+                inbound = await link.receive()
+                if inbound is None:
                     await call
                     return finished
-                done = await self._handle(link, message)
+                done = await self._handle(link, inbound)
                 if done:
                     finished = True
                     self.runs_finished += 1
@@ -202,12 +204,13 @@ class ClientDaemon:
                         await call.done_writing()
                         return True
 
-    async def _handle(self, link: SessionLink, message: session_pb2.ServerMessage) -> bool:
+    async def _handle(self, link: SessionLink, inbound: Inbound[session_pb2.ServerMessage]) -> bool:
+        message = inbound.message
         kind = message.WhichOneof("body")
         if kind == "instruction":
             return await self._instruction(link, message.instruction)
         if kind == "model_state":
-            await self._set_weights(link, message.model_state)
+            await self._set_weights(link, message.model_state, inbound.bulk)
         elif kind == "error":
             log.error("server error %d: %s", message.error.code, message.error.message)
         else:
@@ -249,10 +252,11 @@ class ClientDaemon:
             if segment is None:
                 await self._report(link, grpc.StatusCode.NOT_FOUND, f"no segment {request.segment!r} here")
                 return False
+            bulk: list[memoryview] = []
             state = session_pb2.ModelState(run_id=request.run_id, round=request.round, segment=request.segment,
                                            num_samples=self.paradigm.data.train.num_samples,
-                                           tensors=encode_state(segment.state_dict()))
-            await link.send(session_pb2.ClientMessage(model_state=state))
+                                           tensors=encode_state(segment.state_dict(), bulk))
+            await link.send(session_pb2.ClientMessage(model_state=state), bulk)
         elif kind == "finish":
             log.info("run %s finished: %s", instruction.finish.run_id, instruction.finish.reason)
             self.paradigm = None
@@ -278,13 +282,14 @@ class ClientDaemon:
         await link.send(session_pb2.ClientMessage(ready=session_pb2.Ready(
             run_id=setup.run_id, train_samples=data.train.num_samples, test_samples=data.test.num_samples)))
 
-    async def _set_weights(self, link: SessionLink, state: session_pb2.ModelState) -> None:
+    async def _set_weights(self, link: SessionLink, state: session_pb2.ModelState,
+                           bulk: Sequence[bytes | bytearray]) -> None:
         segment = self.paradigm.segments.get(state.segment) if self.paradigm else None
         if segment is None or state.run_id != self.run_id:
             await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"weights for unknown segment {state.segment!r}")
             return
         try:
-            tensors = decode_state(state.tensors, limits=DEFAULT_LIMITS, expected=segment.state_dict())
+            tensors = decode_state(state.tensors, limits=DEFAULT_LIMITS, expected=segment.state_dict(), bulk=bulk)
         except WireError as err:
             await self._report(link, err.code, f"weights for {state.segment!r} rejected: {err.message}")
             return

@@ -17,6 +17,7 @@ from slperf.common.config import RunConfig
 from slperf.common.paradigms.base import ActivationBatch, ActivationSpec, ClientGone, Phase, PhaseSummary, Reply, State, StepRef
 from slperf.common.wire.codec import decode_state, decode_tensor, encode_state, encode_tensor
 from slperf.common.wire.errors import WireError
+from slperf.common.wire.framing import Inbound
 from slperf.common.wire.messages import ref_from_pb, ref_to_pb, same_step
 from slperf.slserver.sessions import Session, SessionRegistry
 from slperf.v1 import session_pb2
@@ -48,7 +49,7 @@ class ClientProxy:
             setup = session_pb2.RunSetup(run_id=self._run_id, config_json=self._config.to_json(),
                                          client_index=self.index, num_clients=self._config.clients)
             await self._send(session, session_pb2.ServerMessage(instruction=session_pb2.Instruction(setup=setup)))
-            ready = await self._expect(session, "ready")
+            ready, _ = await self._expect(session, "ready")
             if ready.run_id != self._run_id:
                 raise ClientGone(self.client_id, f"answered setup for run {ready.run_id!r}")
             self.train_samples, self.test_samples = ready.train_samples, ready.test_samples
@@ -56,15 +57,16 @@ class ClientProxy:
             session.state = "in-run"
         return session
 
-    async def _send(self, session: Session, message: session_pb2.ServerMessage) -> None:
+    async def _send(self, session: Session, message: session_pb2.ServerMessage,
+                    bulk: Sequence[memoryview] = ()) -> None:
         try:
-            await session.send(message)
+            await session.send(message, bulk)
         except (ConnectionError, grpc.aio.AioRpcError, RuntimeError) as exc:
             raise ClientGone(self.client_id, f"send failed: {exc}") from None
 
-    async def _next(self, session: Session) -> session_pb2.ClientMessage:
+    async def _next(self, session: Session) -> Inbound[session_pb2.ClientMessage]:
         try:
-            message = await session.next(self._timeout)
+            inbound = await session.next(self._timeout)
         except asyncio.TimeoutError:
             # A client dropped for silence must not keep this stream: if it resumed, the instructions queued
             # on it would keep the client one round behind the server for the rest of the run.
@@ -72,38 +74,41 @@ class ClientProxy:
             raise ClientGone(self.client_id, f"no message for {self._timeout:.0f} s (client_timeout)") from None
         except ConnectionError as exc:
             raise ClientGone(self.client_id, str(exc)) from None
-        if message.WhichOneof("body") == "error":
-            raise ClientGone(self.client_id, f"client reported an error: {message.error.message}")
-        return message
+        if inbound.message.WhichOneof("body") == "error":
+            raise ClientGone(self.client_id, f"client reported an error: {inbound.message.error.message}")
+        return inbound
 
-    async def _expect(self, session: Session, kind: str) -> Any:
-        """Reads until a message of ``kind`` arrives; anything else is refused with FAILED_PRECONDITION."""
+    async def _expect(self, session: Session, kind: str) -> tuple[Any, Sequence[bytes | bytearray]]:
+        """Reads until a message of ``kind`` arrives (returned with its attachments); anything else is refused
+        with FAILED_PRECONDITION."""
         while True:
-            message = await self._next(session)
-            got = message.WhichOneof("body")
+            inbound = await self._next(session)
+            got = inbound.message.WhichOneof("body")
             if got == kind:
-                return getattr(message, kind)
+                return getattr(inbound.message, kind), inbound.bulk
             await session.send_error(grpc.StatusCode.FAILED_PRECONDITION, f"expected {kind}, got {got}; dropped")
 
     # -- ClientHandle -------------------------------------------------------------------------------
     async def set_weights(self, segment: str, state: Mapping[str, torch.Tensor], round: int) -> None:
         session = await self.session()
+        bulk: list[memoryview] = []
         message = session_pb2.ModelState(run_id=self._run_id, round=round, segment=segment,
-                                          tensors=encode_state(state))
-        await self._send(session, session_pb2.ServerMessage(model_state=message))
+                                          tensors=encode_state(state, bulk))
+        await self._send(session, session_pb2.ServerMessage(model_state=message), bulk)
 
     async def get_weights(self, segment: str, round: int, expected: Mapping[str, torch.Tensor]) -> tuple[State, int]:
         session = await self.session()
         request = session_pb2.RequestWeights(run_id=self._run_id, round=round, segment=segment)
         await self._send(session, session_pb2.ServerMessage(instruction=session_pb2.Instruction(request_weights=request)))
         while True:
-            state = await self._expect(session, "model_state")
+            state, bulk = await self._expect(session, "model_state")
             if (state.run_id, state.round, state.segment) != (self._run_id, round, segment):
                 await session.send_error(grpc.StatusCode.FAILED_PRECONDITION,
                                          f"weights for {state.run_id}/{state.round}/{state.segment!r} are not the ones requested")
                 continue
             try:
-                tensors = decode_state(state.tensors, limits=session.limits.tensor_limits, expected=expected)
+                tensors = decode_state(state.tensors, limits=session.limits.tensor_limits, expected=expected,
+                                       bulk=bulk)
             except WireError as err:
                 await session.send_error(err.code, err.message)
                 raise ClientGone(self.client_id, f"sent unusable weights: {err.message}") from None
@@ -122,9 +127,10 @@ class ClientProxy:
     async def reply(self, reply: Reply) -> None:
         session = await self.session()
         grads = session_pb2.Gradients(ref=ref_to_pb(reply.ref), loss=reply.loss, correct=reply.correct, count=reply.count)
+        bulk: list[memoryview] = []
         if reply.tensor is not None:
-            grads.tensor.CopyFrom(encode_tensor(reply.tensor))
-        await self._send(session, session_pb2.ServerMessage(gradients=grads))
+            grads.tensor.CopyFrom(encode_tensor(reply.tensor, bulk))
+        await self._send(session, session_pb2.ServerMessage(gradients=grads), bulk)
 
     async def abort(self, reason: str) -> None:
         session = self._registry.get(self.client_id)
@@ -145,7 +151,7 @@ class ClientProxy:
 
     # -- validation -----------------------------------------------------------------------------------
     def check_activations(self, session: Session, message: session_pb2.Activations, expect: StepRef,
-                          spec: ActivationSpec) -> ActivationBatch:
+                          spec: ActivationSpec, bulk: Sequence[bytes | bytearray] = ()) -> ActivationBatch:
         ref = ref_from_pb(message.ref)
         if not same_step(ref, expect):
             code = grpc.StatusCode.FAILED_PRECONDITION
@@ -156,7 +162,8 @@ class ClientProxy:
                                   f"step {expect.step} {expect.phase.name.lower()}")
         limits = session.limits.tensor_limits
         # NaN/Inf were already refused by the session's structural check; decode once more, writable.
-        acts = decode_tensor(message.tensor, name="activations", limits=limits, writable=True, allow_nonfinite=True)
+        acts = decode_tensor(message.tensor, name="activations", limits=limits, writable=True, allow_nonfinite=True,
+                             bulk=bulk)
         if acts.dtype not in spec.dtypes:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"activations have dtype {acts.dtype}, expected {spec.dtypes[0]}")
         shape = tuple(acts.shape)
@@ -169,7 +176,7 @@ class ClientProxy:
         if spec.labels:
             if not message.HasField("labels"):
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "activations carry no labels; this paradigm needs them")
-            labels = decode_tensor(message.labels, name="labels", limits=limits, writable=True)
+            labels = decode_tensor(message.labels, name="labels", limits=limits, writable=True, bulk=bulk)
             if labels.dtype != torch.int64 or tuple(labels.shape) != (shape[0],):
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"labels must be int64 of shape [{shape[0]}], got {labels.dtype} {list(labels.shape)}")
@@ -179,7 +186,7 @@ class ClientProxy:
             raise WireError(grpc.StatusCode.PERMISSION_DENIED, "labels must not leave the client in this paradigm")
         sample_ids = None
         if message.HasField("sample_ids"):
-            sample_ids = decode_tensor(message.sample_ids, name="sample_ids", limits=limits, writable=True)
+            sample_ids = decode_tensor(message.sample_ids, name="sample_ids", limits=limits, writable=True, bulk=bulk)
             if sample_ids.dtype != torch.int64 or tuple(sample_ids.shape) != (shape[0],):
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"sample_ids must be int64 of shape [{shape[0]}], got {sample_ids.dtype} {list(sample_ids.shape)}")
@@ -207,7 +214,8 @@ class ProxyPhaseStream:
         stage = 0
         expect = StepRef(self._first.run_id, self._first.round, 0, self._first.phase, self._specs[0].stage)
         while True:
-            message = await proxy._next(session)
+            inbound = await proxy._next(session)
+            message = inbound.message
             kind = message.WhichOneof("body")
             if kind == "phase_done":
                 done = message.phase_done
@@ -222,7 +230,7 @@ class ProxyPhaseStream:
                 await session.send_error(grpc.StatusCode.FAILED_PRECONDITION, f"expected activations, got {kind}; dropped")
                 continue
             try:
-                batch = proxy.check_activations(session, message.activations, expect, self._specs[stage])
+                batch = proxy.check_activations(session, message.activations, expect, self._specs[stage], inbound.bulk)
             except WireError as err:
                 await session.send_error(err.code, err.message)
                 continue

@@ -17,6 +17,7 @@ from slperf import __version__
 from slperf.common import tls
 from slperf.common.config import ConfigError, load_config_text
 from slperf.common.wire.errors import WireError
+from slperf.common.wire.framing import serialize_envelope
 from slperf.common.wire.messages import PROTOCOL_VERSION
 from slperf.slserver.coordinator import Run, RunCoordinator
 from slperf.slserver.sessions import Session, SessionRegistry
@@ -176,7 +177,7 @@ def add_services(server: grpc.aio.Server, sessions: "SplitLearningService", cont
     session_handlers = {
         "Session": grpc.stream_stream_rpc_method_handler(
             sessions.Session, request_deserializer=_safe_parser(session_pb2.ClientMessage),
-            response_serializer=session_pb2.ServerMessage.SerializeToString),
+            response_serializer=serialize_envelope),
     }
     control_handlers = {
         "StartRun": _unary(control.StartRun, service_pb2.StartRunRequest, service_pb2.StartRunResponse),

@@ -13,13 +13,13 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import grpc
 
 from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits, decode_tensor
 from slperf.common.wire.errors import WireError
-from slperf.common.wire.framing import ByteCounter, Deframer, Framer
+from slperf.common.wire.framing import ByteCounter, Deframer, Framer, Inbound
 from slperf.v1 import session_pb2
 
 log = logging.getLogger("slperf.server.sessions")
@@ -59,6 +59,13 @@ class TokenBucket:
         return False
 
 
+async def _get_within(queue: asyncio.Queue, timeout: float) -> Any:
+    if hasattr(asyncio, "timeout"):  # Python 3.11+: unlike wait_for there, no extra task per message
+        async with asyncio.timeout(timeout):
+            return await queue.get()
+    return await asyncio.wait_for(queue.get(), timeout)
+
+
 class Session:
     """One connected client daemon."""
 
@@ -83,11 +90,12 @@ class Session:
         self.in_run: str | None = None
         self.state = "idle"
 
-    async def send(self, message: session_pb2.ServerMessage) -> None:
+    async def send(self, message: session_pb2.ServerMessage, bulk: Sequence[memoryview] = ()) -> None:
+        """Sends ``message`` and its attachments (``codec.encode_tensor``'s ``bulk``) as one unit."""
         if self.closed.is_set():
             raise ConnectionError(f"session of {self.client_id} is closed: {self.close_reason}")
         async with self._send_lock:
-            for envelope in self._framer.frames(message):
+            for envelope in self._framer.frames(message, bulk):
                 await self.context.write(envelope)
 
     async def send_error(self, code: grpc.StatusCode, message: str) -> None:
@@ -98,9 +106,9 @@ class Session:
         except (ConnectionError, grpc.aio.AioRpcError, asyncio.InvalidStateError, RuntimeError):
             pass
 
-    async def next(self, timeout: float) -> Any:
+    async def next(self, timeout: float) -> Inbound[session_pb2.ClientMessage]:
         """The next message for the run, or ``_CLOSED``-based ConnectionError / TimeoutError."""
-        item = await asyncio.wait_for(self._inbox.get(), timeout)
+        item = self._inbox.get_nowait() if not self._inbox.empty() else await _get_within(self._inbox, timeout)
         if item is _CLOSED:
             self._inbox.put_nowait(_CLOSED)  # keep waking later readers too
             raise ConnectionError(self.close_reason or "session closed")
@@ -114,20 +122,22 @@ class Session:
                 self._inbox.put_nowait(_CLOSED)
                 return
 
-    def _check_structure(self, msg: session_pb2.ClientMessage) -> None:
+    def _check_structure(self, inbound: Inbound[session_pb2.ClientMessage]) -> None:
         """Validates every tensor in the message without copying it (shape/bytes/dtype/limits)."""
+        msg, bulk = inbound.message, inbound.bulk
         kind = msg.WhichOneof("body")
         if kind == "activations":
             if not msg.activations.HasField("tensor"):
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "activations message has no tensor")
             decode_tensor(msg.activations.tensor, name="activations", limits=self.limits.tensor_limits,
-                          writable=False, allow_nonfinite=False)
+                          writable=False, allow_nonfinite=False, bulk=bulk)
             if msg.activations.HasField("labels"):
-                decode_tensor(msg.activations.labels, name="labels", limits=self.limits.tensor_limits, writable=False)
+                decode_tensor(msg.activations.labels, name="labels", limits=self.limits.tensor_limits, writable=False,
+                              bulk=bulk)
         elif kind == "model_state":
             for named in msg.model_state.tensors:
                 decode_tensor(named.tensor, name=named.name or "<unnamed>", limits=self.limits.tensor_limits,
-                              writable=False, allow_nonfinite=False)
+                              writable=False, allow_nonfinite=False, bulk=bulk)
         elif kind == "hello":
             raise WireError(grpc.StatusCode.FAILED_PRECONDITION, "Hello was already received on this session")
         elif kind is None:
@@ -150,20 +160,21 @@ class Session:
                 await self.send_error(grpc.StatusCode.INVALID_ARGUMENT, envelope.reason)
                 continue
             try:
-                message = self._deframer.feed(envelope)
-                if message is None:
+                inbound = self._deframer.feed(envelope)
+                if inbound is None:
                     continue
-                self._check_structure(message)
+                self._check_structure(inbound)
             except WireError as err:
                 await self.send_error(err.code, err.message)
                 continue
+            message = inbound.message
             if message.WhichOneof("body") == "error":
                 log.warning("client %s reports: %s", self.client_id, message.error.message)
             if self.in_run is None:
                 await self.send_error(grpc.StatusCode.FAILED_PRECONDITION,
                                       f"client {self.client_id} is not taking part in a run; message dropped")
                 continue
-            await self._inbox.put(message)
+            await self._inbox.put(inbound)
 
     def close(self, reason: str) -> None:
         if not self.closed.is_set():

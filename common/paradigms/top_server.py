@@ -2,6 +2,8 @@
 serve one client's training pass against a top segment, and evaluate through one client."""
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Any, Mapping, Sequence
 
 from torch import nn
@@ -11,6 +13,9 @@ from slperf.common.paradigms.base import (
     ActivationSpec, ClientGone, ClientHandle, EvalResult, PhaseSummary, Reply, ServerContext, ServerParadigm,
 )
 from slperf.common.paradigms.steps import top_eval_step, top_train_step
+
+
+_forward_backward = functools.partial(top_train_step, step=False)
 
 
 class TopHolder(ServerParadigm):
@@ -27,11 +32,20 @@ class TopHolder(ServerParadigm):
 
 async def serve_training(ctx: ServerContext, client: ClientHandle, round: int, spec: ActivationSpec,
                          top: nn.Module, optimizer, options: Mapping[str, Any] | None = None) -> PhaseSummary:
-    """One client's pass: for each batch, step the top and send the activation gradient back."""
+    """One client's pass: for each batch, step the top and send the activation gradient back.
+
+    The gradient leaves before the top's optimiser step: the step runs in the compute thread while the reply
+    travels and the client runs its backward pass (the client needs only the gradient), and it is finished
+    before the next batch is touched, so the arithmetic is exactly that of stepping first.
+    """
     stream = client.train(round, spec, options)
     async for batch in stream:
-        out = await ctx.compute(top_train_step, top, optimizer, batch.tensor, batch.labels)
-        await client.reply(Reply(batch.ref, out.grad, out.loss, out.correct, out.count))
+        out = await ctx.compute(_forward_backward, top, optimizer, batch.tensor, batch.labels)
+        stepping = asyncio.ensure_future(ctx.compute(optimizer.step))
+        try:
+            await client.reply(Reply(batch.ref, out.grad, out.loss, out.correct, out.count))
+        finally:
+            await stepping
     assert stream.summary is not None
     return stream.summary
 

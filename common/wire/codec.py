@@ -26,7 +26,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -107,11 +107,19 @@ class TensorLimits:
 DEFAULT_LIMITS = TensorLimits()
 
 
-def encode_tensor(t: torch.Tensor) -> tensor_pb2.Tensor:
+# Tensors of at least this many bytes travel as attachments when the sender collects them (see encode_tensor).
+BULK_MIN_BYTES = 1 << 20
+
+
+def encode_tensor(t: torch.Tensor, bulk: list[memoryview] | None = None) -> tensor_pb2.Tensor:
     """The tensor as raw little-endian C-order bytes (detached, moved to CPU, one copy into ``bytes``).
 
     ``ndarray.tobytes`` measured fastest among ``tobytes``, ``bytes(memoryview)`` and going through
     ``view(torch.uint8)``, and it C-orders non-contiguous tensors in the same single copy.
+
+    With ``bulk`` (a list the caller hands to ``Framer.frames``), a tensor of ``BULK_MIN_BYTES`` or more is not
+    copied at all: a view of its memory is appended to ``bulk`` and the message only names it
+    (``attachment``). The tensor must then stay unchanged until the message is sent.
     Raises WireError (INVALID_ARGUMENT) for a dtype or layout the wire cannot carry.
     """
     spec = _BY_TORCH.get(t.dtype)
@@ -125,12 +133,19 @@ def encode_tensor(t: torch.Tensor) -> tensor_pb2.Tensor:
     array = t.numpy(force=True)  # detach, cpu, resolve conj/neg; no copy for a plain CPU tensor
     if not _NATIVE_LE and array.dtype.itemsize > 1:
         array = array.astype(array.dtype.newbyteorder("<"))
+    if bulk is not None and array.nbytes >= BULK_MIN_BYTES:
+        bulk.append(memoryview(np.ascontiguousarray(array)).cast("B"))  # no copy for a contiguous tensor
+        return tensor_pb2.Tensor(dtype=spec.code, shape=t.shape, attachment=len(bulk))
     return tensor_pb2.Tensor(dtype=spec.code, shape=t.shape, data=array.tobytes())  # tobytes: C order
 
 
 def decode_tensor(msg: tensor_pb2.Tensor, *, name: str = "tensor", limits: TensorLimits = DEFAULT_LIMITS,
-                  writable: bool = True, allow_nonfinite: bool = False) -> torch.Tensor:
+                  writable: bool = True, allow_nonfinite: bool = False,
+                  bulk: Sequence[bytes | bytearray] = ()) -> torch.Tensor:
     """Validates ``msg`` completely, then decodes it (see the module docstring for the copies made).
+
+    A tensor sent as an attachment is read from ``bulk`` (``Inbound.bulk``). When that buffer is a
+    ``bytearray`` (a reassembled transfer) the result aliases it with no copy at all, writable or not.
 
     Raises WireError: INVALID_ARGUMENT for an unknown/unspecified/disallowed dtype, a negative dimension, too
     many dimensions, a byte length that does not match the shape, non-0/1 bool bytes or (unless
@@ -166,7 +181,7 @@ def decode_tensor(msg: tensor_pb2.Tensor, *, name: str = "tensor", limits: Tenso
                                   f"{limits.max_elements} allowed")
     need = numel * spec.np_dtype.itemsize
 
-    data = msg.data  # upb copies the field into a new bytes object on every access: read it once
+    data = _payload(msg, name, bulk)
     if len(data) != need:
         raise WireError.invalid(f"tensor '{name}': data has {len(data)} bytes, shape {list(shape)} with "
                                 f"{spec.name} needs {need}")
@@ -176,10 +191,10 @@ def decode_tensor(msg: tensor_pb2.Tensor, *, name: str = "tensor", limits: Tenso
         first = int(np.flatnonzero(bad > 1)[0])
         raise WireError.invalid(f"tensor '{name}': bool data must be bytes 0 or 1; byte {first} is {bad[first]}")
 
-    array = np.frombuffer(data, dtype=spec.np_dtype)  # zero-copy, read-only view of `data`
+    array = np.frombuffer(data, dtype=spec.np_dtype)  # zero-copy view of `data` (read-only over bytes)
     if not _NATIVE_LE and array.dtype.itemsize > 1:
         array = array.astype(array.dtype.newbyteorder("="))  # the byte swap is then the one copy
-    elif writable:
+    elif writable and not array.flags.writeable:
         array = array.copy()
     tensor = torch.from_numpy(array) if array.flags.writeable else _from_readonly(array)
     if code == tensor_pb2.DTYPE_BFLOAT16:
@@ -189,6 +204,17 @@ def decode_tensor(msg: tensor_pb2.Tensor, *, name: str = "tensor", limits: Tenso
     if spec.is_float and numel and not allow_nonfinite and not _all_finite(tensor):
         raise WireError.invalid(_nonfinite_message(name, spec, tensor))
     return tensor
+
+
+def _payload(msg: tensor_pb2.Tensor, name: str, bulk: Sequence[bytes | bytearray]) -> bytes | bytearray:
+    index = msg.attachment
+    if not index:
+        return msg.data  # upb copies the field into a new bytes object on every access: read it once
+    if msg.data:
+        raise WireError.invalid(f"tensor '{name}': carries both inline data and attachment {index}")
+    if index > len(bulk):
+        raise WireError.invalid(f"tensor '{name}': names attachment {index}, but the message has {len(bulk)}")
+    return bulk[index - 1]
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
@@ -231,14 +257,14 @@ def _from_readonly(array: np.ndarray) -> torch.Tensor:
     return tensor
 
 
-def encode_state(state: Mapping[str, torch.Tensor]) -> list[tensor_pb2.NamedTensor]:
-    """A state dict as NamedTensors, in the mapping's order."""
-    return [tensor_pb2.NamedTensor(name=k, tensor=encode_tensor(v)) for k, v in state.items()]
+def encode_state(state: Mapping[str, torch.Tensor], bulk: list[memoryview] | None = None) -> list[tensor_pb2.NamedTensor]:
+    """A state dict as NamedTensors, in the mapping's order (``bulk``: see encode_tensor)."""
+    return [tensor_pb2.NamedTensor(name=k, tensor=encode_tensor(v, bulk)) for k, v in state.items()]
 
 
 def decode_state(named: Iterable[tensor_pb2.NamedTensor], *, limits: TensorLimits = DEFAULT_LIMITS,
                  expected: Mapping[str, torch.Tensor] | None = None, writable: bool = True,
-                 allow_nonfinite: bool = False) -> dict[str, torch.Tensor]:
+                 allow_nonfinite: bool = False, bulk: Sequence[bytes | bytearray] = ()) -> dict[str, torch.Tensor]:
     """Decodes a state dict. Empty and duplicate names are refused. With ``expected``, the names must be exactly
     its keys and every tensor must have the expected tensor's dtype and shape; all of that is checked on the
     messages before any tensor is decoded. Every failure is a WireError with INVALID_ARGUMENT (or the
@@ -264,4 +290,4 @@ def decode_state(named: Iterable[tensor_pb2.NamedTensor], *, limits: TensorLimit
                 raise WireError.invalid(f"tensor '{item.name}': got {dtype_name(item.tensor.dtype)} {got_shape}, "
                                         f"expected {str(ref.dtype).removeprefix('torch.')} {list(ref.shape)}")
     return {item.name: decode_tensor(item.tensor, name=item.name, limits=limits, writable=writable,
-                                     allow_nonfinite=allow_nonfinite) for item in items}
+                                     allow_nonfinite=allow_nonfinite, bulk=bulk) for item in items}

@@ -7,7 +7,7 @@ from slperf.common.paradigms.base import Phase, StepRef
 from slperf.common.wire.errors import WireError
 from slperf.v1 import session_pb2
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: attachments (raw tensor bytes after the message)
 
 
 def ref_to_pb(ref: StepRef) -> session_pb2.StepRef:

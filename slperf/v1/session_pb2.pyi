@@ -194,7 +194,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ClientMessage(_message.Message):
-    __slots__ = ("seq", "hello", "ready", "activations", "model_state", "phase_done", "chunk", "error")
+    __slots__ = ("seq", "hello", "ready", "activations", "model_state", "phase_done", "chunk", "error", "attachments")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +203,7 @@ class ClientMessage(_message.Message):
     PHASE_DONE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     hello: Hello
     ready: Ready
@@ -211,10 +212,11 @@ class ClientMessage(_message.Message):
     phase_done: PhaseDone
     chunk: _tensor_pb2.Chunk
     error: Error
-    def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., activations: _Optional[_Union[Activations, _Mapping]] = ..., model_state: _Optional[_Union[ModelState, _Mapping]] = ..., phase_done: _Optional[_Union[PhaseDone, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    attachments: int
+    def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., activations: _Optional[_Union[Activations, _Mapping]] = ..., model_state: _Optional[_Union[ModelState, _Mapping]] = ..., phase_done: _Optional[_Union[PhaseDone, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[int] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("seq", "welcome", "instruction", "gradients", "model_state", "chunk", "error")
+    __slots__ = ("seq", "welcome", "instruction", "gradients", "model_state", "chunk", "error", "attachments")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +224,7 @@ class ServerMessage(_message.Message):
     MODEL_STATE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     welcome: Welcome
     instruction: Instruction
@@ -229,4 +232,5 @@ class ServerMessage(_message.Message):
     model_state: ModelState
     chunk: _tensor_pb2.Chunk
     error: Error
-    def __init__(self, seq: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., instruction: _Optional[_Union[Instruction, _Mapping]] = ..., gradients: _Optional[_Union[Gradients, _Mapping]] = ..., model_state: _Optional[_Union[ModelState, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    attachments: int
+    def __init__(self, seq: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., instruction: _Optional[_Union[Instruction, _Mapping]] = ..., gradients: _Optional[_Union[Gradients, _Mapping]] = ..., model_state: _Optional[_Union[ModelState, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[int] = ...) -> None: ...

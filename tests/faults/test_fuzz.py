@@ -83,7 +83,7 @@ def _tensor(rng: random.Random) -> tuple[tensor_pb2.Tensor, grpc.StatusCode, str
 
 def _fuzz_case(rng: random.Random, session: LockstepSession, run_id: str) -> tuple[grpc.StatusCode, str]:
     """Sends one bad message; returns the expected status and a word the error must name."""
-    kind = rng.randrange(8)
+    kind = rng.randrange(9)
     ref = session_pb2.StepRef(run_id=run_id, round=rng.randrange(3), step=rng.randrange(100), phase=session_pb2.PHASE_TRAIN)
     if kind == 0:  # random bytes
         junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
@@ -118,6 +118,24 @@ def _fuzz_case(rng: random.Random, session: LockstepSession, run_id: str) -> tup
     if kind == 6:  # a second hello
         session.send(session_pb2.ClientMessage(hello=session_pb2.Hello(protocol_version=PROTOCOL_VERSION, client_id="c3")))
         return FP, "Hello"
+    if kind == 7:  # attachments announced but not delivered, or named but not announced, or too many
+        variant = rng.randrange(3)
+        good = tensor_pb2.Tensor(dtype=F32, shape=[8], attachment=2)
+        acts = session_pb2.ClientMessage(activations=session_pb2.Activations(ref=ref, tensor=good), attachments=1)
+        if variant == 0:
+            session.send(acts)  # waits for its attachment: no answer yet
+            data = b"\0" * 32
+            session.send(session_pb2.ClientMessage(chunk=tensor_pb2.Chunk(
+                transfer_id=rng.randrange(1, 1 << 30), index=0, count=1, total_bytes=32, crc32=zlib.crc32(data),
+                data=data)))
+            return IA, "names attachment 2"
+        if variant == 1:
+            session.send(acts)
+            session.send(session_pb2.ClientMessage(ready=session_pb2.Ready(run_id=run_id)))
+            return IA, "expected attachment 1 of 1"
+        acts.attachments = 1 << 20
+        session.send(acts)
+        return IA, "attachments"
     # broken chunked transfers
     payload = bytes(rng.randrange(256) for _ in range(32))
     variant = rng.randrange(3)

@@ -21,7 +21,7 @@ from slperf.common.config import RunConfig
 from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import EvalResult, Phase, RoundResult
-from slperf.common.wire.framing import ByteCounter, Deframer
+from slperf.common.wire.framing import ByteCounter, Deframer, serialize_envelope
 from slperf.slclient.daemon import ClientDaemon, ClientOptions, SessionLink
 from slperf.slserver.coordinator import ComputeContext
 from slperf.slserver.proxy import ClientProxy
@@ -41,10 +41,10 @@ class _Tap:
         self._log = log
 
     def feed(self, envelope) -> None:
-        message = self._deframer.feed(envelope)
-        if message is not None:
-            self.messages.append(message)
-            self._log.append((self._direction, self._client_id, message))
+        inbound = self._deframer.feed(envelope)
+        if inbound is not None:
+            self.messages.append(inbound.message)
+            self._log.append((self._direction, self._client_id, inbound.message))
 
 
 class _ServerEnd:
@@ -56,6 +56,7 @@ class _ServerEnd:
     async def write(self, envelope) -> None:
         if self.link.cut:
             raise ConnectionError("connection cut")
+        envelope = session_pb2.ServerMessage.FromString(serialize_envelope(envelope))  # as gRPC would
         self.link.down.feed(envelope)
         await self.link.to_client.put(envelope)
 
@@ -72,6 +73,7 @@ class _ClientEnd:
     async def write(self, envelope) -> None:
         if self.link.cut:
             raise ConnectionError("connection cut")
+        envelope = session_pb2.ClientMessage.FromString(serialize_envelope(envelope))  # as gRPC would
         if self.link.tamper is not None:
             self.link.tamper(self.link.client_id, envelope)
         self.link.up.feed(envelope)

@@ -10,10 +10,11 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES, Reassembler, iter_chunks, split_payload
+from slperf.common.wire.chunking import (DEFAULT_CHUNK_BYTES, ChunkEnvelope, RawChunk, Reassembler, iter_chunks,
+                                        split_payload)
 from slperf.common.wire.codec import decode_tensor, encode_tensor
 from slperf.common.wire.errors import WireError
-from slperf.v1 import tensor_pb2
+from slperf.v1 import session_pb2, tensor_pb2
 
 MiB = 1 << 20
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -72,7 +73,7 @@ def test_any_payload_round_trips(sc, seed, transfer_id):
     reassembler = Reassembler(max_total_bytes=size)
     results = _feed_all(reassembler, chunks)
     assert results[:-1] == [None] * (len(chunks) - 1)
-    assert isinstance(results[-1], bytes) and results[-1] == payload
+    assert isinstance(results[-1], bytes if len(chunks) == 1 else bytearray) and results[-1] == payload
     assert reassembler.open_transfers == 0
 
 
@@ -87,7 +88,23 @@ def test_buffers_other_than_bytes_split_alike():
     expected = [c.SerializeToString() for c in split_payload(payload, 9, 999)]
     for other in (bytearray(payload), memoryview(payload), memoryview(bytearray(payload))):
         assert [c.SerializeToString() for c in split_payload(other, 9, 999)] == expected
-    assert [c.SerializeToString() for c in iter_chunks(payload, 9, 999)] == expected
+    assert [c.to_pb().SerializeToString() for c in iter_chunks(payload, 9, 999)] == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(seq=st.integers(0, 2**64 - 1), transfer_id=st.integers(0, 2**64 - 1), index=st.integers(0, 2**32 - 1),
+       count=st.integers(0, 2**32 - 1), total=st.integers(0, 2**64 - 1), crc=st.integers(0, 2**32 - 1),
+       data=st.binary(max_size=300), server=st.booleans())
+def test_hand_serialised_chunk_envelopes_are_what_protobuf_writes(seq, transfer_id, index, count, total, crc, data,
+                                                                  server):
+    envelope_type = session_pb2.ServerMessage if server else session_pb2.ClientMessage
+    raw = ChunkEnvelope(envelope_type, seq, RawChunk(transfer_id, index, count, total, crc, memoryview(data)))
+    expected = envelope_type(seq=seq, chunk=tensor_pb2.Chunk(transfer_id=transfer_id, index=index, count=count,
+                                                              total_bytes=total, crc32=crc, data=data))
+    wire = raw.SerializeToString()
+    assert wire == expected.SerializeToString()
+    assert raw.ByteSize() == expected.ByteSize() == len(wire)
+    assert envelope_type.FromString(wire) == expected
 
 
 def test_split_refuses_bad_arguments():
