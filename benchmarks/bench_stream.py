@@ -45,10 +45,11 @@ async def _serve_grpc(certs: Path) -> None:
 
     from slperf.common import tls
     from slperf.common.wire.codec import decode_tensor
-    from slperf.common.wire.framing import ByteCounter, Deframer, Framer, grpc_options
-    from slperf.v1 import service_pb2_grpc, session_pb2
+    from slperf.common.wire.framing import (SESSION_METHOD, ByteCounter, Deframer, Framer, envelope_parser,
+                                            grpc_options, serialize_envelope)
+    from slperf.v1 import session_pb2
 
-    class Sink(service_pb2_grpc.SplitLearningServicer):
+    class Sink:
         async def Session(self, request_iterator, context):
             counter = ByteCounter()
             deframer = Deframer(session_pb2.ClientMessage, counter, incoming_is_up=True)
@@ -63,14 +64,18 @@ async def _serve_grpc(certs: Path) -> None:
                 message = inbound.message
                 decode_tensor(message.activations.tensor, name="activations", writable=False,
                               bulk=inbound.bulk)  # the structure check
-                tensor = decode_tensor(message.activations.tensor, name="activations", writable=True, bulk=inbound.bulk)
+                tensor = decode_tensor(message.activations.tensor, name="activations", writable=True,
+                                       allow_nonfinite=True, bulk=inbound.bulk)  # checked above, as the server does
                 ack = session_pb2.ServerMessage(gradients=session_pb2.Gradients(
                     ref=message.activations.ref, count=int(tensor.numel() % (1 << 32))))
                 for out in framer.frames(ack):
                     await context.write(out)
 
     server = grpc.aio.server(options=grpc_options())
-    service_pb2_grpc.add_SplitLearningServicer_to_server(Sink(), server)
+    service, method = SESSION_METHOD.strip("/").split("/")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {  # the server's (de)serializers
+        method: grpc.stream_stream_rpc_method_handler(Sink().Session, envelope_parser(session_pb2.ClientMessage),
+                                                      serialize_envelope)}),))
     port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(certs, require_client_auth=True))
     await server.start()
     print(f"{READY}{port}", flush=True)
@@ -189,91 +194,112 @@ def _tensor(mib: int):
     return torch.randn(mib * (1 << 20) // 4, generator=torch.Generator().manual_seed(mib))
 
 
-async def _grpc_times(port: int, certs: Path, sizes: list[int], repeats: int) -> dict[int, list[float]]:
-    import grpc
+class _Session:
+    """Our session path: the client daemon's own SessionLink (messages, codec, framing) over grpc.aio + mTLS."""
 
-    from slperf.common import tls
-    from slperf.common.paradigms.base import Phase, StepRef
-    from slperf.common.wire.framing import grpc_options, open_session
-    from slperf.slclient.daemon import SessionLink
+    name = "session"
 
-    creds = tls.client_channel_credentials(certs, "bench")
-    options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
-    times: dict[int, list[float]] = {}
-    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
-        call = open_session(channel)
-        link = SessionLink(call, run_id="bench")  # the client daemon's sending and receiving code
-        step = 0
-        for mib in sizes:
-            tensor = _tensor(mib)
-            times[mib] = []
-            for i in range(repeats + 1):  # the first transfer of each size warms up and is not counted
-                step += 1
-                started = time.perf_counter()
-                await link.send_activations(StepRef("bench", 0, step, Phase.TRAIN), tensor)
-                reply = await link.receive()
-                elapsed = time.perf_counter() - started
-                if reply is None or reply.message.gradients.ref.step != step:
-                    raise RuntimeError("no acknowledgement, or one for the wrong transfer")
-                if i:
-                    times[mib].append(elapsed)
-        await call.done_writing()
-    return times
+    def __init__(self, port: int, certs: Path):
+        import grpc
 
+        from slperf.common import tls
+        from slperf.common.wire.framing import grpc_options, open_session
+        from slperf.slclient.daemon import SessionLink
 
-async def _raw_grpc_times(port: int, certs: Path, sizes: list[int], repeats: int) -> dict[int, list[float]]:
-    import grpc
+        options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
+        self.channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", tls.client_channel_credentials(certs, "bench"),
+                                               options=options)
+        self.call = open_session(self.channel)
+        self.link = SessionLink(self.call, run_id="bench")
+        self.step = 0
 
-    from slperf.common import tls
-    from slperf.common.wire.framing import grpc_options
+    async def transfer(self, tensor) -> None:
+        from slperf.common.paradigms.base import Phase, StepRef
 
-    creds = tls.client_channel_credentials(certs, "bench")
-    options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
-    identity = lambda b: b  # noqa: E731
-    times: dict[int, list[float]] = {}
-    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
-        call = channel.stream_stream("/bench.Raw/Stream", request_serializer=identity,
-                                     response_deserializer=identity)()
-        for mib in sizes:
-            view = memoryview(_tensor(mib).numpy()).cast("B")
-            times[mib] = []
-            for i in range(repeats + 1):
-                started = time.perf_counter()
-                for start in range(0, len(view), 1 << 20):
-                    await call.write(bytes(view[start:start + (1 << 20)]))  # gRPC takes bytes: one copy
-                await call.write(b"")
-                (received,) = struct.unpack("<Q", await call.read())
-                elapsed = time.perf_counter() - started
-                if received != len(view):
-                    raise RuntimeError(f"raw gRPC receiver counted {received} of {len(view)} bytes")
-                if i:
-                    times[mib].append(elapsed)
-        await call.done_writing()
-    return times
+        self.step += 1
+        await self.link.send_activations(StepRef("bench", 0, self.step, Phase.TRAIN), tensor)
+        reply = await self.link.receive()
+        if reply is None or reply.message.gradients.ref.step != self.step:
+            raise RuntimeError("no acknowledgement, or one for the wrong transfer")
+
+    async def close(self) -> None:
+        await self.call.done_writing()
+        await self.channel.close()
 
 
-def _tcp_times(port: int, sizes: list[int], repeats: int, certs: Path | None = None) -> dict[int, list[float]]:
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if certs is not None:
-        sock = _tls_context(certs, server=False).wrap_socket(sock, server_hostname="localhost")
-    ack = bytearray(8)
-    times: dict[int, list[float]] = {}
+class _RawGrpc:
+    """The same gRPC + mTLS transport with none of our code: 1 MiB ``bytes`` messages, identity serializers."""
+
+    name = "raw_grpc"
+
+    def __init__(self, port: int, certs: Path):
+        import grpc
+
+        from slperf.common import tls
+        from slperf.common.wire.framing import grpc_options
+
+        options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
+        self.channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", tls.client_channel_credentials(certs, "bench"),
+                                               options=options)
+        identity = lambda b: b  # noqa: E731
+        self.call = self.channel.stream_stream("/bench.Raw/Stream", request_serializer=identity,
+                                               response_deserializer=identity)()
+
+    async def transfer(self, tensor) -> None:
+        view = memoryview(tensor.numpy()).cast("B")
+        for start in range(0, len(view), 1 << 20):
+            await self.call.write(bytes(view[start:start + (1 << 20)]))  # gRPC takes bytes: one copy
+        await self.call.write(b"")
+        (received,) = struct.unpack("<Q", await self.call.read())
+        if received != len(view):
+            raise RuntimeError(f"raw gRPC receiver counted {received} of {len(view)} bytes")
+
+    async def close(self) -> None:
+        await self.call.done_writing()
+        await self.channel.close()
+
+
+class _Socket:
+    """Length-prefixed raw bytes on a plain TCP socket, or on a TLS socket with the same certificates."""
+
+    def __init__(self, port: int, certs: Path | None = None):
+        self.name = "tcp" if certs is None else "tls_socket"
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if certs is not None:
+            self.sock = _tls_context(certs, server=False).wrap_socket(self.sock, server_hostname="localhost")
+        self.ack = bytearray(8)
+
+    async def transfer(self, tensor) -> None:
+        payload = memoryview(tensor.numpy()).cast("B")  # the raw bytes, no copy
+        self.sock.sendall(struct.pack("<Q", len(payload)))
+        self.sock.sendall(payload)
+        _recv_exact(self.sock, memoryview(self.ack))
+
+    async def close(self) -> None:
+        self.sock.close()
+
+
+async def _measure(ports: dict[str, int], certs: Path, sizes: list[int], repeats: int) -> dict[str, dict[int, list[float]]]:
+    """Round-robin over the transports, one transfer each per repeat, so that drift in the machine's speed
+    (it is shared) hits every transport alike and the ratios compare like with like."""
+    senders = [_Socket(ports["tcp"]), _Socket(ports["tls_socket"], certs), _RawGrpc(ports["raw_grpc"], certs),
+               _Session(ports["session"], certs)]
+    times: dict[str, dict[int, list[float]]] = {s.name: {} for s in senders}
     try:
         for mib in sizes:
             tensor = _tensor(mib)
-            times[mib] = []
-            for i in range(repeats + 1):
-                started = time.perf_counter()
-                payload = memoryview(tensor.numpy()).cast("B")  # the raw bytes, no copy
-                sock.sendall(struct.pack("<Q", len(payload)))
-                sock.sendall(payload)
-                _recv_exact(sock, memoryview(ack))
-                elapsed = time.perf_counter() - started
-                if i:
-                    times[mib].append(elapsed)
+            for sender in senders:
+                times[sender.name][mib] = []
+            for i in range(repeats + 1):  # the first transfer of each size warms up and is not counted
+                for sender in senders[i % 4:] + senders[:i % 4]:
+                    started = time.perf_counter()
+                    await sender.transfer(tensor)
+                    if i:
+                        times[sender.name][mib].append(time.perf_counter() - started)
     finally:
-        sock.close()
+        for sender in senders:
+            await sender.close()
     return times
 
 
@@ -285,26 +311,18 @@ def run(sizes: list[int], repeats: int) -> dict[str, Any]:
         certs = Path(tmp) / "certs"
         tls.init_pki(certs)
         tls.add_client(certs, "bench")
-        proc, port = _start(["serve-tcp"])
+        receivers: dict[str, subprocess.Popen] = {}
+        ports: dict[str, int] = {}
         try:
-            tcp = _tcp_times(port, sizes, repeats)
+            for name, args in (("tcp", ["serve-tcp"]), ("tls_socket", ["serve-tls", "--certs", str(certs)]),
+                               ("raw_grpc", ["serve-raw-grpc", "--certs", str(certs)]),
+                               ("session", ["serve-grpc", "--certs", str(certs)])):
+                receivers[name], ports[name] = _start(args)
+            times = asyncio.run(_measure(ports, certs, sizes, repeats))
         finally:
-            _stop(proc)
-        proc, port = _start(["serve-tls", "--certs", str(certs)])
-        try:
-            tls_t = _tcp_times(port, sizes, repeats, certs)
-        finally:
-            _stop(proc)
-        proc, port = _start(["serve-raw-grpc", "--certs", str(certs)])
-        try:
-            raw_t = asyncio.run(_raw_grpc_times(port, certs, sizes, repeats))
-        finally:
-            _stop(proc)
-        proc, port = _start(["serve-grpc", "--certs", str(certs)])
-        try:
-            grpc_t = asyncio.run(_grpc_times(port, certs, sizes, repeats))
-        finally:
-            _stop(proc)
+            for proc in receivers.values():
+                _stop(proc)
+    grpc_t, tcp, tls_t, raw_t = times["session"], times["tcp"], times["tls_socket"], times["raw_grpc"]
     cases = []
     for mib in sizes:
         nbytes = mib * (1 << 20)

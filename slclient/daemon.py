@@ -283,7 +283,7 @@ class ClientDaemon:
             run_id=setup.run_id, train_samples=data.train.num_samples, test_samples=data.test.num_samples)))
 
     async def _set_weights(self, link: SessionLink, state: session_pb2.ModelState,
-                           bulk: Sequence[bytes | bytearray]) -> None:
+                           bulk: Sequence[bytes | memoryview]) -> None:
         segment = self.paradigm.segments.get(state.segment) if self.paradigm else None
         if segment is None or state.run_id != self.run_id:
             await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"weights for unknown segment {state.segment!r}")

@@ -78,7 +78,7 @@ class ClientProxy:
             raise ClientGone(self.client_id, f"client reported an error: {inbound.message.error.message}")
         return inbound
 
-    async def _expect(self, session: Session, kind: str) -> tuple[Any, Sequence[bytes | bytearray]]:
+    async def _expect(self, session: Session, kind: str) -> tuple[Any, Sequence[bytes | memoryview]]:
         """Reads until a message of ``kind`` arrives (returned with its attachments); anything else is refused
         with FAILED_PRECONDITION."""
         while True:
@@ -151,7 +151,7 @@ class ClientProxy:
 
     # -- validation -----------------------------------------------------------------------------------
     def check_activations(self, session: Session, message: session_pb2.Activations, expect: StepRef,
-                          spec: ActivationSpec, bulk: Sequence[bytes | bytearray] = ()) -> ActivationBatch:
+                          spec: ActivationSpec, bulk: Sequence[bytes | memoryview] = ()) -> ActivationBatch:
         ref = ref_from_pb(message.ref)
         if not same_step(ref, expect):
             code = grpc.StatusCode.FAILED_PRECONDITION

@@ -17,7 +17,7 @@ from slperf import __version__
 from slperf.common import tls
 from slperf.common.config import ConfigError, load_config_text
 from slperf.common.wire.errors import WireError
-from slperf.common.wire.framing import serialize_envelope
+from slperf.common.wire.framing import envelope_parser, serialize_envelope
 from slperf.common.wire.messages import PROTOCOL_VERSION
 from slperf.slserver.coordinator import Run, RunCoordinator
 from slperf.slserver.sessions import Session, SessionRegistry
@@ -146,10 +146,12 @@ class Malformed:
         return self.size
 
 
-def _safe_parser(message_type):
+def _safe_parser(message_type, parse_envelope=None):
+    parse_message = parse_envelope or message_type.FromString
+
     def parse(data: bytes):
         try:
-            return message_type.FromString(data)
+            return parse_message(data)
         except Exception as exc:  # protobuf's DecodeError and friends: the peer's fault, never ours
             return Malformed(len(data), f"{len(data)} bytes do not parse as {message_type.DESCRIPTOR.full_name}: {exc}")
     return parse
@@ -176,7 +178,8 @@ def add_services(server: grpc.aio.Server, sessions: "SplitLearningService", cont
     """Registers both services with deserialisers that never raise (see ``Malformed``)."""
     session_handlers = {
         "Session": grpc.stream_stream_rpc_method_handler(
-            sessions.Session, request_deserializer=_safe_parser(session_pb2.ClientMessage),
+            sessions.Session, request_deserializer=_safe_parser(session_pb2.ClientMessage,
+                                                                envelope_parser(session_pb2.ClientMessage)),
             response_serializer=serialize_envelope),
     }
     control_handlers = {

@@ -141,11 +141,11 @@ def encode_tensor(t: torch.Tensor, bulk: list[memoryview] | None = None) -> tens
 
 def decode_tensor(msg: tensor_pb2.Tensor, *, name: str = "tensor", limits: TensorLimits = DEFAULT_LIMITS,
                   writable: bool = True, allow_nonfinite: bool = False,
-                  bulk: Sequence[bytes | bytearray] = ()) -> torch.Tensor:
+                  bulk: Sequence[bytes | memoryview] = ()) -> torch.Tensor:
     """Validates ``msg`` completely, then decodes it (see the module docstring for the copies made).
 
-    A tensor sent as an attachment is read from ``bulk`` (``Inbound.bulk``). When that buffer is a
-    ``bytearray`` (a reassembled transfer) the result aliases it with no copy at all, writable or not.
+    A tensor sent as an attachment is read from ``bulk`` (``Inbound.bulk``). When that buffer is writable (a
+    transfer reassembled from several chunks) the result aliases it with no copy at all, writable or not.
 
     Raises WireError: INVALID_ARGUMENT for an unknown/unspecified/disallowed dtype, a negative dimension, too
     many dimensions, a byte length that does not match the shape, non-0/1 bool bytes or (unless
@@ -206,7 +206,7 @@ def decode_tensor(msg: tensor_pb2.Tensor, *, name: str = "tensor", limits: Tenso
     return tensor
 
 
-def _payload(msg: tensor_pb2.Tensor, name: str, bulk: Sequence[bytes | bytearray]) -> bytes | bytearray:
+def _payload(msg: tensor_pb2.Tensor, name: str, bulk: Sequence[bytes | memoryview]) -> bytes | memoryview:
     index = msg.attachment
     if not index:
         return msg.data  # upb copies the field into a new bytes object on every access: read it once
@@ -264,7 +264,7 @@ def encode_state(state: Mapping[str, torch.Tensor], bulk: list[memoryview] | Non
 
 def decode_state(named: Iterable[tensor_pb2.NamedTensor], *, limits: TensorLimits = DEFAULT_LIMITS,
                  expected: Mapping[str, torch.Tensor] | None = None, writable: bool = True,
-                 allow_nonfinite: bool = False, bulk: Sequence[bytes | bytearray] = ()) -> dict[str, torch.Tensor]:
+                 allow_nonfinite: bool = False, bulk: Sequence[bytes | memoryview] = ()) -> dict[str, torch.Tensor]:
     """Decodes a state dict. Empty and duplicate names are refused. With ``expected``, the names must be exactly
     its keys and every tensor must have the expected tensor's dtype and shape; all of that is checked on the
     messages before any tensor is decoded. Every failure is a WireError with INVALID_ARGUMENT (or the

@@ -16,7 +16,8 @@ from typing import Generic, Iterator, Sequence, TypeVar
 
 import grpc
 
-from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES, ChunkEnvelope, RawChunk, Reassembler, iter_chunks
+from slperf.common.wire.chunking import (DEFAULT_CHUNK_BYTES, ChunkEnvelope, RawChunk, Reassembler, iter_chunks,
+                                        parse_chunk_envelope)
 from slperf.common.wire.errors import WireError
 from slperf.v1 import session_pb2
 
@@ -64,6 +65,15 @@ class ByteCounter:
         bucket[1] += down
 
 
+def envelope_parser(envelope_type):
+    """The session stream's gRPC deserializer: a chunk envelope is parsed by hand so that its data stays a view
+    of the received bytes (see ``chunking.parse_chunk_envelope``); everything else by the protobuf runtime,
+    whose exceptions propagate."""
+    def parse(data: bytes):
+        return parse_chunk_envelope(data, envelope_type) or envelope_type.FromString(data)
+    return parse
+
+
 def serialize_envelope(envelope) -> bytes:
     """The session stream's gRPC serializer: protobuf envelopes and hand-built ``ChunkEnvelope``s alike."""
     return envelope.SerializeToString()
@@ -76,7 +86,7 @@ def open_session(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
     """The client's session stream, with the serializer that also sends hand-built chunk envelopes (the
     generated stub's serializer accepts protobuf messages only)."""
     return channel.stream_stream(SESSION_METHOD, request_serializer=serialize_envelope,
-                                 response_deserializer=session_pb2.ServerMessage.FromString)(wait_for_ready=False)
+                                 response_deserializer=envelope_parser(session_pb2.ServerMessage))(wait_for_ready=False)
 
 
 # A message may announce at most this many attachments (a ResNet-56 state has ~340 tensors, most inline).
@@ -89,7 +99,7 @@ class Inbound(Generic[E]):
     ``bulk[k - 1]``), which ``codec.decode_tensor`` reads without another copy."""
 
     message: E
-    bulk: tuple[bytes | bytearray, ...] = ()
+    bulk: tuple[bytes | memoryview, ...] = ()
 
 
 class Framer(Generic[E]):
@@ -138,7 +148,7 @@ class _Pending:
     def __init__(self, message, expected: int) -> None:
         self.message = message
         self.expected = expected
-        self.bulk: list[bytes | bytearray] = []
+        self.bulk: list[bytes | memoryview] = []
         self.bytes = 0
 
 
@@ -162,7 +172,10 @@ class Deframer(Generic[E]):
         seq = envelope.seq  # type: ignore[attr-defined]
         kind = envelope.WhichOneof("body")  # type: ignore[attr-defined]
         data = envelope.chunk.data if kind == "chunk" else None  # type: ignore[attr-defined]
-        self._count(envelope.ByteSize() if data is None else _chunk_envelope_size(envelope, data))  # type: ignore[attr-defined]
+        if data is None or isinstance(envelope, ChunkEnvelope):
+            self._count(envelope.ByteSize())  # type: ignore[attr-defined]
+        else:
+            self._count(_chunk_envelope_size(envelope, data))
         if seq <= self._last_seq:
             raise WireError(grpc.StatusCode.FAILED_PRECONDITION,
                             f"message seq {seq} is not after {self._last_seq}: duplicate or replayed message dropped")

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from slperf.common.wire.chunking import (DEFAULT_CHUNK_BYTES, ChunkEnvelope, RawChunk, Reassembler, iter_chunks,
+                                        parse_chunk_envelope,
                                         split_payload)
 from slperf.common.wire.codec import decode_tensor, encode_tensor
 from slperf.common.wire.errors import WireError
@@ -73,7 +74,7 @@ def test_any_payload_round_trips(sc, seed, transfer_id):
     reassembler = Reassembler(max_total_bytes=size)
     results = _feed_all(reassembler, chunks)
     assert results[:-1] == [None] * (len(chunks) - 1)
-    assert isinstance(results[-1], bytes if len(chunks) == 1 else bytearray) and results[-1] == payload
+    assert isinstance(results[-1], bytes if len(chunks) == 1 else memoryview) and results[-1] == payload
     assert reassembler.open_transfers == 0
 
 
@@ -270,3 +271,45 @@ def test_reassembler_refuses_bad_limits():
         Reassembler(-1)
     with pytest.raises(ValueError):
         Reassembler(10, max_open_transfers=0)
+
+
+def _fields(envelope) -> tuple:
+    c = envelope.chunk
+    return envelope.seq, c.transfer_id, c.index, c.count, c.total_bytes, c.crc32, bytes(c.data), envelope.ByteSize()
+
+
+@settings(max_examples=200, deadline=None)
+@given(seq=st.integers(0, 2**64 - 1), transfer_id=st.integers(0, 2**64 - 1), index=st.integers(0, 2**32 - 1),
+       count=st.integers(0, 2**32 - 1), total=st.integers(0, 2**64 - 1), crc=st.integers(0, 2**32 - 1),
+       data=st.binary(max_size=300), server=st.booleans())
+def test_chunk_envelopes_parsed_by_hand_equal_protobuf_parsing(seq, transfer_id, index, count, total, crc, data,
+                                                               server):
+    envelope_type = session_pb2.ServerMessage if server else session_pb2.ClientMessage
+    wire = envelope_type(seq=seq, chunk=tensor_pb2.Chunk(transfer_id=transfer_id, index=index, count=count,
+                                                         total_bytes=total, crc32=crc, data=data)).SerializeToString()
+    fast = parse_chunk_envelope(wire, envelope_type)
+    assert fast is not None and isinstance(fast.chunk.data, memoryview)
+    assert _fields(fast) == _fields(envelope_type.FromString(wire)) and fast.ByteSize() == len(wire)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.one_of(st.binary(max_size=64), st.builds(
+    lambda head, tail: session_pb2.ClientMessage(seq=3, chunk=tensor_pb2.Chunk(index=1, data=b"xyz")).SerializeToString()[:head] + tail,
+    st.integers(0, 20), st.binary(max_size=8))))
+def test_anything_the_hand_parser_accepts_protobuf_reads_the_same(data):
+    """Arbitrary and mangled bytes: the fast path either declines (protobuf decides) or agrees with protobuf."""
+    fast = parse_chunk_envelope(data, session_pb2.ClientMessage)
+    if fast is None:
+        return
+    slow = session_pb2.ClientMessage.FromString(data)
+    assert slow.WhichOneof("body") == "chunk" and _fields(fast) == _fields(slow)
+
+
+def test_envelopes_with_other_bodies_or_extra_fields_are_left_to_protobuf():
+    other = session_pb2.ClientMessage(seq=1, ready=session_pb2.Ready(run_id="r")).SerializeToString()
+    assert parse_chunk_envelope(other, session_pb2.ClientMessage) is None
+    with_attachments = session_pb2.ClientMessage(seq=1, attachments=2, chunk=tensor_pb2.Chunk(count=1)).SerializeToString()
+    assert parse_chunk_envelope(with_attachments, session_pb2.ClientMessage) is None
+    repeated_seq = (session_pb2.ClientMessage(seq=1).SerializeToString()
+                    + session_pb2.ClientMessage(seq=2, chunk=tensor_pb2.Chunk(count=1)).SerializeToString())
+    assert parse_chunk_envelope(repeated_seq, session_pb2.ClientMessage) is None  # protobuf: the last seq wins

@@ -9,7 +9,8 @@ import torch
 
 from slperf.common.wire.codec import BULK_MIN_BYTES, decode_state, decode_tensor, encode_state, encode_tensor
 from slperf.common.wire.errors import WireError
-from slperf.common.wire.framing import MAX_ATTACHMENTS, ByteCounter, Deframer, Framer, serialize_envelope
+from slperf.common.wire.framing import (MAX_ATTACHMENTS, ByteCounter, Deframer, Framer, envelope_parser,
+                                       serialize_envelope)
 from slperf.v1 import session_pb2, tensor_pb2
 
 
@@ -21,8 +22,8 @@ def _pair(chunk_bytes=1024, max_payload_bytes=1 << 30):
 
 
 def _wire(envelopes):
-    """What the receiver gets: each envelope serialised as the session's gRPC serializer does, then parsed."""
-    return [session_pb2.ClientMessage.FromString(serialize_envelope(e)) for e in envelopes]
+    """What the receiver gets: each envelope serialised and parsed by the session's gRPC (de)serializers."""
+    return [envelope_parser(session_pb2.ClientMessage)(serialize_envelope(e)) for e in envelopes]
 
 
 def _activation(nbytes):
@@ -59,7 +60,7 @@ def test_big_tensors_travel_as_attachments_without_protobuf_copies():
     results = [deframer.feed(e) for e in _wire(sent)]
     assert results[:-1] == [None] * (len(sent) - 1)
     inbound = results[-1]
-    assert isinstance(inbound.bulk[0], bytearray)
+    assert isinstance(inbound.bulk[0], memoryview) and not inbound.bulk[0].readonly
     got = decode_tensor(inbound.message.activations.tensor, bulk=inbound.bulk, writable=True)
     assert torch.equal(got, acts) and got.data_ptr() == np.frombuffer(inbound.bulk[0], np.uint8).ctypes.data
     assert torch.equal(decode_tensor(inbound.message.activations.labels, bulk=inbound.bulk), labels)
