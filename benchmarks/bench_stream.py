@@ -99,9 +99,14 @@ async def _serve_raw_grpc(certs: Path) -> None:
                 yield struct.pack("<Q", received)
                 received = 0
 
+    async def echo(requests, context):  # for the split-overhead benchmark's transport floor
+        async for part in requests:
+            yield part
+
     identity = lambda b: b  # noqa: E731 - raw bytes both ways
     handler = grpc.method_handlers_generic_handler(
-        "bench.Raw", {"Stream": grpc.stream_stream_rpc_method_handler(stream, identity, identity)})
+        "bench.Raw", {"Stream": grpc.stream_stream_rpc_method_handler(stream, identity, identity),
+                      "Echo": grpc.stream_stream_rpc_method_handler(echo, identity, identity)})
     server = grpc.aio.server(options=grpc_options())
     server.add_generic_rpc_handlers((handler,))
     port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(certs, require_client_auth=True))
@@ -166,7 +171,7 @@ def _serve_tcp(certs: Path | None = None) -> None:
 
 # ---- senders --------------------------------------------------------------------------------------------
 
-def _start(args: list[str]) -> tuple[subprocess.Popen, int]:
+def start_receiver(args: list[str]) -> tuple[subprocess.Popen, int]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_stream", *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env, cwd=str(Path(__file__).resolve().parent.parent))
@@ -178,7 +183,7 @@ def _start(args: list[str]) -> tuple[subprocess.Popen, int]:
     return proc, int(line[len(READY):])
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_receiver(proc: subprocess.Popen) -> None:
     try:
         if proc.stdin:
             proc.stdin.close()
@@ -259,6 +264,30 @@ class _RawGrpc:
         await self.channel.close()
 
 
+async def raw_grpc_round_trips(port: int, certs: Path, nbytes: int, count: int) -> list[float]:
+    """Seconds per round trip of ``nbytes`` each way over raw gRPC + mTLS (``serve-raw-grpc``'s Echo)."""
+    import grpc
+
+    from slperf.common import tls
+    from slperf.common.wire.framing import grpc_options
+
+    options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
+    identity = lambda b: b  # noqa: E731
+    payload = os.urandom(nbytes)
+    times = []
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", tls.client_channel_credentials(certs, "bench"),
+                                       options=options) as channel:
+        call = channel.stream_stream("/bench.Raw/Echo", request_serializer=identity, response_deserializer=identity)()
+        for _ in range(count):
+            started = time.perf_counter()
+            await call.write(payload)
+            if len(await call.read()) != nbytes:
+                raise RuntimeError("the echo came back with another size")
+            times.append(time.perf_counter() - started)
+        await call.done_writing()
+    return times
+
+
 class _Socket:
     """Length-prefixed raw bytes on a plain TCP socket, or on a TLS socket with the same certificates."""
 
@@ -317,11 +346,11 @@ def run(sizes: list[int], repeats: int) -> dict[str, Any]:
             for name, args in (("tcp", ["serve-tcp"]), ("tls_socket", ["serve-tls", "--certs", str(certs)]),
                                ("raw_grpc", ["serve-raw-grpc", "--certs", str(certs)]),
                                ("session", ["serve-grpc", "--certs", str(certs)])):
-                receivers[name], ports[name] = _start(args)
+                receivers[name], ports[name] = start_receiver(args)
             times = asyncio.run(_measure(ports, certs, sizes, repeats))
         finally:
             for proc in receivers.values():
-                _stop(proc)
+                stop_receiver(proc)
     grpc_t, tcp, tls_t, raw_t = times["session"], times["tcp"], times["tls_socket"], times["raw_grpc"]
     cases = []
     for mib in sizes:
