@@ -199,21 +199,27 @@ def _tensor(mib: int):
     return torch.randn(mib * (1 << 20) // 4, generator=torch.Generator().manual_seed(mib))
 
 
+def _client_channel(port: int, certs: Path):
+    import grpc
+
+    from slperf.common import tls
+    from slperf.common.wire.framing import grpc_options
+
+    options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", tls.client_channel_credentials(certs, "bench"),
+                                   options=options)
+
+
 class _Session:
     """Our session path: the client daemon's own SessionLink (messages, codec, framing) over grpc.aio + mTLS."""
 
     name = "session"
 
     def __init__(self, port: int, certs: Path):
-        import grpc
-
-        from slperf.common import tls
-        from slperf.common.wire.framing import grpc_options, open_session
+        from slperf.common.wire.framing import open_session
         from slperf.slclient.daemon import SessionLink
 
-        options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
-        self.channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", tls.client_channel_credentials(certs, "bench"),
-                                               options=options)
+        self.channel = _client_channel(port, certs)
         self.call = open_session(self.channel)
         self.link = SessionLink(self.call, run_id="bench")
         self.step = 0
@@ -238,14 +244,7 @@ class _RawGrpc:
     name = "raw_grpc"
 
     def __init__(self, port: int, certs: Path):
-        import grpc
-
-        from slperf.common import tls
-        from slperf.common.wire.framing import grpc_options
-
-        options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
-        self.channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", tls.client_channel_credentials(certs, "bench"),
-                                               options=options)
+        self.channel = _client_channel(port, certs)
         identity = lambda b: b  # noqa: E731
         self.call = self.channel.stream_stream("/bench.Raw/Stream", request_serializer=identity,
                                                response_deserializer=identity)()
@@ -266,17 +265,10 @@ class _RawGrpc:
 
 async def raw_grpc_round_trips(port: int, certs: Path, nbytes: int, count: int) -> list[float]:
     """Seconds per round trip of ``nbytes`` each way over raw gRPC + mTLS (``serve-raw-grpc``'s Echo)."""
-    import grpc
-
-    from slperf.common import tls
-    from slperf.common.wire.framing import grpc_options
-
-    options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
     identity = lambda b: b  # noqa: E731
     payload = os.urandom(nbytes)
     times = []
-    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", tls.client_channel_credentials(certs, "bench"),
-                                       options=options) as channel:
+    async with _client_channel(port, certs) as channel:
         call = channel.stream_stream("/bench.Raw/Echo", request_serializer=identity, response_deserializer=identity)()
         for _ in range(count):
             started = time.perf_counter()

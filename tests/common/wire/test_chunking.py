@@ -33,6 +33,14 @@ def _wire(chunk: tensor_pb2.Chunk) -> tensor_pb2.Chunk:
     return tensor_pb2.Chunk.FromString(chunk.SerializeToString())
 
 
+def _any_chunk_envelope(test):
+    """Every field of a chunk envelope over its whole range, for both envelope types."""
+    return settings(max_examples=200, deadline=None)(given(
+        seq=st.integers(0, 2**64 - 1), transfer_id=st.integers(0, 2**64 - 1), index=st.integers(0, 2**32 - 1),
+        count=st.integers(0, 2**32 - 1), total=st.integers(0, 2**64 - 1), crc=st.integers(0, 2**32 - 1),
+        data=st.binary(max_size=300), server=st.booleans())(test))
+
+
 def _feed_all(reassembler: Reassembler, chunks) -> list:
     return [reassembler.feed(_wire(c)) for c in chunks]
 
@@ -92,10 +100,7 @@ def test_buffers_other_than_bytes_split_alike():
     assert [c.to_pb().SerializeToString() for c in iter_chunks(payload, 9, 999)] == expected
 
 
-@settings(max_examples=200, deadline=None)
-@given(seq=st.integers(0, 2**64 - 1), transfer_id=st.integers(0, 2**64 - 1), index=st.integers(0, 2**32 - 1),
-       count=st.integers(0, 2**32 - 1), total=st.integers(0, 2**64 - 1), crc=st.integers(0, 2**32 - 1),
-       data=st.binary(max_size=300), server=st.booleans())
+@_any_chunk_envelope
 def test_hand_serialised_chunk_envelopes_are_what_protobuf_writes(seq, transfer_id, index, count, total, crc, data,
                                                                   server):
     envelope_type = session_pb2.ServerMessage if server else session_pb2.ClientMessage
@@ -278,10 +283,7 @@ def _fields(envelope) -> tuple:
     return envelope.seq, c.transfer_id, c.index, c.count, c.total_bytes, c.crc32, bytes(c.data), envelope.ByteSize()
 
 
-@settings(max_examples=200, deadline=None)
-@given(seq=st.integers(0, 2**64 - 1), transfer_id=st.integers(0, 2**64 - 1), index=st.integers(0, 2**32 - 1),
-       count=st.integers(0, 2**32 - 1), total=st.integers(0, 2**64 - 1), crc=st.integers(0, 2**32 - 1),
-       data=st.binary(max_size=300), server=st.booleans())
+@_any_chunk_envelope
 def test_chunk_envelopes_parsed_by_hand_equal_protobuf_parsing(seq, transfer_id, index, count, total, crc, data,
                                                                server):
     envelope_type = session_pb2.ServerMessage if server else session_pb2.ClientMessage
