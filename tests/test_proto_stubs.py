@@ -1,8 +1,6 @@
 """The committed generated code in slperf/v1 must be exactly what `make proto` produces from proto/."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from slperf.common.wire import protogen
 
 

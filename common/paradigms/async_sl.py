@@ -60,13 +60,13 @@ import torch
 
 from slperf.common.config import ConfigError
 from slperf.common.paradigms.base import (
-    ClientGone, ClientHandle, ClientLink, EvalResult, ParadigmSpec, Phase, PhaseSummary, Reply, RoundResult,
+    ClientGone, ClientHandle, ClientLink, ParadigmSpec, Phase, PhaseSummary, Reply, RoundResult,
     ServerContext, StepRef,
 )
 from slperf.common.paradigms.bottom_client import BottomClient
 from slperf.common.paradigms.registry import register
-from slperf.common.paradigms.steps import clone_state, make_optimizer, top_train_step
-from slperf.common.paradigms.top_server import TopHolder, evaluate_first_available
+from slperf.common.paradigms.steps import top_train_step
+from slperf.common.paradigms.vanilla import VanillaServer
 
 A, B, C = "A", "B", "C"
 NEXT = {A: B, B: C, C: C}
@@ -82,20 +82,15 @@ def next_state(state: str, previous: float | None, loss: float, thred: float) ->
     return NEXT[state] if improvement < thred else state
 
 
-class AsyncServer(TopHolder):
+class AsyncServer(VanillaServer):
+    """Vanilla's top, bottom and evaluation, with a per-client A/B/C state deciding each client's turn."""
+
     def __init__(self, config, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         super().__init__(config, ctx, num_classes, input_shape)
-        split = self.build_split()
-        self.top = split.segments[1]
-        self.optimizer = make_optimizer(self.top.parameters(), config)
-        self.bottom_state = clone_state(split.segments[0])
-        self.train_spec = self.activation_spec(split, config.batch_size)
-        self.eval_spec = self.activation_spec(split, config.eval_batch_size)
         self.thred = float(config.options.get("thred", 0.1))
         self.states: dict[str, str] = {}  # client id -> A/B/C for its next turn
         self.losses: dict[str, float] = {}  # client id -> server-side mean training loss of its last turn
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # client id -> (acts, labels) from B
-        self.last_trained: str | None = None
 
     # -- one turn per state ---------------------------------------------------------------------------------
     async def _turn_online(self, client: ClientHandle, round: int, state: str) -> PhaseSummary:
@@ -162,26 +157,13 @@ class AsyncServer(TopHolder):
         result.extra["next_states"] = {c.client_id: self.states.get(c.client_id, A) for c in clients}
         return result
 
-    async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        latest_first = sorted(clients, key=lambda c: c.client_id != self.last_trained)
-        return await evaluate_first_available(self.ctx, latest_first, round, self.eval_spec, self.bottom_state,
-                                              self.top)
-
-    def model_state(self):
-        return {"bottom": self.bottom_state, "top": clone_state(self.top)}
-
     def state_dict(self) -> dict[str, Any]:
-        return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "bottom": self.bottom_state, "states": dict(self.states), "losses": dict(self.losses),
-                "last_trained": self.last_trained}
+        return {**super().state_dict(), "states": dict(self.states), "losses": dict(self.losses)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.top.load_state_dict(state["top"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.bottom_state = dict(state["bottom"])
+        super().load_state_dict(state)
         self.states = dict(state.get("states", {}))
         self.losses = dict(state.get("losses", {}))
-        self.last_trained = state.get("last_trained")
         self.cache = {}
 
 

@@ -70,7 +70,7 @@ def test_same_seed_same_result_other_seed_differs(method, kw):
 def test_deterministic_across_processes():
     setups = [(m, kw, n) for m, kw in CASES for n in (3, 10)]
     here = [_digest(partition(LABELS, m, n, seed=3, **kw)) for m, kw, n in setups]
-    script = f"""
+    script = """
 import hashlib, json, sys
 import numpy as np
 from slperf.common.data.partition import partition
