@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import grpc
 
-from slperf.common.config import RunConfig
+from slperf.common.config import RunConfig, config_from_mapping
 from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import EvalResult, Phase, RoundResult
@@ -245,3 +245,18 @@ def same_model(a: dict, b: dict) -> bool:
 
     return a.keys() == b.keys() and all(
         a[s].keys() == b[s].keys() and all(torch.equal(a[s][k], b[s][k]) for k in a[s]) for s in a)
+
+
+def config_from(base: dict, **overrides) -> RunConfig:
+    """A RunConfig from a test module's base mapping with some keys changed."""
+    config, _ = config_from_mapping({**base, **overrides})
+    return config
+
+
+def run_in_process(config: RunConfig, **kwargs) -> InProcessFederation:
+    """A whole federation run on the in-process harness; the federation is returned for inspection."""
+    async def main():
+        async with InProcessFederation(config, **kwargs) as fed:
+            await fed.run()
+            return fed
+    return asyncio.run(main())

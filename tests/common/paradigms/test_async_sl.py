@@ -8,8 +8,8 @@ import asyncio
 import pytest
 import torch
 
-from sl_wire_harness import InProcessFederation, reload_server, same_model
-from slperf.common.config import ConfigError, config_from_mapping
+from sl_wire_harness import InProcessFederation, reload_server, same_model, config_from
+from slperf.common.config import ConfigError
 from slperf.common.paradigms.async_sl import next_state
 from slperf.common.paradigms.base import Phase
 from slperf.common.wire.codec import decode_tensor
@@ -20,10 +20,7 @@ BASE = {"paradigm": "Asynchronous", "dataset": "mnist", "clients": 2, "epochs": 
 
 
 def make_config(**overrides):
-    raw = dict(BASE)
-    raw.update(overrides)
-    config, _ = config_from_mapping(raw)
-    return config
+    return config_from(BASE, **overrides)
 
 
 def fingerprints(acts: torch.Tensor) -> torch.Tensor:

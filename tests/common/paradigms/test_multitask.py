@@ -8,8 +8,8 @@ import asyncio
 import pytest
 import torch
 
-from sl_wire_harness import InProcessFederation, reload_server, same_model
-from slperf.common.config import ConfigError, config_from_mapping
+from sl_wire_harness import reload_server, same_model, config_from, run_in_process
+from slperf.common.config import ConfigError
 from slperf.common.paradigms.base import Phase
 from slperf.common.paradigms.multitask import RoundRobinGate, task_layout
 from slperf.common.wire.codec import decode_tensor, encode_tensor
@@ -20,18 +20,10 @@ BASE = {"paradigm": "TaskAgnostic", "dataset": "mnist", "clients": 4, "client_sp
 
 
 def make_config(**overrides):
-    raw = dict(BASE)
-    raw.update(overrides)
-    config, _ = config_from_mapping(raw)
-    return config
+    return config_from(BASE, **overrides)
 
 
-def run(config, **kwargs):
-    async def main():
-        async with InProcessFederation(config, **kwargs) as fed:
-            await fed.run()
-            return fed
-    return asyncio.run(main())
+run = run_in_process
 
 
 def uploads(fed, cid, segment, round=0):

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sl_wire_harness import InProcessFederation, reload_server, same_model
-from slperf.common.config import ConfigError, config_from_mapping
+from sl_wire_harness import InProcessFederation, reload_server, same_model, config_from, run_in_process
+from slperf.common.config import ConfigError
 from slperf.common.models import build_model
 from slperf.common.paradigms.base import Phase
 from slperf.common.paradigms.steps import make_optimizer
@@ -23,18 +23,10 @@ BASE = {"paradigm": "ushaped", "dataset": "mnist", "clients": 2, "epochs": 1, "b
 
 
 def make_config(**overrides):
-    raw = dict(BASE)
-    raw.update(overrides)
-    config, _ = config_from_mapping(raw)
-    return config
+    return config_from(BASE, **overrides)
 
 
-def run(config, **kwargs):
-    async def main():
-        async with InProcessFederation(config, **kwargs) as fed:
-            await fed.run()
-            return fed
-    return asyncio.run(main())
+run = run_in_process
 
 
 def shape(tensor_pb) -> tuple[int, ...]:

@@ -3,12 +3,11 @@ sample ids, only the label owner sends labels, the gradient comes back split by 
 misaligned parties are caught."""
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
-from sl_wire_harness import InProcessFederation
-from slperf.common.config import ConfigError, config_from_mapping
+from sl_wire_harness import config_from, run_in_process
+from slperf.common.config import ConfigError
 from slperf.common.paradigms.base import Phase
 from slperf.common.wire.codec import decode_tensor, encode_tensor
 
@@ -19,17 +18,10 @@ BASE = {"paradigm": "vertical", "dataset": "adult", "clients": 3, "epochs": 1, "
 
 
 def make_config(**overrides):
-    raw = dict(BASE)
-    raw.update(overrides)
-    return config_from_mapping(raw)[0]
+    return config_from(BASE, **overrides)
 
 
-def run(config, **kwargs):
-    async def main():
-        async with InProcessFederation(config, **kwargs) as fed:
-            await fed.run()
-            return fed
-    return asyncio.run(main())
+run = run_in_process
 
 
 def test_each_client_sends_only_its_embedding_and_only_the_owner_sends_labels():
