@@ -132,6 +132,7 @@ class ClientDaemon:
         self.opts = opts
         self.paradigm: ClientParadigm | None = None
         self.run_id = ""
+        self._setup_key: tuple | None = None  # what the current paradigm was built for
         self.runs_finished = 0
 
     async def run_forever(self) -> None:
@@ -261,10 +262,19 @@ class ClientDaemon:
             log.info("run %s finished: %s", instruction.finish.run_id, instruction.finish.reason)
             self.paradigm = None
             self.run_id = ""
+            self._setup_key = None
             return True
         return False
 
     async def _setup(self, link: SessionLink, setup: session_pb2.RunSetup) -> None:
+        """Builds the paradigm's client side for the run; a reconnect to the same run keeps the one it has, with
+        its optimiser state (momentum) and loaded shard, as an uninterrupted client would have them (the
+        server sends the weights again before the next phase)."""
+        key = (setup.run_id, setup.config_json, setup.client_index, setup.num_clients)
+        if self.paradigm is not None and key == self._setup_key:
+            log.info("run %s: rejoining with the training state this daemon already holds", setup.run_id)
+            await self._ready(link, setup.run_id)
+            return
         try:
             config = config_from_json(setup.config_json)
             spec = paradigms.get(config.paradigm)
@@ -277,10 +287,15 @@ class ClientDaemon:
             await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"cannot set up run {setup.run_id}: {exc}")
             return
         self.run_id = setup.run_id
+        self._setup_key = key
         log.info("run %s: %s, client %d of %d, %d training samples", setup.run_id, config.paradigm,
                  setup.client_index + 1, setup.num_clients, data.train.num_samples)
+        await self._ready(link, setup.run_id)
+
+    async def _ready(self, link: SessionLink, run_id: str) -> None:
+        data = self.paradigm.data
         await link.send(session_pb2.ClientMessage(ready=session_pb2.Ready(
-            run_id=setup.run_id, train_samples=data.train.num_samples, test_samples=data.test.num_samples)))
+            run_id=run_id, train_samples=data.train.num_samples, test_samples=data.test.num_samples)))
 
     async def _set_weights(self, link: SessionLink, state: session_pb2.ModelState,
                            bulk: Sequence[bytes | memoryview]) -> None:

@@ -1,13 +1,16 @@
 """Shared fixtures: a fresh PKI, and real server / client daemon processes on loopback."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from slperf.common import tls
 
@@ -55,6 +58,25 @@ class Daemons:
         proc = subprocess.Popen(slperf_cmd(*args), stdout=log, stderr=subprocess.STDOUT, env=child_env())
         self.procs.append(proc)
         return proc
+
+    def federate(self, certs: Path, config: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A server and the config's ``client_ids`` as daemons over mutual TLS, the config run to its end by the
+        operator; returns the run's summary and per-round records (the run must finish)."""
+        from slperf.common.results import RunFolder
+        from slperf.operator import OperatorClient
+
+        runs = self.tmp / "runs"
+        port = self.server(certs, runs)
+        for cid in config["client_ids"]:
+            self.client(port, cid, certs)
+        op = OperatorClient(f"127.0.0.1:{port}", tls.operator_channel_credentials(certs), server_name="localhost")
+        try:
+            run_id = op.start_run(yaml.safe_dump(config))
+            status = op.follow(run_id, lambda record: None)
+        finally:
+            op.close()
+        assert status.state == "finished", status.error + self.log("server")[-3000:]
+        return json.loads(status.summary_json), RunFolder(runs / run_id).read_metrics()
 
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
