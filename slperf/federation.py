@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import yaml
 
@@ -112,17 +112,23 @@ class Federation:
                 op.close()
             except Exception:  # the server may be gone already; terminate below covers it
                 pass
-        for proc in [*self.clients.values(), *( [self.server] if self.server else [])]:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in [*self.clients.values(), *( [self.server] if self.server else [])]:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+        stop_processes([*self.clients.values(), *([self.server] if self.server else [])], grace=15)
+
+
+def stop_processes(procs: Sequence[subprocess.Popen], grace: float) -> None:
+    """SIGTERM to every process still running, then up to ``grace`` seconds each to exit before SIGKILL; their
+    stdout pipes are closed. All are signalled first, so they shut down in parallel."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
 
 
 def run_federation(config_path: Path, out_dir: Path, *, show_progress: bool = True,

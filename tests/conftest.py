@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from slperf.common import tls
+from slperf.federation import stop_processes
 
 READY = "SLPERF_READY port="
 
@@ -82,17 +83,7 @@ class Daemons:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+        stop_processes(self.procs, grace=10)
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from slperf.federation import stop_processes
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,17 +97,7 @@ class Hosts:
                               text=True, timeout=timeout)
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+        stop_processes(self.procs, grace=15)
         for ns in reversed(self.namespaces):  # deleting a namespace deletes the veth ends and the bridge in it
             _ip("netns", "del", ns, check=False)
         left = set(_ip("netns", "list", check=False).stdout.split()) & set(self.namespaces)

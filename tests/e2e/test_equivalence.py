@@ -6,31 +6,18 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 
 from slperf.common.config import load_config
 from slperf.common.models import build_model
 from slperf.common.shards import build_client_data
-from slperf.common.paradigms.steps import make_optimizer
 from slperf.operator import OperatorClient
 from slperf.common import tls
 from slperf.slserver.checkpoint import load_checkpoint
+from unsplit_reference import unsplit_training
 
 pytestmark = pytest.mark.slow
 
-
-def reference_training(config) -> dict[str, torch.Tensor]:
-    data = build_client_data(config, 0)
-    model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
-    optimizer = make_optimizer(model.parameters(), config)
-    for rnd in range(config.epochs):
-        model.train()
-        for x, y in data.train.batches(rnd):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    return model.state_dict()
 
 
 @pytest.mark.parametrize("paradigm", ["vanilla", "splitfed_v1"])
@@ -50,7 +37,7 @@ def test_one_client_split_training_equals_single_process(tmp_path, pki, daemons,
     assert status.state == "finished", status.error + daemons.log("server")[-3000:]
 
     model = load_checkpoint(runs / run_id / "checkpoint.pt")["model"]
-    expected = reference_training(config)
+    expected = unsplit_training(config, build_client_data(config, 0))
     bottom_len = len(model["bottom"])
     split_weights = {**{k: v for k, v in model["bottom"].items()},
                      **{f"{int(k.split('.')[0]) + config.split_layer}.{k.split('.', 1)[1]}": v

@@ -7,24 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from parallel_fakes import client_data, make_config, run
+from unsplit_reference import unsplit_training
 from slperf.common.models import build_model
-from slperf.common.paradigms.steps import make_optimizer
 
-
-def reference_training(config) -> dict[str, torch.Tensor]:
-    data = client_data(config, 0)
-    model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
-    optimizer = make_optimizer(model.parameters(), config)
-    for rnd in range(config.epochs):
-        model.train()
-        for x, y in data.train.batches(rnd):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    return model.state_dict()
 
 
 def split_weights(config, fed) -> dict[str, torch.Tensor]:
@@ -55,7 +42,7 @@ def test_one_client_equals_single_process_training(paradigm, options):
     config = make_config(paradigm=paradigm, clients=1, epochs=2, max_train_samples=192, batch_size=32, **options)
     fed = run(config)
     got = split_weights(config, fed)
-    expected = reference_training(config)
+    expected = unsplit_training(config, client_data(config, 0))
     assert set(got) == set(expected)
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-6, msg=name)

@@ -7,13 +7,11 @@ import asyncio
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sl_wire_harness import InProcessFederation, reload_server, same_model, config_from, run_in_process
+from unsplit_reference import unsplit_training
 from slperf.common.config import ConfigError
-from slperf.common.models import build_model
 from slperf.common.paradigms.base import Phase
-from slperf.common.paradigms.steps import make_optimizer
 from slperf.common.shards import build_client_data
 from slperf.common.wire.codec import decode_tensor, encode_tensor
 
@@ -144,18 +142,6 @@ def test_parallel_schedule_serialises_server_steps_and_keeps_ends_per_client(tmp
     assert same_model(reload_server(fed, tmp_path / "checkpoint.pt").model_state(), state)
 
 
-def reference_training(config) -> dict[str, torch.Tensor]:
-    data = build_client_data(config, 0)
-    model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
-    optimizer = make_optimizer(model.parameters(), config)
-    for rnd in range(config.epochs):
-        model.train()
-        for x, y in data.train.batches(rnd):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    return model.state_dict()
-
 
 def test_one_client_equals_single_process_training():
     config = make_config(clients=1, epochs=2)
@@ -167,7 +153,7 @@ def test_one_client_equals_single_process_training():
         for name, tensor in state[segment].items():
             block, rest = name.split(".", 1)
             joined[f"{int(block) + offset}.{rest}"] = tensor
-    expected = reference_training(config)
+    expected = unsplit_training(config, build_client_data(config, 0))
     assert set(joined) == set(expected)
     for name, tensor in expected.items():
         torch.testing.assert_close(joined[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
