@@ -58,7 +58,8 @@ from slperf.common.paradigms.base import (
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.steps import clone_state, load_state, make_optimizer
 from slperf.common.paradigms.ushaped import (
-    HEAD, TAIL, UShapedClient, build_ushaped, evaluate_ushaped, pooled, serve_ushaped, stage_specs,
+    HEAD, TAIL, UShapedClient, build_ushaped, collect_ends, evaluate_ushaped, pooled, send_ends, serve_ushaped,
+    stage_specs,
 )
 
 
@@ -188,16 +189,12 @@ class MultiTaskServer(ServerParadigm):
     async def _member_turn(self, client: ClientHandle, task: Task, round: int, gate: RoundRobinGate):
         ends = self.ends[task.index]
         try:
-            for segment in (HEAD, TAIL):
-                await client.set_weights(segment, ends[segment], round)
+            await send_ends(client, ends, round)
             summary = await serve_ushaped(self.ctx, client, round, self.train_specs[task.index], self.middle,
                                           self.optimizer, gate)
         finally:
             gate.leave(client.client_id)  # also when it dropped out before its first step
-        new = {}
-        for segment in (HEAD, TAIL):
-            new[segment], _ = await client.get_weights(segment, round, expected=ends[segment])
-        return summary, new
+        return summary, await collect_ends(client, ends, round)
 
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         result = RoundResult(participants=[])
@@ -230,8 +227,7 @@ class MultiTaskServer(ServerParadigm):
         for task in self.tasks:
             for client in self._members(task, clients):
                 try:
-                    for segment in (HEAD, TAIL):
-                        await client.set_weights(segment, self.ends[task.index][segment], round)
+                    await send_ends(client, self.ends[task.index], round)
                     per_task[task.index] = await evaluate_ushaped(self.ctx, client, round,
                                                                   self.eval_specs[task.index], self.middle)
                     break

@@ -145,6 +145,20 @@ class SerialGate:
         pass
 
 
+async def send_ends(client: ClientHandle, ends: Mapping[str, Any], round: int) -> None:
+    """Hands the client its head and tail for the round."""
+    for segment in (HEAD, TAIL):
+        await client.set_weights(segment, ends[segment], round)
+
+
+async def collect_ends(client: ClientHandle, ends: Mapping[str, Any], round: int) -> dict[str, Any]:
+    """The client's head and tail after its pass (checked against the shapes of ``ends``)."""
+    new = {}
+    for segment in (HEAD, TAIL):
+        new[segment], _ = await client.get_weights(segment, round, expected=ends[segment])
+    return new
+
+
 async def serve_ushaped(ctx: ServerContext, client: ClientHandle, round: int, specs: Sequence[ActivationSpec],
                         middle: nn.Module, optimizer: torch.optim.Optimizer, gate) -> PhaseSummary:
     """One client's training pass: the 4-message exchange per step, holding ``gate`` from head to tail."""
@@ -225,14 +239,10 @@ class UShapedServer(ServerParadigm):
 
     async def _client_turn(self, client: ClientHandle, round: int) -> tuple[PhaseSummary, dict[str, Any]]:
         ends = self._ends(client)
-        for segment in (HEAD, TAIL):
-            await client.set_weights(segment, ends[segment], round)
+        await send_ends(client, ends, round)
         summary = await serve_ushaped(self.ctx, client, round, self.train_specs, self.middle, self.optimizer,
                                       self.gate)
-        new = {}
-        for segment in (HEAD, TAIL):
-            new[segment], _ = await client.get_weights(segment, round, expected=ends[segment])
-        return summary, new
+        return summary, await collect_ends(client, ends, round)
 
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         result = RoundResult(participants=[])
@@ -264,8 +274,7 @@ class UShapedServer(ServerParadigm):
 
     async def _evaluate_client(self, client: ClientHandle, round: int) -> EvalResult:
         ends = self._ends(client)
-        for segment in (HEAD, TAIL):
-            await client.set_weights(segment, ends[segment], round)
+        await send_ends(client, ends, round)
         return await evaluate_ushaped(self.ctx, client, round, self.eval_spec, self.middle)
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
