@@ -45,8 +45,8 @@ async def _serve_grpc(certs: Path) -> None:
 
     from slperf.common import tls
     from slperf.common.wire.codec import decode_tensor
-    from slperf.common.wire.framing import (SESSION_METHOD, ByteCounter, Deframer, Framer, envelope_parser,
-                                            grpc_options, serialize_envelope)
+    from slperf.common.wire.framing import ByteCounter, Deframer, Framer
+    from slperf.common.transport.channel import SESSION_METHOD, envelope_parser, grpc_options, serialize_envelope
     from slperf.v1 import session_pb2
 
     class Sink:
@@ -88,7 +88,7 @@ async def _serve_raw_grpc(certs: Path) -> None:
     import grpc
 
     from slperf.common import tls
-    from slperf.common.wire.framing import grpc_options
+    from slperf.common.transport.channel import grpc_options
 
     async def stream(requests, context):
         received = 0
@@ -203,7 +203,7 @@ def _client_channel(port: int, certs: Path):
     import grpc
 
     from slperf.common import tls
-    from slperf.common.wire.framing import grpc_options
+    from slperf.common.transport.channel import grpc_options
 
     options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
     return grpc.aio.secure_channel(f"127.0.0.1:{port}", tls.client_channel_credentials(certs, "bench"),
@@ -216,7 +216,7 @@ class _Session:
     name = "session"
 
     def __init__(self, port: int, certs: Path):
-        from slperf.common.wire.framing import open_session
+        from slperf.common.transport.channel import open_session
         from slperf.slclient.daemon import SessionLink
 
         self.channel = _client_channel(port, certs)
@@ -225,7 +225,7 @@ class _Session:
         self.step = 0
 
     async def transfer(self, tensor) -> None:
-        from slperf.common.paradigms.base import Phase, StepRef
+        from slperf.common.protocol.types import Phase, StepRef
 
         self.step += 1
         await self.link.send_activations(StepRef("bench", 0, self.step, Phase.TRAIN), tensor)

@@ -71,10 +71,7 @@ PRIOR_SECONDS_PER_SAMPLE: dict[str, float] = {
     "german": 1e-4,
 }
 DEFAULT_SECONDS_PER_SAMPLE = 5e-4
-PARADIGM_FACTORS: dict[str, float] = {
-    CENTRALIZED: 0.4, "fedavg": 0.5, "ushaped": 1.6, "ushaped_parallel": 1.6, "multitask": 1.6, "sglr": 1.2,
-    "psl_sum": 1.1, "psl_lockstep": 1.1, "vertical": 1.3,
-}
+CENTRALIZED_TIME_FACTOR = 0.4  # one process, no cut: a paradigm's own factor is on its ParadigmSpec
 EVAL_WEIGHT = 0.3
 
 
@@ -462,7 +459,10 @@ class Estimator:
         return cls(est.get("seconds_per_sample"), est.get("overhead_seconds"), est.get("per_client_seconds"))
 
     def _prior_rate(self, paradigm: str, dataset: str) -> float:
-        return self.sps_prior.get(dataset, DEFAULT_SECONDS_PER_SAMPLE) * PARADIGM_FACTORS.get(paradigm, 1.0)
+        from slperf.common.paradigms import registry
+
+        factor = CENTRALIZED_TIME_FACTOR if paradigm == CENTRALIZED else registry.get(paradigm).time_factor
+        return self.sps_prior.get(dataset, DEFAULT_SECONDS_PER_SAMPLE) * factor
 
     def prior_overhead(self, clients: int | None) -> float:
         if not clients:  # centralized: one process start-up

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from slperf.common.results import write_atomic
+from slperf.common.fsutil import atomic_write
 
 CENTRALIZED = "centralized"
 
@@ -44,7 +44,7 @@ def csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
 
 
 def write_csv(rows: Iterable[Mapping[str, Any]], path: Path) -> Path:
-    write_atomic(Path(path), csv_text(rows))
+    atomic_write(Path(path), csv_text(rows))
     return Path(path)
 
 
@@ -220,7 +220,7 @@ def write_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path, *, suite: Any
     out_dir = Path(out_dir)
     write_csv(rows, out_dir / "results.csv")
     report = out_dir / "report.md"
-    write_atomic(report, report_markdown(rows, suite=suite, cells=cells, plots=plots, machine=machine_info()))
+    atomic_write(report, report_markdown(rows, suite=suite, cells=cells, plots=plots, machine=machine_info()))
     return report
 
 

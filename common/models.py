@@ -7,7 +7,7 @@ split training with one client equals single-process training.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -76,6 +76,11 @@ class SplitModel:
                 size *= d
             out.append(size)
         return out
+
+    def cut_facts(self) -> dict[str, Any]:
+        """What crosses the first cut per sample, as the run summary reports it."""
+        return {"cut_shape_per_sample": list(self.cut_shapes[0]), "cut_floats_per_sample": self.cut_elements[0],
+                "cut_bytes_per_sample_fp32": 4 * self.cut_elements[0]}
 
 
 def build_split(name: str, input_shape: Sequence[int], num_classes: int, seed: int, cuts: Sequence[int]) -> SplitModel:

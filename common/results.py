@@ -3,19 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+from slperf.common.fsutil import atomic_write
 
 
 class RunFolder:
@@ -32,7 +25,7 @@ class RunFolder:
         return self.path / "checkpoint.pt"
 
     def write_config(self, config: dict[str, Any]) -> None:
-        write_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=True))
+        atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=True))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
@@ -41,10 +34,10 @@ class RunFolder:
             os.fsync(handle.fileno())
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
-        write_atomic(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        atomic_write(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
     def write_state(self, state: dict[str, Any]) -> None:
-        write_atomic(self.path / "state.json", json.dumps(state, sort_keys=True) + "\n")
+        atomic_write(self.path / "state.json", json.dumps(state, sort_keys=True) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -52,7 +45,7 @@ class RunFolder:
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_atomic(self.path / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        atomic_write(self.path / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
     def write_plots(self, records: Iterable[dict[str, Any]], title: str) -> list[Path]:
         """accuracy vs round, vs bytes on the wire (MB), vs wall time (s)."""

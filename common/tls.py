@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shlex
 import stat
 from dataclasses import dataclass
@@ -42,6 +41,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from slperf.common.fsutil import atomic_write
 
 try:  # POSIX only; used to serialise concurrent updates of revoked.json
     import fcntl
@@ -301,38 +302,6 @@ def _warn_if_expired(cert: x509.Certificate, path: Path) -> None:
 # Writing
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Writes ``data`` to a temporary file created with ``mode`` next to ``path``, then renames it over ``path``.
-
-    Private keys (mode 0600) are created with that mode, so their content is never readable by anyone else, not
-    even for an instant. Public files get their mode set on the descriptor before anything is written so that a
-    restrictive umask does not hide certificates from the services that need them.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-        fd = os.open(tmp, flags, mode)
-        try:
-            if mode & 0o077 and hasattr(os, "fchmod"):  # public file: undo the umask; never done for keys
-                os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as f:
-                fd = -1
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except PermissionError:
-        raise TLSConfigError(f"cannot write {path} (permission denied; choose a writable --dir)") from None
-    except OSError as e:
-        raise TLSConfigError(f"cannot write {path} ({e.strerror or type(e).__name__})") from None
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(d: Path) -> None:
@@ -368,11 +337,11 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _atomic_write(path, pem, _KEY_MODE)
+    atomic_write(path, pem, _KEY_MODE)
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    _atomic_write(path, cert.public_bytes(serialization.Encoding.PEM), _CERT_MODE)
+    atomic_write(path, cert.public_bytes(serialization.Encoding.PEM), _CERT_MODE)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -783,7 +752,7 @@ def revoke(dir: PathLike, client_id: str) -> None:
             {"id": client_id, "serial": serial, "revoked_at": _now().replace(microsecond=0).isoformat()}
         )
         text = json.dumps(entries, indent=2) + "\n"
-        _atomic_write(revoked_path(d), text.encode("utf-8"), _CERT_MODE)
+        atomic_write(revoked_path(d), text.encode("utf-8"), _CERT_MODE)
     log.info("revoked client %s (serial %s)", client_id, serial)
 
 

@@ -24,11 +24,13 @@ from slperf import __version__
 from slperf.common.config import ConfigError, config_from_json
 from slperf.common.data import DatasetUnavailable
 from slperf.common.paradigms import registry as paradigms
-from slperf.common.paradigms.base import ClientParadigm, Phase, PhaseSummary, Reply, StepRef
+from slperf.common.paradigms.base import ClientParadigm
+from slperf.common.protocol.types import Phase, PhaseSummary, Reply, StepRef
 from slperf.common.shards import build_client_data
 from slperf.common.wire.codec import DEFAULT_LIMITS, decode_state, decode_tensor, encode_state, encode_tensor
 from slperf.common.wire.errors import WireError
-from slperf.common.wire.framing import ByteCounter, Deframer, Framer, Inbound, grpc_options, open_session
+from slperf.common.wire.framing import ByteCounter, Deframer, Framer, Inbound
+from slperf.common.transport.channel import grpc_options, open_session
 from slperf.common.wire.messages import PROTOCOL_VERSION, ref_from_pb, ref_to_pb, same_step
 from slperf.v1 import session_pb2
 

@@ -8,11 +8,12 @@ from typing import Callable, Iterator
 
 import grpc
 
-from slperf.common.wire.framing import grpc_options
+from slperf.common.protocol.types import FINAL_RUN_STATES
+from slperf.common.transport.channel import grpc_options
 from slperf.v1 import service_pb2, service_pb2_grpc
 
 
-FINAL_STATES = ("finished", "failed", "stopped")
+FINAL_STATES = frozenset(state.value for state in FINAL_RUN_STATES)  # what a follower waits for
 
 
 @dataclass

@@ -22,6 +22,7 @@ from slperf.common.config import ConfigError, RunConfig, config_from_mapping
 from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone, RoundResult
+from slperf.common.protocol.types import RunState
 from slperf.common.results import RunFolder
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
 from slperf.slserver.proxy import ClientProxy
@@ -33,20 +34,6 @@ T = TypeVar("T")
 
 class RunFailed(Exception):
     pass
-
-
-def _cut_info(config: RunConfig, dataset) -> dict[str, Any]:
-    """What crosses the cut for this model and split_layer (per sample), for the run summary."""
-    from slperf.common.models import build_split
-
-    try:
-        split = build_split(config.model, tuple(dataset.input_shape), dataset.num_classes, config.seed,
-                            [config.split_layer])
-    except Exception:  # paradigms with their own models (vertical, fedavg) or a cut the model cannot take
-        return {}
-    shape = split.cut_shapes[0]
-    return {"cut_shape_per_sample": list(shape), "cut_floats_per_sample": split.cut_elements[0],
-            "cut_bytes_per_sample_fp32": 4 * split.cut_elements[0]}
 
 
 @dataclass
@@ -67,7 +54,7 @@ class Run:
     run_id: str
     config: RunConfig
     folder: RunFolder
-    state: str = "pending"
+    state: RunState = RunState.PENDING
     round: int = 0
     error: str = ""
     test_accuracy: float = 0.0
@@ -82,7 +69,7 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("finished", "failed", "stopped", "interrupted")
+        return self.state.ended
 
 
 class RunCoordinator:
@@ -148,7 +135,7 @@ class RunCoordinator:
             spec = paradigms.get(config.paradigm)
             dataset = DATASETS[config.dataset]
             run.folder.write_config(config.to_dict())
-            run.state = "waiting-for-clients"
+            run.state = RunState.WAITING_FOR_CLIENTS
             run.publish("state", {"state": run.state})
             ids = await self._participants(config)
             proxies = [ClientProxy(cid, i, self.registry, config, run.run_id) for i, cid in enumerate(ids)]
@@ -156,7 +143,7 @@ class RunCoordinator:
             paradigm = await ctx.compute(spec.server, config, ctx, dataset.num_classes, tuple(dataset.input_shape))
             first_round, records, elapsed_before = self._resume(run, paradigm)
             await asyncio.gather(*(p.session() for p in proxies))
-            run.state = "running"
+            run.state = RunState.RUNNING
             run.publish("state", {"state": run.state, "clients": ids})
             log.info("run %s: %s with %s on %s", run.run_id, config.paradigm, ", ".join(ids), config.dataset)
             for rnd in range(first_round, config.epochs):
@@ -171,25 +158,25 @@ class RunCoordinator:
                 await ctx.compute(save_checkpoint, run.folder.checkpoint_path, checkpoint)
                 run.publish("round", record)
             run.summary = self._summary(run, records, time.monotonic() - started + elapsed_before)
-            run.summary.update(await ctx.compute(_cut_info, config, dataset))
+            run.summary.update(paradigm.describe())
             run.folder.write_summary(run.summary)
             await ctx.compute(run.folder.write_plots, records, f"{config.paradigm} on {config.dataset}")
-            run.state = "finished"
+            run.state = RunState.FINISHED
         except asyncio.CancelledError:
             if run.stop_reason == "operator":
-                run.state, run.error = "stopped", "stopped by the operator"
+                run.state, run.error = RunState.STOPPED, "stopped by the operator"
             else:
-                run.state, run.error = "interrupted", "server shut down; the run resumes from its checkpoint on restart"
+                run.state, run.error = RunState.INTERRUPTED, "server shut down; the run resumes from its checkpoint on restart"
             raise
         except (RunFailed, ClientGone) as exc:
-            run.state, run.error = "failed", str(exc)
+            run.state, run.error = RunState.FAILED, str(exc)
             log.error("run %s failed: %s", run.run_id, exc)
         except Exception as exc:  # a bug must end the run visibly, not kill the server
-            run.state, run.error = "failed", f"{type(exc).__name__}: {exc}"
+            run.state, run.error = RunState.FAILED, f"{type(exc).__name__}: {exc}"
             log.exception("run %s failed", run.run_id)
         finally:
             await asyncio.gather(*(p.finish(run.state) for p in proxies), return_exceptions=True)
-            if run.state in ("finished", "failed", "stopped"):
+            if run.state.final:
                 # A final state marks the folder as not resumable; an interrupted or killed server writes none.
                 run.folder.write_state({"state": run.state, "error": run.error})
             run.publish("state", {"state": run.state, "error": run.error})

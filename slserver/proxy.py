@@ -14,7 +14,9 @@ import grpc
 import torch
 
 from slperf.common.config import RunConfig
-from slperf.common.paradigms.base import ActivationBatch, ActivationSpec, ClientGone, Phase, PhaseSummary, Reply, State, StepRef
+from slperf.common.paradigms.base import ActivationSpec, ClientGone
+from slperf.common.protocol.types import ActivationBatch, Phase, PhaseSummary, Reply, State, StepRef
+from slperf.common.protocol.types import SessionState
 from slperf.common.wire.codec import decode_state, decode_tensor, encode_state, encode_tensor
 from slperf.common.wire.errors import WireError
 from slperf.common.wire.framing import Inbound
@@ -54,7 +56,7 @@ class ClientProxy:
                 raise ClientGone(self.client_id, f"answered setup for run {ready.run_id!r}")
             self.train_samples, self.test_samples = ready.train_samples, ready.test_samples
             self._setup_session = session.session_id
-            session.state = "in-run"
+            session.state = SessionState.IN_RUN
         return session
 
     async def _send(self, session: Session, message: session_pb2.ServerMessage,
@@ -147,7 +149,7 @@ class ClientProxy:
         except (ConnectionError, grpc.aio.AioRpcError, RuntimeError):
             pass
         session.in_run = None
-        session.state = "idle"
+        session.state = SessionState.IDLE
 
     # -- validation -----------------------------------------------------------------------------------
     def check_activations(self, session: Session, message: session_pb2.Activations, expect: StepRef,

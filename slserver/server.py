@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from slperf.common import tls
-from slperf.common.wire.framing import grpc_options
+from slperf.common.transport.channel import grpc_options
 from slperf.slserver.coordinator import RunCoordinator
 from slperf.slserver.service import Authenticator, ControlService, SplitLearningService, add_services
 from slperf.slserver.sessions import SessionLimits, SessionRegistry

@@ -17,7 +17,7 @@ from slperf import __version__
 from slperf.common import tls
 from slperf.common.config import ConfigError, load_config_text
 from slperf.common.wire.errors import WireError
-from slperf.common.wire.framing import envelope_parser, serialize_envelope
+from slperf.common.transport.channel import envelope_parser, serialize_envelope
 from slperf.common.wire.messages import PROTOCOL_VERSION
 from slperf.slserver.coordinator import Run, RunCoordinator
 from slperf.slserver.sessions import Session, SessionRegistry
@@ -199,7 +199,7 @@ def _run_status(run: Run | None) -> service_pb2.RunStatus:
     if run is None:
         return service_pb2.RunStatus(state="none")
     return service_pb2.RunStatus(
-        run_id=run.run_id, state=run.state, round=run.round, rounds=run.config.epochs,
+        run_id=run.run_id, state=run.state.value, round=run.round, rounds=run.config.epochs,
         test_accuracy=run.test_accuracy, paradigm=run.config.paradigm, error=run.error,
         summary_json=json.dumps(run.summary) if run.summary else "")
 
@@ -238,7 +238,7 @@ class ControlService(service_pb2_grpc.ControlServicer):
         await self.auth.operator(context)
         loop = asyncio.get_running_loop()
         clients = [
-            service_pb2.ClientStatus(client_id=s.client_id, state=s.state, peer=s.peer, bytes_up=s.counter.up,
+            service_pb2.ClientStatus(client_id=s.client_id, state=s.state.value, peer=s.peer, bytes_up=s.counter.up,
                                      bytes_down=s.counter.down, connected_seconds=loop.time() - s.connected_at)
             for s in sorted(self.registry.sessions.values(), key=lambda s: s.client_id)
         ]

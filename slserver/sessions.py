@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import grpc
 
+from slperf.common.protocol.types import SessionState
 from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits, decode_tensor
 from slperf.common.wire.errors import WireError
 from slperf.common.wire.framing import ByteCounter, Deframer, Framer, Inbound
@@ -88,7 +89,7 @@ class Session:
         self.close_reason = ""
         # Set by the run while this client takes part; messages arriving for no run are refused.
         self.in_run: str | None = None
-        self.state = "idle"
+        self.state = SessionState.IDLE
 
     async def send(self, message: session_pb2.ServerMessage, bulk: Sequence[memoryview] = ()) -> None:
         """Sends ``message`` and its attachments (``codec.encode_tensor``'s ``bulk``) as one unit."""
@@ -180,7 +181,7 @@ class Session:
         if not self.closed.is_set():
             self.close_reason = reason
             self.closed.set()
-            self.state = "disconnected"
+            self.state = SessionState.DISCONNECTED
             try:
                 self._inbox.put_nowait(_CLOSED)
             except asyncio.QueueFull:

@@ -59,10 +59,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from slperf.common.config import ConfigError
-from slperf.common.paradigms.base import (
-    ClientGone, ClientHandle, ClientLink, ParadigmSpec, Phase, PhaseSummary, Reply, RoundResult,
-    ServerContext, StepRef,
-)
+from slperf.common.paradigms.base import ClientGone, ClientHandle, ClientLink, ParadigmSpec, RoundResult, ServerContext
+from slperf.common.protocol.types import Phase, PhaseSummary, Reply, StepRef
 from slperf.common.paradigms.bottom_client import BottomClient
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.steps import top_train_step

@@ -8,7 +8,6 @@ those, so a new paradigm is one module in this package and needs no change to th
 from __future__ import annotations
 
 import abc
-import enum
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Mapping, Protocol, Sequence, TypeVar
 
@@ -16,64 +15,9 @@ import torch
 from torch import nn
 
 from slperf.common.config import RunConfig
+from slperf.common.protocol.types import ActivationBatch, PhaseSummary, Reply, State, StepRef
 
 T = TypeVar("T")
-State = dict[str, torch.Tensor]
-
-
-class Phase(enum.IntEnum):
-    TRAIN = 1
-    EVAL = 2
-
-
-@dataclass(frozen=True)
-class StepRef:
-    """Which run, round, step (and sub-exchange) a message belongs to: how stale or duplicate ones are caught."""
-
-    run_id: str
-    round: int
-    step: int
-    phase: Phase = Phase.TRAIN
-    stage: str = ""
-
-
-@dataclass
-class ActivationBatch:
-    """What a client sent for one step: cut-layer activations and, where the server owns the loss, labels."""
-
-    ref: StepRef
-    tensor: torch.Tensor
-    labels: torch.Tensor | None = None
-    sample_ids: torch.Tensor | None = None
-
-
-@dataclass
-class Reply:
-    """What the server sends back for one step: a gradient (or forward output) and batch metrics."""
-
-    ref: StepRef
-    tensor: torch.Tensor | None
-    loss: float = 0.0
-    correct: int = 0
-    count: int = 0
-
-
-@dataclass
-class PhaseSummary:
-    """A client's account of a finished train or eval pass; ``samples`` weights FedAvg."""
-
-    samples: int = 0
-    steps: int = 0
-    loss_sum: float = 0.0
-    correct: int = 0
-
-    @property
-    def mean_loss(self) -> float:
-        return self.loss_sum / self.steps if self.steps else 0.0
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.samples if self.samples else 0.0
 
 
 @dataclass(frozen=True)
@@ -233,6 +177,11 @@ class ServerParadigm(abc.ABC):
         """Segments of the global model the server holds (for checkpoints and the equivalence tests)."""
         return {}
 
+    def describe(self) -> dict[str, Any]:
+        """Facts about this run's split for the run summary (what crosses the cut per sample); the paradigm
+        knows its own model, so the coordinator never has to build one to find out."""
+        return {}
+
 
 class ClientParadigm(abc.ABC):
     """Client half of a paradigm. One instance per run inside each client daemon."""
@@ -269,6 +218,9 @@ class ParadigmSpec:
     # Builds a client's data when the default shard (build_client_data) is not the paradigm's (multitask:
     # each task's data set split among the task's clients). Same signature as build_client_data.
     client_data: Callable[..., "ClientData"] | None = None
+    # Wall time per sample relative to vanilla SL, a prior for the benchmark's time estimates until it has
+    # measured the paradigm itself (U-shaped moves two cut tensors each way, FedAvg has no cut at all).
+    time_factor: float = 1.0
 
     def option_keys(self) -> set[str]:
         return set(self.options) | set(self.option_aliases)

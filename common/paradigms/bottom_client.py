@@ -9,7 +9,8 @@ import torch
 
 from slperf.common.config import RunConfig
 from slperf.common.models import build_split
-from slperf.common.paradigms.base import ClientData, ClientLink, ClientParadigm, Phase, PhaseSummary, StepRef
+from slperf.common.paradigms.base import ClientData, ClientLink, ClientParadigm
+from slperf.common.protocol.types import Phase, PhaseSummary, StepRef
 from slperf.common.paradigms.steps import bottom_backward_step, make_optimizer
 
 

@@ -32,10 +32,8 @@ import torch.nn.functional as F
 from slperf.common.aggregation import fedavg
 from slperf.common.config import RunConfig
 from slperf.common.models import build_model
-from slperf.common.paradigms.base import (
-    ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, ClientParadigm, EvalResult, ParadigmSpec,
-    PhaseSummary, RoundResult, ServerContext, ServerParadigm, State, sort_outcomes,
-)
+from slperf.common.paradigms.base import ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, ClientParadigm, EvalResult, ParadigmSpec, RoundResult, ServerContext, ServerParadigm, sort_outcomes
+from slperf.common.protocol.types import PhaseSummary, State
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.steps import clone_state, make_optimizer
 
@@ -150,6 +148,6 @@ class FedAvgClient(ClientParadigm):
 
 
 SPEC = register(ParadigmSpec(
-    name="fedavg", server=FedAvgServer, client=FedAvgClient,
+    name="fedavg", server=FedAvgServer, client=FedAvgClient, time_factor=0.5,
     summary="unsplit baseline: whole model on every client, local epochs, sample-weighted FedAvg each round",
 ))

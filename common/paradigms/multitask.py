@@ -51,10 +51,8 @@ import torch
 
 from slperf.common.aggregation import fedavg
 from slperf.common.config import ConfigError, RunConfig
-from slperf.common.paradigms.base import (
-    ClientData, ClientGone, ClientHandle, EvalResult, ParadigmSpec, PhaseSummary, RoundResult, ServerContext,
-    ServerParadigm,
-)
+from slperf.common.paradigms.base import ClientData, ClientGone, ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext, ServerParadigm
+from slperf.common.protocol.types import PhaseSummary
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.steps import clone_state, load_state, make_optimizer
 from slperf.common.paradigms.ushaped import (
@@ -285,7 +283,7 @@ def _validate(options: dict[str, Any]) -> None:
 
 
 SPEC = register(ParadigmSpec(
-    name="multitask", server=MultiTaskServer, client=MultiTaskClient, aliases=("TaskAgnostic",),
+    name="multitask", server=MultiTaskServer, client=MultiTaskClient, aliases=("TaskAgnostic",), time_factor=1.6,
     options={"client_split": (list, []), "task_datasets": (list, []), "tail_layer": (int, -1)},
     validate=_validate,
     summary="multi-task U-shaped SL: task groups of clients with their own heads + tails + labels, one shared "

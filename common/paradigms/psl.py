@@ -51,10 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from slperf.common.config import ConfigError
-from slperf.common.paradigms.base import (
-    ActivationBatch, ActivationSpec, ClientGone, ClientHandle, EvalResult, ParadigmSpec, PhaseSummary, Reply,
-    RoundResult, ServerContext, State,
-)
+from slperf.common.paradigms.base import ActivationSpec, ClientGone, ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext
+from slperf.common.protocol.types import ActivationBatch, PhaseSummary, Reply, State
 from slperf.common.paradigms.bottom_client import BottomClient
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.steps import StepOutcome, clone_state, make_optimizer, top_train_step
@@ -325,12 +323,12 @@ SPEC = register(ParadigmSpec(
 # option value, so each is a spec of its own (same halves) whose option is pinned: ``variants_type:
 # asy_vanilla2`` resolves to ``paradigm: psl_sum`` with ``server_update: sum`` in the resolved config.
 SUM_SPEC = register(ParadigmSpec(
-    name="psl_sum", server=PSLServer, client=BottomClient, aliases=("asy_vanilla2",),
+    name="psl_sum", server=PSLServer, client=BottomClient, aliases=("asy_vanilla2",), time_factor=1.1,
     options={"server_update": (str, "sum")}, validate=_check_mode("psl_sum", ("sum",)),
     summary="psl with server_update: sum (lock-step, losses of all clients summed, one server step)",
 ))
 LOCKSTEP_SPEC = register(ParadigmSpec(
-    name="psl_lockstep", server=PSLServer, client=BottomClient, aliases=("synchronization",),
+    name="psl_lockstep", server=PSLServer, client=BottomClient, aliases=("synchronization",), time_factor=1.1,
     options={"server_update": (str, "lockstep")}, validate=_check_mode("psl_lockstep", ("lockstep",)),
     summary="psl with server_update: lockstep (lock-step, one server step per client in turn)",
 ))

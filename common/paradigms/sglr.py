@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from slperf.common.config import ConfigError
-from slperf.common.paradigms.base import ActivationBatch, ClientHandle, ParadigmSpec, Reply, ServerContext
+from slperf.common.paradigms.base import ClientHandle, ParadigmSpec, ServerContext
+from slperf.common.protocol.types import ActivationBatch, Reply
 from slperf.common.paradigms.bottom_client import BottomClient
 from slperf.common.paradigms.psl import Barrier, PSLServer, optimizer_step, reply_or_drop, top_accumulate, zero_grads
 from slperf.common.paradigms.registry import register
@@ -98,7 +99,7 @@ def _validate(options: dict[str, Any]) -> None:
 
 
 SPEC = register(ParadigmSpec(
-    name="sglr", server=SGLRServer, client=BottomClient, aliases=("SGLR",),
+    name="sglr", server=SGLRServer, client=BottomClient, aliases=("SGLR",), time_factor=1.2,
     options={"splitavg_active": (float, 0.5), "splitlr_alpha": (float, 0.5)},
     option_aliases={"SGLR_splitAvg_active": "splitavg_active", "SGLR_splitLR_alpha": "splitlr_alpha"},
     validate=_validate,

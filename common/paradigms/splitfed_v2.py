@@ -38,10 +38,8 @@ import torch
 
 from slperf.common.aggregation import fedavg
 from slperf.common.config import ConfigError, RunConfig
-from slperf.common.paradigms.base import (
-    ClientData, ClientGone, ClientHandle, EvalResult, ParadigmSpec, PhaseSummary, RoundResult, ServerContext,
-    sort_outcomes,
-)
+from slperf.common.paradigms.base import ClientData, ClientGone, ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext, sort_outcomes
+from slperf.common.protocol.types import PhaseSummary
 from slperf.common.paradigms.bottom_client import BottomClient
 from slperf.common.paradigms.psl import serve_in_arrival_order
 from slperf.common.paradigms.registry import register

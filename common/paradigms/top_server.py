@@ -9,9 +9,8 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from slperf.common.models import SplitModel, build_split
-from slperf.common.paradigms.base import (
-    ActivationSpec, ClientGone, ClientHandle, EvalResult, PhaseSummary, Reply, ServerContext, ServerParadigm,
-)
+from slperf.common.paradigms.base import ActivationSpec, ClientGone, ClientHandle, EvalResult, ServerContext, ServerParadigm
+from slperf.common.protocol.types import PhaseSummary, Reply
 from slperf.common.paradigms.steps import top_eval_step, top_train_step
 
 
@@ -23,7 +22,11 @@ class TopHolder(ServerParadigm):
 
     def build_split(self) -> SplitModel:
         cfg = self.config
-        return build_split(cfg.model, self.input_shape, self.num_classes, cfg.seed, [cfg.split_layer])
+        self.split = build_split(cfg.model, self.input_shape, self.num_classes, cfg.seed, [cfg.split_layer])
+        return self.split
+
+    def describe(self) -> dict[str, Any]:
+        return self.split.cut_facts()
 
     def activation_spec(self, split: SplitModel, batch_size: int) -> ActivationSpec:
         return ActivationSpec(sample_shape=split.cut_shapes[0], labels=True, num_classes=self.num_classes,

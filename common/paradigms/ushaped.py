@@ -60,10 +60,8 @@ from torch import nn
 
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.models import SplitModel, build_model, build_split
-from slperf.common.paradigms.base import (
-    ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, ClientParadigm, EvalResult, ParadigmSpec,
-    Phase, PhaseSummary, Reply, RoundResult, ServerContext, ServerParadigm, StepRef,
-)
+from slperf.common.paradigms.base import ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, ClientParadigm, EvalResult, ParadigmSpec, RoundResult, ServerContext, ServerParadigm
+from slperf.common.protocol.types import Phase, PhaseSummary, Reply, StepRef
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.steps import bottom_backward_step, clone_state, load_state, make_optimizer
 
@@ -219,7 +217,7 @@ def pooled(results: Sequence[EvalResult]) -> EvalResult:
 class UShapedServer(ServerParadigm):
     def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         super().__init__(config, ctx, num_classes, input_shape)
-        split = build_ushaped(config, input_shape, num_classes)
+        split = self.split = build_ushaped(config, input_shape, num_classes)
         head, self.middle, tail = split.segments
         self.optimizer = make_optimizer(self.middle.parameters(), config)
         self.schedule = config.options.get("schedule", "sequential")
@@ -310,6 +308,9 @@ class UShapedServer(ServerParadigm):
                 out.update({f"{segment}.{index}": state for segment, state in ends.items()})
         return out
 
+    def describe(self) -> dict[str, Any]:
+        return self.split.cut_facts()
+
     def state_dict(self) -> dict[str, Any]:
         return {"middle": self.middle.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ends": self.ends, "last_trained": self.last_trained}
@@ -398,7 +399,7 @@ def _validate(options: dict[str, Any], *, schedule: str | None = None) -> None:
 
 
 SPEC = register(ParadigmSpec(
-    name="ushaped", server=UShapedServer, client=UShapedClient, aliases=("Ushaped", "u_shaped"),
+    name="ushaped", server=UShapedServer, client=UShapedClient, aliases=("Ushaped", "u_shaped"), time_factor=1.6,
     options={"schedule": (str, "sequential"), "tail_layer": (int, -1)},
     validate=_validate,
     summary="U-shaped: client holds head + tail + labels, server the middle; 4 messages per batch; labels "
@@ -408,7 +409,7 @@ SPEC = register(ParadigmSpec(
 # SLPerf's ``parallel_U_Shape`` is the same paradigm with ``schedule: parallel``. The registry maps an alias to
 # a name only (it cannot imply an option), so the parallel form is registered under its own name too.
 PARALLEL_SPEC = register(ParadigmSpec(
-    name="ushaped_parallel", server=UShapedServer, client=UShapedClient, aliases=("parallel_U_Shape",),
+    name="ushaped_parallel", server=UShapedServer, client=UShapedClient, aliases=("parallel_U_Shape",), time_factor=1.6,
     options={"schedule": (str, "parallel"), "tail_layer": (int, -1)},
     validate=lambda options: _validate(options, schedule="parallel"),
     summary="U-shaped SL with schedule: parallel (SLPerf parallel_U_Shape)",

@@ -33,10 +33,8 @@ from torch import nn
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.data import ShardLoader, cap_indices, load_dataset
 from slperf.common.data.tabular import vertical_columns
-from slperf.common.paradigms.base import (
-    ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, ClientParadigm, EvalResult, ParadigmSpec,
-    Phase, PhaseSummary, Reply, RoundResult, ServerContext, ServerParadigm, StepRef,
-)
+from slperf.common.paradigms.base import ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, ClientParadigm, EvalResult, ParadigmSpec, RoundResult, ServerContext, ServerParadigm
+from slperf.common.protocol.types import Phase, PhaseSummary, Reply, StepRef
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.steps import bottom_backward_step, make_optimizer
 
@@ -256,7 +254,7 @@ def _validate(options: dict[str, Any]) -> None:
 
 
 SPEC = register(ParadigmSpec(
-    name="vertical", server=VerticalServer, client=VerticalClient, aliases=("vertical", "vsl"),
+    name="vertical", server=VerticalServer, client=VerticalClient, aliases=("vertical", "vsl"), time_factor=1.3,
     options={"cut_layer_vertical_list": (list, None), "label_owner": (int, 0)},
     validate=_validate, client_data=vertical_client_data,
     summary="feature columns split across clients (same rows), one label owner, lock-step per batch",

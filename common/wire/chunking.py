@@ -70,7 +70,7 @@ class ChunkEnvelope:
     """A ``ClientMessage``/``ServerMessage`` whose body is one RawChunk, serialised and parsed by hand.
 
     It answers the part of the protobuf message API the transport uses (``seq``, ``WhichOneof``, ``ByteSize``,
-    ``SerializeToString``, ``chunk``), so the session's gRPC serializer (``framing.serialize_envelope``) sends
+    ``SerializeToString``, ``chunk``), so the session's gRPC serializer (``transport.channel.serialize_envelope``) sends
     it like any other envelope, and :func:`parse_chunk_envelope` hands the receiver one whose ``chunk.data``
     is a view of the received bytes (the protobuf runtime would copy them twice: into the message, then out of
     the field).

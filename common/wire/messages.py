@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import grpc
 
-from slperf.common.paradigms.base import Phase, StepRef
+from slperf.common.protocol.types import Phase, StepRef
 from slperf.common.wire.errors import WireError
 from slperf.v1 import session_pb2
 

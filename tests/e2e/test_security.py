@@ -9,7 +9,7 @@ import yaml
 
 from slperf.common import tls
 from slperf.common.wire.messages import PROTOCOL_VERSION
-from slperf.common.wire.framing import grpc_options
+from slperf.common.transport.channel import grpc_options
 from slperf.operator import OperatorClient
 from slperf.v1 import service_pb2, service_pb2_grpc, session_pb2, tensor_pb2
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from slperf.common import tls
-from slperf.common.wire.framing import grpc_options
+from slperf.common.transport.channel import grpc_options
 from slperf.common.wire.messages import PROTOCOL_VERSION
 from slperf.operator import OperatorClient
 from slperf.slserver.checkpoint import load_checkpoint

@@ -401,7 +401,7 @@ def test_federation_over_delayed_lossy_links(fed):
           f"dropped per round {[r['dropped'] for r in records]}")
 
 
-# keepalive_time 20 s + keepalive_timeout 10 s (common/wire/framing.py grpc_options): only after that long
+# keepalive_time 20 s + keepalive_timeout 10 s (common/transport/channel.py grpc_options): only after that long
 # does either end of a silently dead connection give up on it. The cut outlasts both.
 CUT_SECONDS = 35
 

@@ -18,9 +18,8 @@ import torch
 
 from slperf.common.config import RunConfig, config_from_mapping
 from slperf.common.paradigms import registry
-from slperf.common.paradigms.base import (
-    ActivationBatch, ClientGone, EvalResult, PhaseSummary, Reply, RoundResult, StepRef,
-)
+from slperf.common.paradigms.base import ClientGone, EvalResult, RoundResult
+from slperf.common.protocol.types import ActivationBatch, PhaseSummary, Reply, StepRef
 from slperf.common.shards import build_client_data
 
 RUN_ID = "inproc"

@@ -20,8 +20,10 @@ import grpc
 from slperf.common.config import RunConfig, config_from_mapping
 from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms import registry as paradigms
-from slperf.common.paradigms.base import EvalResult, Phase, RoundResult
-from slperf.common.wire.framing import ByteCounter, Deframer, serialize_envelope
+from slperf.common.paradigms.base import EvalResult, RoundResult
+from slperf.common.protocol.types import Phase
+from slperf.common.wire.framing import ByteCounter, Deframer
+from slperf.common.transport.channel import serialize_envelope
 from slperf.slclient.daemon import ClientDaemon, ClientOptions, SessionLink
 from slperf.slserver.coordinator import ComputeContext
 from slperf.slserver.proxy import ClientProxy

@@ -11,7 +11,7 @@ import torch
 from sl_wire_harness import InProcessFederation, reload_server, same_model, config_from
 from slperf.common.config import ConfigError
 from slperf.common.paradigms.async_sl import next_state
-from slperf.common.paradigms.base import Phase
+from slperf.common.protocol.types import Phase
 from slperf.common.wire.codec import decode_tensor
 
 BASE = {"paradigm": "Asynchronous", "dataset": "mnist", "clients": 2, "epochs": 1, "batch_size": 32, "lr": 0.05,

@@ -10,7 +10,7 @@ import torch
 
 from sl_wire_harness import reload_server, same_model, config_from, run_in_process
 from slperf.common.config import ConfigError
-from slperf.common.paradigms.base import Phase
+from slperf.common.protocol.types import Phase
 from slperf.common.paradigms.multitask import RoundRobinGate, task_layout
 from slperf.common.wire.codec import decode_tensor, encode_tensor
 

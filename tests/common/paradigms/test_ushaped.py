@@ -11,7 +11,7 @@ import torch
 from sl_wire_harness import InProcessFederation, reload_server, same_model, config_from, run_in_process
 from unsplit_reference import unsplit_training
 from slperf.common.config import ConfigError
-from slperf.common.paradigms.base import Phase
+from slperf.common.protocol.types import Phase
 from slperf.common.shards import build_client_data
 from slperf.common.wire.codec import decode_tensor, encode_tensor
 

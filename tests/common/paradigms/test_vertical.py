@@ -8,7 +8,7 @@ import pytest
 
 from sl_wire_harness import config_from, run_in_process
 from slperf.common.config import ConfigError
-from slperf.common.paradigms.base import Phase
+from slperf.common.protocol.types import Phase
 from slperf.common.wire.codec import decode_tensor, encode_tensor
 
 BASE = {"paradigm": "vertical", "dataset": "adult", "clients": 3, "epochs": 1, "batch_size": 64, "lr": 0.05,

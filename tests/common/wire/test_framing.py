@@ -9,8 +9,8 @@ import torch
 
 from slperf.common.wire.codec import BULK_MIN_BYTES, decode_state, decode_tensor, encode_state, encode_tensor
 from slperf.common.wire.errors import WireError
-from slperf.common.wire.framing import (MAX_ATTACHMENTS, ByteCounter, Deframer, Framer, envelope_parser,
-                                       serialize_envelope)
+from slperf.common.wire.framing import MAX_ATTACHMENTS, ByteCounter, Deframer, Framer
+from slperf.common.transport.channel import envelope_parser, serialize_envelope
 from slperf.v1 import session_pb2, tensor_pb2
 
 

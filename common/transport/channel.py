@@ -1,0 +1,57 @@
+"""gRPC plumbing of the session stream: channel and server options, and the stream's (de)serializers.
+
+The session method is registered by hand rather than through the generated stub, because its serializer
+must also send the hand-built chunk envelopes of ``slperf.common.wire.chunking`` (the generated one accepts
+protobuf messages only) and its deserializer parses chunk envelopes into views of the received bytes.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import grpc
+
+from slperf.common.wire.chunking import parse_chunk_envelope
+from slperf.v1 import session_pb2
+
+# gRPC's own per-message cap: chunks are ~1 MiB, so this only has to cover one chunk plus framing.
+GRPC_MAX_MESSAGE_BYTES = 8 << 20
+
+
+def grpc_options(max_message_bytes: int = GRPC_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Channel/server options in one place: message caps and keepalives for long-lived sessions."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        # grpcio waits for a PING ack (keepalive pings included) up to this, not up to keepalive_timeout_ms
+        # (default 60 s): without it a silently dead peer is noticed only ~80 s after its last byte.
+        ("grpc.http2.ping_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+def envelope_parser(envelope_type: Any) -> Callable[[bytes], Any]:
+    """The session stream's gRPC deserializer: a chunk envelope is parsed by hand so that its data stays a view
+    of the received bytes (see ``chunking.parse_chunk_envelope``); everything else by the protobuf runtime,
+    whose exceptions propagate."""
+    def parse(data: bytes) -> Any:
+        return parse_chunk_envelope(data, envelope_type) or envelope_type.FromString(data)
+    return parse
+
+
+def serialize_envelope(envelope: Any) -> bytes:
+    """The session stream's gRPC serializer: protobuf envelopes and hand-built ``ChunkEnvelope``s alike."""
+    return envelope.SerializeToString()
+
+
+SESSION_METHOD = "/slperf.v1.SplitLearning/Session"
+
+
+def open_session(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
+    """The client's session stream, with the serializer that also sends hand-built chunk envelopes (the
+    generated stub's serializer accepts protobuf messages only)."""
+    return channel.stream_stream(SESSION_METHOD, request_serializer=serialize_envelope,
+                                 response_deserializer=envelope_parser(session_pb2.ServerMessage))(wait_for_ready=False)
