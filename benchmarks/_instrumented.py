@@ -3,10 +3,10 @@ benchmark's sent-vs-received message check:
 
     python -m benchmarks._instrumented COUNTS_DIR NAME server|client ...   (the slperf CLI arguments)
 
-Every session's ``ByteCounter`` (server: ``slserver.sessions.Session``; client: ``slclient.daemon.SessionLink``)
-is remembered when the session is made. On SIGUSR1 the process writes ``COUNTS_DIR/NAME.json`` with, per
-session, the envelopes and bytes it sent and received, and its own peak RSS. Nothing in the daemons changes:
-the constructors are wrapped in this process only.
+Every session endpoint's ``ByteCounter`` (the same ``transport.endpoint.Endpoint`` class in the server and the
+client daemon) is remembered through the endpoint observer hook when the session is made. On SIGUSR1 the process
+writes ``COUNTS_DIR/NAME.json`` with, per session, the envelopes and bytes it sent and received, and its own peak
+RSS.
 """
 from __future__ import annotations
 
@@ -21,29 +21,14 @@ _records: list[dict] = []
 _lock = threading.Lock()
 
 
-def _install(role: str) -> None:
-    if role == "server":
-        from slperf.slserver import sessions
+def _install() -> None:
+    from slperf.common.transport.endpoint import Endpoint, observe_endpoints
 
-        original = sessions.Session.__init__
+    def remember(endpoint: Endpoint) -> None:
+        with _lock:
+            _records.append({"client_id": endpoint.name or None, "counter": endpoint.counter})
 
-        def init(self, client_id, *args, **kwargs):
-            original(self, client_id, *args, **kwargs)
-            with _lock:
-                _records.append({"client_id": client_id, "counter": self.counter})
-
-        sessions.Session.__init__ = init
-    else:
-        from slperf.slclient import daemon
-
-        original_link = daemon.SessionLink.__init__
-
-        def link_init(self, *args, **kwargs):
-            original_link(self, *args, **kwargs)
-            with _lock:
-                _records.append({"client_id": None, "counter": self.counter})
-
-        daemon.SessionLink.__init__ = link_init
+    observe_endpoints(remember)
 
 
 def _dump(path: Path, name: str, role: str) -> None:
@@ -66,7 +51,7 @@ def main() -> None:
     role = cli_args[0]
     out = Path(counts_dir) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    _install(role)
+    _install()
     signal.signal(signal.SIGUSR1, lambda *_: _dump(out, name, role))
     from slperf.cli import main as cli_main
 

@@ -6,12 +6,11 @@ OpenSSL: what encryption alone costs), and over the same gRPC + mutual TLS trans
 (raw 1 MiB ``bytes`` messages, identity serializers: what gRPC itself costs). Our framing is then judged
 against the transport it runs on (``ratio_to_raw_grpc``) as well as against the socket (``ratio``).
 
-The sender is the client daemon's own ``SessionLink.send_activations`` (message building, ``encode_tensor``,
+The sender is the client daemon's own ``SessionLink.send_activations`` (the endpoint: serde, ``encode_tensor``,
 ``Framer``: ~1 MiB chunks, seq numbers, byte counts) on a grpc.aio bidirectional stream with mutual TLS. The
-receiver does what the server does with activations: ``Deframer`` (reassembly, CRC-32), the structure check
-without a copy (``decode_tensor(writable=False)``, as ``Session._check_structure``) and the paradigm's
-writable decode (as ``ClientProxy.check_activations``). Both receivers run in their own process and answer
-each tensor with a small acknowledgement; one transfer = build + encode + send + receive + decode + ack.
+receiver is the server's own endpoint: ``Deframer`` (reassembly, CRC-32) and serde's one writable, checked decode
+of the cut tensor. Both receivers run in their own process and answer each tensor with a small acknowledgement;
+one transfer = build + encode + send + receive + decode + ack.
 
     python -m benchmarks.bench_stream [--sizes-mib 1 4 16 64] [--repeats 5]
 
@@ -44,32 +43,19 @@ async def _serve_grpc(certs: Path) -> None:
     import grpc
 
     from slperf.common import tls
-    from slperf.common.wire.codec import decode_tensor
-    from slperf.common.wire.framing import ByteCounter, Deframer, Framer
+    from slperf.common.protocol.types import CutReply
     from slperf.common.transport.channel import SESSION_METHOD, envelope_parser, grpc_options, serialize_envelope
+    from slperf.common.transport.endpoint import Endpoint, Side
     from slperf.v1 import session_pb2
 
     class Sink:
         async def Session(self, request_iterator, context):
-            counter = ByteCounter()
-            deframer = Deframer(session_pb2.ClientMessage, counter, incoming_is_up=True)
-            framer = Framer(session_pb2.ServerMessage, counter, outgoing_is_up=False)
+            endpoint = Endpoint(context, Side.SERVER)  # the server's own receive path: reassembly, one decode
             while True:
-                envelope = await context.read()
-                if envelope == grpc.aio.EOF:
+                message = await endpoint.receive()
+                if message is None:
                     return
-                inbound = deframer.feed(envelope)
-                if inbound is None:
-                    continue
-                message = inbound.message
-                decode_tensor(message.activations.tensor, name="activations", writable=False,
-                              bulk=inbound.bulk)  # the structure check
-                tensor = decode_tensor(message.activations.tensor, name="activations", writable=True,
-                                       allow_nonfinite=True, bulk=inbound.bulk)  # checked above, as the server does
-                ack = session_pb2.ServerMessage(gradients=session_pb2.Gradients(
-                    ref=message.activations.ref, count=int(tensor.numel() % (1 << 32))))
-                for out in framer.frames(ack):
-                    await context.write(out)
+                await endpoint.send(CutReply(message.ref, None, count=int(message.tensor.numel() % (1 << 32))))
 
     server = grpc.aio.server(options=grpc_options())
     service, method = SESSION_METHOD.strip("/").split("/")
@@ -230,7 +216,7 @@ class _Session:
         self.step += 1
         await self.link.send_activations(StepRef("bench", 0, self.step, Phase.TRAIN), tensor)
         reply = await self.link.receive()
-        if reply is None or reply.message.gradients.ref.step != self.step:
+        if reply is None or reply.ref.step != self.step:
             raise RuntimeError("no acknowledgement, or one for the wrong transfer")
 
     async def close(self) -> None:

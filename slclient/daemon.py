@@ -10,7 +10,6 @@ with a message that names the likely cause, instead of retrying forever.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -25,14 +24,18 @@ from slperf.common.config import ConfigError, config_from_json
 from slperf.common.data import DatasetUnavailable
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientParadigm
-from slperf.common.protocol.types import Phase, PhaseSummary, Reply, StepRef
+from slperf.common.protocol.messages import (
+    ErrorReport, Evaluate, Finish, Hello, ModelState, PhaseDone, Ready, RequestWeights, RunSetup, ServerMessage,
+    TrainEpoch, Welcome,
+)
+from slperf.common.protocol.types import CutReply, CutTensor, Phase, StepRef
 from slperf.common.shards import build_client_data
-from slperf.common.wire.codec import DEFAULT_LIMITS, decode_state, decode_tensor, encode_state, encode_tensor
-from slperf.common.wire.errors import WireError
-from slperf.common.wire.framing import ByteCounter, Deframer, Framer, Inbound
 from slperf.common.transport.channel import grpc_options, open_session
-from slperf.common.wire.messages import PROTOCOL_VERSION, ref_from_pb, ref_to_pb, same_step
-from slperf.v1 import session_pb2
+from slperf.common.transport.endpoint import ClientEndpoint, Endpoint, Side, Stream
+from slperf.common.wire.codec import check_state
+from slperf.common.protocol.errors import WireError
+from slperf.common.wire.framing import ByteCounter
+from slperf.common.wire.serde import PROTOCOL_VERSION
 
 log = logging.getLogger("slperf.client")
 
@@ -45,7 +48,9 @@ class ClientFatal(Exception):
 
 
 class ServerError(Exception):
-    def __init__(self, code: int, message: str):
+    """The server answered a pass with an in-stream error (or with something the pass cannot use)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
         self.code = code
 
@@ -66,67 +71,50 @@ class ClientOptions:
 
 
 class SessionLink:
-    """The client's side of one session stream: framing, byte counts, and the paradigm's ClientLink."""
+    """The client's side of one session stream: its endpoint, and the paradigm's ClientLink over it."""
 
-    def __init__(self, call, run_id: str = ""):
+    def __init__(self, call: Stream, run_id: str = ""):
         self.call = call
         self.run_id = run_id
-        self.counter = ByteCounter()
-        self._framer = Framer(session_pb2.ClientMessage, self.counter, outgoing_is_up=True)
-        self._deframer = Deframer(session_pb2.ServerMessage, self.counter, incoming_is_up=False)
+        self.endpoint: ClientEndpoint = Endpoint(call, Side.CLIENT)
 
-    async def send(self, message: session_pb2.ClientMessage, bulk: Sequence[memoryview] = ()) -> None:
-        for envelope in self._framer.frames(message, bulk):
-            await self.call.write(envelope)
+    @property
+    def counter(self) -> ByteCounter:
+        return self.endpoint.counter
 
-    async def receive(self) -> Inbound[session_pb2.ServerMessage] | None:
+    async def send(self, message: Hello | Ready | CutTensor | ModelState | PhaseDone | ErrorReport) -> None:
+        await self.endpoint.send(message)
+
+    async def receive(self) -> ServerMessage | None:
+        """The next message from the server; None when it ends the stream. Bad messages are logged and dropped."""
         while True:
-            envelope = await self.call.read()
-            if envelope == grpc.aio.EOF:
-                return None
             try:
-                inbound = self._deframer.feed(envelope)
+                return await self.endpoint.receive()
             except WireError as err:
                 log.error("dropping a bad message from the server: %s", err.message)
-                continue
-            if inbound is not None:
-                return inbound
 
     # -- ClientLink ---------------------------------------------------------------------------------
     async def send_activations(self, ref: StepRef, tensor: torch.Tensor, labels: torch.Tensor | None = None,
                                sample_ids: torch.Tensor | None = None) -> None:
-        bulk: list[memoryview] = []
-        acts = session_pb2.Activations(ref=ref_to_pb(ref), tensor=encode_tensor(tensor, bulk))
-        if labels is not None:
-            acts.labels.CopyFrom(encode_tensor(labels, bulk))
-        if sample_ids is not None:
-            acts.sample_ids.CopyFrom(encode_tensor(sample_ids, bulk))
-        await self.send(session_pb2.ClientMessage(activations=acts), bulk)
+        await self.send(CutTensor(ref, tensor, labels, sample_ids))
 
-    async def recv_reply(self, ref: StepRef, shape: Sequence[int] | None) -> Reply:
+    async def recv_reply(self, ref: StepRef, shape: Sequence[int] | None) -> CutReply:
         while True:
-            inbound = await self.receive()
-            if inbound is None:
+            message = await self.receive()
+            if message is None:
                 raise ConnectionError("the server closed the session")
-            message = inbound.message
-            kind = message.WhichOneof("body")
-            if kind == "error":
-                raise ServerError(message.error.code, message.error.message)
-            if kind != "gradients":
-                raise ServerError(grpc.StatusCode.FAILED_PRECONDITION.value[0], f"expected gradients, got {kind}")
-            grads = message.gradients
-            got = ref_from_pb(grads.ref)
-            if not same_step(got, ref):
-                log.warning("dropping a reply for step %s while waiting for %s", got, ref)
+            if isinstance(message, ErrorReport):
+                raise ServerError(message.code, message.message)
+            if not isinstance(message, CutReply):
+                raise ServerError(grpc.StatusCode.FAILED_PRECONDITION, f"expected cut_reply, got {type(message).__name__}")
+            if message.ref != ref:
+                log.warning("dropping a reply for step %s while waiting for %s", message.ref, ref)
                 continue
-            tensor = None
-            if grads.HasField("tensor"):
-                tensor = decode_tensor(grads.tensor, name="gradients", limits=DEFAULT_LIMITS, writable=True,
-                                       bulk=inbound.bulk)
-                if shape is not None and tuple(tensor.shape) != tuple(shape):
-                    raise ServerError(grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                                      f"gradient shape {list(tensor.shape)} does not match {list(shape)}")
-            return Reply(got, tensor, grads.loss, grads.correct, grads.count)
+            tensor = message.tensor
+            if tensor is not None and shape is not None and tuple(tensor.shape) != tuple(shape):
+                raise ServerError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"reply tensor shape {list(tensor.shape)} does not match {list(shape)}")
+            return message
 
 
 class ClientDaemon:
@@ -183,23 +171,22 @@ class ClientDaemon:
         async with channel:
             call = open_session(channel)
             link = SessionLink(call)
-            await link.send(session_pb2.ClientMessage(hello=session_pb2.Hello(
-                protocol_version=PROTOCOL_VERSION, client_id=opts.client_id, software_version=__version__,
-                capabilities=["chunks", "attachments", "paradigms:" + ",".join(s.name for s in paradigms.all_specs())])))
+            await link.send(Hello(PROTOCOL_VERSION, opts.client_id, __version__, (
+                "chunks", "attachments", "paradigms:" + ",".join(s.name for s in paradigms.all_specs()))))
             welcome = await link.receive()
             if welcome is None:
                 await call  # surfaces the server's status (refusals end up here)
                 raise ConnectionError("the server closed the session before Welcome")
-            if welcome.message.WhichOneof("body") != "welcome":
-                raise ConnectionError(f"expected Welcome, got {welcome.message.WhichOneof('body')}")
+            if not isinstance(welcome, Welcome):
+                raise ConnectionError(f"expected Welcome, got {type(welcome).__name__}")
             log.info("connected to %s as %s", opts.server, opts.client_id)
             finished = False
             while True:
-                inbound = await link.receive()
-                if inbound is None:
+                message = await link.receive()
+                if message is None:
                     await call
                     return finished
-                done = await self._handle(link, inbound)
+                done = await self._handle(link, message)
                 if done:
                     finished = True
                     self.runs_finished += 1
@@ -207,68 +194,61 @@ class ClientDaemon:
                         await call.done_writing()
                         return True
 
-    async def _handle(self, link: SessionLink, inbound: Inbound[session_pb2.ServerMessage]) -> bool:
-        message = inbound.message
-        kind = message.WhichOneof("body")
-        if kind == "instruction":
-            return await self._instruction(link, message.instruction)
-        if kind == "model_state":
-            await self._set_weights(link, message.model_state, inbound.bulk)
-        elif kind == "error":
-            log.error("server error %d: %s", message.error.code, message.error.message)
-        else:
-            log.warning("unexpected %s from the server; ignored", kind)
-        return False
-
-    async def _instruction(self, link: SessionLink, instruction: session_pb2.Instruction) -> bool:
-        kind = instruction.WhichOneof("kind")
-        if kind == "setup":
-            await self._setup(link, instruction.setup)
-        elif kind in ("train", "evaluate"):
-            part = getattr(instruction, kind)
-            if self.paradigm is None or part.run_id != self.run_id:
-                await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"{kind} for run {part.run_id!r} before setup")
-                return False
-            link.run_id = self.run_id
-            try:
-                if kind == "train":
-                    options = json.loads(part.options_json or "{}")
-                    summary = await self.paradigm.train_epoch(link, part.round, options)
-                    phase = Phase.TRAIN
-                else:
-                    summary = await self.paradigm.evaluate(link, part.round)
-                    phase = Phase.EVAL
-            except ServerError as exc:
-                if exc.code == grpc.StatusCode.ABORTED.value[0]:
-                    log.warning("the server ended %s of round %d early: %s", kind, part.round, exc)
-                    return False
-                await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
-                return False
-            except (WireError, ValueError) as exc:
-                # The server drops this client from the phase when it reports an error; the session goes on.
-                await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
-                return False
-            await self._phase_done(link, part.round, phase, summary)
-        elif kind == "request_weights":
-            request = instruction.request_weights
-            segment = self.paradigm.segments.get(request.segment) if self.paradigm else None
-            if segment is None:
-                await self._report(link, grpc.StatusCode.NOT_FOUND, f"no segment {request.segment!r} here")
-                return False
-            bulk: list[memoryview] = []
-            state = session_pb2.ModelState(run_id=request.run_id, round=request.round, segment=request.segment,
-                                           num_samples=self.paradigm.data.train.num_samples,
-                                           tensors=encode_state(segment.state_dict(), bulk))
-            await link.send(session_pb2.ClientMessage(model_state=state), bulk)
-        elif kind == "finish":
-            log.info("run %s finished: %s", instruction.finish.run_id, instruction.finish.reason)
+    async def _handle(self, link: SessionLink, message: ServerMessage) -> bool:
+        """Acts on one message from the server; True when it finished a run."""
+        if isinstance(message, RunSetup):
+            await self._setup(link, message)
+        elif isinstance(message, (TrainEpoch, Evaluate)):
+            await self._phase(link, message)
+        elif isinstance(message, RequestWeights):
+            await self._send_weights(link, message)
+        elif isinstance(message, Finish):
+            log.info("run %s finished: %s", message.run_id, message.reason)
             self.paradigm = None
             self.run_id = ""
             self._setup_key = None
             return True
+        elif isinstance(message, ModelState):
+            await self._set_weights(link, message)
+        elif isinstance(message, ErrorReport):
+            log.error("server error %s: %s", message.code.name, message.message)
+        else:
+            log.warning("unexpected %s from the server; ignored", type(message).__name__)
         return False
 
-    async def _setup(self, link: SessionLink, setup: session_pb2.RunSetup) -> None:
+    async def _phase(self, link: SessionLink, part: TrainEpoch | Evaluate) -> None:
+        kind = "train" if isinstance(part, TrainEpoch) else "evaluate"
+        if self.paradigm is None or part.run_id != self.run_id:
+            await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"{kind} for run {part.run_id!r} before setup")
+            return
+        link.run_id = self.run_id
+        try:
+            if isinstance(part, TrainEpoch):
+                summary = await self.paradigm.train_epoch(link, part.round, part.options)
+            else:
+                summary = await self.paradigm.evaluate(link, part.round)
+        except ServerError as exc:
+            if exc.code == grpc.StatusCode.ABORTED:
+                log.warning("the server ended %s of round %d early: %s", kind, part.round, exc)
+                return
+            await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
+            return
+        except (WireError, ValueError) as exc:
+            # The server drops this client from the phase when it reports an error; the session goes on.
+            await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
+            return
+        phase = Phase.TRAIN if isinstance(part, TrainEpoch) else Phase.EVAL
+        await link.send(PhaseDone(StepRef(self.run_id, part.round, summary.steps, phase), summary))
+
+    async def _send_weights(self, link: SessionLink, request: RequestWeights) -> None:
+        segment = self.paradigm.segments.get(request.segment) if self.paradigm else None
+        if self.paradigm is None or segment is None:
+            await self._report(link, grpc.StatusCode.NOT_FOUND, f"no segment {request.segment!r} here")
+            return
+        await link.send(ModelState(request.run_id, request.round, request.segment, segment.state_dict(),
+                                   num_samples=self.paradigm.data.train.num_samples))
+
+    async def _setup(self, link: SessionLink, setup: RunSetup) -> None:
         """Builds the paradigm's client side for the run; a reconnect to the same run keeps the one it has, with
         its optimiser state (momentum) and loaded shard, as an uninterrupted client would have them (the
         server sends the weights again before the next phase)."""
@@ -295,32 +275,25 @@ class ClientDaemon:
         await self._ready(link, setup.run_id)
 
     async def _ready(self, link: SessionLink, run_id: str) -> None:
+        assert self.paradigm is not None
         data = self.paradigm.data
-        await link.send(session_pb2.ClientMessage(ready=session_pb2.Ready(
-            run_id=run_id, train_samples=data.train.num_samples, test_samples=data.test.num_samples)))
+        await link.send(Ready(run_id, data.train.num_samples, data.test.num_samples))
 
-    async def _set_weights(self, link: SessionLink, state: session_pb2.ModelState,
-                           bulk: Sequence[bytes | memoryview]) -> None:
+    async def _set_weights(self, link: SessionLink, state: ModelState) -> None:
         segment = self.paradigm.segments.get(state.segment) if self.paradigm else None
         if segment is None or state.run_id != self.run_id:
             await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"weights for unknown segment {state.segment!r}")
             return
         try:
-            tensors = decode_state(state.tensors, limits=DEFAULT_LIMITS, expected=segment.state_dict(), bulk=bulk)
+            check_state(state.tensors, segment.state_dict())
         except WireError as err:
             await self._report(link, err.code, f"weights for {state.segment!r} rejected: {err.message}")
             return
-        segment.load_state_dict(tensors, strict=True)
-
-    async def _phase_done(self, link: SessionLink, round: int, phase: Phase, summary: PhaseSummary) -> None:
-        ref = StepRef(self.run_id, round, summary.steps, phase)
-        await link.send(session_pb2.ClientMessage(phase_done=session_pb2.PhaseDone(
-            ref=ref_to_pb(ref), num_samples=summary.samples, steps=summary.steps, loss_sum=summary.loss_sum,
-            correct=summary.correct)))
+        segment.load_state_dict(state.tensors, strict=True)
 
     async def _report(self, link: SessionLink, code: grpc.StatusCode, message: str) -> None:
         log.error("%s", message)
-        await link.send(session_pb2.ClientMessage(error=session_pb2.Error(code=code.value[0], message=message)))
+        await link.send(ErrorReport(code, message))
 
 
 def _looks_like_handshake_rejection(details: str) -> bool:

@@ -1,28 +1,31 @@
 """The server paradigm's handle on one client daemon: turns paradigm calls into protocol messages.
 
-It resolves the client's *live* session on every call, so a client that reconnects (a new session) is
-set up again for the run and rejoins with the weights the paradigm hands it next; every message it
-reads back is checked against the run, round, phase and step it expects.
+It holds the client's current session and keeps using it while it is open; once it closes (the client
+reconnected, or dropped), the next call waits for the live one and sets the client up for the run again, so
+a client that reconnects rejoins with the weights the paradigm hands it next. Every message it reads back
+is checked against the run, round, phase and step it expects, and against the paradigm's spec.
 """
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grpc
 import torch
 
 from slperf.common.config import RunConfig
 from slperf.common.paradigms.base import ActivationSpec, ClientGone
-from slperf.common.protocol.types import ActivationBatch, Phase, PhaseSummary, Reply, State, StepRef
-from slperf.common.protocol.types import SessionState
-from slperf.common.wire.codec import decode_state, decode_tensor, encode_state, encode_tensor
-from slperf.common.wire.errors import WireError
-from slperf.common.wire.framing import Inbound
-from slperf.common.wire.messages import ref_from_pb, ref_to_pb, same_step
+from slperf.common.protocol.messages import (
+    ClientMessage, ErrorReport, Evaluate, Finish, ModelState, PhaseDone, Ready, RequestWeights, RunSetup, ServerMessage,
+    TrainEpoch,
+)
+from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, SessionState, State, StepRef
+from slperf.common.wire.codec import check_state
+from slperf.common.protocol.errors import WireError
 from slperf.slserver.sessions import Session, SessionRegistry
-from slperf.v1 import session_pb2
+
+M = TypeVar("M")
 
 
 class ClientProxy:
@@ -34,41 +37,40 @@ class ClientProxy:
         self._registry = registry
         self._config = config
         self._run_id = run_id
-        self._setup_session: str | None = None
+        self._session: Session | None = None  # the session this client was last set up on
         self._timeout = config.client_timeout
 
     # -- session plumbing -------------------------------------------------------------------------
     async def session(self) -> Session:
         """The live session, set up for this run (again, after a reconnect)."""
+        session = self._session
+        if session is not None and not session.closed.is_set():
+            return session
         try:
             session = await self._registry.wait_session(self.client_id, self._config.rejoin_timeout)
         except asyncio.TimeoutError:
             raise ClientGone(self.client_id, f"not connected (waited rejoin_timeout = "
                                              f"{self._config.rejoin_timeout:.0f} s)") from None
-        if session.session_id != self._setup_session:
-            session.in_run = self._run_id
-            session.drain()
-            setup = session_pb2.RunSetup(run_id=self._run_id, config_json=self._config.to_json(),
-                                         client_index=self.index, num_clients=self._config.clients)
-            await self._send(session, session_pb2.ServerMessage(instruction=session_pb2.Instruction(setup=setup)))
-            ready, _ = await self._expect(session, "ready")
-            if ready.run_id != self._run_id:
-                raise ClientGone(self.client_id, f"answered setup for run {ready.run_id!r}")
-            self.train_samples, self.test_samples = ready.train_samples, ready.test_samples
-            self._setup_session = session.session_id
-            session.state = SessionState.IN_RUN
+        session.in_run = self._run_id
+        session.drain()
+        await self._send(session, RunSetup(self._run_id, self._config.to_json(), self.index, self._config.clients))
+        ready = await self._expect(session, Ready)
+        if ready.run_id != self._run_id:
+            raise ClientGone(self.client_id, f"answered setup for run {ready.run_id!r}")
+        self.train_samples, self.test_samples = ready.train_samples, ready.test_samples
+        self._session = session
+        session.state = SessionState.IN_RUN
         return session
 
-    async def _send(self, session: Session, message: session_pb2.ServerMessage,
-                    bulk: Sequence[memoryview] = ()) -> None:
+    async def _send(self, session: Session, message: ServerMessage) -> None:
         try:
-            await session.send(message, bulk)
+            await session.send(message)
         except (ConnectionError, grpc.aio.AioRpcError, RuntimeError) as exc:
             raise ClientGone(self.client_id, f"send failed: {exc}") from None
 
-    async def _next(self, session: Session) -> Inbound[session_pb2.ClientMessage]:
+    async def _next(self, session: Session) -> ClientMessage:
         try:
-            inbound = await session.next(self._timeout)
+            message = await session.next(self._timeout)
         except asyncio.TimeoutError:
             # A client dropped for silence must not keep this stream: if it resumed, the instructions queued
             # on it would keep the client one round behind the server for the rest of the run.
@@ -76,63 +78,50 @@ class ClientProxy:
             raise ClientGone(self.client_id, f"no message for {self._timeout:.0f} s (client_timeout)") from None
         except ConnectionError as exc:
             raise ClientGone(self.client_id, str(exc)) from None
-        if inbound.message.WhichOneof("body") == "error":
-            raise ClientGone(self.client_id, f"client reported an error: {inbound.message.error.message}")
-        return inbound
+        if isinstance(message, ErrorReport):
+            raise ClientGone(self.client_id, f"client reported an error: {message.message}")
+        return message
 
-    async def _expect(self, session: Session, kind: str) -> tuple[Any, Sequence[bytes | memoryview]]:
-        """Reads until a message of ``kind`` arrives (returned with its attachments); anything else is refused
-        with FAILED_PRECONDITION."""
+    async def _expect(self, session: Session, kind: type[M]) -> M:
+        """Reads until a message of ``kind`` arrives; anything else is refused with FAILED_PRECONDITION."""
         while True:
-            inbound = await self._next(session)
-            got = inbound.message.WhichOneof("body")
-            if got == kind:
-                return getattr(inbound.message, kind), inbound.bulk
-            await session.send_error(grpc.StatusCode.FAILED_PRECONDITION, f"expected {kind}, got {got}; dropped")
+            message = await self._next(session)
+            if isinstance(message, kind):
+                return message
+            await session.send_error(grpc.StatusCode.FAILED_PRECONDITION,
+                                     f"expected {_name(kind)}, got {_name(type(message))}; dropped")
 
     # -- ClientHandle -------------------------------------------------------------------------------
     async def set_weights(self, segment: str, state: Mapping[str, torch.Tensor], round: int) -> None:
         session = await self.session()
-        bulk: list[memoryview] = []
-        message = session_pb2.ModelState(run_id=self._run_id, round=round, segment=segment,
-                                          tensors=encode_state(state, bulk))
-        await self._send(session, session_pb2.ServerMessage(model_state=message), bulk)
+        await self._send(session, ModelState(self._run_id, round, segment, dict(state)))
 
     async def get_weights(self, segment: str, round: int, expected: Mapping[str, torch.Tensor]) -> tuple[State, int]:
         session = await self.session()
-        request = session_pb2.RequestWeights(run_id=self._run_id, round=round, segment=segment)
-        await self._send(session, session_pb2.ServerMessage(instruction=session_pb2.Instruction(request_weights=request)))
+        await self._send(session, RequestWeights(self._run_id, round, segment))
         while True:
-            state, bulk = await self._expect(session, "model_state")
+            state = await self._expect(session, ModelState)
             if (state.run_id, state.round, state.segment) != (self._run_id, round, segment):
                 await session.send_error(grpc.StatusCode.FAILED_PRECONDITION,
                                          f"weights for {state.run_id}/{state.round}/{state.segment!r} are not the ones requested")
                 continue
             try:
-                tensors = decode_state(state.tensors, limits=session.limits.tensor_limits, expected=expected,
-                                       bulk=bulk)
+                check_state(state.tensors, expected)
             except WireError as err:
                 await session.send_error(err.code, err.message)
                 raise ClientGone(self.client_id, f"sent unusable weights: {err.message}") from None
-            return tensors, int(state.num_samples)
+            return state.tensors, state.num_samples
 
     def train(self, round: int, spec: ActivationSpec | Sequence[ActivationSpec],
-              options: Mapping[str, Any] | None = None) -> "ProxyPhaseStream":
-        instruction = session_pb2.Instruction(train=session_pb2.TrainEpoch(
-            run_id=self._run_id, round=round, options_json=json.dumps(dict(options or {}))))
+              options: Mapping[str, Any] | None = None) -> ProxyPhaseStream:
+        instruction = TrainEpoch(self._run_id, round, dict(options or {}))
         return ProxyPhaseStream(self, instruction, StepRef(self._run_id, round, 0, Phase.TRAIN), spec)
 
-    def evaluate(self, round: int, spec: ActivationSpec | Sequence[ActivationSpec]) -> "ProxyPhaseStream":
-        instruction = session_pb2.Instruction(evaluate=session_pb2.Evaluate(run_id=self._run_id, round=round))
-        return ProxyPhaseStream(self, instruction, StepRef(self._run_id, round, 0, Phase.EVAL), spec)
+    def evaluate(self, round: int, spec: ActivationSpec | Sequence[ActivationSpec]) -> ProxyPhaseStream:
+        return ProxyPhaseStream(self, Evaluate(self._run_id, round), StepRef(self._run_id, round, 0, Phase.EVAL), spec)
 
-    async def reply(self, reply: Reply) -> None:
-        session = await self.session()
-        grads = session_pb2.Gradients(ref=ref_to_pb(reply.ref), loss=reply.loss, correct=reply.correct, count=reply.count)
-        bulk: list[memoryview] = []
-        if reply.tensor is not None:
-            grads.tensor.CopyFrom(encode_tensor(reply.tensor, bulk))
-        await self._send(session, session_pb2.ServerMessage(gradients=grads), bulk)
+    async def reply(self, reply: CutReply) -> None:
+        await self._send(await self.session(), reply)
 
     async def abort(self, reason: str) -> None:
         session = self._registry.get(self.client_id)
@@ -143,100 +132,108 @@ class ClientProxy:
         session = self._registry.get(self.client_id)
         if session is None:
             return
-        message = session_pb2.Instruction(finish=session_pb2.Finish(run_id=self._run_id, reason=reason))
         try:
-            await session.send(session_pb2.ServerMessage(instruction=message))
+            await session.send(Finish(self._run_id, reason))
         except (ConnectionError, grpc.aio.AioRpcError, RuntimeError):
             pass
         session.in_run = None
         session.state = SessionState.IDLE
 
-    # -- validation -----------------------------------------------------------------------------------
-    def check_activations(self, session: Session, message: session_pb2.Activations, expect: StepRef,
-                          spec: ActivationSpec, bulk: Sequence[bytes | memoryview] = ()) -> ActivationBatch:
-        ref = ref_from_pb(message.ref)
-        if not same_step(ref, expect):
-            code = grpc.StatusCode.FAILED_PRECONDITION
-            if ref.run_id == expect.run_id and ref.round == expect.round and ref.step < expect.step:
-                raise WireError(code, f"duplicate step {ref.step} (expected {expect.step}); not applied twice")
-            raise WireError(code, f"activations for run {ref.run_id!r} round {ref.round} step {ref.step} "
-                                  f"{ref.phase.name.lower()} arrived while the server expects round {expect.round} "
-                                  f"step {expect.step} {expect.phase.name.lower()}")
-        limits = session.limits.tensor_limits
-        # NaN/Inf were already refused by the session's structural check; decode once more, writable.
-        acts = decode_tensor(message.tensor, name="activations", limits=limits, writable=True, allow_nonfinite=True,
-                             bulk=bulk)
-        if acts.dtype not in spec.dtypes:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"activations have dtype {acts.dtype}, expected {spec.dtypes[0]}")
-        shape = tuple(acts.shape)
-        if len(shape) != 1 + len(spec.sample_shape) or shape[1:] != spec.sample_shape:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"activations have shape {list(shape)}, expected [batch, {', '.join(map(str, spec.sample_shape))}]")
-        if not 1 <= shape[0] <= spec.max_batch:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"batch of {shape[0]} samples; must be 1..{spec.max_batch}")
-        labels = None
-        if spec.labels:
-            if not message.HasField("labels"):
-                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "activations carry no labels; this paradigm needs them")
-            labels = decode_tensor(message.labels, name="labels", limits=limits, writable=True, bulk=bulk)
-            if labels.dtype != torch.int64 or tuple(labels.shape) != (shape[0],):
-                raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"labels must be int64 of shape [{shape[0]}], got {labels.dtype} {list(labels.shape)}")
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
-                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"labels must be in 0..{spec.num_classes - 1}")
-        elif message.HasField("labels"):
-            raise WireError(grpc.StatusCode.PERMISSION_DENIED, "labels must not leave the client in this paradigm")
-        sample_ids = None
-        if message.HasField("sample_ids"):
-            sample_ids = decode_tensor(message.sample_ids, name="sample_ids", limits=limits, writable=True, bulk=bulk)
-            if sample_ids.dtype != torch.int64 or tuple(sample_ids.shape) != (shape[0],):
-                raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"sample_ids must be int64 of shape [{shape[0]}], got {sample_ids.dtype} {list(sample_ids.shape)}")
-        return ActivationBatch(ref, acts, labels, sample_ids)
-
-
-class ProxyPhaseStream:
-    """Activations of one pass in step (and stage) order; invalid ones are refused on the stream and skipped."""
-
-    def __init__(self, proxy: ClientProxy, instruction: session_pb2.Instruction, first: StepRef,
-                 spec: ActivationSpec | Sequence[ActivationSpec]):
-        self._proxy = proxy
-        self._instruction = instruction
-        self._first = first
-        self._specs = [spec] if isinstance(spec, ActivationSpec) else list(spec)
-        self.summary: PhaseSummary | None = None
-
-    def __aiter__(self) -> AsyncIterator[ActivationBatch]:
-        return self._run()
-
-    async def _run(self) -> AsyncIterator[ActivationBatch]:
-        proxy = self._proxy
-        session = await proxy.session()
-        await proxy._send(session, session_pb2.ServerMessage(instruction=self._instruction))
+    # -- one pass -------------------------------------------------------------------------------------
+    async def run_pass(self, instruction: TrainEpoch | Evaluate, first: StepRef,
+                       specs: Sequence[ActivationSpec]) -> AsyncGenerator[CutTensor | PhaseSummary, None]:
+        """Sends the instruction, then yields the pass's cut tensors in step (and stage) order and finally its
+        summary. Invalid messages are refused on the stream and skipped."""
+        session = await self.session()
+        await self._send(session, instruction)
         stage = 0
-        expect = StepRef(self._first.run_id, self._first.round, 0, self._first.phase, self._specs[0].stage)
+        expect = StepRef(first.run_id, first.round, 0, first.phase, specs[0].stage)
         while True:
-            inbound = await proxy._next(session)
-            message = inbound.message
-            kind = message.WhichOneof("body")
-            if kind == "phase_done":
-                done = message.phase_done
-                ref = ref_from_pb(done.ref)
+            message = await self._next(session)
+            if isinstance(message, PhaseDone):
+                ref = message.ref
                 if (ref.run_id, ref.round, ref.phase) != (expect.run_id, expect.round, expect.phase):
                     await session.send_error(grpc.StatusCode.FAILED_PRECONDITION, "phase_done for another phase; dropped")
                     continue
-                self.summary = PhaseSummary(samples=int(done.num_samples), steps=int(done.steps),
-                                            loss_sum=float(done.loss_sum), correct=int(done.correct))
+                yield message.summary
                 return
-            if kind != "activations":
-                await session.send_error(grpc.StatusCode.FAILED_PRECONDITION, f"expected activations, got {kind}; dropped")
+            if not isinstance(message, CutTensor):
+                await session.send_error(grpc.StatusCode.FAILED_PRECONDITION,
+                                         f"expected cut_tensor, got {_name(type(message))}; dropped")
                 continue
             try:
-                batch = proxy.check_activations(session, message.activations, expect, self._specs[stage], inbound.bulk)
+                check_cut_tensor(message, expect, specs[stage])
             except WireError as err:
                 await session.send_error(err.code, err.message)
                 continue
-            yield batch
-            stage = (stage + 1) % len(self._specs)
+            yield message
+            stage = (stage + 1) % len(specs)
             step = expect.step + (1 if stage == 0 else 0)
-            expect = StepRef(expect.run_id, expect.round, step, expect.phase, self._specs[stage].stage)
+            expect = StepRef(expect.run_id, expect.round, step, expect.phase, specs[stage].stage)
+
+
+class ProxyPhaseStream:
+    """Cut tensors of one pass in step (and stage) order; ``summary`` is set once the client says it is done."""
+
+    def __init__(self, proxy: ClientProxy, instruction: TrainEpoch | Evaluate, first: StepRef,
+                 spec: ActivationSpec | Sequence[ActivationSpec]):
+        self._items = proxy.run_pass(instruction, first, [spec] if isinstance(spec, ActivationSpec) else list(spec))
+        self.summary: PhaseSummary | None = None
+
+    def __aiter__(self) -> AsyncIterator[CutTensor]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[CutTensor]:
+        try:
+            async for item in self._items:
+                if isinstance(item, PhaseSummary):
+                    self.summary = item
+                    return
+                yield item
+        finally:
+            await self._items.aclose()
+
+
+def check_cut_tensor(message: CutTensor, expect: StepRef, spec: ActivationSpec) -> None:
+    """Refuses a cut tensor that is not the step the server expects or not what the paradigm's spec says."""
+    ref = message.ref
+    if ref != expect:
+        code = grpc.StatusCode.FAILED_PRECONDITION
+        if ref.run_id == expect.run_id and ref.round == expect.round and ref.step < expect.step:
+            raise WireError(code, f"duplicate step {ref.step} (expected {expect.step}); not applied twice")
+        raise WireError(code, f"cut tensor for run {ref.run_id!r} round {ref.round} step {ref.step} "
+                              f"{ref.phase.name.lower()} arrived while the server expects round {expect.round} "
+                              f"step {expect.step} {expect.phase.name.lower()}")
+    tensor = message.tensor
+    if tensor.dtype not in spec.dtypes:
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"cut tensor has dtype {tensor.dtype}, expected {spec.dtypes[0]}")
+    shape = tuple(tensor.shape)
+    if len(shape) != 1 + len(spec.sample_shape) or shape[1:] != spec.sample_shape:
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"cut tensor has shape {list(shape)}, expected [batch, {', '.join(map(str, spec.sample_shape))}]")
+    if not 1 <= shape[0] <= spec.max_batch:
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"batch of {shape[0]} samples; must be 1..{spec.max_batch}")
+    labels = message.labels
+    if spec.labels:
+        if labels is None:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "cut tensor carries no labels; this paradigm needs them")
+        if labels.dtype != torch.int64 or tuple(labels.shape) != (shape[0],):
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"labels must be int64 of shape [{shape[0]}], got {labels.dtype} {list(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"labels must be in 0..{spec.num_classes - 1}")
+    elif labels is not None:
+        raise WireError(grpc.StatusCode.PERMISSION_DENIED, "labels must not leave the client in this paradigm")
+    ids = message.sample_ids
+    if ids is not None and (ids.dtype != torch.int64 or tuple(ids.shape) != (shape[0],)):
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"sample_ids must be int64 of shape [{shape[0]}], got {ids.dtype} {list(ids.shape)}")
+    if message.extra:
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"unexpected extra tensors {sorted(message.extra)}: this stage declares none")
+
+
+def _name(kind: type) -> str:
+    """A message class's wire name (``CutTensor`` -> ``cut_tensor``), for error texts a foreign client can act on."""
+    return {"ErrorReport": "error"}.get(kind.__name__) or "".join(
+        "_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(kind.__name__))

@@ -16,12 +16,14 @@ import grpc
 from slperf import __version__
 from slperf.common import tls
 from slperf.common.config import ConfigError, load_config_text
-from slperf.common.wire.errors import WireError
-from slperf.common.transport.channel import envelope_parser, serialize_envelope
-from slperf.common.wire.messages import PROTOCOL_VERSION
+from slperf.common.protocol.errors import WireError
+from slperf.common.transport.channel import Malformed, never_raising, serialize_envelope, session_request_parser
+from slperf.common.protocol.messages import Welcome
+from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES
+from slperf.common.wire.serde import PROTOCOL_VERSION, hello_from_pb
 from slperf.slserver.coordinator import Run, RunCoordinator
 from slperf.slserver.sessions import Session, SessionRegistry
-from slperf.v1 import service_pb2, service_pb2_grpc, session_pb2
+from slperf.v1 import service_pb2, service_pb2_grpc
 
 log = logging.getLogger("slperf.server")
 
@@ -89,7 +91,7 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.reason)
         if first.WhichOneof("body") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be Hello")
-        hello = first.hello
+        hello = hello_from_pb(first.hello)
         if hello.protocol_version != PROTOCOL_VERSION:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"protocol version {hello.protocol_version} is not supported; this server speaks "
@@ -106,10 +108,8 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             replaced.close("replaced by a new session of the same client (reconnect)")  # its handler returns
         log.info("client %s connected from %s", hello.client_id, context.peer())
         try:
-            await session.send(session_pb2.ServerMessage(welcome=session_pb2.Welcome(
-                protocol_version=PROTOCOL_VERSION, session_id=session.session_id,
-                resume_token=session.resume_token, chunk_bytes=1 << 20,
-                max_message_bytes=limits.max_payload_bytes)))
+            await session.send(Welcome(PROTOCOL_VERSION, session.session_id, session.resume_token,
+                                       max_message_bytes=limits.max_payload_bytes, chunk_bytes=DEFAULT_CHUNK_BYTES))
             # The handler ends when the peer ends the stream *or* when the session is closed on this side
             # (replaced by a reconnect, dropped by the run), so a stalled stream cannot resume later.
             reader = asyncio.ensure_future(session.read_loop())
@@ -131,30 +131,8 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             log.info("client %s disconnected: %s", hello.client_id, session.close_reason)
 
 
-class Malformed:
-    """Stands in for a request whose bytes do not parse, so the handler can answer INVALID_ARGUMENT
-    (gRPC would otherwise answer a deserialisation failure with INTERNAL and end a session stream)."""
-
-    def __init__(self, size: int, reason: str):
-        self.size = size
-        self.reason = reason
-
-    def WhichOneof(self, _name: str) -> str:
-        return "malformed"
-
-    def ByteSize(self) -> int:
-        return self.size
-
-
-def _safe_parser(message_type, parse_envelope=None):
-    parse_message = parse_envelope or message_type.FromString
-
-    def parse(data: bytes):
-        try:
-            return parse_message(data)
-        except Exception as exc:  # protobuf's DecodeError and friends: the peer's fault, never ours
-            return Malformed(len(data), f"{len(data)} bytes do not parse as {message_type.DESCRIPTOR.full_name}: {exc}")
-    return parse
+def _safe_parser(message_type):
+    return never_raising(message_type.FromString, message_type.DESCRIPTOR.full_name)
 
 
 def _unary(method, request_type, response_type, streaming_response=False):
@@ -178,9 +156,7 @@ def add_services(server: grpc.aio.Server, sessions: "SplitLearningService", cont
     """Registers both services with deserialisers that never raise (see ``Malformed``)."""
     session_handlers = {
         "Session": grpc.stream_stream_rpc_method_handler(
-            sessions.Session, request_deserializer=_safe_parser(session_pb2.ClientMessage,
-                                                                envelope_parser(session_pb2.ClientMessage)),
-            response_serializer=serialize_envelope),
+            sessions.Session, request_deserializer=session_request_parser(), response_serializer=serialize_envelope),
     }
     control_handlers = {
         "StartRun": _unary(control.StartRun, service_pb2.StartRunRequest, service_pb2.StartRunResponse),

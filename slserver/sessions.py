@@ -13,15 +13,16 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import grpc
 
+from slperf.common.protocol.messages import ClientMessage, ErrorReport, Hello, ServerMessage
 from slperf.common.protocol.types import SessionState
-from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits, decode_tensor
-from slperf.common.wire.errors import WireError
-from slperf.common.wire.framing import ByteCounter, Deframer, Framer, Inbound
-from slperf.v1 import session_pb2
+from slperf.common.transport.endpoint import Endpoint, ServerEndpoint, Side, Stream
+from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits
+from slperf.common.protocol.errors import WireError
+from slperf.common.wire.framing import ByteCounter
 
 log = logging.getLogger("slperf.server.sessions")
 
@@ -68,52 +69,58 @@ async def _get_within(queue: asyncio.Queue, timeout: float) -> Any:
 
 
 class Session:
-    """One connected client daemon."""
+    """One connected client daemon: its endpoint, its inbox of messages for the run, and its state."""
 
-    def __init__(self, client_id: str, peer: str, context: grpc.aio.ServicerContext, limits: SessionLimits):
+    def __init__(self, client_id: str, peer: str, context: Stream, limits: SessionLimits):
         self.client_id = client_id
         self.peer = peer
         self.session_id = secrets.token_hex(8)
         self.resume_token = secrets.token_urlsafe(24)
-        self.context = context
         self.limits = limits
-        self.counter = ByteCounter()
         self.connected_at = time.monotonic()
-        self._framer = Framer(session_pb2.ServerMessage, self.counter, outgoing_is_up=False)
-        self._deframer = Deframer(session_pb2.ClientMessage, self.counter, incoming_is_up=True,
-                                  max_payload_bytes=limits.max_payload_bytes)
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue(limits.inbox_size)
-        self._send_lock = asyncio.Lock()
         self._bucket = TokenBucket(limits.messages_per_second, limits.message_burst)
+        self.endpoint: ServerEndpoint = Endpoint(context, Side.SERVER, name=client_id, limits=limits.tensor_limits,
+                                                 max_payload_bytes=limits.max_payload_bytes, admit=self._admit)
+        self._inbox: asyncio.Queue[ClientMessage | object] = asyncio.Queue(limits.inbox_size)
         self.closed = asyncio.Event()
         self.close_reason = ""
         # Set by the run while this client takes part; messages arriving for no run are refused.
         self.in_run: str | None = None
         self.state = SessionState.IDLE
 
-    async def send(self, message: session_pb2.ServerMessage, bulk: Sequence[memoryview] = ()) -> None:
-        """Sends ``message`` and its attachments (``codec.encode_tensor``'s ``bulk``) as one unit."""
+    @property
+    def counter(self) -> ByteCounter:
+        return self.endpoint.counter
+
+    @counter.setter
+    def counter(self, value: ByteCounter) -> None:
+        self.endpoint.counter = value
+
+    def _admit(self) -> None:
+        if not self._bucket.take():
+            raise WireError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"more than {self.limits.messages_per_second:.0f} messages per second "
+                            f"(messages_per_second); message dropped")
+
+    async def send(self, message: ServerMessage) -> None:
+        """Sends ``message`` (its tensors' bytes follow as attachments) as one unit."""
         if self.closed.is_set():
             raise ConnectionError(f"session of {self.client_id} is closed: {self.close_reason}")
-        async with self._send_lock:
-            for envelope in self._framer.frames(message, bulk):
-                await self.context.write(envelope)
+        await self.endpoint.send(message)
 
     async def send_error(self, code: grpc.StatusCode, message: str) -> None:
         """An in-stream error: the offending message is dropped and the session goes on."""
         log.info("client %s: %s: %s", self.client_id, code.name, message)
-        try:
-            await self.send(session_pb2.ServerMessage(error=session_pb2.Error(code=code.value[0], message=message)))
-        except (ConnectionError, grpc.aio.AioRpcError, asyncio.InvalidStateError, RuntimeError):
-            pass
+        if not self.closed.is_set():
+            await self.endpoint.send_error(code, message)
 
-    async def next(self, timeout: float) -> Inbound[session_pb2.ClientMessage]:
-        """The next message for the run, or ``_CLOSED``-based ConnectionError / TimeoutError."""
+    async def next(self, timeout: float) -> ClientMessage:
+        """The next message for the run; ConnectionError once the session is closed, TimeoutError after ``timeout``."""
         item = self._inbox.get_nowait() if not self._inbox.empty() else await _get_within(self._inbox, timeout)
         if item is _CLOSED:
             self._inbox.put_nowait(_CLOSED)  # keep waking later readers too
             raise ConnectionError(self.close_reason or "session closed")
-        return item
+        return item  # type: ignore[return-value]
 
     def drain(self) -> None:
         """Drops messages left over from an aborted phase, so the next phase starts clean."""
@@ -123,59 +130,28 @@ class Session:
                 self._inbox.put_nowait(_CLOSED)
                 return
 
-    def _check_structure(self, inbound: Inbound[session_pb2.ClientMessage]) -> None:
-        """Validates every tensor in the message without copying it (shape/bytes/dtype/limits)."""
-        msg, bulk = inbound.message, inbound.bulk
-        kind = msg.WhichOneof("body")
-        if kind == "activations":
-            if not msg.activations.HasField("tensor"):
-                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "activations message has no tensor")
-            decode_tensor(msg.activations.tensor, name="activations", limits=self.limits.tensor_limits,
-                          writable=False, allow_nonfinite=False, bulk=bulk)
-            if msg.activations.HasField("labels"):
-                decode_tensor(msg.activations.labels, name="labels", limits=self.limits.tensor_limits, writable=False,
-                              bulk=bulk)
-        elif kind == "model_state":
-            for named in msg.model_state.tensors:
-                decode_tensor(named.tensor, name=named.name or "<unnamed>", limits=self.limits.tensor_limits,
-                              writable=False, allow_nonfinite=False, bulk=bulk)
-        elif kind == "hello":
-            raise WireError(grpc.StatusCode.FAILED_PRECONDITION, "Hello was already received on this session")
-        elif kind is None:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "empty message (no body set)")
-
     async def read_loop(self) -> None:
-        """Reads until the client closes the stream; returns the reason."""
+        """Reads until the client closes the stream. Every message is decoded and checked by the endpoint before
+        anything else sees it; a bad one is answered on the stream and dropped."""
         while True:
-            envelope = await self.context.read()
-            if envelope == grpc.aio.EOF:
-                self.close("client closed the stream")
-                return
-            if not self._bucket.take():
-                await self.send_error(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                      f"more than {self.limits.messages_per_second:.0f} messages per second "
-                                      f"(messages_per_second); message dropped")
-                continue
-            if envelope.WhichOneof("body") == "malformed":  # bytes that did not parse (service.Malformed)
-                self.counter.add(up=envelope.ByteSize())
-                await self.send_error(grpc.StatusCode.INVALID_ARGUMENT, envelope.reason)
-                continue
             try:
-                inbound = self._deframer.feed(envelope)
-                if inbound is None:
-                    continue
-                self._check_structure(inbound)
+                message = await self.endpoint.receive()
             except WireError as err:
                 await self.send_error(err.code, err.message)
                 continue
-            message = inbound.message
-            if message.WhichOneof("body") == "error":
-                log.warning("client %s reports: %s", self.client_id, message.error.message)
+            if message is None:
+                self.close("client closed the stream")
+                return
+            if isinstance(message, Hello):
+                await self.send_error(grpc.StatusCode.FAILED_PRECONDITION, "Hello was already received on this session")
+                continue
+            if isinstance(message, ErrorReport):
+                log.warning("client %s reports: %s", self.client_id, message.message)
             if self.in_run is None:
                 await self.send_error(grpc.StatusCode.FAILED_PRECONDITION,
                                       f"client {self.client_id} is not taking part in a run; message dropped")
                 continue
-            await self._inbox.put(inbound)
+            await self._inbox.put(message)
 
     def close(self, reason: str) -> None:
         if not self.closed.is_set():
@@ -244,5 +220,11 @@ class SessionRegistry:
         await asyncio.wait_for(_wait(), timeout)
 
     async def wait_session(self, client_id: str, timeout: float) -> Session:
-        await self.wait_for(lambda s: client_id in s, timeout)
-        return self.sessions[client_id]
+        """The client's live session, waiting up to ``timeout`` for one. Read under the condition's lock, so a
+        session removed between the wake-up and the read cannot turn into a KeyError."""
+        async def _wait() -> Session:
+            async with self._changed:
+                await self._changed.wait_for(lambda: client_id in self.sessions)
+                return self.sessions[client_id]
+
+        return await asyncio.wait_for(_wait(), timeout)

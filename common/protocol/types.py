@@ -7,7 +7,7 @@ the states. Keeping them below every other layer is what lets the wire layer sta
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,24 +37,34 @@ class StepRef:
 
 
 @dataclass
-class ActivationBatch:
-    """What a client sent for one step: cut-layer activations and, where the server owns the loss, labels."""
+class CutTensor:
+    """What a client sent for one exchange of a step: activations at the cut (the gradient at the tail's input,
+    for U-shaped), and what the paradigm's exchange declares with it: labels where the server owns the loss,
+    sample ids where parties must agree on them, further named tensors."""
 
     ref: StepRef
     tensor: torch.Tensor
     labels: torch.Tensor | None = None
     sample_ids: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
-class Reply:
-    """What the server sends back for one step: a gradient (or forward output) and batch metrics."""
+class CutReply:
+    """The server's answer to one CutTensor: a gradient (or U-shaped's forward output) and batch metrics."""
 
     ref: StepRef
     tensor: torch.Tensor | None
     loss: float = 0.0
     correct: int = 0
     count: int = 0
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+# The paradigm API's names from before the cut-tensor messages became generic; to be retired with the
+# declared exchange.
+ActivationBatch = CutTensor
+Reply = CutReply
 
 
 @dataclass

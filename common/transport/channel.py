@@ -55,3 +55,33 @@ def open_session(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
     generated stub's serializer accepts protobuf messages only)."""
     return channel.stream_stream(SESSION_METHOD, request_serializer=serialize_envelope,
                                  response_deserializer=envelope_parser(session_pb2.ServerMessage))(wait_for_ready=False)
+
+
+class Malformed:
+    """Stands in for a request whose bytes do not parse, so the handler can answer INVALID_ARGUMENT
+    (gRPC would otherwise answer a deserialisation failure with INTERNAL and end a session stream)."""
+
+    def __init__(self, size: int, reason: str):
+        self.size = size
+        self.reason = reason
+
+    def WhichOneof(self, _name: str) -> str:  # noqa: N802 - the protobuf API's spelling
+        return "malformed"
+
+    def ByteSize(self) -> int:  # noqa: N802
+        return self.size
+
+
+def never_raising(parse_message: Callable[[bytes], Any], full_name: str) -> Callable[[bytes], Any]:
+    """A gRPC deserializer that turns a parse failure into a ``Malformed`` value instead of an exception."""
+    def parse(data: bytes) -> Any:
+        try:
+            return parse_message(data)
+        except Exception as exc:  # protobuf's DecodeError and friends: the peer's fault, never ours
+            return Malformed(len(data), f"{len(data)} bytes do not parse as {full_name}: {exc}")
+    return parse
+
+
+def session_request_parser() -> Callable[[bytes], Any]:
+    """The server's deserializer for the session stream: chunk envelopes by hand, never raising."""
+    return never_raising(envelope_parser(session_pb2.ClientMessage), session_pb2.ClientMessage.DESCRIPTOR.full_name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from typing import Iterator
 
-from slperf.common.wire.errors import WireError
+from slperf.common.protocol.errors import WireError
 from slperf.v1 import tensor_pb2
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ChunkEnvelope", "RawChunk", "Reassembler", "iter_chunks", "parse_chunk_envelope",

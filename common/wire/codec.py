@@ -31,7 +31,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from slperf.common.wire.errors import WireError
+from slperf.common.protocol.errors import WireError
 from slperf.v1 import tensor_pb2
 
 __all__ = [
@@ -278,16 +278,27 @@ def decode_state(named: Iterable[tensor_pb2.NamedTensor], *, limits: TensorLimit
             raise WireError.invalid(f"model state names tensor '{item.name}' more than once")
         seen.add(item.name)
     if expected is not None:
-        missing = [k for k in expected if k not in seen]
-        extra = [n.name for n in items if n.name not in expected]
-        if missing or extra:
-            raise WireError.invalid(f"model state does not match: missing {missing}, unexpected {extra}")
-        for item in items:
-            ref = expected[item.name]
-            ref_spec = _BY_TORCH.get(ref.dtype)
-            got_shape = list(item.tensor.shape)
-            if ref_spec is None or item.tensor.dtype != ref_spec.code or got_shape != list(ref.shape):
-                raise WireError.invalid(f"tensor '{item.name}': got {dtype_name(item.tensor.dtype)} {got_shape}, "
-                                        f"expected {str(ref.dtype).removeprefix('torch.')} {list(ref.shape)}")
+        check_state_layout({item.name: (item.tensor.dtype, list(item.tensor.shape)) for item in items}, expected)
     return {item.name: decode_tensor(item.tensor, name=item.name, limits=limits, writable=writable,
                                      allow_nonfinite=allow_nonfinite, bulk=bulk) for item in items}
+
+
+def check_state_layout(layout: Mapping[str, tuple[int, list[int]]], expected: Mapping[str, torch.Tensor]) -> None:
+    """Refuses a state whose names are not exactly ``expected``'s keys or whose tensors differ from the expected
+    ones in dtype (a wire dtype number) or shape."""
+    missing = [k for k in expected if k not in layout]
+    extra = [name for name in layout if name not in expected]
+    if missing or extra:
+        raise WireError.invalid(f"model state does not match: missing {missing}, unexpected {extra}")
+    for name, (code, shape) in layout.items():
+        ref = expected[name]
+        ref_spec = _BY_TORCH.get(ref.dtype)
+        if ref_spec is None or code != ref_spec.code or shape != list(ref.shape):
+            raise WireError.invalid(f"tensor '{name}': got {dtype_name(code)} {shape}, "
+                                    f"expected {str(ref.dtype).removeprefix('torch.')} {list(ref.shape)}")
+
+
+def check_state(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
+    """``check_state_layout`` for a state that is already decoded."""
+    check_state_layout({name: (_BY_TORCH[t.dtype].code if t.dtype in _BY_TORCH else -1, list(t.shape))
+                        for name, t in state.items()}, expected)

@@ -17,7 +17,7 @@ from typing import Generic, Iterator, Sequence, TypeVar
 import grpc
 
 from slperf.common.wire.chunking import (DEFAULT_CHUNK_BYTES, ChunkEnvelope, RawChunk, Reassembler, iter_chunks)
-from slperf.common.wire.errors import WireError
+from slperf.common.protocol.errors import WireError
 
 E = TypeVar("E")  # ClientMessage or ServerMessage
 

@@ -25,47 +25,55 @@ _sym_db = _symbol_database.Default()
 from slperf.v1 import tensor_pb2 as slperf_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17slperf/v1/session.proto\x12\tslperf.v1\x1a\x16slperf/v1/tensor.proto\"f\n\x07StepRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12\x1f\n\x05phase\x18\x04 \x01(\x0e\x32\x10.slperf.v1.Phase\x12\r\n\x05stage\x18\x05 \x01(\t\"z\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x14\n\x0cresume_token\x18\x05 \x01(\t\"}\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x14\n\x0cresume_token\x18\x03 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\x04\"\x9b\x01\n\x0b\x41\x63tivations\x12\x1f\n\x03ref\x18\x01 \x01(\x0b\x32\x12.slperf.v1.StepRef\x12!\n\x06tensor\x18\x02 \x01(\x0b\x32\x11.slperf.v1.Tensor\x12!\n\x06labels\x18\x03 \x01(\x0b\x32\x11.slperf.v1.Tensor\x12%\n\nsample_ids\x18\x04 \x01(\x0b\x32\x11.slperf.v1.Tensor\"}\n\tGradients\x12\x1f\n\x03ref\x18\x01 \x01(\x0b\x32\x12.slperf.v1.StepRef\x12!\n\x06tensor\x18\x02 \x01(\x0b\x32\x11.slperf.v1.Tensor\x12\x0c\n\x04loss\x18\x03 \x01(\x02\x12\x0f\n\x07\x63orrect\x18\x04 \x01(\r\x12\r\n\x05\x63ount\x18\x05 \x01(\r\"z\n\nModelState\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07segment\x18\x03 \x01(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\x12\'\n\x07tensors\x18\x05 \x03(\x0b\x32\x16.slperf.v1.NamedTensor\"Z\n\x08RunSetup\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x14\n\x0c\x63lient_index\x18\x03 \x01(\r\x12\x13\n\x0bnum_clients\x18\x04 \x01(\r\"A\n\nTrainEpoch\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0coptions_json\x18\x03 \x01(\t\")\n\x08\x45valuate\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"@\n\x0eRequestWeights\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07segment\x18\x03 \x01(\t\"(\n\x06\x46inish\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xe7\x01\n\x0bInstruction\x12$\n\x05setup\x18\x01 \x01(\x0b\x32\x13.slperf.v1.RunSetupH\x00\x12&\n\x05train\x18\x02 \x01(\x0b\x32\x15.slperf.v1.TrainEpochH\x00\x12\'\n\x08\x65valuate\x18\x03 \x01(\x0b\x32\x13.slperf.v1.EvaluateH\x00\x12\x34\n\x0frequest_weights\x18\x04 \x01(\x0b\x32\x19.slperf.v1.RequestWeightsH\x00\x12#\n\x06\x66inish\x18\x05 \x01(\x0b\x32\x11.slperf.v1.FinishH\x00\x42\x06\n\x04kind\"s\n\tPhaseDone\x12\x1f\n\x03ref\x18\x01 \x01(\x0b\x32\x12.slperf.v1.StepRef\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x04\x12\r\n\x05steps\x18\x03 \x01(\x04\x12\x10\n\x08loss_sum\x18\x04 \x01(\x02\x12\x0f\n\x07\x63orrect\x18\x05 \x01(\x04\"D\n\x05Ready\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rtrain_samples\x18\x02 \x01(\x04\x12\x14\n\x0ctest_samples\x18\x03 \x01(\x04\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xce\x02\n\rClientMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12!\n\x05hello\x18\x02 \x01(\x0b\x32\x10.slperf.v1.HelloH\x00\x12!\n\x05ready\x18\x03 \x01(\x0b\x32\x10.slperf.v1.ReadyH\x00\x12-\n\x0b\x61\x63tivations\x18\x04 \x01(\x0b\x32\x16.slperf.v1.ActivationsH\x00\x12,\n\x0bmodel_state\x18\x05 \x01(\x0b\x32\x15.slperf.v1.ModelStateH\x00\x12*\n\nphase_done\x18\x06 \x01(\x0b\x32\x14.slperf.v1.PhaseDoneH\x00\x12!\n\x05\x63hunk\x18\x07 \x01(\x0b\x32\x10.slperf.v1.ChunkH\x00\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x10.slperf.v1.ErrorH\x00\x12\x13\n\x0b\x61ttachments\x18\t \x01(\rB\x06\n\x04\x62ody\"\xae\x02\n\rServerMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12%\n\x07welcome\x18\x02 \x01(\x0b\x32\x12.slperf.v1.WelcomeH\x00\x12-\n\x0binstruction\x18\x03 \x01(\x0b\x32\x16.slperf.v1.InstructionH\x00\x12)\n\tgradients\x18\x04 \x01(\x0b\x32\x14.slperf.v1.GradientsH\x00\x12,\n\x0bmodel_state\x18\x05 \x01(\x0b\x32\x15.slperf.v1.ModelStateH\x00\x12!\n\x05\x63hunk\x18\x06 \x01(\x0b\x32\x10.slperf.v1.ChunkH\x00\x12!\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x10.slperf.v1.ErrorH\x00\x12\x13\n\x0b\x61ttachments\x18\x08 \x01(\rB\x06\n\x04\x62ody*?\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPHASE_TRAIN\x10\x01\x12\x0e\n\nPHASE_EVAL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17slperf/v1/session.proto\x12\tslperf.v1\x1a\x16slperf/v1/tensor.proto\"f\n\x07StepRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12\x1f\n\x05phase\x18\x04 \x01(\x0e\x32\x10.slperf.v1.Phase\x12\r\n\x05stage\x18\x05 \x01(\t\"z\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x14\n\x0cresume_token\x18\x05 \x01(\t\"}\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x14\n\x0cresume_token\x18\x03 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\x04\"\x8a\x02\n\tCutTensor\x12\x1f\n\x03ref\x18\x01 \x01(\x0b\x32\x12.slperf.v1.StepRef\x12!\n\x06tensor\x18\x02 \x01(\x0b\x32\x11.slperf.v1.Tensor\x12!\n\x06labels\x18\x03 \x01(\x0b\x32\x11.slperf.v1.Tensor\x12%\n\nsample_ids\x18\x04 \x01(\x0b\x32\x11.slperf.v1.Tensor\x12.\n\x05\x65xtra\x18\x05 \x03(\x0b\x32\x1f.slperf.v1.CutTensor.ExtraEntry\x1a?\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.slperf.v1.Tensor:\x02\x38\x01\"\xec\x01\n\x08\x43utReply\x12\x1f\n\x03ref\x18\x01 \x01(\x0b\x32\x12.slperf.v1.StepRef\x12!\n\x06tensor\x18\x02 \x01(\x0b\x32\x11.slperf.v1.Tensor\x12\x0c\n\x04loss\x18\x03 \x01(\x02\x12\x0f\n\x07\x63orrect\x18\x04 \x01(\r\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12-\n\x05\x65xtra\x18\x06 \x03(\x0b\x32\x1e.slperf.v1.CutReply.ExtraEntry\x1a?\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.slperf.v1.Tensor:\x02\x38\x01\"z\n\nModelState\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07segment\x18\x03 \x01(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\x12\'\n\x07tensors\x18\x05 \x03(\x0b\x32\x16.slperf.v1.NamedTensor\"Z\n\x08RunSetup\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x14\n\x0c\x63lient_index\x18\x03 \x01(\r\x12\x13\n\x0bnum_clients\x18\x04 \x01(\r\"A\n\nTrainEpoch\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0coptions_json\x18\x03 \x01(\t\")\n\x08\x45valuate\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"@\n\x0eRequestWeights\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07segment\x18\x03 \x01(\t\"(\n\x06\x46inish\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xe7\x01\n\x0bInstruction\x12$\n\x05setup\x18\x01 \x01(\x0b\x32\x13.slperf.v1.RunSetupH\x00\x12&\n\x05train\x18\x02 \x01(\x0b\x32\x15.slperf.v1.TrainEpochH\x00\x12\'\n\x08\x65valuate\x18\x03 \x01(\x0b\x32\x13.slperf.v1.EvaluateH\x00\x12\x34\n\x0frequest_weights\x18\x04 \x01(\x0b\x32\x19.slperf.v1.RequestWeightsH\x00\x12#\n\x06\x66inish\x18\x05 \x01(\x0b\x32\x11.slperf.v1.FinishH\x00\x42\x06\n\x04kind\"s\n\tPhaseDone\x12\x1f\n\x03ref\x18\x01 \x01(\x0b\x32\x12.slperf.v1.StepRef\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x04\x12\r\n\x05steps\x18\x03 \x01(\x04\x12\x10\n\x08loss_sum\x18\x04 \x01(\x02\x12\x0f\n\x07\x63orrect\x18\x05 \x01(\x04\"D\n\x05Ready\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rtrain_samples\x18\x02 \x01(\x04\x12\x14\n\x0ctest_samples\x18\x03 \x01(\x04\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xde\x02\n\rClientMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12!\n\x05hello\x18\x02 \x01(\x0b\x32\x10.slperf.v1.HelloH\x00\x12!\n\x05ready\x18\x03 \x01(\x0b\x32\x10.slperf.v1.ReadyH\x00\x12*\n\ncut_tensor\x18\n \x01(\x0b\x32\x14.slperf.v1.CutTensorH\x00\x12,\n\x0bmodel_state\x18\x05 \x01(\x0b\x32\x15.slperf.v1.ModelStateH\x00\x12*\n\nphase_done\x18\x06 \x01(\x0b\x32\x14.slperf.v1.PhaseDoneH\x00\x12!\n\x05\x63hunk\x18\x07 \x01(\x0b\x32\x10.slperf.v1.ChunkH\x00\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x10.slperf.v1.ErrorH\x00\x12\x13\n\x0b\x61ttachments\x18\t \x01(\rB\x06\n\x04\x62odyJ\x04\x08\x04\x10\x05R\x0b\x61\x63tivations\"\xbe\x02\n\rServerMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12%\n\x07welcome\x18\x02 \x01(\x0b\x32\x12.slperf.v1.WelcomeH\x00\x12-\n\x0binstruction\x18\x03 \x01(\x0b\x32\x16.slperf.v1.InstructionH\x00\x12(\n\tcut_reply\x18\t \x01(\x0b\x32\x13.slperf.v1.CutReplyH\x00\x12,\n\x0bmodel_state\x18\x05 \x01(\x0b\x32\x15.slperf.v1.ModelStateH\x00\x12!\n\x05\x63hunk\x18\x06 \x01(\x0b\x32\x10.slperf.v1.ChunkH\x00\x12!\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x10.slperf.v1.ErrorH\x00\x12\x13\n\x0b\x61ttachments\x18\x08 \x01(\rB\x06\n\x04\x62odyJ\x04\x08\x04\x10\x05R\tgradients*?\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPHASE_TRAIN\x10\x01\x12\x0e\n\nPHASE_EVAL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slperf.v1.session_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PHASE']._serialized_start=2239
-  _globals['_PHASE']._serialized_end=2302
+  _globals['_CUTTENSOR_EXTRAENTRY']._loaded_options = None
+  _globals['_CUTTENSOR_EXTRAENTRY']._serialized_options = b'8\001'
+  _globals['_CUTREPLY_EXTRAENTRY']._loaded_options = None
+  _globals['_CUTREPLY_EXTRAENTRY']._serialized_options = b'8\001'
+  _globals['_PHASE']._serialized_start=2494
+  _globals['_PHASE']._serialized_end=2557
   _globals['_STEPREF']._serialized_start=62
   _globals['_STEPREF']._serialized_end=164
   _globals['_HELLO']._serialized_start=166
   _globals['_HELLO']._serialized_end=288
   _globals['_WELCOME']._serialized_start=290
   _globals['_WELCOME']._serialized_end=415
-  _globals['_ACTIVATIONS']._serialized_start=418
-  _globals['_ACTIVATIONS']._serialized_end=573
-  _globals['_GRADIENTS']._serialized_start=575
-  _globals['_GRADIENTS']._serialized_end=700
-  _globals['_MODELSTATE']._serialized_start=702
-  _globals['_MODELSTATE']._serialized_end=824
-  _globals['_RUNSETUP']._serialized_start=826
-  _globals['_RUNSETUP']._serialized_end=916
-  _globals['_TRAINEPOCH']._serialized_start=918
-  _globals['_TRAINEPOCH']._serialized_end=983
-  _globals['_EVALUATE']._serialized_start=985
-  _globals['_EVALUATE']._serialized_end=1026
-  _globals['_REQUESTWEIGHTS']._serialized_start=1028
-  _globals['_REQUESTWEIGHTS']._serialized_end=1092
-  _globals['_FINISH']._serialized_start=1094
-  _globals['_FINISH']._serialized_end=1134
-  _globals['_INSTRUCTION']._serialized_start=1137
-  _globals['_INSTRUCTION']._serialized_end=1368
-  _globals['_PHASEDONE']._serialized_start=1370
-  _globals['_PHASEDONE']._serialized_end=1485
-  _globals['_READY']._serialized_start=1487
-  _globals['_READY']._serialized_end=1555
-  _globals['_ERROR']._serialized_start=1557
-  _globals['_ERROR']._serialized_end=1595
-  _globals['_CLIENTMESSAGE']._serialized_start=1598
-  _globals['_CLIENTMESSAGE']._serialized_end=1932
-  _globals['_SERVERMESSAGE']._serialized_start=1935
-  _globals['_SERVERMESSAGE']._serialized_end=2237
+  _globals['_CUTTENSOR']._serialized_start=418
+  _globals['_CUTTENSOR']._serialized_end=684
+  _globals['_CUTTENSOR_EXTRAENTRY']._serialized_start=621
+  _globals['_CUTTENSOR_EXTRAENTRY']._serialized_end=684
+  _globals['_CUTREPLY']._serialized_start=687
+  _globals['_CUTREPLY']._serialized_end=923
+  _globals['_CUTREPLY_EXTRAENTRY']._serialized_start=621
+  _globals['_CUTREPLY_EXTRAENTRY']._serialized_end=684
+  _globals['_MODELSTATE']._serialized_start=925
+  _globals['_MODELSTATE']._serialized_end=1047
+  _globals['_RUNSETUP']._serialized_start=1049
+  _globals['_RUNSETUP']._serialized_end=1139
+  _globals['_TRAINEPOCH']._serialized_start=1141
+  _globals['_TRAINEPOCH']._serialized_end=1206
+  _globals['_EVALUATE']._serialized_start=1208
+  _globals['_EVALUATE']._serialized_end=1249
+  _globals['_REQUESTWEIGHTS']._serialized_start=1251
+  _globals['_REQUESTWEIGHTS']._serialized_end=1315
+  _globals['_FINISH']._serialized_start=1317
+  _globals['_FINISH']._serialized_end=1357
+  _globals['_INSTRUCTION']._serialized_start=1360
+  _globals['_INSTRUCTION']._serialized_end=1591
+  _globals['_PHASEDONE']._serialized_start=1593
+  _globals['_PHASEDONE']._serialized_end=1708
+  _globals['_READY']._serialized_start=1710
+  _globals['_READY']._serialized_end=1778
+  _globals['_ERROR']._serialized_start=1780
+  _globals['_ERROR']._serialized_end=1818
+  _globals['_CLIENTMESSAGE']._serialized_start=1821
+  _globals['_CLIENTMESSAGE']._serialized_end=2171
+  _globals['_SERVERMESSAGE']._serialized_start=2174
+  _globals['_SERVERMESSAGE']._serialized_end=2492
 # @@protoc_insertion_point(module_scope)

@@ -59,31 +59,49 @@ class Welcome(_message.Message):
     chunk_bytes: int
     def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., resume_token: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
 
-class Activations(_message.Message):
-    __slots__ = ("ref", "tensor", "labels", "sample_ids")
+class CutTensor(_message.Message):
+    __slots__ = ("ref", "tensor", "labels", "sample_ids", "extra")
+    class ExtraEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
     REF_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
     ref: StepRef
     tensor: _tensor_pb2.Tensor
     labels: _tensor_pb2.Tensor
     sample_ids: _tensor_pb2.Tensor
-    def __init__(self, ref: _Optional[_Union[StepRef, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., sample_ids: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    extra: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    def __init__(self, ref: _Optional[_Union[StepRef, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., sample_ids: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., extra: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
 
-class Gradients(_message.Message):
-    __slots__ = ("ref", "tensor", "loss", "correct", "count")
+class CutReply(_message.Message):
+    __slots__ = ("ref", "tensor", "loss", "correct", "count", "extra")
+    class ExtraEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
     REF_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
     ref: StepRef
     tensor: _tensor_pb2.Tensor
     loss: float
     correct: int
     count: int
-    def __init__(self, ref: _Optional[_Union[StepRef, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[float] = ..., correct: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    extra: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    def __init__(self, ref: _Optional[_Union[StepRef, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[float] = ..., correct: _Optional[int] = ..., count: _Optional[int] = ..., extra: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
 
 class ModelState(_message.Message):
     __slots__ = ("run_id", "round", "segment", "num_samples", "tensors")
@@ -194,11 +212,11 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ClientMessage(_message.Message):
-    __slots__ = ("seq", "hello", "ready", "activations", "model_state", "phase_done", "chunk", "error", "attachments")
+    __slots__ = ("seq", "hello", "ready", "cut_tensor", "model_state", "phase_done", "chunk", "error", "attachments")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
-    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    CUT_TENSOR_FIELD_NUMBER: _ClassVar[int]
     MODEL_STATE_FIELD_NUMBER: _ClassVar[int]
     PHASE_DONE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -207,20 +225,20 @@ class ClientMessage(_message.Message):
     seq: int
     hello: Hello
     ready: Ready
-    activations: Activations
+    cut_tensor: CutTensor
     model_state: ModelState
     phase_done: PhaseDone
     chunk: _tensor_pb2.Chunk
     error: Error
     attachments: int
-    def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., activations: _Optional[_Union[Activations, _Mapping]] = ..., model_state: _Optional[_Union[ModelState, _Mapping]] = ..., phase_done: _Optional[_Union[PhaseDone, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[int] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., cut_tensor: _Optional[_Union[CutTensor, _Mapping]] = ..., model_state: _Optional[_Union[ModelState, _Mapping]] = ..., phase_done: _Optional[_Union[PhaseDone, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[int] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("seq", "welcome", "instruction", "gradients", "model_state", "chunk", "error", "attachments")
+    __slots__ = ("seq", "welcome", "instruction", "cut_reply", "model_state", "chunk", "error", "attachments")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
-    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    CUT_REPLY_FIELD_NUMBER: _ClassVar[int]
     MODEL_STATE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -228,9 +246,9 @@ class ServerMessage(_message.Message):
     seq: int
     welcome: Welcome
     instruction: Instruction
-    gradients: Gradients
+    cut_reply: CutReply
     model_state: ModelState
     chunk: _tensor_pb2.Chunk
     error: Error
     attachments: int
-    def __init__(self, seq: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., instruction: _Optional[_Union[Instruction, _Mapping]] = ..., gradients: _Optional[_Union[Gradients, _Mapping]] = ..., model_state: _Optional[_Union[ModelState, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[int] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., instruction: _Optional[_Union[Instruction, _Mapping]] = ..., cut_reply: _Optional[_Union[CutReply, _Mapping]] = ..., model_state: _Optional[_Union[ModelState, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[int] = ...) -> None: ...

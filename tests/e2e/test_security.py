@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from slperf.common import tls
-from slperf.common.wire.messages import PROTOCOL_VERSION
+from slperf.common.wire.serde import PROTOCOL_VERSION
 from slperf.common.transport.channel import grpc_options
 from slperf.operator import OperatorClient
 from slperf.v1 import service_pb2, service_pb2_grpc, session_pb2, tensor_pb2
@@ -81,7 +81,7 @@ def test_malformed_tensor_gets_invalid_argument_while_the_run_goes_on(tmp_path, 
         bad = tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_FLOAT32, shape=[2, 6, 12, 12], data=b"\x00" * 17)
         messages = [
             session_pb2.ClientMessage(seq=1, hello=session_pb2.Hello(protocol_version=PROTOCOL_VERSION, client_id="c3")),
-            session_pb2.ClientMessage(seq=2, activations=session_pb2.Activations(
+            session_pb2.ClientMessage(seq=2, cut_tensor=session_pb2.CutTensor(
                 ref=session_pb2.StepRef(run_id=run_id, round=0, step=0, phase=session_pb2.PHASE_TRAIN), tensor=bad)),
         ]
         call = stub.Session(iter(messages), timeout=30)

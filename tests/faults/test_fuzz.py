@@ -19,7 +19,7 @@ import yaml
 
 from slperf.common import tls
 from slperf.common.transport.channel import grpc_options
-from slperf.common.wire.messages import PROTOCOL_VERSION
+from slperf.common.wire.serde import PROTOCOL_VERSION
 from slperf.operator import OperatorClient
 from slperf.slserver.checkpoint import load_checkpoint
 from slperf.v1 import service_pb2, service_pb2_grpc, session_pb2, tensor_pb2
@@ -94,10 +94,10 @@ def _fuzz_case(rng: random.Random, session: LockstepSession, run_id: str) -> tup
             return IA, "parse"
         session.send(session_pb2.ClientMessage(), seq=0)  # parsed by chance: send a duplicate seq instead
         return FP, "seq"
-    if kind in (1, 2):  # bad tensors in activations and in model states
+    if kind in (1, 2):  # bad tensors in cut tensors and in model states
         tensor, code, word = _tensor(rng)
         if kind == 1:
-            session.send(session_pb2.ClientMessage(activations=session_pb2.Activations(ref=ref, tensor=tensor)))
+            session.send(session_pb2.ClientMessage(cut_tensor=session_pb2.CutTensor(ref=ref, tensor=tensor)))
         else:
             session.send(session_pb2.ClientMessage(model_state=session_pb2.ModelState(
                 run_id=run_id, segment="bottom", tensors=[tensor_pb2.NamedTensor(name="w", tensor=tensor)])))
@@ -106,14 +106,14 @@ def _fuzz_case(rng: random.Random, session: LockstepSession, run_id: str) -> tup
         if rng.random() < 0.5:
             session.send(session_pb2.ClientMessage())
             return IA, "empty"
-        session.send(session_pb2.ClientMessage(activations=session_pb2.Activations(ref=ref)))
+        session.send(session_pb2.ClientMessage(cut_tensor=session_pb2.CutTensor(ref=ref)))
         return IA, "no tensor"
     if kind == 4:  # duplicate / out-of-order sequence numbers
         session.send(session_pb2.ClientMessage(), seq=rng.randrange(0, session.seq + 1))
         return FP, "seq"
     if kind == 5:  # well-formed, but this client is not in the run (another run or round)
         good = tensor_pb2.Tensor(dtype=F32, shape=[1, 6, 12, 12], data=b"\0" * 4 * 864)
-        session.send(session_pb2.ClientMessage(activations=session_pb2.Activations(ref=ref, tensor=good)))
+        session.send(session_pb2.ClientMessage(cut_tensor=session_pb2.CutTensor(ref=ref, tensor=good)))
         return FP, "not taking part"
     if kind == 6:  # a second hello
         session.send(session_pb2.ClientMessage(hello=session_pb2.Hello(protocol_version=PROTOCOL_VERSION, client_id="c3")))
@@ -121,7 +121,7 @@ def _fuzz_case(rng: random.Random, session: LockstepSession, run_id: str) -> tup
     if kind == 7:  # attachments announced but not delivered, or named but not announced, or too many
         variant = rng.randrange(3)
         good = tensor_pb2.Tensor(dtype=F32, shape=[8], attachment=2)
-        acts = session_pb2.ClientMessage(activations=session_pb2.Activations(ref=ref, tensor=good), attachments=1)
+        acts = session_pb2.ClientMessage(cut_tensor=session_pb2.CutTensor(ref=ref, tensor=good), attachments=1)
         if variant == 0:
             session.send(acts)  # waits for its attachment: no answer yet
             data = b"\0" * 32

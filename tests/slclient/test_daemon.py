@@ -4,23 +4,23 @@ from __future__ import annotations
 import asyncio
 
 from slperf.common.config import config_from_mapping
+from slperf.common.protocol.messages import Ready, RunSetup
 from slperf.slclient import daemon
 from slperf.slclient.daemon import ClientDaemon, ClientOptions
-from slperf.v1 import session_pb2
 
 
 class _Link:
     def __init__(self) -> None:
-        self.sent: list[session_pb2.ClientMessage] = []
+        self.sent: list[object] = []
 
-    async def send(self, message, bulk=()) -> None:
+    async def send(self, message) -> None:
         self.sent.append(message)
 
 
-def _setup(run_id: str, seed: int = 0) -> session_pb2.RunSetup:
+def _setup(run_id: str, seed: int = 0) -> RunSetup:
     config, _ = config_from_mapping({"paradigm": "vanilla", "dataset": "mnist", "clients": 1, "epochs": 1,
                                      "max_train_samples": 64, "max_test_samples": 32, "seed": seed})
-    return session_pb2.RunSetup(run_id=run_id, config_json=config.to_json(), client_index=0, num_clients=1)
+    return RunSetup(run_id=run_id, config_json=config.to_json(), client_index=0, num_clients=1)
 
 
 def test_a_reconnect_to_the_same_run_keeps_the_paradigm_and_a_new_run_builds_a_fresh_one(monkeypatch):
@@ -40,5 +40,5 @@ def test_a_reconnect_to_the_same_run_keeps_the_paradigm_and_a_new_run_builds_a_f
     assert client.paradigm is not first and len(built) == 2
     asyncio.run(client._setup(link, _setup("r2", seed=1)))
     assert len(built) == 3
-    assert [m.WhichOneof("body") for m in link.sent] == ["ready"] * 4
-    assert all(m.ready.train_samples == 64 for m in link.sent)
+    assert all(isinstance(m, Ready) for m in link.sent) and len(link.sent) == 4
+    assert all(m.train_samples == 64 for m in link.sent)

@@ -98,11 +98,11 @@ class FakeLink:
         if conn.die_after is not None and conn.sent_activations > conn.die_after:
             raise Dead()
         batch = ActivationBatch(ref, _copy(tensor), _copy(labels))
-        conn.up(("activations", batch), _nbytes(tensor, labels))
+        conn.up(("cut_tensor", batch), _nbytes(tensor, labels))
 
     async def recv_reply(self, ref: StepRef, shape) -> Reply:
         kind, reply = await self.conn.down_q.get()
-        assert kind == "gradients", f"client {self.conn.client_id} expected gradients, got {kind}"
+        assert kind == "cut_reply", f"client {self.conn.client_id} expected cut_reply, got {kind}"
         assert reply.ref == ref, (reply.ref, ref)
         if reply.tensor is not None and shape is not None:
             assert tuple(reply.tensor.shape) == tuple(shape)
@@ -189,7 +189,7 @@ class Conn:
 
     async def reply(self, reply: Reply) -> None:
         copied = Reply(reply.ref, _copy(reply.tensor), reply.loss, reply.correct, reply.count)
-        self.down(("gradients", copied), _nbytes(reply.tensor))
+        self.down(("cut_reply", copied), _nbytes(reply.tensor))
 
 
 class FakeStream:
@@ -210,7 +210,7 @@ class FakeStream:
             if kind == "phase_done":
                 self.summary = payload
                 return
-            assert kind == "activations", kind
+            assert kind == "cut_tensor", kind
             assert payload.ref.step == step and payload.ref.round == self.round, payload.ref
             step += 1
             yield payload

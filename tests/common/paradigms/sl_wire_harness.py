@@ -201,28 +201,28 @@ class InProcessFederation:
         msgs = self.pipes[client_id].down.messages
         return [m for m in msgs if kind is None or m.WhichOneof("body") == kind]
 
-    def activations(self, client_id: str, *, round: int | None = None, phase: Phase | None = None,
+    def cut_tensors(self, client_id: str, *, round: int | None = None, phase: Phase | None = None,
                     stage: str | None = None) -> list[Any]:
         out = []
-        for m in self.up(client_id, "activations"):
-            ref = m.activations.ref
+        for m in self.up(client_id, "cut_tensor"):
+            ref = m.cut_tensor.ref
             if round is not None and ref.round != round:
                 continue
             if phase is not None and ref.phase != int(phase):
                 continue
             if stage is not None and ref.stage != stage:
                 continue
-            out.append(m.activations)
+            out.append(m.cut_tensor)
         return out
 
-    def gradients(self, client_id: str, *, round: int | None = None, phase: Phase | None = None) -> list[Any]:
+    def cut_replies(self, client_id: str, *, round: int | None = None, phase: Phase | None = None) -> list[Any]:
         out = []
-        for m in self.down(client_id, "gradients"):
-            if round is not None and m.gradients.ref.round != round:
+        for m in self.down(client_id, "cut_reply"):
+            if round is not None and m.cut_reply.ref.round != round:
                 continue
-            if phase is not None and m.gradients.ref.phase != int(phase):
+            if phase is not None and m.cut_reply.ref.phase != int(phase):
                 continue
-            out.append(m.gradients)
+            out.append(m.cut_reply)
         return out
 
     def bytes(self, client_id: str) -> tuple[int, int]:

@@ -64,24 +64,24 @@ def test_states_on_the_wire_and_training_on_the_cache():
     steps = 4  # 128 samples per client, batch 32
     # Round 0, state A, as vanilla: acts + labels up, a gradient per batch down, bottom collected.
     for cid in ("c1", "c2"):
-        assert all(a.HasField("labels") for a in fed.activations(cid, round=0, phase=Phase.TRAIN))
-        assert all(g.HasField("tensor") for g in fed.gradients(cid, round=0, phase=Phase.TRAIN))
+        assert all(a.HasField("labels") for a in fed.cut_tensors(cid, round=0, phase=Phase.TRAIN))
+        assert all(g.HasField("tensor") for g in fed.cut_replies(cid, round=0, phase=Phase.TRAIN))
     # Round 2: c1 in B. It still sends acts + labels, is told its state, gets metrics but no gradient,
     # and its bottom is not collected; c2 (A) is unaffected.
     train = [m.instruction.train for m in fed.down("c1", "instruction") if m.instruction.HasField("train")]
     assert [t.options_json for t in train] == ['{"state": "A"}', '{"state": "A"}', '{"state": "B"}']
-    b_acts = fed.activations("c1", round=2, phase=Phase.TRAIN)
+    b_acts = fed.cut_tensors("c1", round=2, phase=Phase.TRAIN)
     assert len(b_acts) == steps and all(a.HasField("labels") for a in b_acts)
-    b_replies = fed.gradients("c1", round=2, phase=Phase.TRAIN)
+    b_replies = fed.cut_replies("c1", round=2, phase=Phase.TRAIN)
     assert len(b_replies) == steps and not any(g.HasField("tensor") for g in b_replies)
     assert all(g.count == 32 and g.loss > 0 for g in b_replies)
     requests = [m.instruction.request_weights.round for m in fed.down("c1", "instruction")
                 if m.instruction.HasField("request_weights")]
     assert requests == [0, 1]
-    assert all(g.HasField("tensor") for g in fed.gradients("c2", round=2, phase=Phase.TRAIN))
+    assert all(g.HasField("tensor") for g in fed.cut_replies("c2", round=2, phase=Phase.TRAIN))
     # Round 3: c1 in C. Not one activation from c1, no reply to it, no instruction to train.
-    assert fed.activations("c1", round=3) == []
-    assert fed.gradients("c1", round=3) == []
+    assert fed.cut_tensors("c1", round=3) == []
+    assert fed.cut_replies("c1", round=3) == []
     assert len(train) == 3
     # ... and the server trained on exactly the activations and labels c1 sent in B, reshuffled.
     result, _ = fed.results[3]
@@ -118,7 +118,7 @@ def test_transitions_follow_thred(tmp_path):
     assert states[:2] == ["A", "A"] and "B" in states  # improvements are far below 99 %
     # Per state, what the client sent: A and B send every batch, C nothing.
     for rnd, state in enumerate(states):
-        sent = fed.activations("c1", round=rnd, phase=Phase.TRAIN)
+        sent = fed.cut_tensors("c1", round=rnd, phase=Phase.TRAIN)
         assert len(sent) == (0 if state == "C" else 6)
     assert all(0.0 <= e.accuracy <= 1.0 for _, e in fed.results)
     # Resuming from a checkpoint keeps weights, states and losses; the activation cache is not in it.
@@ -132,7 +132,7 @@ def test_dropout_loses_the_turn_and_the_ring_goes_on():
     box = []
 
     def after_up(client_id, envelope):
-        if client_id == "c1" and envelope.WhichOneof("body") == "activations":
+        if client_id == "c1" and envelope.WhichOneof("body") == "cut_tensor":
             box[0].cut("c1")
 
     async def main():

@@ -21,7 +21,7 @@ def test_no_activations_cross_only_weights():
     for conn in fed.conns:
         kinds = set(fed.wire.kinds(client=conn.client_id))
         assert kinds <= {"model_state", "request_weights", "train", "evaluate", "phase_done"}, kinds
-        assert "activations" not in kinds and "gradients" not in kinds
+        assert "cut_tensor" not in kinds and "cut_reply" not in kinds
         # per round: the model down, the model up, nothing else with a tensor in it
         ups = fed.wire.select(client=conn.client_id, direction="up", kind="model_state")
         assert len(ups) == 2

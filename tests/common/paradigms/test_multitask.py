@@ -41,19 +41,19 @@ def test_groups_take_turns_lock_step_no_labels_and_fedavg_within_groups(tmp_path
     assert result.participants == ["c1", "c2", "c3", "c4"] and result.dropped == []
     # Each task's 256-sample pool is split between its 2 clients: 4 steps of 4 messages each, never a label.
     for cid in fed.ids:
-        acts = fed.activations(cid, phase=Phase.TRAIN)
+        acts = fed.cut_tensors(cid, phase=Phase.TRAIN)
         assert [a.ref.stage for a in acts] == ["head", "tail"] * 4
-        assert len(fed.gradients(cid, phase=Phase.TRAIN)) == 8
-        assert all(not a.HasField("labels") for a in fed.activations(cid))
+        assert len(fed.cut_replies(cid, phase=Phase.TRAIN)) == 8
+        assert all(not a.HasField("labels") for a in fed.cut_tensors(cid))
     # Group 0 (c1, c2) finishes all its training traffic before group 1 (c3, c4) starts.
     train_traffic = [cid for direction, cid, m in fed.log
-                     if m.WhichOneof("body") == "activations" and m.activations.ref.phase == Phase.TRAIN]
+                     if m.WhichOneof("body") == "cut_tensor" and m.cut_tensor.ref.phase == Phase.TRAIN]
     first_g1 = min(i for i, cid in enumerate(train_traffic) if cid in ("c3", "c4"))
     assert set(train_traffic[:first_g1]) == {"c1", "c2"} and set(train_traffic[first_g1:]) == {"c3", "c4"}
     # Lock-step: the server answers head activations member by member, in member order.
     served = [cid for direction, cid, m in fed.log
-              if direction == "down" and m.WhichOneof("body") == "gradients"
-              and m.gradients.ref.phase == Phase.TRAIN and m.gradients.ref.stage == "head"]
+              if direction == "down" and m.WhichOneof("body") == "cut_reply"
+              and m.cut_reply.ref.phase == Phase.TRAIN and m.cut_reply.ref.stage == "head"]
     assert served == ["c1", "c2"] * 4 + ["c3", "c4"] * 4
     # FedAvg within each group: the group's head and tail are the sample-weighted mean of its members'
     # uploads (equal shards -> the plain mean), and the two groups' ends differ.
@@ -67,7 +67,7 @@ def test_groups_take_turns_lock_step_no_labels_and_fedavg_within_groups(tmp_path
     # The shared body was stepped once per member step of both groups.
     assert sum(1 for name, _ in fed.ctx.calls if name == "middle_backward") == 16
     # Evaluation: one member per task, on its task's test set; pooled accuracy, per-task figures in extra.
-    evaluators = {cid for cid in fed.ids if fed.activations(cid, phase=Phase.EVAL)}
+    evaluators = {cid for cid in fed.ids if fed.cut_tensors(cid, phase=Phase.EVAL)}
     assert evaluators == {"c1", "c3"}
     assert evaluation.samples == 2 * 64
     assert set(result.extra["task_accuracy"]) == {"0", "1"}
@@ -84,9 +84,9 @@ def test_a_member_that_sends_labels_is_refused_and_left_out_of_the_average():
     config = make_config()
 
     def add_labels(client_id, envelope):
-        if client_id == "c3" and envelope.WhichOneof("body") == "activations":
-            n = envelope.activations.tensor.shape[0]
-            envelope.activations.labels.CopyFrom(encode_tensor(torch.zeros(n, dtype=torch.int64)))
+        if client_id == "c3" and envelope.WhichOneof("body") == "cut_tensor":
+            n = envelope.cut_tensor.tensor.shape[0]
+            envelope.cut_tensor.labels.CopyFrom(encode_tensor(torch.zeros(n, dtype=torch.int64)))
 
     fed = run(config, tamper=add_labels)
     result, evaluation = fed.results[0]

@@ -24,11 +24,11 @@ def _snapshot_top(store: dict):
 
 
 def _acts(fed, client):
-    return [e.payload for e in fed.wire.select(client=client, direction="up", kind="activations")]
+    return [e.payload for e in fed.wire.select(client=client, direction="up", kind="cut_tensor")]
 
 
 def _grads(fed, client):
-    return [e.payload for e in fed.wire.select(client=client, direction="down", kind="gradients")]
+    return [e.payload for e in fed.wire.select(client=client, direction="down", kind="cut_reply")]
 
 
 def _assert_same_module(a, b):
@@ -73,7 +73,7 @@ def test_lockstep_steps_after_each_client_in_turn():
             torch.testing.assert_close(_grads(fed, conn.client_id)[step].tensor, out.grad)
     _assert_same_module(top, fed.server.top)
     # lock-step: every client's step-0 reply goes out before any step-1 reply, in client order
-    served = fed.wire.select(direction="down", kind="gradients")
+    served = fed.wire.select(direction="down", kind="cut_reply")
     assert [(e.payload.ref.step, e.client) for e in served] == [
         (0, "c1"), (0, "c2"), (0, "c3"), (1, "c1"), (1, "c2"), (1, "c3")]
 
@@ -83,7 +83,7 @@ def test_arrival_steps_once_per_batch_in_arrival_order_with_clients_interleaved(
     config = make_config(paradigm="psl", clients=2, max_train_samples=256)
     fed = run(config, setup=_snapshot_top(store), evaluate=False)
     assert config.options["server_update"] == "arrival"
-    served = fed.wire.select(direction="down", kind="gradients")
+    served = fed.wire.select(direction="down", kind="cut_reply")
     assert store["steps"][0] == len(served) == 8
     order = [e.client for e in served]
     assert order.index("c2") < len(order) - 1 - order[::-1].index("c1")  # interleaved, not client by client

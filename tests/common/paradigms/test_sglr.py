@@ -27,7 +27,7 @@ def test_the_active_fraction_receives_the_mean_of_their_gradients_the_rest_their
     assert len(own) == 4 * steps
     for step in range(steps):
         own_step = own[4 * step: 4 * step + 4]
-        sent = [fed.wire.select(client=c.client_id, kind="gradients")[step].payload.tensor for c in fed.conns]
+        sent = [fed.wire.select(client=c.client_id, kind="cut_reply")[step].payload.tensor for c in fed.conns]
         active = averaging_set(config.seed, 0, step, 4, 0.5)
         assert len(active) == 2
         mean = torch.stack([own_step[i] for i in active]).mean(0)
@@ -65,7 +65,7 @@ def test_everyone_averaged_gets_one_gradient():
     config = make_config(paradigm="sglr", clients=3, max_train_samples=192, splitavg_active=1.0)
     fed = run(config, evaluate=False)
     for step in range(2):
-        sent = [fed.wire.select(client=c.client_id, kind="gradients")[step].payload.tensor for c in fed.conns]
+        sent = [fed.wire.select(client=c.client_id, kind="cut_reply")[step].payload.tensor for c in fed.conns]
         assert torch.equal(sent[0], sent[1]) and torch.equal(sent[1], sent[2])
 
 

@@ -24,13 +24,13 @@ def test_one_shared_top_steps_once_per_client_batch(order):
     store = {}
     config = make_config(paradigm="splitfed_v2", order=order, clients=3, max_train_samples=288)
     fed = run(config, setup=_setup(store), evaluate=False)
-    served = fed.wire.select(direction="down", kind="gradients")
+    served = fed.wire.select(direction="down", kind="cut_reply")
     assert store["steps"][0] == len(served) == 9
     # there is one top: replaying every batch in the order the server answered it reproduces it
     top = store["top"]
     opt = make_optimizer(top.parameters(), config)
     for entry in served:
-        batch = fed.wire.select(client=entry.client, kind="activations")[entry.payload.ref.step].payload
+        batch = fed.wire.select(client=entry.client, kind="cut_tensor")[entry.payload.ref.step].payload
         out = top_train_step(top, opt, batch.tensor, batch.labels)
         torch.testing.assert_close(entry.payload.tensor, out.grad)
     for name, tensor in top.state_dict().items():
@@ -41,7 +41,7 @@ def test_one_shared_top_steps_once_per_client_batch(order):
         # clients in turn: c2 starts only after c1 returned its bottom
         entries = fed.wire.entries
         c1_done = next(e.seq for e in entries if e.client == "c1" and e.kind == "model_state" and e.direction == "up")
-        c2_first = next(e.seq for e in entries if e.client == "c2" and e.kind == "activations")
+        c2_first = next(e.seq for e in entries if e.client == "c2" and e.kind == "cut_tensor")
         assert c1_done < c2_first
     else:
         assert order_seen != sorted(order_seen)  # the clients ran at the same time

@@ -37,8 +37,8 @@ def test_four_messages_per_step_and_no_label_ever_leaves_a_client():
     result, evaluation = fed.results[0]
     assert result.participants == ["c1", "c2"] and result.dropped == []
     for cid in fed.ids:
-        train_up = fed.activations(cid, phase=Phase.TRAIN)
-        train_down = fed.gradients(cid, phase=Phase.TRAIN)
+        train_up = fed.cut_tensors(cid, phase=Phase.TRAIN)
+        train_down = fed.cut_replies(cid, phase=Phase.TRAIN)
         steps = result.per_client[cid].steps
         assert steps == 2  # 64 samples per client, batch 32
         # Per step: head acts up, middle output down, tail gradient up, head gradient down.
@@ -53,16 +53,16 @@ def test_four_messages_per_step_and_no_label_ever_leaves_a_client():
             assert shape(tail.tensor) == (32, 256)
             assert shape(head_grad.tensor) == (32, 6, 12, 12)
         # Evaluation: head acts up, middle output down; the client scores it.
-        eval_up = fed.activations(cid, phase=Phase.EVAL)
-        eval_down = fed.gradients(cid, phase=Phase.EVAL)
+        eval_up = fed.cut_tensors(cid, phase=Phase.EVAL)
+        eval_down = fed.cut_replies(cid, phase=Phase.EVAL)
         assert len(eval_up) == len(eval_down)
         # Labels: not a single label tensor crossed the wire, in training or evaluation.
-        assert all(not a.HasField("labels") for a in fed.activations(cid))
+        assert all(not a.HasField("labels") for a in fed.cut_tensors(cid))
         # The PhaseDone summary carries the client's own loss and accuracy.
         done = fed.up(cid, "phase_done")
         assert done and done[0].phase_done.num_samples == 64 and done[0].phase_done.loss_sum > 0
     # Sequential: only the last client to train evaluates, through the server, on the whole test subset.
-    assert fed.activations("c1", phase=Phase.EVAL) == []
+    assert fed.cut_tensors("c1", phase=Phase.EVAL) == []
     assert evaluation.samples == 64 and 0.0 <= evaluation.accuracy <= 1.0
     # Head and tail are handed on through the server: c2 receives what c1 sent back.
     c1_sent = {m.model_state.segment: m.model_state for m in fed.up("c1", "model_state")}
@@ -80,9 +80,9 @@ def test_a_client_that_sends_labels_is_refused_and_the_others_go_on():
     config = make_config(epochs=1)
 
     def add_labels(client_id, envelope):
-        if client_id == "c1" and envelope.WhichOneof("body") == "activations":
-            n = envelope.activations.tensor.shape[0]
-            envelope.activations.labels.CopyFrom(encode_tensor(torch.zeros(n, dtype=torch.int64)))
+        if client_id == "c1" and envelope.WhichOneof("body") == "cut_tensor":
+            n = envelope.cut_tensor.tensor.shape[0]
+            envelope.cut_tensor.labels.CopyFrom(encode_tensor(torch.zeros(n, dtype=torch.int64)))
 
     fed = run(config, tamper=add_labels)
     result, evaluation = fed.results[0]
@@ -91,7 +91,7 @@ def test_a_client_that_sends_labels_is_refused_and_the_others_go_on():
     assert errors and errors[0].code == 7  # PERMISSION_DENIED
     assert "labels must not leave the client" in errors[0].message
     # c1's one offending message was never answered with a middle output.
-    assert fed.gradients("c1") == []
+    assert fed.cut_replies("c1") == []
     assert evaluation.samples == 64  # evaluated through c2
 
 
@@ -100,7 +100,7 @@ def test_dropout_mid_round_does_not_stop_the_ring():
     seen = {"c2": 0}
 
     def after_up(client_id, envelope):
-        if client_id == "c2" and envelope.WhichOneof("body") == "activations":
+        if client_id == "c2" and envelope.WhichOneof("body") == "cut_tensor":
             seen["c2"] += 1
             if seen["c2"] == 2:  # after the tail gradient of its first step
                 fed_box[0].cut("c2")
@@ -130,7 +130,7 @@ def test_parallel_schedule_serialises_server_steps_and_keeps_ends_per_client(tmp
     # backward before any other step is served (the graph of the middle is held between the two).
     train_calls = [name for name, _ in fed.ctx.calls if name in ("middle_forward", "middle_backward")]
     assert train_calls == ["middle_forward", "middle_backward"] * (len(train_calls) // 2)
-    assert all(not a.HasField("labels") for cid in fed.ids for a in fed.activations(cid))
+    assert all(not a.HasField("labels") for cid in fed.ids for a in fed.cut_tensors(cid))
     state = fed.server.model_state()
     assert {"head.0", "head.1", "tail.0", "tail.1", "middle"} <= set(state)
     assert any(not torch.equal(state["tail.0"][k], state["tail.1"][k]) for k in state["tail.0"])

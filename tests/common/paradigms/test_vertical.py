@@ -29,17 +29,17 @@ def test_each_client_sends_only_its_embedding_and_only_the_owner_sends_labels():
     widths = [4, 3, 2]
     id_lists = []
     for index, cid in enumerate(fed.ids):
-        train = fed.activations(cid, phase=Phase.TRAIN)
+        train = fed.cut_tensors(cid, phase=Phase.TRAIN)
         assert len(train) == 640 // 64
         for acts in train:
             assert list(acts.tensor.shape)[1:] == [widths[index]]
             assert acts.HasField("labels") == (index == 1)
             assert acts.HasField("sample_ids")
         id_lists.append([tuple(decode_tensor(a.sample_ids).tolist()) for a in train])
-        grads = fed.gradients(cid, phase=Phase.TRAIN)
+        grads = fed.cut_replies(cid, phase=Phase.TRAIN)
         assert len(grads) == len(train)
         assert all(list(g.tensor.shape)[1:] == [widths[index]] for g in grads)
-        assert fed.activations(cid, phase=Phase.EVAL), "every party takes part in evaluation"
+        assert fed.cut_tensors(cid, phase=Phase.EVAL), "every party takes part in evaluation"
     assert id_lists[0] == id_lists[1] == id_lists[2], "all parties visit the same rows in the same order"
     result, evaluation = fed.results[0]
     assert result.participants == fed.ids and not result.dropped
@@ -48,9 +48,9 @@ def test_each_client_sends_only_its_embedding_and_only_the_owner_sends_labels():
 
 def test_misaligned_sample_ids_are_caught():
     def tamper(client_id, message):
-        if client_id == "c3" and message.WhichOneof("body") == "activations":
-            ids = decode_tensor(message.activations.sample_ids)
-            message.activations.sample_ids.CopyFrom(encode_tensor(ids + 1))
+        if client_id == "c3" and message.WhichOneof("body") == "cut_tensor":
+            ids = decode_tensor(message.cut_tensor.sample_ids)
+            message.cut_tensor.sample_ids.CopyFrom(encode_tensor(ids + 1))
 
     fed = run(make_config(), tamper=tamper)
     result, _ = fed.results[0]

@@ -14,7 +14,7 @@ from slperf.common.wire.chunking import (DEFAULT_CHUNK_BYTES, ChunkEnvelope, Raw
                                         parse_chunk_envelope,
                                         split_payload)
 from slperf.common.wire.codec import decode_tensor, encode_tensor
-from slperf.common.wire.errors import WireError
+from slperf.common.protocol.errors import WireError
 from slperf.v1 import session_pb2, tensor_pb2
 
 MiB = 1 << 20

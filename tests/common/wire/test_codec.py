@@ -19,7 +19,7 @@ from slperf.common.wire.codec import (
     DEFAULT_LIMITS, TORCH_TO_WIRE, WIRE_TO_TORCH, TensorLimits, decode_state, decode_tensor, encode_state,
     encode_tensor,
 )
-from slperf.common.wire.errors import WireError
+from slperf.common.protocol.errors import WireError
 from slperf.v1 import tensor_pb2
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

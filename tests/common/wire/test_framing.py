@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slperf.common.wire.codec import BULK_MIN_BYTES, decode_state, decode_tensor, encode_state, encode_tensor
-from slperf.common.wire.errors import WireError
+from slperf.common.protocol.errors import WireError
 from slperf.common.wire.framing import MAX_ATTACHMENTS, ByteCounter, Deframer, Framer
 from slperf.common.transport.channel import envelope_parser, serialize_envelope
 from slperf.v1 import session_pb2, tensor_pb2
@@ -27,7 +27,7 @@ def _wire(envelopes):
 
 
 def _activation(nbytes):
-    return session_pb2.ClientMessage(activations=session_pb2.Activations(
+    return session_pb2.ClientMessage(cut_tensor=session_pb2.CutTensor(
         tensor=tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_UINT8, shape=[nbytes], data=bytes(range(256)) * (nbytes // 256))))
 
 
@@ -39,7 +39,7 @@ def test_big_messages_are_chunked_and_reassembled_with_exact_byte_counts():
     assert len(envelopes) > 5 and all(e.WhichOneof("body") == "chunk" for e in envelopes)
     results = [deframer.feed(e) for e in envelopes]
     assert all(r is None for r in results[:-1])
-    assert results[-1].message.activations.tensor.data == message.activations.tensor.data
+    assert results[-1].message.cut_tensor.tensor.data == message.cut_tensor.tensor.data
     assert results[-1].bulk == ()
     assert up.up == down.up == sum(len(serialize_envelope(e)) for e in sent)
 
@@ -49,21 +49,21 @@ def test_big_tensors_travel_as_attachments_without_protobuf_copies():
     acts = torch.randn(3, BULK_MIN_BYTES // 4 // 3 + 7)  # just above the attachment threshold
     labels = torch.arange(3)
     bulk: list[memoryview] = []
-    pb = session_pb2.Activations(tensor=encode_tensor(acts, bulk))
+    pb = session_pb2.CutTensor(tensor=encode_tensor(acts, bulk))
     pb.labels.CopyFrom(encode_tensor(labels, bulk))
     assert len(bulk) == 1 and pb.tensor.attachment == 1 and pb.tensor.data == b"" and pb.labels.attachment == 0
     # the attachment is a view of the tensor's own memory: nothing was copied on the sending side
     assert np.frombuffer(bulk[0], dtype=np.uint8).ctypes.data == acts.data_ptr()
-    sent = list(framer.frames(session_pb2.ClientMessage(activations=pb), bulk))
-    assert sent[0].WhichOneof("body") == "activations" and sent[0].attachments == 1
+    sent = list(framer.frames(session_pb2.ClientMessage(cut_tensor=pb), bulk))
+    assert sent[0].WhichOneof("body") == "cut_tensor" and sent[0].attachments == 1
     assert len(sent) == 1 + -(-acts.numel() * 4 // (256 * 1024))
     results = [deframer.feed(e) for e in _wire(sent)]
     assert results[:-1] == [None] * (len(sent) - 1)
     inbound = results[-1]
     assert isinstance(inbound.bulk[0], memoryview) and not inbound.bulk[0].readonly
-    got = decode_tensor(inbound.message.activations.tensor, bulk=inbound.bulk, writable=True)
+    got = decode_tensor(inbound.message.cut_tensor.tensor, bulk=inbound.bulk, writable=True)
     assert torch.equal(got, acts) and got.data_ptr() == np.frombuffer(inbound.bulk[0], np.uint8).ctypes.data
-    assert torch.equal(decode_tensor(inbound.message.activations.labels, bulk=inbound.bulk), labels)
+    assert torch.equal(decode_tensor(inbound.message.cut_tensor.labels, bulk=inbound.bulk), labels)
     assert up.up == down.up == sum(len(serialize_envelope(e)) for e in sent)
     assert up.messages_up == down.messages_up == len(sent)
 
@@ -85,8 +85,8 @@ def test_a_chunked_message_with_several_attachments_round_trips():
 def test_another_message_instead_of_an_announced_attachment_is_refused_and_the_stream_recovers():
     framer, deframer, _, _ = _pair(chunk_bytes=64 * 1024)
     bulk: list[memoryview] = []
-    pb = session_pb2.Activations(tensor=encode_tensor(torch.zeros(BULK_MIN_BYTES // 4), bulk))
-    envelopes = _wire(framer.frames(session_pb2.ClientMessage(activations=pb), bulk))
+    pb = session_pb2.CutTensor(tensor=encode_tensor(torch.zeros(BULK_MIN_BYTES // 4), bulk))
+    envelopes = _wire(framer.frames(session_pb2.ClientMessage(cut_tensor=pb), bulk))
     assert deframer.feed(envelopes[0]) is None and deframer.feed(envelopes[1]) is None
     intruder = _wire(framer.frames(session_pb2.ClientMessage(ready=session_pb2.Ready(run_id="r"))))[0]
     with pytest.raises(WireError) as info:

@@ -1,4 +1,4 @@
-"""The one exception type of the wire layer: a gRPC status code plus a precise, human-readable message.
+"""The one exception type of the protocol: a gRPC status code plus a precise, human-readable message.
 
 A servicer answers with ``err.code`` and ``err.message`` (e.g. ``await context.abort(err.code, err.message)``).
 """

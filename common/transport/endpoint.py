@@ -1,0 +1,117 @@
+"""One side of a session stream, the same class in both daemons: framing out, deframing and decoding in.
+
+An ``Endpoint`` turns protocol messages (``slperf.common.protocol.messages``) into envelopes on the stream and
+back. Sending holds a lock, because several tasks may write to one stream (the run, an in-stream error) and a
+message's envelopes and attachments must not interleave with another's. Receiving returns one complete,
+decoded, validated message at a time (each tensor decoded once, by ``serde``); a bad message raises
+``WireError`` and the stream stays usable, so the owner decides whether to answer it (the server) or log it
+(the client). Byte counts are exact, per direction, at this one place.
+
+Observers registered with ``observe_endpoints`` see every endpoint made in the process (the benchmarks read
+byte and message counts that way): an explicit hook, so nothing needs to patch a constructor.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import grpc
+
+from slperf.common.protocol.messages import ClientMessage, ErrorReport, ServerMessage
+from slperf.common.transport.channel import Malformed
+from slperf.common.wire import serde
+from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits
+from slperf.common.protocol.errors import WireError
+from slperf.common.wire.framing import DEFAULT_MAX_PAYLOAD_BYTES, ByteCounter, Deframer, Framer
+from slperf.v1 import session_pb2
+
+Out = TypeVar("Out")
+In = TypeVar("In")
+
+
+class Side(enum.Enum):
+    """Which daemon holds the endpoint: a client sends ClientMessages up, a server ServerMessages down."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class Stream(Protocol):
+    """What an endpoint needs of a gRPC stream: the client's call and the server's context both fit."""
+
+    async def write(self, envelope: Any) -> None: ...
+
+    async def read(self) -> Any: ...
+
+
+EndpointObserver = Callable[["Endpoint[Any, Any]"], None]
+_observers: list[EndpointObserver] = []
+
+
+def observe_endpoints(observer: EndpointObserver) -> Callable[[], None]:
+    """Calls ``observer`` with every endpoint made from now on in this process; returns the unsubscribe."""
+    _observers.append(observer)
+    return lambda: _observers.remove(observer)
+
+
+class Endpoint(Generic[Out, In]):
+    def __init__(self, stream: Stream, side: Side, *, name: str = "", limits: TensorLimits = DEFAULT_LIMITS,
+                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, admit: Callable[[], None] | None = None):
+        """``admit`` is called for every envelope before it is read further and may raise WireError to refuse it
+        (the server's per-session rate limit); ``name`` says whose endpoint it is (a client id)."""
+        self.stream = stream
+        self.side = side
+        self.name = name
+        self.limits = limits
+        self.counter = ByteCounter()
+        up = side is Side.CLIENT
+        outgoing = session_pb2.ClientMessage if up else session_pb2.ServerMessage
+        incoming = session_pb2.ServerMessage if up else session_pb2.ClientMessage
+        self._framer = Framer(outgoing, self.counter, outgoing_is_up=up)
+        self._deframer = Deframer(incoming, self.counter, incoming_is_up=not up, max_payload_bytes=max_payload_bytes)
+        self._encode: Callable[[Any], tuple[Any, list[memoryview]]] = serde.client_to_pb if up else serde.server_to_pb
+        self._decode: Callable[..., Any] = serde.server_from_pb if up else serde.client_from_pb
+        self._admit = admit
+        self._send_lock = asyncio.Lock()
+        for observer in list(_observers):
+            observer(self)
+
+    async def send(self, message: Out) -> None:
+        """Sends ``message`` and its attachments as one unit. Attachments are sliced from the tensors' memory:
+        the tensors must not change until this returns."""
+        envelope, bulk = self._encode(message)
+        async with self._send_lock:
+            for frame in self._framer.frames(envelope, bulk):
+                await self.stream.write(frame)
+
+    async def send_error(self, code: grpc.StatusCode, message: str) -> None:
+        """An in-stream error; a stream that is already gone is not an error of its own."""
+        try:
+            await self.send(ErrorReport(code, message))  # type: ignore[arg-type]  # both sides may send one
+        except (ConnectionError, grpc.aio.AioRpcError, asyncio.InvalidStateError, RuntimeError):
+            pass
+
+    async def receive(self) -> In | None:
+        """The next complete message, decoded and validated; None when the peer ends the stream.
+
+        Raises WireError for a message that is out of protocol (the message is dropped, the stream goes on).
+        """
+        while True:
+            envelope = await self.stream.read()
+            if envelope is grpc.aio.EOF:
+                return None
+            if self._admit is not None:
+                self._admit()
+            if isinstance(envelope, Malformed):  # bytes that did not parse (see channel.never_raising)
+                self.counter.add(**({"down": envelope.size} if self.side is Side.CLIENT else {"up": envelope.size}))
+                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, envelope.reason)
+            inbound = self._deframer.feed(envelope)
+            if inbound is not None:
+                decoded: In = self._decode(inbound, self.limits)
+                return decoded
+
+
+ClientEndpoint = Endpoint[ClientMessage, ServerMessage]
+ServerEndpoint = Endpoint[ServerMessage, ClientMessage]

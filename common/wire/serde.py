@@ -1,0 +1,297 @@
+"""Both directions of every session message, side by side: the protobuf schema <-> ``slperf.common.protocol``.
+
+This is the only module that builds or reads a session protobuf message. Each ``*_from_pb`` validates what the
+message can get wrong on its own (a missing field, an unset phase, a bad tensor, malformed JSON) and raises
+``WireError`` with the status code the receiver answers with; every tensor is decoded here, once, and the
+decoded tensor is what the rest of the receiver works with. What depends on the run (the expected step, the
+shapes a paradigm declared) is checked above, by whoever expects the message.
+
+Tensors of 1 MiB and more travel as attachments: ``*_to_pb`` functions append their raw bytes to ``bulk``
+(sent after the message by the framer) and ``*_from_pb`` functions read them back from the received ``bulk``.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+import torch
+
+from slperf.common.protocol.messages import (
+    ClientMessage, ErrorReport, Evaluate, Finish, Hello, ModelState, PhaseDone, Ready, RequestWeights, RunSetup,
+    ServerMessage, TrainEpoch, Welcome,
+)
+from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, StepRef
+from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits, decode_state, decode_tensor, encode_state, encode_tensor
+from slperf.common.protocol.errors import WireError
+from slperf.common.wire.framing import Inbound
+from slperf.v1 import session_pb2
+
+# 2: attachments (raw tensor bytes after the message); 3: generic CutTensor/CutReply instead of
+# Activations/Gradients, which named one paradigm's use of them.
+PROTOCOL_VERSION = 3
+
+Bulk = Sequence[bytes | memoryview]
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_from_number(number: int) -> grpc.StatusCode:
+    """A google.rpc.Code number as the grpc enum (an unknown number is UNKNOWN)."""
+    return _STATUS_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+
+
+# -- StepRef ---------------------------------------------------------------------------------------------------
+def ref_to_pb(ref: StepRef) -> session_pb2.StepRef:
+    return session_pb2.StepRef(run_id=ref.run_id, round=ref.round, step=ref.step, phase=int(ref.phase),
+                               stage=ref.stage)
+
+
+def ref_from_pb(pb: session_pb2.StepRef) -> StepRef:
+    if pb.phase not in (Phase.TRAIN, Phase.EVAL):
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"step ref has no valid phase (got {pb.phase})")
+    return StepRef(pb.run_id, pb.round, pb.step, Phase(pb.phase), pb.stage)
+
+
+def _required_ref(message: Any, what: str) -> StepRef:
+    if not message.HasField("ref"):
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} has no step ref")
+    return ref_from_pb(message.ref)
+
+
+# -- Hello / Welcome -------------------------------------------------------------------------------------------
+def hello_to_pb(m: Hello) -> session_pb2.Hello:
+    return session_pb2.Hello(protocol_version=m.protocol_version, client_id=m.client_id,
+                             software_version=m.software_version, capabilities=list(m.capabilities),
+                             resume_token=m.resume_token)
+
+
+def hello_from_pb(pb: session_pb2.Hello) -> Hello:
+    return Hello(pb.protocol_version, pb.client_id, pb.software_version, tuple(pb.capabilities), pb.resume_token)
+
+
+def welcome_to_pb(m: Welcome) -> session_pb2.Welcome:
+    return session_pb2.Welcome(protocol_version=m.protocol_version, session_id=m.session_id,
+                               resume_token=m.resume_token, max_message_bytes=m.max_message_bytes,
+                               chunk_bytes=m.chunk_bytes)
+
+
+def welcome_from_pb(pb: session_pb2.Welcome) -> Welcome:
+    return Welcome(pb.protocol_version, pb.session_id, pb.resume_token, pb.max_message_bytes, pb.chunk_bytes)
+
+
+# -- Instructions ----------------------------------------------------------------------------------------------
+def instruction_to_pb(m: RunSetup | TrainEpoch | Evaluate | RequestWeights | Finish) -> session_pb2.Instruction:
+    if isinstance(m, RunSetup):
+        return session_pb2.Instruction(setup=session_pb2.RunSetup(
+            run_id=m.run_id, config_json=m.config_json, client_index=m.client_index, num_clients=m.num_clients))
+    if isinstance(m, TrainEpoch):
+        return session_pb2.Instruction(train=session_pb2.TrainEpoch(
+            run_id=m.run_id, round=m.round, options_json=json.dumps(dict(m.options))))
+    if isinstance(m, Evaluate):
+        return session_pb2.Instruction(evaluate=session_pb2.Evaluate(run_id=m.run_id, round=m.round))
+    if isinstance(m, RequestWeights):
+        return session_pb2.Instruction(request_weights=session_pb2.RequestWeights(
+            run_id=m.run_id, round=m.round, segment=m.segment))
+    return session_pb2.Instruction(finish=session_pb2.Finish(run_id=m.run_id, reason=m.reason))
+
+
+def instruction_from_pb(pb: session_pb2.Instruction) -> RunSetup | TrainEpoch | Evaluate | RequestWeights | Finish:
+    kind = pb.WhichOneof("kind")
+    if kind == "setup":
+        s = pb.setup
+        return RunSetup(s.run_id, s.config_json, s.client_index, s.num_clients)
+    if kind == "train":
+        try:
+            options = json.loads(pb.train.options_json or "{}")
+        except ValueError as exc:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"train options are not JSON: {exc}") from None
+        if not isinstance(options, dict):
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "train options must be a JSON object")
+        return TrainEpoch(pb.train.run_id, pb.train.round, options)
+    if kind == "evaluate":
+        return Evaluate(pb.evaluate.run_id, pb.evaluate.round)
+    if kind == "request_weights":
+        r = pb.request_weights
+        return RequestWeights(r.run_id, r.round, r.segment)
+    if kind == "finish":
+        return Finish(pb.finish.run_id, pb.finish.reason)
+    raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "instruction has no kind set")
+
+
+# -- Ready / PhaseDone / Error ---------------------------------------------------------------------------------
+def ready_to_pb(m: Ready) -> session_pb2.Ready:
+    return session_pb2.Ready(run_id=m.run_id, train_samples=m.train_samples, test_samples=m.test_samples)
+
+
+def ready_from_pb(pb: session_pb2.Ready) -> Ready:
+    return Ready(pb.run_id, pb.train_samples, pb.test_samples)
+
+
+def phase_done_to_pb(m: PhaseDone) -> session_pb2.PhaseDone:
+    s = m.summary
+    return session_pb2.PhaseDone(ref=ref_to_pb(m.ref), num_samples=s.samples, steps=s.steps, loss_sum=s.loss_sum,
+                                 correct=s.correct)
+
+
+def phase_done_from_pb(pb: session_pb2.PhaseDone) -> PhaseDone:
+    ref = _required_ref(pb, "phase_done")
+    return PhaseDone(ref, PhaseSummary(samples=int(pb.num_samples), steps=int(pb.steps),
+                                       loss_sum=float(pb.loss_sum), correct=int(pb.correct)))
+
+
+def error_to_pb(m: ErrorReport) -> session_pb2.Error:
+    return session_pb2.Error(code=m.code.value[0], message=m.message)
+
+
+def error_from_pb(pb: session_pb2.Error) -> ErrorReport:
+    return ErrorReport(status_from_number(pb.code), pb.message)
+
+
+# -- ModelState ------------------------------------------------------------------------------------------------
+def model_state_to_pb(m: ModelState, bulk: list[memoryview]) -> session_pb2.ModelState:
+    return session_pb2.ModelState(run_id=m.run_id, round=m.round, segment=m.segment, num_samples=m.num_samples,
+                                  tensors=encode_state(m.tensors, bulk))
+
+
+def model_state_from_pb(pb: session_pb2.ModelState, bulk: Bulk, limits: TensorLimits) -> ModelState:
+    """Decoded writable: a paradigm may keep a received state and update it in place later."""
+    tensors = decode_state(pb.tensors, limits=limits, writable=True, allow_nonfinite=False, bulk=bulk)
+    return ModelState(pb.run_id, pb.round, pb.segment, tensors, int(pb.num_samples))
+
+
+# -- CutTensor / CutReply --------------------------------------------------------------------------------------
+def _extra_to_pb(extra: Mapping[str, torch.Tensor], target: Any, bulk: list[memoryview]) -> None:
+    for name, tensor in extra.items():
+        target[name].CopyFrom(encode_tensor(tensor, bulk))
+
+
+def _extra_from_pb(source: Any, bulk: Bulk, limits: TensorLimits, *, allow_nonfinite: bool) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in sorted(source):
+        if not name:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "an extra tensor has an empty name")
+        out[name] = decode_tensor(source[name], name=name, limits=limits, writable=True,
+                                  allow_nonfinite=allow_nonfinite, bulk=bulk)
+    return out
+
+
+def cut_tensor_to_pb(m: CutTensor, bulk: list[memoryview]) -> session_pb2.CutTensor:
+    pb = session_pb2.CutTensor(ref=ref_to_pb(m.ref), tensor=encode_tensor(m.tensor, bulk))
+    if m.labels is not None:
+        pb.labels.CopyFrom(encode_tensor(m.labels, bulk))
+    if m.sample_ids is not None:
+        pb.sample_ids.CopyFrom(encode_tensor(m.sample_ids, bulk))
+    _extra_to_pb(m.extra, pb.extra, bulk)
+    return pb
+
+
+def cut_tensor_from_pb(pb: session_pb2.CutTensor, bulk: Bulk, limits: TensorLimits) -> CutTensor:
+    """Decoded writable (the receiver computes with it); NaN/Inf refused: it would poison the receiver's model."""
+    ref = _required_ref(pb, "cut_tensor")
+    if not pb.HasField("tensor"):
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "cut_tensor message has no tensor")
+    tensor = decode_tensor(pb.tensor, name="cut tensor", limits=limits, writable=True, bulk=bulk)
+    labels = _optional(pb, "labels", bulk, limits)
+    sample_ids = _optional(pb, "sample_ids", bulk, limits)
+    return CutTensor(ref, tensor, labels, sample_ids, _extra_from_pb(pb.extra, bulk, limits, allow_nonfinite=False))
+
+
+def cut_reply_to_pb(m: CutReply, bulk: list[memoryview]) -> session_pb2.CutReply:
+    pb = session_pb2.CutReply(ref=ref_to_pb(m.ref), loss=m.loss, correct=m.correct, count=m.count)
+    if m.tensor is not None:
+        pb.tensor.CopyFrom(encode_tensor(m.tensor, bulk))
+    _extra_to_pb(m.extra, pb.extra, bulk)
+    return pb
+
+
+def cut_reply_from_pb(pb: session_pb2.CutReply, bulk: Bulk, limits: TensorLimits) -> CutReply:
+    ref = _required_ref(pb, "cut_reply")
+    tensor = None
+    if pb.HasField("tensor"):
+        tensor = decode_tensor(pb.tensor, name="cut reply", limits=limits, writable=True, bulk=bulk)
+    return CutReply(ref, tensor, pb.loss, pb.correct, pb.count,
+                    _extra_from_pb(pb.extra, bulk, limits, allow_nonfinite=False))
+
+
+def _optional(pb: Any, field: str, bulk: Bulk, limits: TensorLimits) -> torch.Tensor | None:
+    if not pb.HasField(field):
+        return None
+    return decode_tensor(getattr(pb, field), name=field, limits=limits, writable=True, bulk=bulk)
+
+
+# -- Envelopes -------------------------------------------------------------------------------------------------
+def client_to_pb(m: ClientMessage) -> tuple[session_pb2.ClientMessage, list[memoryview]]:
+    """The envelope of ``m`` and the attachments to send after it."""
+    bulk: list[memoryview] = []
+    if isinstance(m, CutTensor):
+        pb = session_pb2.ClientMessage(cut_tensor=cut_tensor_to_pb(m, bulk))
+    elif isinstance(m, PhaseDone):
+        pb = session_pb2.ClientMessage(phase_done=phase_done_to_pb(m))
+    elif isinstance(m, ModelState):
+        pb = session_pb2.ClientMessage(model_state=model_state_to_pb(m, bulk))
+    elif isinstance(m, Ready):
+        pb = session_pb2.ClientMessage(ready=ready_to_pb(m))
+    elif isinstance(m, Hello):
+        pb = session_pb2.ClientMessage(hello=hello_to_pb(m))
+    elif isinstance(m, ErrorReport):
+        pb = session_pb2.ClientMessage(error=error_to_pb(m))
+    else:
+        raise TypeError(f"not a client message: {type(m).__name__}")
+    return pb, bulk
+
+
+def client_from_pb(inbound: Inbound[session_pb2.ClientMessage], limits: TensorLimits = DEFAULT_LIMITS) -> ClientMessage:
+    message, bulk = inbound.message, inbound.bulk
+    kind = message.WhichOneof("body")
+    decode = _CLIENT_DECODERS.get(kind or "")
+    if decode is None:
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                        "empty message (no body set)" if kind is None else f"a {kind} cannot stand alone here")
+    return decode(getattr(message, kind), bulk, limits)
+
+
+def server_to_pb(m: ServerMessage) -> tuple[session_pb2.ServerMessage, list[memoryview]]:
+    bulk: list[memoryview] = []
+    if isinstance(m, CutReply):
+        pb = session_pb2.ServerMessage(cut_reply=cut_reply_to_pb(m, bulk))
+    elif isinstance(m, ModelState):
+        pb = session_pb2.ServerMessage(model_state=model_state_to_pb(m, bulk))
+    elif isinstance(m, (RunSetup, TrainEpoch, Evaluate, RequestWeights, Finish)):
+        pb = session_pb2.ServerMessage(instruction=instruction_to_pb(m))
+    elif isinstance(m, Welcome):
+        pb = session_pb2.ServerMessage(welcome=welcome_to_pb(m))
+    elif isinstance(m, ErrorReport):
+        pb = session_pb2.ServerMessage(error=error_to_pb(m))
+    else:
+        raise TypeError(f"not a server message: {type(m).__name__}")
+    return pb, bulk
+
+
+def server_from_pb(inbound: Inbound[session_pb2.ServerMessage], limits: TensorLimits = DEFAULT_LIMITS) -> ServerMessage:
+    message, bulk = inbound.message, inbound.bulk
+    kind = message.WhichOneof("body")
+    decode = _SERVER_DECODERS.get(kind or "")
+    if decode is None:
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
+                        "empty message (no body set)" if kind is None else f"a {kind} cannot stand alone here")
+    return decode(getattr(message, kind), bulk, limits)
+
+
+_Decoder = Callable[[Any, Bulk, TensorLimits], Any]
+_CLIENT_DECODERS: dict[str, _Decoder] = {
+    "hello": lambda pb, bulk, limits: hello_from_pb(pb),
+    "ready": lambda pb, bulk, limits: ready_from_pb(pb),
+    "cut_tensor": cut_tensor_from_pb,
+    "model_state": model_state_from_pb,
+    "phase_done": lambda pb, bulk, limits: phase_done_from_pb(pb),
+    "error": lambda pb, bulk, limits: error_from_pb(pb),
+}
+_SERVER_DECODERS: dict[str, _Decoder] = {
+    "welcome": lambda pb, bulk, limits: welcome_from_pb(pb),
+    "instruction": lambda pb, bulk, limits: instruction_from_pb(pb),
+    "cut_reply": cut_reply_from_pb,
+    "model_state": model_state_from_pb,
+    "error": lambda pb, bulk, limits: error_from_pb(pb),
+}
+

@@ -1,0 +1,108 @@
+"""The session endpoint both daemons use, over an in-memory stream pair (no gRPC, the real serializers)."""
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import torch
+
+from slperf.common.protocol.messages import ErrorReport, Ready
+from slperf.common.protocol.types import CutReply, CutTensor, Phase, StepRef
+from slperf.common.transport.channel import Malformed, envelope_parser, serialize_envelope
+from slperf.common.transport.endpoint import Endpoint, Side, observe_endpoints
+from slperf.common.wire.codec import BULK_MIN_BYTES
+from slperf.common.protocol.errors import WireError
+from slperf.v1 import session_pb2
+
+REF = StepRef("run", 0, 3, Phase.TRAIN)
+
+
+class _Half:
+    """One direction of a stream: what one side writes, serialised and parsed as gRPC would, the other reads."""
+
+    def __init__(self, incoming: asyncio.Queue, outgoing: asyncio.Queue, peer_type):
+        self.incoming, self.outgoing, self._parse = incoming, outgoing, envelope_parser(peer_type)
+
+    async def write(self, envelope) -> None:
+        await self.outgoing.put(self._parse(serialize_envelope(envelope)))
+
+    async def read(self):
+        return await self.incoming.get()
+
+
+def _pair(**server_kwargs):
+    up, down = asyncio.Queue(), asyncio.Queue()
+    client = Endpoint(_Half(down, up, session_pb2.ClientMessage), Side.CLIENT, name="c1")
+    server = Endpoint(_Half(up, down, session_pb2.ServerMessage), Side.SERVER, name="c1", **server_kwargs)
+    return client, server, up
+
+
+def test_messages_cross_decoded_with_equal_byte_counts_on_both_ends():
+    async def main():
+        client, server, _ = _pair()
+        acts = torch.randn(3, BULK_MIN_BYTES // 4 // 3 + 11)  # an attachment, in chunks
+        await client.send(CutTensor(REF, acts, labels=torch.tensor([0, 1, 2])))
+        got = await server.receive()
+        assert isinstance(got, CutTensor) and torch.equal(got.tensor, acts) and got.ref == REF
+        await server.send(CutReply(REF, torch.ones(3, 2), loss=1.5, correct=2, count=3))
+        reply = await client.receive()
+        assert isinstance(reply, CutReply) and (reply.loss, reply.correct, reply.count) == (1.5, 2, 3)
+        for side in (client, server):
+            assert side.counter.up > acts.numel() * 4 and side.counter.down > 0
+        assert (client.counter.up, client.counter.down) == (server.counter.up, server.counter.down)
+        assert client.counter.messages_up == server.counter.messages_up > 1  # chunked
+    asyncio.run(main())
+
+
+def test_a_bad_message_raises_and_the_stream_goes_on():
+    async def main():
+        client, server, up = _pair()
+        await up.put(Malformed(12, "12 bytes do not parse as slperf.v1.ClientMessage"))
+        with pytest.raises(WireError) as caught:
+            await server.receive()
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and server.counter.up == 12
+        await up.put(session_pb2.ClientMessage(seq=1, phase_done=session_pb2.PhaseDone(num_samples=1)))
+        with pytest.raises(WireError, match="no step ref"):
+            await server.receive()
+        await client.send(Ready("run", 5, 6))
+        # the client's framer started at seq 1 too, which the server has now seen: replay protection refuses it
+        with pytest.raises(WireError, match="seq"):
+            await server.receive()
+        await client.send(Ready("run", 5, 6))
+        assert await server.receive() == Ready("run", 5, 6)
+        await up.put(grpc.aio.EOF)
+        assert await server.receive() is None
+    asyncio.run(main())
+
+
+def test_admit_refuses_before_anything_is_parsed_and_errors_keep_their_status_code():
+    refused = []
+
+    def admit() -> None:
+        if not refused:
+            refused.append(True)
+            raise WireError(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down")
+
+    async def main():
+        client, server, _ = _pair(admit=admit)
+        await client.send(Ready("run", 1, 1))
+        with pytest.raises(WireError, match="slow down"):
+            await server.receive()
+        await client.send(Ready("run", 2, 2))
+        assert await server.receive() == Ready("run", 2, 2)
+        await server.send_error(grpc.StatusCode.ABORTED, "stop this pass")
+        assert await client.receive() == ErrorReport(grpc.StatusCode.ABORTED, "stop this pass")
+    asyncio.run(main())
+
+
+def test_observers_see_every_endpoint_until_they_unsubscribe():
+    seen = []
+    stop = observe_endpoints(seen.append)
+    try:
+        client, server, _ = _pair()
+        assert seen == [client, server]
+    finally:
+        stop()
+    _pair()
+    assert len(seen) == 2
