@@ -35,7 +35,7 @@ log = logging.getLogger("slperf.server.run")
 
 
 class RunFailed(Exception):
-    pass
+    """The run cannot go on for a reason its operator can act on (clients missing, a foreign checkpoint)."""
 
 
 class RunClient(ClientHandle, Protocol):
@@ -56,6 +56,8 @@ ClientFactory = Callable[[str, int, SessionRegistry, RunConfig, str], RunClient]
 
 @dataclass
 class Run:
+    """A run as the server holds it: what the Control service reports and what watchers follow."""
+
     run_id: str
     config: RunConfig
     folder: RunFolder
@@ -88,6 +90,8 @@ class _Prepared:
 
 
 class RunCoordinator:
+    """Starts, stops and resumes the server's one run at a time, and drives it round by round."""
+
     def __init__(self, registry: SessionRegistry, runs_dir: Path, executor: concurrent.futures.Executor, *,
                  paradigm_spec: Callable[[str], ParadigmSpec] = paradigms.get,
                  client_factory: ClientFactory = ClientProxy):
