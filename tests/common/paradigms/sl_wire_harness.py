@@ -25,7 +25,7 @@ from slperf.common.protocol.types import Phase
 from slperf.common.wire.framing import ByteCounter, Deframer
 from slperf.common.transport.channel import serialize_envelope
 from slperf.slclient.daemon import ClientDaemon, ClientOptions, SessionLink
-from slperf.slserver.coordinator import ComputeContext
+from slperf.slserver.compute import ComputeContext
 from slperf.slserver.proxy import ClientProxy
 from slperf.slserver.sessions import Session, SessionRegistry
 from slperf.v1 import session_pb2

@@ -1,0 +1,32 @@
+"""The server's execution context for a paradigm: what ``ServerContext`` promises, made concrete.
+
+A server paradigm runs its model compute through ``compute`` so that the event loop, which also serves
+every client's session stream, keepalives and control calls, is never blocked by a training step. The
+server hands every run the same single-thread executor, so a paradigm's computations run one at a time
+and in the order it asked for them.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from slperf.common.config import RunConfig
+
+T = TypeVar("T")
+
+
+@dataclass
+class ComputeContext:
+    """What a server paradigm gets: the run's config and a way to compute off the event loop."""
+
+    config: RunConfig
+    run_id: str
+    executor: concurrent.futures.Executor
+
+    async def compute(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
