@@ -1,0 +1,108 @@
+"""Server sessions: what a session refuses on its own, its inbox, and the registry's waits."""
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import torch
+
+from slperf.common.protocol.messages import ErrorReport, Hello, Ready
+from slperf.common.protocol.types import CutTensor, Phase, SessionState, StepRef
+from slperf.slserver.sessions import Session, SessionLimits, SessionRegistry
+from tests.slserver.streams import stream_pair
+
+
+async def _session(limits: SessionLimits | None = None):
+    stream, client = stream_pair()
+    session = Session("c1", "test", stream, limits or SessionLimits())
+    reader = asyncio.create_task(session.read_loop())
+    return session, client, stream, reader
+
+
+def test_messages_for_no_run_and_a_second_hello_are_refused_on_the_stream():
+    async def main():
+        session, client, stream, reader = await _session()
+        await client.send(Ready("r", 1, 1))
+        error = await client.receive()
+        assert isinstance(error, ErrorReport) and error.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "not taking part" in error.message
+        await client.send(Hello(3, "c1"))
+        error = await client.receive()
+        assert error.code == grpc.StatusCode.FAILED_PRECONDITION and "Hello" in error.message
+        session.in_run = "r"
+        await client.send(Ready("r", 5, 6))
+        assert await session.next(5) == Ready("r", 5, 6)
+        stream.end()
+        await reader
+        assert session.closed.is_set() and session.state is SessionState.DISCONNECTED
+        with pytest.raises(ConnectionError):
+            await session.next(5)
+    asyncio.run(main())
+
+
+def test_a_bad_tensor_never_reaches_the_inbox_and_the_session_goes_on():
+    async def main():
+        session, client, stream, reader = await _session()
+        session.in_run = "r"
+        await client.send(CutTensor(StepRef("r", 0, 0, Phase.TRAIN), torch.tensor([float("nan")])))
+        error = await client.receive()
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in error.message
+        await client.send(Ready("r", 1, 1))
+        assert await session.next(5) == Ready("r", 1, 1)
+        stream.end()
+        await reader
+    asyncio.run(main())
+
+
+def test_the_message_rate_limit_drops_what_exceeds_the_burst():
+    async def main():
+        limits = SessionLimits(messages_per_second=0.001, message_burst=1)
+        session, client, stream, reader = await _session(limits)
+        session.in_run = "r"
+        await client.send(Ready("r", 1, 1))
+        await client.send(Ready("r", 2, 2))
+        assert await session.next(5) == Ready("r", 1, 1)
+        error = await client.receive()
+        assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "messages_per_second" in error.message
+        stream.end()
+        await reader
+    asyncio.run(main())
+
+
+def test_drain_drops_leftovers_but_not_the_close_and_a_closed_session_ends_every_read():
+    async def main():
+        session, client, stream, reader = await _session()
+        session._inbox.put_nowait(Ready("r", 1, 1))  # left over from an aborted phase
+        session._inbox.put_nowait(Ready("r", 2, 2))
+        session.drain()
+        assert session._inbox.empty()
+        waiting = asyncio.create_task(session.next(30))
+        session.close("test over")
+        with pytest.raises(ConnectionError, match="test over"):
+            await waiting
+        session.drain()
+        with pytest.raises(ConnectionError):
+            await session.next(30)
+        stream.end()
+        await reader
+    asyncio.run(main())
+
+
+def test_wait_session_waits_for_the_client_and_a_reconnect_moves_bytes_to_the_retired_total():
+    async def main():
+        registry = SessionRegistry()
+        stream, _ = stream_pair()
+        waiter = asyncio.create_task(registry.wait_session("c1", 30))
+        first = Session("c1", "a", stream, registry.limits)
+        first.counter.add(up=10, down=3)
+        assert await registry.add(first) is None
+        assert await waiter is first
+        second = Session("c1", "b", stream_pair()[0], registry.limits)
+        assert await registry.add(second) is first
+        assert registry.client_bytes("c1") == (10, 3)
+        await registry.remove(first)  # the replaced session unwinding must not remove the new one
+        assert registry.get("c1") is second
+        with pytest.raises(asyncio.TimeoutError):
+            await registry.wait_session("nobody", 0.01)
+    asyncio.run(main())
