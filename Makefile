@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PROTOS  := $(wildcard proto/slperf/v1/*.proto)
 CONFIG  ?= configs/mnist_splitfed_v1.yaml
 
-.PHONY: setup proto demo test test-fast bench bench-suite data clean
+.PHONY: setup proto demo test test-fast lint bench bench-suite data clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest -q
 
+# ruff (lint + format check), mypy (strict on the core) and the import-linter layer contracts in pyproject.toml.
+lint: $(STAMP)
+	$(VPY) tools/lint.py
+
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not slow"
 
@@ -44,6 +48,6 @@ bench-suite: $(STAMP)
 	$(VPY) -m slperf.cli bench --suite quick
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .lint .mypy_cache .ruff_cache
 
 include deploy/deploy.mk
