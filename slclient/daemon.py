@@ -14,7 +14,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import grpc
 import torch
@@ -122,7 +122,7 @@ class ClientDaemon:
         self.opts = opts
         self.paradigm: ClientParadigm | None = None
         self.run_id = ""
-        self._setup_key: tuple | None = None  # what the current paradigm was built for
+        self._setup_key: tuple[str, str, int, int] | None = None  # what the current paradigm was built for
         self.runs_finished = 0
 
     async def run_forever(self) -> None:
@@ -175,7 +175,7 @@ class ClientDaemon:
                 "chunks", "attachments", "paradigms:" + ",".join(s.name for s in paradigms.all_specs()))))
             welcome = await link.receive()
             if welcome is None:
-                await call  # surfaces the server's status (refusals end up here)
+                await _status(call)  # surfaces the server's status (refusals end up here)
                 raise ConnectionError("the server closed the session before Welcome")
             if not isinstance(welcome, Welcome):
                 raise ConnectionError(f"expected Welcome, got {type(welcome).__name__}")
@@ -184,7 +184,7 @@ class ClientDaemon:
             while True:
                 message = await link.receive()
                 if message is None:
-                    await call
+                    await _status(call)
                     return finished
                 done = await self._handle(link, message)
                 if done:
@@ -294,6 +294,12 @@ class ClientDaemon:
     async def _report(self, link: SessionLink, code: grpc.StatusCode, message: str) -> None:
         log.error("%s", message)
         await link.send(ErrorReport(code, message))
+
+
+async def _status(call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+    """Waits for the call to end; raises its AioRpcError when the server ended it with an error status (awaiting
+    a grpc.aio call does that, though the type stubs do not declare calls awaitable)."""
+    await call  # type: ignore[misc]
 
 
 def _looks_like_handshake_rejection(details: str) -> bool:

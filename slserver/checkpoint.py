@@ -20,7 +20,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(Path(path), map_location="cpu", weights_only=True)
+        state: dict[str, Any] = torch.load(Path(path), map_location="cpu", weights_only=True)
+        return state
     except FileNotFoundError:
         raise
     except Exception as exc:  # torch raises several types for a corrupt or foreign file

@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -61,7 +62,7 @@ class TokenBucket:
         return False
 
 
-async def _get_within(queue: asyncio.Queue, timeout: float) -> Any:
+async def _get_within(queue: asyncio.Queue[Any], timeout: float) -> Any:
     if hasattr(asyncio, "timeout"):  # Python 3.11+: unlike wait_for there, no extra task per message
         async with asyncio.timeout(timeout):
             return await queue.get()
@@ -212,7 +213,7 @@ class SessionRegistry:
     def get(self, client_id: str) -> Session | None:
         return self.sessions.get(client_id)
 
-    async def wait_for(self, predicate, timeout: float | None) -> None:
+    async def wait_for(self, predicate: Callable[[dict[str, Session]], bool], timeout: float | None) -> None:
         async def _wait() -> None:
             async with self._changed:
                 await self._changed.wait_for(lambda: predicate(self.sessions))

@@ -17,7 +17,7 @@ from slperf.v1 import session_pb2
 GRPC_MAX_MESSAGE_BYTES = 8 << 20
 
 
-def grpc_options(max_message_bytes: int = GRPC_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+def grpc_options(max_message_bytes: int = GRPC_MAX_MESSAGE_BYTES) -> list[tuple[str, int | str]]:
     """Channel/server options in one place: message caps and keepalives for long-lived sessions."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
@@ -44,13 +44,14 @@ def envelope_parser(envelope_type: Any) -> Callable[[bytes], Any]:
 
 def serialize_envelope(envelope: Any) -> bytes:
     """The session stream's gRPC serializer: protobuf envelopes and hand-built ``ChunkEnvelope``s alike."""
-    return envelope.SerializeToString()
+    data: bytes = envelope.SerializeToString()
+    return data
 
 
 SESSION_METHOD = "/slperf.v1.SplitLearning/Session"
 
 
-def open_session(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
+def open_session(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall[Any, Any]:
     """The client's session stream, with the serializer that also sends hand-built chunk envelopes (the
     generated stub's serializer accepts protobuf messages only)."""
     return channel.stream_stream(SESSION_METHOD, request_serializer=serialize_envelope,

@@ -11,7 +11,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from typing import Iterator
+from typing import Any, Iterator
 
 from slperf.common.protocol.errors import WireError
 from slperf.v1 import tensor_pb2
@@ -78,7 +78,7 @@ class ChunkEnvelope:
 
     __slots__ = ("seq", "chunk", "_head", "_size")
 
-    def __init__(self, envelope_type, seq: int, chunk: RawChunk, *, wire_size: int | None = None):
+    def __init__(self, envelope_type: type[Any], seq: int, chunk: RawChunk, *, wire_size: int | None = None):
         self.seq = seq
         self.chunk = chunk
         self._head = b""
@@ -121,7 +121,7 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 _CHUNK_LIMITS = {1: _UINT64_MAX, 2: _UINT32_MAX, 3: _UINT32_MAX, 4: _UINT64_MAX, 5: _UINT32_MAX}
 
 
-def parse_chunk_envelope(buf: bytes, envelope_type) -> ChunkEnvelope | None:
+def parse_chunk_envelope(buf: bytes, envelope_type: type[Any]) -> ChunkEnvelope | None:
     """``buf`` as a ChunkEnvelope when it is exactly an envelope with a ``seq`` and a ``Chunk`` body (the only
     fields, each at most once, values in range), else None: the caller then parses it with the protobuf
     runtime, which accepts and refuses exactly what it always did. ``chunk.data`` is a zero-copy view."""
@@ -279,7 +279,7 @@ class Reassembler:
             self._open.pop(tid, None)
             raise WireError.invalid(f"chunk {index} of transfer {tid} carries no data")
         running_crc = zlib.crc32(data, transfer.running_crc)
-        if count > 1:
+        if transfer.buffer is not None:
             transfer.buffer[start:filled] = np.frombuffer(data, dtype=np.uint8)
         if index + 1 < count:
             transfer.received += 1
@@ -296,9 +296,10 @@ class Reassembler:
         if running_crc != transfer.crc:
             raise WireError.data_loss(f"transfer {tid} fails its CRC-32 check: the payload has {running_crc:#010x}, "
                                       f"the chunks announce {transfer.crc:#010x}")
-        return memoryview(transfer.buffer) if count > 1 else data
+        buffer: Any = transfer.buffer  # numpy's stubs do not declare the buffer protocol
+        return memoryview(buffer) if buffer is not None else data
 
-    def _check_first(self, chunk: tensor_pb2.Chunk) -> _Transfer:
+    def _check_first(self, chunk: tensor_pb2.Chunk | RawChunk) -> _Transfer:
         """Validates the chunk that opens a transfer; nothing is buffered or registered yet."""
         tid, index, count, total = chunk.transfer_id, chunk.index, chunk.count, chunk.total_bytes
         if count < 1:

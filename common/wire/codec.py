@@ -26,7 +26,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, cast
 
 import numpy as np
 import torch
@@ -134,9 +134,14 @@ def encode_tensor(t: torch.Tensor, bulk: list[memoryview] | None = None) -> tens
     if not _NATIVE_LE and array.dtype.itemsize > 1:
         array = array.astype(array.dtype.newbyteorder("<"))
     if bulk is not None and array.nbytes >= BULK_MIN_BYTES:
-        bulk.append(memoryview(np.ascontiguousarray(array)).cast("B"))  # no copy for a contiguous tensor
-        return tensor_pb2.Tensor(dtype=spec.code, shape=t.shape, attachment=len(bulk))
-    return tensor_pb2.Tensor(dtype=spec.code, shape=t.shape, data=array.tobytes())  # tobytes: C order
+        contiguous: Any = np.ascontiguousarray(array)  # numpy's stubs do not declare the buffer protocol
+        bulk.append(memoryview(contiguous).cast("B"))  # no copy for a contiguous tensor
+        return tensor_pb2.Tensor(dtype=_wire_dtype(spec.code), shape=t.shape, attachment=len(bulk))
+    return tensor_pb2.Tensor(dtype=_wire_dtype(spec.code), shape=t.shape, data=array.tobytes())  # tobytes: C order
+
+
+def _wire_dtype(code: int) -> tensor_pb2.DType:
+    return cast(tensor_pb2.DType, code)
 
 
 def decode_tensor(msg: tensor_pb2.Tensor, *, name: str = "tensor", limits: TensorLimits = DEFAULT_LIMITS,

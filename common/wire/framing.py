@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Generic, Iterator, Sequence, TypeVar
+from typing import Any, Generic, Iterator, Sequence, TypeVar
 
 import grpc
 
@@ -101,7 +101,7 @@ class Framer(Generic[E]):
 class _Pending:
     __slots__ = ("message", "expected", "bulk", "bytes")
 
-    def __init__(self, message, expected: int) -> None:
+    def __init__(self, message: Any, expected: int) -> None:
         self.message = message
         self.expected = expected
         self.bulk: list[bytes | memoryview] = []
@@ -196,7 +196,7 @@ class Deframer(Generic[E]):
         self._counter.add(**({"up": n} if self._up else {"down": n}))
 
 
-def _chunk_envelope_size(envelope, data: bytes) -> int:
+def _chunk_envelope_size(envelope: Any, data: bytes) -> int:
     """The serialized size of a chunk envelope, from its fields: ``ByteSize()`` would serialise the chunk's
     megabyte again just to measure it."""
     chunk = envelope.chunk

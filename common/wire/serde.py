@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import torch
@@ -43,14 +43,15 @@ def status_from_number(number: int) -> grpc.StatusCode:
 
 # -- StepRef ---------------------------------------------------------------------------------------------------
 def ref_to_pb(ref: StepRef) -> session_pb2.StepRef:
-    return session_pb2.StepRef(run_id=ref.run_id, round=ref.round, step=ref.step, phase=int(ref.phase),
-                               stage=ref.stage)
+    return session_pb2.StepRef(run_id=ref.run_id, round=ref.round, step=ref.step,
+                               phase=cast(session_pb2.Phase, int(ref.phase)), stage=ref.stage)
 
 
 def ref_from_pb(pb: session_pb2.StepRef) -> StepRef:
-    if pb.phase not in (Phase.TRAIN, Phase.EVAL):
-        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"step ref has no valid phase (got {pb.phase})")
-    return StepRef(pb.run_id, pb.round, pb.step, Phase(pb.phase), pb.stage)
+    phase = int(pb.phase)
+    if phase not in (Phase.TRAIN, Phase.EVAL):
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"step ref has no valid phase (got {phase})")
+    return StepRef(pb.run_id, pb.round, pb.step, Phase(phase), pb.stage)
 
 
 def _required_ref(message: Any, what: str) -> StepRef:
@@ -248,7 +249,8 @@ def client_from_pb(inbound: Inbound[session_pb2.ClientMessage], limits: TensorLi
     if decode is None:
         raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                         "empty message (no body set)" if kind is None else f"a {kind} cannot stand alone here")
-    return decode(getattr(message, kind), bulk, limits)
+    decoded: ClientMessage = decode(getattr(message, kind), bulk, limits)
+    return decoded
 
 
 def server_to_pb(m: ServerMessage) -> tuple[session_pb2.ServerMessage, list[memoryview]]:
@@ -275,7 +277,8 @@ def server_from_pb(inbound: Inbound[session_pb2.ServerMessage], limits: TensorLi
     if decode is None:
         raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
                         "empty message (no body set)" if kind is None else f"a {kind} cannot stand alone here")
-    return decode(getattr(message, kind), bulk, limits)
+    decoded: ServerMessage = decode(getattr(message, kind), bulk, limits)
+    return decoded
 
 
 _Decoder = Callable[[Any, Bulk, TensorLimits], Any]
