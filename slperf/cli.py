@@ -355,7 +355,7 @@ def data_list() -> None:
 @click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds per network operation")
 def data_fetch(name: str, dest: Path | None, cache_dir: Path | None, timeout: float) -> None:
     """Download a data set's original files from their hosts (needs internet) and verify their checksums."""
-    from slperf.common.data.fetch import fetch_dataset
+    from slperf.common.data.sources.fetch import fetch_dataset
 
     try:
         folder = fetch_dataset(name, dest, cache_dir=cache_dir, timeout=timeout, echo=click.echo)

@@ -23,8 +23,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cache import resolve_cache_dir
-from .errors import DatasetUnavailable, one_line
+from ..cache import resolve_cache_dir
+from ..errors import DatasetUnavailable, one_line
 
 HASH_BLOCK = 1 << 20  # 1 MiB
 PIP_TIMEOUT_S = 120.0

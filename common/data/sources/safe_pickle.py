@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import DatasetCorrupt
+from ..errors import DatasetCorrupt
 
 MAX_PICKLE_BYTES = 512 << 20  # far above a 31 MB CIFAR batch
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from .cache import resolve_cache_dir
-from .errors import DatasetUnavailable
+from ..cache import resolve_cache_dir
+from ..errors import DatasetUnavailable
 
 DEFAULT_TIMEOUT_S = 15.0
 CHUNK = 1 << 20
