@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from slperf.common import model_zoo  # noqa: F401  (registers the models)
+from slperf.common import model_zoo
 from slperf.common.config import ConfigError
 from slperf.common.models import MODELS, build_model, build_split, split_model
 
