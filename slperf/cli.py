@@ -222,7 +222,7 @@ def _operator(address, certs_dir, ca, cert, key, server_name, insecure):
 @click.option("--no-follow", is_flag=True, help="start the run and return")
 def run(address, certs_dir, ca, cert, key, server_name, insecure, config_path, run_id, no_follow) -> None:
     """Start a run on a running server and follow it to the end."""
-    from slperf.common.config import load_config
+    from slperf.common.config_loader import load_config
 
     load_config(config_path)  # the same validation the server applies, before anything is sent
     op = _operator(address, certs_dir, ca, cert, key, server_name, insecure)
@@ -378,7 +378,7 @@ def partition_cmd(config_path: Path, png_path: Path | None, as_json: bool, cache
     """Show how a config splits the training data among the clients: label histograms (table and PNG)."""
     import numpy as np
 
-    from slperf.common.config import load_config
+    from slperf.common.config_loader import load_config
     from slperf.common.data import label_histograms, load_dataset, plot_label_histograms
     from slperf.common.shards import client_partitions
 
@@ -435,7 +435,7 @@ def config_check(config_path: Path) -> None:
     """Validate a config file and print it resolved."""
     import yaml
 
-    from slperf.common.config import load_config
+    from slperf.common.config_loader import load_config
 
     cfg, warnings = load_config(config_path)
     for w in warnings:

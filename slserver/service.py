@@ -15,7 +15,8 @@ import grpc
 
 from slperf import __version__
 from slperf.common import tls
-from slperf.common.config import ConfigError, load_config_text
+from slperf.common.config import ConfigError
+from slperf.common.config_loader import load_config_text
 from slperf.common.wire.errors import WireError
 from slperf.common.transport.channel import envelope_parser, serialize_envelope
 from slperf.common.wire.messages import PROTOCOL_VERSION

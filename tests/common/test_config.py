@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from slperf.common.config import ConfigError, RunConfig, config_from_json, load_config, load_config_text
+from slperf.common.config import ConfigError, RunConfig
+from slperf.common.config_loader import config_from_json, load_config, load_config_text
 
 
 def test_defaults_and_slperf_aliases():
