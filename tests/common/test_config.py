@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from slperf.common.config import ConfigError, RunConfig
@@ -57,3 +60,16 @@ def test_broken_yaml_and_missing_file(tmp_path):
 def test_json_round_trip_is_identical():
     cfg, _ = load_config_text("paradigm: vanilla\nclients: 2\nmax_train_samples: 100\n")
     assert config_from_json(cfg.to_json()) == cfg
+
+
+def test_run_config_module_imports_neither_the_paradigms_nor_the_data_layer():
+    # config.py is below both layers; resolving paradigm options and data set names is config_loader's job.
+    script = ("import sys, slperf.common.config; "
+              "print(sorted(m for m in sys.modules if m.startswith(('slperf.common.paradigms', 'slperf.common.data'))))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_unknown_dataset_is_checked_against_the_data_registry():
+    with pytest.raises(ConfigError, match="unknown dataset 'imagenet'.*mnist"):
+        load_config_text("dataset: imagenet\n")
