@@ -43,11 +43,12 @@ equal_size=True (any method but vertical) cuts every shard to the size of the sm
 SLPerf did for the lock-step paradigms that need equal batch counts.
 
 Each method is a `Partitioner` in the `PARTITIONERS` table (`register_partitioner` adds one); `partition`
-checks the common arguments and looks the method up. The label histograms of a partition are in histograms.py.
+checks the common arguments and looks the method up, and `partition_dataset` asks the method's
+`from_dataset` for whatever it needs beyond the labels (attribute codes, a vertical client's columns). The label histograms of a partition are in histograms.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -193,15 +194,37 @@ class PartitionRequest:
 
 
 @dataclass(frozen=True)
+class DatasetArgs:
+    """What `partition_dataset` knows beyond the labels, for the methods that need more (attributes, columns)."""
+
+    dataset: LoadedDataset
+    pool: np.ndarray
+    num_clients: int
+    partition_method_attributes: int
+    data_vertical_list: Sequence[int] | None
+
+
+@dataclass(frozen=True)
+class DatasetInputs:
+    """A method's inputs taken from the data set: keyword arguments for `partition` and, for a vertical
+    partition, each client's feature columns."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    columns: list[np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
 class Partitioner:
     """One partition method: split(request) returns one index array per client.
 
     shared_rows: every client gets every row (vertical), so the shards are returned as split made them, without
-    the empty-shard check and the equal_size cut that disjoint shards get.
+    the empty-shard check and the equal_size cut that disjoint shards get. from_dataset: for a method that
+    needs more than labels, what `partition_dataset` derives from the data set before splitting.
     """
 
     split: Callable[[PartitionRequest], list[np.ndarray]]
     shared_rows: bool = False
+    from_dataset: Callable[[DatasetArgs], DatasetInputs] | None = None
 
 
 PARTITIONERS: dict[str, Partitioner] = {}
@@ -262,12 +285,25 @@ def _split_vertical(req: PartitionRequest) -> list[np.ndarray]:
     return [everyone.copy() for _ in range(req.num_clients)]
 
 
+def _attribute_inputs(args: DatasetArgs) -> DatasetInputs:
+    x = np.asarray(args.dataset.arrays.train_x)[args.pool]
+    return DatasetInputs({"attribute": attribute_codes(args.dataset.spec, x, args.partition_method_attributes)})
+
+
+def _vertical_inputs(args: DatasetArgs) -> DatasetInputs:
+    spec, counts, n = args.dataset.spec, args.data_vertical_list, args.num_clients
+    if counts is None and spec.features and isinstance(n, int) and n > 0:
+        counts = [len(b) for b in np.array_split(np.arange(len(spec.features)), n)]
+    columns = vertical_columns(spec, counts if counts is not None else [])
+    return DatasetInputs({"data_vertical_list": counts}, columns)
+
+
 register_partitioner("homo", Partitioner(_split_homo))
 register_partitioner("hetero", Partitioner(_split_hetero))
 register_partitioner("label_skew", Partitioner(_split_label_skew))
 register_partitioner("base_on_class", Partitioner(_split_base_on_class))
-register_partitioner("base_on_attribute", Partitioner(_split_base_on_attribute))
-register_partitioner("vertical", Partitioner(_split_vertical, shared_rows=True))
+register_partitioner("base_on_attribute", Partitioner(_split_base_on_attribute, from_dataset=_attribute_inputs))
+register_partitioner("vertical", Partitioner(_split_vertical, shared_rows=True, from_dataset=_vertical_inputs))
 
 # The built-in methods, in their documented order (PARTITIONERS also holds any registered later).
 PARTITION_METHODS = tuple(PARTITIONERS)
@@ -367,21 +403,17 @@ def partition_dataset(
     data_vertical_list: ``vertical``'s attribute counts per client (default: the attributes dealt out as evenly
     as possible, earlier clients getting one more).
     """
-    spec, arrays = dataset.spec, dataset.arrays
-    labels = np.asarray(arrays.train_y)
+    labels = np.asarray(dataset.arrays.train_y)
     pool = np.arange(len(labels), dtype=np.int64) if pool is None else np.asarray(pool, dtype=np.int64)
-    extra: dict[str, Any] = {}
-    columns: list[np.ndarray] | None = None
-    if method == "base_on_attribute":
-        extra["attribute"] = attribute_codes(spec, np.asarray(arrays.train_x)[pool], partition_method_attributes)
-    elif method == "vertical":
-        if data_vertical_list is None and spec.features and isinstance(num_clients, int) and num_clients > 0:
-            data_vertical_list = [len(b) for b in np.array_split(np.arange(len(spec.features)), num_clients)]
-        columns = vertical_columns(spec, data_vertical_list if data_vertical_list is not None else [])
-        extra["data_vertical_list"] = data_vertical_list
+    partitioner = PARTITIONERS.get(method) if isinstance(method, str) else None
+    inputs = DatasetInputs()
+    if partitioner is not None and partitioner.from_dataset is not None:
+        inputs = partitioner.from_dataset(
+            DatasetArgs(dataset, pool, num_clients, partition_method_attributes, data_vertical_list)
+        )
     shards = partition(labels[pool], method, num_clients, seed, alpha=alpha, min_samples=min_samples,
                        class_number_per_client=class_number_per_client, equal_size=equal_size,
-                       num_classes=spec.num_classes, **extra)
-    if columns is None:
+                       num_classes=dataset.spec.num_classes, **inputs.extra)
+    if inputs.columns is None:
         return [ClientPartition(pool[s]) for s in shards]
-    return [ClientPartition(pool[s], c) for s, c in zip(shards, columns)]
+    return [ClientPartition(pool[s], c) for s, c in zip(shards, inputs.columns)]
