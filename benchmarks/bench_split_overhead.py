@@ -50,7 +50,7 @@ def reference_epochs(raw_config: dict[str, Any]) -> list[float]:
     import torch
     import torch.nn.functional as F
 
-    from slperf.common.config import config_from_mapping
+    from slperf.common.config_loader import config_from_mapping
     from slperf.common.models import build_model
     from slperf.common.paradigms.steps import make_optimizer
     from slperf.common.shards import build_client_data

@@ -53,7 +53,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from slperf.common.config import ConfigError, config_from_mapping
+from slperf.common.config import ConfigError
+from slperf.common.config_loader import config_from_mapping
 
 CENTRALIZED = "centralized"
 REPO_ROOT = Path(__file__).resolve().parent.parent

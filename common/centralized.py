@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slperf.common.config import RunConfig, config_from_mapping, load_config
+from slperf.common.config import RunConfig
+from slperf.common.config_loader import config_from_mapping, load_config
 from slperf.common.data import ShardLoader, cap_indices, load_dataset
 from slperf.common.models import build_model
 from slperf.common.paradigms.steps import make_optimizer

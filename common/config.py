@@ -1,9 +1,12 @@
-"""Run configuration: one YAML file, strict keys, documented defaults, SLPerf's spellings accepted.
+"""Run configuration: the `RunConfig` dataclass, its documented defaults, and the checks of its core keys.
 
 Strictness is deliberate: a typo in a federation config (``partition_alfa``) silently falling back to a
 default would make a benchmark compare the wrong things, so unknown and ill-typed keys are errors that
 name the key. Paradigm-specific keys (``thred``, ``splitavg_active``, ...) are declared by the paradigm
 itself (see ``slperf.common.paradigms``), so adding a paradigm never means editing this file.
+
+This module sits below the paradigms and the data layer and imports neither: reading a config file, text or
+JSON, resolving the paradigm's options and checking the data set name happen in config_loader.py, above both.
 """
 from __future__ import annotations
 
@@ -11,8 +14,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Mapping, get_type_hints
+from typing import Any, Collection, Mapping, get_type_hints
 
 import yaml
 
@@ -113,6 +115,8 @@ IGNORED_SLPERF_KEYS = frozenset(
 
 _HINTS = get_type_hints(RunConfig)
 _FIELD_NAMES = [f.name for f in fields(RunConfig)]
+# Every key the core itself accepts (fields and SLPerf aliases); a paradigm declares the rest.
+CORE_KEYS = frozenset(_FIELD_NAMES) | frozenset(ALIASES)
 
 
 def _type_name(hint: Any) -> str:
@@ -159,7 +163,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def _check_ranges(cfg: RunConfig) -> None:
+def check_ranges(cfg: RunConfig, datasets: Collection[str]) -> None:
+    """Checks the values against each other and their ranges; datasets: the names a config may use (the data
+    layer's registry, passed in so that this module stays below the data layer)."""
     positive = ("clients", "batch_size", "epochs", "eval_batch_size")
     for key in positive:
         if getattr(cfg, key) < 1:
@@ -189,22 +195,15 @@ def _check_ranges(cfg: RunConfig) -> None:
     if cfg.data_vertical_list is not None and len(cfg.data_vertical_list) != cfg.clients:
         raise ConfigError(f"config key 'data_vertical_list' has {len(cfg.data_vertical_list)} entries for "
                           f"{cfg.clients} clients")
-    from slperf.common.data import DATASETS  # late: the data layer is heavier than config
-
-    if cfg.dataset not in DATASETS:
-        raise ConfigError(f"config key 'dataset': unknown dataset '{cfg.dataset}' (known: {', '.join(sorted(DATASETS))})")
+    if cfg.dataset not in datasets:
+        raise ConfigError(f"config key 'dataset': unknown dataset '{cfg.dataset}' (known: {', '.join(sorted(datasets))})")
     if cfg.device != "cpu" and not cfg.device.startswith("cuda"):
         raise ConfigError(f"config key 'device' must be 'cpu' or 'cuda[:N]', got {cfg.device!r}")
 
 
-def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tuple[RunConfig, list[str]]:
-    """Builds a validated RunConfig; returns it with warnings (ignored SLPerf keys).
-
-    Keys not known to the core are offered to the selected paradigm; whatever it does not declare is an
-    error naming the key.
-    """
-    from slperf.common.paradigms import registry  # late: paradigms import config
-
+def parse_core_keys(raw: Mapping[str, Any], *, source: str = "config") -> tuple[RunConfig, dict[str, Any], list[str]]:
+    """The core keys of a config mapping, type-checked into a RunConfig; returns it with the keys the core does
+    not know (for the paradigm to claim, see config_loader.py) and warnings (ignored SLPerf keys)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: the top level must be a mapping of keys to values")
     warnings: list[str] = []
@@ -222,52 +221,7 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
             warnings.append(f"ignoring SLPerf key '{key}' (it has no meaning in a gRPC federation)")
         else:
             extra[key] = value
-    cfg = RunConfig(**values)
-    spec = registry.get(cfg.paradigm)  # raises ConfigError for an unknown paradigm
-    merged_options = {**spec.alias_options.get(cfg.paradigm, {}), **cfg.options}
-    cfg.paradigm = spec.name
-    for key, value in extra.items():
-        if key not in spec.option_keys():
-            known = sorted(set(_FIELD_NAMES) | set(ALIASES) | set(spec.option_keys()))
-            raise ConfigError(f"{source}: unknown config key '{key}' (known keys: {', '.join(known)})")
-        merged_options[spec.canonical_option(key)] = value
-    cfg.options = spec.validate_options(merged_options)
-    _check_ranges(cfg)
-    return cfg, warnings
-
-
-def load_config_text(text: str, *, source: str = "config") -> tuple[RunConfig, list[str]]:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
-    if raw is None:
-        raw = {}
-    return config_from_mapping(raw, source=source)
-
-
-def load_config(path: str | Path) -> tuple[RunConfig, list[str]]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
-    return load_config_text(text, source=str(path))
-
-
-def config_from_json(text: str) -> RunConfig:
-    """Parses the resolved config a server sends in RunSetup, with the same validation as a file."""
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"run config is not valid JSON: {exc}") from None
-    cfg, _ = config_from_mapping(raw, source="run config")
-    return cfg
+    return RunConfig(**values), extra, warnings
 
 
 def describe_defaults() -> str:

@@ -1,14 +1,17 @@
-"""More models for the study: CIFAR ResNets, a VGG-style CNN, and MLPs for the tabular data sets.
+"""The built-in models: SLPerf's LeNet, CIFAR ResNets, a VGG-style CNN, and MLPs for the tabular data sets.
 
-Every model is a flat ``nn.Sequential`` of blocks, like ``models.lenet``, so ``split_model`` can cut it after
+`BUILTIN_MODELS` is the table the registry (models.py) starts from; nothing here imports the registry.
+
+Every model is a flat ``nn.Sequential`` of blocks, so ``split_model`` can cut it after
 any block and every segment is a self-contained module; BatchNorm lives inside the blocks, so a cut never
-separates a layer from its normalisation. Factories follow ``models.ModelFactory``:
+separates a layer from its normalisation. Factories follow ``ModelFactory``:
 ``factory(in_channels_or_features, num_classes, image_size)``. ``build_model`` calls them with
 ``input_shape[0]`` and ``input_shape[-1]``; for a tabular input_shape ``(F,)`` both are F, and the MLP
 factories take F from the first argument and ignore the third.
 
 Models (blocks; what crosses the wire at the default split_layer 1, per sample):
 
+* ``lenet``: SLPerf's LeNet, two conv blocks, a flatten and an MLP block (4 blocks).
 * ``resnet20`` / ``resnet56``: the CIFAR ResNets of He et al. (2016): a 3×3 stem conv (16) + BN + ReLU, then
   3 stages of n basic blocks (n = 3 / 9) with widths 16 / 32 / 64 (stride 2 at the first block of stages 2
   and 3, 1×1 conv + BN projection shortcut where the shape changes), then global average pooling + linear.
@@ -26,10 +29,27 @@ Models (blocks; what crosses the wire at the default split_layer 1, per sample):
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import nn
 
 from slperf.common.config import ConfigError
-from slperf.common.models import register_model
+
+# factory(in_channels_or_features, num_classes, image_size) -> the unsplit model as a sequence of blocks
+ModelFactory = Callable[[int, int, int], nn.Sequential]
+
+
+def lenet(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> nn.Sequential:
+    """SLPerf's LeNet: two conv blocks, a flatten and an MLP block; cut after block 1 by default."""
+    side = ((image_size - 4) // 2 - 4) // 2
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(in_channels, 6, 5), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Flatten(),
+        nn.Sequential(
+            nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
+        ),
+    )
 
 
 class BasicBlock(nn.Module):
@@ -146,7 +166,8 @@ def mlp(in_features: int, num_classes: int = 2, image_size: int = 0) -> nn.Seque
     return tabular_mlp(in_features, num_classes, (64, 32), image_size, "mlp")
 
 
-ZOO = {
+BUILTIN_MODELS: dict[str, ModelFactory] = {
+    "lenet": lenet,
     "resnet20": resnet20,
     "resnet56": resnet56,
     "vgg_cifar": vgg_cifar,
@@ -154,5 +175,3 @@ ZOO = {
     "mlp_german": mlp_german,
     "mlp": mlp,
 }
-for _name, _factory in ZOO.items():
-    register_model(_name, _factory)

@@ -1,36 +1,24 @@
-"""Models as sequences of blocks, and cutting them into per-party segments.
+"""The model registry (`MODELS`, `register_model`, `build_model`) and cutting a model into per-party segments.
 
 Every party builds the *whole* model from the run's seed and keeps only its own blocks. That makes the
 initial weights of a split model identical to the unsplit one, which is what lets the tests prove that
-split training with one client equals single-process training.
+split training with one client equals single-process training. The built-in models and the factory
+signature (`ModelFactory`) are in model_zoo.py.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from slperf.common.config import ConfigError
+from slperf.common.model_zoo import BUILTIN_MODELS, ModelFactory
 
 
-def lenet(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> nn.Sequential:
-    """SLPerf's LeNet: two conv blocks, a flatten and an MLP block; cut after block 1 by default."""
-    side = ((image_size - 4) // 2 - 4) // 2
-    return nn.Sequential(
-        nn.Sequential(nn.Conv2d(in_channels, 6, 5), nn.ReLU(), nn.MaxPool2d(2)),
-        nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2)),
-        nn.Flatten(),
-        nn.Sequential(
-            nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
-        ),
-    )
-
-
-ModelFactory = Callable[[int, int, int], nn.Sequential]
-
-MODELS: dict[str, ModelFactory] = {"lenet": lenet}
+# The registry starts with the built-in zoo; a study adds its own with register_model.
+MODELS: dict[str, ModelFactory] = dict(BUILTIN_MODELS)
 
 
 def register_model(name: str, factory: ModelFactory) -> None:
@@ -96,5 +84,3 @@ def build_split(name: str, input_shape: Sequence[int], num_classes: int, seed: i
             seg.train(was_training)
             shapes.append(tuple(x.shape[1:]))
     return SplitModel(segments=segments, cut_shapes=shapes)
-
-from slperf.common import model_zoo as _model_zoo  # noqa: E402,F401  (registers resnet20/56, vgg_cifar, mlp_*)

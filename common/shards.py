@@ -2,13 +2,13 @@
 (config, client index) and nobody ever ships data or index lists over the wire."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from slperf.common.config import RunConfig
-from slperf.common.data import ShardLoader, cap_indices, load_dataset, partition_dataset
-from slperf.common.data.partition import ClientPartition
-from slperf.common.data.registry import LoadedDataset
-from slperf.common.paradigms.base import ClientData
+from slperf.common.data import ClientPartition, LoadedDataset, ShardLoader, cap_indices, load_dataset, partition_dataset
+from slperf.common.data.client_data import ClientData
 
 
 def train_indices(config: RunConfig, labels: np.ndarray) -> np.ndarray:
@@ -31,11 +31,7 @@ def client_partitions(config: RunConfig, dataset: LoadedDataset) -> list[ClientP
     )
 
 
-def client_indices(config: RunConfig, dataset: LoadedDataset) -> list[np.ndarray]:
-    return [p.indices for p in client_partitions(config, dataset)]
-
-
-def build_client_data(config: RunConfig, index: int, cache_dir=None) -> ClientData:
+def build_client_data(config: RunConfig, index: int, cache_dir: str | os.PathLike[str] | None = None) -> ClientData:
     dataset = load_dataset(config.dataset, config.data_dir, cache_dir)
     spec, arrays = dataset.spec, dataset.arrays
     part = client_partitions(config, dataset)[index]

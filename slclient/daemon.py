@@ -20,7 +20,8 @@ import grpc
 import torch
 
 from slperf import __version__
-from slperf.common.config import ConfigError, config_from_json
+from slperf.common.config import ConfigError
+from slperf.common.config_loader import config_from_json
 from slperf.common.data import DatasetUnavailable
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientParadigm

@@ -222,7 +222,7 @@ def _operator(address, certs_dir, ca, cert, key, server_name, insecure):
 @click.option("--no-follow", is_flag=True, help="start the run and return")
 def run(address, certs_dir, ca, cert, key, server_name, insecure, config_path, run_id, no_follow) -> None:
     """Start a run on a running server and follow it to the end."""
-    from slperf.common.config import load_config
+    from slperf.common.config_loader import load_config
 
     load_config(config_path)  # the same validation the server applies, before anything is sent
     op = _operator(address, certs_dir, ca, cert, key, server_name, insecure)
@@ -355,7 +355,7 @@ def data_list() -> None:
 @click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds per network operation")
 def data_fetch(name: str, dest: Path | None, cache_dir: Path | None, timeout: float) -> None:
     """Download a data set's original files from their hosts (needs internet) and verify their checksums."""
-    from slperf.common.data.fetch import fetch_dataset
+    from slperf.common.data.sources.fetch import fetch_dataset
 
     try:
         folder = fetch_dataset(name, dest, cache_dir=cache_dir, timeout=timeout, echo=click.echo)
@@ -378,7 +378,7 @@ def partition_cmd(config_path: Path, png_path: Path | None, as_json: bool, cache
     """Show how a config splits the training data among the clients: label histograms (table and PNG)."""
     import numpy as np
 
-    from slperf.common.config import load_config
+    from slperf.common.config_loader import load_config
     from slperf.common.data import label_histograms, load_dataset, plot_label_histograms
     from slperf.common.shards import client_partitions
 
@@ -435,7 +435,7 @@ def config_check(config_path: Path) -> None:
     """Validate a config file and print it resolved."""
     import yaml
 
-    from slperf.common.config import load_config
+    from slperf.common.config_loader import load_config
 
     cfg, warnings = load_config(config_path)
     for w in warnings:

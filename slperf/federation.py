@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 import yaml
 
 from slperf.common import tls
-from slperf.common.config import RunConfig, load_config
+from slperf.common.config import RunConfig
+from slperf.common.config_loader import load_config
 from slperf.common.data import load_dataset
 from slperf.operator import OperatorClient
 from slperf.slserver.server import READY_PREFIX

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 import yaml
 
-from slperf.common.config import ConfigError, RunConfig, config_from_mapping
+from slperf.common.config import ConfigError, RunConfig
+from slperf.common.config_loader import config_from_mapping
 from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone, ClientHandle, ParadigmSpec, ServerParadigm

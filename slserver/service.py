@@ -15,10 +15,11 @@ import grpc
 
 from slperf import __version__
 from slperf.common import tls
-from slperf.common.config import ConfigError, load_config_text
+from slperf.common.config import ConfigError
+from slperf.common.config_loader import load_config_text
 from slperf.common.protocol.errors import WireError
-from slperf.common.transport.channel import Malformed, never_raising, serialize_envelope, session_request_parser
 from slperf.common.protocol.messages import Welcome
+from slperf.common.transport.channel import Malformed, never_raising, serialize_envelope, session_request_parser
 from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES
 from slperf.common.wire.serde import PROTOCOL_VERSION, hello_from_pb
 from slperf.slserver.coordinator import Run, RunCoordinator

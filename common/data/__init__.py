@@ -8,22 +8,29 @@
 Data sets: mnist, fashionmnist, adult, german, german-numeric, cifar10, cifar10-synthetic (see `DATASETS`,
 each spec's `summary`). Partitions that need more than labels (base_on_attribute, vertical) go through
 `partition_dataset`, which also returns a vertical client's feature columns.
+
+Layout: the core is spec.py (types), registry.py (DATASETS, load_dataset), builtin.py (the built-in data sets,
+registered here, once), cache.py, partition.py (the PARTITIONERS table), attributes.py, histograms.py and
+loader.py (ShardLoader); where the data come from (artifacts, downloads, the per-format readers) is in sources/.
 """
 from typing import TYPE_CHECKING
 
+from . import builtin  # noqa: F401  (registers the built-in data sets in DATASETS)
+from .attributes import attribute_codes, vertical_columns
 from .errors import DatasetCorrupt, DatasetUnavailable
+from .histograms import LabelHistograms, label_histograms, plot_label_histograms
 from .partition import (
     PARTITION_METHODS,
+    PARTITIONERS,
     ClientPartition,
-    LabelHistograms,
+    Partitioner,
     class_counts,
-    label_histograms,
     partition,
     partition_dataset,
-    plot_label_histograms,
+    register_partitioner,
 )
-from .registry import DATASETS, Arrays, DatasetSpec, Feature, LoadedDataset, load_dataset, register_dataset
-from .tabular import attribute_codes, vertical_columns
+from .registry import DATASETS, get_spec, load_dataset, register_dataset
+from .spec import Arrays, DatasetSpec, Feature, LoadedDataset
 
 if TYPE_CHECKING:
     from .loader import ShardLoader, cap_indices
@@ -39,6 +46,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "DATASETS",
+    "PARTITIONERS",
     "PARTITION_METHODS",
     "Arrays",
     "ClientPartition",
@@ -48,15 +56,18 @@ __all__ = [
     "Feature",
     "LabelHistograms",
     "LoadedDataset",
+    "Partitioner",
     "ShardLoader",
     "attribute_codes",
     "cap_indices",
     "class_counts",
+    "get_spec",
     "label_histograms",
     "load_dataset",
     "partition",
     "partition_dataset",
     "plot_label_histograms",
     "register_dataset",
+    "register_partitioner",
     "vertical_columns",
 ]

@@ -2,29 +2,33 @@
 
 Layout under the cache dir (env SLPERF_CACHE, else ~/.cache/slperf):
 
-    artifacts/<file>                      registry downloads, checked by sha256 (see artifacts.py)
+    artifacts/<file>                      registry downloads, checked by sha256 (see sources/artifacts.py)
     arrays/<key>/{train_x,...}.npy        decoded arrays, one .npy per array
     arrays/<key>/meta.json                written last: its presence marks the set as complete
 
 A data set is decoded once; every later process maps the .npy files read-only (`np.load(mmap_mode="r")`),
 so start-up costs milliseconds and the pages are shared through the OS file cache between the processes
-of one machine. Every file is written to a temporary name in the same folder and moved into place with
-`os.replace`, so a reader never sees a half-written file even when two processes fill the cache at once
-(they write identical content and the last rename wins).
+of one machine. Every file is written with `fsutil.atomic_write` (a temporary file in the same folder, moved
+into place), so a reader never sees a half-written file even when two processes fill the cache at once (they
+write identical content and the last rename wins). The files are 0644: other users of a machine may share
+the cache.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import shutil
 from pathlib import Path
-from typing import Mapping
+from typing import BinaryIO, Mapping
 
 import numpy as np
+
+from slperf.common.fsutil import atomic_write
 
 CACHE_ENV = "SLPERF_CACHE"
 CACHE_FORMAT = 1
 _META = "meta.json"
+_COPY_BLOCK = 1 << 20
 
 
 def default_cache_dir() -> Path:
@@ -41,22 +45,15 @@ def arrays_dir(cache_dir: str | os.PathLike[str] | None, key: str) -> Path:
     return resolve_cache_dir(cache_dir) / "arrays" / key
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Calls write(file_object) on a temporary file next to path, then renames it over path."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0o600; other users of the machine may share the cache
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+def install_file(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Writes a copy of a finished, verified download to dest with fsutil.atomic_write (0644), so no reader ever
+    finds a partial file under the real name and the file survives a power cut once this returns."""
+
+    def copy(out: BinaryIO) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, out, _COPY_BLOCK)
+
+    atomic_write(dest, copy)
 
 
 def save_arrays(
@@ -77,10 +74,10 @@ def save_arrays(
     entries = {}
     for name, arr in arrays.items():
         arr = np.ascontiguousarray(arr)
-        _write_atomic(folder / f"{name}.npy", lambda fh, a=arr: np.save(fh, a, allow_pickle=False))
+        atomic_write(folder / f"{name}.npy", lambda fh, a=arr: np.save(fh, a, allow_pickle=False))
         entries[name] = {"shape": list(arr.shape), "dtype": arr.dtype.str}
     meta = {"format": CACHE_FORMAT, "source": source, "arrays": entries}
-    _write_atomic(folder / _META, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
+    atomic_write(folder / _META, json.dumps(meta, indent=1).encode())
     return folder
 
 

@@ -6,7 +6,7 @@ epoch])`: a single-process reference run that builds a loader with the same argu
 batches as the distributed client.
 
 Image data sets are scaled to [0, 1] and normalised per channel; tabular data sets (already encoded and
-standardised, see tabular.py) are passed through. A data set with ``augment="crop_flip"`` (CIFAR-10) gets,
+standardised, see sources/tabular.py) are passed through. A data set with ``augment="crop_flip"`` (CIFAR-10) gets,
 when train=True, a random 32×32 crop of the image zero-padded by 4 pixels on every side and a horizontal flip
 with probability 1/2, implemented in torch. The crop offsets and flips of an epoch come from
 `np.random.default_rng([seed, client_index, epoch, AUGMENT_STREAM])`, indexed by the sample's position in the
@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .registry import LoadedDataset
+from .spec import LoadedDataset
 
 
 AUGMENT_STREAM = 0x6175_67  # separates the augmentation draws from the batch order's
@@ -112,7 +112,7 @@ class ShardLoader:
             self.indices = idx.copy()
             self._x = np.ascontiguousarray(x_all[idx])  # fancy indexing copies just these rows
             self._y = np.asarray(y_all[idx], dtype=np.int64)
-        tabular = getattr(self.spec, "kind", "image") == "tabular"
+        tabular = self.spec.kind == "tabular"
         self.columns = None
         if columns is not None:
             cols = np.asarray(columns)
@@ -131,8 +131,7 @@ class ShardLoader:
             self._mean = torch.tensor(self.spec.mean, dtype=torch.float32).reshape(shape)
             self._std = torch.tensor(self.spec.std, dtype=torch.float32).reshape(shape)
         self._scale = 255.0 if (self._x.dtype == np.uint8 and not tabular) else 1.0
-        kind = getattr(self.spec, "augment", None)
-        self.augmentation = kind if (augment if augment is not None else self.train) else None
+        self.augmentation = self.spec.augment if (augment if augment is not None else self.train) else None
         if self.augmentation is not None and self._x.ndim != 4:
             raise ValueError(f"augmentation {self.augmentation!r} needs N×C×H×W images")
 

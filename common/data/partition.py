@@ -29,35 +29,33 @@ Methods and how they differ from SLPerf's:
 * ``base_on_attribute`` (SLPerf: Adult only; here any tabular data set): split by the values of one original
   attribute, ``partition_method_attributes`` = its column index in the original file (Adult: 9 = sex,
   7 = relationship). Callers pass the per-row value codes as ``attribute`` (see `attribute_codes` in
-  tabular.py, or `partition_dataset`, which does it). With N clients and V distinct values: if N <= V, the
+  attributes.py, or `partition_dataset`, which does it). With N clients and V distinct values: if N <= V, the
   sorted values are dealt out as contiguous blocks (V//N each, one more for the first V % N clients) and each
   client gets every row of its values; if N > V, the clients are dealt out over the values the same way and
   the clients sharing a value split its (shuffled) rows into near-equal parts. Shards are disjoint; unlike
   SLPerf they are not cut to the smallest one unless equal_size=True.
 * ``vertical``: every client gets every row (the shards are identical, not disjoint); what differs is the
-  feature columns, `vertical_columns` in tabular.py (``data_vertical_list``, e.g. [6, 4, 4]: attribute counts
+  feature columns, `vertical_columns` in attributes.py (``data_vertical_list``, e.g. [6, 4, 4]: attribute counts
   per client). Row order is the alignment key: the clients of a vertical run must visit their rows in the
   same order (ShardLoader with the same seed and client_index, or shuffle=False).
 
 equal_size=True (any method but vertical) cuts every shard to the size of the smallest by a random subset, as
 SLPerf did for the lock-step paradigms that need equal batch counts.
 
-`label_histograms` gives the clients' label counts (the N×K matrix plus names, a text table and a dict for
-JSON) and `plot_label_histograms` draws them as a PNG (stacked bars, matplotlib's Agg canvas).
+Each method is a `Partitioner` in the `PARTITIONERS` table (`register_partitioner` adds one); `partition`
+checks the common arguments and looks the method up, and `partition_dataset` asks the method's
+`from_dataset` for whatever it needs beyond the labels (attribute codes, a vertical client's columns). The label histograms of a partition are in histograms.py.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .registry import LoadedDataset
+from .attributes import attribute_codes, vertical_columns
+from .spec import LoadedDataset
 
-PARTITION_METHODS = ("homo", "hetero", "label_skew", "base_on_class", "base_on_attribute", "vertical")
 HETERO_MAX_TRIES = 1000
 
 _RENAMED = {"base_on_class_intersection": "label_skew", "iid": "homo", "dirichlet": "hetero"}
@@ -178,6 +176,139 @@ def _base_on_attribute(attribute: np.ndarray, n: int, num_clients: int, rng: np.
     return [np.concatenate(s) if s else np.empty(0, np.int64) for s in shards]
 
 
+@dataclass(frozen=True)
+class PartitionRequest:
+    """What a partitioner gets: the checked common arguments, the sample indices of every class, the seeded
+    generator (the only source of randomness) and every method's own parameters (each method reads its own)."""
+
+    n: int
+    num_clients: int
+    num_classes: int
+    by_class: list[np.ndarray]
+    rng: np.random.Generator
+    alpha: float
+    min_samples: int
+    class_number_per_client: int
+    attribute: np.ndarray | None
+    data_vertical_list: Sequence[int] | None
+
+
+@dataclass(frozen=True)
+class DatasetArgs:
+    """What `partition_dataset` knows beyond the labels, for the methods that need more (attributes, columns)."""
+
+    dataset: LoadedDataset
+    pool: np.ndarray
+    num_clients: int
+    partition_method_attributes: int
+    data_vertical_list: Sequence[int] | None
+
+
+@dataclass(frozen=True)
+class DatasetInputs:
+    """A method's inputs taken from the data set: keyword arguments for `partition` and, for a vertical
+    partition, each client's feature columns."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    columns: list[np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class Partitioner:
+    """One partition method: split(request) returns one index array per client.
+
+    shared_rows: every client gets every row (vertical), so the shards are returned as split made them, without
+    the empty-shard check and the equal_size cut that disjoint shards get. from_dataset: for a method that
+    needs more than labels, what `partition_dataset` derives from the data set before splitting.
+    """
+
+    split: Callable[[PartitionRequest], list[np.ndarray]]
+    shared_rows: bool = False
+    from_dataset: Callable[[DatasetArgs], DatasetInputs] | None = None
+
+
+PARTITIONERS: dict[str, Partitioner] = {}
+
+
+def register_partitioner(name: str, partitioner: Partitioner) -> Partitioner:
+    if name in PARTITIONERS:
+        raise ValueError(f"partition method {name!r} is already registered")
+    PARTITIONERS[name] = partitioner
+    return partitioner
+
+
+def _split_homo(req: PartitionRequest) -> list[np.ndarray]:
+    return _homo(req.n, req.num_clients, req.rng)
+
+
+def _split_hetero(req: PartitionRequest) -> list[np.ndarray]:
+    if not req.alpha > 0 or not np.isfinite(req.alpha):
+        raise ValueError(f"alpha must be a positive finite number, got {req.alpha!r}")
+    if req.min_samples < 0:
+        raise ValueError(f"min_samples must be >= 0, got {req.min_samples}")
+    return _hetero(req.by_class, req.n, req.num_clients, float(req.alpha), int(req.min_samples), req.rng)
+
+
+def _split_label_skew(req: PartitionRequest) -> list[np.ndarray]:
+    k, c = req.num_classes, req.class_number_per_client
+    if not 1 <= c <= k:
+        raise ValueError(f"class_number_per_client must be in 1..{k} (the number of classes), got {c}")
+    return _by_assignment(req.by_class, label_skew_classes(k, req.num_clients, c), req.rng)
+
+
+def _split_base_on_class(req: PartitionRequest) -> list[np.ndarray]:
+    if req.num_clients > req.num_classes:
+        raise ValueError(
+            f"base_on_class needs at most one client per class: {req.num_clients} clients > {req.num_classes} "
+            "classes (use label_skew or hetero for more clients)"
+        )
+    return _by_assignment(req.by_class, base_on_class_classes(req.num_classes, req.num_clients), req.rng)
+
+
+def _split_base_on_attribute(req: PartitionRequest) -> list[np.ndarray]:
+    if req.attribute is None:
+        raise ValueError(
+            "base_on_attribute needs the attribute's value per sample (attribute=...; for a data set use "
+            "partition_dataset with partition_method_attributes)"
+        )
+    return _base_on_attribute(req.attribute, req.n, req.num_clients, req.rng)
+
+
+def _split_vertical(req: PartitionRequest) -> list[np.ndarray]:
+    counts = req.data_vertical_list
+    if counts is not None and len(list(counts)) != req.num_clients:
+        raise ValueError(
+            f"data_vertical_list {list(counts)} has {len(list(counts))} entries for "
+            f"{req.num_clients} clients; it needs one attribute count per client"
+        )
+    everyone = np.arange(req.n, dtype=np.int64)
+    return [everyone.copy() for _ in range(req.num_clients)]
+
+
+def _attribute_inputs(args: DatasetArgs) -> DatasetInputs:
+    x = np.asarray(args.dataset.arrays.train_x)[args.pool]
+    return DatasetInputs({"attribute": attribute_codes(args.dataset.spec, x, args.partition_method_attributes)})
+
+
+def _vertical_inputs(args: DatasetArgs) -> DatasetInputs:
+    spec, counts, n = args.dataset.spec, args.data_vertical_list, args.num_clients
+    if counts is None and spec.features and isinstance(n, int) and n > 0:
+        counts = [len(b) for b in np.array_split(np.arange(len(spec.features)), n)]
+    columns = vertical_columns(spec, counts if counts is not None else [])
+    return DatasetInputs({"data_vertical_list": counts}, columns)
+
+
+register_partitioner("homo", Partitioner(_split_homo))
+register_partitioner("hetero", Partitioner(_split_hetero))
+register_partitioner("label_skew", Partitioner(_split_label_skew))
+register_partitioner("base_on_class", Partitioner(_split_base_on_class))
+register_partitioner("base_on_attribute", Partitioner(_split_base_on_attribute, from_dataset=_attribute_inputs))
+register_partitioner("vertical", Partitioner(_split_vertical, shared_rows=True, from_dataset=_vertical_inputs))
+
+# The built-in methods, in their documented order (PARTITIONERS also holds any registered later).
+PARTITION_METHODS = tuple(PARTITIONERS)
+
+
 def partition(
     labels: np.ndarray,
     method: str,
@@ -194,7 +325,7 @@ def partition(
 ) -> list[np.ndarray]:
     """Splits the sample indices 0..len(labels)-1 among num_clients clients; returns sorted int64 arrays.
 
-    method: one of PARTITION_METHODS (see the module docstring). alpha, min_samples: ``hetero`` only.
+    method: a key of PARTITIONERS (see the module docstring). alpha, min_samples: ``hetero`` only.
     class_number_per_client: ``label_skew`` only. attribute: ``base_on_attribute`` only, one integer value code
     per sample (codes < 0 = no value: such rows go to nobody). data_vertical_list: ``vertical`` only, optional
     here (checked to have one entry per client; the columns come from `vertical_columns`). equal_size: cut
@@ -202,9 +333,10 @@ def partition(
     every method but ``vertical`` (where each client gets every row); raises ValueError for bad arguments, an
     impossible request, or a split that would leave a client without samples.
     """
-    if method not in PARTITION_METHODS:
+    partitioner = PARTITIONERS.get(method) if isinstance(method, str) else None
+    if partitioner is None:
         hint = f" (use {_RENAMED[method]!r})" if method in _RENAMED else ""
-        raise ValueError(f"unknown partition method {method!r}{hint}; valid methods: {', '.join(PARTITION_METHODS)}")
+        raise ValueError(f"unknown partition method {method!r}{hint}; valid methods: {', '.join(PARTITIONERS)}")
     if isinstance(num_clients, bool) or not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
         raise ValueError(f"num_clients must be a positive integer, got {num_clients!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -215,42 +347,14 @@ def partition(
     if n < num_clients:
         raise ValueError(f"cannot split {n} samples among {num_clients} clients")
     rng = np.random.default_rng(seed)
-    by_class = [np.flatnonzero(y == c) for c in range(k)]
-
-    if method == "homo":
-        shards = _homo(n, num_clients, rng)
-    elif method == "hetero":
-        if not alpha > 0 or not np.isfinite(alpha):
-            raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
-        if min_samples < 0:
-            raise ValueError(f"min_samples must be >= 0, got {min_samples}")
-        shards = _hetero(by_class, n, num_clients, float(alpha), int(min_samples), rng)
-    elif method == "label_skew":
-        if not 1 <= class_number_per_client <= k:
-            raise ValueError(f"class_number_per_client must be in 1..{k} (the number of classes), got {class_number_per_client}")
-        shards = _by_assignment(by_class, label_skew_classes(k, num_clients, class_number_per_client), rng)
-    elif method == "base_on_attribute":
-        if attribute is None:
-            raise ValueError(
-                "base_on_attribute needs the attribute's value per sample (attribute=...; for a data set use "
-                "partition_dataset with partition_method_attributes)"
-            )
-        shards = _base_on_attribute(attribute, n, num_clients, rng)
-    elif method == "vertical":
-        if data_vertical_list is not None and len(list(data_vertical_list)) != num_clients:
-            raise ValueError(
-                f"data_vertical_list {list(data_vertical_list)} has {len(list(data_vertical_list))} entries for "
-                f"{num_clients} clients; it needs one attribute count per client"
-            )
-        everyone = np.arange(n, dtype=np.int64)
-        return [everyone.copy() for _ in range(num_clients)]
-    else:  # base_on_class
-        if num_clients > k:
-            raise ValueError(
-                f"base_on_class needs at most one client per class: {num_clients} clients > {k} classes "
-                "(use label_skew or hetero for more clients)"
-            )
-        shards = _by_assignment(by_class, base_on_class_classes(k, num_clients), rng)
+    request = PartitionRequest(
+        n=n, num_clients=num_clients, num_classes=k, by_class=[np.flatnonzero(y == c) for c in range(k)], rng=rng,
+        alpha=alpha, min_samples=min_samples, class_number_per_client=class_number_per_client, attribute=attribute,
+        data_vertical_list=data_vertical_list,
+    )
+    shards = partitioner.split(request)
+    if partitioner.shared_rows:
+        return shards
 
     empty = [i for i, s in enumerate(shards) if s.size == 0]
     if empty:
@@ -279,7 +383,7 @@ class ClientPartition:
 
 
 def partition_dataset(
-    dataset: "LoadedDataset",
+    dataset: LoadedDataset,
     method: str,
     num_clients: int,
     seed: int,
@@ -299,117 +403,17 @@ def partition_dataset(
     data_vertical_list: ``vertical``'s attribute counts per client (default: the attributes dealt out as evenly
     as possible, earlier clients getting one more).
     """
-    spec, arrays = dataset.spec, dataset.arrays
-    labels = np.asarray(arrays.train_y)
+    labels = np.asarray(dataset.arrays.train_y)
     pool = np.arange(len(labels), dtype=np.int64) if pool is None else np.asarray(pool, dtype=np.int64)
-    extra: dict[str, Any] = {}
-    columns: list[np.ndarray] | None = None
-    if method == "base_on_attribute":
-        from .tabular import attribute_codes
-
-        extra["attribute"] = attribute_codes(spec, np.asarray(arrays.train_x)[pool], partition_method_attributes)
-    elif method == "vertical":
-        from .tabular import vertical_columns
-
-        if data_vertical_list is None and spec.features and isinstance(num_clients, int) and num_clients > 0:
-            data_vertical_list = [len(b) for b in np.array_split(np.arange(len(spec.features)), num_clients)]
-        columns = vertical_columns(spec, data_vertical_list if data_vertical_list is not None else [])
-        extra["data_vertical_list"] = data_vertical_list
+    partitioner = PARTITIONERS.get(method) if isinstance(method, str) else None
+    inputs = DatasetInputs()
+    if partitioner is not None and partitioner.from_dataset is not None:
+        inputs = partitioner.from_dataset(
+            DatasetArgs(dataset, pool, num_clients, partition_method_attributes, data_vertical_list)
+        )
     shards = partition(labels[pool], method, num_clients, seed, alpha=alpha, min_samples=min_samples,
                        class_number_per_client=class_number_per_client, equal_size=equal_size,
-                       num_classes=spec.num_classes, **extra)
-    if columns is None:
+                       num_classes=dataset.spec.num_classes, **inputs.extra)
+    if inputs.columns is None:
         return [ClientPartition(pool[s]) for s in shards]
-    return [ClientPartition(pool[s], c) for s, c in zip(shards, columns)]
-
-
-# ---- label histograms ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LabelHistograms:
-    """Per-client label counts of a partition: counts[i, k] = samples of class k that client i holds."""
-
-    counts: np.ndarray
-    class_names: tuple[str, ...]
-    title: str = ""
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def sizes(self) -> np.ndarray:
-        return self.counts.sum(axis=1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "title": self.title,
-            "classes": list(self.class_names),
-            "clients": [
-                {"client": i, "samples": int(row.sum()), "counts": [int(c) for c in row]}
-                for i, row in enumerate(self.counts)
-            ],
-            "notes": list(self.notes),
-        }
-
-    def table(self) -> str:
-        """A plain-text table: one row per client, one column per class, and the total."""
-        names = [n if len(n) <= 12 else n[:11] + "." for n in self.class_names]
-        widths = [max(len(n), len(str(int(self.counts[:, k].max(initial=0))))) for k, n in enumerate(names)]
-        total_w = max(5, len(str(int(self.sizes.max(initial=0)))))
-        head = "client  " + "  ".join(n.rjust(w) for n, w in zip(names, widths)) + "  " + "total".rjust(total_w)
-        lines = [self.title] if self.title else []
-        lines.append(head)
-        for i, row in enumerate(self.counts):
-            cells = "  ".join(str(int(c)).rjust(w) for c, w in zip(row, widths))
-            lines.append(f"{i:>6}  {cells}  {str(int(row.sum())).rjust(total_w)}")
-        lines.extend(self.notes)
-        return "\n".join(lines)
-
-
-def label_histograms(
-    labels: np.ndarray,
-    shards: Sequence[np.ndarray],
-    num_classes: int | None = None,
-    *,
-    class_names: Sequence[str] | None = None,
-    title: str = "",
-    notes: Sequence[str] = (),
-) -> LabelHistograms:
-    """Per-client label counts (see LabelHistograms); class names default to the class ids."""
-    counts = class_counts(labels, list(shards), num_classes)
-    k = counts.shape[1]
-    names = tuple(class_names) if class_names else tuple(str(c) for c in range(k))
-    if len(names) != k:
-        raise ValueError(f"{len(names)} class names for {k} classes")
-    return LabelHistograms(counts=counts, class_names=names, title=title, notes=tuple(notes))
-
-
-def plot_label_histograms(hist: LabelHistograms, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
-    """Draws the clients' label counts as stacked horizontal bars (one bar per client) into a PNG file."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    n, k = hist.counts.shape
-    fig = Figure(figsize=(7.0, 1.2 + 0.45 * max(n, 1) + (0.1 * k if k <= 12 else 0.05 * k)), dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    import matplotlib
-
-    colours = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
-    left = np.zeros(n)
-    ys = np.arange(n)
-    for c in range(k):
-        ax.barh(ys, hist.counts[:, c], left=left, color=colours(c % colours.N), label=hist.class_names[c],
-                edgecolor="white", linewidth=0.4)
-        left += hist.counts[:, c]
-    for i, total in enumerate(hist.sizes):
-        ax.text(left[i], i, f" {int(total)}", va="center", fontsize=8)
-    ax.set_yticks(ys, [f"client {i}" for i in range(n)])
-    ax.invert_yaxis()
-    ax.set_xlabel("training samples")
-    ax.set_xlim(0, max(1.0, float(left.max(initial=0))) * 1.12)
-    ax.set_title(hist.title or "label histogram per client", fontsize=10)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if k <= 12 else 2, fontsize=8, frameon=False,
-              title="class", title_fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")  # "tight" keeps the legend beside the axes
-    return path
+    return [ClientPartition(pool[s], c) for s, c in zip(shards, inputs.columns)]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from slperf.common.config import RunConfig
+from slperf.common.data.client_data import ClientData
 from slperf.common.protocol.types import ActivationBatch, PhaseSummary, Reply, State, StepRef
 
 T = TypeVar("T")
@@ -137,16 +138,6 @@ class ClientLink(Protocol):
                                sample_ids: torch.Tensor | None = None) -> None: ...
 
     async def recv_reply(self, ref: StepRef, shape: Sequence[int] | None) -> Reply: ...
-
-
-@dataclass
-class ClientData:
-    """What a client daemon holds locally: only its own shard, plus the evaluation set."""
-
-    train: Any  # slperf.common.data.ShardLoader
-    test: Any
-    num_classes: int
-    input_shape: tuple[int, ...]
 
 
 class ServerParadigm(abc.ABC):

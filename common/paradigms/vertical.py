@@ -32,7 +32,7 @@ from torch import nn
 
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.data import ShardLoader, cap_indices, load_dataset
-from slperf.common.data.tabular import vertical_columns
+from slperf.common.data.attributes import vertical_columns
 from slperf.common.paradigms.base import ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, ClientParadigm, EvalResult, ParadigmSpec, RoundResult, ServerContext, ServerParadigm
 from slperf.common.protocol.types import Phase, PhaseSummary, Reply, StepRef
 from slperf.common.paradigms.registry import register

@@ -383,7 +383,7 @@ def test_centralized_equals_a_one_client_shard_reference():
     """Same budget, same batches: a 1-client homo shard reference with the same seed sees the same data."""
     import numpy as np
 
-    from slperf.common.config import config_from_mapping
+    from slperf.common.config_loader import config_from_mapping
     from slperf.common.data import load_dataset
     from slperf.common.shards import build_client_data, train_indices
 

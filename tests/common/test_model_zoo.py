@@ -3,12 +3,14 @@ train and eval mode (BatchNorm included), gradients through a cut equal the unsp
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from slperf.common import model_zoo  # noqa: F401  (registers the models)
+from slperf.common import model_zoo
 from slperf.common.config import ConfigError
 from slperf.common.models import MODELS, build_model, build_split, split_model
 
@@ -173,3 +175,11 @@ def test_other_image_sizes_and_channels():
         build_model("mlp_adult", (1, 28, 28), 10, 0)
     with pytest.raises(ValueError, match="6n\\+2"):
         model_zoo.cifar_resnet(21)
+
+
+def test_the_registry_starts_from_the_zoo_table_and_the_zoo_does_not_import_the_registry():
+    assert set(model_zoo.BUILTIN_MODELS) <= set(MODELS)
+    assert all(MODELS[name] is factory for name, factory in model_zoo.BUILTIN_MODELS.items())
+    script = "import sys, slperf.common.model_zoo; print('slperf.common.models' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

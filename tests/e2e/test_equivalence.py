@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from slperf.common.config import load_config
+from slperf.common.config_loader import load_config
 from slperf.common.models import build_model
 from slperf.common.shards import build_client_data
 from slperf.operator import OperatorClient

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from slperf.common.config import config_from_mapping
+from slperf.common.config_loader import config_from_mapping
 from slperf.common.protocol.messages import Ready, RunSetup
 from slperf.slclient import daemon
 from slperf.slclient.daemon import ClientDaemon, ClientOptions

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from slperf.common.config import RunConfig, config_from_mapping
+from slperf.common.config import RunConfig
+from slperf.common.config_loader import config_from_mapping
 from slperf.common.paradigms.base import (ClientGone, ClientParadigm, EvalResult, ParadigmSpec, RoundResult,
                                           ServerContext, ServerParadigm, sort_outcomes)
 from slperf.common.protocol.types import PhaseSummary, RunState

@@ -27,7 +27,7 @@ from slperf.common.data import (
     load_dataset,
     partition_dataset,
 )
-from slperf.common.data import artifacts
+from slperf.common.data.sources import artifacts
 from slperf.common.data.cache import resolve_cache_dir
 from slperf.common.data.partition import attribute_value_blocks, base_on_class_classes, label_skew_classes
 
@@ -177,7 +177,7 @@ _SCRIPT = r"""
 import hashlib, json, sys
 import numpy as np
 from slperf.common.data import load_dataset, partition_dataset
-from slperf.common.data.cifar import generate_synthetic_cifar
+from slperf.common.data.sources.cifar import generate_synthetic_cifar
 
 shared, fresh, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 

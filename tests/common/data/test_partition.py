@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from slperf.common.data import PARTITION_METHODS, class_counts, partition
+from slperf.common.data import PARTITION_METHODS, PARTITIONERS, Partitioner, class_counts, partition, register_partitioner
 from slperf.common.data.partition import label_skew_classes
 
 
@@ -215,3 +215,23 @@ def test_label_skew_empty_client_is_an_error():
 
 def test_method_names():
     assert PARTITION_METHODS == ("homo", "hetero", "label_skew", "base_on_class", "base_on_attribute", "vertical")
+
+
+def test_a_registered_partitioner_is_used_and_its_shards_get_the_common_checks():
+    def first_rows_to_client_0(req):
+        return [np.arange(req.n - req.num_clients + 1)] + [np.array([req.n - i]) for i in range(1, req.num_clients)]
+
+    register_partitioner("test_first_rows", Partitioner(first_rows_to_client_0))
+    try:
+        y = _labels(100)
+        shards = partition(y, "test_first_rows", 3, seed=0)
+        assert [s.tolist() for s in shards[1:]] == [[99], [98]] and shards[0].size == 98
+        assert all(s.dtype == np.int64 for s in shards)
+        assert [s.size for s in partition(y, "test_first_rows", 3, seed=0, equal_size=True)] == [1, 1, 1]
+        with pytest.raises(ValueError, match="already registered"):
+            register_partitioner("test_first_rows", Partitioner(first_rows_to_client_0))
+        with pytest.raises(ValueError, match="already registered"):
+            register_partitioner("homo", Partitioner(first_rows_to_client_0))
+    finally:
+        PARTITIONERS.pop("test_first_rows", None)
+    assert tuple(PARTITIONERS) == PARTITION_METHODS

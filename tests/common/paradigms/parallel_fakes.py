@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import torch
 
-from slperf.common.config import RunConfig, config_from_mapping
+from slperf.common.config import RunConfig
+from slperf.common.config_loader import config_from_mapping
 from slperf.common.paradigms import registry
 from slperf.common.paradigms.base import ClientGone, EvalResult, RoundResult
 from slperf.common.protocol.types import ActivationBatch, PhaseSummary, Reply, StepRef

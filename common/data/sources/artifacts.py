@@ -8,9 +8,10 @@ from the cache when its sha256 matches the pin, and otherwise runs, in a private
     <python> -m pip download --no-deps --no-cache-dir -d <folder> <requirement>      (fetcher "pip")
     apt-get download <package>=<version>                                           (fetcher "apt")
 
-then checks size and sha256 before moving the file into <cache>/artifacts/. When apt cannot locate the package
-(its package lists are missing or stale) and the process runs as root, `apt-get update` is run once and the
-download retried. Any failure raises `DatasetUnavailable` with a one-line message naming the fix.
+then checks size and sha256 before writing the file into <cache>/artifacts/ (with fsutil.atomic_write, via
+cache.install_file). When apt cannot locate the package (its package lists are missing or stale) and the
+process runs as root, `apt-get update` is run once and the download retried. Any failure raises
+`DatasetUnavailable` with a one-line message naming the fix.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cache import resolve_cache_dir
-from .errors import DatasetUnavailable, one_line
+from ..cache import install_file, resolve_cache_dir
+from ..errors import DatasetUnavailable, one_line
 
 HASH_BLOCK = 1 << 20  # 1 MiB
 PIP_TIMEOUT_S = 120.0
@@ -274,7 +275,7 @@ def ensure_artifact(
                 f"{artifact.sha256[:16]}...; the file was deleted and the pin needs checking",
                 offline=False,
             )
-        os.replace(got, dest)
+        install_file(got, dest)
         return dest
     finally:
         shutil.rmtree(work, ignore_errors=True)

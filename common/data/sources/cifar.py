@@ -23,8 +23,9 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import DatasetCorrupt, DatasetUnavailable
-from .registry import Arrays
+from ..cache import resolve_cache_dir
+from ..errors import DatasetCorrupt, DatasetUnavailable
+from ..spec import Arrays
 from .safe_pickle import safe_load
 
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -119,8 +120,6 @@ def verify_cifar10(raw: dict[str, np.ndarray], source: str) -> None:
 
 def load_cifar10(data_dir: Optional[Path] = None, cache_dir: Optional[Path] = None) -> Arrays:
     if data_dir is None:
-        from .cache import resolve_cache_dir
-
         fetched = resolve_cache_dir(cache_dir) / "downloads" / "cifar10"
         try:
             folder = find_cifar10_dir(fetched)

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 from slperf.common.data import DatasetCorrupt, DatasetUnavailable, load_dataset
-from slperf.common.data import artifacts
-from slperf.common.data.archives import read_ar, read_deb_files, write_ar
-from slperf.common.data.fashion_mnist import DEB_DIR, read_fashion_deb
-from slperf.common.data.mnist import encode_idx
+from slperf.common.data.sources import artifacts
+from slperf.common.data.sources.archives import read_ar, read_deb_files
+from slperf.common.data.sources.fashion_mnist import DEB_DIR, read_fashion_deb
+
+from file_encoders import encode_idx, write_ar
 
 FIRST_TRAIN = [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
 FIRST_TEST = [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]

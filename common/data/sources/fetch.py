@@ -5,8 +5,9 @@ The project's own machines reach only the package registries, so the default sou
 (standard library HTTP client, mirrors tried in order, each request with a short timeout so an offline machine
 fails in well under a second), checks every file's size and checksum (sha256, or the md5 the host publishes
 where that is the only published value; for gzipped IDX files the checksum is of the decompressed content, so
-a re-compressed copy still verifies), and writes them atomically into <cache>/downloads/NAME/ (or dest). The
-folder returned is a valid data_dir for the data set; `cifar10` additionally finds it without data_dir.
+a re-compressed copy still verifies) on a scratch .part file, and only then writes it into
+<cache>/downloads/NAME/ (or dest) with fsutil.atomic_write (cache.install_file). The folder returned is a
+valid data_dir for the data set; `cifar10` additionally finds it without data_dir.
 
 CIFAR-10's tarball is unpacked by reading only the expected member names (regular files under
 cifar-10-batches-py/) and writing them under fixed names: no path from the archive is ever used, so a hostile
@@ -30,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from .cache import resolve_cache_dir
-from .errors import DatasetUnavailable
+from slperf.common.fsutil import atomic_write
+
+from ..cache import install_file, resolve_cache_dir
+from ..errors import DatasetUnavailable
 
 DEFAULT_TIMEOUT_S = 15.0
 CHUNK = 1 << 20
@@ -216,7 +219,7 @@ def _fetch_file(spec: RemoteFile, folder: Path, timeout: float, echo: Callable[[
             problem = verify_file(tmp, spec)
             if problem is not None:
                 raise _Mismatch(f"checksum mismatch: {problem}")
-            os.replace(tmp, dest)
+            install_file(tmp, dest)  # only a verified file ever appears under its real name
             return True, []
         except _Mismatch as exc:
             failures.append(f"{url} ({exc})")
@@ -242,8 +245,8 @@ def _unpack_cifar(tarball: Path, folder: Path) -> Path:
                 fh = tar.extractfile(info)
                 if fh is None:
                     continue
-                with open(work / parts[1], "wb") as dst:  # a fixed name from CIFAR_MEMBERS, never the archive's path
-                    shutil.copyfileobj(fh, dst, CHUNK)
+                # A fixed name from CIFAR_MEMBERS, never the archive's path.
+                atomic_write(work / parts[1], lambda dst, src=fh: shutil.copyfileobj(src, dst, CHUNK))
                 found.add(parts[1])
         missing = [m for m in CIFAR_REQUIRED if m not in found]
         if missing:

@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable
 
-from .errors import DatasetCorrupt
+from ..errors import DatasetCorrupt
 
 AR_MAGIC = b"!<arch>\n"
 AR_HEADER = 60
@@ -65,17 +65,6 @@ def read_ar(data: bytes, *, what: str = "ar archive") -> dict[str, bytes]:
         members[name] = data[start:end]
         pos = end + (size & 1)
     return members
-
-
-def write_ar(members: dict[str, bytes]) -> bytes:
-    """The `ar` encoding of members (inverse of read_ar; names of at most 15 ASCII characters). For tests."""
-    out = [AR_MAGIC]
-    for name, payload in members.items():
-        if len(name) > 15 or not name.isascii():
-            raise ValueError(f"ar member names need at most 15 ASCII characters: {name!r}")
-        head = f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(payload):<10}".encode("ascii") + AR_FMAG
-        out += [head, payload, b"\n" if len(payload) & 1 else b""]
-    return b"".join(out)
 
 
 def _data_member(members: dict[str, bytes], what: str) -> tuple[str, bytes]:

@@ -21,8 +21,11 @@ import numpy as np
 import pytest
 
 from slperf.common.data import DATASETS, DatasetCorrupt, DatasetUnavailable, load_dataset
-from slperf.common.data import artifacts
-from slperf.common.data.mnist import TEST_COUNTS, TRAIN_COUNTS, encode_idx, read_zarr_array
+from slperf.common.data.sources import artifacts
+from slperf.common.data.sources.mnist import TEST_COUNTS, TRAIN_COUNTS
+from slperf.common.data.sources.zarr_store import read_zarr_array
+
+from file_encoders import encode_idx
 
 FIRST_TRAIN = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
 FIRST_TEST = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from slperf.common.data import DatasetCorrupt
-from slperf.common.data.cifar import read_cifar_batch
-from slperf.common.data.safe_pickle import UnsafePickle, safe_load
+from slperf.common.data.sources.cifar import read_cifar_batch
+from slperf.common.data.sources.safe_pickle import UnsafePickle, safe_load
 
 
 def _s(text: bytes) -> bytes:
@@ -135,7 +135,7 @@ def test_malicious_pickles_are_refused_and_nothing_executes(tmp_path):
     script = r"""
 import json, sys
 from pathlib import Path
-from slperf.common.data.safe_pickle import UnsafePickle, safe_load
+from slperf.common.data.sources.safe_pickle import UnsafePickle, safe_load
 from slperf.common.data.errors import DatasetCorrupt
 payloads = {k: bytes.fromhex(v) for k, v in json.loads(Path(sys.argv[1]).read_text()).items()}
 events = []

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from slperf.common.data import DATASETS, DatasetCorrupt, DatasetUnavailable, LoadedDataset, ShardLoader, load_dataset
-from slperf.common.data import cifar
+from slperf.common.data.sources import cifar
 from slperf.common.data.loader import CROP_PAD, random_crop_flip
 
 

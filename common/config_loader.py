@@ -1,0 +1,73 @@
+"""Reading a run config (file, YAML text, the server's JSON, or a mapping) and resolving it against the
+registered paradigms and data sets.
+
+`RunConfig` and the checks of its core keys live in config.py, below the paradigms and the data layer. This
+module is above both: it hands the keys the core does not know to the selected paradigm (which declares its
+own options), merges the paradigm's alias options, and checks the data set name against the data registry.
+Every caller that turns text into a RunConfig goes through here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from slperf.common.config import CORE_KEYS, ConfigError, RunConfig, check_ranges, parse_core_keys
+from slperf.common.data import DATASETS
+from slperf.common.paradigms import registry
+
+
+def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tuple[RunConfig, list[str]]:
+    """Builds a validated RunConfig; returns it with warnings (ignored SLPerf keys).
+
+    Keys not known to the core are offered to the selected paradigm; whatever it does not declare is an
+    error naming the key.
+    """
+    cfg, extra, warnings = parse_core_keys(raw, source=source)
+    spec = registry.get(cfg.paradigm)  # raises ConfigError for an unknown paradigm
+    merged_options = {**spec.alias_options.get(cfg.paradigm, {}), **cfg.options}
+    cfg.paradigm = spec.name
+    for key, value in extra.items():
+        if key not in spec.option_keys():
+            known = sorted(CORE_KEYS | set(spec.option_keys()))
+            raise ConfigError(f"{source}: unknown config key '{key}' (known keys: {', '.join(known)})")
+        merged_options[spec.canonical_option(key)] = value
+    cfg.options = spec.validate_options(merged_options)
+    check_ranges(cfg, DATASETS)
+    return cfg, warnings
+
+
+def load_config_text(text: str, *, source: str = "config") -> tuple[RunConfig, list[str]]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    return config_from_mapping(raw, source=source)
+
+
+def load_config(path: str | Path) -> tuple[RunConfig, list[str]]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    return load_config_text(text, source=str(path))
+
+
+def config_from_json(text: str) -> RunConfig:
+    """Parses the resolved config a server sends in RunSetup, with the same validation as a file."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"run config is not valid JSON: {exc}") from None
+    cfg, _ = config_from_mapping(raw, source="run config")
+    return cfg

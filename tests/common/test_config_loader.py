@@ -1,0 +1,37 @@
+"""Reading configs (YAML text, files, the server's JSON) and resolving them against the registered paradigms and
+data sets (config_loader.py)."""
+from __future__ import annotations
+
+import pytest
+
+from slperf.common.config import ConfigError
+from slperf.common.config_loader import config_from_json, load_config, load_config_text
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="partition_alfa"):
+        load_config_text("partition_alfa: 0.5\n")
+
+
+def test_unknown_paradigm_lists_known_ones():
+    with pytest.raises(ConfigError, match="splitfed_v1"):
+        load_config_text("paradigm: nope\n")
+
+
+def test_broken_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config_text("lr: [0.1\n")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config_text("- a\n- b\n")
+
+
+def test_json_round_trip_is_identical():
+    cfg, _ = load_config_text("paradigm: vanilla\nclients: 2\nmax_train_samples: 100\n")
+    assert config_from_json(cfg.to_json()) == cfg
+
+
+def test_unknown_dataset_is_checked_against_the_data_registry():
+    with pytest.raises(ConfigError, match="unknown dataset 'imagenet'.*mnist"):
+        load_config_text("dataset: imagenet\n")
