@@ -175,7 +175,7 @@ def _frame_name(frame: str) -> str:
 
 def federation_rounds(raw_config: dict[str, Any], work: Path, profiler: Profiler | None) -> dict[str, Any]:
     from slperf.common.bench_procs import FederationProbe
-    from slperf.common.results import RunFolder
+    from slperf.slserver.run_folder import RunFolder
     from slperf.federation import run_federation
 
     path = work / "config.yaml"

@@ -623,7 +623,7 @@ def _write_cell_config(cell: Cell, work_dir: Path) -> Path:
 def run_federation_cell(cell: Cell, work_dir: Path, *, echo: Echo = print, show_progress: bool = True) -> dict[str, Any]:
     """One cell as a real local federation; peak RSS of the server and of every client daemon is recorded."""
     from slperf.common.bench_procs import FederationProbe, mib
-    from slperf.common.results import RunFolder
+    from slperf.slserver.run_folder import RunFolder
     from slperf.federation import run_federation
 
     config_path = _write_cell_config(cell, work_dir)
