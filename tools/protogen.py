@@ -1,14 +1,17 @@
-"""Regenerates the Python stubs for proto/slperf/v1 into slperf/v1 (run as `make proto`).
+"""Regenerates the Python stubs for proto/slperf/v1 into slperf/v1 (run as `make proto`, i.e.
+`python -m tools.protogen` from the repository root).
 
-Kept as a module rather than a shell line so the staleness test can produce the same output into a temporary
-folder and compare it byte for byte with what is committed.
+A developer tool: it needs grpcio-tools (a dev dependency) and the proto/ sources, which an installed slperf
+has neither of, so it lives outside the runtime package. Kept as a module rather than a shell line so the
+staleness test can produce the same output into a temporary folder and compare it byte for byte with what is
+committed.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = ROOT / "proto"
 
 
