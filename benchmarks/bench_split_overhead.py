@@ -174,7 +174,7 @@ def _frame_name(frame: str) -> str:
 
 
 def federation_rounds(raw_config: dict[str, Any], work: Path, profiler: Profiler | None) -> dict[str, Any]:
-    from slperf.common.bench_procs import FederationProbe
+    from slperf.bench.probe import FederationProbe
     from slperf.slserver.run_folder import RunFolder
     from slperf.federation import run_federation
 

@@ -1,6 +1,6 @@
 """Writers for the benchmark's results folder: results.csv, report.md (comparison tables) and PNG plots.
 
-They work on results rows only (``slperf.common.bench.finalize_row``), so they can be tested with fake rows
+They work on results rows only (``slperf.bench.rows.finalize_row``), so they can be tested with fake rows
 and re-run on an old results.jsonl. Tables group the cells by dataset x partition x client count; each
 paradigm's row is the mean over its seeds (with the spread when there is more than one), and the dataset's
 centralized baseline appears in every table of that dataset.
@@ -16,9 +16,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from slperf.bench.machine import machine_info
+from slperf.bench.suite import CENTRALIZED, Partition
 from slperf.common.fsutil import atomic_write
-
-CENTRALIZED = "centralized"
 
 CSV_COLUMNS = [
     "key", "status", "paradigm", "dataset", "partition", "partition_method", "clients", "seed", "model", "epochs",
@@ -150,11 +150,7 @@ def groups(rows: Sequence[Mapping[str, Any]]) -> "OrderedDict[tuple[str, str, in
 
 
 def _partition_title(label: str) -> str:
-    if label.startswith("hetero-a"):
-        return f"Dirichlet α={label[len('hetero-a'):]}"
-    if label.startswith("label_skew-k"):
-        return f"label skew, {label[len('label_skew-k'):]} classes per client"
-    return {"homo": "IID"}.get(label, label)
+    return Partition.from_label(label).title
 
 
 def plot_name(group: tuple[str, str, int], kind: str) -> str:
@@ -215,8 +211,6 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], *, suite: Any = None, cel
 def write_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path, *, suite: Any = None,
                  cells: Sequence[Any] | None = None, plots: Sequence[Path] | None = None) -> Path:
     """results.csv and report.md in out_dir; returns the report's path."""
-    from slperf.common.bench import machine_info
-
     out_dir = Path(out_dir)
     write_csv(rows, out_dir / "results.csv")
     report = out_dir / "report.md"
