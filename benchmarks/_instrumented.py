@@ -47,7 +47,7 @@ def _install(role: str) -> None:
 
 
 def _dump(path: Path, name: str, role: str) -> None:
-    from slperf.bench.probe import self_peak_rss_bytes
+    from slperf.bench.memory import self_peak_rss_bytes
 
     with _lock:
         sessions = [{"client_id": r["client_id"] or name, "sent": r["counter"].messages_down if role == "server"

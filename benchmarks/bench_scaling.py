@@ -94,7 +94,7 @@ def lost_messages(counts: dict[str, dict]) -> dict[str, Any]:
 
 
 def run_one(paradigm: str, clients: int, per_client: int, epochs: int, batch_size: int, work: Path) -> dict[str, Any]:
-    from slperf.bench.probe import mib, peak_rss_bytes
+    from slperf.bench.memory import mib, peak_rss_bytes
     from slperf.common.config import load_config
     from slperf.common.data import load_dataset
     from slperf.slserver.run_folder import RunFolder

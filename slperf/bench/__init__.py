@@ -10,6 +10,7 @@ daemon imports it. One module per job:
     store        results.jsonl: rows appended as cells finish, the last row of a key wins
     rows         a results row from what a runner measured
     runners      how a cell is measured: a federation, or the centralized baseline in its own process
+    memory       peak RSS readings (/proc VmHWM, getrusage), cheap enough to import in measured processes
     probe        peak RSS of the federation's children, through the launcher's hooks
     centralized  the centralized baseline (``python -m slperf.bench.centralized``)
     report       results.csv, report.md and plots from rows
@@ -24,5 +25,5 @@ Results go to one folder:
     plots/          accuracy vs round, vs bytes on the wire, vs training time: one line per paradigm
     configs/        the resolved config of every cell;  runs/  the federations' run folders and logs
 
-Nothing is imported here, so that ``slperf.bench.machine`` or ``slperf.bench.probe`` stay cheap to import.
+Nothing is imported here, so that ``slperf.bench.machine`` and ``slperf.bench.memory`` stay cheap to import.
 """

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slperf.bench.probe import self_peak_rss_bytes
+from slperf.bench.memory import self_peak_rss_bytes
 from slperf.bench.suite import CENTRALIZED
 from slperf.common.config import RunConfig, config_from_mapping, load_config
 from slperf.common.data import ShardLoader, cap_indices, load_dataset

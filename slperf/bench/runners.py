@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from slperf.bench.probe import FederationProbe, mib
+from slperf.bench.memory import mib
+from slperf.bench.probe import FederationProbe
 from slperf.bench.rows import curve_from_metrics
 from slperf.bench.suite import CENTRALIZED, Cell
 from slperf.common.fsutil import atomic_write
@@ -42,7 +43,8 @@ def run_federation_cell(cell: Cell, work_dir: Path, *, echo: Echo = print,
     config_path = _write_cell_config(cell, work_dir)
     started = time.monotonic()
     with FederationProbe() as probe:
-        summary = run_federation(config_path, work_dir / "runs", show_progress=show_progress, echo=echo)
+        summary = run_federation(config_path, work_dir / "runs", show_progress=show_progress, echo=echo,
+                                 hooks=probe.hooks)
     total = time.monotonic() - started
     records = RunFolder(Path(summary["run_dir"])).read_metrics()
     curve = curve_from_metrics(records)
