@@ -40,9 +40,10 @@ def generate(out_dir: Path) -> list[Path]:
     return sorted((out_dir / "slperf" / "v1").glob("*_pb2*.py*"))
 
 
-def main() -> None:
+def main() -> int:
     generated = generate(ROOT)
     print(f"generated {len(generated)} files into {ROOT / 'slperf' / 'v1'}")
+    return 0
 
 
 if __name__ == "__main__":

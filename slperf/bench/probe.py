@@ -16,21 +16,25 @@ Nothing global is changed: each probe sees only the federation it was handed to,
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from slperf.bench.memory import peak_rss_bytes
 from slperf.federation import FederationHooks
 
 
 class _Process(Protocol):
-    pid: int
+    @property
+    def pid(self) -> int: ...
 
 
 class _Children(Protocol):
     """What the probe reads of a federation (``slperf.federation.Federation`` has both)."""
 
-    server: _Process | None
-    clients: dict[str, Any]
+    @property
+    def server(self) -> _Process | None: ...
+
+    @property
+    def clients(self) -> Mapping[str, _Process]: ...
 
 
 class FederationProbe:

@@ -50,14 +50,14 @@ def write_csv(rows: Iterable[Mapping[str, Any]], path: Path) -> Path:
 
 # ---- aggregation ----------------------------------------------------------------------------------------------
 
-def _mean(values: Sequence[float]) -> float | None:
-    values = [v for v in values if _number(v)]
-    return statistics.fmean(values) if values else None
+def _mean(values: Sequence[Any]) -> float | None:
+    numbers = [float(v) for v in values if _number(v)]
+    return statistics.fmean(numbers) if numbers else None
 
 
-def _spread(values: Sequence[float]) -> float | None:
-    values = [v for v in values if _number(v)]
-    return statistics.stdev(values) if len(values) > 1 else None
+def _spread(values: Sequence[Any]) -> float | None:
+    numbers = [float(v) for v in values if _number(v)]
+    return statistics.stdev(numbers) if len(numbers) > 1 else None
 
 
 def group_key(row: Mapping[str, Any]) -> tuple[str, str, int]:
@@ -105,7 +105,7 @@ def _rounds(agg: Mapping[str, Any]) -> str:
 
 
 def _target_label(rows: Sequence[Mapping[str, Any]]) -> str:
-    targets = {r.get("target_accuracy") for r in rows if r.get("target_accuracy") is not None}
+    targets = {float(r["target_accuracy"]) for r in rows if r.get("target_accuracy") is not None}
     if len(targets) == 1:
         return f"rounds to {100 * targets.pop():g}%"
     return "rounds to target"
@@ -149,10 +149,6 @@ def groups(rows: Sequence[Mapping[str, Any]]) -> "OrderedDict[tuple[str, str, in
     return out
 
 
-def _partition_title(label: str) -> str:
-    return Partition.from_label(label).title
-
-
 def plot_name(group: tuple[str, str, int], kind: str) -> str:
     dataset, partition, clients = group
     return f"{dataset}_{partition}_c{clients}_accuracy_vs_{kind}.png"
@@ -189,7 +185,7 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], *, suite: Any = None, cel
     plot_names = {p.name for p in plots or []}
     for group, group_rows in groups(rows).items():
         dataset, partition, clients = group
-        out += [f"## {dataset}, {_partition_title(partition)}, {clients} clients", ""]
+        out += [f"## {dataset}, {Partition.from_label(partition).title}, {clients} clients", ""]
         out.append(table_markdown(group_rows, [r for r in centralized if r["dataset"] == dataset]))
         out.append("")
         for kind in ("round", "bytes", "time"):
@@ -282,7 +278,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
                 ax.set_xscale("log")  # FedAvg moves weights only: orders of magnitude fewer bytes
             ax.set_xlabel(labels[kind])
             ax.set_ylabel("test accuracy (%)")
-            ax.set_title(f"{dataset}, {_partition_title(partition)}, {clients} clients")
+            ax.set_title(f"{dataset}, {Partition.from_label(partition).title}, {clients} clients")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
             fig.tight_layout()
