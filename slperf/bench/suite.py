@@ -257,24 +257,32 @@ def _canonical_paradigm(name: str) -> str:
         raise SuiteError(f"suite: {exc}") from None
 
 
-def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None = None) -> Suite:
-    """Validates a suite mapping; every problem is a SuiteError naming the key."""
-    where = str(source) if source else "suite"
-    if not isinstance(raw, Mapping):
-        raise SuiteError(f"{where}: the top level must be a mapping")
-    known = {"name", "description", "base", "matrix", "exclude", "overrides", "target_accuracy", "centralized",
-             "estimate"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise SuiteError(f"{where}: unknown suite keys {unknown} (known: {', '.join(sorted(known))})")
+_SUITE_KEYS = {"name", "description", "base", "matrix", "exclude", "overrides", "target_accuracy", "centralized",
+               "estimate"}
+_MATRIX_KEYS = {"paradigms", "datasets", "partitions", "clients", "seeds"}
+# Config keys that the matrix sets for every cell; a base that set them would be silently overwritten.
+_MATRIX_CONFIG_KEYS = ("paradigm", "variants_type", "dataset", "clients", "client_number", "seed", "partition_method",
+                       "partition_alpha", "class_number_per_client", "client_ids")
+_EXCLUDE_FIELDS = {"paradigm", "dataset", "partition", "clients", "seed"}
+
+
+@dataclass(frozen=True)
+class _Axes:
+    paradigms: list[str]
+    datasets: list[str]
+    partitions: list[Partition]
+    clients: list[int]
+    seeds: list[int]
+
+
+def _parse_matrix(raw: Mapping[str, Any], where: str) -> _Axes:
     matrix = raw.get("matrix")
     if not isinstance(matrix, Mapping):
         raise SuiteError(f"{where}: 'matrix' must be a mapping with paradigms, datasets, partitions, clients, seeds")
-    m_unknown = sorted(set(matrix) - {"paradigms", "datasets", "partitions", "clients", "seeds"})
+    m_unknown = sorted(set(matrix) - _MATRIX_KEYS)
     if m_unknown:
         raise SuiteError(f"{where}: unknown matrix keys {m_unknown}")
-    paradigms_raw = matrix.get("paradigms", "all")
-    if paradigms_raw == "all":
+    if matrix.get("paradigms", "all") == "all":
         paradigms = registered_paradigms()
     else:
         paradigms = []
@@ -291,31 +299,63 @@ def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "clients" else 0):
                 raise SuiteError(f"{where}: matrix {key} must be {'positive' if key == 'clients' else 'non-negative'} "
                                  f"integers, got {v!r}")
+    return _Axes(paradigms, datasets, partitions, [int(c) for c in clients], [int(s) for s in seeds])
+
+
+def _parse_base(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
     base = raw.get("base") or {}
     if not isinstance(base, Mapping):
         raise SuiteError(f"{where}: 'base' must be a mapping of config keys")
-    for axis in ("paradigm", "variants_type", "dataset", "clients", "client_number", "seed", "partition_method",
-                 "partition_alpha", "class_number_per_client", "client_ids"):
+    for axis in _MATRIX_CONFIG_KEYS:
         if axis in base:
             raise SuiteError(f"{where}: base key '{axis}' is set by the matrix; put it in 'matrix' instead")
+    return dict(base)
+
+
+def _parse_overrides(raw: Mapping[str, Any], where: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Per-dataset and per-paradigm config overrides (paradigms by their canonical names)."""
     overrides = raw.get("overrides") or {}
     if not isinstance(overrides, Mapping) or set(overrides) - {"datasets", "paradigms"}:
         raise SuiteError(f"{where}: 'overrides' must be a mapping with 'datasets' and/or 'paradigms'")
     ds_over = {str(k): dict(v or {}) for k, v in (overrides.get("datasets") or {}).items()}
     pd_over = {_canonical_paradigm(k): dict(v or {}) for k, v in (overrides.get("paradigms") or {}).items()}
+    return ds_over, pd_over
+
+
+def _parse_exclude(raw: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
     exclude = raw.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(e, Mapping) for e in exclude):
         raise SuiteError(f"{where}: 'exclude' must be a list of mappings")
     for rule in exclude:
-        bad = set(rule) - {"paradigm", "dataset", "partition", "clients", "seed"}
+        bad = set(rule) - _EXCLUDE_FIELDS
         if bad:
             raise SuiteError(f"{where}: exclude rule {dict(rule)} has unknown fields {sorted(bad)}")
+    return [dict(e) for e in exclude]
+
+
+def _parse_target(raw: Mapping[str, Any], where: str) -> float | dict[str, float] | None:
     target = raw.get("target_accuracy")
     if target is not None and not isinstance(target, (int, float, Mapping)):
         raise SuiteError(f"{where}: target_accuracy must be a number in 0..1 or a mapping dataset -> number")
     for value in (target.values() if isinstance(target, Mapping) else [target] if target is not None else []):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             raise SuiteError(f"{where}: target_accuracy values must be in (0, 1], got {value!r}")
+    return dict(target) if isinstance(target, Mapping) else target
+
+
+def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None = None) -> Suite:
+    """Validates a suite mapping; every problem is a SuiteError naming the key."""
+    where = str(source) if source else "suite"
+    if not isinstance(raw, Mapping):
+        raise SuiteError(f"{where}: the top level must be a mapping")
+    unknown = sorted(set(raw) - _SUITE_KEYS)
+    if unknown:
+        raise SuiteError(f"{where}: unknown suite keys {unknown} (known: {', '.join(sorted(_SUITE_KEYS))})")
+    axes = _parse_matrix(raw, where)
+    base = _parse_base(raw, where)
+    ds_over, pd_over = _parse_overrides(raw, where)
+    exclude = _parse_exclude(raw, where)
+    target = _parse_target(raw, where)
     centralized = raw.get("centralized", True)
     if not isinstance(centralized, bool):
         raise SuiteError(f"{where}: centralized must be true or false")
@@ -323,11 +363,10 @@ def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None
     if not isinstance(estimate, Mapping):
         raise SuiteError(f"{where}: estimate must be a mapping")
     suite_name = str(raw.get("name") or name or (PurePath(source.name).stem if source else "suite"))
-    return Suite(name=suite_name, description=str(raw.get("description", "")), base=dict(base),
-                 paradigms=paradigms, datasets=datasets, partitions=partitions, clients=[int(c) for c in clients],
-                 seeds=[int(s) for s in seeds], exclude=[dict(e) for e in exclude], dataset_overrides=ds_over,
-                 paradigm_overrides=pd_over, target_accuracy=dict(target) if isinstance(target, Mapping) else target,
-                 centralized=centralized, estimate=dict(estimate), source=source)
+    return Suite(name=suite_name, description=str(raw.get("description", "")), base=base,
+                 paradigms=axes.paradigms, datasets=axes.datasets, partitions=axes.partitions, clients=axes.clients,
+                 seeds=axes.seeds, exclude=exclude, dataset_overrides=ds_over, paradigm_overrides=pd_over,
+                 target_accuracy=target, centralized=centralized, estimate=dict(estimate), source=source)
 
 
 def load_suite(suite: str | Path) -> Suite:
