@@ -72,22 +72,18 @@ def run_federation_cell(cell: Cell, work_dir: Path, *, echo: Echo = print,
     }
 
 
-def run_centralized_cell(cell: Cell, work_dir: Path, *, echo: Echo = print,
-                         show_progress: bool = True) -> dict[str, Any]:
-    """The centralized baseline in its own process (so its peak RSS is its own), one JSON line per epoch."""
-    config_path = _write_cell_config(cell, work_dir)
-    out_path = work_dir / "centralized" / f"{cell.slug}.json"
+def _centralized_process(cell: Cell, config_path: Path, out_path: Path, log_path: Path, *, echo: Echo,
+                         show_progress: bool) -> int:
+    """Runs ``python -m slperf.bench.centralized`` and follows its JSON epoch lines (a bar, or one echoed line
+    per epoch); stderr goes to the log. Returns the exit code."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONUNBUFFERED"] = "1"
-    log_path = work_dir / "centralized" / f"{cell.slug}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     bar = None
     if show_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=cell.epochs, desc=CENTRALIZED, unit="epoch", file=sys.stderr, leave=False)
-    started = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "slperf.bench.centralized", str(config_path),
                                  "--out", str(out_path)], stdout=subprocess.PIPE, stderr=log, env=env)
@@ -106,6 +102,18 @@ def run_centralized_cell(cell: Cell, work_dir: Path, *, echo: Echo = print,
         code = proc.wait()
     if bar is not None:
         bar.close()
+    return code
+
+
+def run_centralized_cell(cell: Cell, work_dir: Path, *, echo: Echo = print,
+                         show_progress: bool = True) -> dict[str, Any]:
+    """The centralized baseline in its own process (so its peak RSS is its own), one JSON line per epoch."""
+    config_path = _write_cell_config(cell, work_dir)
+    out_path = work_dir / "centralized" / f"{cell.slug}.json"
+    log_path = work_dir / "centralized" / f"{cell.slug}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    code = _centralized_process(cell, config_path, out_path, log_path, echo=echo, show_progress=show_progress)
     if code != 0:
         tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
         raise RuntimeError(f"centralized baseline exited with code {code}: {tail}")
