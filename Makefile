@@ -20,7 +20,7 @@ setup: $(STAMP)
 
 # Regenerates the committed stubs in slperf/v1/ from proto/ (tests/test_proto_stubs.py fails when they are stale).
 proto: $(STAMP)
-	$(VPY) -m slperf.common.wire.protogen
+	$(VPY) -m tools.protogen
 
 data: $(STAMP)
 	for d in mnist fashionmnist adult german; do $(VPY) -m slperf.cli data prepare $$d || exit 1; done

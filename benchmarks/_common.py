@@ -3,41 +3,20 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from slperf.bench.machine import machine_info
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                            "platform": platform.platform()}
-    try:
-        info["loadavg"] = os.getloadavg()
-    except OSError:
-        pass
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-    except Exception:
-        pass
-    try:
-        import grpc
-
-        info["grpcio"] = grpc.__version__
-    except Exception:
-        pass
-    return info
 
 
 def write_result(name: str, data: dict[str, Any], results_dir: Path | None = None) -> Path:
     folder = Path(results_dir) if results_dir else RESULTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), **data,
+    payload = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine_info(), **data,
                "note": "measured on a shared machine; timings are noisy (see machine.loadavg)"}
     path = folder / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
@@ -53,6 +32,6 @@ def median(values: Sequence[float]) -> float | None:
 
 
 def banner(title: str) -> None:
-    load = machine().get("loadavg")
+    load = machine_info().get("loadavg")
     suffix = f" (load average {load[0]:.1f} on {os.cpu_count()} CPUs: figures are noisy)" if load else ""
     print(f"== {title}{suffix}", flush=True)

@@ -32,7 +32,7 @@ def _install() -> None:
 
 
 def _dump(path: Path, name: str, role: str) -> None:
-    from slperf.common.bench_procs import self_peak_rss_bytes
+    from slperf.bench.memory import self_peak_rss_bytes
 
     with _lock:
         sessions = [{"client_id": r["client_id"] or name, "sent": r["counter"].messages_down if role == "server"

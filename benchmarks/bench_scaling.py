@@ -94,10 +94,10 @@ def lost_messages(counts: dict[str, dict]) -> dict[str, Any]:
 
 
 def run_one(paradigm: str, clients: int, per_client: int, epochs: int, batch_size: int, work: Path) -> dict[str, Any]:
-    from slperf.common.bench_procs import mib, peak_rss_bytes
+    from slperf.bench.memory import mib, peak_rss_bytes
     from slperf.common.config_loader import load_config
     from slperf.common.data import load_dataset
-    from slperf.common.results import RunFolder
+    from slperf.slserver.run_folder import RunFolder
 
     raw = {"paradigm": paradigm, "dataset": "mnist", "clients": clients, "model": "lenet", "split_layer": 1,
            "batch_size": batch_size, "epochs": epochs, "lr": 0.05, "seed": 0, "partition_method": "homo",

@@ -174,15 +174,15 @@ def _frame_name(frame: str) -> str:
 
 
 def federation_rounds(raw_config: dict[str, Any], work: Path, profiler: Profiler | None) -> dict[str, Any]:
-    from slperf.common.bench_procs import FederationProbe
-    from slperf.common.results import RunFolder
+    from slperf.bench.probe import FederationProbe
+    from slperf.slserver.run_folder import RunFolder
     from slperf.federation import run_federation
 
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(raw_config))
-    with FederationProbe(on_start=profiler.remember if profiler else None):
+    with FederationProbe(on_start=profiler.remember if profiler else None) as probe:
         summary = run_federation(path, work / "runs", show_progress=False,
-                                 echo=profiler.on_echo if profiler else (lambda _m: None))
+                                 echo=profiler.on_echo if profiler else (lambda _m: None), hooks=probe.hooks)
     records = RunFolder(Path(summary["run_dir"])).read_metrics()
     return {"round_seconds": [r["round_seconds"] for r in records],
             "test_accuracy": summary["test_accuracy"],

@@ -296,14 +296,15 @@ def federation(config_path: Path, out_dir: Path, no_progress: bool) -> None:
 
 
 @main.command()
-@click.option("--suite", required=True, help="suite NAME (benchmarks/suites/NAME.yaml: quick, paper) or a YAML file")
+@click.option("--suite", required=True, help="suite NAME (built in: quick, paper) or a YAML file")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="results folder (default runs/bench/SUITE); "
               "re-running into it resumes")
 @click.option("--no-progress", is_flag=True)
 def bench(suite: str, out_dir: Path | None, no_progress: bool) -> None:
     """Run a benchmark matrix (paradigms x datasets x partitions x clients x seeds) of real federations and
     write results.jsonl/csv, report.md and plots."""
-    from slperf.common.bench import SuiteError, run_suite
+    from slperf.bench.run import run_suite
+    from slperf.bench.suite import SuiteError
 
     try:
         outcome = run_suite(suite, out_dir, show_progress=not no_progress)

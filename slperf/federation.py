@@ -30,6 +30,21 @@ class FederationError(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class FederationHooks:
+    """Callbacks for code that watches a federation's processes from outside (the benchmark's memory probe, a
+    profiler that attaches to the daemons) without changing how they are started or stopped.
+
+    ``on_started(federation)`` runs once the server is ready and every client daemon has been launched, so
+    ``federation.server`` and ``federation.clients`` hold the live processes; if it raises, the start fails.
+    ``before_stop(federation)`` runs at the start of ``stop``, while every child that is still running is
+    alive (Linux forgets a process's peak memory when it exits); the children are stopped even if it raises.
+    """
+
+    on_started: Callable[[Federation], None] | None = None
+    before_stop: Callable[[Federation], None] | None = None
+
+
 @dataclass
 class Federation:
     config: RunConfig
@@ -40,6 +55,7 @@ class Federation:
     clients: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
     logs_dir: Path | None = None
+    hooks: FederationHooks = field(default_factory=FederationHooks)
     _stopping: bool = False
 
     def client_ids(self) -> list[str]:
@@ -79,6 +95,8 @@ class Federation:
                           "--ca", str(tls.ca_paths(self.certs_dir)[0]), "--cert", str(cert), "--key", str(key),
                           "--server-name", "localhost", "--torch-threads", str(self.torch_threads)),
                 stdout=log, stderr=subprocess.STDOUT, env=self._env())
+        if self.hooks.on_started is not None:
+            self.hooks.on_started(self)
 
     def operator(self) -> OperatorClient:
         return OperatorClient(f"127.0.0.1:{self.port}", tls.operator_channel_credentials(self.certs_dir),
@@ -106,6 +124,13 @@ class Federation:
 
     def stop(self) -> None:
         self._stopping = True
+        try:
+            if self.hooks.before_stop is not None:
+                self.hooks.before_stop(self)
+        finally:
+            self._stop_children()
+
+    def _stop_children(self) -> None:
         if self.server is not None and self.server.poll() is None:
             try:
                 op = self.operator()
@@ -133,7 +158,9 @@ def stop_processes(procs: Sequence[subprocess.Popen], grace: float) -> None:
 
 
 def run_federation(config_path: Path, out_dir: Path, *, show_progress: bool = True,
-                   echo: Callable[[str], None] = print) -> dict:
+                   echo: Callable[[str], None] = print, hooks: FederationHooks | None = None) -> dict:
+    """Runs the config on a fresh local federation to its end and returns the run's summary; ``hooks`` let a
+    caller watch the processes (see FederationHooks)."""
     config, warnings = load_config(config_path)
     for warning in warnings:
         echo(f"warning: {warning}")
@@ -143,7 +170,7 @@ def run_federation(config_path: Path, out_dir: Path, *, show_progress: bool = Tr
     out_dir.mkdir(parents=True, exist_ok=True)
     certs = Path(tempfile.mkdtemp(prefix="slperf-certs-"))
     fed = Federation(config=config, out_dir=out_dir, certs_dir=certs,
-                     torch_threads=config.torch_threads or 1)
+                     torch_threads=config.torch_threads or 1, hooks=hooks or FederationHooks())
     failure: list[str] = []
     started = time.monotonic()
     try:

@@ -25,7 +25,7 @@ from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone, ClientHandle, ParadigmSpec, ServerParadigm
 from slperf.common.protocol.types import RunState
-from slperf.common.results import RunFolder
+from slperf.slserver.run_folder import RunFolder
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
 from slperf.slserver.compute import ComputeContext
 from slperf.slserver.proxy import ClientProxy

@@ -63,7 +63,7 @@ class Daemons:
     def federate(self, certs: Path, config: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """A server and the config's ``client_ids`` as daemons over mutual TLS, the config run to its end by the
         operator; returns the run's summary and per-round records (the run must finish)."""
-        from slperf.common.results import RunFolder
+        from slperf.slserver.run_folder import RunFolder
         from slperf.operator import OperatorClient
 
         runs = self.tmp / "runs"

@@ -1,7 +1,7 @@
 """The committed generated code in slperf/v1 must be exactly what `make proto` produces from proto/."""
 from __future__ import annotations
 
-from slperf.common.wire import protogen
+from tools import protogen
 
 
 def test_committed_stubs_match_the_proto_files(tmp_path):

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from slperf.common.results import RunFolder
+from slperf.slserver.run_folder import RunFolder
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,7 @@ import yaml
 import netns
 import relay
 from slperf.common import tls
-from slperf.common.results import RunFolder
+from slperf.slserver.run_folder import RunFolder
 
 pytestmark = pytest.mark.slow
 

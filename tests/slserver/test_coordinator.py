@@ -21,7 +21,7 @@ from slperf.common.config_loader import config_from_mapping
 from slperf.common.paradigms.base import (ClientGone, ClientParadigm, EvalResult, ParadigmSpec, RoundResult,
                                           ServerContext, ServerParadigm, sort_outcomes)
 from slperf.common.protocol.types import PhaseSummary, RunState
-from slperf.common.results import RunFolder
+from slperf.slserver.run_folder import RunFolder
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
 from slperf.slserver.coordinator import Run, RunCoordinator
 

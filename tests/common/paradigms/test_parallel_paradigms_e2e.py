@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from slperf.common import tls
-from slperf.common.results import RunFolder
+from slperf.slserver.run_folder import RunFolder
 from slperf.operator import OperatorClient
 
 pytestmark = pytest.mark.slow

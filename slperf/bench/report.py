@@ -1,6 +1,6 @@
 """Writers for the benchmark's results folder: results.csv, report.md (comparison tables) and PNG plots.
 
-They work on results rows only (``slperf.common.bench.finalize_row``), so they can be tested with fake rows
+They work on results rows only (``slperf.bench.rows.finalize_row``), so they can be tested with fake rows
 and re-run on an old results.jsonl. Tables group the cells by dataset x partition x client count; each
 paradigm's row is the mean over its seeds (with the spread when there is more than one), and the dataset's
 centralized baseline appears in every table of that dataset.
@@ -16,9 +16,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from slperf.bench.machine import machine_info
+from slperf.bench.suite import CENTRALIZED, Partition
 from slperf.common.fsutil import atomic_write
-
-CENTRALIZED = "centralized"
 
 CSV_COLUMNS = [
     "key", "status", "paradigm", "dataset", "partition", "partition_method", "clients", "seed", "model", "epochs",
@@ -50,14 +50,14 @@ def write_csv(rows: Iterable[Mapping[str, Any]], path: Path) -> Path:
 
 # ---- aggregation ----------------------------------------------------------------------------------------------
 
-def _mean(values: Sequence[float]) -> float | None:
-    values = [v for v in values if _number(v)]
-    return statistics.fmean(values) if values else None
+def _mean(values: Sequence[Any]) -> float | None:
+    numbers = [float(v) for v in values if _number(v)]
+    return statistics.fmean(numbers) if numbers else None
 
 
-def _spread(values: Sequence[float]) -> float | None:
-    values = [v for v in values if _number(v)]
-    return statistics.stdev(values) if len(values) > 1 else None
+def _spread(values: Sequence[Any]) -> float | None:
+    numbers = [float(v) for v in values if _number(v)]
+    return statistics.stdev(numbers) if len(numbers) > 1 else None
 
 
 def group_key(row: Mapping[str, Any]) -> tuple[str, str, int]:
@@ -105,7 +105,7 @@ def _rounds(agg: Mapping[str, Any]) -> str:
 
 
 def _target_label(rows: Sequence[Mapping[str, Any]]) -> str:
-    targets = {r.get("target_accuracy") for r in rows if r.get("target_accuracy") is not None}
+    targets = {float(r["target_accuracy"]) for r in rows if r.get("target_accuracy") is not None}
     if len(targets) == 1:
         return f"rounds to {100 * targets.pop():g}%"
     return "rounds to target"
@@ -149,14 +149,6 @@ def groups(rows: Sequence[Mapping[str, Any]]) -> "OrderedDict[tuple[str, str, in
     return out
 
 
-def _partition_title(label: str) -> str:
-    if label.startswith("hetero-a"):
-        return f"Dirichlet α={label[len('hetero-a'):]}"
-    if label.startswith("label_skew-k"):
-        return f"label skew, {label[len('label_skew-k'):]} classes per client"
-    return {"homo": "IID"}.get(label, label)
-
-
 def plot_name(group: tuple[str, str, int], kind: str) -> str:
     dataset, partition, clients = group
     return f"{dataset}_{partition}_c{clients}_accuracy_vs_{kind}.png"
@@ -193,7 +185,7 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], *, suite: Any = None, cel
     plot_names = {p.name for p in plots or []}
     for group, group_rows in groups(rows).items():
         dataset, partition, clients = group
-        out += [f"## {dataset}, {_partition_title(partition)}, {clients} clients", ""]
+        out += [f"## {dataset}, {Partition.from_label(partition).title}, {clients} clients", ""]
         out.append(table_markdown(group_rows, [r for r in centralized if r["dataset"] == dataset]))
         out.append("")
         for kind in ("round", "bytes", "time"):
@@ -215,8 +207,6 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], *, suite: Any = None, cel
 def write_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path, *, suite: Any = None,
                  cells: Sequence[Any] | None = None, plots: Sequence[Path] | None = None) -> Path:
     """results.csv and report.md in out_dir; returns the report's path."""
-    from slperf.common.bench import machine_info
-
     out_dir = Path(out_dir)
     write_csv(rows, out_dir / "results.csv")
     report = out_dir / "report.md"
@@ -288,7 +278,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
                 ax.set_xscale("log")  # FedAvg moves weights only: orders of magnitude fewer bytes
             ax.set_xlabel(labels[kind])
             ax.set_ylabel("test accuracy (%)")
-            ax.set_title(f"{dataset}, {_partition_title(partition)}, {clients} clients")
+            ax.set_title(f"{dataset}, {Partition.from_label(partition).title}, {clients} clients")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
             fig.tight_layout()

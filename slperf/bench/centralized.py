@@ -1,5 +1,6 @@
 """The centralized baseline: the unsplit model trained in one process on all of the run's (capped) training
-data, with the same budget as a federation of the same config (DESIGN §1: compare paradigms fairly).
+data, with the same budget as a federation of the same config, so that every paradigm is compared with what
+the same model reaches without a cut.
 
 Same budget means: the same model and initial weights (``build_model`` with the run's seed), the same SGD
 (``steps.make_optimizer``: lr, momentum, weight decay), the same batch size, the same number of passes
@@ -12,7 +13,7 @@ this baseline see the same batches in the same order.
     result = train_centralized(config)          # RunConfig or a mapping of config keys
     result["test_accuracy"], result["curve"]    # final accuracy, one point per epoch
 
-``python -m slperf.common.centralized CONFIG.yaml --out RESULT.json`` runs it as its own process (how the
+``python -m slperf.bench.centralized CONFIG.yaml --out RESULT.json`` runs it as its own process (how the
 benchmark measures its peak memory) and prints one JSON line per epoch.
 """
 from __future__ import annotations
@@ -28,9 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from slperf.bench.memory import self_peak_rss_bytes
+from slperf.bench.suite import CENTRALIZED
 from slperf.common.config import RunConfig
 from slperf.common.config_loader import config_from_mapping, load_config
 from slperf.common.data import ShardLoader, cap_indices, load_dataset
+from slperf.common.fsutil import atomic_write
 from slperf.common.models import build_model
 from slperf.common.paradigms.steps import make_optimizer
 from slperf.common.shards import train_indices
@@ -104,7 +108,7 @@ def train_centralized(config: RunConfig | Mapping[str, Any], *, cache_dir: str |
             on_epoch(point)
     accuracies = [p["test_accuracy"] for p in curve]
     return {
-        "paradigm": "centralized",
+        "paradigm": CENTRALIZED,
         "dataset": cfg.dataset,
         "model": cfg.model,
         "rounds": len(curve),
@@ -120,13 +124,12 @@ def train_centralized(config: RunConfig | Mapping[str, Any], *, cache_dir: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m slperf.common.centralized",
-                                     description="Train the centralized (unsplit, one-process) baseline of a run config.")
+    parser = argparse.ArgumentParser(prog="python -m slperf.bench.centralized",
+                                     description="Train the centralized (unsplit, one-process) baseline of a run "
+                                                 "config.")
     parser.add_argument("config", type=Path, help="run config (YAML)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
-    from slperf.common.bench_procs import self_peak_rss_bytes
-
     config, _ = load_config(args.config)
     torch.set_num_threads(config.torch_threads or 1)  # one thread, like every process of a local federation
     started = time.perf_counter()
@@ -139,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     result["peak_rss_bytes"] = self_peak_rss_bytes()
     text = json.dumps(result, indent=2, sort_keys=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        atomic_write(args.out, text + "\n")
     print(json.dumps({"event": "done", "test_accuracy": result["test_accuracy"]}), flush=True)
     return 0
 

@@ -1,4 +1,7 @@
-"""The run folder: resolved config, per-round metrics, summary, and plots (DESIGN §8)."""
+"""The run folder the server's coordinator writes for every run: the resolved config, per-round metrics
+(appended and fsynced as rounds finish, so a crash loses at most the round in flight), run state, the summary
+and plots. It lives with the server because only the server writes it; readers (tests, benchmarks) open the
+same folder afterwards."""
 from __future__ import annotations
 
 import json

@@ -1,14 +1,17 @@
-"""Regenerates the Python stubs for proto/slperf/v1 into slperf/v1 (run as `make proto`).
+"""Regenerates the Python stubs for proto/slperf/v1 into slperf/v1 (run as `make proto`, i.e.
+`python -m tools.protogen` from the repository root).
 
-Kept as a module rather than a shell line so the staleness test can produce the same output into a temporary
-folder and compare it byte for byte with what is committed.
+A developer tool: it needs grpcio-tools (a dev dependency) and the proto/ sources, which an installed slperf
+has neither of, so it lives outside the runtime package. Kept as a module rather than a shell line so the
+staleness test can produce the same output into a temporary folder and compare it byte for byte with what is
+committed.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = ROOT / "proto"
 
 
@@ -37,9 +40,10 @@ def generate(out_dir: Path) -> list[Path]:
     return sorted((out_dir / "slperf" / "v1").glob("*_pb2*.py*"))
 
 
-def main() -> None:
+def main() -> int:
     generated = generate(ROOT)
     print(f"generated {len(generated)} files into {ROOT / 'slperf' / 'v1'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""Results rows: one flat mapping per cell (identity, config, measured figures and the per-round curve), the
+form that the store, the CSV and the report all read. A row is built the same way whoever measured the cell
+(a real federation, the centralized baseline, or a test's fake runner).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+from slperf.bench.suite import Cell
+
+
+def rounds_to_target(curve: Sequence[Mapping[str, Any]], target: float | None) -> int | None:
+    """The first (1-based) round whose test accuracy reaches the target, None if none does."""
+    if target is None:
+        return None
+    for i, point in enumerate(curve):
+        acc = point.get("test_accuracy")
+        if acc is not None and acc >= target:
+            return int(point.get("round", i + 1))
+    return None
+
+
+def finalize_row(cell: Cell, measured: Mapping[str, Any], *, target: float | None) -> dict[str, Any]:
+    """A results row: the cell's identity and config plus what the runner measured, with the figures that
+    follow from the curve (final/best accuracy, rounds to target) filled in when the runner left them out."""
+    curve = list(measured.get("curve") or [])
+    accs = [p["test_accuracy"] for p in curve if p.get("test_accuracy") is not None]
+    row: dict[str, Any] = {
+        "key": cell.key, "config_hash": cell.config_hash, "status": "ok", "error": "",
+        "paradigm": cell.paradigm, "dataset": cell.dataset,
+        "partition": cell.partition.label if cell.partition else "all",
+        "partition_method": cell.config.get("partition_method") if cell.partition else None,
+        "clients": cell.clients, "seed": cell.seed,
+        "epochs": cell.config.get("epochs"), "batch_size": cell.config.get("batch_size"),
+        "lr": cell.config.get("lr"), "model": cell.config.get("model"),
+        "final_accuracy": accs[-1] if accs else None, "best_accuracy": max(accs) if accs else None,
+        "target_accuracy": target,
+    }
+    row.update({k: v for k, v in measured.items() if k not in ("curve",)})
+    if row.get("final_accuracy") is None and accs:
+        row["final_accuracy"] = accs[-1]
+    row["rounds"] = measured.get("rounds", len(curve))
+    row["rounds_to_target"] = rounds_to_target(curve, target)
+    clients = cell.clients or 1
+    for direction in ("up", "down"):
+        total = row.get(f"bytes_{direction}")
+        if total is not None and row.get(f"bytes_{direction}_per_client") is None:
+            row[f"bytes_{direction}_per_client"] = total / clients
+    if row.get("train_seconds") is None and curve:
+        row["train_seconds"] = sum(float(p.get("round_seconds", 0.0)) for p in curve)
+    row["config"] = dict(cell.config)
+    row["curve"] = curve
+    return row
+
+
+def failed_row(cell: Cell, error: str, *, target: float | None) -> dict[str, Any]:
+    row = finalize_row(cell, {}, target=target)
+    row.update(status="failed", error=error)
+    return row
+
+
+def curve_from_metrics(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per-round points from a run's metrics.jsonl: cumulative bytes (up + down) and cumulative round time."""
+    out: list[dict[str, Any]] = []
+    seconds = 0.0
+    for record in sorted(records, key=lambda r: r["round"]):
+        seconds += float(record.get("round_seconds", 0.0))
+        out.append({
+            "round": int(record["round"]) + 1,
+            "test_accuracy": record.get("test_accuracy"),
+            "test_loss": record.get("test_loss"),
+            "train_loss": record.get("train_loss"),
+            "bytes": int(record.get("bytes_up", 0)) + int(record.get("bytes_down", 0)),
+            "bytes_up": int(record.get("bytes_up", 0)),
+            "bytes_down": int(record.get("bytes_down", 0)),
+            "round_seconds": float(record.get("round_seconds", 0.0)),
+            "seconds": seconds,
+        })
+    return out

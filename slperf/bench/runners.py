@@ -1,0 +1,140 @@
+"""Cell runners: how one cell of a suite is measured, each in processes of its own so that peak memory and
+start-up cost are the cell's own. A federation cell is a real local federation (``slperf.federation``:
+server and client daemons over mutual TLS on loopback) with its children's peak RSS read by a
+``FederationProbe``; a centralized cell runs ``python -m slperf.bench.centralized`` and reads its JSON
+progress lines. A runner returns the measured figures; ``slperf.bench.rows`` turns them into a row.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from slperf.bench.memory import mib
+from slperf.bench.probe import FederationProbe
+from slperf.bench.rows import curve_from_metrics
+from slperf.bench.suite import CENTRALIZED, Cell
+from slperf.common.fsutil import atomic_write
+from slperf.federation import run_federation
+from slperf.slserver.run_folder import RunFolder
+
+Echo = Callable[[str], None]
+CellRunner = Callable[[Cell, Path], Mapping[str, Any]]
+
+
+def _write_cell_config(cell: Cell, work_dir: Path) -> Path:
+    path = work_dir / "configs" / f"{cell.slug}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# {cell.key} (config hash {cell.config_hash})\n"
+    atomic_write(path, header + yaml.safe_dump(dict(cell.config), sort_keys=True))
+    return path
+
+
+def run_federation_cell(cell: Cell, work_dir: Path, *, echo: Echo = print,
+                        show_progress: bool = True) -> dict[str, Any]:
+    """One cell as a real local federation; peak RSS of the server and of every client daemon is recorded."""
+    config_path = _write_cell_config(cell, work_dir)
+    started = time.monotonic()
+    with FederationProbe() as probe:
+        summary = run_federation(config_path, work_dir / "runs", show_progress=show_progress, echo=echo,
+                                 hooks=probe.hooks)
+    total = time.monotonic() - started
+    records = RunFolder(Path(summary["run_dir"])).read_metrics()
+    curve = curve_from_metrics(records)
+    peaks = probe.peaks
+    client_peaks = {cid: mib(v) for cid, v in sorted(peaks["clients"].items())}
+    values = [v for v in client_peaks.values() if v is not None]
+    return {
+        "run_dir": summary["run_dir"],
+        "run_id": summary.get("run_id"),
+        "rounds": summary.get("rounds", len(curve)),
+        "final_accuracy": summary.get("test_accuracy"),
+        "best_accuracy": summary.get("best_test_accuracy"),
+        "bytes_up": summary.get("bytes_up"),
+        "bytes_down": summary.get("bytes_down"),
+        "train_bytes_up": summary.get("train_bytes_up"),
+        "train_bytes_down": summary.get("train_bytes_down"),
+        "train_seconds": sum(p["round_seconds"] for p in curve),
+        "run_seconds": summary.get("wall_seconds"),
+        "total_seconds": total,
+        "peak_rss_server_mb": mib(peaks["server"]),
+        "peak_rss_client_max_mb": max(values) if values else None,
+        "peak_rss_client_mean_mb": statistics.fmean(values) if values else None,
+        "peak_rss_clients_mb": client_peaks,
+        "curve": curve,
+    }
+
+
+def _centralized_process(cell: Cell, config_path: Path, out_path: Path, log_path: Path, *, echo: Echo,
+                         show_progress: bool) -> int:
+    """Runs ``python -m slperf.bench.centralized`` and follows its JSON epoch lines (a bar, or one echoed line
+    per epoch); stderr goes to the log. Returns the exit code."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cell.epochs, desc=CENTRALIZED, unit="epoch", file=sys.stderr, leave=False)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "slperf.bench.centralized", str(config_path),
+                                 "--out", str(out_path)], stdout=subprocess.PIPE, stderr=log, env=env)
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            try:
+                event = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            if event.get("event") == "epoch":
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(acc=f"{100 * event['test_accuracy']:.2f}%")
+                else:
+                    echo(f"epoch {event['round']}/{cell.epochs}: test accuracy {100 * event['test_accuracy']:.2f}%")
+        code = proc.wait()
+    if bar is not None:
+        bar.close()
+    return code
+
+
+def run_centralized_cell(cell: Cell, work_dir: Path, *, echo: Echo = print,
+                         show_progress: bool = True) -> dict[str, Any]:
+    """The centralized baseline in its own process (so its peak RSS is its own), one JSON line per epoch."""
+    config_path = _write_cell_config(cell, work_dir)
+    out_path = work_dir / "centralized" / f"{cell.slug}.json"
+    log_path = work_dir / "centralized" / f"{cell.slug}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    code = _centralized_process(cell, config_path, out_path, log_path, echo=echo, show_progress=show_progress)
+    if code != 0:
+        tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
+        raise RuntimeError(f"centralized baseline exited with code {code}: {tail}")
+    result = json.loads(out_path.read_text())
+    return {
+        "rounds": result["rounds"],
+        "final_accuracy": result["test_accuracy"],
+        "best_accuracy": result["best_test_accuracy"],
+        "bytes_up": 0, "bytes_down": 0, "train_bytes_up": 0, "train_bytes_down": 0,
+        "train_seconds": result["train_seconds"],
+        "run_seconds": result.get("process_seconds"),
+        "total_seconds": time.monotonic() - started,
+        "peak_rss_server_mb": None,
+        "peak_rss_client_max_mb": mib(result.get("peak_rss_bytes")),
+        "peak_rss_client_mean_mb": mib(result.get("peak_rss_bytes")),
+        "run_dir": str(out_path),
+        "curve": result["curve"],
+    }
+
+
+def default_runner(cell: Cell, work_dir: Path, *, echo: Echo = print, show_progress: bool = True) -> dict[str, Any]:
+    if cell.paradigm == CENTRALIZED:
+        return run_centralized_cell(cell, work_dir, echo=echo, show_progress=show_progress)
+    return run_federation_cell(cell, work_dir, echo=echo, show_progress=show_progress)
