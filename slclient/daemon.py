@@ -30,7 +30,7 @@ from slperf.common.shards import build_client_data
 from slperf.common.wire.codec import DEFAULT_LIMITS, decode_state, decode_tensor, encode_state, encode_tensor
 from slperf.common.wire.errors import WireError
 from slperf.common.wire.framing import ByteCounter, Deframer, Framer, Inbound
-from slperf.common.transport.channel import grpc_options, open_session
+from slperf.common.transport.channel import create_channel, open_session
 from slperf.common.wire.messages import PROTOCOL_VERSION, ref_from_pb, ref_to_pb, same_step
 from slperf.v1 import session_pb2
 
@@ -173,13 +173,7 @@ class ClientDaemon:
     async def _session(self) -> bool:
         """One session. Returns True when a run finished in it (for ``once``), False when the server hung up."""
         opts = self.opts
-        options = grpc_options()
-        if opts.server_name:
-            options.append(("grpc.ssl_target_name_override", opts.server_name))
-        if opts.credentials is None:
-            channel = grpc.aio.insecure_channel(opts.server, options=options)
-        else:
-            channel = grpc.aio.secure_channel(opts.server, opts.credentials, options=options)
+        channel = create_channel(opts.server, opts.credentials, server_name=opts.server_name)
         async with channel:
             call = open_session(channel)
             link = SessionLink(call)

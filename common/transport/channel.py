@@ -1,4 +1,4 @@
-"""gRPC plumbing of the session stream: channel and server options, and the stream's (de)serializers.
+"""gRPC plumbing of the session stream: channel and server options, channels, and the stream's (de)serializers.
 
 The session method is registered by hand rather than through the generated stub, because its serializer
 must also send the hand-built chunk envelopes of ``slperf.common.wire.chunking`` (the generated one accepts
@@ -55,3 +55,32 @@ def open_session(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
     generated stub's serializer accepts protobuf messages only)."""
     return channel.stream_stream(SESSION_METHOD, request_serializer=serialize_envelope,
                                  response_deserializer=envelope_parser(session_pb2.ServerMessage))(wait_for_ready=False)
+
+
+def _channel_options(server_name: str | None, options: list[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    chosen = grpc_options() if options is None else list(options)
+    if server_name:
+        chosen.append(("grpc.ssl_target_name_override", server_name))
+    return chosen
+
+
+def create_channel(target: str, credentials: grpc.ChannelCredentials | None, *, server_name: str | None = None,
+                   options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
+    """An asyncio channel to ``target``: plaintext when ``credentials`` is None (``--insecure``), TLS otherwise.
+
+    ``server_name`` is the name to expect in the server's certificate when the address dialled is not in it (a
+    node IP, a tunnel); ``options`` replace :func:`grpc_options` (the session defaults) when given.
+    """
+    chosen = _channel_options(server_name, options)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=chosen)
+    return grpc.aio.secure_channel(target, credentials, options=chosen)
+
+
+def create_sync_channel(target: str, credentials: grpc.ChannelCredentials | None, *,
+                        server_name: str | None = None, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+    """The blocking counterpart of :func:`create_channel`, for the operator commands and the health check."""
+    chosen = _channel_options(server_name, options)
+    if credentials is None:
+        return grpc.insecure_channel(target, options=chosen)
+    return grpc.secure_channel(target, credentials, options=chosen)
