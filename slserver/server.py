@@ -16,7 +16,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from slperf.common import tls
+from slperf.common.security.credentials import server_credentials
+from slperf.common.security.errors import TLSConfigError
 from slperf.common.transport.channel import grpc_options
 from slperf.slserver.coordinator import RunCoordinator
 from slperf.slserver.service import Authenticator, ControlService, SplitLearningService, add_services
@@ -66,8 +67,8 @@ async def serve(opts: ServerOptions, *, announce=print) -> None:
         port = server.add_insecure_port(opts.address)
     else:
         if opts.certs_dir is None:
-            raise tls.TLSConfigError("the server needs --certs DIR for mutual TLS (or --insecure for a local experiment)")
-        port = server.add_secure_port(opts.address, tls.server_credentials(opts.certs_dir, require_client_auth=True))
+            raise TLSConfigError("the server needs --certs DIR for mutual TLS (or --insecure for a local experiment)")
+        port = server.add_secure_port(opts.address, server_credentials(opts.certs_dir, require_client_auth=True))
     if port == 0:
         raise AddressInUse(f"cannot listen on {opts.address}: the port is in use or the address is not local "
                            f"(choose another with --address HOST:PORT)")

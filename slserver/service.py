@@ -14,8 +14,10 @@ from pathlib import Path
 import grpc
 
 from slperf import __version__
-from slperf.common import tls
 from slperf.common.config import ConfigError, load_config_text
+from slperf.common.security.errors import TLSConfigError
+from slperf.common.security.identity import Identity, identity_from_auth_context, load_revoked
+from slperf.common.security.ids import valid_client_id, valid_run_id
 from slperf.common.wire.errors import WireError
 from slperf.common.transport.channel import envelope_parser, serialize_envelope
 from slperf.common.wire.messages import PROTOCOL_VERSION
@@ -32,10 +34,10 @@ class Authenticator:
         self.insecure = insecure
         self.allowed = allowed  # None = every client the CA certified
 
-    def identity(self, context: grpc.aio.ServicerContext) -> tls.Identity | None:
+    def identity(self, context: grpc.aio.ServicerContext) -> Identity | None:
         if self.insecure:
             return None
-        return tls.identity_from_auth_context(context.auth_context())
+        return identity_from_auth_context(context.auth_context())
 
     async def client(self, context: grpc.aio.ServicerContext, claimed: str) -> None:
         """Aborts the call unless the certificate names this client and it is not revoked."""
@@ -55,8 +57,8 @@ class Authenticator:
                                 f"client id '{claimed}' does not match the certificate's client id '{ident.name}'")
         if self.certs_dir is not None:
             try:
-                revoked = tls.load_revoked(self.certs_dir)
-            except tls.TLSConfigError as exc:
+                revoked = load_revoked(self.certs_dir)
+            except TLSConfigError as exc:
                 log.error("%s", exc)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the server cannot read its revocation list")
             if claimed in revoked:
@@ -94,7 +96,7 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"protocol version {hello.protocol_version} is not supported; this server speaks "
                                 f"version {PROTOCOL_VERSION} (upgrade the client or the server)")
-        if not tls.valid_client_id(hello.client_id):
+        if not valid_client_id(hello.client_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid client id {hello.client_id!r}")
         await self.auth.client(context, hello.client_id)
         session = Session(hello.client_id, context.peer(), context, limits)
@@ -226,7 +228,7 @@ class ControlService(service_pb2_grpc.ControlServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         for warning in warnings:
             log.warning("%s", warning)
-        if request.run_id and not tls.valid_client_id(request.run_id):
+        if request.run_id and not valid_run_id(request.run_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid run id {request.run_id!r}")
         try:
             run = self.coordinator.start(config, request.run_id or None)
