@@ -156,7 +156,7 @@ class Session:
                                       f"more than {self.limits.messages_per_second:.0f} messages per second "
                                       f"(messages_per_second); message dropped")
                 continue
-            if envelope.WhichOneof("body") == "malformed":  # bytes that did not parse (service.Malformed)
+            if envelope.WhichOneof("body") == "malformed":  # bytes that did not parse (slserver.malformed.Malformed)
                 self.counter.add(up=envelope.ByteSize())
                 await self.send_error(grpc.StatusCode.INVALID_ARGUMENT, envelope.reason)
                 continue
