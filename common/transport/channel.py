@@ -10,7 +10,6 @@ from typing import Any, Callable
 
 import grpc
 
-from slperf.common.wire.chunking import parse_chunk_envelope
 from slperf.v1 import session_pb2
 
 # gRPC's own per-message cap: chunks are ~1 MiB, so this only has to cover one chunk plus framing.
@@ -37,6 +36,10 @@ def envelope_parser(envelope_type: Any) -> Callable[[bytes], Any]:
     """The session stream's gRPC deserializer: a chunk envelope is parsed by hand so that its data stays a view
     of the received bytes (see ``chunking.parse_chunk_envelope``); everything else by the protobuf runtime,
     whose exceptions propagate."""
+    # Imported here, not at the top: chunking needs numpy, and the channel helpers below must stay cheap to
+    # import for the health check, which runs every few seconds in every container.
+    from slperf.common.wire.chunking import parse_chunk_envelope
+
     def parse(data: bytes) -> Any:
         return parse_chunk_envelope(data, envelope_type) or envelope_type.FromString(data)
     return parse
