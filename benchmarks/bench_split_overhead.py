@@ -196,13 +196,13 @@ def transport_floor(batch: int, cut_floats_per_sample: int, count: int = 300) ->
     import asyncio
 
     from benchmarks.bench_stream import raw_grpc_round_trips, start_receiver, stop_receiver
-    from slperf.common import tls
+    from slperf.pki import add_client, init_pki
 
     nbytes = batch * (4 * cut_floats_per_sample + 8)  # float32 activations + int64 labels
     with tempfile.TemporaryDirectory(prefix="slperf-floor-") as tmp:
         certs = Path(tmp) / "certs"
-        tls.init_pki(certs)
-        tls.add_client(certs, "bench")
+        init_pki(certs)
+        add_client(certs, "bench")
         proc, port = start_receiver(["serve-raw-grpc", "--certs", str(certs)])
         try:
             times = asyncio.run(raw_grpc_round_trips(port, certs, nbytes, count))

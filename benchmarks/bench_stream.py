@@ -42,8 +42,8 @@ READY = "BENCH_READY port="
 async def _serve_grpc(certs: Path) -> None:
     import grpc
 
-    from slperf.common import tls
     from slperf.common.protocol.types import CutReply
+    from slperf.common.security.credentials import server_credentials
     from slperf.common.transport.channel import SESSION_METHOD, envelope_parser, grpc_options, serialize_envelope
     from slperf.common.transport.endpoint import Endpoint, Side
     from slperf.v1 import session_pb2
@@ -62,7 +62,7 @@ async def _serve_grpc(certs: Path) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {  # the server's (de)serializers
         method: grpc.stream_stream_rpc_method_handler(Sink().Session, envelope_parser(session_pb2.ClientMessage),
                                                       serialize_envelope)}),))
-    port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(certs, require_client_auth=True))
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(certs, require_client_auth=True))
     await server.start()
     print(f"{READY}{port}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
@@ -73,7 +73,7 @@ async def _serve_raw_grpc(certs: Path) -> None:
     """gRPC + mutual TLS with none of our code: counts the bytes of a transfer, acknowledges its end marker."""
     import grpc
 
-    from slperf.common import tls
+    from slperf.common.security.credentials import server_credentials
     from slperf.common.transport.channel import grpc_options
 
     async def stream(requests, context):
@@ -95,7 +95,7 @@ async def _serve_raw_grpc(certs: Path) -> None:
                       "Echo": grpc.stream_stream_rpc_method_handler(echo, identity, identity)})
     server = grpc.aio.server(options=grpc_options())
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(certs, require_client_auth=True))
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(certs, require_client_auth=True))
     await server.start()
     print(f"{READY}{port}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -105,16 +105,16 @@ async def _serve_raw_grpc(certs: Path) -> None:
 def _tls_context(certs: Path, server: bool):
     import ssl
 
-    from slperf.common import tls
+    from slperf.common.security.layout import ca_paths, client_paths, server_paths
 
-    ca, _ = tls.ca_paths(certs)
+    ca, _ = ca_paths(certs)
     if server:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca))
-        ctx.load_cert_chain(*map(str, tls.server_paths(certs)))
+        ctx.load_cert_chain(*map(str, server_paths(certs)))
         ctx.verify_mode = ssl.CERT_REQUIRED
     else:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-        ctx.load_cert_chain(*map(str, tls.client_paths(certs, "bench")))
+        ctx.load_cert_chain(*map(str, client_paths(certs, "bench")))
     return ctx
 
 
@@ -188,11 +188,11 @@ def _tensor(mib: int):
 def _client_channel(port: int, certs: Path):
     import grpc
 
-    from slperf.common import tls
+    from slperf.common.security.credentials import client_channel_credentials
     from slperf.common.transport.channel import grpc_options
 
     options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
-    return grpc.aio.secure_channel(f"127.0.0.1:{port}", tls.client_channel_credentials(certs, "bench"),
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", client_channel_credentials(certs, "bench"),
                                    options=options)
 
 
@@ -311,13 +311,13 @@ async def _measure(ports: dict[str, int], certs: Path, sizes: list[int], repeats
 
 
 def run(sizes: list[int], repeats: int) -> dict[str, Any]:
-    from slperf.common import tls
+    from slperf.pki import add_client, init_pki
 
     banner("stream throughput: session framing over grpc.aio + mutual TLS vs a plain TCP socket (loopback)")
     with tempfile.TemporaryDirectory(prefix="slperf-stream-") as tmp:
         certs = Path(tmp) / "certs"
-        tls.init_pki(certs)
-        tls.add_client(certs, "bench")
+        init_pki(certs)
+        add_client(certs, "bench")
         receivers: dict[str, subprocess.Popen] = {}
         ports: dict[str, int] = {}
         try:

@@ -31,7 +31,7 @@ from slperf.common.protocol.messages import (
 )
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, StepRef
 from slperf.common.shards import build_client_data
-from slperf.common.transport.channel import grpc_options, open_session
+from slperf.common.transport.channel import create_channel, open_session
 from slperf.common.transport.endpoint import ClientEndpoint, Endpoint, Side, Stream
 from slperf.common.wire.codec import check_state
 from slperf.common.protocol.errors import WireError
@@ -162,13 +162,7 @@ class ClientDaemon:
     async def _session(self) -> bool:
         """One session. Returns True when a run finished in it (for ``once``), False when the server hung up."""
         opts = self.opts
-        options = grpc_options()
-        if opts.server_name:
-            options.append(("grpc.ssl_target_name_override", opts.server_name))
-        if opts.credentials is None:
-            channel = grpc.aio.insecure_channel(opts.server, options=options)
-        else:
-            channel = grpc.aio.secure_channel(opts.server, opts.credentials, options=options)
+        channel = create_channel(opts.server, opts.credentials, server_name=opts.server_name)
         async with channel:
             call = open_session(channel)
             link = SessionLink(call)

@@ -13,6 +13,7 @@ import click
 import grpc
 
 from slperf import __version__
+from slperf.common.errors import RpcFailure
 
 EXIT_USAGE = 2
 
@@ -30,7 +31,7 @@ def _fail(message: str) -> None:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from slperf.common.config import ConfigError
     from slperf.common.data import DatasetUnavailable
-    from slperf.common.tls import TLSConfigError
+    from slperf.common.security.errors import TLSConfigError
     from slperf.federation import FederationError
     from slperf.slclient.daemon import ClientFatal
     from slperf.slserver.server import AddressInUse
@@ -45,8 +46,7 @@ class _Group(click.Group):
         except _known_errors() as exc:
             _fail(str(exc))
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            _fail(f"{code.name if code else 'RPC'}: {exc.details() if hasattr(exc, 'details') else exc}")
+            _fail(RpcFailure.of(exc).line())
 
 
 @click.group(cls=_Group)
@@ -68,10 +68,10 @@ def certs() -> None:
 @click.option("--overwrite", is_flag=True, help="replace an existing CA (invalidates every issued certificate)")
 def certs_init(directory: Path, server_names: tuple[str, ...], overwrite: bool) -> None:
     """Make a CA, a server certificate and an operator certificate."""
-    from slperf.common import tls
+    from slperf import pki
 
     kwargs = {"server_names": server_names} if server_names else {}
-    tls.init_pki(directory, overwrite=overwrite, **kwargs)
+    pki.init_pki(directory, overwrite=overwrite, **kwargs)
     click.echo(f"CA, server and operator certificates written to {directory}")
 
 
@@ -81,9 +81,9 @@ def certs_init(directory: Path, server_names: tuple[str, ...], overwrite: bool) 
 @click.option("--overwrite", is_flag=True, help="re-issue this client's certificate")
 def certs_add_client(client_id: str, directory: Path, overwrite: bool) -> None:
     """Issue a certificate for one client id (others are left as they are)."""
-    from slperf.common import tls
+    from slperf import pki
 
-    cert, key = tls.add_client(directory, client_id, overwrite=overwrite)
+    cert, key = pki.add_client(directory, client_id, overwrite=overwrite)
     click.echo(f"client {client_id}: {cert} (key {key}, mode 0600)")
 
 
@@ -92,10 +92,11 @@ def certs_add_client(client_id: str, directory: Path, overwrite: bool) -> None:
 @click.option("--dir", "directory", required=True, type=click.Path(path_type=Path))
 def certs_revoke(client_id: str, directory: Path) -> None:
     """Revoke a client: the server refuses its sessions from then on."""
-    from slperf.common import tls
+    from slperf import pki
+    from slperf.common.security.layout import revoked_path
 
-    tls.revoke(directory, client_id)
-    click.echo(f"client {client_id} revoked (recorded in {tls.revoked_path(directory)})")
+    pki.revoke(directory, client_id)
+    click.echo(f"client {client_id} revoked (recorded in {revoked_path(directory)})")
 
 
 # -- daemons ------------------------------------------------------------------------------------
@@ -140,15 +141,19 @@ def server(address: str, certs_dir: Path | None, insecure: bool, runs_dir: Path,
         raise
 
 
-def _credentials(ca: Path | None, cert: Path | None, key: Path | None, insecure: bool, role: str):
-    from slperf.common import tls
+def _credentials(*, certs_dir: Path | None, ca: Path | None, cert: Path | None, key: Path | None, insecure: bool,
+                 role: str) -> grpc.ChannelCredentials | None:
+    """Mutual-TLS credentials from ``--certs/--ca/--cert/--key`` (None with ``--insecure``, whatever else is given);
+    a command that dials the server as someone needs all three files."""
+    from slperf.common.security.credentials import resolve_credential_files
 
     if insecure:
         return None
-    missing = [flag for flag, value in (("--ca", ca), ("--cert", cert), ("--key", key)) if value is None]
+    files = resolve_credential_files(certs_dir=certs_dir, ca=ca, cert=cert, key=key)
+    missing = files.missing()
     if missing:
         _fail(f"{role} needs {', '.join(missing)} for mutual TLS (or --insecure for a local plaintext experiment)")
-    return tls.channel_credentials(ca, cert, key)
+    return files.credentials()
 
 
 @main.command()
@@ -165,12 +170,12 @@ def _credentials(ca: Path | None, cert: Path | None, key: Path | None, insecure:
 @click.option("-v", "--verbose", is_flag=True)
 def client(address, client_id, ca, cert, key, insecure, server_name, cache_dir, once, torch_threads, verbose) -> None:
     """Run a client daemon: dial out, hold the bottom segment and this silo's shard, stay up between runs."""
-    from slperf.common import tls
+    from slperf.common.security.ids import validate_client_id
     from slperf.slclient.daemon import ClientDaemon, ClientOptions
 
     _setup_logging(verbose)
-    tls.validate_client_id(client_id)
-    creds = _credentials(ca, cert, key, insecure, "the client")
+    validate_client_id(client_id)
+    creds = _credentials(certs_dir=None, ca=ca, cert=cert, key=key, insecure=insecure, role="the client")
     if torch_threads:
         import torch
 
@@ -205,14 +210,11 @@ def _operator_options(fn):
 
 
 def _operator(address, certs_dir, ca, cert, key, server_name, insecure):
-    from slperf.common import tls
     from slperf.operator import OperatorClient
 
-    if certs_dir is not None and not insecure:
-        ca = ca or tls.ca_paths(certs_dir)[0]
-        cert_default, key_default = tls.operator_paths(certs_dir)
-        cert, key = cert or cert_default, key or key_default
-    return OperatorClient(address, _credentials(ca, cert, key, insecure, "an operator command"), server_name)
+    creds = _credentials(certs_dir=certs_dir, ca=ca, cert=cert, key=key, insecure=insecure,
+                         role="an operator command")
+    return OperatorClient(address, creds, server_name)
 
 
 @main.command()

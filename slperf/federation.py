@@ -18,10 +18,12 @@ from typing import Callable, Sequence
 
 import yaml
 
-from slperf.common import tls
+from slperf import pki
 from slperf.common.config import RunConfig
 from slperf.common.config_loader import load_config
 from slperf.common.data import load_dataset
+from slperf.common.security.credentials import operator_channel_credentials
+from slperf.common.security.layout import ca_paths, client_paths
 from slperf.operator import OperatorClient
 from slperf.slserver.server import READY_PREFIX
 
@@ -73,9 +75,9 @@ class Federation:
     def start(self) -> None:
         self.logs_dir = self.out_dir / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        tls.init_pki(self.certs_dir, overwrite=True)
+        pki.init_pki(self.certs_dir, overwrite=True)
         for cid in self.client_ids():
-            tls.add_client(self.certs_dir, cid)
+            pki.add_client(self.certs_dir, cid)
         server_log = open(self.logs_dir / "server.log", "wb")
         self.server = subprocess.Popen(
             self._cmd("server", "--address", "127.0.0.1:0", "--certs", str(self.certs_dir),
@@ -88,18 +90,18 @@ class Federation:
             raise FederationError(f"the server did not start: {self._tail('server')}")
         self.port = int(line[len(READY_PREFIX):])
         for cid in self.client_ids():
-            cert, key = tls.client_paths(self.certs_dir, cid)
+            cert, key = client_paths(self.certs_dir, cid)
             log = open(self.logs_dir / f"{cid}.log", "wb")
             self.clients[cid] = subprocess.Popen(
                 self._cmd("client", "--server", f"127.0.0.1:{self.port}", "--id", cid,
-                          "--ca", str(tls.ca_paths(self.certs_dir)[0]), "--cert", str(cert), "--key", str(key),
+                          "--ca", str(ca_paths(self.certs_dir)[0]), "--cert", str(cert), "--key", str(key),
                           "--server-name", "localhost", "--torch-threads", str(self.torch_threads)),
                 stdout=log, stderr=subprocess.STDOUT, env=self._env())
         if self.hooks.on_started is not None:
             self.hooks.on_started(self)
 
     def operator(self) -> OperatorClient:
-        return OperatorClient(f"127.0.0.1:{self.port}", tls.operator_channel_credentials(self.certs_dir),
+        return OperatorClient(f"127.0.0.1:{self.port}", operator_channel_credentials(self.certs_dir),
                               server_name="localhost")
 
     def _tail(self, name: str, lines: int = 5) -> str:

@@ -24,11 +24,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from slperf.common.errors import RpcFailure, one_line
+
+if TYPE_CHECKING:
+    import grpc
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 5.0
+DETAIL_LIMIT = 300  # characters of a failure's detail: a health check's line must fit a container status
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
 
@@ -46,23 +53,18 @@ class HealthResult:
         return f"{text}: {self.detail}" if self.detail else text
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def check(address: str, credentials=None, *, service: str = "", server_name: str | None = None,
-          timeout: float = DEFAULT_TIMEOUT_S) -> HealthResult:
+def check(address: str, credentials: grpc.ChannelCredentials | None = None, *, service: str = "",
+          server_name: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> HealthResult:
     """One Health/Check call. ``credentials``: grpc.ChannelCredentials, or None for plaintext."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    from slperf.common.transport.channel import create_sync_channel
+
     # A health check must not wait out a reconnect backoff: one attempt, bounded by the deadline.
-    options += [("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100)]
+    options = [("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100)]
     started = time.perf_counter()
-    channel = (grpc.insecure_channel(address, options=options) if credentials is None
-               else grpc.secure_channel(address, credentials, options=options))
+    channel = create_sync_channel(address, credentials, server_name=server_name, options=options)
     try:
         stub = health_pb2_grpc.HealthStub(channel)
         reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -70,38 +72,38 @@ def check(address: str, credentials=None, *, service: str = "", server_name: str
         healthy = reply.status == health_pb2.HealthCheckResponse.SERVING
         return HealthResult(healthy, status, "", time.perf_counter() - started)
     except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        name = code.name if code is not None else "RPC_ERROR"
+        failure = RpcFailure.of(exc)
         hint = ""
-        if code == grpc.StatusCode.UNAVAILABLE and credentials is not None:
+        if failure.code == grpc.StatusCode.UNAVAILABLE and credentials is not None:
             hint = " (server down or unreachable, or TLS refused: check the CA, the certificate and the server name)"
-        elif code == grpc.StatusCode.NOT_FOUND:
+        elif failure.code == grpc.StatusCode.NOT_FOUND:
             hint = f" (the server has no health status for service {service!r})"
-        return HealthResult(False, name, _one_line(f"{details}{hint}"), time.perf_counter() - started)
+        return HealthResult(False, failure.code_name("RPC_ERROR"), one_line(f"{failure.details}{hint}", DETAIL_LIMIT),
+                            time.perf_counter() - started)
     finally:
         channel.close()
 
 
 def credentials_for(*, certs_dir: Path | None, ca: Path | None, cert: Path | None, key: Path | None,
-                    insecure: bool):
-    """Channel credentials from the options (None for plaintext). Raises TLSConfigError / ValueError."""
+                    insecure: bool) -> grpc.ChannelCredentials | None:
+    """Channel credentials from the options (None for plaintext). Raises TLSConfigError / ValueError.
+
+    Unlike the client daemon, a health check may do server-only TLS (``--ca`` alone): it then shows that the
+    server refuses a peer without a client certificate.
+    """
     if insecure:
         if any(v is not None for v in (certs_dir, ca, cert, key)):
             raise ValueError("--insecure takes no certificate options")
         return None
-    from slperf.common import tls
+    from slperf.common.security.credentials import resolve_credential_files
 
-    if certs_dir is not None:
-        ca = ca or tls.ca_paths(certs_dir)[0]
-        op_cert, op_key = tls.operator_paths(certs_dir)
-        cert, key = cert or op_cert, key or op_key
-    if ca is None:
+    files = resolve_credential_files(certs_dir=certs_dir, ca=ca, cert=cert, key=key)
+    if files.ca is None:
         raise ValueError("give --certs DIR (CA + operator certificate), or --ca/--cert/--key, "
                          "or --insecure for a plaintext server")
-    if (cert is None) != (key is None):
+    if (files.cert is None) != (files.key is None):
         raise ValueError("--cert and --key go together")
-    return tls.channel_credentials(ca, cert, key)
+    return files.credentials()
 
 
 @click.command("health", context_settings={"help_option_names": ["-h", "--help"]})
@@ -125,12 +127,12 @@ def credentials_for(*, certs_dir: Path | None, ca: Path | None, cert: Path | Non
 @click.option("-q", "--quiet", is_flag=True, help="print nothing when healthy")
 def health(address, certs_dir, ca, cert, key, server_name, insecure, service, timeout, quiet) -> None:
     """Ask a server's gRPC health service whether it is SERVING (exit 0) or not (exit 1)."""
-    from slperf.common.tls import TLSConfigError
+    from slperf.common.security.errors import TLSConfigError
 
     try:
         creds = credentials_for(certs_dir=certs_dir, ca=ca, cert=cert, key=key, insecure=insecure)
     except (TLSConfigError, ValueError) as exc:
-        click.echo(f"UNHEALTHY {address}: {_one_line(exc)}", err=True)
+        click.echo(f"UNHEALTHY {address}: {one_line(exc, DETAIL_LIMIT)}", err=True)
         sys.exit(EXIT_UNHEALTHY)
     result = check(address, creds, service=service, server_name=server_name, timeout=timeout)
     if result.healthy:

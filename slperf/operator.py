@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import grpc
 
 from slperf.common.protocol.types import FINAL_RUN_STATES
-from slperf.common.transport.channel import grpc_options
+from slperf.common.transport.channel import create_sync_channel
 from slperf.v1 import service_pb2, service_pb2_grpc
 
 
@@ -23,13 +23,7 @@ class OperatorClient:
     server_name: str | None = None
 
     def __post_init__(self) -> None:
-        options = grpc_options()
-        if self.server_name:
-            options.append(("grpc.ssl_target_name_override", self.server_name))
-        if self.credentials is None:
-            self.channel = grpc.insecure_channel(self.address, options=options)
-        else:
-            self.channel = grpc.secure_channel(self.address, self.credentials, options=options)
+        self.channel = create_sync_channel(self.address, self.credentials, server_name=self.server_name)
         self.stub = service_pb2_grpc.ControlStub(self.channel)
 
     def close(self) -> None:

@@ -16,10 +16,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from slperf.common import tls
+from slperf.common.security.credentials import server_credentials
+from slperf.common.security.errors import TLSConfigError
 from slperf.common.transport.channel import grpc_options
 from slperf.slserver.coordinator import RunCoordinator
-from slperf.slserver.service import Authenticator, ControlService, SplitLearningService, add_services
+from slperf.slserver.interceptors import HelloAuthorizer, server_interceptors
+from slperf.slserver.service import ControlService, SplitLearningService, add_session_service
+from slperf.v1 import service_pb2_grpc
 from slperf.slserver.sessions import SessionLimits, SessionRegistry
 
 log = logging.getLogger("slperf.server")
@@ -52,13 +55,15 @@ async def serve(opts: ServerOptions, *, announce=print) -> None:
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slperf-compute")
     coordinator = RunCoordinator(registry, opts.runs_dir, executor)
     shutdown = asyncio.Event()
-    auth = Authenticator(None if opts.insecure else opts.certs_dir, opts.insecure, opts.allowed_clients)
+    auth = HelloAuthorizer(None if opts.insecure else opts.certs_dir, opts.insecure, opts.allowed_clients)
 
     # SO_REUSEPORT off: a second server on the same port must fail loudly, not share the port.
     server = grpc.aio.server(options=grpc_options() + [("grpc.so_reuseport", 0)],
-                             maximum_concurrent_rpcs=limits.max_sessions + 32)
+                             maximum_concurrent_rpcs=limits.max_sessions + 32,
+                             interceptors=server_interceptors(insecure=opts.insecure))
     resumable = coordinator.find_resumable()
-    add_services(server, SplitLearningService(registry, auth), ControlService(registry, coordinator, auth, shutdown))
+    add_session_service(server, SplitLearningService(registry, auth))
+    service_pb2_grpc.add_ControlServicer_to_server(ControlService(registry, coordinator, shutdown), server)
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
@@ -66,8 +71,8 @@ async def serve(opts: ServerOptions, *, announce=print) -> None:
         port = server.add_insecure_port(opts.address)
     else:
         if opts.certs_dir is None:
-            raise tls.TLSConfigError("the server needs --certs DIR for mutual TLS (or --insecure for a local experiment)")
-        port = server.add_secure_port(opts.address, tls.server_credentials(opts.certs_dir, require_client_auth=True))
+            raise TLSConfigError("the server needs --certs DIR for mutual TLS (or --insecure for a local experiment)")
+        port = server.add_secure_port(opts.address, server_credentials(opts.certs_dir, require_client_auth=True))
     if port == 0:
         raise AddressInUse(f"cannot listen on {opts.address}: the port is in use or the address is not local "
                            f"(choose another with --address HOST:PORT)")

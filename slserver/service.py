@@ -1,82 +1,38 @@
 """gRPC services of the server: the client session stream and the operator's Control service.
 
 Identity comes from the client certificate (mutual TLS). A session may speak only as the client its
-certificate names, a revoked client is refused, and Control calls need the operator certificate. With
-``--insecure`` (local experiments only) there is no certificate and the claimed id is trusted.
+certificate names, a revoked client is refused, and Control calls need the operator certificate. Those checks
+are not written here: they are interceptors, plus the Hello-time checks of ``HelloAuthorizer`` (both in
+``slperf.slserver.interceptors``, which says what runs where). With ``--insecure`` (local experiments only)
+there is no certificate and the claimed id is trusted.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from pathlib import Path
 
 import grpc
 
 from slperf import __version__
-from slperf.common import tls
 from slperf.common.config import ConfigError
 from slperf.common.config_loader import load_config_text
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import Welcome
-from slperf.common.transport.channel import Malformed, never_raising, serialize_envelope, session_request_parser
+from slperf.common.security.ids import valid_client_id, valid_run_id
+from slperf.common.transport.channel import Malformed, serialize_envelope, session_request_parser
 from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES
 from slperf.common.wire.serde import PROTOCOL_VERSION, hello_from_pb
 from slperf.slserver.coordinator import Run, RunCoordinator
+from slperf.slserver.interceptors import HelloAuthorizer
 from slperf.slserver.sessions import Session, SessionRegistry
 from slperf.v1 import service_pb2, service_pb2_grpc
 
 log = logging.getLogger("slperf.server")
 
 
-class Authenticator:
-    def __init__(self, certs_dir: Path | None, insecure: bool, allowed: frozenset[str] | None = None):
-        self.certs_dir = certs_dir
-        self.insecure = insecure
-        self.allowed = allowed  # None = every client the CA certified
-
-    def identity(self, context: grpc.aio.ServicerContext) -> tls.Identity | None:
-        if self.insecure:
-            return None
-        return tls.identity_from_auth_context(context.auth_context())
-
-    async def client(self, context: grpc.aio.ServicerContext, claimed: str) -> None:
-        """Aborts the call unless the certificate names this client and it is not revoked."""
-        if self.allowed is not None and claimed not in self.allowed:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"client '{claimed}' is not in this server's allowed list (--allowed-clients)")
-        if self.insecure:
-            return
-        ident = self.identity(context)
-        if ident is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate identity on this connection")
-        if ident.role != "client":
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"a {ident.role} certificate cannot open a client session")
-        if ident.name != claimed:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"client id '{claimed}' does not match the certificate's client id '{ident.name}'")
-        if self.certs_dir is not None:
-            try:
-                revoked = tls.load_revoked(self.certs_dir)
-            except tls.TLSConfigError as exc:
-                log.error("%s", exc)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server cannot read its revocation list")
-            if claimed in revoked:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"client '{claimed}' has been revoked")
-
-    async def operator(self, context: grpc.aio.ServicerContext) -> None:
-        if self.insecure:
-            return
-        ident = self.identity(context)
-        if ident is None or ident.role != "operator":
-            who = f"a {ident.role} certificate ({ident.name})" if ident else "no certificate"
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"Control calls need the operator certificate; this connection has {who}")
-
-
 class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
-    def __init__(self, registry: SessionRegistry, auth: Authenticator):
+    def __init__(self, registry: SessionRegistry, auth: HelloAuthorizer):
         self.registry = registry
         self.auth = auth
 
@@ -97,7 +53,7 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"protocol version {hello.protocol_version} is not supported; this server speaks "
                                 f"version {PROTOCOL_VERSION} (upgrade the client or the server)")
-        if not tls.valid_client_id(hello.client_id):
+        if not valid_client_id(hello.client_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid client id {hello.client_id!r}")
         await self.auth.client(context, hello.client_id)
         session = Session(hello.client_id, context.peer(), context, limits)
@@ -132,44 +88,17 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             log.info("client %s disconnected: %s", hello.client_id, session.close_reason)
 
 
-def _safe_parser(message_type):
-    return never_raising(message_type.FromString, message_type.DESCRIPTOR.full_name)
-
-
-def _unary(method, request_type, response_type, streaming_response=False):
-    async def handler(request, context):
-        if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
-        return await method(request, context)
-
-    async def stream_handler(request, context):
-        if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
-        async for item in method(request, context):
-            yield item
-
-    make = grpc.unary_stream_rpc_method_handler if streaming_response else grpc.unary_unary_rpc_method_handler
-    return make(stream_handler if streaming_response else handler, request_deserializer=_safe_parser(request_type),
-                response_serializer=response_type.SerializeToString)
-
-
-def add_services(server: grpc.aio.Server, sessions: "SplitLearningService", control: "ControlService") -> None:
-    """Registers both services with deserialisers that never raise (see ``Malformed``)."""
+def add_session_service(server: grpc.aio.Server, sessions: SplitLearningService) -> None:
+    """Registers the session stream by hand: its deserialiser must never raise (see ``slperf.common.transport.channel.Malformed``),
+    so that bad bytes get INVALID_ARGUMENT in-stream and the session goes on, and its serialiser must also send the
+    hand-built chunk envelopes. (Control uses the generated registration; the interceptors guard it.)"""
+    parse = session_request_parser()
     session_handlers = {
         "Session": grpc.stream_stream_rpc_method_handler(
-            sessions.Session, request_deserializer=session_request_parser(), response_serializer=serialize_envelope),
+            sessions.Session, request_deserializer=parse, response_serializer=serialize_envelope),
     }
-    control_handlers = {
-        "StartRun": _unary(control.StartRun, service_pb2.StartRunRequest, service_pb2.StartRunResponse),
-        "Status": _unary(control.Status, service_pb2.StatusRequest, service_pb2.StatusResponse),
-        "WatchRun": _unary(control.WatchRun, service_pb2.WatchRunRequest, service_pb2.RunEvent, streaming_response=True),
-        "StopRun": _unary(control.StopRun, service_pb2.StopRunRequest, service_pb2.StopRunResponse),
-        "Shutdown": _unary(control.Shutdown, service_pb2.ShutdownRequest, service_pb2.ShutdownResponse),
-    }
-    server.add_generic_rpc_handlers((
-        grpc.method_handlers_generic_handler("slperf.v1.SplitLearning", session_handlers),
-        grpc.method_handlers_generic_handler("slperf.v1.Control", control_handlers),
-    ))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("slperf.v1.SplitLearning", session_handlers),))
 
 
 def _run_status(run: Run | None) -> service_pb2.RunStatus:
@@ -182,11 +111,13 @@ def _run_status(run: Run | None) -> service_pb2.RunStatus:
 
 
 class ControlService(service_pb2_grpc.ControlServicer):
-    def __init__(self, registry: SessionRegistry, coordinator: RunCoordinator, auth: Authenticator,
-                 shutdown: asyncio.Event):
+    """The operator's Control calls. Registered with the generated ``add_ControlServicer_to_server``; that only the
+    operator may call them, and that a request which does not parse gets INVALID_ARGUMENT, is the interceptors'
+    job (``slperf.slserver.interceptors``)."""
+
+    def __init__(self, registry: SessionRegistry, coordinator: RunCoordinator, shutdown: asyncio.Event):
         self.registry = registry
         self.coordinator = coordinator
-        self.auth = auth
         self.shutdown_event = shutdown
 
     def _run(self, run_id: str) -> Run | None:
@@ -196,14 +127,13 @@ class ControlService(service_pb2_grpc.ControlServicer):
         return run
 
     async def StartRun(self, request, context):
-        await self.auth.operator(context)
         try:
             config, warnings = load_config_text(request.config, source="run config")
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         for warning in warnings:
             log.warning("%s", warning)
-        if request.run_id and not tls.valid_client_id(request.run_id):
+        if request.run_id and not valid_run_id(request.run_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid run id {request.run_id!r}")
         try:
             run = self.coordinator.start(config, request.run_id or None)
@@ -212,7 +142,6 @@ class ControlService(service_pb2_grpc.ControlServicer):
         return service_pb2.StartRunResponse(run_id=run.run_id)
 
     async def Status(self, request, context):
-        await self.auth.operator(context)
         loop = asyncio.get_running_loop()
         clients = [
             service_pb2.ClientStatus(client_id=s.client_id, state=s.state.value, peer=s.peer, bytes_up=s.counter.up,
@@ -223,7 +152,6 @@ class ControlService(service_pb2_grpc.ControlServicer):
                                           server_version=__version__)
 
     async def WatchRun(self, request, context):
-        await self.auth.operator(context)
         run = self._run(request.run_id)
         if run is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} on this server")
@@ -243,7 +171,6 @@ class ControlService(service_pb2_grpc.ControlServicer):
             run.watchers.remove(queue)
 
     async def StopRun(self, request, context):
-        await self.auth.operator(context)
         run = self._run(request.run_id)
         if run is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} on this server")
@@ -252,6 +179,5 @@ class ControlService(service_pb2_grpc.ControlServicer):
         return service_pb2.StopRunResponse(stopped=was_running)
 
     async def Shutdown(self, request, context):
-        await self.auth.operator(context)
         self.shutdown_event.set()
         return service_pb2.ShutdownResponse()

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from slperf.common import tls
+from slperf.common.security.credentials import operator_channel_credentials
+from slperf.common.security.layout import ca_paths, client_paths
 from slperf.federation import stop_processes
+from slperf.pki import add_client, init_pki
 
 READY = "SLPERF_READY port="
 
@@ -52,8 +54,8 @@ class Daemons:
                log_name: str | None = None) -> subprocess.Popen:
         args = ["client", "--server", f"127.0.0.1:{port}", "--id", client_id, "--torch-threads", "1", *extra]
         if certs is not None:
-            cert, key = tls.client_paths(certs, cert_id or client_id)
-            args += ["--ca", str(tls.ca_paths(certs)[0]), "--cert", str(cert), "--key", str(key),
+            cert, key = client_paths(certs, cert_id or client_id)
+            args += ["--ca", str(ca_paths(certs)[0]), "--cert", str(cert), "--key", str(key),
                      "--server-name", "localhost"]
         log = open(self.tmp / f"{log_name or client_id}.log", "wb")
         proc = subprocess.Popen(slperf_cmd(*args), stdout=log, stderr=subprocess.STDOUT, env=child_env())
@@ -70,7 +72,7 @@ class Daemons:
         port = self.server(certs, runs)
         for cid in config["client_ids"]:
             self.client(port, cid, certs)
-        op = OperatorClient(f"127.0.0.1:{port}", tls.operator_channel_credentials(certs), server_name="localhost")
+        op = OperatorClient(f"127.0.0.1:{port}", operator_channel_credentials(certs), server_name="localhost")
         try:
             run_id = op.start_run(yaml.safe_dump(config))
             status = op.follow(run_id, lambda record: None)
@@ -98,7 +100,7 @@ def daemons(tmp_path):
 @pytest.fixture
 def pki(tmp_path) -> Path:
     certs = tmp_path / "certs"
-    tls.init_pki(certs)
+    init_pki(certs)
     for cid in ("c1", "c2", "c3"):
-        tls.add_client(certs, cid)
+        add_client(certs, cid)
     return certs

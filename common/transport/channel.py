@@ -1,4 +1,4 @@
-"""gRPC plumbing of the session stream: channel and server options, and the stream's (de)serializers.
+"""gRPC plumbing of the session stream: channel and server options, channels, and the stream's (de)serializers.
 
 The session method is registered by hand rather than through the generated stub, because its serializer
 must also send the hand-built chunk envelopes of ``slperf.common.wire.chunking`` (the generated one accepts
@@ -10,7 +10,6 @@ from typing import Any, Callable
 
 import grpc
 
-from slperf.common.wire.chunking import parse_chunk_envelope
 from slperf.v1 import session_pb2
 
 # gRPC's own per-message cap: chunks are ~1 MiB, so this only has to cover one chunk plus framing.
@@ -37,6 +36,10 @@ def envelope_parser(envelope_type: Any) -> Callable[[bytes], Any]:
     """The session stream's gRPC deserializer: a chunk envelope is parsed by hand so that its data stays a view
     of the received bytes (see ``chunking.parse_chunk_envelope``); everything else by the protobuf runtime,
     whose exceptions propagate."""
+    # Imported here, not at the top: chunking needs numpy, and the channel helpers below must stay cheap to
+    # import for the health check, which runs every few seconds in every container.
+    from slperf.common.wire.chunking import parse_chunk_envelope
+
     def parse(data: bytes) -> Any:
         return parse_chunk_envelope(data, envelope_type) or envelope_type.FromString(data)
     return parse
@@ -58,6 +61,35 @@ def open_session(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall[Any, An
                                  response_deserializer=envelope_parser(session_pb2.ServerMessage))(wait_for_ready=False)
 
 
+def _channel_options(server_name: str | None, options: list[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    chosen = grpc_options() if options is None else list(options)
+    if server_name:
+        chosen.append(("grpc.ssl_target_name_override", server_name))
+    return chosen
+
+
+def create_channel(target: str, credentials: grpc.ChannelCredentials | None, *, server_name: str | None = None,
+                   options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
+    """An asyncio channel to ``target``: plaintext when ``credentials`` is None (``--insecure``), TLS otherwise.
+
+    ``server_name`` is the name to expect in the server's certificate when the address dialled is not in it (a
+    node IP, a tunnel); ``options`` replace :func:`grpc_options` (the session defaults) when given.
+    """
+    chosen = _channel_options(server_name, options)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=chosen)
+    return grpc.aio.secure_channel(target, credentials, options=chosen)
+
+
+def create_sync_channel(target: str, credentials: grpc.ChannelCredentials | None, *,
+                        server_name: str | None = None, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+    """The blocking counterpart of :func:`create_channel`, for the operator commands and the health check."""
+    chosen = _channel_options(server_name, options)
+    if credentials is None:
+        return grpc.insecure_channel(target, options=chosen)
+    return grpc.secure_channel(target, credentials, options=chosen)
+
+
 class Malformed:
     """Stands in for a request whose bytes do not parse, so the handler can answer INVALID_ARGUMENT
     (gRPC would otherwise answer a deserialisation failure with INTERNAL and end a session stream)."""
@@ -73,16 +105,18 @@ class Malformed:
         return self.size
 
 
-def never_raising(parse_message: Callable[[bytes], Any], full_name: str) -> Callable[[bytes], Any]:
-    """A gRPC deserializer that turns a parse failure into a ``Malformed`` value instead of an exception."""
+def safe_parser(message_name: str, parse_message: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A gRPC deserializer that returns ``Malformed`` instead of raising: gRPC answers a deserializer that raises
+    with UNKNOWN on a unary call and ends a session stream, and a peer's bad bytes must get INVALID_ARGUMENT naming
+    the problem (in-stream, on the session). ``message_name`` is the full protobuf name, for the error."""
     def parse(data: bytes) -> Any:
         try:
             return parse_message(data)
         except Exception as exc:  # protobuf's DecodeError and friends: the peer's fault, never ours
-            return Malformed(len(data), f"{len(data)} bytes do not parse as {full_name}: {exc}")
+            return Malformed(len(data), f"{len(data)} bytes do not parse as {message_name}: {exc}")
     return parse
 
 
 def session_request_parser() -> Callable[[bytes], Any]:
     """The server's deserializer for the session stream: chunk envelopes by hand, never raising."""
-    return never_raising(envelope_parser(session_pb2.ClientMessage), session_pb2.ClientMessage.DESCRIPTOR.full_name)
+    return safe_parser(session_pb2.ClientMessage.DESCRIPTOR.full_name, envelope_parser(session_pb2.ClientMessage))

@@ -8,7 +8,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from slperf.common import tls
+from slperf.common.security.layout import ca_paths, client_paths
+from slperf.pki import init_pki
 from slperf.healthcheck import credentials_for, health
 
 
@@ -32,8 +33,8 @@ def test_credentials_need_a_ca_or_insecure():
 
 
 def test_cert_without_key_is_refused(pki):
-    cert, _ = tls.client_paths(pki, "c1")
-    result = invoke("--ca", str(tls.ca_paths(pki)[0]), "--cert", str(cert))
+    cert, _ = client_paths(pki, "c1")
+    result = invoke("--ca", str(ca_paths(pki)[0]), "--cert", str(cert))
     assert result.exit_code == 1
     assert "--cert and --key go together" in result.output
 
@@ -76,17 +77,17 @@ def test_against_a_mutual_tls_server(daemons, pki, tmp_path):
     # The operator pair from a certificates folder, and a client's own pair: SERVING, exit 0.
     ok = healthcheck("--server", address, "--certs", str(pki))
     assert ok.returncode == 0 and ok.stdout.startswith(f"SERVING {address}"), ok.stdout + ok.stderr
-    cert, key = tls.client_paths(pki, "c2")
-    ok = healthcheck("--server", f"localhost:{port}", "--ca", str(tls.ca_paths(pki)[0]), "--cert", str(cert),
+    cert, key = client_paths(pki, "c2")
+    ok = healthcheck("--server", f"localhost:{port}", "--ca", str(ca_paths(pki)[0]), "--cert", str(cert),
                      "--key", str(key), "--service", "slperf.v1.SplitLearning", "--quiet")
     assert ok.returncode == 0 and ok.stdout == "", ok.stdout + ok.stderr
     # Without a client certificate the server refuses the handshake.
-    refused = healthcheck("--server", address, "--ca", str(tls.ca_paths(pki)[0]), "--timeout", "3")
+    refused = healthcheck("--server", address, "--ca", str(ca_paths(pki)[0]), "--timeout", "3")
     assert refused.returncode == 1 and refused.stderr.startswith("UNAVAILABLE"), refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     # A certificate from another CA, a wrong server name, plaintext against TLS: unhealthy with the reason.
     foreign = tmp_path / "foreign"
-    tls.init_pki(foreign)
+    init_pki(foreign)
     bad = healthcheck("--server", address, "--certs", str(foreign), "--timeout", "3")
     assert bad.returncode == 1 and "UNAVAILABLE" in bad.stderr
     bad = healthcheck("--server", address, "--certs", str(pki), "--server-name", "elsewhere.example", "--timeout", "3")

@@ -12,7 +12,7 @@ from slperf.common.config_loader import load_config
 from slperf.common.models import build_model
 from slperf.common.shards import build_client_data
 from slperf.operator import OperatorClient
-from slperf.common import tls
+from slperf.common.security.credentials import operator_channel_credentials
 from slperf.slserver.checkpoint import load_checkpoint
 from unsplit_reference import unsplit_training
 
@@ -30,7 +30,7 @@ def test_one_client_split_training_equals_single_process(tmp_path, pki, daemons,
     runs = tmp_path / "runs"
     port = daemons.server(pki, runs)
     daemons.client(port, "c1", pki)
-    op = OperatorClient(f"127.0.0.1:{port}", tls.operator_channel_credentials(pki), server_name="localhost")
+    op = OperatorClient(f"127.0.0.1:{port}", operator_channel_credentials(pki), server_name="localhost")
     run_id = op.start_run(cfg_path.read_text())
     status = op.follow(run_id, lambda record: None)
     op.close()

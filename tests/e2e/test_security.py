@@ -7,10 +7,17 @@ import grpc
 import pytest
 import yaml
 
-from slperf.common import tls
+from pki_helpers import make_expired_client, make_foreign_client
+from slperf.common.security.credentials import (
+    channel_credentials,
+    client_channel_credentials,
+    operator_channel_credentials,
+)
+from slperf.common.security.layout import ca_paths
 from slperf.common.wire.serde import PROTOCOL_VERSION
 from slperf.common.transport.channel import grpc_options
 from slperf.operator import OperatorClient
+from slperf.pki import revoke
 from slperf.v1 import service_pb2, service_pb2_grpc, session_pb2, tensor_pb2
 
 pytestmark = pytest.mark.slow
@@ -30,8 +37,8 @@ def test_client_claiming_another_id_is_refused_and_exits(tmp_path, pki, daemons)
 
 def test_client_with_certificate_from_another_ca_is_refused_and_exits(tmp_path, pki, daemons):
     port = daemons.server(pki, tmp_path / "runs")
-    _, cert, key = tls.make_foreign_client(tmp_path / "foreign", "c1")
-    proc = daemons.client(port, "c1", None, "--ca", str(tls.ca_paths(pki)[0]), "--cert", str(cert), "--key",
+    _, cert, key = make_foreign_client(tmp_path / "foreign", "c1")
+    proc = daemons.client(port, "c1", None, "--ca", str(ca_paths(pki)[0]), "--cert", str(cert), "--key",
                           str(key), "--server-name", "localhost", log_name="foreign")
     assert _wait_exit(proc) != 0
     assert "TLS handshake" in daemons.log("foreign")
@@ -46,8 +53,8 @@ def test_plaintext_client_against_tls_server_is_refused_and_exits(tmp_path, pki,
 
 def test_raw_channel_with_foreign_certificate_gets_unavailable(tmp_path, pki, daemons):
     port = daemons.server(pki, tmp_path / "runs")
-    _, cert, key = tls.make_foreign_client(tmp_path / "foreign", "c1")
-    creds = tls.channel_credentials(tls.ca_paths(pki)[0], cert, key)
+    _, cert, key = make_foreign_client(tmp_path / "foreign", "c1")
+    creds = channel_credentials(ca_paths(pki)[0], cert, key)
     with grpc.secure_channel(f"127.0.0.1:{port}", creds,
                              options=[("grpc.ssl_target_name_override", "localhost")]) as channel:
         stub = service_pb2_grpc.ControlStub(channel)
@@ -58,7 +65,7 @@ def test_raw_channel_with_foreign_certificate_gets_unavailable(tmp_path, pki, da
 
 def test_client_certificate_cannot_use_control(tmp_path, pki, daemons):
     port = daemons.server(pki, tmp_path / "runs")
-    op = OperatorClient(f"127.0.0.1:{port}", tls.client_channel_credentials(pki, "c1"), server_name="localhost")
+    op = OperatorClient(f"127.0.0.1:{port}", client_channel_credentials(pki, "c1"), server_name="localhost")
     with pytest.raises(grpc.RpcError) as info:
         op.status()
     op.close()
@@ -71,11 +78,11 @@ def test_malformed_tensor_gets_invalid_argument_while_the_run_goes_on(tmp_path, 
     daemons.client(port, "c2", pki)
     config = {"paradigm": "splitfed_v1", "clients": 2, "client_ids": ["c1", "c2"], "epochs": 2,
               "batch_size": 32, "lr": 0.05, "max_train_samples": 600, "max_test_samples": 300}
-    op = OperatorClient(f"127.0.0.1:{port}", tls.operator_channel_credentials(pki), server_name="localhost")
+    op = OperatorClient(f"127.0.0.1:{port}", operator_channel_credentials(pki), server_name="localhost")
     run_id = op.start_run(yaml.safe_dump(config))
 
     # A third, authenticated client (c3) sends garbage on its own session during the run.
-    with grpc.secure_channel(f"127.0.0.1:{port}", tls.client_channel_credentials(pki, "c3"),
+    with grpc.secure_channel(f"127.0.0.1:{port}", client_channel_credentials(pki, "c3"),
                              options=grpc_options() + [("grpc.ssl_target_name_override", "localhost")]) as channel:
         stub = service_pb2_grpc.SplitLearningStub(channel)
         bad = tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_FLOAT32, shape=[2, 6, 12, 12], data=b"\x00" * 17)
@@ -102,7 +109,7 @@ def test_malformed_tensor_gets_invalid_argument_while_the_run_goes_on(tmp_path, 
 
 
 def test_revoked_client_is_refused_with_unauthenticated_and_exits(tmp_path, pki, daemons):
-    tls.revoke(pki, "c2")
+    revoke(pki, "c2")
     port = daemons.server(pki, tmp_path / "runs")
     proc = daemons.client(port, "c2", pki, log_name="revoked")
     assert _wait_exit(proc) != 0
@@ -111,7 +118,7 @@ def test_revoked_client_is_refused_with_unauthenticated_and_exits(tmp_path, pki,
 
 
 def test_expired_certificate_is_refused_in_the_handshake_and_the_client_exits(tmp_path, pki, daemons):
-    tls.make_expired_client(pki, "c3", overwrite=True)
+    make_expired_client(pki, "c3", overwrite=True)
     port = daemons.server(pki, tmp_path / "runs")
     proc = daemons.client(port, "c3", pki, log_name="expired")
     assert _wait_exit(proc) != 0

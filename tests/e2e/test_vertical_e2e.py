@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from slperf.common import tls
+from slperf.common.security.credentials import operator_channel_credentials
 from slperf.operator import OperatorClient
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ def test_vertical_adult_over_mtls(tmp_path, pki, daemons):
     config = {"paradigm": "vertical", "dataset": "adult", "clients": 3, "client_ids": ["c1", "c2", "c3"],
               "data_vertical_list": [6, 4, 4], "cut_layer_vertical_list": [4, 3, 3], "epochs": 1,
               "batch_size": 128, "lr": 0.05, "max_train_samples": 4000, "max_test_samples": 2000}
-    op = OperatorClient(f"127.0.0.1:{port}", tls.operator_channel_credentials(pki), server_name="localhost")
+    op = OperatorClient(f"127.0.0.1:{port}", operator_channel_credentials(pki), server_name="localhost")
     status = op.follow(op.start_run(yaml.safe_dump(config)), lambda r: None)
     op.close()
     assert status.state == "finished", status.error

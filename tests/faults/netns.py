@@ -212,7 +212,7 @@ class Topology:
 def _operate(argv: Sequence[str]) -> int:
     import argparse
 
-    from slperf.common import tls
+    from slperf.common.security.credentials import operator_channel_credentials
     from slperf.operator import OperatorClient
 
     parser = argparse.ArgumentParser(prog="netns.py operate")
@@ -225,7 +225,7 @@ def _operate(argv: Sequence[str]) -> int:
     def emit(event: str, **fields) -> None:
         print(json.dumps({"t": time.time(), "event": event, **fields}), flush=True)
 
-    op = OperatorClient(args.server, tls.operator_channel_credentials(args.certs))
+    op = OperatorClient(args.server, operator_channel_credentials(args.certs))
     try:
         run_id = op.start_run(args.config.read_text(), args.run_id, timeout=60)
         emit("started", run_id=run_id)

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from slperf.common import tls
+from slperf.common.security.credentials import client_channel_credentials, operator_channel_credentials
 from slperf.common.transport.channel import grpc_options
 from slperf.common.wire.serde import PROTOCOL_VERSION
 from slperf.operator import OperatorClient
@@ -164,7 +164,7 @@ def test_fuzzed_server_keeps_serving_and_the_federation_result_is_unchanged(tmp_
     daemons.client(port, "c2", pki)
     config = yaml.safe_dump({"paradigm": "splitfed_v1", "clients": 2, "client_ids": ["c1", "c2"], "epochs": 2,
                              "batch_size": 32, "lr": 0.05, "max_train_samples": 1200, "max_test_samples": 500, "seed": 4})
-    op = OperatorClient(f"127.0.0.1:{port}", tls.operator_channel_credentials(pki), server_name="localhost")
+    op = OperatorClient(f"127.0.0.1:{port}", operator_channel_credentials(pki), server_name="localhost")
     quiet = op.follow(op.start_run(config, "quiet"), lambda r: None)
     assert quiet.state == "finished", quiet.error
 
@@ -174,7 +174,7 @@ def test_fuzzed_server_keeps_serving_and_the_federation_result_is_unchanged(tmp_
     def fuzz() -> None:
         rng = random.Random(1234)
         options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
-        with grpc.secure_channel(f"127.0.0.1:{port}", tls.client_channel_credentials(pki, "c3"), options=options) as ch:
+        with grpc.secure_channel(f"127.0.0.1:{port}", client_channel_credentials(pki, "c3"), options=options) as ch:
             session = LockstepSession(ch)
             session.send(session_pb2.ClientMessage(hello=session_pb2.Hello(protocol_version=PROTOCOL_VERSION, client_id="c3")))
             assert session.receive().WhichOneof("body") == "welcome"
@@ -187,7 +187,7 @@ def test_fuzzed_server_keeps_serving_and_the_federation_result_is_unchanged(tmp_
                     outcome["wrong"].append((code.name, word, str(reply)[:200]))
             session.close()
             # Random bytes on the unary Control methods, with the operator's credentials.
-            with grpc.secure_channel(f"127.0.0.1:{port}", tls.operator_channel_credentials(pki), options=options) as op_ch:
+            with grpc.secure_channel(f"127.0.0.1:{port}", operator_channel_credentials(pki), options=options) as op_ch:
                 for method in ("StartRun", "Status", "StopRun"):
                     call = op_ch.unary_unary(f"/slperf.v1.Control/{method}", request_serializer=lambda b: b,
                                              response_deserializer=lambda b: b)

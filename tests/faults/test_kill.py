@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from slperf.common import tls
+from slperf.common.security.credentials import operator_channel_credentials
 from slperf.slserver.run_folder import RunFolder
 from slperf.operator import OperatorClient
 
@@ -24,7 +24,7 @@ def _config(**overrides) -> str:
 
 
 def _operator(port, pki) -> OperatorClient:
-    return OperatorClient(f"127.0.0.1:{port}", tls.operator_channel_credentials(pki), server_name="localhost")
+    return OperatorClient(f"127.0.0.1:{port}", operator_channel_credentials(pki), server_name="localhost")
 
 
 # Parallel: c2 dies while both train. Sequential (a ring c1 -> c2): c1 dies during its own turn, which

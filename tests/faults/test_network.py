@@ -26,7 +26,8 @@ import yaml
 
 import netns
 import relay
-from slperf.common import tls
+from slperf.common.security.layout import ca_paths, client_paths
+from slperf.pki import add_client, init_pki
 from slperf.slserver.run_folder import RunFolder
 
 pytestmark = pytest.mark.slow
@@ -262,9 +263,9 @@ class Federation:
         self.certs = self.tmp / "certs"
         self.runs = self.tmp / "runs"
         # The clients dial the server's namespace address: it is in the certificate, no name override.
-        tls.init_pki(self.certs, server_names=[self.server_ip, "localhost"])
+        init_pki(self.certs, server_names=[self.server_ip, "localhost"])
         for cid in CLIENTS:
-            tls.add_client(self.certs, cid)
+            add_client(self.certs, cid)
 
     @property
     def server_ip(self) -> str:
@@ -293,9 +294,9 @@ class Federation:
         self.relay = RelayProc(proc, out, (self.server_ip, RELAY_PORT), control)
 
     def start_clients(self) -> None:
-        ca = tls.ca_paths(self.certs)[0]
+        ca = ca_paths(self.certs)[0]
         for cid in CLIENTS:
-            cert, key = tls.client_paths(self.certs, cid)
+            cert, key = client_paths(self.certs, cid)
             argv = [sys.executable, "-m", "slperf.cli", "client", "--server", f"{self.server_ip}:{RELAY_PORT}",
                     "--id", cid, "--ca", str(ca), "--cert", str(cert), "--key", str(key), "--torch-threads", "1"]
             self.topo.popen(cid, argv, log=self.tmp / f"{cid}.log", env=child_env())

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from slperf.common import tls
+from slperf.common.security.credentials import operator_channel_credentials
 from slperf.slserver.run_folder import RunFolder
 from slperf.operator import OperatorClient
 
@@ -27,7 +27,7 @@ def _run(tmp_path, pki, daemons, **config):
     port = daemons.server(pki, runs)
     daemons.client(port, "c1", pki)
     daemons.client(port, "c2", pki)
-    op = OperatorClient(f"127.0.0.1:{port}", tls.operator_channel_credentials(pki), server_name="localhost")
+    op = OperatorClient(f"127.0.0.1:{port}", operator_channel_credentials(pki), server_name="localhost")
     try:
         run_id = op.start_run(text)
         status = op.follow(run_id, lambda record: None)

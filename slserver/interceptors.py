@@ -1,0 +1,223 @@
+"""Who may call what, decided before a handler runs: ``grpc.aio.ServerInterceptor``s, as in gRPC's own
+``auth/async_customized_auth_server.py`` example, so that no handler repeats an authorisation check.
+
+The server installs them in this order (the first is the outermost)::
+
+    MalformedRequestInterceptor   a unary request whose bytes do not parse gets INVALID_ARGUMENT
+    OperatorInterceptor           every Control call needs the operator certificate     (not with --insecure)
+    ClientIdentityInterceptor     a session needs a client certificate; its identity    (not with --insecure)
+                                  is handed to the session handler
+
+An interceptor only sees the method name and the metadata when it is called (``HandlerCallDetails``), not the
+peer's certificate, so each one returns the handler wrapped in a check that runs first when the call starts,
+where ``context.auth_context()`` is available.
+
+What stays at the session's Hello (:class:`HelloAuthorizer`), and why: the id the client claims arrives in the
+Hello message, which the handler reads from the stream; no interceptor can see it before the handler does. So
+the checks about the *claimed* id run there: the allowed list (``--allowed-clients``, which with ``--insecure``
+has nothing but the claim to go on), the claim matching the certificate's name, and the revocation list (keyed
+by that id). What depends on the connection alone (is there a certificate identity, is it a client's) is
+refused at call start, before the peer may send anything.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+
+from slperf.common.security.errors import TLSConfigError
+from slperf.common.security.identity import Identity, Role, identity_from_auth_context, load_revoked
+from slperf.common.transport.channel import Malformed, safe_parser
+from slperf.v1 import service_pb2
+
+log = logging.getLogger("slperf.server")
+
+CONTROL_SERVICE = "slperf.v1.Control"
+SESSION_METHOD = "/slperf.v1.SplitLearning/Session"
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
+# Runs when the call starts, before the handler; aborts the call to refuse it. Its first argument is the request
+# of a unary call, or the request iterator of a streaming one (which it must not read).
+Check = Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]
+
+# The verified client identity of the current session call, set by ClientIdentityInterceptor. A gRPC call runs
+# in a contextvars.Context of its own, so the value never leaks into another call.
+_session_identity: ContextVar[Identity | None] = ContextVar("slperf_session_identity", default=None)
+
+
+def session_identity() -> Identity | None:
+    """The client identity :class:`ClientIdentityInterceptor` verified for the current call; None without it."""
+    return _session_identity.get()
+
+
+def _service_of(method: str) -> str:
+    """``/slperf.v1.Control/Status`` -> ``slperf.v1.Control``."""
+    return method.split("/")[1] if method.count("/") >= 2 else ""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Wrapping a handler
+
+
+_BEHAVIOUR = {  # (request_streaming, response_streaming) -> (the handler's attribute, gRPC's constructor)
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+def _checked_first(behaviour: Behaviour, check: Check) -> Behaviour:
+    """``behaviour`` with ``check`` awaited before it, of the same kind (coroutine or async generator), which is
+    what grpc.aio looks at to decide how to drive it."""
+    if inspect.isasyncgenfunction(behaviour):
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await check(request, context)
+            async for item in behaviour(request, context):
+                yield item
+        return stream
+    if inspect.iscoroutinefunction(behaviour):
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await check(request, context)
+            return await behaviour(request, context)
+        return call
+    raise TypeError(f"{behaviour!r} is not an async handler; the server's handlers are all async")
+
+
+def with_check(handler: grpc.RpcMethodHandler, check: Check,
+               request_deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+    """A copy of ``handler`` whose behaviour awaits ``check`` first (and parses with ``request_deserializer``
+    when given)."""
+    attr, make = _BEHAVIOUR[(handler.request_streaming, handler.response_streaming)]
+    return make(_checked_first(getattr(handler, attr), check),
+                request_deserializer=request_deserializer or handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Interceptors
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """A unary request of ``services`` whose bytes do not parse is answered with INVALID_ARGUMENT naming the
+    message type, before anything else (authorisation included) looks at the call, exactly as the hand-written
+    handlers did before the generated registration was used."""
+
+    def __init__(self, services: Iterable[ServiceDescriptor]):
+        self._message_names = {
+            f"/{service.full_name}/{method.name}": method.input_type.full_name
+            for service in services for method in service.methods
+        }
+
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        name = self._message_names.get(handler_call_details.method)
+        if handler is None or name is None or handler.request_streaming:
+            return handler  # streams answer bad bytes in-stream (see transport.channel.Malformed)
+        return with_check(handler, _refuse_malformed, safe_parser(name, handler.request_deserializer))
+
+
+async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(request, Malformed):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+
+
+class OperatorInterceptor(grpc.aio.ServerInterceptor):
+    """Every call of the Control service needs the operator certificate; anything else gets PERMISSION_DENIED."""
+
+    def __init__(self, service: str = CONTROL_SERVICE):
+        self._service = service
+
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or _service_of(handler_call_details.method) != self._service:
+            return handler
+        return with_check(handler, _require_operator)
+
+
+async def _require_operator(_request: Any, context: grpc.aio.ServicerContext) -> None:
+    ident = identity_from_auth_context(context.auth_context())
+    if ident is None or ident.role != Role.OPERATOR:
+        who = f"a {ident.role} certificate ({ident.name})" if ident else "no certificate"
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"Control calls need the operator certificate; this connection has {who}")
+
+
+class ClientIdentityInterceptor(grpc.aio.ServerInterceptor):
+    """A session needs a client certificate: no slperf identity on the connection is UNAUTHENTICATED, an operator's
+    or a server's certificate PERMISSION_DENIED, both before the peer may send its Hello. The verified identity is
+    handed to the handler (:func:`session_identity`), where :class:`HelloAuthorizer` compares it with the claim."""
+
+    def __init__(self, method: str = SESSION_METHOD):
+        self._method = method
+
+    async def intercept_service(self, continuation: Continuation,
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method != self._method:
+            return handler
+        return with_check(handler, _require_client)
+
+
+async def _require_client(_requests: Any, context: grpc.aio.ServicerContext) -> None:
+    ident = identity_from_auth_context(context.auth_context())
+    if ident is None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate identity on this connection")
+    if ident.role != Role.CLIENT:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"a {ident.role} certificate cannot open a client session")
+    _session_identity.set(ident)
+
+
+def server_interceptors(*, insecure: bool) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors of the server, in order; with ``--insecure`` there is no certificate to check."""
+    chain: list[grpc.aio.ServerInterceptor] = [
+        MalformedRequestInterceptor([service_pb2.DESCRIPTOR.services_by_name["Control"]]),
+    ]
+    if not insecure:
+        chain += [OperatorInterceptor(), ClientIdentityInterceptor()]
+    return chain
+
+
+# --------------------------------------------------------------------------------------------------------------
+# At the Hello
+
+
+class HelloAuthorizer:
+    """The session checks that need the client id claimed in the Hello (see the module docstring for why they
+    cannot run in an interceptor): the allowed list, the claim matching the certificate, the revocation list."""
+
+    def __init__(self, certs_dir: Path | None, insecure: bool, allowed: frozenset[str] | None = None):
+        self.certs_dir = certs_dir
+        self.insecure = insecure
+        self.allowed = allowed  # None = every client the CA certified
+
+    async def client(self, context: grpc.aio.ServicerContext, claimed: str) -> None:
+        """Aborts the call unless ``claimed`` is allowed, the certificate names it, and it is not revoked."""
+        if self.allowed is not None and claimed not in self.allowed:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"client '{claimed}' is not in this server's allowed list (--allowed-clients)")
+        if self.insecure:
+            return
+        ident = session_identity()
+        if ident is None:  # fail closed if the server was built without ClientIdentityInterceptor
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate identity on this connection")
+        if ident.name != claimed:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"client id '{claimed}' does not match the certificate's client id '{ident.name}'")
+        if self.certs_dir is not None:
+            try:
+                revoked = load_revoked(self.certs_dir)
+            except TLSConfigError as exc:
+                log.error("%s", exc)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server cannot read its revocation list")
+            if claimed in revoked:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"client '{claimed}' has been revoked")
