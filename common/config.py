@@ -231,7 +231,7 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
             known = sorted(set(_FIELD_NAMES) | set(ALIASES) | set(spec.option_keys()))
             raise ConfigError(f"{source}: unknown config key '{key}' (known keys: {', '.join(known)})")
         merged_options[spec.canonical_option(key)] = value
-    cfg.options = spec.validate_options(merged_options)
+    cfg.options = spec.validate_options(merged_options, alias=values.get("paradigm"))
     _check_ranges(cfg)
     return cfg, warnings
 

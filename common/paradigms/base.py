@@ -73,18 +73,14 @@ class ClientGone(Exception):
         self.reason = reason
 
 
-def sort_outcomes(clients: Sequence["ClientHandle"], outcomes: Sequence[Any], result: RoundResult) -> list[tuple["ClientHandle", Any]]:
-    """Splits ``asyncio.gather(..., return_exceptions=True)`` results of a parallel round: clients that
-    dropped out go to ``result.dropped``, any other exception is a bug and is raised, the rest is returned."""
-    done = []
-    for client, outcome in zip(clients, outcomes):
-        if isinstance(outcome, ClientGone):
-            result.dropped.append(client.client_id)
-        elif isinstance(outcome, BaseException):
-            raise outcome
-        else:
-            done.append((client, outcome))
-    return done
+class NoClientLeft(ClientGone):
+    """Every client the paradigm could have used dropped out, so the step (an evaluation, a round) cannot be
+    done at all. A ``ClientGone`` so that the run fails the way it does when its only client leaves."""
+
+    def __init__(self, task: str):
+        Exception.__init__(self, f"no client left to {task}")
+        self.client_id = ""
+        self.reason = f"no client left to {task}"
 
 
 class ClientHandle(Protocol):
@@ -212,8 +208,10 @@ class ParadigmSpec:
     option_aliases: Mapping[str, str] = field(default_factory=dict)  # SLPerf key -> key
     validate: Callable[[dict[str, Any]], None] | None = None
     summary: str = ""
-    # SLPerf alias -> options it implies (e.g. parallel_U_Shape -> {"schedule": "parallel"}); explicit
-    # options in the config still win.
+    # Where this implementation knowingly differs from SLPerf's code, and why (``slperf paradigms --details``).
+    deviations: str = ""
+    # Alias -> options it implies (e.g. parallel_U_Shape -> {"schedule": "parallel"}); a config that names
+    # the alias and gives the option another value is refused (see ``validate_options``).
     alias_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Builds a client's data when the default shard (build_client_data) is not the paradigm's (multitask:
     # each task's data set split among the task's clients). Same signature as build_client_data.
@@ -228,7 +226,9 @@ class ParadigmSpec:
     def canonical_option(self, key: str) -> str:
         return self.option_aliases.get(key, key)
 
-    def validate_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+    def validate_options(self, given: Mapping[str, Any], alias: str | None = None) -> dict[str, Any]:
+        """Checks and completes the options; ``alias`` is the name the config used for this paradigm, whose
+        implied options (``alias_options``) an explicit option may not contradict."""
         from slperf.common.config import ConfigError
 
         out: dict[str, Any] = {}
@@ -246,6 +246,10 @@ class ParadigmSpec:
             if not ok:
                 raise ConfigError(f"option '{key}' of paradigm '{self.name}' must be {kind.__name__}, got {value!r}")
             out[key] = value
+        for key, implied in self.alias_options.get(alias or "", {}).items():
+            if key in out and out[key] != implied:
+                raise ConfigError(f"paradigm '{alias}' is '{self.name}' with {key}: {implied}, but the config sets "
+                                  f"{key}: {out[key]}; use paradigm '{self.name}' for that")
         for key, (_, default) in self.options.items():
             out.setdefault(key, default)
         if self.validate:

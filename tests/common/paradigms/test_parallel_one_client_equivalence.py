@@ -1,4 +1,4 @@
-"""DESIGN §5 anchor for the parallel paradigms: with one client and the same seed and batches, psl (every
+"""The one-client equivalence anchor for the parallel paradigms: with one client and the same seed and batches, psl (every
 server_update, also under SLPerf's names), sglr, splitfed_v2 (both orders) and fedavg end with the same
 weights as plain single-process training of the unsplit model (up to float round-off).
 
