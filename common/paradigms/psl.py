@@ -108,7 +108,7 @@ LOCKSTEP = {"server_update": "lockstep"}
 SPEC = register(ParadigmSpec(
     name="psl", server=PSLServer, client=BottomClient,
     aliases=("asy_vanilla", "asy_vanilla2", "psl_sum", "synchronization", "psl_lockstep"),
-    alias_options={"asy_vanilla2": SUM, "psl_sum": SUM, "synchronization": LOCKSTEP, "psl_lockstep": LOCKSTEP},
+    alias_options={"psl_sum": SUM, "asy_vanilla2": SUM, "psl_lockstep": LOCKSTEP, "synchronization": LOCKSTEP},
     options={"server_update": (str, "arrival")}, validate=_validate,
     summary="parallel clients, one shared top (server_update: arrival|sum|lockstep; psl_sum and psl_lockstep "
             "imply one), no client aggregation",

@@ -51,3 +51,19 @@ def get(name: str) -> ParadigmSpec:
 def all_specs() -> list[ParadigmSpec]:
     _load_all()
     return [_SPECS[k] for k in sorted(_SPECS)]
+
+
+def variant_names() -> list[str]:
+    """Every name that selects a distinct configuration: each paradigm's name, followed by one alias for
+    each distinct set of options its aliases imply (the first listed in ``alias_options``: ``psl_sum``, not
+    its SLPerf twin ``asy_vanilla2``). What a benchmark runs for "all paradigms"."""
+    names: list[str] = []
+    for spec in all_specs():
+        names.append(spec.name)
+        seen: list[dict] = []
+        for alias, implied in spec.alias_options.items():
+            if dict(implied) not in seen:
+                seen.append(dict(implied))
+                names.append(alias)
+    return names
+

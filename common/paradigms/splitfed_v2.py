@@ -121,7 +121,7 @@ SEQUENTIAL = {"order": "sequential"}
 SPEC = register(ParadigmSpec(
     name="splitfed_v2", server=SplitFedV2Server, client=SplitFedV2Client,
     aliases=("SplitFed2", "SplitFed", "splitfed_v2_sequential"),
-    alias_options={"SplitFed": SEQUENTIAL, "splitfed_v2_sequential": SEQUENTIAL},
+    alias_options={"splitfed_v2_sequential": SEQUENTIAL, "SplitFed": SEQUENTIAL},
     options={"order": (str, "parallel"), "optim": (str, "sgd")}, validate=_validate,
     summary="one shared top, clients in parallel (order: parallel|sequential; SplitFed and "
             "splitfed_v2_sequential imply sequential), FedAvg of the bottoms each round",

@@ -145,7 +145,7 @@ PARALLEL = {"schedule": "parallel"}
 SPEC = register(ParadigmSpec(
     name="ushaped", server=UShapedServer, client=UShapedClient, time_factor=1.6,
     aliases=("Ushaped", "u_shaped", "parallel_U_Shape", "ushaped_parallel"),
-    alias_options={"parallel_U_Shape": PARALLEL, "ushaped_parallel": PARALLEL},
+    alias_options={"ushaped_parallel": PARALLEL, "parallel_U_Shape": PARALLEL},
     options={"schedule": (str, "sequential"), "tail_layer": (int, -1)},
     validate=_validate, deviations=DEVIATIONS,
     summary="U-shaped: client holds head + tail + labels, server the middle; 4 messages per batch; labels "
