@@ -43,15 +43,13 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from slperf.common.config import ConfigError, RunConfig
-from slperf.common.paradigms.base import ClientHandle, ClientLink, EvalResult, ParadigmSpec, RoundResult, \
-    ServerContext
+from slperf.common.paradigms.base import ClientHandle, ClientLink, ParadigmSpec, RoundResult, ServerContext
 from slperf.common.paradigms.kit.bottom_client import BottomClient
-from slperf.common.paradigms.kit.rounds import latest_first, ring
-from slperf.common.paradigms.kit.serving import evaluate_first_available
-from slperf.common.paradigms.kit.steps import clone_state, make_optimizer, top_train_step
-from slperf.common.paradigms.kit.top_server import TopSegmentServer
+from slperf.common.paradigms.kit.rounds import ring
+from slperf.common.paradigms.kit.steps import top_train_step
+from slperf.common.paradigms.kit.top_server import HandedOnBottomServer
 from slperf.common.paradigms.registry import register
-from slperf.common.protocol.types import Phase, PhaseSummary, Reply, State, StepRef
+from slperf.common.protocol.types import Phase, PhaseSummary, Reply, StepRef
 
 DEVIATIONS = """\
 * In state C SLPerf's client re-sent its *last cached activation batch* for every training and
@@ -95,16 +93,12 @@ def next_state(state: str, previous: float | None, loss: float, loss_threshold: 
     return NEXT[state] if improvement < loss_threshold else state
 
 
-class AsyncServer(TopSegmentServer):
-    """Vanilla SL's ring with the top, the handed-on bottom and evaluation through the client that trained
-    last, plus a per-client A/B/C state deciding each client's turn."""
+class AsyncServer(HandedOnBottomServer):
+    """A ring with the top, the handed-on bottom and evaluation through the client that trained last (the
+    kit's ``HandedOnBottomServer``), plus a per-client A/B/C state deciding each client's turn."""
 
     def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         super().__init__(config, ctx, num_classes, input_shape)
-        self.top = self.split.segments[1]
-        self.optimizer = make_optimizer(self.top.parameters(), config)
-        self.bottom_state = clone_state(self.split.segments[0])
-        self.last_trained: str | None = None
         self.loss_threshold = float(config.options.get("loss_threshold", 0.1))
         self.states: dict[str, TurnState] = {}  # client id -> A/B/C for its next turn
         self.losses: dict[str, float] = {}  # client id -> server-side mean training loss of its last turn
@@ -172,23 +166,12 @@ class AsyncServer(TopSegmentServer):
                                        for c in clients}
         return result
 
-    async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        return await evaluate_first_available(self.ctx, latest_first(clients, self.last_trained), round,
-                                              self.eval_spec, self.bottom_state, self.top)
-
-    def model_state(self) -> dict[str, State]:
-        return {"bottom": self.bottom_state, "top": clone_state(self.top)}
-
     def state_dict(self) -> dict[str, Any]:
-        return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "bottom": self.bottom_state, "last_trained": self.last_trained,
-                "states": {cid: str(state) for cid, state in self.states.items()}, "losses": dict(self.losses)}
+        return {**super().state_dict(), "states": {cid: str(state) for cid, state in self.states.items()},
+                "losses": dict(self.losses)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.top.load_state_dict(state["top"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.bottom_state = dict(state["bottom"])
-        self.last_trained = state.get("last_trained")
+        super().load_state_dict(state)
         self.states = {cid: TurnState(value) for cid, value in state.get("states", {}).items()}
         self.losses = dict(state.get("losses", {}))
         self.cache = {}

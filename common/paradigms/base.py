@@ -4,6 +4,8 @@ A paradigm is a pair of strategy objects: a ``ServerParadigm`` that decides who 
 the wire per batch and what is aggregated, and a ``ClientParadigm`` that runs inside each client daemon.
 They see client handles, links and tensors, never gRPC: the daemons in ``slserver``/``slclient`` provide
 those, so a new paradigm is one module in this package and needs no change to the server or client core.
+A paradigm module imports this API, the registry and what paradigms share (the ``kit`` subpackage), never
+another paradigm.
 """
 from __future__ import annotations
 

@@ -14,17 +14,15 @@ Protocol, per round:
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
-from slperf.common.config import RunConfig
-from slperf.common.paradigms.base import ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext
+from slperf.common.paradigms.base import ClientHandle, ParadigmSpec, RoundResult
 from slperf.common.paradigms.kit.bottom_client import BottomClient
-from slperf.common.paradigms.kit.rounds import latest_first, ring
-from slperf.common.paradigms.kit.serving import evaluate_first_available, serve_training
-from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
-from slperf.common.paradigms.kit.top_server import TopSegmentServer
+from slperf.common.paradigms.kit.rounds import ring
+from slperf.common.paradigms.kit.serving import serve_training
+from slperf.common.paradigms.kit.top_server import HandedOnBottomServer
 from slperf.common.paradigms.registry import register
-from slperf.common.protocol.types import PhaseSummary, State
+from slperf.common.protocol.types import PhaseSummary
 
 DEVIATIONS = """\
 * The bottom weights are relayed through the server; SLPerf wrote the module to a shared file, which
@@ -35,13 +33,8 @@ DEVIATIONS = """\
 * A client that drops out loses its turn and the ring goes on (the top keeps the steps it took)."""
 
 
-class VanillaServer(TopSegmentServer):
-    def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
-        super().__init__(config, ctx, num_classes, input_shape)
-        self.top = self.split.segments[1]
-        self.optimizer = make_optimizer(self.top.parameters(), config)
-        self.bottom_state = clone_state(self.split.segments[0])
-        self.last_trained: str | None = None
+class VanillaServer(HandedOnBottomServer):
+    """The ring of steps 1-4; evaluation (step 5) and the state are the kit's ``HandedOnBottomServer``'s."""
 
     async def _turn(self, client: ClientHandle, round: int) -> PhaseSummary:
         await client.set_weights("bottom", self.bottom_state, round)
@@ -52,23 +45,6 @@ class VanillaServer(TopSegmentServer):
 
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         return (await ring(clients, lambda c: self._turn(c, round))).to_result()
-
-    async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        return await evaluate_first_available(self.ctx, latest_first(clients, self.last_trained), round,
-                                              self.eval_spec, self.bottom_state, self.top)
-
-    def model_state(self) -> dict[str, State]:
-        return {"bottom": self.bottom_state, "top": clone_state(self.top)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "bottom": self.bottom_state, "last_trained": self.last_trained}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.top.load_state_dict(state["top"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.bottom_state = dict(state["bottom"])
-        self.last_trained = state.get("last_trained")
 
 
 SPEC = register(ParadigmSpec(

@@ -7,7 +7,9 @@ from typing import Any, Mapping, Sequence
 from slperf.common.config import RunConfig
 from slperf.common.models import build_split
 from slperf.common.paradigms.base import ActivationSpec, ClientHandle, EvalResult, ServerContext, ServerParadigm
-from slperf.common.paradigms.kit.serving import collect_own_bottom, evaluate_every_client, send_own_bottom
+from slperf.common.paradigms.kit.rounds import latest_first
+from slperf.common.paradigms.kit.serving import collect_own_bottom, evaluate_every_client, evaluate_first_available, \
+    send_own_bottom
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
 from slperf.common.protocol.types import State
 
@@ -69,3 +71,33 @@ class SharedTopServer(TopSegmentServer):
         self.top.load_state_dict(state["top"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.bottoms = {cid: dict(s) for cid, s in state["bottoms"].items()}
+
+
+class HandedOnBottomServer(TopSegmentServer):
+    """One top, and one bottom handed from client to client through the server (a ring: vanilla, AsyncSL).
+    Evaluation goes through the client that trained last (else any that answers) with the current bottom.
+    The subclass runs the turns and sets ``bottom_state`` and ``last_trained`` after each."""
+
+    def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
+        super().__init__(config, ctx, num_classes, input_shape)
+        self.top = self.split.segments[1]
+        self.optimizer = make_optimizer(self.top.parameters(), config)
+        self.bottom_state = clone_state(self.split.segments[0])
+        self.last_trained: str | None = None
+
+    async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
+        return await evaluate_first_available(self.ctx, latest_first(clients, self.last_trained), round,
+                                              self.eval_spec, self.bottom_state, self.top)
+
+    def model_state(self) -> dict[str, State]:
+        return {"bottom": self.bottom_state, "top": clone_state(self.top)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "bottom": self.bottom_state, "last_trained": self.last_trained}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.top.load_state_dict(state["top"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.bottom_state = dict(state["bottom"])
+        self.last_trained = state.get("last_trained")
