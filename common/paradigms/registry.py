@@ -53,17 +53,22 @@ def all_specs() -> list[ParadigmSpec]:
     return [_SPECS[k] for k in sorted(_SPECS)]
 
 
+def variant_of(name: str) -> str:
+    """The one name for the configuration ``name`` selects: the paradigm's name for a plain alias, and for an
+    alias that implies options the first alias in ``alias_options`` that implies the same (``asy_vanilla2``
+    -> ``psl_sum``). A benchmark keys its cells by it, so two names for one configuration run once."""
+    spec = get(name)
+    implied = dict(spec.alias_options.get(name, {}))
+    if not implied:
+        return spec.name
+    return next(alias for alias, options in spec.alias_options.items() if dict(options) == implied)
+
+
 def variant_names() -> list[str]:
-    """Every name that selects a distinct configuration: each paradigm's name, followed by one alias for
-    each distinct set of options its aliases imply (the first listed in ``alias_options``: ``psl_sum``, not
-    its SLPerf twin ``asy_vanilla2``). What a benchmark runs for "all paradigms"."""
+    """Every name that selects a distinct configuration (see ``variant_of``): each paradigm's name, followed
+    by one alias per distinct set of options its aliases imply. What a benchmark runs for "all paradigms"."""
     names: list[str] = []
     for spec in all_specs():
         names.append(spec.name)
-        seen: list[dict] = []
-        for alias, implied in spec.alias_options.items():
-            if dict(implied) not in seen:
-                seen.append(dict(implied))
-                names.append(alias)
+        names += [alias for alias in spec.alias_options if variant_of(alias) == alias]
     return names
-

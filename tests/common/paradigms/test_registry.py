@@ -58,6 +58,10 @@ def test_variant_names_keep_one_name_per_distinct_configuration():
     assert {"psl_sum", "psl_lockstep", "splitfed_v2_sequential", "ushaped_parallel"} <= set(names)
     assert not {"asy_vanilla2", "synchronization", "SplitFed", "parallel_U_Shape"} & set(names)
     assert [s.name for s in registry.all_specs()] == [n for n in names if n in {s.name for s in registry.all_specs()}]
+    assert registry.variant_of("asy_vanilla2") == registry.variant_of("psl_sum") == "psl_sum"
+    assert registry.variant_of("asy_vanilla") == registry.variant_of("psl") == "psl"
+    assert registry.variant_of("parallel_U_Shape") == "ushaped_parallel"
+    assert registry.variant_of("SplitFed") == "splitfed_v2_sequential"
 
 
 def test_async_takes_loss_threshold_and_slperf_thred():
