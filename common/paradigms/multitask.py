@@ -9,10 +9,9 @@ uses ``dataset``); all tasks must share the input shape (the body's input), thei
 (each tail has its task's). The cuts are U-shaped's: ``[split_layer, tail_layer]``.
 
 Data (the spec's ``client_data`` hook, in place of the daemon's default shard): a client loads its task's
-data set and takes its shard of a split of that task's training set
-among the task's clients only (``partition_method`` etc. as configured; the partition seed is
-``seed + task index``, so two tasks on the same data set get different splits); its test set is its task's
-test set (capped by ``max_test_samples``).
+data set and takes its shard of a split of that task's training set among the task's clients only
+(``partition_method`` etc. as configured; the partition seed is ``seed + task index``, so two tasks on the
+same data set get different splits); its test set is its task's test set (capped by ``max_test_samples``).
 
 Protocol, per round: the task groups take turns, in task order. For group t:
   1. every member receives the group's head and tail (``set_weights``);
@@ -61,7 +60,7 @@ DEVIATIONS = """\
 * A client that drops out loses its part of the round and is left out of its group's average; the other
   members and groups go on (RoundResult.dropped).
 * task_datasets replaces SLPerf's list-valued dataset; a task data set other than dataset is
-  read from the registry artifact (data_dir applies to dataset only) in the default cache."""
+  read from the registry artifact (data_dir applies to dataset only) in the client daemon's data cache."""
 
 
 # -- tasks ------------------------------------------------------------------------------------------------

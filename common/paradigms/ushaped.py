@@ -15,9 +15,9 @@ Schedules (option ``schedule``):
     hands them to the next client, exactly like vanilla SL hands on the bottom. Evaluation runs through the
     client that trained last, with the handed-on head and tail.
   * ``parallel`` (SLPerf ``parallel_U_Shape``; also the alias ``ushaped_parallel``): all clients train at
-    once; the server serialises the steps in arrival order (``SerialGate``). Each client keeps its *own* head and
-    tail (no averaging: that is SLPerf's behaviour, and it keeps the point of the U shape, a model end that
-    is the client's own). The server keeps a copy of every client's head and tail (sent at the start of a
+    once; the server serialises the steps in arrival order (``SerialGate``). Each client keeps its *own*
+    head and tail (no averaging: that is SLPerf's behaviour, and it keeps the point of the U shape, a model
+    end that is the client's own). The server keeps a copy of every client's head and tail (sent at the start of a
     round, collected at the end) only so that a client that restarts, and a server that resumes from a
     checkpoint, continue from the right weights. Evaluation runs through every client on the test set; the
     reported accuracy is correct / samples pooled over clients, per-client accuracies go in the evaluation's
