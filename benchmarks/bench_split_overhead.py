@@ -52,7 +52,7 @@ def reference_epochs(raw_config: dict[str, Any]) -> list[float]:
 
     from slperf.common.config_loader import config_from_mapping
     from slperf.common.models import build_model
-    from slperf.common.paradigms.steps import make_optimizer
+    from slperf.common.paradigms.kit.steps import make_optimizer
     from slperf.common.shards import build_client_data
 
     config, _ = config_from_mapping(raw_config)

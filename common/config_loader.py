@@ -27,14 +27,15 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
     """
     cfg, extra, warnings = parse_core_keys(raw, source=source)
     spec = registry.get(cfg.paradigm)  # raises ConfigError for an unknown paradigm
-    merged_options = {**spec.alias_options.get(cfg.paradigm, {}), **cfg.options}
+    named = cfg.paradigm  # an alias may imply options; a config must not contradict them
+    merged_options = {**spec.alias_options.get(named, {}), **cfg.options}
     cfg.paradigm = spec.name
     for key, value in extra.items():
         if key not in spec.option_keys():
             known = sorted(CORE_KEYS | set(spec.option_keys()))
             raise ConfigError(f"{source}: unknown config key '{key}' (known keys: {', '.join(known)})")
         merged_options[spec.canonical_option(key)] = value
-    cfg.options = spec.validate_options(merged_options)
+    cfg.options = spec.validate_options(merged_options, alias=named)
     check_ranges(cfg, DATASETS)
     return cfg, warnings
 

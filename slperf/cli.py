@@ -8,12 +8,16 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import grpc
 
 from slperf import __version__
 from slperf.common.errors import RpcFailure
+
+if TYPE_CHECKING:
+    from slperf.common.paradigms.base import ParadigmSpec
 
 EXIT_USAGE = 2
 
@@ -410,13 +414,45 @@ def partition_cmd(config_path: Path, png_path: Path | None, as_json: bool, cache
 
 
 @main.command()
-def paradigms() -> None:
+@click.option("--details", "details", metavar="NAME", default=None,
+              help="Show one paradigm (name or alias): its protocol, options, aliases and deviations from SLPerf.")
+def paradigms(details: str | None) -> None:
     """List the paradigms and their SLPerf aliases."""
     from slperf.common.paradigms import registry
 
-    for spec in registry.all_specs():
-        aliases = f" (SLPerf: {', '.join(spec.aliases)})" if spec.aliases else ""
-        click.echo(f"{spec.name}{aliases}: {spec.summary}")
+    if details is None:
+        for spec in registry.all_specs():
+            aliases = f" (SLPerf: {', '.join(spec.aliases)})" if spec.aliases else ""
+            click.echo(f"{spec.name}{aliases}: {spec.summary}")
+        return
+    click.echo(_paradigm_details(registry.get(details)))
+
+
+def _paradigm_details(spec: ParadigmSpec) -> str:
+    """``slperf paradigms --details``: the paradigm module's own account (who holds what, the protocol), then
+    its options, aliases, time factor and deviations from SLPerf."""
+    import inspect
+
+    lines = [f"{spec.name}: {spec.summary}", ""]
+    doc = inspect.getdoc(inspect.getmodule(spec.server))
+    if doc:
+        lines += [doc, ""]
+    if spec.options:
+        lines.append("options:")
+        slperf_keys = {canonical: key for key, canonical in spec.option_aliases.items()}
+        for key, (kind, default) in spec.options.items():
+            alias = f" (SLPerf: {slperf_keys[key]})" if key in slperf_keys else ""
+            lines.append(f"  {key}: {kind.__name__} = {default!r}{alias}")
+    if spec.aliases:
+        lines.append("aliases:")
+        for alias in spec.aliases:
+            implied = spec.alias_options.get(alias, {})
+            implies = f" (= {', '.join(f'{k}: {v}' for k, v in implied.items())})" if implied else ""
+            lines.append(f"  {alias}{implies}")
+    lines.append(f"time factor (vs vanilla, for benchmark estimates): {spec.time_factor}")
+    if spec.deviations:
+        lines += ["", "deliberate deviations from SLPerf's code:", spec.deviations]
+    return "\n".join(lines)
 
 
 @main.group()

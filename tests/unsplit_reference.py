@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from slperf.common.models import build_model
-from slperf.common.paradigms.steps import make_optimizer
+from slperf.common.paradigms.kit.steps import make_optimizer
 
 
 def unsplit_training(config, data) -> dict[str, torch.Tensor]:

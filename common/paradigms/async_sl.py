@@ -13,7 +13,7 @@ Per client the server runs a state machine that decides how much that client's t
     hand on. 2 messages per batch, as vanilla.
   * B (client frozen): the client receives the current bottom and sends activations + labels (computed
     without autograd: no backward, no step on the client); the server still steps its top on them and
-    answers each batch with its loss / accuracy but *no* gradient (``Reply.tensor`` is None). The bottom is
+    answers each batch with its loss / accuracy but *no* gradient (``CutReply.tensor`` is None). The bottom is
     not collected afterwards (it cannot have changed). The server keeps every (activations, labels) batch
     of the client's turn: that cache replaces the client in state C.
   * C (client silent): the server does not contact the client at all (no ``client.train``). It trains its
@@ -23,90 +23,105 @@ The state reaches the client in the TrainEpoch options (``{"state": "A"}`` or ``
 
 Transitions, after each of the client's turns, from the mean per-batch training loss *the server computed*
 for that turn (so a client cannot steer it): with ``previous`` the loss of its previous turn,
-``improvement = (previous - loss) / previous``;
+``improvement = (previous - loss) / previous`` and the option ``loss_threshold`` (SLPerf key ``thred``,
+default 0.1);
   * the loss got worse (``loss > previous``): back to A (the client's features need updating again);
-  * else if ``improvement < thred``: one step on, A -> B -> C (C stays C);
+  * else if ``improvement < loss_threshold``: one step on, A -> B -> C (C stays C);
   * else: unchanged.
-The first turn has no previous loss and stays in A. ``thred: 0`` never leaves A (= vanilla SL). In C the
-loss is the top's loss on the cached activations, so a client leaves C only when that loss gets worse.
+The first turn has no previous loss and stays in A. ``loss_threshold: 0`` never leaves A (= vanilla SL). In C
+the loss is the top's loss on the cached activations, so a client leaves C only when that loss gets worse.
 
 Evaluation: as vanilla, through the client that trained last (else any reachable one) with the current
 bottom: it streams the test activations and labels, the server scores them with its top.
-
-Deliberate deviations from SLPerf's code (follow the paper, fix the bugs):
-  * In state C SLPerf's client re-sent its *last cached activation batch* for every training and
-    validation step (so no uplink was saved and validation scored one stale training batch). Here a client
-    in C sends nothing, the server trains on all the activations it cached in state B, and evaluation always
-    uses fresh activations from the current bottom.
-  * SLPerf decided one global state once per ring from an average over hard-coded constants (156 batches x 3
-    clients) that included validation losses, and refreshed the reference loss just before comparing it,
-    so it always left A after the first ring. Here every client has its own state, decided after each of its
-    turns from its own training loss with a *relative* improvement threshold ``thred``.
-  * SLPerf pickled the whole client module through the server; here only the bottom's tensors travel
-    (``set_weights`` / ``get_weights``), copied into the live module so the client's optimiser (and its
-    momentum) keeps working across turns; SLPerf rebuilt the optimiser on every turn.
-  * No 8-bit quantisation of activations/gradients (the paper's second technique; SLPerf has none either).
-  * The activation cache is memory on the server (shard size x cut width x 4 bytes per client in B/C); it
-    is not part of the checkpoint. After a server restart a client whose state is C but whose cache is gone
-    takes one turn in state B to rebuild it; the same happens if a client dropped out during its B turn.
-  * A client that drops out (ClientGone) loses its turn, keeps its state, and the ring goes on.
 """
 from __future__ import annotations
 
+import enum
 import math
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from slperf.common.config import ConfigError
-from slperf.common.paradigms.base import ClientGone, ClientHandle, ClientLink, ParadigmSpec, RoundResult, ServerContext
-from slperf.common.protocol.types import Phase, PhaseSummary, Reply, StepRef
-from slperf.common.paradigms.bottom_client import BottomClient
+from slperf.common.config import ConfigError, RunConfig
+from slperf.common.paradigms.base import ClientHandle, ClientLink, ParadigmSpec, RoundResult, ServerContext
+from slperf.common.paradigms.kit.bottom_client import BottomClient
+from slperf.common.paradigms.kit.rounds import ring
+from slperf.common.paradigms.kit.steps import top_train_step
+from slperf.common.paradigms.kit.top_server import HandedOnBottomServer
 from slperf.common.paradigms.registry import register
-from slperf.common.paradigms.steps import top_train_step
-from slperf.common.paradigms.vanilla import VanillaServer
+from slperf.common.protocol.types import Phase, PhaseSummary, CutReply, StepRef
 
-A, B, C = "A", "B", "C"
-NEXT = {A: B, B: C, C: C}
+DEVIATIONS = """\
+* In state C SLPerf's client re-sent its *last cached activation batch* for every training and
+  validation step (so no uplink was saved and validation scored one stale training batch). Here a client
+  in C sends nothing, the server trains on all the activations it cached in state B, and evaluation always
+  uses fresh activations from the current bottom.
+* SLPerf decided one global state once per ring from an average over hard-coded constants (156 batches x 3
+  clients) that included validation losses, and refreshed the reference loss just before comparing it,
+  so it always left A after the first ring. Here every client has its own state, decided after each of its
+  turns from its own training loss with a *relative* improvement threshold (loss_threshold).
+* SLPerf pickled the whole client module through the server; here only the bottom's tensors travel
+  (set_weights / get_weights), copied into the live module so the client's optimiser (and its
+  momentum) keeps working across turns; SLPerf rebuilt the optimiser on every turn.
+* No 8-bit quantisation of activations/gradients (the paper's second technique; SLPerf has none either).
+* The activation cache is memory on the server (shard size x cut width x 4 bytes per client in B/C); it
+  is not part of the checkpoint. After a server restart a client whose state is C but whose cache is gone
+  takes one turn in state B to rebuild it; the same happens if a client dropped out during its B turn.
+* A client that drops out (ClientGone) loses its turn, keeps its state, and the ring goes on."""
 
 
-def next_state(state: str, previous: float | None, loss: float, thred: float) -> str:
+class TurnState(enum.StrEnum):
+    """How much a client's turn costs (see the module docstring); the value travels in the TrainEpoch
+    options and is what the round records and the checkpoint keep."""
+
+    NORMAL = "A"
+    FROZEN = "B"
+    SILENT = "C"
+
+
+NEXT = {TurnState.NORMAL: TurnState.FROZEN, TurnState.FROZEN: TurnState.SILENT, TurnState.SILENT: TurnState.SILENT}
+
+
+def next_state(state: str, previous: float | None, loss: float, loss_threshold: float) -> TurnState:
     """The per-client transition after one turn (see the module docstring)."""
+    state = TurnState(state)
     if previous is None or not math.isfinite(previous) or not math.isfinite(loss):
         return state
     if loss > previous:
-        return A
+        return TurnState.NORMAL
     improvement = (previous - loss) / previous if previous > 0 else 0.0
-    return NEXT[state] if improvement < thred else state
+    return NEXT[state] if improvement < loss_threshold else state
 
 
-class AsyncServer(VanillaServer):
-    """Vanilla's top, bottom and evaluation, with a per-client A/B/C state deciding each client's turn."""
+class AsyncServer(HandedOnBottomServer):
+    """A ring with the top, the handed-on bottom and evaluation through the client that trained last (the
+    kit's ``HandedOnBottomServer``), plus a per-client A/B/C state deciding each client's turn."""
 
-    def __init__(self, config, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
+    def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         super().__init__(config, ctx, num_classes, input_shape)
-        self.thred = float(config.options.get("thred", 0.1))
-        self.states: dict[str, str] = {}  # client id -> A/B/C for its next turn
+        self.loss_threshold = float(config.options.get("loss_threshold", 0.1))
+        self.states: dict[str, TurnState] = {}  # client id -> A/B/C for its next turn
         self.losses: dict[str, float] = {}  # client id -> server-side mean training loss of its last turn
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # client id -> (acts, labels) from B
 
     # -- one turn per state ---------------------------------------------------------------------------------
-    async def _turn_online(self, client: ClientHandle, round: int, state: str) -> PhaseSummary:
+    async def _turn_online(self, client: ClientHandle, round: int, state: TurnState) -> PhaseSummary:
         """States A and B: the client computes activations with the current bottom and sends them with its
         labels; the server steps its top on every batch. In A the gradient goes back and the bottom is
         collected afterwards; in B no gradient goes back and the batches are cached for state C."""
         await client.set_weights("bottom", self.bottom_state, round)
         summary = PhaseSummary()  # the server's own figures: they drive the state machine
         acts, labels = [], []
-        stream = client.train(round, self.train_spec, {"state": state})
+        stream = client.train(round, self.train_spec, {"state": state.value})
         async for batch in stream:
             out = await self.ctx.compute(top_train_step, self.top, self.optimizer, batch.tensor, batch.labels)
-            _account(summary, out)
-            if state == B:
+            summary.add(out.count, out.loss, out.correct)
+            if state == TurnState.FROZEN:
                 acts.append(batch.tensor)
                 labels.append(batch.labels)
-            await client.reply(Reply(batch.ref, out.grad if state == A else None, out.loss, out.correct, out.count))
-        if state == A:
+            grad = out.grad if state == TurnState.NORMAL else None
+            await client.reply(CutReply(batch.ref, grad, out.loss, out.correct, out.count))
+        if state == TurnState.NORMAL:
             self.bottom_state, _ = await client.get_weights("bottom", round, expected=self.bottom_state)
         elif acts:
             self.cache[client.client_id] = (torch.cat(acts), torch.cat(labels))
@@ -121,65 +136,55 @@ class AsyncServer(VanillaServer):
         for start in range(0, order.numel(), self.config.batch_size):
             pick = order[start:start + self.config.batch_size]
             out = await self.ctx.compute(top_train_step, self.top, self.optimizer, acts[pick], labels[pick])
-            _account(summary, out)
+            summary.add(out.count, out.loss, out.correct)
+        return summary
+
+    async def _turn(self, client: ClientHandle, round: int, used: dict[str, TurnState]) -> PhaseSummary:
+        cid = client.client_id
+        state = TurnState(self.states.get(cid, TurnState.NORMAL))
+        if state == TurnState.SILENT and cid not in self.cache:
+            state = TurnState.FROZEN  # no cache (server restarted, or the client dropped out in B): rebuild it
+        used[cid] = state
+        if state == TurnState.SILENT:
+            summary = await self._turn_cached(client, round)
+        else:
+            summary = await self._turn_online(client, round, state)
+            self.last_trained = cid
+        if summary.steps:
+            loss = summary.loss_sum / summary.steps
+            self.states[cid] = next_state(state, self.losses.get(cid), loss, self.loss_threshold)
+            self.losses[cid] = loss
+        if self.states.get(cid, TurnState.NORMAL) != TurnState.SILENT:
+            self.cache.pop(cid, None)  # kept only for a C turn; the next B turn builds a fresh one
         return summary
 
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
-        result = RoundResult(participants=[])
-        used: dict[str, str] = {}
-        for client in clients:
-            cid = client.client_id
-            state = self.states.get(cid, A)
-            if state == C and cid not in self.cache:
-                state = B  # no cache (server restarted, or the client dropped out in B): rebuild it first
-            used[cid] = state
-            try:
-                if state == C:
-                    summary = await self._turn_cached(client, round)
-                else:
-                    summary = await self._turn_online(client, round, state)
-            except ClientGone:
-                result.dropped.append(cid)
-                continue
-            if state != C:
-                self.last_trained = cid
-            result.participants.append(cid)
-            result.per_client[cid] = summary
-            if summary.steps:
-                loss = summary.loss_sum / summary.steps
-                self.states[cid] = next_state(state, self.losses.get(cid), loss, self.thred)
-                self.losses[cid] = loss
-            if self.states.get(cid, A) != C:
-                self.cache.pop(cid, None)  # kept only for a C turn; the next B turn builds a fresh one
-        result.extra["states"] = used
-        result.extra["next_states"] = {c.client_id: self.states.get(c.client_id, A) for c in clients}
+        used: dict[str, TurnState] = {}
+        result = (await ring(clients, lambda c: self._turn(c, round, used))).to_result()
+        result.extra["states"] = {cid: str(state) for cid, state in used.items()}
+        result.extra["next_states"] = {c.client_id: str(self.states.get(c.client_id, TurnState.NORMAL))
+                                       for c in clients}
         return result
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "states": dict(self.states), "losses": dict(self.losses)}
+        return {**super().state_dict(), "states": {cid: str(state) for cid, state in self.states.items()},
+                "losses": dict(self.losses)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
-        self.states = dict(state.get("states", {}))
+        self.states = {cid: TurnState(value) for cid, value in state.get("states", {}).items()}
         self.losses = dict(state.get("losses", {}))
         self.cache = {}
-
-
-def _account(summary: PhaseSummary, out) -> None:
-    summary.samples += out.count
-    summary.steps += 1
-    summary.loss_sum += out.loss
-    summary.correct += out.correct
 
 
 class AsyncClient(BottomClient):
     """The vanilla bottom client, plus state B: forward without autograd, no gradient expected, no step."""
 
     async def train_epoch(self, link: ClientLink, round: int, options: Mapping[str, Any]) -> PhaseSummary:
-        state = options.get("state", A)
-        if state == A:
+        state = options.get("state", TurnState.NORMAL.value)
+        if state == TurnState.NORMAL:
             return await super().train_epoch(link, round, options)
-        if state != B:
+        if state != TurnState.FROZEN:
             raise ValueError(f"state {state!r}: a client only takes part in states A and B")
         self.bottom.train()
         summary = PhaseSummary()
@@ -189,21 +194,20 @@ class AsyncClient(BottomClient):
                 acts = self.bottom(x)
             await link.send_activations(ref, acts, labels=y)
             reply = await link.recv_reply(ref, shape=tuple(acts.shape))  # metrics only; frozen bottom
-            summary.samples += int(y.shape[0])
-            summary.steps += 1
-            summary.loss_sum += reply.loss
-            summary.correct += reply.correct
+            summary.add(int(y.shape[0]), reply.loss, reply.correct)
         return summary
 
 
 def _validate(options: dict[str, Any]) -> None:
-    if not 0.0 <= options["thred"] <= 1.0:
-        raise ConfigError(f"option 'thred' is a relative loss improvement and must be in [0, 1], got {options['thred']}")
+    if not 0.0 <= options["loss_threshold"] <= 1.0:
+        raise ConfigError(f"option 'loss_threshold' (SLPerf 'thred') is a relative loss improvement and must be in "
+                          f"[0, 1], got {options['loss_threshold']}")
 
 
 SPEC = register(ParadigmSpec(
     name="async", server=AsyncServer, client=AsyncClient, aliases=("Asynchronous", "asyncsl"),
-    options={"thred": (float, 0.1)}, validate=_validate,
+    options={"loss_threshold": (float, 0.1)}, option_aliases={"thred": "loss_threshold"}, validate=_validate,
     summary="AsyncSL: sequential ring, weights through the server; per-client loss-based states A (normal), "
             "B (client frozen, no gradient down), C (client silent, server trains on cached activations)",
+    deviations=DEVIATIONS,
 ))

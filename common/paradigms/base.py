@@ -4,6 +4,8 @@ A paradigm is a pair of strategy objects: a ``ServerParadigm`` that decides who 
 the wire per batch and what is aggregated, and a ``ClientParadigm`` that runs inside each client daemon.
 They see client handles, links and tensors, never gRPC: the daemons in ``slserver``/``slclient`` provide
 those, so a new paradigm is one module in this package and needs no change to the server or client core.
+A paradigm module imports this API, the registry and what paradigms share (the ``kit`` subpackage), never
+another paradigm.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from torch import nn
 
 from slperf.common.config import RunConfig
 from slperf.common.data.client_data import ClientData
-from slperf.common.protocol.types import ActivationBatch, PhaseSummary, Reply, State, StepRef
+from slperf.common.protocol.types import CutTensor, PhaseSummary, CutReply, State, StepRef
 
 T = TypeVar("T")
 
@@ -74,18 +76,14 @@ class ClientGone(Exception):
         self.reason = reason
 
 
-def sort_outcomes(clients: Sequence["ClientHandle"], outcomes: Sequence[Any], result: RoundResult) -> list[tuple["ClientHandle", Any]]:
-    """Splits ``asyncio.gather(..., return_exceptions=True)`` results of a parallel round: clients that
-    dropped out go to ``result.dropped``, any other exception is a bug and is raised, the rest is returned."""
-    done = []
-    for client, outcome in zip(clients, outcomes):
-        if isinstance(outcome, ClientGone):
-            result.dropped.append(client.client_id)
-        elif isinstance(outcome, BaseException):
-            raise outcome
-        else:
-            done.append((client, outcome))
-    return done
+class NoClientLeft(ClientGone):
+    """Every client the paradigm could have used dropped out, so the step (an evaluation, a round) cannot be
+    done at all. A ``ClientGone`` so that the run fails the way it does when its only client leaves."""
+
+    def __init__(self, task: str):
+        Exception.__init__(self, f"no client left to {task}")
+        self.client_id = ""
+        self.reason = f"no client left to {task}"
 
 
 class ClientHandle(Protocol):
@@ -104,7 +102,7 @@ class ClientHandle(Protocol):
 
     def evaluate(self, round: int, spec: "ActivationSpec | Sequence[ActivationSpec]") -> "PhaseStream": ...
 
-    async def reply(self, reply: Reply) -> None: ...
+    async def reply(self, reply: CutReply) -> None: ...
 
     async def abort(self, reason: str) -> None:
         """Ends the client's current pass early (the server stopped using it); the client goes back to
@@ -117,7 +115,7 @@ class PhaseStream(Protocol):
 
     summary: PhaseSummary | None
 
-    def __aiter__(self) -> AsyncIterator[ActivationBatch]: ...
+    def __aiter__(self) -> AsyncIterator[CutTensor]: ...
 
 
 class ServerContext(Protocol):
@@ -137,7 +135,7 @@ class ClientLink(Protocol):
     async def send_activations(self, ref: StepRef, tensor: torch.Tensor, labels: torch.Tensor | None = None,
                                sample_ids: torch.Tensor | None = None) -> None: ...
 
-    async def recv_reply(self, ref: StepRef, shape: Sequence[int] | None) -> Reply: ...
+    async def recv_reply(self, ref: StepRef, shape: Sequence[int] | None) -> CutReply: ...
 
 
 class ServerParadigm(abc.ABC):
@@ -203,8 +201,10 @@ class ParadigmSpec:
     option_aliases: Mapping[str, str] = field(default_factory=dict)  # SLPerf key -> key
     validate: Callable[[dict[str, Any]], None] | None = None
     summary: str = ""
-    # SLPerf alias -> options it implies (e.g. parallel_U_Shape -> {"schedule": "parallel"}); explicit
-    # options in the config still win.
+    # Where this implementation knowingly differs from SLPerf's code, and why (``slperf paradigms --details``).
+    deviations: str = ""
+    # Alias -> options it implies (e.g. parallel_U_Shape -> {"schedule": "parallel"}); a config that names
+    # the alias and gives the option another value is refused (see ``validate_options``).
     alias_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Builds a client's data when the default shard (build_client_data) is not the paradigm's (multitask:
     # each task's data set split among the task's clients). Same signature as build_client_data.
@@ -219,7 +219,9 @@ class ParadigmSpec:
     def canonical_option(self, key: str) -> str:
         return self.option_aliases.get(key, key)
 
-    def validate_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+    def validate_options(self, given: Mapping[str, Any], alias: str | None = None) -> dict[str, Any]:
+        """Checks and completes the options; ``alias`` is the name the config used for this paradigm, whose
+        implied options (``alias_options``) an explicit option may not contradict."""
         from slperf.common.config import ConfigError
 
         out: dict[str, Any] = {}
@@ -237,6 +239,10 @@ class ParadigmSpec:
             if not ok:
                 raise ConfigError(f"option '{key}' of paradigm '{self.name}' must be {kind.__name__}, got {value!r}")
             out[key] = value
+        for key, implied in self.alias_options.get(alias or "", {}).items():
+            if key in out and out[key] != implied:
+                raise ConfigError(f"paradigm '{alias}' is '{self.name}' with {key}: {implied}, but the config sets "
+                                  f"{key}: {out[key]}; use paradigm '{self.name}' for that")
         for key, (_, default) in self.options.items():
             out.setdefault(key, default)
         if self.validate:

@@ -1,17 +1,17 @@
 """Multi-task (task-agnostic) split learning, FeSTA-like (Park et al., NeurIPS 2021); SLPerf ``TaskAgnostic``.
 
 Who holds what: clients are grouped by task. Every client holds a task-specific head and tail and its
-labels (U-shaped SL per client, see ``ushaped``); the server holds one body (the middle of the model)
+labels (U-shaped SL per client, ``kit.ushaped``); the server holds one body (the middle of the model)
 shared by every task. Option ``client_split`` gives cumulative client-index bounds per task, as SLPerf's:
 ``[2, 4]`` puts clients 0-1 on task 0 and clients 2-3 on task 1 (empty = one task with every client); the
 last bound must equal ``clients``. Option ``task_datasets`` names each task's data set (empty = every task
 uses ``dataset``); all tasks must share the input shape (the body's input), their class counts may differ
 (each tail has its task's). The cuts are U-shaped's: ``[split_layer, tail_layer]``.
 
-Data: a client loads its task's data set itself and takes its shard of a split of that task's training set
-among the task's clients only (``partition_method`` etc. as configured; the partition seed is
-``seed + task index``, so two tasks on the same data set get different splits); its test set is its task's
-test set (capped by ``max_test_samples``).
+Data (the spec's ``client_data`` hook, in place of the daemon's default shard): a client loads its task's
+data set and takes its shard of a split of that task's training set among the task's clients only
+(``partition_method`` etc. as configured; the partition seed is ``seed + task index``, so two tasks on the
+same data set get different splits); its test set is its task's test set (capped by ``max_test_samples``).
 
 Protocol, per round: the task groups take turns, in task order. For group t:
   1. every member receives the group's head and tail (``set_weights``);
@@ -24,41 +24,43 @@ Protocol, per round: the task groups take turns, in task order. For group t:
      weighted by the samples each member trained on this round); the average is the group's head and tail.
 Evaluation: per task, through one member of the group with the group's averaged head and tail, on that
 task's test set (the client scores its tail output against its own labels). The round's accuracy pools
-the tasks' correct answers over their samples; per-task figures go in the round's extra.
-
-Deliberate deviations from SLPerf's code (follow the paper, fix the bugs):
-  * FedAvg into fresh tensors, weighted by sample counts. SLPerf started the average from the last
-    uploader's own dict (overwriting it before reading it) and, for every group but the first, added the
-    full weighted sum on top of the last sender's parameters (about double scale); it weighted by batches.
-  * SLPerf waited for every member's head activations before serving any; here a member is served as soon
-    as it is its turn, in the same member order, so the result is the same but no member idles for
-    the slowest; members with fewer batches simply leave the rotation (SLPerf's barrier needed equal shards).
-  * Evaluation runs once per task per round through one member (after FedAvg every member of a group holds
-    the same head and tail, so SLPerf's per-member evaluations were duplicates).
-  * A client that drops out loses its part of the round and is left out of its group's average; the other
-    members and groups go on (``RoundResult.dropped``).
-  * ``task_datasets`` replaces SLPerf's list-valued ``dataset``; a task data set other than ``dataset`` is
-    read from the registry artifact (``data_dir`` applies to ``dataset`` only) in the default cache.
+the tasks' correct answers over their samples; per-task accuracies go in the evaluation's
+``extra["task_accuracy"]``.
 """
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from slperf.common.aggregation import fedavg
 from slperf.common.config import ConfigError, RunConfig
-from slperf.common.paradigms.base import ClientData, ClientGone, ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext, ServerParadigm
-from slperf.common.protocol.types import PhaseSummary
+from slperf.common.paradigms.base import ClientData, ClientHandle, EvalResult, NoClientLeft, ParadigmSpec, \
+    RoundResult, ServerContext, ServerParadigm
+from slperf.common.paradigms.kit.aggregate import fedavg, pooled
+from slperf.common.paradigms.kit.rounds import first_available, gather_round
+from slperf.common.paradigms.kit.serving import RoundRobinGate
+from slperf.common.paradigms.kit.steps import clone_state, load_state, make_optimizer
+from slperf.common.paradigms.kit.ushaped import HEAD, TAIL, Ends, UShapedClient, build_ushaped, check_tail_layer, \
+    collect_ends, evaluate_ushaped, send_ends, serve_ushaped, stage_specs
 from slperf.common.paradigms.registry import register
-from slperf.common.paradigms.steps import clone_state, load_state, make_optimizer
-from slperf.common.paradigms.ushaped import (
-    HEAD, TAIL, UShapedClient, build_ushaped, collect_ends, evaluate_ushaped, pooled, send_ends, serve_ushaped,
-    stage_specs,
-)
+from slperf.common.protocol.types import PhaseSummary
+
+DEVIATIONS = """\
+* FedAvg into fresh tensors, weighted by sample counts. SLPerf started the average from the last
+  uploader's own dict (overwriting it before reading it) and, for every group but the first, added the
+  full weighted sum on top of the last sender's parameters (about double scale); it weighted by batches.
+* SLPerf waited for every member's head activations before serving any; here a member is served as soon
+  as it is its turn, in the same member order, so the result is the same but no member idles for
+  the slowest; members with fewer batches simply leave the rotation (SLPerf's barrier needed equal shards).
+* Evaluation runs once per task per round through one member (after FedAvg every member of a group holds
+  the same head and tail, so SLPerf's per-member evaluations were duplicates).
+* A client that drops out loses its part of the round and is left out of its group's average; the other
+  members and groups go on (RoundResult.dropped).
+* task_datasets replaces SLPerf's list-valued dataset; a task data set other than dataset is
+  read from the registry artifact (data_dir applies to dataset only) in the client daemon's data cache."""
 
 
 # -- tasks ------------------------------------------------------------------------------------------------
@@ -103,13 +105,16 @@ def task_spec(name: str, input_shape: Sequence[int]):
     return spec
 
 
-def task_client_data(config: RunConfig, index: int) -> ClientData:
-    """A client's shard of its task's training set (split among the task's clients only) and test set."""
+def task_client_data(config: RunConfig, index: int, cache_dir: Path | None = None) -> ClientData:
+    """A client's shard of its task's training set (split among the task's clients only) and test set: the
+    spec's ``client_data`` hook, which the client daemon calls instead of building the default shard."""
     from slperf.common.data import ShardLoader, cap_indices, load_dataset, partition
+    from slperf.common.data.registry import DATASETS
     from slperf.common.shards import train_indices
 
     task = task_of(config, index)
-    dataset = load_dataset(task.dataset, config.data_dir if task.dataset == config.dataset else None)
+    task_spec(task.dataset, DATASETS[config.dataset].input_shape)  # the shared body's input shape
+    dataset = load_dataset(task.dataset, config.data_dir if task.dataset == config.dataset else None, cache_dir)
     spec, arrays = dataset.spec, dataset.arrays
     labels = np.asarray(arrays.train_y)
     pool = train_indices(config, labels)
@@ -128,43 +133,6 @@ def task_client_data(config: RunConfig, index: int) -> ClientData:
     )
 
 
-class RoundRobinGate:
-    """Lock-step service within a group: the server serves one step of one member at a time, members in
-    order; a member that has finished (or dropped out) leaves the rotation."""
-
-    def __init__(self, members: Sequence[str]):
-        self.order = list(members)
-        self.pos = 0
-        self.turn = {m: asyncio.Event() for m in members}
-        self._wake()
-
-    def _wake(self) -> None:
-        if self.order:
-            self.turn[self.order[self.pos]].set()
-
-    async def acquire(self, member: str) -> None:
-        await self.turn[member].wait()
-
-    def release(self, member: str) -> None:
-        self.turn[member].clear()
-        if member in self.order:
-            self.pos = (self.order.index(member) + 1) % len(self.order)
-        self._wake()
-
-    def leave(self, member: str) -> None:
-        if member not in self.order:
-            return
-        i = self.order.index(member)
-        self.order.remove(member)
-        self.turn[member].clear()
-        if not self.order:
-            return
-        if i < self.pos:
-            self.pos -= 1
-        self.pos %= len(self.order)
-        self._wake()
-
-
 # -- server half ------------------------------------------------------------------------------------------
 class MultiTaskServer(ServerParadigm):
     def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
@@ -179,12 +147,12 @@ class MultiTaskServer(ServerParadigm):
             self.train_specs.append(stage_specs(split, classes, config.batch_size))
             self.eval_specs.append(stage_specs(split, classes, config.eval_batch_size)[0])
             self.ends.append({HEAD: clone_state(split.segments[0]), TAIL: clone_state(split.segments[2])})
-        self._round_extra: dict[str, Any] = {}
 
     def _members(self, task: Task, clients: Sequence[ClientHandle]) -> list[ClientHandle]:
         return [c for c in clients if c.index in task.members]
 
-    async def _member_turn(self, client: ClientHandle, task: Task, round: int, gate: RoundRobinGate):
+    async def _member_turn(self, client: ClientHandle, task: Task, round: int,
+                           gate: RoundRobinGate) -> tuple[PhaseSummary, Ends]:
         ends = self.ends[task.index]
         try:
             await send_ends(client, ends, round)
@@ -196,46 +164,38 @@ class MultiTaskServer(ServerParadigm):
 
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         result = RoundResult(participants=[])
-        self._round_extra = result.extra
         for task in self.tasks:  # the groups take turns
             members = self._members(task, clients)
             gate = RoundRobinGate([c.client_id for c in members])
-            outcomes = await asyncio.gather(*(self._member_turn(c, task, round, gate) for c in members),
-                                            return_exceptions=True)
-            uploads: list[tuple[PhaseSummary, dict[str, dict[str, torch.Tensor]]]] = []
-            for client, outcome in zip(members, outcomes):
-                if isinstance(outcome, ClientGone):
-                    result.dropped.append(client.client_id)
-                    continue
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                summary, new = outcome
-                result.participants.append(client.client_id)
-                result.per_client[client.client_id] = summary
-                if summary.samples:
-                    uploads.append(outcome)
+            outcome = await gather_round(members, lambda c: self._member_turn(c, task, round, gate))
+            group = outcome.to_result(lambda done: done[0])
+            result.participants += group.participants
+            result.dropped += group.dropped
+            result.per_client.update(group.per_client)
+            uploads = [(new, summary.samples) for _, (summary, new) in outcome.done if summary.samples]
             if uploads:
                 self.ends[task.index] = {
-                    segment: await self.ctx.compute(fedavg, [(new[segment], s.samples) for s, new in uploads])
+                    segment: await self.ctx.compute(fedavg, [(new[segment], n) for new, n in uploads])
                     for segment in (HEAD, TAIL)}
         return result
+
+    async def _evaluate_task(self, client: ClientHandle, task: Task, round: int) -> EvalResult:
+        await send_ends(client, self.ends[task.index], round)
+        return await evaluate_ushaped(self.ctx, client, round, self.eval_specs[task.index], self.middle)
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         per_task: dict[int, EvalResult] = {}
         for task in self.tasks:
-            for client in self._members(task, clients):
-                try:
-                    await send_ends(client, self.ends[task.index], round)
-                    per_task[task.index] = await evaluate_ushaped(self.ctx, client, round,
-                                                                  self.eval_specs[task.index], self.middle)
-                    break
-                except ClientGone:
-                    continue
+            try:
+                per_task[task.index] = await first_available(
+                    self._members(task, clients), lambda c: self._evaluate_task(c, task, round), "evaluate through")
+            except NoClientLeft:
+                continue  # the task's members are all gone; the other tasks still count
         if not per_task:
-            raise ClientGone("*", "no client left to evaluate through")
-        # The coordinator writes the round's record after evaluation, so these land in its "extra".
-        self._round_extra["task_accuracy"] = {str(t): r.accuracy for t, r in per_task.items()}
-        return pooled(list(per_task.values()))
+            raise NoClientLeft("evaluate through")
+        result = pooled(list(per_task.values()))
+        result.extra["task_accuracy"] = {str(t): r.accuracy for t, r in per_task.items()}
+        return result
 
     def model_state(self) -> dict[str, dict[str, torch.Tensor]]:
         out = {"middle": clone_state(self.middle)}
@@ -253,18 +213,6 @@ class MultiTaskServer(ServerParadigm):
         self.ends = [{k: dict(v) for k, v in ends.items()} for ends in state["ends"]]
 
 
-# -- client half ------------------------------------------------------------------------------------------
-class MultiTaskClient(UShapedClient):
-    """A U-shaped client on its task's data: the daemon's default shard is replaced by the task's."""
-
-    def __init__(self, config: RunConfig, index: int, num_clients: int, data: ClientData):
-        task_data = task_client_data(config, index)
-        if tuple(task_data.input_shape) != tuple(data.input_shape):
-            raise ConfigError(f"task data set '{task_of(config, index).dataset}' has input shape "
-                              f"{task_data.input_shape}, the run's dataset {data.input_shape}")
-        super().__init__(config, index, num_clients, task_data)
-
-
 # -- registration -----------------------------------------------------------------------------------------
 def _validate(options: dict[str, Any]) -> None:
     split = options["client_split"]
@@ -277,15 +225,13 @@ def _validate(options: dict[str, Any]) -> None:
         raise ConfigError(f"option 'task_datasets' must be a list of data set names, got {names}")
     if names and split and len(names) != len(split):
         raise ConfigError(f"option 'task_datasets' has {len(names)} names but client_split has {len(split)} tasks")
-    tail = options["tail_layer"]
-    if tail != -1 and tail < 2:
-        raise ConfigError(f"option 'tail_layer' must be -1 (the last block) or a block index >= 2, got {tail}")
+    check_tail_layer(options)
 
 
 SPEC = register(ParadigmSpec(
-    name="multitask", server=MultiTaskServer, client=MultiTaskClient, aliases=("TaskAgnostic",), time_factor=1.6,
+    name="multitask", server=MultiTaskServer, client=UShapedClient, aliases=("TaskAgnostic",), time_factor=1.6,
     options={"client_split": (list, []), "task_datasets": (list, []), "tail_layer": (int, -1)},
-    validate=_validate,
+    validate=_validate, client_data=task_client_data, deviations=DEVIATIONS,
     summary="multi-task U-shaped SL: task groups of clients with their own heads + tails + labels, one shared "
             "server body; groups take turns; heads and tails FedAvg'd within a group each round",
 ))

@@ -1,6 +1,7 @@
-"""Finds paradigms by name or SLPerf alias. Every module in this package that calls ``register`` is a
-paradigm; third-party paradigms register through the ``slperf.paradigms`` entry-point group. Neither way
-needs an edit to the server, the client daemon or the CLI."""
+"""Finds paradigms by name or SLPerf alias. Every plain module in this package other than the API (``base``)
+and this registry is a paradigm plug-in that calls ``register``; what plug-ins share lives in the ``kit``
+subpackage, which is never loaded as a plug-in. Third-party paradigms register through the
+``slperf.paradigms`` entry-point group. Neither way needs an edit to the server, the client daemon or the CLI."""
 from __future__ import annotations
 
 import importlib
@@ -13,6 +14,7 @@ from slperf.common.paradigms.base import ParadigmSpec
 _SPECS: dict[str, ParadigmSpec] = {}
 _ALIASES: dict[str, str] = {}
 _loaded = False
+_NOT_PLUGINS = frozenset({"base", "registry"})  # the API and this module; the kit is a subpackage
 
 
 def register(spec: ParadigmSpec) -> ParadigmSpec:
@@ -32,7 +34,7 @@ def _load_all() -> None:
     import slperf.common.paradigms as pkg
 
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name not in {"base", "registry", "steps"} and not info.name.startswith("_"):
+        if not info.ispkg and info.name not in _NOT_PLUGINS and not info.name.startswith("_"):
             importlib.import_module(f"{pkg.__name__}.{info.name}")
     for ep in entry_points(group="slperf.paradigms"):
         ep.load()
@@ -49,3 +51,24 @@ def get(name: str) -> ParadigmSpec:
 def all_specs() -> list[ParadigmSpec]:
     _load_all()
     return [_SPECS[k] for k in sorted(_SPECS)]
+
+
+def variant_of(name: str) -> str:
+    """The one name for the configuration ``name`` selects: the paradigm's name for a plain alias, and for an
+    alias that implies options the first alias in ``alias_options`` that implies the same (``asy_vanilla2``
+    -> ``psl_sum``). A benchmark keys its cells by it, so two names for one configuration run once."""
+    spec = get(name)
+    implied = dict(spec.alias_options.get(name, {}))
+    if not implied:
+        return spec.name
+    return next(alias for alias, options in spec.alias_options.items() if dict(options) == implied)
+
+
+def variant_names() -> list[str]:
+    """Every name that selects a distinct configuration (see ``variant_of``): each paradigm's name, followed
+    by one alias per distinct set of options its aliases imply. What a benchmark runs for "all paradigms"."""
+    names: list[str] = []
+    for spec in all_specs():
+        names.append(spec.name)
+        names += [alias for alias in spec.alias_options if variant_of(alias) == alias]
+    return names

@@ -4,7 +4,7 @@ arXiv 2112.05929; SLPerf ``SGLR``).
 Parallel clients with their own bottoms and labels sent to the server, as in ``psl``; the server holds ONE
 top. Protocol, per round:
   1. As psl: each client gets its own latest bottom, and returns it after its pass (never averaged).
-  2. Lock-step: the server waits for one batch from every client still in the pass (``psl.Barrier``), then
+  2. Lock-step: the server waits for one batch from every client still in the pass (the kit's ``Barrier``), then
        a. zeroes the top's gradients, runs the top on every client's batch and back-propagates each
           client's loss, so the top's gradients are the SUM over the clients' losses, and keeps each client's
           cut-layer gradient g_i;
@@ -18,19 +18,6 @@ top. Protocol, per round:
 Options (SLPerf keys accepted): ``splitavg_active`` (``SGLR_splitAvg_active``, default 0.5) and
 ``splitlr_alpha`` (``SGLR_splitLR_alpha``, default 0.5; 0 switches the acceleration off, which SLPerf's
 ignored ``SGLR_splitLR`` flag meant to do).
-
-Deliberate deviations from SLPerf's code:
-  * The top's gradients are zeroed before every server step; SLPerf never zeroed them during training, so
-    every step applied the sum of all gradients since the start of the epoch.
-  * Evaluation scores every client's own test batches; SLPerf scored the last-arrived batch N times and sent
-    every client the same figure.
-  * The averaging set is drawn with half-up rounding from a seeded generator (SLPerf: Python ``round``,
-    i.e. banker's rounding, from the unseeded global ``random``); an empty set (round(n x p) = 0) means no
-    averaging instead of a division by zero.
-  * Clients whose batches differ in shape (a last, smaller batch; shards of different sizes) are averaged
-    only with the members of A whose batch has the same shape; a member with no such partner gets its own
-    gradient. SLPerf required identical batch shapes. A client whose pass ended leaves the barrier (no
-    truncation of shards to the smallest).
 """
 from __future__ import annotations
 
@@ -39,12 +26,27 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from slperf.common.config import ConfigError
-from slperf.common.paradigms.base import ClientHandle, ParadigmSpec, ServerContext
-from slperf.common.protocol.types import ActivationBatch, Reply
-from slperf.common.paradigms.bottom_client import BottomClient
-from slperf.common.paradigms.psl import Barrier, PSLServer, optimizer_step, reply_or_drop, top_accumulate, zero_grads
+from slperf.common.config import ConfigError, RunConfig
+from slperf.common.paradigms.base import ClientHandle, ParadigmSpec, RoundResult, ServerContext
+from slperf.common.paradigms.kit.bottom_client import BottomClient
+from slperf.common.paradigms.kit.serving import Barrier, lockstep_round, reply_or_drop
+from slperf.common.paradigms.kit.steps import optimizer_step, top_accumulate, zero_grads
+from slperf.common.paradigms.kit.top_server import SharedTopServer
 from slperf.common.paradigms.registry import register
+from slperf.common.protocol.types import CutTensor, CutReply
+
+DEVIATIONS = """\
+* The top's gradients are zeroed before every server step; SLPerf never zeroed them during training, so
+  every step applied the sum of all gradients since the start of the epoch.
+* Evaluation scores every client's own test batches; SLPerf scored the last-arrived batch N times and sent
+  every client the same figure.
+* The averaging set is drawn with half-up rounding from a seeded generator (SLPerf: Python round,
+  i.e. banker's rounding, from the unseeded global random); an empty set (round(n x p) = 0) means no
+  averaging instead of a division by zero.
+* Clients whose batches differ in shape (a last, smaller batch; shards of different sizes) are averaged
+  only with the members of A whose batch has the same shape; a member with no such partner gets its own
+  gradient. SLPerf required identical batch shapes. A client whose pass ended leaves the barrier (no
+  truncation of shards to the smallest)."""
 
 
 def averaging_set(seed: int, round: int, step: int, n: int, fraction: float) -> list[int]:
@@ -67,16 +69,25 @@ def split_average(grads: Sequence[torch.Tensor], active: Sequence[int]) -> list[
     return out
 
 
-class SGLRServer(PSLServer):
-    def __init__(self, config, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
+class SGLRServer(SharedTopServer):
+    """One shared top stepped with the accelerated learning rate; per-client bottoms (steps 1 and 3)."""
+
+    def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         self.active_fraction = float(config.options["splitavg_active"])
         self.alpha = float(config.options["splitlr_alpha"])
         server_lr = config.lr * config.clients ** self.alpha
         super().__init__(config, ctx, num_classes, input_shape, server_lr=server_lr)
-        self.mode = "sglr"  # lock-step rounds (psl's barrier) with the step below
 
-    async def server_step(self, round: int, barrier: Barrier,
-                          batches: list[tuple[ClientHandle, ActivationBatch]]) -> None:
+    async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
+        async def server_step(barrier: Barrier, batches: list[tuple[ClientHandle, CutTensor]]) -> None:
+            await self._server_step(round, barrier, batches)
+
+        return await lockstep_round(clients, round, self.train_spec, lambda c: self.push_bottom(c, round),
+                                    lambda c: self.pull_bottom(c, round), server_step)
+
+    async def _server_step(self, round: int, barrier: Barrier,
+                           batches: list[tuple[ClientHandle, CutTensor]]) -> None:
+        """Step 2 with one batch from every client still in the pass."""
         batches = sorted(batches, key=lambda cb: cb[0].index)
         step = batches[0][1].ref.step
         # a. the summed loss of every client's batch; each client's own cut-layer gradient.
@@ -86,7 +97,7 @@ class SGLRServer(PSLServer):
         active = averaging_set(self.config.seed, round, step, len(batches), self.active_fraction)
         grads = await self.ctx.compute(split_average, [o.grad for o in outs], active)
         for (client, batch), out, grad in zip(batches, outs, grads):
-            await reply_or_drop(barrier, client, Reply(batch.ref, grad, out.loss, out.correct, out.count))
+            await reply_or_drop(barrier, client, CutReply(batch.ref, grad, out.loss, out.correct, out.count))
         # d. one step with the accelerated server learning rate.
         await self.ctx.compute(optimizer_step, self.optimizer)
 
@@ -102,6 +113,6 @@ SPEC = register(ParadigmSpec(
     name="sglr", server=SGLRServer, client=BottomClient, aliases=("SGLR",), time_factor=1.2,
     options={"splitavg_active": (float, 0.5), "splitlr_alpha": (float, 0.5)},
     option_aliases={"SGLR_splitAvg_active": "splitavg_active", "SGLR_splitLR_alpha": "splitlr_alpha"},
-    validate=_validate,
+    validate=_validate, deviations=DEVIATIONS,
     summary="lock-step psl; a random fraction of clients get the mean cut-layer gradient; server lr x N^alpha",
 ))

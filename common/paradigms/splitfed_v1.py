@@ -1,44 +1,46 @@
 """SplitFed v1 (Thapa et al., AAAI 2022): parallel clients, one top copy per client on the server.
 
+Who holds what: each client holds the bottom and its data; the server holds one copy of the top per client
+and the loss; labels go up with the activations.
+
 Protocol, per round:
   1. Every client receives the global bottom (``set_weights``) and trains its shard in parallel.
-  2. The server keeps one copy of the top per client; client k's batches step only copy k. Server compute
-     for the copies is serialised on the server's compute thread, the wire traffic overlaps.
+  2. Client k's batches step only top copy k. Server compute for the copies is serialised on the server's
+     compute thread, the wire traffic overlaps.
   3. After the round the server collects every bottom and FedAvgs the bottoms and the top copies, weighted
      by the samples each client trained on this round; every top copy then continues from the average.
   4. Evaluation runs through one client with the averaged bottom and top.
-
-SLPerf has no SplitFed v1 (both of its SplitFed variants share one top: see ``splitfed_v2``). A client that
-drops out is left out of that round's averages; the round is recorded with who took part.
 """
 from __future__ import annotations
 
-import asyncio
 import copy
 from typing import Any, Mapping, Sequence
 
-from slperf.common.aggregation import fedavg
-from slperf.common.paradigms.base import (
-    ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext, sort_outcomes,
-)
-from slperf.common.paradigms.bottom_client import BottomClient
+from slperf.common.config import RunConfig
+from slperf.common.paradigms.base import ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext
+from slperf.common.paradigms.kit.aggregate import average_uploads
+from slperf.common.paradigms.kit.bottom_client import BottomClient
+from slperf.common.paradigms.kit.rounds import gather_round
+from slperf.common.paradigms.kit.serving import evaluate_first_available, serve_training
+from slperf.common.paradigms.kit.steps import clone_state, load_state, make_optimizer
+from slperf.common.paradigms.kit.top_server import TopSegmentServer
 from slperf.common.paradigms.registry import register
-from slperf.common.paradigms.steps import clone_state, load_state, make_optimizer
-from slperf.common.paradigms.top_server import TopHolder, evaluate_first_available, serve_training
+from slperf.common.protocol.types import PhaseSummary, State
+
+DEVIATIONS = """\
+* SLPerf has no SplitFed v1 (both of its SplitFed variants share one top: see splitfed_v2).
+* A client that drops out is left out of that round's averages; the round is recorded with who took part."""
 
 
-class SplitFedV1Server(TopHolder):
-    def __init__(self, config, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
+class SplitFedV1Server(TopSegmentServer):
+    def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         super().__init__(config, ctx, num_classes, input_shape)
-        split = self.build_split()
-        self.global_top = split.segments[1]
+        self.global_top = self.split.segments[1]
         self.tops = [copy.deepcopy(self.global_top) for _ in range(config.clients)]
         self.optimizers = [make_optimizer(top.parameters(), config) for top in self.tops]
-        self.bottom_state = clone_state(split.segments[0])
-        self.train_spec = self.activation_spec(split, config.batch_size)
-        self.eval_spec = self.activation_spec(split, config.eval_batch_size)
+        self.bottom_state = clone_state(self.split.segments[0])
 
-    async def _client_round(self, client: ClientHandle, round: int):
+    async def _client_round(self, client: ClientHandle, round: int) -> tuple[PhaseSummary, State]:
         await client.set_weights("bottom", self.bottom_state, round)
         top, opt = self.tops[client.index], self.optimizers[client.index]
         summary = await serve_training(self.ctx, client, round, self.train_spec, top, opt)
@@ -46,27 +48,24 @@ class SplitFedV1Server(TopHolder):
         return summary, bottom
 
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
-        outcomes = await asyncio.gather(*(self._client_round(c, round) for c in clients), return_exceptions=True)
-        result = RoundResult(participants=[])
-        bottoms, tops = [], []
-        for client, (summary, bottom) in sort_outcomes(clients, outcomes, result):
-            result.participants.append(client.client_id)
-            result.per_client[client.client_id] = summary
-            bottoms.append((bottom, summary.samples))
-            tops.append((clone_state(self.tops[client.index]), summary.samples))
-        if bottoms:
-            self.bottom_state = await self.ctx.compute(fedavg, bottoms)
-            top_avg = await self.ctx.compute(fedavg, tops)
+        outcome = await gather_round(clients, lambda c: self._client_round(c, round))
+        bottoms = [(bottom, summary.samples) for _, (summary, bottom) in outcome.done]
+        tops = [(clone_state(self.tops[c.index]), summary.samples) for c, (summary, _) in outcome.done]
+        bottom_avg = await self.ctx.compute(average_uploads, bottoms)
+        if bottom_avg is not None:
+            self.bottom_state = bottom_avg
+            top_avg = await self.ctx.compute(average_uploads, tops)
+            assert top_avg is not None  # the same weights as the bottoms'
             load_state(self.global_top, top_avg)
             for top in self.tops:
                 load_state(top, top_avg)
-        return result
+        return outcome.to_result(lambda done: done[0])
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         return await evaluate_first_available(self.ctx, clients, round, self.eval_spec,
                                               self.bottom_state, self.global_top)
 
-    def model_state(self):
+    def model_state(self) -> dict[str, State]:
         return {"bottom": self.bottom_state, "top": clone_state(self.global_top)}
 
     def state_dict(self) -> dict[str, Any]:
@@ -84,4 +83,5 @@ class SplitFedV1Server(TopHolder):
 SPEC = register(ParadigmSpec(
     name="splitfed_v1", server=SplitFedV1Server, client=BottomClient, aliases=("SplitFedV1", "splitfed1"),
     summary="parallel clients, one top copy per client, FedAvg of bottoms and tops each round",
+    deviations=DEVIATIONS,
 ))

@@ -1,74 +1,75 @@
 """SplitFed v2 (Thapa et al., AAAI 2022): the clients' bottoms are FedAvg'd every round, the server holds
 ONE top that every client's batches step (SLPerf ``SplitFed2`` = parallel, ``SplitFed`` = sequential).
 
+Who holds what: each client holds the bottom and its data; the server holds the one top and the loss;
+labels go up with the activations.
+
 Protocol, per round:
   1. Every client receives the global bottom (``set_weights``).
   2. The clients train their shards against the one top, in the order given by the option ``order``:
        * ``parallel`` (default; SLPerf ``SplitFed2``): all clients at once; the top takes one SGD step per
-         client batch in the order the batches arrive (``psl.serve_in_arrival_order``);
-       * ``sequential`` (SLPerf ``SplitFed``): clients in turn, in client order, each from the same global
-         bottom; the top carries on from one client to the next.
+         client batch in the order the batches arrive;
+       * ``sequential`` (SLPerf ``SplitFed``; also the alias ``splitfed_v2_sequential``): clients in turn,
+         in client order, each from the same global bottom; the top carries on from one client to the next.
   3. The server collects every bottom and FedAvgs them, weighted by the samples each client trained on this
-     round (``slperf.common.aggregation.fedavg``). The top is not averaged: there is only one.
+     round. The top is not averaged: there is only one.
   4. Evaluation runs through one client with the averaged bottom and the top.
 
-Names: ``splitfed_v2`` (alias ``SplitFed2``) takes ``order``; ``splitfed_v2_sequential`` (alias
-``SplitFed``) is the same halves with ``order: sequential`` pinned (see the bottom).
-
-Optimiser: SGD with momentum and weight decay (``steps.make_optimizer``) on both sides, whatever the order,
-so that SplitFed differs from the other paradigms only in its protocol. SLPerf's sequential ``SplitFed``
-used Adam (betas 0.9/0.999, eps 1e-8, no weight decay) on both sides and its parallel ``SplitFed2`` SGD; the
-option ``optim: adam`` reproduces the former (choose a small ``lr`` with it, e.g. 0.001).
-
-Deliberate deviations from SLPerf's code:
-  * FedAvg averages into fresh tensors weighted by sample counts; SLPerf overwrote the last uploader's weights
-    before reading them and weighted by batch count.
-  * Evaluation runs once through one client (the averaged bottom is the same everywhere); SLPerf had every
-    client evaluate the same model.
-  * Sequential order is client order every round, as SLPerf; Thapa et al.'s SFL-V2 draws a random order.
-  * A client that drops out is left out of that round's average (recorded in ``RoundResult.dropped``); the
-    steps it already gave the top are kept.
+Optimiser: SGD with momentum and weight decay (``make_optimizer``) on both sides, whatever the order, so
+that SplitFed differs from the other paradigms only in its protocol; ``optim: adam`` gives SLPerf's
+sequential ``SplitFed`` optimiser (Adam, betas 0.9/0.999, eps 1e-8, no weight decay; choose a small ``lr``
+with it, e.g. 0.001).
 """
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from slperf.common.aggregation import fedavg
 from slperf.common.config import ConfigError, RunConfig
-from slperf.common.paradigms.base import ClientData, ClientGone, ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext, sort_outcomes
-from slperf.common.protocol.types import PhaseSummary
-from slperf.common.paradigms.bottom_client import BottomClient
-from slperf.common.paradigms.psl import serve_in_arrival_order
+from slperf.common.paradigms.base import ClientData, ClientHandle, EvalResult, ParadigmSpec, RoundResult, \
+    ServerContext
+from slperf.common.paradigms.kit.aggregate import average_uploads
+from slperf.common.paradigms.kit.bottom_client import BottomClient
+from slperf.common.paradigms.kit.rounds import gather_round, ring
+from slperf.common.paradigms.kit.serving import evaluate_first_available, serve_in_arrival_order
+from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
+from slperf.common.paradigms.kit.top_server import TopSegmentServer
 from slperf.common.paradigms.registry import register
-from slperf.common.paradigms.steps import clone_state, make_optimizer
-from slperf.common.paradigms.top_server import TopHolder, evaluate_first_available
+from slperf.common.protocol.types import PhaseSummary, State
 
 ORDERS = ("parallel", "sequential")
 OPTIMS = ("sgd", "adam")
 
+DEVIATIONS = """\
+* SLPerf's sequential SplitFed used Adam and its parallel SplitFed2 SGD; here both use SGD with momentum
+  and weight decay unless the option optim: adam is given.
+* FedAvg averages into fresh tensors weighted by sample counts; SLPerf overwrote the last uploader's weights
+  before reading them and weighted by batch count.
+* Evaluation runs once through one client (the averaged bottom is the same everywhere); SLPerf had every
+  client evaluate the same model.
+* Sequential order is client order every round, as SLPerf; Thapa et al.'s SFL-V2 draws a random order.
+* A client that drops out is left out of that round's average (recorded in RoundResult.dropped); the
+  steps it already gave the top are kept."""
 
-def build_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
+
+def build_optimizer(params: Iterable[torch.Tensor], config: RunConfig) -> torch.optim.Optimizer:
     if config.options.get("optim", "sgd") == "adam":
         return torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     return make_optimizer(params, config)
 
 
-class SplitFedV2Server(TopHolder):
-    def __init__(self, config, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
+class SplitFedV2Server(TopSegmentServer):
+    def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         super().__init__(config, ctx, num_classes, input_shape)
-        split = self.build_split()
-        self.top = split.segments[1]
+        self.top = self.split.segments[1]
         self.optimizer = build_optimizer(self.top.parameters(), config)
-        self.bottom_state = clone_state(split.segments[0])
-        self.train_spec = self.activation_spec(split, config.batch_size)
-        self.eval_spec = self.activation_spec(split, config.eval_batch_size)
+        self.bottom_state = clone_state(self.split.segments[0])
         self.order = config.options.get("order", "parallel")
         self.lock = asyncio.Lock()
 
-    async def _client_pass(self, client: ClientHandle, round: int) -> tuple[PhaseSummary, dict]:
+    async def _client_pass(self, client: ClientHandle, round: int) -> tuple[PhaseSummary, State]:
         await client.set_weights("bottom", self.bottom_state, round)
         summary = await serve_in_arrival_order(self.ctx, self.lock, client, round, self.train_spec,
                                                self.top, self.optimizer)
@@ -76,30 +77,18 @@ class SplitFedV2Server(TopHolder):
         return summary, bottom
 
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
-        if self.order == "parallel":
-            outcomes = await asyncio.gather(*(self._client_pass(c, round) for c in clients), return_exceptions=True)
-        else:
-            outcomes = []
-            for client in clients:
-                try:
-                    outcomes.append(await self._client_pass(client, round))
-                except ClientGone as gone:
-                    outcomes.append(gone)
-        result = RoundResult(participants=[])
-        bottoms = []
-        for client, (summary, bottom) in sort_outcomes(clients, outcomes, result):
-            result.participants.append(client.client_id)
-            result.per_client[client.client_id] = summary
-            bottoms.append((bottom, summary.samples))
-        if bottoms and sum(n for _, n in bottoms) > 0:
-            self.bottom_state = await self.ctx.compute(fedavg, bottoms)
-        return result
+        run = gather_round if self.order == "parallel" else ring
+        outcome = await run(clients, lambda c: self._client_pass(c, round))
+        average = await self.ctx.compute(average_uploads, [(bottom, s.samples) for _, (s, bottom) in outcome.done])
+        if average is not None:
+            self.bottom_state = average
+        return outcome.to_result(lambda done: done[0])
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         return await evaluate_first_available(self.ctx, clients, round, self.eval_spec,
                                               self.bottom_state, self.top)
 
-    def model_state(self):
+    def model_state(self) -> dict[str, State]:
         return {"bottom": self.bottom_state, "top": clone_state(self.top)}
 
     def state_dict(self) -> dict[str, Any]:
@@ -119,26 +108,22 @@ class SplitFedV2Client(BottomClient):
         self.optimizer = build_optimizer(self.bottom.parameters(), config)
 
 
-def _check(name: str, orders: tuple[str, ...]):
-    def validate(options: dict[str, Any]) -> None:
-        if options["order"] not in orders:
-            raise ConfigError(f"option 'order' of paradigm '{name}' must be {' or '.join(orders)}, got {options['order']!r}")
-        if options["optim"] not in OPTIMS:
-            raise ConfigError(f"option 'optim' of paradigm '{name}' must be sgd or adam, got {options['optim']!r}")
-    return validate
+def _validate(options: dict[str, Any]) -> None:
+    if options["order"] not in ORDERS:
+        raise ConfigError(f"option 'order' of paradigm 'splitfed_v2' must be {' or '.join(ORDERS)}, "
+                          f"got {options['order']!r}")
+    if options["optim"] not in OPTIMS:
+        raise ConfigError(f"option 'optim' of paradigm 'splitfed_v2' must be sgd or adam, got {options['optim']!r}")
 
+
+SEQUENTIAL = {"order": "sequential"}
 
 SPEC = register(ParadigmSpec(
-    name="splitfed_v2", server=SplitFedV2Server, client=SplitFedV2Client, aliases=("SplitFed2",),
-    options={"order": (str, "parallel"), "optim": (str, "sgd")}, validate=_check("splitfed_v2", ORDERS),
-    summary="one shared top, clients in parallel (order: parallel|sequential), FedAvg of the bottoms each round",
-))
-
-# SLPerf's ``SplitFed`` is splitfed_v2 with ``order: sequential``. A registry alias cannot carry an option
-# value, so it is a spec of its own (same halves) with the order pinned.
-SEQUENTIAL_SPEC = register(ParadigmSpec(
-    name="splitfed_v2_sequential", server=SplitFedV2Server, client=SplitFedV2Client, aliases=("SplitFed",),
-    options={"order": (str, "sequential"), "optim": (str, "sgd")},
-    validate=_check("splitfed_v2_sequential", ("sequential",)),
-    summary="splitfed_v2 with order: sequential (clients in turn against the one top)",
+    name="splitfed_v2", server=SplitFedV2Server, client=SplitFedV2Client,
+    aliases=("SplitFed2", "SplitFed", "splitfed_v2_sequential"),
+    alias_options={"splitfed_v2_sequential": SEQUENTIAL, "SplitFed": SEQUENTIAL},
+    options={"order": (str, "parallel"), "optim": (str, "sgd")}, validate=_validate,
+    summary="one shared top, clients in parallel (order: parallel|sequential; SplitFed and "
+            "splitfed_v2_sequential imply sequential), FedAvg of the bottoms each round",
+    deviations=DEVIATIONS,
 ))

@@ -14,11 +14,7 @@ Protocol, per round (lock-step per batch):
 
 Keys as in SLPerf: ``data_vertical_list`` (number of original attributes per client, in column order; a
 partition key, shared with ``partition_method: vertical``), ``cut_layer_vertical_list`` (embedding width
-per client). Deliberate deviations from SLPerf's code:
-  * only the label owner sends labels (SLPerf had every client send them, so every party held the labels);
-  * the sample ids travel with each batch and are checked, instead of trusting identical shuffles;
-  * a client that drops out is replaced by zeros for the rest of the round (its columns are missing, the
-    others still learn) and is recorded as dropped; without the label owner a round cannot train and ends.
+per client).
 """
 from __future__ import annotations
 
@@ -33,12 +29,20 @@ from torch import nn
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.data import ShardLoader, cap_indices, load_dataset
 from slperf.common.data.attributes import vertical_columns
-from slperf.common.paradigms.base import ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, ClientParadigm, EvalResult, ParadigmSpec, RoundResult, ServerContext, ServerParadigm
-from slperf.common.protocol.types import Phase, PhaseSummary, Reply, StepRef
+from slperf.common.paradigms.base import ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, \
+    ClientParadigm, EvalResult, ParadigmSpec, PhaseStream, RoundResult, ServerContext, ServerParadigm
+from slperf.common.paradigms.kit.serving import next_batches
+from slperf.common.paradigms.kit.steps import bottom_backward_step, make_optimizer
 from slperf.common.paradigms.registry import register
-from slperf.common.paradigms.steps import bottom_backward_step, make_optimizer
+from slperf.common.protocol.types import CutTensor, Phase, PhaseSummary, CutReply, StepRef
 
 HIDDEN = 16
+
+DEVIATIONS = """\
+* Only the label owner sends labels (SLPerf had every client send them, so every party held the labels).
+* The sample ids travel with each batch and are checked, instead of trusting identical shuffles.
+* A client that drops out is replaced by zeros for the rest of the round (its columns are missing, the
+  others still learn) and is recorded as dropped; without the label owner a round cannot train and ends."""
 
 
 def _widths(config: RunConfig) -> list[int]:
@@ -111,10 +115,7 @@ class VerticalClient(ClientParadigm):
             reply = await link.recv_reply(ref, shape=tuple(emb.shape))
             if reply.tensor is not None:
                 bottom_backward_step(emb, reply.tensor, self.optimizer)
-            summary.samples += int(x.shape[0])
-            summary.steps += 1
-            summary.loss_sum += reply.loss
-            summary.correct += reply.correct
+            summary.add(int(x.shape[0]), reply.loss, reply.correct)
         return summary
 
     async def evaluate(self, link: ClientLink, round: int) -> PhaseSummary:
@@ -125,8 +126,7 @@ class VerticalClient(ClientParadigm):
                 emb = self.bottom(x)
             await link.send_activations(StepRef(link.run_id, round, step, Phase.EVAL), emb,
                                         labels=y if self.owner else None, sample_ids=ids)
-            summary.samples += int(x.shape[0])
-            summary.steps += 1
+            summary.add(int(x.shape[0]))
         return summary
 
 
@@ -144,7 +144,8 @@ class VerticalServer(ServerParadigm):
         return [ActivationSpec(sample_shape=(w,), labels=(i == self.owner), num_classes=self.num_classes,
                                max_batch=batch) for i, w in enumerate(self.widths)]
 
-    def _step(self, embeddings: list[torch.Tensor], labels: torch.Tensor, train: bool):
+    def _step(self, embeddings: list[torch.Tensor], labels: torch.Tensor,
+              train: bool) -> tuple[list[torch.Tensor], float, int]:
         parts = [e.detach().requires_grad_(train) for e in embeddings]
         if train:
             self.top.train()
@@ -163,26 +164,22 @@ class VerticalServer(ServerParadigm):
         correct = int((logits.detach().argmax(1) == labels).sum())
         return grads, float(loss.detach()), correct
 
-    async def _lockstep(self, clients: Sequence[ClientHandle], streams, train: bool, result: RoundResult | None):
+    async def _lockstep(self, clients: Sequence[ClientHandle], streams: Sequence[PhaseStream], train: bool,
+                        result: RoundResult | None) -> tuple[int, float, int]:
         """Drives all streams one step at a time; returns (correct, loss_sum, samples)."""
-        iters = [s.__aiter__() for s in streams]
+        iters = [aiter(s) for s in streams]
         alive = [True] * len(clients)
         correct = samples = 0
         loss_sum = 0.0
         while True:
-            pulls = await asyncio.gather(*(it.__anext__() if ok else _none() for it, ok in zip(iters, alive)),
-                                         return_exceptions=True)
-            batches = []
-            for i, got in enumerate(pulls):
-                if isinstance(got, ClientGone) and alive[i]:
+            pulled = await next_batches([it if ok else None for it, ok in zip(iters, alive)])
+            batches: list[CutTensor | None] = []
+            for i, got in enumerate(pulled):
+                if isinstance(got, ClientGone):
                     alive[i] = False
                     if result is not None:
                         result.dropped.append(clients[i].client_id)
                     got = None
-                elif isinstance(got, StopAsyncIteration):
-                    got = None
-                elif isinstance(got, BaseException):
-                    raise got
                 batches.append(got)
             if all(b is None for b in batches):
                 return correct, loss_sum, samples
@@ -210,7 +207,7 @@ class VerticalServer(ServerParadigm):
             loss_sum += loss * (1 if not train else size)
             samples += size
             if train:
-                await asyncio.gather(*(clients[i].reply(Reply(b.ref, grads[i], loss, n_correct, size))
+                await asyncio.gather(*(clients[i].reply(CutReply(b.ref, grads[i], loss, n_correct, size))
                                        for i, b in enumerate(batches) if b is not None), return_exceptions=True)
 
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
@@ -229,7 +226,7 @@ class VerticalServer(ServerParadigm):
         return EvalResult(accuracy=correct / samples if samples else 0.0,
                           loss=loss_sum / samples if samples else 0.0, samples=samples)
 
-    def model_state(self):
+    def model_state(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"top": {k: v.detach().clone() for k, v in self.top.state_dict().items()}}
 
     def state_dict(self) -> dict[str, Any]:
@@ -238,10 +235,6 @@ class VerticalServer(ServerParadigm):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.top.load_state_dict(state["top"])
         self.optimizer.load_state_dict(state["optimizer"])
-
-
-async def _none():
-    return None
 
 
 def _validate(options: dict[str, Any]) -> None:
@@ -256,6 +249,6 @@ def _validate(options: dict[str, Any]) -> None:
 SPEC = register(ParadigmSpec(
     name="vertical", server=VerticalServer, client=VerticalClient, aliases=("vertical", "vsl"), time_factor=1.3,
     options={"cut_layer_vertical_list": (list, None), "label_owner": (int, 0)},
-    validate=_validate, client_data=vertical_client_data,
+    validate=_validate, client_data=vertical_client_data, deviations=DEVIATIONS,
     summary="feature columns split across clients (same rows), one label owner, lock-step per batch",
 ))

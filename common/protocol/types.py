@@ -61,12 +61,6 @@ class CutReply:
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-# The paradigm API's names from before the cut-tensor messages became generic; to be retired with the
-# declared exchange.
-ActivationBatch = CutTensor
-Reply = CutReply
-
-
 @dataclass
 class PhaseSummary:
     """A client's account of a finished train or eval pass; ``samples`` weights FedAvg."""

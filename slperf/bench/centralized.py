@@ -36,7 +36,7 @@ from slperf.common.config_loader import config_from_mapping, load_config
 from slperf.common.data import ShardLoader, cap_indices, load_dataset
 from slperf.common.fsutil import atomic_write
 from slperf.common.models import build_model
-from slperf.common.paradigms.steps import make_optimizer
+from slperf.common.paradigms.kit.steps import make_optimizer
 from slperf.common.shards import train_indices
 
 

@@ -246,14 +246,14 @@ def _list(raw: Mapping[str, Any], key: str, default: Sequence[Any] | None = None
 def registered_paradigms() -> list[str]:
     from slperf.common.paradigms import registry
 
-    return [spec.name for spec in registry.all_specs()]
+    return registry.variant_names()  # psl_sum, ushaped_parallel, ... are cells of their own
 
 
 def _canonical_paradigm(name: str) -> str:
     from slperf.common.paradigms import registry
 
     try:
-        return registry.get(str(name)).name
+        return registry.variant_of(str(name))
     except ConfigError as exc:
         raise SuiteError(f"suite: {exc}") from None
 

@@ -16,7 +16,7 @@ def test_multitask_federation_over_mtls(pki, daemons):
     assert summary["test_accuracy"] > 0.3, summary  # chance is 0.1
     last = records[-1]
     assert last["participants"] == ["c1", "c2"]
-    assert set(last["extra"]["task_accuracy"]) == {"0", "1"}
-    assert all(acc > 0.2 for acc in last["extra"]["task_accuracy"].values()), last["extra"]
+    assert set(last["eval_extra"]["task_accuracy"]) == {"0", "1"}
+    assert all(acc > 0.2 for acc in last["eval_extra"]["task_accuracy"].values()), last["eval_extra"]
     # Each client is its task's only member and trains on that task's whole 400-sample pool.
     assert all(figures["samples"] == 400 for figures in last["per_client"].values())

@@ -7,7 +7,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("paradigm, name", [("Ushaped", "ushaped"), ("parallel_U_Shape", "ushaped_parallel")])
+@pytest.mark.parametrize("paradigm, name", [("Ushaped", "ushaped"), ("parallel_U_Shape", "ushaped")])
 def test_ushaped_federation_over_mtls(pki, daemons, paradigm, name):
     summary, records = daemons.federate(pki, {
         "paradigm": paradigm, "clients": 2, "client_ids": ["c1", "c2"], "epochs": 2, "batch_size": 32,

@@ -20,7 +20,7 @@ from slperf.common.config import RunConfig
 from slperf.common.config_loader import config_from_mapping
 from slperf.common.paradigms import registry
 from slperf.common.paradigms.base import ClientGone, EvalResult, RoundResult
-from slperf.common.protocol.types import ActivationBatch, PhaseSummary, Reply, StepRef
+from slperf.common.protocol.types import CutTensor, PhaseSummary, CutReply, StepRef
 from slperf.common.shards import build_client_data
 
 RUN_ID = "inproc"
@@ -98,10 +98,10 @@ class FakeLink:
         conn.sent_activations += 1
         if conn.die_after is not None and conn.sent_activations > conn.die_after:
             raise Dead()
-        batch = ActivationBatch(ref, _copy(tensor), _copy(labels))
+        batch = CutTensor(ref, _copy(tensor), _copy(labels))
         conn.up(("cut_tensor", batch), _nbytes(tensor, labels))
 
-    async def recv_reply(self, ref: StepRef, shape) -> Reply:
+    async def recv_reply(self, ref: StepRef, shape) -> CutReply:
         kind, reply = await self.conn.down_q.get()
         assert kind == "cut_reply", f"client {self.conn.client_id} expected cut_reply, got {kind}"
         assert reply.ref == ref, (reply.ref, ref)
@@ -188,8 +188,8 @@ class Conn:
     def evaluate(self, round, spec) -> "FakeStream":
         return FakeStream(self, ("evaluate", round), round, spec)
 
-    async def reply(self, reply: Reply) -> None:
-        copied = Reply(reply.ref, _copy(reply.tensor), reply.loss, reply.correct, reply.count)
+    async def reply(self, reply: CutReply) -> None:
+        copied = CutReply(reply.ref, _copy(reply.tensor), reply.loss, reply.correct, reply.count)
         self.down(("cut_reply", copied), _nbytes(reply.tensor))
 
 

@@ -39,7 +39,7 @@ def test_transition_rule():
     assert next_state("C", 1.0, 1.01, 0.1) == "A"  # got worse: back to A
     assert next_state("B", 1.0, 1.01, 0.1) == "A"
     assert next_state("A", 1.0, 0.99, 0.0) == "A"  # thred 0: never leaves A
-    assert make_config().paradigm == "async" and make_config().options["thred"] == 0.1
+    assert make_config().paradigm == "async" and make_config().options["loss_threshold"] == 0.1
     with pytest.raises(ConfigError, match="thred"):
         make_config(thred=1.5)
 

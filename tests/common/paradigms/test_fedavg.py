@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from parallel_fakes import client_data, make_config, run
-from slperf.common.aggregation import fedavg
+from slperf.common.paradigms.kit.aggregate import fedavg
 from slperf.common.models import build_model
 
 

@@ -11,7 +11,8 @@ import torch
 from sl_wire_harness import reload_server, same_model, config_from, run_in_process
 from slperf.common.config import ConfigError
 from slperf.common.protocol.types import Phase
-from slperf.common.paradigms.multitask import RoundRobinGate, task_layout
+from slperf.common.paradigms.kit.serving import RoundRobinGate
+from slperf.common.paradigms.multitask import task_layout
 from slperf.common.wire.codec import decode_tensor, encode_tensor
 
 BASE = {"paradigm": "TaskAgnostic", "dataset": "mnist", "clients": 4, "client_split": [2, 4], "epochs": 1,
@@ -70,7 +71,7 @@ def test_groups_take_turns_lock_step_no_labels_and_fedavg_within_groups(tmp_path
     evaluators = {cid for cid in fed.ids if fed.cut_tensors(cid, phase=Phase.EVAL)}
     assert evaluators == {"c1", "c3"}
     assert evaluation.samples == 2 * 64
-    assert set(result.extra["task_accuracy"]) == {"0", "1"}
+    assert set(evaluation.extra["task_accuracy"]) == {"0", "1"}
     # Each client's data is its shard of its own task's split: disjoint within a task, different per task.
     shards = {cid: set(fed.client_halves[cid].data.train.indices.tolist()) for cid in fed.ids}
     assert all(len(s) == 128 for s in shards.values())

@@ -1,6 +1,6 @@
-"""DESIGN §5 anchor for the parallel paradigms: with one client and the same seed and batches, psl (every
-server_update, also under SLPerf's names), sglr, splitfed_v2 (both orders) and fedavg end with the same
-weights as plain single-process training of the unsplit model (up to float round-off).
+"""The one-client equivalence anchor for the parallel paradigms: with one client and the same seed and
+batches, psl (every server_update, also under SLPerf's names), sglr, splitfed_v2 (both orders) and fedavg
+end with the same weights as plain single-process training of the unsplit model (up to float round-off).
 
 In-process (parallel_fakes) for speed; the same halves run over gRPC in the *_e2e tests."""
 from __future__ import annotations

@@ -63,4 +63,4 @@ def test_runs_over_mutual_tls_and_learns(tmp_path, pki, daemons, paradigm, optio
             assert up >= n * ACTS_PER_SAMPLE, (up, n)
     if paradigm == "psl":
         assert len(set(samples.values())) == 2  # unequal shards through the lock-step barrier
-        assert set(records[-1]["extra"]["test_accuracy_per_client"]) == {"c1", "c2"}
+        assert set(records[-1]["eval_extra"]["test_accuracy_per_client"]) == {"c1", "c2"}

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from parallel_fakes import count_calls, make_config, run
-from slperf.common.aggregation import fedavg
+from slperf.common.paradigms.kit.aggregate import fedavg
 from slperf.common.config import ConfigError
-from slperf.common.paradigms.steps import make_optimizer, top_train_step
+from slperf.common.paradigms.kit.steps import make_optimizer, top_train_step
 
 
 def _setup(store):
@@ -83,7 +83,7 @@ def test_slperf_names_and_the_adam_option():
     cfg = make_config(paradigm="SplitFed2")
     assert (cfg.paradigm, cfg.options["order"]) == ("splitfed_v2", "parallel")
     cfg = make_config(paradigm="SplitFed")
-    assert (cfg.paradigm, cfg.options["order"]) == ("splitfed_v2_sequential", "sequential")
+    assert (cfg.paradigm, cfg.options["order"]) == ("splitfed_v2", "sequential")
     with pytest.raises(ConfigError, match="order"):
         make_config(paradigm="splitfed_v2", order="random")
     config = make_config(paradigm="SplitFed", optim="adam", lr=0.001, max_train_samples=128)

@@ -121,7 +121,7 @@ def test_dropout_mid_round_does_not_stop_the_ring():
 
 def test_parallel_schedule_serialises_server_steps_and_keeps_ends_per_client(tmp_path):
     config = make_config(paradigm="parallel_U_Shape", epochs=2)
-    assert config.paradigm == "ushaped_parallel" and config.options["schedule"] == "parallel"
+    assert config.paradigm == "ushaped" and config.options["schedule"] == "parallel"
     fed = run(config)
     for result, evaluation in fed.results:
         assert result.participants == ["c1", "c2"]
@@ -167,7 +167,7 @@ def test_options_are_validated():
         make_config(tail_layer=1)
     with pytest.raises(ConfigError, match="ushaped_parallel"):
         make_config(paradigm="ushaped_parallel", schedule="sequential")
-    from slperf.common.paradigms.ushaped import ushaped_cuts
+    from slperf.common.paradigms.kit.ushaped import ushaped_cuts
     with pytest.raises(ConfigError, match="tail_layer"):
         ushaped_cuts(make_config(tail_layer=4), (1, 28, 28), 10)
     with pytest.raises(ConfigError, match="split_layer"):

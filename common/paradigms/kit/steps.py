@@ -7,6 +7,7 @@ equivalence with single-process training hold for every such paradigm.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ from torch import nn
 from slperf.common.config import RunConfig
 
 
-def make_optimizer(params, config: RunConfig, lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[torch.Tensor], config: RunConfig, lr: float | None = None) -> torch.optim.Optimizer:
     """SGD with momentum and weight decay, as SLPerf uses for every paradigm but two."""
     return torch.optim.SGD(params, lr=config.lr if lr is None else lr, momentum=config.momentum,
                            weight_decay=config.weight_decay)
@@ -53,6 +54,26 @@ def top_eval_step(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> S
     return StepOutcome(None, float(loss), correct, int(labels.shape[0]))
 
 
+def top_accumulate(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> StepOutcome:
+    """Forward one client's batch and add the gradient of its loss to the top's (no step): lock-step
+    paradigms sum several clients' losses into one step."""
+    top.train()
+    acts = acts.detach().requires_grad_(True)
+    logits = top(acts)
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    correct = int((logits.detach().argmax(1) == labels).sum())
+    return StepOutcome(acts.grad, float(loss.detach()), correct, int(labels.shape[0]))
+
+
+def zero_grads(optimizer: torch.optim.Optimizer) -> None:
+    optimizer.zero_grad(set_to_none=True)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    optimizer.step()
+
+
 def bottom_backward_step(acts: torch.Tensor, grad: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
     acts.backward(grad)
@@ -63,7 +84,7 @@ def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def load_state(module: nn.Module, state) -> None:
+def load_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Copies into the module's existing tensors, so optimisers keep pointing at the live parameters
     (SLPerf replaced the module object and left its optimiser stepping the old one)."""
     module.load_state_dict(state, strict=True)

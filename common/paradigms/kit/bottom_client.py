@@ -1,6 +1,7 @@
-"""Client half shared by every paradigm where the client holds the bottom of the model and the server
-holds the top and the loss (vanilla, SplitFed, PSL, SGLR, async): per batch, activations and labels go
-up and the gradient of the activations comes back down."""
+"""The client half where the client holds the bottom of the model and its data and the server holds the
+top and the loss (vanilla, SplitFed, PSL, SGLR, async): per training batch, activations and labels go up
+and the gradient of the activations comes back down (or no gradient, when the server withholds it); per
+evaluation batch, activations and labels go up and nothing comes back."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -10,8 +11,8 @@ import torch
 from slperf.common.config import RunConfig
 from slperf.common.models import build_split
 from slperf.common.paradigms.base import ClientData, ClientLink, ClientParadigm
+from slperf.common.paradigms.kit.steps import bottom_backward_step, make_optimizer
 from slperf.common.protocol.types import Phase, PhaseSummary, StepRef
-from slperf.common.paradigms.steps import bottom_backward_step, make_optimizer
 
 
 class BottomClient(ClientParadigm):
@@ -32,10 +33,7 @@ class BottomClient(ClientParadigm):
             reply = await link.recv_reply(ref, shape=tuple(acts.shape))
             if reply.tensor is not None:  # paradigms may withhold the gradient (e.g. a frozen client)
                 bottom_backward_step(acts, reply.tensor, self.optimizer)
-            summary.samples += int(y.shape[0])
-            summary.steps += 1
-            summary.loss_sum += reply.loss
-            summary.correct += reply.correct
+            summary.add(int(y.shape[0]), reply.loss, reply.correct)
         return summary
 
     async def evaluate(self, link: ClientLink, round: int) -> PhaseSummary:
@@ -46,6 +44,5 @@ class BottomClient(ClientParadigm):
             with torch.no_grad():
                 acts = self.bottom(x)
             await link.send_activations(ref, acts, labels=y)
-            summary.samples += int(y.shape[0])
-            summary.steps += 1
+            summary.add(int(y.shape[0]))
         return summary

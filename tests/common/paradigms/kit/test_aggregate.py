@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slperf.common.aggregation import fedavg
+from slperf.common.paradigms.kit.aggregate import fedavg
 
 
 def test_identical_models_average_to_themselves_in_fresh_tensors():

@@ -1,0 +1,224 @@
+"""The U-shaped cut and its four-message exchange, server and client side (U-shaped SL, multi-task SL).
+
+Who holds what: every client holds the *head* of the model, the *tail* and its labels; the server holds the
+*middle*. The model is cut twice, at ``[split_layer, tail_layer]``. Labels and logits never leave a client.
+
+One training step is 4 messages, two round trips; the two client->server messages of a step are the stages
+"head" and "tail" of one ``PhaseStream``:
+  1. up    (stage "head"): ``a1 = head(x)``, no labels (the transport refuses labels here).
+  2. down  (reply to 1):   ``a2 = middle(a1)``, the forward output of the middle.
+  3. up    (stage "tail"): ``g2 = d loss / d a2``, computed by the client from ``tail(a2)`` and its labels,
+                           after it stepped its tail.
+  4. down  (reply to 3):   ``g1 = d loss / d a1``; the server steps the middle with ``g2``, the client steps
+                           its head with ``g1``.
+The server holds the autograd graph of ``middle(a1)`` between 2 and 3, so it serves one step of one client
+at a time: a ``Gate`` is held from message 1 to message 4 of a step.
+
+Evaluation goes *through* the server: per test batch, head activations go up (stage "head") and the middle
+output comes down; the client scores ``tail(a2)`` against its own labels and reports correct / samples /
+summed loss in its PhaseSummary, which the server reads from ``stream.summary``.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slperf.common.config import ConfigError, RunConfig
+from slperf.common.models import SplitModel, build_model, build_split
+from slperf.common.paradigms.base import ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, \
+    ClientParadigm, EvalResult, ServerContext
+from slperf.common.paradigms.kit.serving import Gate
+from slperf.common.paradigms.kit.steps import bottom_backward_step, make_optimizer
+from slperf.common.protocol.types import Phase, PhaseSummary, CutReply, State, StepRef
+
+HEAD, TAIL = "head", "tail"
+Ends = dict[str, State]  # a client's head and tail: {HEAD: state, TAIL: state}
+
+
+# -- the model cut ---------------------------------------------------------------------------------------
+def ushaped_cuts(config: RunConfig, input_shape: Sequence[int], num_classes: int) -> list[int]:
+    """``[split_layer, tail_layer]`` resolved against the model (``tail_layer: -1`` = the last block).
+
+    Raises ConfigError naming the key when the cuts do not leave a non-empty head, middle and tail.
+    """
+    blocks = len(build_model(config.model, input_shape, num_classes, config.seed))
+    tail = config.options.get("tail_layer", -1)
+    tail = blocks - 1 if tail == -1 else tail
+    if not 1 <= config.split_layer < blocks - 1:
+        raise ConfigError(f"split_layer {config.split_layer} leaves no room for a middle and a tail: model "
+                          f"'{config.model}' has {blocks} blocks, so for U-shaped SL it must be 1..{blocks - 2}")
+    if not config.split_layer < tail < blocks:
+        raise ConfigError(f"option 'tail_layer' is {tail}: it must be after split_layer ({config.split_layer}) "
+                          f"and before the end of model '{config.model}' ({blocks} blocks), i.e. "
+                          f"{config.split_layer + 1}..{blocks - 1}, or -1 for the last block")
+    return [config.split_layer, tail]
+
+
+def build_ushaped(config: RunConfig, input_shape: Sequence[int], num_classes: int) -> SplitModel:
+    """Every party builds the whole model from the seed and keeps its segments: [head, middle, tail]."""
+    cuts = ushaped_cuts(config, input_shape, num_classes)
+    return build_split(config.model, input_shape, num_classes, config.seed, cuts)
+
+
+def stage_specs(split: SplitModel, num_classes: int, batch_size: int) -> list[ActivationSpec]:
+    """What a training step's two client->server messages look like, in arrival order; never labels."""
+    return [
+        ActivationSpec(sample_shape=split.cut_shapes[0], labels=False, num_classes=num_classes,
+                       max_batch=batch_size, stage=HEAD),
+        ActivationSpec(sample_shape=split.cut_shapes[1], labels=False, num_classes=num_classes,
+                       max_batch=batch_size, stage=TAIL),
+    ]
+
+
+def check_tail_layer(options: Mapping[str, Any]) -> None:
+    """The option ``tail_layer`` of a U-shaped paradigm, before the model is known."""
+    tail = options["tail_layer"]
+    if tail != -1 and tail < 2:
+        raise ConfigError(f"option 'tail_layer' must be -1 (the last block) or a block index >= 2, got {tail}")
+
+
+# -- server side ---------------------------------------------------------------------------------------
+def middle_forward(middle: nn.Module, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training forward: keeps the graph of ``middle(a1)`` for the backward at the tail stage."""
+    middle.train()
+    a1 = acts.detach().requires_grad_(True)
+    return a1, middle(a1)
+
+
+def middle_backward(middle: nn.Module, optimizer: torch.optim.Optimizer, a1: torch.Tensor, a2: torch.Tensor,
+                    grad: torch.Tensor) -> torch.Tensor:
+    """Back-propagates the client's gradient of the middle output, steps the middle, returns d/d a1."""
+    optimizer.zero_grad(set_to_none=True)
+    a2.backward(grad)
+    optimizer.step()
+    return a1.grad
+
+
+@torch.no_grad()
+def middle_eval(middle: nn.Module, acts: torch.Tensor) -> torch.Tensor:
+    middle.eval()
+    return middle(acts)
+
+
+async def send_ends(client: ClientHandle, ends: Mapping[str, State], round: int) -> None:
+    """Hands the client its head and tail for the round."""
+    for segment in (HEAD, TAIL):
+        await client.set_weights(segment, ends[segment], round)
+
+
+async def collect_ends(client: ClientHandle, ends: Mapping[str, State], round: int) -> Ends:
+    """The client's head and tail after its pass (checked against the shapes of ``ends``)."""
+    new: Ends = {}
+    for segment in (HEAD, TAIL):
+        new[segment], _ = await client.get_weights(segment, round, expected=ends[segment])
+    return new
+
+
+async def serve_ushaped(ctx: ServerContext, client: ClientHandle, round: int, specs: Sequence[ActivationSpec],
+                        middle: nn.Module, optimizer: torch.optim.Optimizer, gate: Gate) -> PhaseSummary:
+    """One client's training pass: the 4-message exchange per step, holding ``gate`` from head to tail."""
+    stream = client.train(round, specs)
+    pending: tuple[torch.Tensor, torch.Tensor] | None = None
+    held = False
+    try:
+        async for batch in stream:
+            if batch.ref.stage == HEAD:
+                await gate.acquire(client.client_id)
+                held = True
+                a1, a2 = await ctx.compute(middle_forward, middle, batch.tensor)
+                pending = (a1, a2)
+                await client.reply(CutReply(batch.ref, a2.detach(), count=int(a2.shape[0])))
+            else:
+                assert pending is not None  # the stream yields a step's stages in order
+                a1, a2 = pending
+                pending = None
+                if tuple(batch.tensor.shape) != tuple(a2.shape):
+                    raise ClientGone(client.client_id, f"tail gradient of shape {list(batch.tensor.shape)} for a "
+                                                       f"middle output of shape {list(a2.shape)}")
+                g1 = await ctx.compute(middle_backward, middle, optimizer, a1, a2, batch.tensor)
+                held = False
+                gate.release(client.client_id)
+                await client.reply(CutReply(batch.ref, g1, count=int(g1.shape[0])))
+    finally:
+        if held:
+            gate.release(client.client_id)
+        gate.leave(client.client_id)
+    assert stream.summary is not None
+    return stream.summary
+
+
+async def evaluate_ushaped(ctx: ServerContext, client: ClientHandle, round: int, spec: ActivationSpec,
+                           middle: nn.Module) -> EvalResult:
+    """The client streams head activations of the test set; the server answers each with the middle output;
+    the client scores its tail output against its own labels and reports the figures in its summary."""
+    stream = client.evaluate(round, spec)
+    async for batch in stream:
+        a2 = await ctx.compute(middle_eval, middle, batch.tensor)
+        await client.reply(CutReply(batch.ref, a2, count=int(a2.shape[0])))
+    summary = stream.summary
+    assert summary is not None
+    samples = summary.samples
+    return EvalResult(accuracy=summary.correct / samples if samples else 0.0,
+                      loss=summary.loss_sum / samples if samples else 0.0, samples=samples)
+
+
+# -- client side ---------------------------------------------------------------------------------------
+class UShapedClient(ClientParadigm):
+    """Holds the head, the tail and the labels; computes the loss and every accuracy figure itself."""
+
+    def __init__(self, config: RunConfig, index: int, num_clients: int, data: ClientData):
+        super().__init__(config, index, num_clients, data)
+        split = build_ushaped(config, data.input_shape, data.num_classes)
+        self.head, _, self.tail = split.segments
+        self.middle_shape = split.cut_shapes[1]
+        self.segments = {HEAD: self.head, TAIL: self.tail}
+        self.head_optimizer = make_optimizer(self.head.parameters(), config)
+        self.tail_optimizer = make_optimizer(self.tail.parameters(), config)
+
+    async def train_epoch(self, link: ClientLink, round: int, options: Mapping[str, Any]) -> PhaseSummary:
+        self.head.train()
+        self.tail.train()
+        summary = PhaseSummary()
+        for step, (x, y) in enumerate(self.data.train.batches(round)):
+            head_ref = StepRef(link.run_id, round, step, Phase.TRAIN, HEAD)
+            tail_ref = StepRef(link.run_id, round, step, Phase.TRAIN, TAIL)
+            a1 = self.head(x)
+            await link.send_activations(head_ref, a1.detach())  # 1: no labels
+            down = await link.recv_reply(head_ref, shape=(x.shape[0], *self.middle_shape))  # 2
+            if down.tensor is None:
+                raise ValueError(f"step {step}: the server sent no middle output")
+            a2 = down.tensor.detach().requires_grad_(True)
+            logits = self.tail(a2)
+            loss = F.cross_entropy(logits, y)
+            self.tail_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.tail_optimizer.step()
+            await link.send_activations(tail_ref, a2.grad)  # 3
+            up = await link.recv_reply(tail_ref, shape=tuple(a1.shape))  # 4
+            if up.tensor is None:
+                raise ValueError(f"step {step}: the server sent no gradient for the head")
+            bottom_backward_step(a1, up.tensor, self.head_optimizer)
+            summary.add(int(y.shape[0]), float(loss.detach()), int((logits.detach().argmax(1) == y).sum()))
+        return summary
+
+    async def evaluate(self, link: ClientLink, round: int) -> PhaseSummary:
+        """Scores the test set through the server; ``loss_sum`` is summed per sample (the server divides)."""
+        self.head.eval()
+        self.tail.eval()
+        summary = PhaseSummary()
+        for step, (x, y) in enumerate(self.data.test.batches(0, shuffle=False)):
+            ref = StepRef(link.run_id, round, step, Phase.EVAL, HEAD)
+            with torch.no_grad():
+                a1 = self.head(x)
+            await link.send_activations(ref, a1)
+            down = await link.recv_reply(ref, shape=(x.shape[0], *self.middle_shape))
+            if down.tensor is None:
+                raise ValueError(f"eval step {step}: the server sent no middle output")
+            with torch.no_grad():
+                logits = self.tail(down.tensor)
+                summary.add(int(y.shape[0]), float(F.cross_entropy(logits, y, reduction="sum")),
+                            int((logits.argmax(1) == y).sum()))
+        return summary
