@@ -29,6 +29,7 @@ from slperf.common.protocol.messages import (
     ErrorReport, Evaluate, Finish, Hello, ModelState, PhaseDone, Ready, RequestWeights, RunSetup, ServerMessage,
     TrainEpoch, Welcome,
 )
+from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, StepRef
 from slperf.common.shards import build_client_data
 from slperf.common.transport.channel import create_channel, open_session
@@ -74,10 +75,14 @@ class ClientOptions:
 class SessionLink:
     """The client's side of one session stream: its endpoint, and the paradigm's ClientLink over it."""
 
-    def __init__(self, call: Stream, run_id: str = ""):
+    def __init__(self, call: Stream, run_id: str = "", exchange: Exchange | None = None):
         self.call = call
         self.run_id = run_id
         self.endpoint: ClientEndpoint = Endpoint(call, Side.CLIENT)
+        # The run's declared exchange, which every reply is checked against; the batch size of each cut tensor
+        # sent that awaits a reply, by its ref.
+        self.exchange = exchange
+        self._awaiting: dict[StepRef, int] = {}
 
     @property
     def counter(self) -> ByteCounter:
@@ -97,9 +102,13 @@ class SessionLink:
     # -- ClientLink ---------------------------------------------------------------------------------
     async def send_activations(self, ref: StepRef, tensor: torch.Tensor, labels: torch.Tensor | None = None,
                                sample_ids: torch.Tensor | None = None) -> None:
+        if self.exchange is not None and self.exchange.stage(ref.phase, ref.stage).down is not None:
+            self._awaiting[ref] = int(tensor.shape[0])
         await self.send(CutTensor(ref, tensor, labels, sample_ids))
 
-    async def recv_reply(self, ref: StepRef, shape: Sequence[int] | None) -> CutReply:
+    async def recv_reply(self, ref: StepRef) -> CutReply:
+        if self.exchange is None or ref not in self._awaiting:
+            raise ServerError(grpc.StatusCode.FAILED_PRECONDITION, f"no cut tensor awaiting a reply was sent for {ref}")
         while True:
             message = await self.receive()
             if message is None:
@@ -111,10 +120,12 @@ class SessionLink:
             if message.ref != ref:
                 log.warning("dropping a reply for step %s while waiting for %s", message.ref, ref)
                 continue
-            tensor = message.tensor
-            if tensor is not None and shape is not None and tuple(tensor.shape) != tuple(shape):
-                raise ServerError(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"reply tensor shape {list(tensor.shape)} does not match {list(shape)}")
+            batch = self._awaiting.pop(ref)
+            try:
+                self.exchange.check_down(message, self.exchange.stage(ref.phase, ref.stage), batch)
+            except WireError as err:
+                raise ServerError(err.code, f"the server's reply to step {ref.step} {ref.stage or ''} does not "
+                                            f"match the paradigm's exchange: {err.message}") from None
             return message
 
 
@@ -122,6 +133,7 @@ class ClientDaemon:
     def __init__(self, opts: ClientOptions):
         self.opts = opts
         self.paradigm: ClientParadigm | None = None
+        self.exchange: Exchange | None = None  # the current run's, from the paradigm's spec
         self.run_id = ""
         self._setup_key: tuple[str, str, int, int] | None = None  # what the current paradigm was built for
         self.runs_finished = 0
@@ -202,6 +214,7 @@ class ClientDaemon:
             self.paradigm = None
             self.run_id = ""
             self._setup_key = None
+            self.exchange = None
             return True
         elif isinstance(message, ModelState):
             await self._set_weights(link, message)
@@ -217,6 +230,7 @@ class ClientDaemon:
             await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"{kind} for run {part.run_id!r} before setup")
             return
         link.run_id = self.run_id
+        link.exchange = self.exchange
         try:
             if isinstance(part, TrainEpoch):
                 summary = await self.paradigm.train_epoch(link, part.round, part.options)
@@ -260,6 +274,7 @@ class ClientDaemon:
             builder = spec.client_data or build_client_data
             data = await asyncio.to_thread(builder, config, setup.client_index, self.opts.cache_dir)
             self.paradigm = await asyncio.to_thread(spec.client, config, setup.client_index, setup.num_clients, data)
+            self.exchange = spec.exchange(config, setup.client_index)
         except (ConfigError, DatasetUnavailable, ValueError) as exc:
             await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"cannot set up run {setup.run_id}: {exc}")
             return

@@ -428,6 +428,21 @@ def paradigms(details: str | None) -> None:
     click.echo(_paradigm_details(registry.get(details)))
 
 
+def _example_exchange(spec: ParadigmSpec) -> list[str]:
+    """The declared exchange for the defaults (a vertical paradigm needs tabular data split by columns)."""
+    from slperf.common.config import ConfigError
+    from slperf.common.config_loader import config_from_mapping
+
+    raw: dict[str, object] = {"paradigm": spec.name}
+    if spec.name == "vertical":
+        raw.update(dataset="adult", model="mlp_adult", partition_method="vertical")
+    try:
+        config, _ = config_from_mapping(raw)
+        return spec.exchange(config, 0).describe() or ["nothing crosses a cut (weights only, around each pass)"]
+    except ConfigError as exc:
+        return [f"(needs a config of its own: {exc})"]
+
+
 def _paradigm_details(spec: ParadigmSpec) -> str:
     """``slperf paradigms --details``: the paradigm module's own account (who holds what, the protocol), then
     its options, aliases, time factor and deviations from SLPerf."""
@@ -450,6 +465,8 @@ def _paradigm_details(spec: ParadigmSpec) -> str:
             implies = f" (= {', '.join(f'{k}: {v}' for k, v in implied.items())})" if implied else ""
             lines.append(f"  {alias}{implies}")
     lines.append(f"time factor (vs vanilla, for benchmark estimates): {spec.time_factor}")
+    lines += ["", "exchange per step (client 0, this paradigm's example config; shapes follow the model and cut):"]
+    lines += [f"  {line}" for line in _example_exchange(spec)]
     if spec.deviations:
         lines += ["", "deliberate deviations from SLPerf's code:", spec.deviations]
     return "\n".join(lines)

@@ -15,7 +15,9 @@ import grpc
 import torch
 
 from slperf.common.config import RunConfig
-from slperf.common.paradigms.base import ActivationSpec, ClientGone
+from slperf.common.paradigms import registry as paradigms
+from slperf.common.paradigms.base import ClientGone
+from slperf.common.protocol.exchange import Exchange, Stage
 from slperf.common.protocol.messages import (
     ClientMessage, ErrorReport, Evaluate, Finish, ModelState, PhaseDone, Ready, RequestWeights, RunSetup, ServerMessage,
     TrainEpoch,
@@ -39,6 +41,8 @@ class ClientProxy:
         self._run_id = run_id
         self._session: Session | None = None  # the session this client was last set up on
         self._timeout = config.client_timeout
+        # What this client's cut tensors must look like, as the paradigm declares it (the client holds the same).
+        self.exchange = paradigms.get(config.paradigm).exchange(config, index)
 
     # -- session plumbing -------------------------------------------------------------------------
     async def session(self) -> Session:
@@ -112,13 +116,12 @@ class ClientProxy:
                 raise ClientGone(self.client_id, f"sent unusable weights: {err.message}") from None
             return state.tensors, state.num_samples
 
-    def train(self, round: int, spec: ActivationSpec | Sequence[ActivationSpec],
-              options: Mapping[str, Any] | None = None) -> ProxyPhaseStream:
+    def train(self, round: int, options: Mapping[str, Any] | None = None) -> ProxyPhaseStream:
         instruction = TrainEpoch(self._run_id, round, dict(options or {}))
-        return ProxyPhaseStream(self, instruction, StepRef(self._run_id, round, 0, Phase.TRAIN), spec)
+        return ProxyPhaseStream(self.run_pass(instruction, StepRef(self._run_id, round, 0, Phase.TRAIN)))
 
-    def evaluate(self, round: int, spec: ActivationSpec | Sequence[ActivationSpec]) -> ProxyPhaseStream:
-        return ProxyPhaseStream(self, Evaluate(self._run_id, round), StepRef(self._run_id, round, 0, Phase.EVAL), spec)
+    def evaluate(self, round: int) -> ProxyPhaseStream:
+        return ProxyPhaseStream(self.run_pass(Evaluate(self._run_id, round), StepRef(self._run_id, round, 0, Phase.EVAL)))
 
     async def reply(self, reply: CutReply) -> None:
         await self._send(await self.session(), reply)
@@ -140,14 +143,15 @@ class ClientProxy:
         session.state = SessionState.IDLE
 
     # -- one pass -------------------------------------------------------------------------------------
-    async def run_pass(self, instruction: TrainEpoch | Evaluate, first: StepRef,
-                       specs: Sequence[ActivationSpec]) -> AsyncGenerator[CutTensor | PhaseSummary, None]:
-        """Sends the instruction, then yields the pass's cut tensors in step (and stage) order and finally its
-        summary. Invalid messages are refused on the stream and skipped."""
+    async def run_pass(self, instruction: TrainEpoch | Evaluate,
+                       first: StepRef) -> AsyncGenerator[CutTensor | PhaseSummary, None]:
+        """Sends the instruction, then yields the pass's cut tensors in step and stage order (as the exchange
+        declares them) and finally its summary. Messages that do not fit are refused on the stream and skipped."""
         session = await self.session()
         await self._send(session, instruction)
+        stages = self.exchange.stages(first.phase)
         stage = 0
-        expect = StepRef(first.run_id, first.round, 0, first.phase, specs[0].stage)
+        expect = StepRef(first.run_id, first.round, 0, first.phase, stages[0].name if stages else "")
         while True:
             message = await self._next(session)
             if isinstance(message, PhaseDone):
@@ -162,22 +166,21 @@ class ClientProxy:
                                          f"expected cut_tensor, got {_name(type(message))}; dropped")
                 continue
             try:
-                check_cut_tensor(message, expect, specs[stage])
+                check_cut_tensor(message, expect, self.exchange, stages[stage] if stages else None)
             except WireError as err:
                 await session.send_error(err.code, err.message)
                 continue
             yield message
-            stage = (stage + 1) % len(specs)
+            stage = (stage + 1) % len(stages)
             step = expect.step + (1 if stage == 0 else 0)
-            expect = StepRef(expect.run_id, expect.round, step, expect.phase, specs[stage].stage)
+            expect = StepRef(expect.run_id, expect.round, step, expect.phase, stages[stage].name)
 
 
 class ProxyPhaseStream:
     """Cut tensors of one pass in step (and stage) order; ``summary`` is set once the client says it is done."""
 
-    def __init__(self, proxy: ClientProxy, instruction: TrainEpoch | Evaluate, first: StepRef,
-                 spec: ActivationSpec | Sequence[ActivationSpec]):
-        self._items = proxy.run_pass(instruction, first, [spec] if isinstance(spec, ActivationSpec) else list(spec))
+    def __init__(self, items: AsyncGenerator[CutTensor | PhaseSummary, None]):
+        self._items = items
         self.summary: PhaseSummary | None = None
 
     def __aiter__(self) -> AsyncIterator[CutTensor]:
@@ -194,43 +197,20 @@ class ProxyPhaseStream:
             await self._items.aclose()
 
 
-def check_cut_tensor(message: CutTensor, expect: StepRef, spec: ActivationSpec) -> None:
-    """Refuses a cut tensor that is not the step the server expects or not what the paradigm's spec says."""
+def check_cut_tensor(message: CutTensor, expect: StepRef, exchange: Exchange, stage: Stage | None) -> None:
+    """Refuses a cut tensor that is not the step the server expects, or not what the exchange declares for it."""
     ref = message.ref
+    if stage is None:
+        raise WireError(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"this paradigm sends no cut tensors in a {expect.phase.name.lower()} pass")
     if ref != expect:
         code = grpc.StatusCode.FAILED_PRECONDITION
         if ref.run_id == expect.run_id and ref.round == expect.round and ref.step < expect.step:
             raise WireError(code, f"duplicate step {ref.step} (expected {expect.step}); not applied twice")
         raise WireError(code, f"cut tensor for run {ref.run_id!r} round {ref.round} step {ref.step} "
-                              f"{ref.phase.name.lower()} arrived while the server expects round {expect.round} "
-                              f"step {expect.step} {expect.phase.name.lower()}")
-    tensor = message.tensor
-    if tensor.dtype not in spec.dtypes:
-        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"cut tensor has dtype {tensor.dtype}, expected {spec.dtypes[0]}")
-    shape = tuple(tensor.shape)
-    if len(shape) != 1 + len(spec.sample_shape) or shape[1:] != spec.sample_shape:
-        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"cut tensor has shape {list(shape)}, expected [batch, {', '.join(map(str, spec.sample_shape))}]")
-    if not 1 <= shape[0] <= spec.max_batch:
-        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"batch of {shape[0]} samples; must be 1..{spec.max_batch}")
-    labels = message.labels
-    if spec.labels:
-        if labels is None:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "cut tensor carries no labels; this paradigm needs them")
-        if labels.dtype != torch.int64 or tuple(labels.shape) != (shape[0],):
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"labels must be int64 of shape [{shape[0]}], got {labels.dtype} {list(labels.shape)}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"labels must be in 0..{spec.num_classes - 1}")
-    elif labels is not None:
-        raise WireError(grpc.StatusCode.PERMISSION_DENIED, "labels must not leave the client in this paradigm")
-    ids = message.sample_ids
-    if ids is not None and (ids.dtype != torch.int64 or tuple(ids.shape) != (shape[0],)):
-        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"sample_ids must be int64 of shape [{shape[0]}], got {ids.dtype} {list(ids.shape)}")
-    if message.extra:
-        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"unexpected extra tensors {sorted(message.extra)}: this stage declares none")
+                              f"{ref.phase.name.lower()} stage {ref.stage!r} arrived while the server expects round "
+                              f"{expect.round} step {expect.step} {expect.phase.name.lower()} stage {expect.stage!r}")
+    exchange.check_up(message, stage)
 
 
 def _name(kind: type) -> str:

@@ -50,6 +50,8 @@ from slperf.common.paradigms.kit.steps import top_train_step
 from slperf.common.paradigms.kit.top_server import HandedOnBottomServer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import Phase, PhaseSummary, CutReply, StepRef
+from slperf.common.paradigms.kit.top_server import top_exchange
+from slperf.common.protocol.exchange import Exchange
 
 DEVIATIONS = """\
 * In state C SLPerf's client re-sent its *last cached activation batch* for every training and
@@ -112,7 +114,7 @@ class AsyncServer(HandedOnBottomServer):
         await client.set_weights("bottom", self.bottom_state, round)
         summary = PhaseSummary()  # the server's own figures: they drive the state machine
         acts, labels = [], []
-        stream = client.train(round, self.train_spec, {"state": state.value})
+        stream = client.train(round, {"state": state.value})
         async for batch in stream:
             out = await self.ctx.compute(top_train_step, self.top, self.optimizer, batch.tensor, batch.labels)
             summary.add(out.count, out.loss, out.correct)
@@ -193,7 +195,7 @@ class AsyncClient(BottomClient):
             with torch.no_grad():
                 acts = self.bottom(x)
             await link.send_activations(ref, acts, labels=y)
-            reply = await link.recv_reply(ref, shape=tuple(acts.shape))  # metrics only; frozen bottom
+            reply = await link.recv_reply(ref)  # metrics only; frozen bottom
             summary.add(int(y.shape[0]), reply.loss, reply.correct)
         return summary
 
@@ -204,8 +206,13 @@ def _validate(options: dict[str, Any]) -> None:
                           f"[0, 1], got {options['loss_threshold']}")
 
 
+def _exchange(config: RunConfig, client_index: int) -> Exchange:
+    """Bottom/top, except that the server withholds the gradient in the frozen state (B)."""
+    return top_exchange(config, client_index, gradient_optional=True)
+
+
 SPEC = register(ParadigmSpec(
-    name="async", server=AsyncServer, client=AsyncClient, aliases=("Asynchronous", "asyncsl"),
+    name="async", server=AsyncServer, client=AsyncClient, exchange=_exchange, aliases=("Asynchronous", "asyncsl"),
     options={"loss_threshold": (float, 0.1)}, option_aliases={"thred": "loss_threshold"}, validate=_validate,
     summary="AsyncSL: sequential ring, weights through the server; per-client loss-based states A (normal), "
             "B (client frozen, no gradient down), C (client silent, server trains on cached activations)",

@@ -18,25 +18,10 @@ from torch import nn
 
 from slperf.common.config import RunConfig
 from slperf.common.data.client_data import ClientData
-from slperf.common.protocol.types import CutTensor, PhaseSummary, CutReply, State, StepRef
+from slperf.common.protocol.exchange import Exchange
+from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, State, StepRef
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ActivationSpec:
-    """What a valid activation message looks like at this cut; the transport rejects anything else."""
-
-    sample_shape: tuple[int, ...]
-    labels: bool
-    num_classes: int
-    max_batch: int
-    dtypes: tuple[torch.dtype, ...] = (torch.float32,)
-    # For paradigms with several client->server messages per step (U-shaped: "head" activations, then the
-    # "tail" gradient), one spec per stage, in the order they arrive within a step.
-    stage: str = ""
-
-
 
 
 @dataclass
@@ -97,10 +82,12 @@ class ClientHandle(Protocol):
 
     async def get_weights(self, segment: str, round: int, expected: Mapping[str, torch.Tensor]) -> tuple[State, int]: ...
 
-    def train(self, round: int, spec: "ActivationSpec | Sequence[ActivationSpec]",
-              options: Mapping[str, Any] | None = None) -> "PhaseStream": ...
+    def train(self, round: int, options: Mapping[str, Any] | None = None) -> PhaseStream:
+        """Starts the client's training pass; its cut tensors come in the order the paradigm's exchange declares
+        (each already checked against it)."""
+        ...
 
-    def evaluate(self, round: int, spec: "ActivationSpec | Sequence[ActivationSpec]") -> "PhaseStream": ...
+    def evaluate(self, round: int) -> PhaseStream: ...
 
     async def reply(self, reply: CutReply) -> None: ...
 
@@ -111,7 +98,8 @@ class ClientHandle(Protocol):
 
 
 class PhaseStream(Protocol):
-    """Activations of one train/eval pass, in step order; ``summary`` is set once the client says it is done."""
+    """Cut tensors of one train/eval pass, in step (and stage) order; ``summary`` is set once the client says it
+    is done."""
 
     summary: PhaseSummary | None
 
@@ -135,7 +123,10 @@ class ClientLink(Protocol):
     async def send_activations(self, ref: StepRef, tensor: torch.Tensor, labels: torch.Tensor | None = None,
                                sample_ids: torch.Tensor | None = None) -> None: ...
 
-    async def recv_reply(self, ref: StepRef, shape: Sequence[int] | None) -> CutReply: ...
+    async def recv_reply(self, ref: StepRef) -> CutReply:
+        """The server's reply to the cut tensor sent for ``ref``, checked against the paradigm's exchange (shape,
+        dtype, batch size) before it is returned."""
+        ...
 
 
 class ServerParadigm(abc.ABC):
@@ -196,6 +187,9 @@ class ParadigmSpec:
     name: str
     server: type[ServerParadigm]
     client: type[ClientParadigm]
+    # What crosses the cut for client ``index`` of a run with this config: the stages of a step, what goes up
+    # and down in each. Both ends hold it and validate against it (``slperf.common.protocol.exchange``).
+    exchange: Callable[[RunConfig, int], Exchange]
     aliases: tuple[str, ...] = ()
     options: Mapping[str, tuple[type, Any]] = field(default_factory=dict)  # key -> (type, default)
     option_aliases: Mapping[str, str] = field(default_factory=dict)  # SLPerf key -> key

@@ -21,13 +21,15 @@ import torch.nn.functional as F
 
 from slperf.common.config import RunConfig
 from slperf.common.models import build_model
-from slperf.common.paradigms.base import ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, \
+from slperf.common.paradigms.base import ClientData, ClientGone, ClientHandle, ClientLink, \
     ClientParadigm, EvalResult, ParadigmSpec, PhaseStream, RoundResult, ServerContext, ServerParadigm
 from slperf.common.paradigms.kit.aggregate import average_uploads, model_shift
 from slperf.common.paradigms.kit.rounds import first_available, gather_round
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import PhaseSummary, State
+from slperf.common.data.registry import DATASETS
+from slperf.common.protocol.exchange import Exchange
 
 DEVIATIONS = """\
 * FedAvg averages into fresh tensors weighted by sample counts (SLPerf: into the last uploader's dict,
@@ -44,8 +46,6 @@ class FedAvgServer(ServerParadigm):
     def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         super().__init__(config, ctx, num_classes, input_shape)
         self.global_state = clone_state(build_model(config.model, input_shape, num_classes, config.seed))
-        # Clients send no activations; a spec is still needed to open a pass, and admits nothing useful.
-        self.spec = ActivationSpec(sample_shape=(0,), labels=False, num_classes=num_classes, max_batch=1)
 
     async def _pass(self, client: ClientHandle, stream: PhaseStream) -> PhaseSummary:
         async for _ in stream:
@@ -55,7 +55,7 @@ class FedAvgServer(ServerParadigm):
 
     async def _client_round(self, client: ClientHandle, round: int) -> tuple[PhaseSummary, State]:
         await client.set_weights("model", self.global_state, round)
-        summary = await self._pass(client, client.train(round, self.spec))
+        summary = await self._pass(client, client.train(round))
         state, _ = await client.get_weights("model", round, expected=self.global_state)
         return summary, state
 
@@ -70,7 +70,7 @@ class FedAvgServer(ServerParadigm):
 
     async def _evaluate_through(self, client: ClientHandle, round: int) -> EvalResult:
         await client.set_weights("model", self.global_state, round)
-        summary = await self._pass(client, client.evaluate(round, self.spec))
+        summary = await self._pass(client, client.evaluate(round))
         n = summary.samples
         return EvalResult(accuracy=summary.correct / n if n else 0.0, loss=summary.loss_sum / n if n else 0.0,
                           samples=n)
@@ -127,8 +127,14 @@ class FedAvgClient(ClientParadigm):
         return await asyncio.to_thread(self._evaluate)
 
 
+def _exchange(config: RunConfig, client_index: int) -> Exchange:
+    """Nothing crosses a cut: a pass is its instruction, the client's PhaseDone and the weights around it."""
+    return Exchange(train=(), eval=(), num_classes=DATASETS[config.dataset].num_classes,
+                    max_batch=config.batch_size, max_eval_batch=config.eval_batch_size)
+
+
 SPEC = register(ParadigmSpec(
-    name="fedavg", server=FedAvgServer, client=FedAvgClient, time_factor=0.5,
+    name="fedavg", server=FedAvgServer, client=FedAvgClient, exchange=_exchange, time_factor=0.5,
     summary="unsplit baseline: whole model on every client, local epochs, sample-weighted FedAvg each round",
     deviations=DEVIATIONS,
 ))

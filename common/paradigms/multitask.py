@@ -44,9 +44,11 @@ from slperf.common.paradigms.kit.rounds import first_available, gather_round
 from slperf.common.paradigms.kit.serving import RoundRobinGate
 from slperf.common.paradigms.kit.steps import clone_state, load_state, make_optimizer
 from slperf.common.paradigms.kit.ushaped import HEAD, TAIL, Ends, UShapedClient, build_ushaped, check_tail_layer, \
-    collect_ends, evaluate_ushaped, send_ends, serve_ushaped, stage_specs
+    collect_ends, evaluate_ushaped, send_ends, serve_ushaped, ushaped_exchange
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import PhaseSummary
+from slperf.common.protocol.exchange import Exchange
+from slperf.common.data.registry import DATASETS
 
 DEVIATIONS = """\
 * FedAvg into fresh tensors, weighted by sample counts. SLPerf started the average from the last
@@ -94,8 +96,6 @@ def task_of(config: RunConfig, client_index: int) -> Task:
 
 def task_spec(name: str, input_shape: Sequence[int]):
     """The registry entry of a task's data set; every task must have the body's input shape."""
-    from slperf.common.data.registry import DATASETS
-
     spec = DATASETS.get(name.lower())
     if spec is None:
         raise ConfigError(f"option 'task_datasets' names unknown data set '{name}' (known: {', '.join(sorted(DATASETS))})")
@@ -109,7 +109,6 @@ def task_client_data(config: RunConfig, index: int, cache_dir: Path | None = Non
     """A client's shard of its task's training set (split among the task's clients only) and test set: the
     spec's ``client_data`` hook, which the client daemon calls instead of building the default shard."""
     from slperf.common.data import ShardLoader, cap_indices, load_dataset, partition
-    from slperf.common.data.registry import DATASETS
     from slperf.common.shards import train_indices
 
     task = task_of(config, index)
@@ -140,12 +139,10 @@ class MultiTaskServer(ServerParadigm):
         self.tasks = task_layout(config)
         self.middle = build_ushaped(config, input_shape, num_classes).segments[1]
         self.optimizer = make_optimizer(self.middle.parameters(), config)
-        self.train_specs, self.eval_specs, self.ends = [], [], []
+        self.ends = []
         for task in self.tasks:
             classes = task_spec(task.dataset, input_shape).num_classes
             split = build_ushaped(config, input_shape, classes)
-            self.train_specs.append(stage_specs(split, classes, config.batch_size))
-            self.eval_specs.append(stage_specs(split, classes, config.eval_batch_size)[0])
             self.ends.append({HEAD: clone_state(split.segments[0]), TAIL: clone_state(split.segments[2])})
 
     def _members(self, task: Task, clients: Sequence[ClientHandle]) -> list[ClientHandle]:
@@ -156,7 +153,7 @@ class MultiTaskServer(ServerParadigm):
         ends = self.ends[task.index]
         try:
             await send_ends(client, ends, round)
-            summary = await serve_ushaped(self.ctx, client, round, self.train_specs[task.index], self.middle,
+            summary = await serve_ushaped(self.ctx, client, round, self.middle,
                                           self.optimizer, gate)
         finally:
             gate.leave(client.client_id)  # also when it dropped out before its first step
@@ -181,7 +178,7 @@ class MultiTaskServer(ServerParadigm):
 
     async def _evaluate_task(self, client: ClientHandle, task: Task, round: int) -> EvalResult:
         await send_ends(client, self.ends[task.index], round)
-        return await evaluate_ushaped(self.ctx, client, round, self.eval_specs[task.index], self.middle)
+        return await evaluate_ushaped(self.ctx, client, round, self.middle)
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         per_task: dict[int, EvalResult] = {}
@@ -228,8 +225,15 @@ def _validate(options: dict[str, Any]) -> None:
     check_tail_layer(options)
 
 
+def _exchange(config: RunConfig, client_index: int) -> Exchange:
+    """U-shaped, with the shapes of the client's own task (its data set's classes)."""
+    shared_input = DATASETS[config.dataset].input_shape
+    task = task_spec(task_of(config, client_index).dataset, shared_input)
+    return ushaped_exchange(config, shared_input, task.num_classes)
+
+
 SPEC = register(ParadigmSpec(
-    name="multitask", server=MultiTaskServer, client=UShapedClient, aliases=("TaskAgnostic",), time_factor=1.6,
+    name="multitask", server=MultiTaskServer, client=UShapedClient, exchange=_exchange, aliases=("TaskAgnostic",), time_factor=1.6,
     options={"client_split": (list, []), "task_datasets": (list, []), "tail_layer": (int, -1)},
     validate=_validate, client_data=task_client_data, deviations=DEVIATIONS,
     summary="multi-task U-shaped SL: task groups of clients with their own heads + tails + labels, one shared "

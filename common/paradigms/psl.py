@@ -38,6 +38,7 @@ from slperf.common.paradigms.kit.steps import optimizer_step, top_accumulate, to
 from slperf.common.paradigms.kit.top_server import SharedTopServer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import CutTensor, PhaseSummary, CutReply
+from slperf.common.paradigms.kit.top_server import top_exchange
 
 SERVER_UPDATES = ("arrival", "sum", "lockstep")
 
@@ -70,12 +71,12 @@ class PSLServer(SharedTopServer):
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         if self.server_update == "arrival":
             return (await gather_round(clients, lambda c: self._arrival_pass(c, round))).to_result()
-        return await lockstep_round(clients, round, self.train_spec, lambda c: self.push_bottom(c, round),
+        return await lockstep_round(clients, round, lambda c: self.push_bottom(c, round),
                                     lambda c: self.pull_bottom(c, round), self._server_step)
 
     async def _arrival_pass(self, client: ClientHandle, round: int) -> PhaseSummary:
         await self.push_bottom(client, round)
-        summary = await serve_in_arrival_order(self.ctx, self.lock, client, round, self.train_spec,
+        summary = await serve_in_arrival_order(self.ctx, self.lock, client, round,
                                                self.top, self.optimizer)
         await self.pull_bottom(client, round)
         return summary
@@ -106,7 +107,7 @@ SUM = {"server_update": "sum"}
 LOCKSTEP = {"server_update": "lockstep"}
 
 SPEC = register(ParadigmSpec(
-    name="psl", server=PSLServer, client=BottomClient,
+    name="psl", server=PSLServer, client=BottomClient, exchange=top_exchange,
     aliases=("asy_vanilla", "asy_vanilla2", "psl_sum", "synchronization", "psl_lockstep"),
     alias_options={"psl_sum": SUM, "asy_vanilla2": SUM, "psl_lockstep": LOCKSTEP, "synchronization": LOCKSTEP},
     options={"server_update": (str, "arrival")}, validate=_validate,

@@ -34,6 +34,7 @@ from slperf.common.paradigms.kit.steps import optimizer_step, top_accumulate, ze
 from slperf.common.paradigms.kit.top_server import SharedTopServer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import CutTensor, CutReply
+from slperf.common.paradigms.kit.top_server import top_exchange
 
 DEVIATIONS = """\
 * The top's gradients are zeroed before every server step; SLPerf never zeroed them during training, so
@@ -82,7 +83,7 @@ class SGLRServer(SharedTopServer):
         async def server_step(barrier: Barrier, batches: list[tuple[ClientHandle, CutTensor]]) -> None:
             await self._server_step(round, barrier, batches)
 
-        return await lockstep_round(clients, round, self.train_spec, lambda c: self.push_bottom(c, round),
+        return await lockstep_round(clients, round, lambda c: self.push_bottom(c, round),
                                     lambda c: self.pull_bottom(c, round), server_step)
 
     async def _server_step(self, round: int, barrier: Barrier,
@@ -110,7 +111,7 @@ def _validate(options: dict[str, Any]) -> None:
 
 
 SPEC = register(ParadigmSpec(
-    name="sglr", server=SGLRServer, client=BottomClient, aliases=("SGLR",), time_factor=1.2,
+    name="sglr", server=SGLRServer, client=BottomClient, exchange=top_exchange, aliases=("SGLR",), time_factor=1.2,
     options={"splitavg_active": (float, 0.5), "splitlr_alpha": (float, 0.5)},
     option_aliases={"SGLR_splitAvg_active": "splitavg_active", "SGLR_splitLR_alpha": "splitlr_alpha"},
     validate=_validate, deviations=DEVIATIONS,

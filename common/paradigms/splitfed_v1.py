@@ -26,6 +26,7 @@ from slperf.common.paradigms.kit.steps import clone_state, load_state, make_opti
 from slperf.common.paradigms.kit.top_server import TopSegmentServer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import PhaseSummary, State
+from slperf.common.paradigms.kit.top_server import top_exchange
 
 DEVIATIONS = """\
 * SLPerf has no SplitFed v1 (both of its SplitFed variants share one top: see splitfed_v2).
@@ -43,7 +44,7 @@ class SplitFedV1Server(TopSegmentServer):
     async def _client_round(self, client: ClientHandle, round: int) -> tuple[PhaseSummary, State]:
         await client.set_weights("bottom", self.bottom_state, round)
         top, opt = self.tops[client.index], self.optimizers[client.index]
-        summary = await serve_training(self.ctx, client, round, self.train_spec, top, opt)
+        summary = await serve_training(self.ctx, client, round, top, opt)
         bottom, _ = await client.get_weights("bottom", round, expected=self.bottom_state)
         return summary, bottom
 
@@ -62,7 +63,7 @@ class SplitFedV1Server(TopSegmentServer):
         return outcome.to_result(lambda done: done[0])
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        return await evaluate_first_available(self.ctx, clients, round, self.eval_spec,
+        return await evaluate_first_available(self.ctx, clients, round,
                                               self.bottom_state, self.global_top)
 
     def model_state(self) -> dict[str, State]:
@@ -81,7 +82,7 @@ class SplitFedV1Server(TopSegmentServer):
 
 
 SPEC = register(ParadigmSpec(
-    name="splitfed_v1", server=SplitFedV1Server, client=BottomClient, aliases=("SplitFedV1", "splitfed1"),
+    name="splitfed_v1", server=SplitFedV1Server, client=BottomClient, exchange=top_exchange, aliases=("SplitFedV1", "splitfed1"),
     summary="parallel clients, one top copy per client, FedAvg of bottoms and tops each round",
     deviations=DEVIATIONS,
 ))

@@ -38,6 +38,7 @@ from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
 from slperf.common.paradigms.kit.top_server import TopSegmentServer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import PhaseSummary, State
+from slperf.common.paradigms.kit.top_server import top_exchange
 
 ORDERS = ("parallel", "sequential")
 OPTIMS = ("sgd", "adam")
@@ -71,7 +72,7 @@ class SplitFedV2Server(TopSegmentServer):
 
     async def _client_pass(self, client: ClientHandle, round: int) -> tuple[PhaseSummary, State]:
         await client.set_weights("bottom", self.bottom_state, round)
-        summary = await serve_in_arrival_order(self.ctx, self.lock, client, round, self.train_spec,
+        summary = await serve_in_arrival_order(self.ctx, self.lock, client, round,
                                                self.top, self.optimizer)
         bottom, _ = await client.get_weights("bottom", round, expected=self.bottom_state)
         return summary, bottom
@@ -85,7 +86,7 @@ class SplitFedV2Server(TopSegmentServer):
         return outcome.to_result(lambda done: done[0])
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        return await evaluate_first_available(self.ctx, clients, round, self.eval_spec,
+        return await evaluate_first_available(self.ctx, clients, round,
                                               self.bottom_state, self.top)
 
     def model_state(self) -> dict[str, State]:
@@ -119,7 +120,7 @@ def _validate(options: dict[str, Any]) -> None:
 SEQUENTIAL = {"order": "sequential"}
 
 SPEC = register(ParadigmSpec(
-    name="splitfed_v2", server=SplitFedV2Server, client=SplitFedV2Client,
+    name="splitfed_v2", server=SplitFedV2Server, client=SplitFedV2Client, exchange=top_exchange,
     aliases=("SplitFed2", "SplitFed", "splitfed_v2_sequential"),
     alias_options={"splitfed_v2_sequential": SEQUENTIAL, "SplitFed": SEQUENTIAL},
     options={"order": (str, "parallel"), "optim": (str, "sgd")}, validate=_validate,

@@ -37,9 +37,11 @@ from slperf.common.paradigms.kit.rounds import first_available, gather_round, la
 from slperf.common.paradigms.kit.serving import SerialGate
 from slperf.common.paradigms.kit.steps import clone_state, load_state, make_optimizer
 from slperf.common.paradigms.kit.ushaped import HEAD, TAIL, Ends, UShapedClient, build_ushaped, check_tail_layer, \
-    collect_ends, evaluate_ushaped, send_ends, serve_ushaped, stage_specs
+    collect_ends, evaluate_ushaped, send_ends, serve_ushaped, ushaped_exchange
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import PhaseSummary
+from slperf.common.data.registry import DATASETS
+from slperf.common.protocol.exchange import Exchange
 
 SCHEDULES = ("sequential", "parallel")
 
@@ -65,8 +67,6 @@ class UShapedServer(ServerParadigm):
         head, self.middle, tail = split.segments
         self.optimizer = make_optimizer(self.middle.parameters(), config)
         self.schedule = config.options.get("schedule", "sequential")
-        self.train_specs = stage_specs(split, num_classes, config.batch_size)
-        self.eval_spec = stage_specs(split, num_classes, config.eval_batch_size)[0]
         # Sequential: the one head/tail handed round the ring. Parallel: one pair per client index.
         init = {HEAD: clone_state(head), TAIL: clone_state(tail)}
         copies = 1 if self.schedule == "sequential" else config.clients
@@ -82,7 +82,7 @@ class UShapedServer(ServerParadigm):
         """Head and tail down, the pass, head and tail back up (kept only once the whole turn succeeded)."""
         ends = self.ends[self._slot(client)]
         await send_ends(client, ends, round)
-        summary = await serve_ushaped(self.ctx, client, round, self.train_specs, self.middle, self.optimizer,
+        summary = await serve_ushaped(self.ctx, client, round, self.middle, self.optimizer,
                                       self.gate)
         self.ends[self._slot(client)] = await collect_ends(client, ends, round)
         if self.schedule == "sequential":
@@ -95,7 +95,7 @@ class UShapedServer(ServerParadigm):
 
     async def _evaluate_client(self, client: ClientHandle, round: int) -> EvalResult:
         await send_ends(client, self.ends[self._slot(client)], round)
-        return await evaluate_ushaped(self.ctx, client, round, self.eval_spec, self.middle)
+        return await evaluate_ushaped(self.ctx, client, round, self.middle)
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         if self.schedule == "sequential":
@@ -142,8 +142,13 @@ def _validate(options: dict[str, Any]) -> None:
 
 PARALLEL = {"schedule": "parallel"}
 
+def _exchange(config: RunConfig, client_index: int) -> Exchange:
+    dataset = DATASETS[config.dataset]
+    return ushaped_exchange(config, dataset.input_shape, dataset.num_classes)
+
+
 SPEC = register(ParadigmSpec(
-    name="ushaped", server=UShapedServer, client=UShapedClient, time_factor=1.6,
+    name="ushaped", server=UShapedServer, client=UShapedClient, exchange=_exchange, time_factor=1.6,
     aliases=("Ushaped", "u_shaped", "parallel_U_Shape", "ushaped_parallel"),
     alias_options={"ushaped_parallel": PARALLEL, "parallel_U_Shape": PARALLEL},
     options={"schedule": (str, "sequential"), "tail_layer": (int, -1)},

@@ -23,6 +23,7 @@ from slperf.common.paradigms.kit.serving import serve_training
 from slperf.common.paradigms.kit.top_server import HandedOnBottomServer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import PhaseSummary
+from slperf.common.paradigms.kit.top_server import top_exchange
 
 DEVIATIONS = """\
 * The bottom weights are relayed through the server; SLPerf wrote the module to a shared file, which
@@ -38,7 +39,7 @@ class VanillaServer(HandedOnBottomServer):
 
     async def _turn(self, client: ClientHandle, round: int) -> PhaseSummary:
         await client.set_weights("bottom", self.bottom_state, round)
-        summary = await serve_training(self.ctx, client, round, self.train_spec, self.top, self.optimizer)
+        summary = await serve_training(self.ctx, client, round, self.top, self.optimizer)
         self.bottom_state, _ = await client.get_weights("bottom", round, expected=self.bottom_state)
         self.last_trained = client.client_id
         return summary
@@ -48,7 +49,7 @@ class VanillaServer(HandedOnBottomServer):
 
 
 SPEC = register(ParadigmSpec(
-    name="vanilla", server=VanillaServer, client=BottomClient, aliases=("vanilla",),
+    name="vanilla", server=VanillaServer, client=BottomClient, exchange=top_exchange, aliases=("vanilla",),
     summary="sequential ring; bottom weights handed on through the server; labels go to the server",
     deviations=DEVIATIONS,
 ))

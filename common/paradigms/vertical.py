@@ -29,12 +29,14 @@ from torch import nn
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.data import ShardLoader, cap_indices, load_dataset
 from slperf.common.data.attributes import vertical_columns
-from slperf.common.paradigms.base import ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, \
+from slperf.common.paradigms.base import ClientData, ClientGone, ClientHandle, ClientLink, \
     ClientParadigm, EvalResult, ParadigmSpec, PhaseStream, RoundResult, ServerContext, ServerParadigm
 from slperf.common.paradigms.kit.serving import next_batches
 from slperf.common.paradigms.kit.steps import bottom_backward_step, make_optimizer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import CutTensor, Phase, PhaseSummary, CutReply, StepRef
+from slperf.common.data.registry import DATASETS
+from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
 
 HIDDEN = 16
 
@@ -76,7 +78,7 @@ def vertical_client_data(config: RunConfig, index: int, cache_dir=None) -> Clien
     """Every row of the (capped) training set, but only this client's feature columns."""
     dataset = load_dataset(config.dataset, config.data_dir, cache_dir)
     spec = dataset.spec
-    if getattr(spec, "kind", "image") != "tabular":
+    if spec.kind != "tabular":
         raise ConfigError(f"paradigm 'vertical' needs a tabular dataset (adult, german), not '{config.dataset}'")
     columns = vertical_columns(spec, _attribute_counts(config, len(spec.features)))[index]
     rows = np.arange(len(dataset.arrays.train_y), dtype=np.int64)
@@ -112,7 +114,7 @@ class VerticalClient(ClientParadigm):
             ref = StepRef(link.run_id, round, step, Phase.TRAIN)
             emb = self.bottom(x)
             await link.send_activations(ref, emb.detach(), labels=y if self.owner else None, sample_ids=ids)
-            reply = await link.recv_reply(ref, shape=tuple(emb.shape))
+            reply = await link.recv_reply(ref)
             if reply.tensor is not None:
                 bottom_backward_step(emb, reply.tensor, self.optimizer)
             summary.add(int(x.shape[0]), reply.loss, reply.correct)
@@ -139,10 +141,6 @@ class VerticalServer(ServerParadigm):
             raise ConfigError(f"label_owner {self.owner} is not a client index (0..{config.clients - 1})")
         self.top = top_model(sum(self.widths), num_classes, config.seed)
         self.optimizer = make_optimizer(self.top.parameters(), config)
-
-    def _specs(self, batch: int) -> list[ActivationSpec]:
-        return [ActivationSpec(sample_shape=(w,), labels=(i == self.owner), num_classes=self.num_classes,
-                               max_batch=batch) for i, w in enumerate(self.widths)]
 
     def _step(self, embeddings: list[torch.Tensor], labels: torch.Tensor,
               train: bool) -> tuple[list[torch.Tensor], float, int]:
@@ -212,7 +210,7 @@ class VerticalServer(ServerParadigm):
 
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         result = RoundResult(participants=[])
-        streams = [c.train(round, spec) for c, spec in zip(clients, self._specs(self.config.batch_size))]
+        streams = [c.train(round) for c in clients]
         await self._lockstep(clients, streams, True, result)
         for client, stream in zip(clients, streams):
             if client.client_id not in result.dropped and stream.summary is not None:
@@ -221,7 +219,7 @@ class VerticalServer(ServerParadigm):
         return result
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        streams = [c.evaluate(round, spec) for c, spec in zip(clients, self._specs(self.config.eval_batch_size))]
+        streams = [c.evaluate(round) for c in clients]
         correct, loss_sum, samples = await self._lockstep(clients, streams, False, None)
         return EvalResult(accuracy=correct / samples if samples else 0.0,
                           loss=loss_sum / samples if samples else 0.0, samples=samples)
@@ -246,8 +244,22 @@ def _validate(options: dict[str, Any]) -> None:
         raise ConfigError("option 'label_owner' must be a client index >= 0")
 
 
+def _exchange(config: RunConfig, client_index: int) -> Exchange:
+    """Each party its own embedding width; every message names its samples; labels only from the owner.
+
+    train  up the party's embedding (+ labels from the owner), with the sample ids; down its gradient
+    eval   up the embedding (+ labels from the owner), with the sample ids; no reply
+    """
+    emb = TensorSpec((_widths(config)[client_index],))
+    owner = client_index == config.options["label_owner"]
+    return Exchange(train=(Stage(up=emb, down=emb, labels=owner, sample_ids=True),),
+                    eval=(Stage(up=emb, labels=owner, sample_ids=True),),
+                    num_classes=DATASETS[config.dataset].num_classes, max_batch=config.batch_size,
+                    max_eval_batch=config.eval_batch_size)
+
+
 SPEC = register(ParadigmSpec(
-    name="vertical", server=VerticalServer, client=VerticalClient, aliases=("vertical", "vsl"), time_factor=1.3,
+    name="vertical", server=VerticalServer, client=VerticalClient, exchange=_exchange, aliases=("vertical", "vsl"), time_factor=1.3,
     options={"cut_layer_vertical_list": (list, None), "label_owner": (int, 0)},
     validate=_validate, client_data=vertical_client_data, deviations=DEVIATIONS,
     summary="feature columns split across clients (same rows), one label owner, lock-step per batch",

@@ -42,3 +42,37 @@ def test_a_reconnect_to_the_same_run_keeps_the_paradigm_and_a_new_run_builds_a_f
     assert len(built) == 3
     assert all(isinstance(m, Ready) for m in link.sent) and len(link.sent) == 4
     assert all(m.train_samples == 64 for m in link.sent)
+
+
+def test_the_link_checks_every_reply_against_the_exchange_as_strictly_as_the_server_checks_requests():
+    import grpc
+    import pytest
+    import torch
+
+    from slperf.common.paradigms import registry
+    from slperf.common.protocol.types import CutReply, Phase, StepRef
+    from slperf.common.transport.endpoint import Endpoint, Side
+    from slperf.slclient.daemon import ServerError, SessionLink
+    from slperf.v1 import session_pb2
+    from tests.slserver.streams import QueueStream
+
+    config, _ = config_from_mapping({"paradigm": "vanilla", "clients": 1, "batch_size": 4})
+    exchange = registry.get("vanilla").exchange(config, 0)
+    cut = exchange.train[0].up.sample_shape
+
+    async def main():
+        up, down = asyncio.Queue(), asyncio.Queue()
+        link = SessionLink(QueueStream(down, up, session_pb2.ClientMessage), run_id="r", exchange=exchange)
+        server = Endpoint(QueueStream(up, down, session_pb2.ServerMessage), Side.SERVER)
+        good, short = StepRef("r", 0, 0, Phase.TRAIN), StepRef("r", 0, 1, Phase.TRAIN)
+        await link.send_activations(good, torch.zeros(4, *cut), labels=torch.zeros(4, dtype=torch.int64))
+        await server.send(CutReply(good, torch.ones(4, *cut), 0.5, 2, 4))
+        assert (await link.recv_reply(good)).correct == 2
+        await link.send_activations(short, torch.zeros(4, *cut), labels=torch.zeros(4, dtype=torch.int64))
+        await server.send(CutReply(short, torch.ones(3, *cut)))  # a gradient for 3 samples, not the 4 sent
+        with pytest.raises(ServerError) as caught:
+            await link.recv_reply(short)
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "expected 4" in str(caught.value)
+        with pytest.raises(ServerError, match="no cut tensor"):
+            await link.recv_reply(StepRef("r", 0, 7, Phase.TRAIN))  # nothing was sent for it
+    asyncio.run(main())

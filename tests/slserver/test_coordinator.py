@@ -17,9 +17,11 @@ from typing import Any, TypeVar
 import pytest
 
 from slperf.common.config import RunConfig
+from slperf.common.protocol.exchange import Exchange
 from slperf.common.config_loader import config_from_mapping
 from slperf.common.paradigms.base import (ClientGone, ClientParadigm, EvalResult, ParadigmSpec, RoundResult,
-                                          ServerContext, ServerParadigm, sort_outcomes)
+                                          ServerContext, ServerParadigm)
+from slperf.common.paradigms.kit.rounds import gather_round
 from slperf.common.protocol.types import PhaseSummary, RunState
 from slperf.slserver.run_folder import RunFolder
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
@@ -63,6 +65,10 @@ class FakeRegistry:
     def carry(self, client_id: str, traffic: tuple[int, int]) -> None:
         self.bytes[client_id][0] += traffic[0]
         self.bytes[client_id][1] += traffic[1]
+
+
+def _no_exchange(config: RunConfig, client_index: int) -> Exchange:
+    return Exchange(train=(), eval=(), num_classes=10, max_batch=1, max_eval_batch=1)
 
 
 class FakeClient:
@@ -116,8 +122,9 @@ class FakeParadigm(ServerParadigm):
             for client in clients:
                 result.per_client[client.client_id] = await client.train_pass(round)
             return result
-        outcomes = await asyncio.gather(*(c.train_pass(round) for c in clients), return_exceptions=True)
-        for client, summary in sort_outcomes(clients, outcomes, result):
+        outcome = await gather_round(clients, lambda c: c.train_pass(round))
+        result.dropped.extend(outcome.dropped)
+        for client, summary in outcome.done:
             result.per_client[client.client_id] = summary
         self.trained.append(round)
         return result
@@ -154,7 +161,7 @@ class World:
 
     def spec(self, name: str) -> ParadigmSpec:
         self.asked.append(name)
-        return ParadigmSpec(name="fake", server=self._paradigm, client=ClientParadigm)
+        return ParadigmSpec(name="fake", server=self._paradigm, client=ClientParadigm, exchange=_no_exchange)
 
     def client(self, client_id: str, index: int, registry: Any, config: RunConfig, run_id: str) -> FakeClient:
         assert registry is self.registry and run_id

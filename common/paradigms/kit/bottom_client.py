@@ -30,7 +30,7 @@ class BottomClient(ClientParadigm):
             ref = StepRef(link.run_id, round, step, Phase.TRAIN)
             acts = self.bottom(x)
             await link.send_activations(ref, acts.detach(), labels=y)
-            reply = await link.recv_reply(ref, shape=tuple(acts.shape))
+            reply = await link.recv_reply(ref)
             if reply.tensor is not None:  # paradigms may withhold the gradient (e.g. a frozen client)
                 bottom_backward_step(acts, reply.tensor, self.optimizer)
             summary.add(int(y.shape[0]), reply.loss, reply.correct)

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol, S
 import torch
 from torch import nn
 
-from slperf.common.paradigms.base import ActivationSpec, ClientGone, ClientHandle, EvalResult, NoClientLeft, \
+from slperf.common.paradigms.base import ClientGone, ClientHandle, EvalResult, NoClientLeft, \
     RoundResult, ServerContext
 from slperf.common.paradigms.kit.aggregate import pooled
 from slperf.common.paradigms.kit.rounds import first_available, gather_round
@@ -23,8 +23,7 @@ _forward_backward = functools.partial(top_train_step, step=False)
 
 
 # -- one client against a top ----------------------------------------------------------------------------
-async def serve_training(ctx: ServerContext, client: ClientHandle, round: int, spec: ActivationSpec,
-                         top: nn.Module, optimizer: torch.optim.Optimizer,
+async def serve_training(ctx: ServerContext, client: ClientHandle, round: int, top: nn.Module, optimizer: torch.optim.Optimizer,
                          options: Mapping[str, Any] | None = None) -> PhaseSummary:
     """One client's pass against a top only it uses: for each batch, step the top and send the activation
     gradient back.
@@ -33,7 +32,7 @@ async def serve_training(ctx: ServerContext, client: ClientHandle, round: int, s
     travels and the client runs its backward pass (the client needs only the gradient), and it is finished
     before the next batch is touched, so the arithmetic is exactly that of stepping first.
     """
-    stream = client.train(round, spec, options)
+    stream = client.train(round, options)
     async for batch in stream:
         out = await ctx.compute(_forward_backward, top, optimizer, batch.tensor, batch.labels)
         stepping = asyncio.ensure_future(ctx.compute(optimizer.step))
@@ -46,11 +45,11 @@ async def serve_training(ctx: ServerContext, client: ClientHandle, round: int, s
 
 
 async def serve_in_arrival_order(ctx: ServerContext, lock: asyncio.Lock, client: ClientHandle, round: int,
-                                 spec: ActivationSpec, top: nn.Module,
+                                 top: nn.Module,
                                  optimizer: torch.optim.Optimizer) -> PhaseSummary:
     """One client's pass against a top other clients share: one step per batch, in the order batches come.
     The lock around the shared top makes "arrival order" hold whatever executor ``ctx.compute`` uses."""
-    stream = client.train(round, spec)
+    stream = client.train(round)
     async for batch in stream:
         async with lock:
             out = await ctx.compute(top_train_step, top, optimizer, batch.tensor, batch.labels)
@@ -86,11 +85,11 @@ class Barrier:
     ``dropped``); the others go on, so shards of different sizes never deadlock.
     """
 
-    def __init__(self, clients: Sequence[ClientHandle], round: int, spec: ActivationSpec):
+    def __init__(self, clients: Sequence[ClientHandle], round: int):
         self.active: list[ClientHandle] = list(clients)
         self.summaries: dict[str, PhaseSummary] = {}
         self.dropped: list[str] = []
-        self._streams = {c.client_id: c.train(round, spec) for c in clients}
+        self._streams = {c.client_id: c.train(round) for c in clients}
         self._iters = {cid: aiter(s) for cid, s in self._streams.items()}
 
     def drop(self, client: ClientHandle) -> None:
@@ -128,14 +127,14 @@ async def reply_or_drop(barrier: Barrier, client: ClientHandle, reply: CutReply)
 ServerStep = Callable[[Barrier, list[tuple[ClientHandle, CutTensor]]], Awaitable[None]]
 
 
-async def lockstep_round(clients: Sequence[ClientHandle], round: int, spec: ActivationSpec,
+async def lockstep_round(clients: Sequence[ClientHandle], round: int,
                          push: Callable[[ClientHandle], Awaitable[None]],
                          pull: Callable[[ClientHandle], Awaitable[None]], server_step: ServerStep) -> RoundResult:
     """A lock-step round: ``push`` to every client, then per step ``server_step`` with one batch from every
     client still in the pass (``Barrier``), then ``pull`` from every client that finished its pass."""
     pushed = await gather_round(clients, push)
     ready = pushed.clients
-    barrier = Barrier(ready, round, spec)
+    barrier = Barrier(ready, round)
     async for batches in barrier.steps():
         await server_step(barrier, batches)
     pulled = await gather_round([c for c in ready if c.client_id in barrier.summaries], pull)
@@ -224,11 +223,10 @@ class RoundRobinGate:
 
 
 # -- evaluation ------------------------------------------------------------------------------------------------
-async def evaluate_through(ctx: ServerContext, client: ClientHandle, round: int, spec: ActivationSpec,
-                           top: nn.Module) -> EvalResult:
+async def evaluate_through(ctx: ServerContext, client: ClientHandle, round: int, top: nn.Module) -> EvalResult:
     """The client streams test-set activations (no reply per batch); the server scores them with its top."""
     scored = PhaseSummary()
-    async for batch in client.evaluate(round, spec):
+    async for batch in client.evaluate(round):
         out = await ctx.compute(top_eval_step, top, batch.tensor, batch.labels)
         scored.add(out.count, out.loss, out.correct)
     n = scored.samples
@@ -236,18 +234,18 @@ async def evaluate_through(ctx: ServerContext, client: ClientHandle, round: int,
 
 
 async def evaluate_first_available(ctx: ServerContext, clients: Sequence[ClientHandle], round: int,
-                                   spec: ActivationSpec, bottom_state: State, top: nn.Module) -> EvalResult:
+                                   bottom_state: State, top: nn.Module) -> EvalResult:
     """Evaluates the global bottom + top through the first client that answers (in the given order): it is
     handed the bottom first, so any client can do it and a dropped one is simply skipped."""
     async def through(client: ClientHandle) -> EvalResult:
         await client.set_weights("bottom", bottom_state, round)
-        return await evaluate_through(ctx, client, round, spec, top)
+        return await evaluate_through(ctx, client, round, top)
 
     return await first_available(clients, through, "evaluate through")
 
 
 async def evaluate_every_client(ctx: ServerContext, round: int, clients: Sequence[ClientHandle],
-                                spec: ActivationSpec, top: nn.Module,
+                                top: nn.Module,
                                 push: Callable[[ClientHandle], Awaitable[None]] | None = None
                                 ) -> tuple[EvalResult, dict[str, float]]:
     """Each client scores the test set with its own bottom and the shared top; figures pooled over clients,
@@ -258,7 +256,7 @@ async def evaluate_every_client(ctx: ServerContext, round: int, clients: Sequenc
     async def one(client: ClientHandle) -> EvalResult:
         if push is not None:
             await push(client)
-        return await evaluate_through(ctx, client, round, spec, top)
+        return await evaluate_through(ctx, client, round, top)
 
     outcome = await gather_round(clients, one)
     if not outcome.done:

@@ -1,35 +1,49 @@
 """The server half's base for paradigms with a bottom on each client and the top (and the loss) on the
-server: the split, and what a valid activation message looks like at its cut."""
+server: the split, and the exchange every such paradigm declares."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
 from slperf.common.config import RunConfig
 from slperf.common.models import build_split
-from slperf.common.paradigms.base import ActivationSpec, ClientHandle, EvalResult, ServerContext, ServerParadigm
+from slperf.common.data.registry import DATASETS
+from slperf.common.paradigms.base import ClientHandle, EvalResult, ServerContext, ServerParadigm
+from slperf.common.paradigms.kit.cuts import cut_shapes
 from slperf.common.paradigms.kit.rounds import latest_first
 from slperf.common.paradigms.kit.serving import collect_own_bottom, evaluate_every_client, evaluate_first_available, \
     send_own_bottom
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
+from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
 from slperf.common.protocol.types import State
 
 
+def top_exchange(config: RunConfig, client_index: int = 0, *, gradient_optional: bool = False) -> Exchange:
+    """The exchange of every paradigm whose server holds the top and the loss (the same for every client).
+
+    train  up the bottom's activations with the labels, down the gradient at the cut (which the server may
+           withhold where ``gradient_optional``: async SL's frozen state) with the batch's loss and accuracy
+    eval   up the activations with the labels; no reply (the server scores them)
+    """
+    dataset = DATASETS[config.dataset]
+    (cut,) = cut_shapes(config.model, tuple(dataset.input_shape), dataset.num_classes, config.seed,
+                        (config.split_layer,))
+    acts = TensorSpec(cut)
+    return Exchange(train=(Stage(up=acts, down=acts, labels=True, down_optional=gradient_optional),),
+                    eval=(Stage(up=acts, labels=True),), num_classes=dataset.num_classes,
+                    max_batch=config.batch_size, max_eval_batch=config.eval_batch_size)
+
+
 class TopSegmentServer(ServerParadigm):
-    """Builds the two-segment split at ``split_layer`` (``self.split``: bottom, top) and the train and eval
-    activation specs; the subclass decides how many tops it keeps and how it steps them."""
+    """Builds the two-segment split at ``split_layer`` (``self.split``: bottom, top); the subclass decides how
+    many tops it keeps and how it steps them."""
 
     def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         super().__init__(config, ctx, num_classes, input_shape)
         self.split = build_split(config.model, input_shape, num_classes, config.seed, [config.split_layer])
-        self.train_spec = self.activation_spec(config.batch_size)
-        self.eval_spec = self.activation_spec(config.eval_batch_size)
 
     def describe(self) -> dict[str, Any]:
         return self.split.cut_facts()
 
-    def activation_spec(self, batch_size: int) -> ActivationSpec:
-        return ActivationSpec(sample_shape=self.split.cut_shapes[0], labels=True, num_classes=self.num_classes,
-                              max_batch=batch_size)
 
 
 class SharedTopServer(TopSegmentServer):
@@ -54,7 +68,7 @@ class SharedTopServer(TopSegmentServer):
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         result, per_client = await evaluate_every_client(
-            self.ctx, round, clients, self.eval_spec, self.top, push=lambda c: self.push_bottom(c, round))
+            self.ctx, round, clients, self.top, push=lambda c: self.push_bottom(c, round))
         result.extra["test_accuracy_per_client"] = per_client
         return result
 
@@ -87,7 +101,7 @@ class HandedOnBottomServer(TopSegmentServer):
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         return await evaluate_first_available(self.ctx, latest_first(clients, self.last_trained), round,
-                                              self.eval_spec, self.bottom_state, self.top)
+                                              self.bottom_state, self.top)
 
     def model_state(self) -> dict[str, State]:
         return {"bottom": self.bottom_state, "top": clone_state(self.top)}

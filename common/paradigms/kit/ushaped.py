@@ -28,11 +28,13 @@ from torch import nn
 
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.models import SplitModel, build_model, build_split
-from slperf.common.paradigms.base import ActivationSpec, ClientData, ClientGone, ClientHandle, ClientLink, \
+from slperf.common.paradigms.kit.cuts import cut_shapes
+from slperf.common.paradigms.base import ClientData, ClientGone, ClientHandle, ClientLink, \
     ClientParadigm, EvalResult, ServerContext
 from slperf.common.paradigms.kit.serving import Gate
 from slperf.common.paradigms.kit.steps import bottom_backward_step, make_optimizer
-from slperf.common.protocol.types import Phase, PhaseSummary, CutReply, State, StepRef
+from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
+from slperf.common.protocol.types import CutReply, Phase, PhaseSummary, State, StepRef
 
 HEAD, TAIL = "head", "tail"
 Ends = dict[str, State]  # a client's head and tail: {HEAD: state, TAIL: state}
@@ -63,14 +65,19 @@ def build_ushaped(config: RunConfig, input_shape: Sequence[int], num_classes: in
     return build_split(config.model, input_shape, num_classes, config.seed, cuts)
 
 
-def stage_specs(split: SplitModel, num_classes: int, batch_size: int) -> list[ActivationSpec]:
-    """What a training step's two client->server messages look like, in arrival order; never labels."""
-    return [
-        ActivationSpec(sample_shape=split.cut_shapes[0], labels=False, num_classes=num_classes,
-                       max_batch=batch_size, stage=HEAD),
-        ActivationSpec(sample_shape=split.cut_shapes[1], labels=False, num_classes=num_classes,
-                       max_batch=batch_size, stage=TAIL),
-    ]
+def ushaped_exchange(config: RunConfig, input_shape: Sequence[int], num_classes: int) -> Exchange:
+    """The four messages of a U-shaped step, and the two of an evaluation step; labels never leave the client.
+
+    train  head: up the head's activations a1, down the middle's output a2
+           tail: up the gradient of the loss at a2, down the gradient at a1
+    eval   head: up a1, down a2 (the client scores the tail's output against its own labels)
+    """
+    cut1, cut2 = (TensorSpec(shape) for shape in cut_shapes(config.model, tuple(input_shape), num_classes,
+                                                             config.seed, tuple(ushaped_cuts(config, input_shape,
+                                                                                             num_classes))))
+    head = Stage(up=cut1, down=cut2, name=HEAD)
+    return Exchange(train=(head, Stage(up=cut2, down=cut1, name=TAIL)), eval=(head,), num_classes=num_classes,
+                    max_batch=config.batch_size, max_eval_batch=config.eval_batch_size)
 
 
 def check_tail_layer(options: Mapping[str, Any]) -> None:
@@ -117,10 +124,9 @@ async def collect_ends(client: ClientHandle, ends: Mapping[str, State], round: i
     return new
 
 
-async def serve_ushaped(ctx: ServerContext, client: ClientHandle, round: int, specs: Sequence[ActivationSpec],
-                        middle: nn.Module, optimizer: torch.optim.Optimizer, gate: Gate) -> PhaseSummary:
+async def serve_ushaped(ctx: ServerContext, client: ClientHandle, round: int, middle: nn.Module, optimizer: torch.optim.Optimizer, gate: Gate) -> PhaseSummary:
     """One client's training pass: the 4-message exchange per step, holding ``gate`` from head to tail."""
-    stream = client.train(round, specs)
+    stream = client.train(round)
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
     held = False
     try:
@@ -150,11 +156,10 @@ async def serve_ushaped(ctx: ServerContext, client: ClientHandle, round: int, sp
     return stream.summary
 
 
-async def evaluate_ushaped(ctx: ServerContext, client: ClientHandle, round: int, spec: ActivationSpec,
-                           middle: nn.Module) -> EvalResult:
+async def evaluate_ushaped(ctx: ServerContext, client: ClientHandle, round: int, middle: nn.Module) -> EvalResult:
     """The client streams head activations of the test set; the server answers each with the middle output;
     the client scores its tail output against its own labels and reports the figures in its summary."""
-    stream = client.evaluate(round, spec)
+    stream = client.evaluate(round)
     async for batch in stream:
         a2 = await ctx.compute(middle_eval, middle, batch.tensor)
         await client.reply(CutReply(batch.ref, a2, count=int(a2.shape[0])))
@@ -173,7 +178,6 @@ class UShapedClient(ClientParadigm):
         super().__init__(config, index, num_clients, data)
         split = build_ushaped(config, data.input_shape, data.num_classes)
         self.head, _, self.tail = split.segments
-        self.middle_shape = split.cut_shapes[1]
         self.segments = {HEAD: self.head, TAIL: self.tail}
         self.head_optimizer = make_optimizer(self.head.parameters(), config)
         self.tail_optimizer = make_optimizer(self.tail.parameters(), config)
@@ -187,7 +191,7 @@ class UShapedClient(ClientParadigm):
             tail_ref = StepRef(link.run_id, round, step, Phase.TRAIN, TAIL)
             a1 = self.head(x)
             await link.send_activations(head_ref, a1.detach())  # 1: no labels
-            down = await link.recv_reply(head_ref, shape=(x.shape[0], *self.middle_shape))  # 2
+            down = await link.recv_reply(head_ref)  # 2
             if down.tensor is None:
                 raise ValueError(f"step {step}: the server sent no middle output")
             a2 = down.tensor.detach().requires_grad_(True)
@@ -197,7 +201,7 @@ class UShapedClient(ClientParadigm):
             loss.backward()
             self.tail_optimizer.step()
             await link.send_activations(tail_ref, a2.grad)  # 3
-            up = await link.recv_reply(tail_ref, shape=tuple(a1.shape))  # 4
+            up = await link.recv_reply(tail_ref)  # 4
             if up.tensor is None:
                 raise ValueError(f"step {step}: the server sent no gradient for the head")
             bottom_backward_step(a1, up.tensor, self.head_optimizer)
@@ -214,7 +218,7 @@ class UShapedClient(ClientParadigm):
             with torch.no_grad():
                 a1 = self.head(x)
             await link.send_activations(ref, a1)
-            down = await link.recv_reply(ref, shape=(x.shape[0], *self.middle_shape))
+            down = await link.recv_reply(ref)
             if down.tensor is None:
                 raise ValueError(f"eval step {step}: the server sent no middle output")
             with torch.no_grad():

@@ -99,14 +99,15 @@ class FakeLink:
         if conn.die_after is not None and conn.sent_activations > conn.die_after:
             raise Dead()
         batch = CutTensor(ref, _copy(tensor), _copy(labels))
+        self.sent_shape = tuple(tensor.shape)
         conn.up(("cut_tensor", batch), _nbytes(tensor, labels))
 
-    async def recv_reply(self, ref: StepRef, shape) -> CutReply:
+    async def recv_reply(self, ref: StepRef) -> CutReply:
         kind, reply = await self.conn.down_q.get()
         assert kind == "cut_reply", f"client {self.conn.client_id} expected cut_reply, got {kind}"
         assert reply.ref == ref, (reply.ref, ref)
-        if reply.tensor is not None and shape is not None:
-            assert tuple(reply.tensor.shape) == tuple(shape)
+        if reply.tensor is not None:  # bottom/top paradigms: the gradient has the activations' shape
+            assert tuple(reply.tensor.shape) == self.sent_shape
         return reply
 
 
@@ -182,11 +183,11 @@ class Conn:
         assert set(state) == set(expected)
         return state, samples
 
-    def train(self, round, spec, options=None) -> "FakeStream":
-        return FakeStream(self, ("train", (round, dict(options or {}))), round, spec)
+    def train(self, round, options=None) -> "FakeStream":
+        return FakeStream(self, ("train", (round, dict(options or {}))), round)
 
-    def evaluate(self, round, spec) -> "FakeStream":
-        return FakeStream(self, ("evaluate", round), round, spec)
+    def evaluate(self, round) -> "FakeStream":
+        return FakeStream(self, ("evaluate", round), round)
 
     async def reply(self, reply: CutReply) -> None:
         copied = CutReply(reply.ref, _copy(reply.tensor), reply.loss, reply.correct, reply.count)
@@ -196,11 +197,10 @@ class Conn:
 class FakeStream:
     """A PhaseStream: activations in step order, then the client's PhaseDone summary."""
 
-    def __init__(self, conn: Conn, instruction, round: int, spec):
+    def __init__(self, conn: Conn, instruction, round: int):
         self.conn = conn
         self.instruction = instruction
         self.round = round
-        self.spec = spec
         self.summary: PhaseSummary | None = None
 
     async def _run(self):

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 import slperf.common.paradigms as package
 from slperf.cli import main
-from slperf.common.config import ConfigError, config_from_mapping
+from slperf.common.config import ConfigError
+from slperf.common.config_loader import config_from_mapping
 from slperf.common.paradigms import registry
 
 API = {"slperf.common.paradigms.base", "slperf.common.paradigms.registry"}
