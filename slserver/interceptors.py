@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -40,11 +41,14 @@ log = logging.getLogger("slperf.server")
 CONTROL_SERVICE = "slperf.v1.Control"
 SESSION_METHOD = "/slperf.v1.SplitLearning/Session"
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
-Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
+# A method handler of any call. RpcMethodHandler is generic in the stubs only (at run time it cannot be
+# subscripted), hence the quotes.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
+Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 # Runs when the call starts, before the handler; aborts the call to refuse it. Its first argument is the request
 # of a unary call, or the request iterator of a streaming one (which it must not read).
-Check = Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]
+Check = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
 
 # The verified client identity of the current session call, set by ClientIdentityInterceptor. A gRPC call runs
 # in a contextvars.Context of its own, so the value never leaks into another call.
@@ -77,21 +81,21 @@ def _checked_first(behaviour: Behaviour, check: Check) -> Behaviour:
     """``behaviour`` with ``check`` awaited before it, of the same kind (coroutine or async generator), which is
     what grpc.aio looks at to decide how to drive it."""
     if inspect.isasyncgenfunction(behaviour):
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await check(request, context)
             async for item in behaviour(request, context):
                 yield item
         return stream
     if inspect.iscoroutinefunction(behaviour):
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await check(request, context)
             return await behaviour(request, context)
         return call
     raise TypeError(f"{behaviour!r} is not an async handler; the server's handlers are all async")
 
 
-def with_check(handler: grpc.RpcMethodHandler, check: Check,
-               request_deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+def with_check(handler: Handler, check: Check,
+               request_deserializer: Callable[[bytes], Any] | None = None) -> Handler:
     """A copy of ``handler`` whose behaviour awaits ``check`` first (and parses with ``request_deserializer``
     when given)."""
     attr, make = _BEHAVIOUR[(handler.request_streaming, handler.response_streaming)]
@@ -116,15 +120,18 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         }
 
     async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+                                handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         handler = await continuation(handler_call_details)
         name = self._message_names.get(handler_call_details.method)
         if handler is None or name is None or handler.request_streaming:
             return handler  # streams answer bad bytes in-stream (see transport.channel.Malformed)
-        return with_check(handler, _refuse_malformed, safe_parser(name, handler.request_deserializer))
+        parse = handler.request_deserializer
+        if parse is None:  # raw bytes in; never so for a generated registration, which always names the message
+            return handler
+        return with_check(handler, _refuse_malformed, safe_parser(name, parse))
 
 
-async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
+async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     if isinstance(request, Malformed):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
 
@@ -136,14 +143,14 @@ class OperatorInterceptor(grpc.aio.ServerInterceptor):
         self._service = service
 
     async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+                                handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None or _service_of(handler_call_details.method) != self._service:
             return handler
         return with_check(handler, _require_operator)
 
 
-async def _require_operator(_request: Any, context: grpc.aio.ServicerContext) -> None:
+async def _require_operator(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     ident = identity_from_auth_context(context.auth_context())
     if ident is None or ident.role != Role.OPERATOR:
         who = f"a {ident.role} certificate ({ident.name})" if ident else "no certificate"
@@ -160,14 +167,14 @@ class ClientIdentityInterceptor(grpc.aio.ServerInterceptor):
         self._method = method
 
     async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+                                handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method != self._method:
             return handler
         return with_check(handler, _require_client)
 
 
-async def _require_client(_requests: Any, context: grpc.aio.ServicerContext) -> None:
+async def _require_client(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     ident = identity_from_auth_context(context.auth_context())
     if ident is None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate identity on this connection")
@@ -200,7 +207,7 @@ class HelloAuthorizer:
         self.insecure = insecure
         self.allowed = allowed  # None = every client the CA certified
 
-    async def client(self, context: grpc.aio.ServicerContext, claimed: str) -> None:
+    async def client(self, context: grpc.aio.ServicerContext[Any, Any], claimed: str) -> None:
         """Aborts the call unless ``claimed`` is allowed, the certificate names it, and it is not revoked."""
         if self.allowed is not None and claimed not in self.allowed:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -21,14 +23,21 @@ from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import Welcome
 from slperf.common.security.ids import valid_client_id, valid_run_id
 from slperf.common.transport.channel import Malformed, serialize_envelope, session_request_parser
-from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES
+from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES, ChunkEnvelope
 from slperf.common.wire.serde import PROTOCOL_VERSION, hello_from_pb
 from slperf.slserver.coordinator import Run, RunCoordinator
 from slperf.slserver.interceptors import HelloAuthorizer
 from slperf.slserver.sessions import Session, SessionRegistry
-from slperf.v1 import service_pb2, service_pb2_grpc
+from slperf.v1 import service_pb2, service_pb2_grpc, session_pb2
 
 log = logging.getLogger("slperf.server")
+
+# What the session stream carries: its deserializer (``session_request_parser``) hands the handler a protobuf
+# ClientMessage, a hand-parsed ChunkEnvelope or, for bytes that do not parse, Malformed; its serializer
+# (``serialize_envelope``) sends ServerMessages and hand-built ChunkEnvelopes.
+SessionRequest: TypeAlias = session_pb2.ClientMessage | ChunkEnvelope | Malformed
+SessionResponse: TypeAlias = session_pb2.ServerMessage | ChunkEnvelope
+SessionContext: TypeAlias = grpc.aio.ServicerContext[SessionRequest, SessionResponse]
 
 
 class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
@@ -36,17 +45,18 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
         self.registry = registry
         self.auth = auth
 
-    async def Session(self, request_iterator, context: grpc.aio.ServicerContext):
+    async def Session(self, request_iterator: AsyncIterator[SessionRequest], context: SessionContext) -> None:
         limits = self.registry.limits
         try:
             first = await asyncio.wait_for(context.read(), limits.hello_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {limits.hello_timeout:.0f} s")
         if first == grpc.aio.EOF:
             return
         if isinstance(first, Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.reason)
-        if first.WhichOneof("body") != "hello":
+        # A ChunkEnvelope's body is always "chunk"; the isinstance check is for the type checker.
+        if not isinstance(first, session_pb2.ClientMessage) or first.WhichOneof("body") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be Hello")
         hello = hello_from_pb(first.hello)
         if hello.protocol_version != PROTOCOL_VERSION:
@@ -76,8 +86,9 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             finally:
                 closed.cancel()
                 reader.cancel()
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                raise reader.exception()
+            failure = reader.exception() if reader.done() and not reader.cancelled() else None
+            if failure is not None:
+                raise failure
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:  # a broken stream ends this session only
@@ -89,9 +100,10 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
 
 
 def add_session_service(server: grpc.aio.Server, sessions: SplitLearningService) -> None:
-    """Registers the session stream by hand: its deserialiser must never raise (see ``slperf.common.transport.channel.Malformed``),
-    so that bad bytes get INVALID_ARGUMENT in-stream and the session goes on, and its serialiser must also send the
-    hand-built chunk envelopes. (Control uses the generated registration; the interceptors guard it.)"""
+    """Registers the session stream by hand: its deserialiser must never raise (see
+    ``slperf.common.transport.channel.Malformed``), so that bad bytes get INVALID_ARGUMENT in-stream and the session
+    goes on, and its serialiser must also send the hand-built chunk envelopes. (Control uses the generated
+    registration; the interceptors guard it.)"""
     parse = session_request_parser()
     session_handlers = {
         "Session": grpc.stream_stream_rpc_method_handler(
@@ -126,7 +138,9 @@ class ControlService(service_pb2_grpc.ControlServicer):
             return None
         return run
 
-    async def StartRun(self, request, context):
+    async def StartRun(self, request: service_pb2.StartRunRequest,
+                       context: grpc.aio.ServicerContext[service_pb2.StartRunRequest, service_pb2.StartRunResponse],
+                       ) -> service_pb2.StartRunResponse:
         try:
             config, warnings = load_config_text(request.config, source="run config")
         except ConfigError as exc:
@@ -141,7 +155,9 @@ class ControlService(service_pb2_grpc.ControlServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return service_pb2.StartRunResponse(run_id=run.run_id)
 
-    async def Status(self, request, context):
+    async def Status(self, request: service_pb2.StatusRequest,
+                     context: grpc.aio.ServicerContext[service_pb2.StatusRequest, service_pb2.StatusResponse],
+                     ) -> service_pb2.StatusResponse:
         loop = asyncio.get_running_loop()
         clients = [
             service_pb2.ClientStatus(client_id=s.client_id, state=s.state.value, peer=s.peer, bytes_up=s.counter.up,
@@ -151,11 +167,13 @@ class ControlService(service_pb2_grpc.ControlServicer):
         return service_pb2.StatusResponse(clients=clients, run=_run_status(self.coordinator.current),
                                           server_version=__version__)
 
-    async def WatchRun(self, request, context):
+    async def WatchRun(self, request: service_pb2.WatchRunRequest,
+                       context: grpc.aio.ServicerContext[service_pb2.WatchRunRequest, service_pb2.RunEvent],
+                       ) -> AsyncIterator[service_pb2.RunEvent]:
         run = self._run(request.run_id)
         if run is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} on this server")
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         run.watchers.append(queue)
         try:
             yield service_pb2.RunEvent(run_id=run.run_id, kind="state", status=_run_status(run))
@@ -170,7 +188,9 @@ class ControlService(service_pb2_grpc.ControlServicer):
         finally:
             run.watchers.remove(queue)
 
-    async def StopRun(self, request, context):
+    async def StopRun(self, request: service_pb2.StopRunRequest,
+                      context: grpc.aio.ServicerContext[service_pb2.StopRunRequest, service_pb2.StopRunResponse],
+                      ) -> service_pb2.StopRunResponse:
         run = self._run(request.run_id)
         if run is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} on this server")
@@ -178,6 +198,8 @@ class ControlService(service_pb2_grpc.ControlServicer):
         await self.coordinator.stop(run)
         return service_pb2.StopRunResponse(stopped=was_running)
 
-    async def Shutdown(self, request, context):
+    async def Shutdown(self, request: service_pb2.ShutdownRequest,
+                       context: grpc.aio.ServicerContext[service_pb2.ShutdownRequest, service_pb2.ShutdownResponse],
+                       ) -> service_pb2.ShutdownResponse:
         self.shutdown_event.set()
         return service_pb2.ShutdownResponse()
