@@ -1,12 +1,14 @@
 """Shared by the performance benchmarks: where results go, what the machine was doing, small statistics."""
+
 from __future__ import annotations
 
 import json
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from slperf.bench.machine import machine_info
 
@@ -16,8 +18,13 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 def write_result(name: str, data: dict[str, Any], results_dir: Path | None = None) -> Path:
     folder = Path(results_dir) if results_dir else RESULTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine_info(), **data,
-               "note": "measured on a shared machine; timings are noisy (see machine.loadavg)"}
+    payload = {
+        "benchmark": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": machine_info(),
+        **data,
+        "note": "measured on a shared machine; timings are noisy (see machine.loadavg)",
+    }
     path = folder / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")

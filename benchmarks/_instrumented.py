@@ -8,6 +8,7 @@ client daemon) is remembered through the endpoint observer hook when the session
 writes ``COUNTS_DIR/NAME.json`` with, per session, the envelopes and bytes it sent and received, and its own peak
 RSS.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,12 +36,23 @@ def _dump(path: Path, name: str, role: str) -> None:
     from slperf.bench.memory import self_peak_rss_bytes
 
     with _lock:
-        sessions = [{"client_id": r["client_id"] or name, "sent": r["counter"].messages_down if role == "server"
-                     else r["counter"].messages_up, "received": r["counter"].messages_up if role == "server"
-                     else r["counter"].messages_down, "bytes_up": r["counter"].up, "bytes_down": r["counter"].down}
-                    for r in _records]
-    data = {"name": name, "role": role, "pid": os.getpid(), "sessions": sessions,
-            "peak_rss_bytes": self_peak_rss_bytes()}
+        sessions = [
+            {
+                "client_id": r["client_id"] or name,
+                "sent": r["counter"].messages_down if role == "server" else r["counter"].messages_up,
+                "received": r["counter"].messages_up if role == "server" else r["counter"].messages_down,
+                "bytes_up": r["counter"].up,
+                "bytes_down": r["counter"].down,
+            }
+            for r in _records
+        ]
+    data = {
+        "name": name,
+        "role": role,
+        "pid": os.getpid(),
+        "sessions": sessions,
+        "peak_rss_bytes": self_peak_rss_bytes(),
+    }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)

@@ -19,6 +19,7 @@ data buffers with tracemalloc; torch's own allocator does not, so torch-allocate
 On glibc, MiB-sized buffers are dominated by page faults of fresh mmap'd memory; compare with
 ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment (recorded in the JSON).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,10 @@ import statistics
 import sys
 import time
 import tracemalloc
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,15 +60,21 @@ def _torch_load(b: bytes) -> torch.Tensor:
 
 def methods(shape: tuple[int, ...]) -> dict[str, tuple[Callable[[torch.Tensor], Any], Callable[[Any], torch.Tensor]]]:
     return {
-        "codec": (lambda t: encode_tensor(t).SerializeToString(),
-                  lambda b: decode_tensor(tensor_pb2.Tensor.FromString(b))),
-        "codec-readonly": (lambda t: encode_tensor(t).SerializeToString(),
-                           lambda b: decode_tensor(tensor_pb2.Tensor.FromString(b), writable=False)),
+        "codec": (
+            lambda t: encode_tensor(t).SerializeToString(),
+            lambda b: decode_tensor(tensor_pb2.Tensor.FromString(b)),
+        ),
+        "codec-readonly": (
+            lambda t: encode_tensor(t).SerializeToString(),
+            lambda b: decode_tensor(tensor_pb2.Tensor.FromString(b), writable=False),
+        ),
         "codec-message": (encode_tensor, decode_tensor),
         "torch.save": (_torch_save, _torch_load),
         "pickle": (lambda t: pickle.dumps(t, protocol=5), pickle.loads),
-        "numpy-copy": (lambda t: t.numpy().tobytes(),
-                       lambda b: torch.from_numpy(np.frombuffer(b, dtype=np.float32).copy()).view(shape)),
+        "numpy-copy": (
+            lambda t: t.numpy().tobytes(),
+            lambda b: torch.from_numpy(np.frombuffer(b, dtype=np.float32).copy()).view(shape),
+        ),
     }
 
 
@@ -119,30 +127,41 @@ def run(seconds: float, repeats: int) -> list[dict[str, Any]]:
         for name, (encode, decode) in methods(shape).items():
             wire = encode(t)
             assert torch.equal(decode(wire), t), name
-            enc_best, enc_med = _time(lambda: encode(t), seconds, repeats)
-            dec_best, dec_med = _time(lambda: decode(wire), seconds, repeats)
+            enc_best, enc_med = _time(lambda encode=encode, t=t: encode(t), seconds, repeats)
+            dec_best, dec_med = _time(lambda decode=decode, wire=wire: decode(wire), seconds, repeats)
             wire_bytes = len(wire) if isinstance(wire, (bytes, bytearray)) else wire.ByteSize()
-            rows.append({
-                "shape": list(shape), "dtype": "float32", "tensor_bytes": nbytes, "method": name,
-                "wire_bytes": wire_bytes,
-                "encode_us": enc_best * 1e6, "decode_us": dec_best * 1e6,
-                "encode_gbps": nbytes / enc_best / 1e9, "decode_gbps": nbytes / dec_best / 1e9,
-                "encode_gbps_median": nbytes / enc_med / 1e9, "decode_gbps_median": nbytes / dec_med / 1e9,
-                **_allocations(decode, wire),
-            })
+            rows.append(
+                {
+                    "shape": list(shape),
+                    "dtype": "float32",
+                    "tensor_bytes": nbytes,
+                    "method": name,
+                    "wire_bytes": wire_bytes,
+                    "encode_us": enc_best * 1e6,
+                    "decode_us": dec_best * 1e6,
+                    "encode_gbps": nbytes / enc_best / 1e9,
+                    "decode_gbps": nbytes / dec_best / 1e9,
+                    "encode_gbps_median": nbytes / enc_med / 1e9,
+                    "decode_gbps_median": nbytes / dec_med / 1e9,
+                    **_allocations(decode, wire),
+                }
+            )
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'shape':<16} {'MB':>6} {'method':<15} {'wire B':>10} {'enc GB/s':>9} {'dec GB/s':>9} "
-            f"{'enc us':>9} {'dec us':>9} {'blocks':>7} {'held B':>9} {'peak B':>9}")
+    head = (
+        f"{'shape':<16} {'MB':>6} {'method':<15} {'wire B':>10} {'enc GB/s':>9} {'dec GB/s':>9} "
+        f"{'enc us':>9} {'dec us':>9} {'blocks':>7} {'held B':>9} {'peak B':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{'x'.join(map(str, r['shape'])):<16} {r['tensor_bytes'] / 1e6:>6.2f} {r['method']:<15} "
             f"{r['wire_bytes']:>10} {r['encode_gbps']:>9.2f} {r['decode_gbps']:>9.2f} {r['encode_us']:>9.1f} "
             f"{r['decode_us']:>9.1f} {r['alloc_blocks_per_decode']:>7.1f} {r['alloc_bytes_per_decode']:>9.0f} "
-            f"{r['peak_traced_bytes_per_decode']:>9.0f}")
+            f"{r['peak_traced_bytes_per_decode']:>9.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -158,13 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(args.seconds, args.repeats)
     print(table(rows))
     meta = {
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
         "protobuf": __import__("google.protobuf").protobuf.__version__,
-        "protobuf_backend": __import__("google.protobuf.internal.api_implementation",
-                                       fromlist=["Type"]).Type(),
-        "platform": platform.platform(), "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
-        "seconds": args.seconds, "repeats": args.repeats, "gb": "1e9 bytes of tensor data per second",
+        "protobuf_backend": __import__("google.protobuf.internal.api_implementation", fromlist=["Type"]).Type(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "seconds": args.seconds,
+        "repeats": args.repeats,
+        "gb": "1e9 bytes of tensor data per second",
         # glibc malloc tuning changes these figures a lot for MiB-sized buffers (mmap/trim page-fault churn)
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,

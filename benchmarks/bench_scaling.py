@@ -12,6 +12,7 @@ client, envelopes it sent vs envelopes the server received from it (minus the He
 before its session counter exists), and envelopes the server sent it vs envelopes it received. They must be 0;
 so must the difference between the samples each client reports and its shard size x rounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,9 +88,15 @@ def lost_messages(counts: dict[str, dict]) -> dict[str, Any]:
         up_lost = sent - sessions - srv_received  # every session opens with a Hello the server reads uncounted
         down_lost = srv_sent - received
         total += abs(up_lost) + abs(down_lost)
-        per_client[name] = {"client_sent": sent, "server_received": srv_received, "server_sent": srv_sent,
-                            "client_received": received, "sessions": sessions, "lost_up": up_lost,
-                            "lost_down": down_lost}
+        per_client[name] = {
+            "client_sent": sent,
+            "server_received": srv_received,
+            "server_sent": srv_sent,
+            "client_received": received,
+            "sessions": sessions,
+            "lost_up": up_lost,
+            "lost_down": down_lost,
+        }
     return {"total": total, "per_client": per_client}
 
 
@@ -99,10 +106,23 @@ def run_one(paradigm: str, clients: int, per_client: int, epochs: int, batch_siz
     from slperf.common.data import load_dataset
     from slperf.slserver.run_folder import RunFolder
 
-    raw = {"paradigm": paradigm, "dataset": "mnist", "clients": clients, "model": "lenet", "split_layer": 1,
-           "batch_size": batch_size, "epochs": epochs, "lr": 0.05, "seed": 0, "partition_method": "homo",
-           "max_train_samples": per_client * clients, "max_test_samples": 500, "torch_threads": 1,
-           "client_timeout": 1200.0, "client_ids": [f"c{i + 1}" for i in range(clients)]}
+    raw = {
+        "paradigm": paradigm,
+        "dataset": "mnist",
+        "clients": clients,
+        "model": "lenet",
+        "split_layer": 1,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "lr": 0.05,
+        "seed": 0,
+        "partition_method": "homo",
+        "max_train_samples": per_client * clients,
+        "max_test_samples": 500,
+        "torch_threads": 1,
+        "client_timeout": 1200.0,
+        "client_ids": [f"c{i + 1}" for i in range(clients)],
+    }
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     config, _ = load_config(path)
@@ -137,19 +157,26 @@ def run_one(paradigm: str, clients: int, per_client: int, epochs: int, batch_siz
     lost = lost_messages(counts)
     client_values = [v for v in client_peaks if v is not None]
     result = {
-        "paradigm": paradigm, "clients": clients, "samples_per_client": per_client, "epochs": epochs,
+        "paradigm": paradigm,
+        "clients": clients,
+        "samples_per_client": per_client,
+        "epochs": epochs,
         "batch_size": batch_size,
         "samples_per_second": samples / train_seconds if train_seconds else None,
         "samples_per_second_last_round": last_samples / last["round_seconds"] if last["round_seconds"] else None,
-        "train_seconds": train_seconds, "total_seconds": total_seconds,
+        "train_seconds": train_seconds,
+        "total_seconds": total_seconds,
         "test_accuracy": summary["test_accuracy"],
         "server_peak_rss_mb": mib(server_peak),
         "server_rss_per_client_mb": mib(server_peak) / clients if server_peak else None,
         "client_peak_rss_mean_mb": mib(int(statistics.fmean(client_values))) if client_values else None,
-        "samples_trained": samples, "samples_expected": expected_samples,
+        "samples_trained": samples,
+        "samples_expected": expected_samples,
         "samples_missing": expected_samples - samples,
-        "messages_lost": lost.get("total"), "message_counts": lost,
-        "bytes_up": summary["bytes_up"], "bytes_down": summary["bytes_down"],
+        "messages_lost": lost.get("total"),
+        "message_counts": lost,
+        "bytes_up": summary["bytes_up"],
+        "bytes_down": summary["bytes_down"],
         "dropped": sorted({cid for r in records for cid in r.get("dropped", [])}),
     }
     return result
@@ -174,22 +201,32 @@ def run(paradigms: list[str], clients: list[int], per_client: int, epochs: int, 
             if "error" in result:
                 print(f"{paradigm:>12} x{n:>2}: FAILED {result['error']}", flush=True)
                 continue
-            print(f"{paradigm:>12} x{n:>2}: {result['samples_per_second']:8.0f} samples/s, server peak "
-                  f"{result['server_peak_rss_mb']:.0f} MB ({result['server_rss_per_client_mb']:.1f} MB/client), "
-                  f"client peak {result['client_peak_rss_mean_mb']:.0f} MB, messages lost {result['messages_lost']}, "
-                  f"samples missing {result['samples_missing']}, {result['total_seconds']:.0f} s total", flush=True)
+            print(
+                f"{paradigm:>12} x{n:>2}: {result['samples_per_second']:8.0f} samples/s, server peak "
+                f"{result['server_peak_rss_mb']:.0f} MB ({result['server_rss_per_client_mb']:.1f} MB/client), "
+                f"client peak {result['client_peak_rss_mean_mb']:.0f} MB, messages lost {result['messages_lost']}, "
+                f"samples missing {result['samples_missing']}, {result['total_seconds']:.0f} s total",
+                flush=True,
+            )
     marginal: dict[str, float | None] = {}
     for paradigm in wanted:
-        pts = [(r["clients"], r["server_peak_rss_mb"]) for r in runs
-               if r["paradigm"] == paradigm and r.get("server_peak_rss_mb") is not None]
+        pts = [
+            (r["clients"], r["server_peak_rss_mb"])
+            for r in runs
+            if r["paradigm"] == paradigm and r.get("server_peak_rss_mb") is not None
+        ]
         if len(pts) >= 2:
             xs, ys = zip(*pts)
             mx, my = statistics.fmean(xs), statistics.fmean(ys)
             den = sum((x - mx) ** 2 for x in xs)
             marginal[paradigm] = sum((x - mx) * (y - my) for x, y in pts) / den if den else None
             print(f"{paradigm}: marginal server memory ≈ {marginal[paradigm]:.2f} MB per extra client", flush=True)
-    return {"runs": runs, "skipped_paradigms": skipped, "marginal_server_mb_per_client": marginal,
-            "all_messages_delivered": all(r.get("messages_lost") == 0 for r in runs if "error" not in r)}
+    return {
+        "runs": runs,
+        "skipped_paradigms": skipped,
+        "marginal_server_mb_per_client": marginal,
+        "all_messages_delivered": all(r.get("messages_lost") == 0 for r in runs if "error" not in r),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ the fastest round to the fastest reference epoch (``ratio_of_minima``) is the le
 ``--profile DIR`` attaches py-spy (if installed) to the server and the client daemon for the whole run and
 writes their collapsed stacks plus a summary of where the time goes into the JSON result.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,24 @@ LENET_CUT_FLOATS = 6 * 12 * 12  # LeNet cut after its first block: 6 x 12 x 12 a
 
 
 def make_config(batch_size: int, samples: int, epochs: int, test_samples: int, seed: int = 0) -> dict[str, Any]:
-    return {"paradigm": "vanilla", "dataset": "mnist", "clients": 1, "client_ids": ["c1"], "model": "lenet",
-            "split_layer": 1, "batch_size": batch_size, "epochs": epochs, "lr": 0.05, "momentum": 0.9,
-            "weight_decay": 0.0005, "seed": seed, "max_train_samples": samples, "max_test_samples": test_samples,
-            "eval_batch_size": 500, "torch_threads": 1}
+    return {
+        "paradigm": "vanilla",
+        "dataset": "mnist",
+        "clients": 1,
+        "client_ids": ["c1"],
+        "model": "lenet",
+        "split_layer": 1,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        "seed": seed,
+        "max_train_samples": samples,
+        "max_test_samples": test_samples,
+        "eval_batch_size": 500,
+        "torch_threads": 1,
+    }
 
 
 def reference_epochs(raw_config: dict[str, Any]) -> list[float]:
@@ -111,8 +126,20 @@ class Profiler:
         targets = [("server", fed.server), *sorted(fed.clients.items())]
         for name, proc in targets:
             out = self.out_dir / f"{name}.collapsed.txt"
-            cmd = [self.exe, "record", "--pid", str(proc.pid), "--rate", str(self.rate), "--format", "raw",
-                   "--threads", *(["--native"] if self.native else ["--nonblocking"]), "-o", str(out)]
+            cmd = [
+                self.exe,
+                "record",
+                "--pid",
+                str(proc.pid),
+                "--rate",
+                str(self.rate),
+                "--format",
+                "raw",
+                "--threads",
+                *(["--native"] if self.native else ["--nonblocking"]),
+                "-o",
+                str(out),
+            ]
             spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.procs.append((name, spy, out))
 
@@ -161,8 +188,15 @@ def summarize_collapsed(path: Path, top: int = 30) -> dict[str, Any]:
 
     def share(counter):
         return [{"function": k, "share": round(v / total, 4)} for k, v in counter.most_common(top)] if total else []
-    return {"samples": total, "skipped_one_off_samples": skipped, "idle_share": round(idle / total, 4) if total else None,
-            "inclusive": share(inclusive), "self": share(self_time), "file": str(path)}
+
+    return {
+        "samples": total,
+        "skipped_one_off_samples": skipped,
+        "idle_share": round(idle / total, 4) if total else None,
+        "inclusive": share(inclusive),
+        "self": share(self_time),
+        "file": str(path),
+    }
 
 
 def _frame_name(frame: str) -> str:
@@ -175,19 +209,27 @@ def _frame_name(frame: str) -> str:
 
 def federation_rounds(raw_config: dict[str, Any], work: Path, profiler: Profiler | None) -> dict[str, Any]:
     from slperf.bench.probe import FederationProbe
-    from slperf.slserver.run_folder import RunFolder
     from slperf.federation import run_federation
+    from slperf.slserver.run_folder import RunFolder
 
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(raw_config))
     with FederationProbe(on_start=profiler.remember if profiler else None) as probe:
-        summary = run_federation(path, work / "runs", show_progress=False,
-                                 echo=profiler.on_echo if profiler else (lambda _m: None), hooks=probe.hooks)
+        summary = run_federation(
+            path,
+            work / "runs",
+            show_progress=False,
+            echo=profiler.on_echo if profiler else (lambda _m: None),
+            hooks=probe.hooks,
+        )
     records = RunFolder(Path(summary["run_dir"])).read_metrics()
-    return {"round_seconds": [r["round_seconds"] for r in records],
-            "test_accuracy": summary["test_accuracy"],
-            "train_bytes_up": summary["train_bytes_up"], "train_bytes_down": summary["train_bytes_down"],
-            "run_dir": summary["run_dir"]}
+    return {
+        "round_seconds": [r["round_seconds"] for r in records],
+        "test_accuracy": summary["test_accuracy"],
+        "train_bytes_up": summary["train_bytes_up"],
+        "train_bytes_down": summary["train_bytes_down"],
+        "run_dir": summary["run_dir"],
+    }
 
 
 def transport_floor(batch: int, cut_floats_per_sample: int, count: int = 300) -> float:
@@ -208,11 +250,17 @@ def transport_floor(batch: int, cut_floats_per_sample: int, count: int = 300) ->
             times = asyncio.run(raw_grpc_round_trips(port, certs, nbytes, count))
         finally:
             stop_receiver(proc)
-    return statistics.median(times[count // 10:])
+    return statistics.median(times[count // 10 :])
 
 
-def run(batch_sizes: list[int], samples: int, epochs: int, test_samples: int,
-        profile_dir: Path | None = None, native: bool = False) -> dict[str, Any]:
+def run(
+    batch_sizes: list[int],
+    samples: int,
+    epochs: int,
+    test_samples: int,
+    profile_dir: Path | None = None,
+    native: bool = False,
+) -> dict[str, Any]:
     banner("split overhead: vanilla, 1 client over mTLS gRPC vs one process (LeNet / MNIST)")
     cases = []
     for batch in batch_sizes:
@@ -228,24 +276,35 @@ def run(batch_sizes: list[int], samples: int, epochs: int, test_samples: int,
         rtt = transport_floor(batch, LENET_CUT_FLOATS)
         steady = statistics.median(fed["round_seconds"][1:]) if len(fed["round_seconds"]) > 1 else split
         case = {
-            "batch_size": batch, "train_samples": samples, "test_samples": test_samples, "epochs": epochs,
+            "batch_size": batch,
+            "train_samples": samples,
+            "test_samples": test_samples,
+            "epochs": epochs,
             "reference_epoch_seconds": {"before": before, "after": after, "median_used": ref},
-            "federation_round_seconds": fed["round_seconds"], "federation_median": split,
-            "ratio": split / ref, "ratio_after_first_round": steady / ref,
-            "ratio_of_minima": min(fed["round_seconds"]) / min(before + after), "target_ratio": TARGET_RATIO,
+            "federation_round_seconds": fed["round_seconds"],
+            "federation_median": split,
+            "ratio": split / ref,
+            "ratio_after_first_round": steady / ref,
+            "ratio_of_minima": min(fed["round_seconds"]) / min(before + after),
+            "target_ratio": TARGET_RATIO,
             "meets_target": split / ref <= TARGET_RATIO,
             "per_batch_overhead_ms": 1000 * (split - ref) / batches,
-            "raw_grpc_round_trip_ms": 1000 * rtt, "floor_ratio": (ref + batches * rtt) / ref,
-            "train_bytes_up": fed["train_bytes_up"], "train_bytes_down": fed["train_bytes_down"],
+            "raw_grpc_round_trip_ms": 1000 * rtt,
+            "floor_ratio": (ref + batches * rtt) / ref,
+            "train_bytes_up": fed["train_bytes_up"],
+            "train_bytes_down": fed["train_bytes_down"],
         }
         if profiler is not None:
             case["profile"] = profiler.finish() if profiler.available else "py-spy not installed"
         cases.append(case)
-        print(f"batch {batch}: one process {ref:.2f} s/epoch, split over mTLS gRPC {split:.2f} s/round "
-              f"-> ratio {split / ref:.2f} (of the fastest epochs {case['ratio_of_minima']:.2f}; target <= "
-              f"{TARGET_RATIO}); "
-              f"{case['per_batch_overhead_ms']:.2f} ms extra per batch, of which a raw gRPC+mTLS round trip of the "
-              f"same bytes is {1000 * rtt:.2f} ms (floor ratio {case['floor_ratio']:.2f})", flush=True)
+        print(
+            f"batch {batch}: one process {ref:.2f} s/epoch, split over mTLS gRPC {split:.2f} s/round "
+            f"-> ratio {split / ref:.2f} (of the fastest epochs {case['ratio_of_minima']:.2f}; target <= "
+            f"{TARGET_RATIO}); "
+            f"{case['per_batch_overhead_ms']:.2f} ms extra per batch, of which a raw gRPC+mTLS round trip of the "
+            f"same bytes is {1000 * rtt:.2f} ms (floor ratio {case['floor_ratio']:.2f})",
+            flush=True,
+        )
     return {"cases": cases, "target_ratio": TARGET_RATIO}
 
 

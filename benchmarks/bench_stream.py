@@ -16,6 +16,7 @@ one transfer = build + encode + send + receive + decode + ack.
 
 Ratio = gRPC MB/s / TCP MB/s per size (target >= 0.7).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,7 @@ READY = "BENCH_READY port="
 
 # ---- receivers (run in their own process) -----------------------------------------------------------------
 
+
 async def _serve_grpc(certs: Path) -> None:
     import grpc
 
@@ -59,9 +61,18 @@ async def _serve_grpc(certs: Path) -> None:
 
     server = grpc.aio.server(options=grpc_options())
     service, method = SESSION_METHOD.strip("/").split("/")
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {  # the server's (de)serializers
-        method: grpc.stream_stream_rpc_method_handler(Sink().Session, envelope_parser(session_pb2.ClientMessage),
-                                                      serialize_envelope)}),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                service,
+                {  # the server's (de)serializers
+                    method: grpc.stream_stream_rpc_method_handler(
+                        Sink().Session, envelope_parser(session_pb2.ClientMessage), serialize_envelope
+                    )
+                },
+            ),
+        )
+    )
     port = server.add_secure_port("127.0.0.1:0", server_credentials(certs, require_client_auth=True))
     await server.start()
     print(f"{READY}{port}", flush=True)
@@ -91,8 +102,12 @@ async def _serve_raw_grpc(certs: Path) -> None:
 
     identity = lambda b: b  # noqa: E731 - raw bytes both ways
     handler = grpc.method_handlers_generic_handler(
-        "bench.Raw", {"Stream": grpc.stream_stream_rpc_method_handler(stream, identity, identity),
-                      "Echo": grpc.stream_stream_rpc_method_handler(echo, identity, identity)})
+        "bench.Raw",
+        {
+            "Stream": grpc.stream_stream_rpc_method_handler(stream, identity, identity),
+            "Echo": grpc.stream_stream_rpc_method_handler(echo, identity, identity),
+        },
+    )
     server = grpc.aio.server(options=grpc_options())
     server.add_generic_rpc_handlers((handler,))
     port = server.add_secure_port("127.0.0.1:0", server_credentials(certs, require_client_auth=True))
@@ -157,16 +172,22 @@ def _serve_tcp(certs: Path | None = None) -> None:
 
 # ---- senders --------------------------------------------------------------------------------------------
 
+
 def start_receiver(args: list[str]) -> tuple[subprocess.Popen, int]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_stream", *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env, cwd=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.bench_stream", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode().strip()
     if not line.startswith(READY):
         proc.kill()
         raise RuntimeError(f"receiver did not start: {line!r}")
-    return proc, int(line[len(READY):])
+    return proc, int(line[len(READY) :])
 
 
 def stop_receiver(proc: subprocess.Popen) -> None:
@@ -192,8 +213,7 @@ def _client_channel(port: int, certs: Path):
     from slperf.common.transport.channel import grpc_options
 
     options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
-    return grpc.aio.secure_channel(f"127.0.0.1:{port}", client_channel_credentials(certs, "bench"),
-                                   options=options)
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", client_channel_credentials(certs, "bench"), options=options)
 
 
 class _Session:
@@ -232,13 +252,14 @@ class _RawGrpc:
     def __init__(self, port: int, certs: Path):
         self.channel = _client_channel(port, certs)
         identity = lambda b: b  # noqa: E731
-        self.call = self.channel.stream_stream("/bench.Raw/Stream", request_serializer=identity,
-                                               response_deserializer=identity)()
+        self.call = self.channel.stream_stream(
+            "/bench.Raw/Stream", request_serializer=identity, response_deserializer=identity
+        )()
 
     async def transfer(self, tensor) -> None:
         view = memoryview(tensor.numpy()).cast("B")
         for start in range(0, len(view), 1 << 20):
-            await self.call.write(bytes(view[start:start + (1 << 20)]))  # gRPC takes bytes: one copy
+            await self.call.write(bytes(view[start : start + (1 << 20)]))  # gRPC takes bytes: one copy
         await self.call.write(b"")
         (received,) = struct.unpack("<Q", await self.call.read())
         if received != len(view):
@@ -287,11 +308,17 @@ class _Socket:
         self.sock.close()
 
 
-async def _measure(ports: dict[str, int], certs: Path, sizes: list[int], repeats: int) -> dict[str, dict[int, list[float]]]:
+async def _measure(
+    ports: dict[str, int], certs: Path, sizes: list[int], repeats: int
+) -> dict[str, dict[int, list[float]]]:
     """Round-robin over the transports, one transfer each per repeat, so that drift in the machine's speed
     (it is shared) hits every transport alike and the ratios compare like with like."""
-    senders = [_Socket(ports["tcp"]), _Socket(ports["tls_socket"], certs), _RawGrpc(ports["raw_grpc"], certs),
-               _Session(ports["session"], certs)]
+    senders = [
+        _Socket(ports["tcp"]),
+        _Socket(ports["tls_socket"], certs),
+        _RawGrpc(ports["raw_grpc"], certs),
+        _Session(ports["session"], certs),
+    ]
     times: dict[str, dict[int, list[float]]] = {s.name: {} for s in senders}
     try:
         for mib in sizes:
@@ -299,7 +326,7 @@ async def _measure(ports: dict[str, int], certs: Path, sizes: list[int], repeats
             for sender in senders:
                 times[sender.name][mib] = []
             for i in range(repeats + 1):  # the first transfer of each size warms up and is not counted
-                for sender in senders[i % 4:] + senders[:i % 4]:
+                for sender in senders[i % 4 :] + senders[: i % 4]:
                     started = time.perf_counter()
                     await sender.transfer(tensor)
                     if i:
@@ -321,9 +348,12 @@ def run(sizes: list[int], repeats: int) -> dict[str, Any]:
         receivers: dict[str, subprocess.Popen] = {}
         ports: dict[str, int] = {}
         try:
-            for name, args in (("tcp", ["serve-tcp"]), ("tls_socket", ["serve-tls", "--certs", str(certs)]),
-                               ("raw_grpc", ["serve-raw-grpc", "--certs", str(certs)]),
-                               ("session", ["serve-grpc", "--certs", str(certs)])):
+            for name, args in (
+                ("tcp", ["serve-tcp"]),
+                ("tls_socket", ["serve-tls", "--certs", str(certs)]),
+                ("raw_grpc", ["serve-raw-grpc", "--certs", str(certs)]),
+                ("session", ["serve-grpc", "--certs", str(certs)]),
+            ):
                 receivers[name], ports[name] = start_receiver(args)
             times = asyncio.run(_measure(ports, certs, sizes, repeats))
         finally:
@@ -334,18 +364,37 @@ def run(sizes: list[int], repeats: int) -> dict[str, Any]:
     for mib in sizes:
         nbytes = mib * (1 << 20)
         g_mbps, t_mbps, s_mbps, r_mbps = (nbytes / statistics.median(x[mib]) / 1e6 for x in (grpc_t, tcp, tls_t, raw_t))
-        cases.append({"size_mib": mib, "grpc_tls_seconds": grpc_t[mib], "tcp_seconds": tcp[mib],
-                      "tls_socket_seconds": tls_t[mib], "raw_grpc_tls_seconds": raw_t[mib],
-                      "grpc_tls_MBps": g_mbps, "tcp_MBps": t_mbps, "tls_socket_MBps": s_mbps,
-                      "raw_grpc_tls_MBps": r_mbps, "ratio": g_mbps / t_mbps, "ratio_to_raw_grpc": g_mbps / r_mbps,
-                      "tls_socket_ratio": s_mbps / t_mbps, "raw_grpc_ratio": r_mbps / t_mbps,
-                      "meets_target": g_mbps / t_mbps >= TARGET_RATIO})
-        print(f"{mib:>3} MiB: session {g_mbps:7.1f} MB/s | plain TCP {t_mbps:7.1f}, TLS socket {s_mbps:7.1f}, "
-              f"raw gRPC+mTLS {r_mbps:7.1f} | ratio to TCP {g_mbps / t_mbps:.2f} (target >= {TARGET_RATIO}; "
-              f"TLS socket {s_mbps / t_mbps:.2f}, raw gRPC {r_mbps / t_mbps:.2f}), to raw gRPC {g_mbps / r_mbps:.2f}",
-              flush=True)
-    return {"cases": cases, "target_ratio": TARGET_RATIO, "repeats": repeats,
-            "chunk_bytes": 1 << 20, "what": "median seconds per transfer (encode, send, receive, decode, ack)"}
+        cases.append(
+            {
+                "size_mib": mib,
+                "grpc_tls_seconds": grpc_t[mib],
+                "tcp_seconds": tcp[mib],
+                "tls_socket_seconds": tls_t[mib],
+                "raw_grpc_tls_seconds": raw_t[mib],
+                "grpc_tls_MBps": g_mbps,
+                "tcp_MBps": t_mbps,
+                "tls_socket_MBps": s_mbps,
+                "raw_grpc_tls_MBps": r_mbps,
+                "ratio": g_mbps / t_mbps,
+                "ratio_to_raw_grpc": g_mbps / r_mbps,
+                "tls_socket_ratio": s_mbps / t_mbps,
+                "raw_grpc_ratio": r_mbps / t_mbps,
+                "meets_target": g_mbps / t_mbps >= TARGET_RATIO,
+            }
+        )
+        print(
+            f"{mib:>3} MiB: session {g_mbps:7.1f} MB/s | plain TCP {t_mbps:7.1f}, TLS socket {s_mbps:7.1f}, "
+            f"raw gRPC+mTLS {r_mbps:7.1f} | ratio to TCP {g_mbps / t_mbps:.2f} (target >= {TARGET_RATIO}; "
+            f"TLS socket {s_mbps / t_mbps:.2f}, raw gRPC {r_mbps / t_mbps:.2f}), to raw gRPC {g_mbps / r_mbps:.2f}",
+            flush=True,
+        )
+    return {
+        "cases": cases,
+        "target_ratio": TARGET_RATIO,
+        "repeats": repeats,
+        "chunk_bytes": 1 << 20,
+        "what": "median seconds per transfer (encode, send, receive, decode, ack)",
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@
 passes or fails: a benchmark that raises is reported and the others still run; the exit code is 0 unless
 one of them crashed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def _codec(quick: bool, results: Path) -> None:
         print("codec: benchmarks/bench_codec.py is not there (written by the codec's author); skipped")
         return
     args = ["--seconds", "0.05", "--repeats", "2"] if quick else []
-    subprocess.run([sys.executable, str(script), *args, "--out", str(results / "codec.json")], check=True,
-                   cwd=str(HERE.parent))
+    subprocess.run(
+        [sys.executable, str(script), *args, "--out", str(results / "codec.json")], check=True, cwd=str(HERE.parent)
+    )
 
 
 def _stream(quick: bool, results: Path) -> None:

@@ -8,13 +8,15 @@ itself (see ``slperf.common.paradigms``), so adding a paradigm never means editi
 This module sits below the paradigms and the data layer and imports neither: reading a config file, text or
 JSON, resolving the paradigm's options and checking the data set name happen in config_loader.py, above both.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Collection, Mapping, get_type_hints
+from typing import Any, get_type_hints
 
 import yaml
 
@@ -89,7 +91,8 @@ FIELD_DOCS: dict[str, str] = {
     "max_train_samples": "use a deterministic subset of this many training samples (quick runs, tests)",
     "max_test_samples": "evaluate on a deterministic subset of this many test samples",
     "eval_batch_size": "batch size for evaluation passes",
-    "client_timeout": "seconds to wait for a client's next message (or for all clients at the start) before it counts as dropped",
+    "client_timeout": "seconds to wait for a client's next message (or for all clients at the start) "
+    "before it counts as dropped",
     "rejoin_timeout": "seconds a disconnected client has to reconnect at its next turn before it sits out that round",
     "torch_threads": "torch intra-op threads per process (0 = leave torch's default)",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
@@ -106,9 +109,23 @@ ALIASES: dict[str, str] = {
 # SLPerf keys that mean nothing here (MPI ranks, log paths, download flags); accepted and reported.
 IGNORED_SLPERF_KEYS = frozenset(
     {
-        "download", "log_step", "server_rank", "max_rank", "gpu_num_per_server", "gpu_server_num",
-        "log_save_path", "model_save_path", "model_tmp_path", "save_acts_step", "save_attack_acts_step",
-        "save_model_epoch", "wd", "comm_round", "frequency_of_the_test", "optimizer", "train",
+        "download",
+        "log_step",
+        "server_rank",
+        "max_rank",
+        "gpu_num_per_server",
+        "gpu_server_num",
+        "log_save_path",
+        "model_save_path",
+        "model_tmp_path",
+        "save_acts_step",
+        "save_attack_acts_step",
+        "save_model_epoch",
+        "wd",
+        "comm_round",
+        "frequency_of_the_test",
+        "optimizer",
+        "train",
         "SGLR_splitLR",
     }
 )
@@ -132,8 +149,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return None
         raise ConfigError(f"config key '{key}' must not be empty (expected {_type_name(hint)})")
     if "list[int]" in text:
-        if not isinstance(value, list) or not value or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        ):
             raise ConfigError(f"config key '{key}' must be a list of positive integers, got {value!r}")
         return list(value)
     if text.startswith("list") or "list[" in text:
@@ -189,14 +209,15 @@ def check_ranges(cfg: RunConfig, datasets: Collection[str]) -> None:
         if len(cfg.client_ids) != len(set(cfg.client_ids)):
             raise ConfigError("config key 'client_ids' lists an id twice")
         if len(cfg.client_ids) != cfg.clients:
-            raise ConfigError(
-                f"config key 'client_ids' has {len(cfg.client_ids)} ids but 'clients' is {cfg.clients}"
-            )
+            raise ConfigError(f"config key 'client_ids' has {len(cfg.client_ids)} ids but 'clients' is {cfg.clients}")
     if cfg.data_vertical_list is not None and len(cfg.data_vertical_list) != cfg.clients:
-        raise ConfigError(f"config key 'data_vertical_list' has {len(cfg.data_vertical_list)} entries for "
-                          f"{cfg.clients} clients")
+        raise ConfigError(
+            f"config key 'data_vertical_list' has {len(cfg.data_vertical_list)} entries for {cfg.clients} clients"
+        )
     if cfg.dataset not in datasets:
-        raise ConfigError(f"config key 'dataset': unknown dataset '{cfg.dataset}' (known: {', '.join(sorted(datasets))})")
+        raise ConfigError(
+            f"config key 'dataset': unknown dataset '{cfg.dataset}' (known: {', '.join(sorted(datasets))})"
+        )
     if cfg.device != "cpu" and not cfg.device.startswith("cuda"):
         raise ConfigError(f"config key 'device' must be 'cpu' or 'cuda[:N]', got {cfg.device!r}")
 

@@ -6,11 +6,13 @@ module is above both: it hands the keys the core does not know to the selected p
 own options), merges the paradigm's alias options, and checks the data set name against the data registry.
 Every caller that turns text into a RunConfig goes through here.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

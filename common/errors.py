@@ -6,6 +6,7 @@ as the only line anyone reads; so they are one line and name what went wrong. No
 failed call is read through its ``code()``/``details()`` methods, which keeps this importable by commands that
 load gRPC only when they run.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

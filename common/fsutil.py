@@ -6,13 +6,15 @@ the data goes to a temporary file beside the target, is flushed and fsynced, ren
 the directory entry is fsynced too. The temporary file is created with its final mode, so a private key is
 never readable by anyone else, not even for an instant.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 Writer = Callable[[BinaryIO], object]
 

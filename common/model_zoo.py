@@ -27,9 +27,10 @@ Models (blocks; what crosses the wire at the default split_layer 1, per sample):
   Cut 1 sends 10 (adult) or 14 (german) floats per sample.
 * ``mlp``: a generic tabular MLP, F→64→32→classes, three blocks.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -123,10 +124,14 @@ def vgg_cifar(in_channels: int = 3, num_classes: int = 10, image_size: int = 32)
         raise ConfigError(f"model 'vgg_cifar' needs an image size divisible by 8, got {image_size}")
     side = image_size // 8
     blocks = [
-        _conv(in_channels, 64), _conv(64, 64, pool=True),
-        _conv(64, 128), _conv(128, 128, pool=True),
-        _conv(128, 256), _conv(256, 256, pool=True),
-        _conv(256, 512), _conv(512, 512),
+        _conv(in_channels, 64),
+        _conv(64, 64, pool=True),
+        _conv(64, 128),
+        _conv(128, 128, pool=True),
+        _conv(128, 256),
+        _conv(256, 256, pool=True),
+        _conv(256, 512),
+        _conv(512, 512),
         nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(512 * side * side, 1024), nn.ReLU()),
         nn.Sequential(nn.Dropout(0.5), nn.Linear(1024, 1024), nn.ReLU()),
         nn.Sequential(nn.Linear(1024, num_classes)),
@@ -134,16 +139,19 @@ def vgg_cifar(in_channels: int = 3, num_classes: int = 10, image_size: int = 32)
     return _init_conv_bn(nn.Sequential(*blocks))
 
 
-def tabular_mlp(in_features: int, num_classes: int, hidden: tuple[int, ...], image_size: int = 0,
-                name: str = "mlp") -> nn.Sequential:
+def tabular_mlp(
+    in_features: int, num_classes: int, hidden: tuple[int, ...], image_size: int = 0, name: str = "mlp"
+) -> nn.Sequential:
     """One block per hidden layer (Linear + ReLU) and a final Linear block.
 
     build_model passes (input_shape[0], num_classes, input_shape[-1]); for a tabular input_shape (F,) the first
     and last are both F, so a different third value means an image data set was paired with this model.
     """
     if image_size not in (0, in_features):
-        raise ConfigError(f"model '{name}' is for tabular data sets (input_shape (F,)); this data set has images "
-                          f"({in_features} channels of {image_size}x{image_size})")
+        raise ConfigError(
+            f"model '{name}' is for tabular data sets (input_shape (F,)); this data set has images "
+            f"({in_features} channels of {image_size}x{image_size})"
+        )
     if in_features < 1 or not hidden:
         raise ValueError("a tabular MLP needs at least one input feature and one hidden layer")
     blocks, width = [], in_features

@@ -5,17 +5,18 @@ initial weights of a split model identical to the unsplit one, which is what let
 split training with one client equals single-process training. The built-in models and the factory
 signature (`ModelFactory`) are in model_zoo.py.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from slperf.common.config import ConfigError
 from slperf.common.model_zoo import BUILTIN_MODELS, ModelFactory
-
 
 # The registry starts with the built-in zoo; a study adds its own with register_model.
 MODELS: dict[str, ModelFactory] = dict(BUILTIN_MODELS)
@@ -67,8 +68,11 @@ class SplitModel:
 
     def cut_facts(self) -> dict[str, Any]:
         """What crosses the first cut per sample, as the run summary reports it."""
-        return {"cut_shape_per_sample": list(self.cut_shapes[0]), "cut_floats_per_sample": self.cut_elements[0],
-                "cut_bytes_per_sample_fp32": 4 * self.cut_elements[0]}
+        return {
+            "cut_shape_per_sample": list(self.cut_shapes[0]),
+            "cut_floats_per_sample": self.cut_elements[0],
+            "cut_bytes_per_sample_fp32": 4 * self.cut_elements[0],
+        }
 
 
 def build_split(name: str, input_shape: Sequence[int], num_classes: int, seed: int, cuts: Sequence[int]) -> SplitModel:

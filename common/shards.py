@@ -1,5 +1,6 @@
 """Which samples a client holds: the same function on every machine, so a shard is a pure function of
 (config, client index) and nobody ever ships data or index lists over the wire."""
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,15 @@ def client_partitions(config: RunConfig, dataset: LoadedDataset) -> list[ClientP
     partition the data set cannot do (e.g. base_on_attribute on images)."""
     pool = train_indices(config, np.asarray(dataset.arrays.train_y))
     return partition_dataset(
-        dataset, config.partition_method, config.clients, config.seed, pool=pool,
-        alpha=config.partition_alpha, class_number_per_client=config.class_number_per_client,
-        equal_size=config.equal_size, partition_method_attributes=config.partition_method_attributes,
+        dataset,
+        config.partition_method,
+        config.clients,
+        config.seed,
+        pool=pool,
+        alpha=config.partition_alpha,
+        class_number_per_client=config.class_number_per_client,
+        equal_size=config.equal_size,
+        partition_method_attributes=config.partition_method_attributes,
         data_vertical_list=config.data_vertical_list,
     )
 
@@ -40,12 +47,14 @@ def build_client_data(config: RunConfig, index: int, cache_dir: str | os.PathLik
     test = np.arange(len(arrays.test_y), dtype=np.int64)
     if config.max_test_samples is not None:
         test = cap_indices(test, config.max_test_samples, config.seed)
-    train_loader = ShardLoader(dataset, part.indices, config.batch_size, config.seed, order_index, train=True,
-                               columns=part.columns)
+    train_loader = ShardLoader(
+        dataset, part.indices, config.batch_size, config.seed, order_index, train=True, columns=part.columns
+    )
     return ClientData(
         train=train_loader,
-        test=ShardLoader(dataset, test, config.eval_batch_size, config.seed, order_index, train=False,
-                         columns=part.columns),
+        test=ShardLoader(
+            dataset, test, config.eval_batch_size, config.seed, order_index, train=False, columns=part.columns
+        ),
         num_classes=spec.num_classes,
         input_shape=train_loader.input_shape,  # = spec.input_shape except for a vertical client's columns
     )

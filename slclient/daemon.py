@@ -7,6 +7,7 @@ protocol-version mismatch exits non-zero with the server's reason; repeated TLS 
 (a certificate the server does not trust, a plaintext client against a TLS server) also stop the daemon
 with a message that names the likely cause, instead of retrying forever.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import grpc
 import torch
@@ -25,24 +26,38 @@ from slperf.common.config_loader import config_from_json
 from slperf.common.data import DatasetUnavailable
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientParadigm
-from slperf.common.protocol.messages import (
-    ErrorReport, Evaluate, Finish, Hello, ModelState, PhaseDone, Ready, RequestWeights, RunSetup, ServerMessage,
-    TrainEpoch, Welcome,
-)
+from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange
+from slperf.common.protocol.messages import (
+    ErrorReport,
+    Evaluate,
+    Finish,
+    Hello,
+    ModelState,
+    PhaseDone,
+    Ready,
+    RequestWeights,
+    RunSetup,
+    ServerMessage,
+    TrainEpoch,
+    Welcome,
+)
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, StepRef
 from slperf.common.shards import build_client_data
 from slperf.common.transport.channel import create_channel, open_session
 from slperf.common.transport.endpoint import ClientEndpoint, Endpoint, Side, Stream
 from slperf.common.wire.codec import check_state
-from slperf.common.protocol.errors import WireError
 from slperf.common.wire.framing import ByteCounter
 from slperf.common.wire.serde import PROTOCOL_VERSION
 
 log = logging.getLogger("slperf.client")
 
-FATAL_CODES = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
-               grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT}
+FATAL_CODES = {
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INVALID_ARGUMENT,
+}
 
 
 class ClientFatal(Exception):
@@ -100,8 +115,13 @@ class SessionLink:
                 log.error("dropping a bad message from the server: %s", err.message)
 
     # -- ClientLink ---------------------------------------------------------------------------------
-    async def send_activations(self, ref: StepRef, tensor: torch.Tensor, labels: torch.Tensor | None = None,
-                               sample_ids: torch.Tensor | None = None) -> None:
+    async def send_activations(
+        self,
+        ref: StepRef,
+        tensor: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        sample_ids: torch.Tensor | None = None,
+    ) -> None:
         if self.exchange is not None and self.exchange.stage(ref.phase, ref.stage).down is not None:
             self._awaiting[ref] = int(tensor.shape[0])
         await self.send(CutTensor(ref, tensor, labels, sample_ids))
@@ -116,7 +136,9 @@ class SessionLink:
             if isinstance(message, ErrorReport):
                 raise ServerError(message.code, message.message)
             if not isinstance(message, CutReply):
-                raise ServerError(grpc.StatusCode.FAILED_PRECONDITION, f"expected cut_reply, got {type(message).__name__}")
+                raise ServerError(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"expected cut_reply, got {type(message).__name__}"
+                )
             if message.ref != ref:
                 log.warning("dropping a reply for step %s while waiting for %s", message.ref, ref)
                 continue
@@ -124,8 +146,11 @@ class SessionLink:
             try:
                 self.exchange.check_down(message, self.exchange.stage(ref.phase, ref.stage), batch)
             except WireError as err:
-                raise ServerError(err.code, f"the server's reply to step {ref.step} {ref.stage or ''} does not "
-                                            f"match the paradigm's exchange: {err.message}") from None
+                raise ServerError(
+                    err.code,
+                    f"the server's reply to step {ref.step} {ref.stage or ''} does not "
+                    f"match the paradigm's exchange: {err.message}",
+                ) from None
             return message
 
 
@@ -154,7 +179,9 @@ class ClientDaemon:
             except grpc.aio.AioRpcError as err:
                 code, details = err.code(), err.details() or ""
                 if code in FATAL_CODES:
-                    raise ClientFatal(f"the server refused client '{self.opts.client_id}': {code.name}: {details}") from None
+                    raise ClientFatal(
+                        f"the server refused client '{self.opts.client_id}': {code.name}: {details}"
+                    ) from None
                 if code == grpc.StatusCode.UNAVAILABLE and _looks_like_handshake_rejection(details):
                     handshake_failures += 1
                     if handshake_failures >= self.opts.max_handshake_failures:
@@ -162,7 +189,8 @@ class ClientDaemon:
                             f"the server at {self.opts.server} closed the connection during the TLS handshake "
                             f"{handshake_failures} times: it does not accept this client's credentials (a certificate "
                             f"from another CA, an expired certificate, or a plaintext client against a TLS server). "
-                            f"Check --ca/--cert/--key. Last error: {details}") from None
+                            f"Check --ca/--cert/--key. Last error: {details}"
+                        ) from None
                 log.warning("cannot reach the server (%s: %s); retrying in %.1f s", code.name, details, delay)
             except ConnectionError as exc:
                 log.warning("session lost (%s); reconnecting in %.1f s", exc, delay)
@@ -178,8 +206,14 @@ class ClientDaemon:
         async with channel:
             call = open_session(channel)
             link = SessionLink(call)
-            await link.send(Hello(PROTOCOL_VERSION, opts.client_id, __version__, (
-                "chunks", "attachments", "paradigms:" + ",".join(s.name for s in paradigms.all_specs()))))
+            await link.send(
+                Hello(
+                    PROTOCOL_VERSION,
+                    opts.client_id,
+                    __version__,
+                    ("chunks", "attachments", "paradigms:" + ",".join(s.name for s in paradigms.all_specs())),
+                )
+            )
             welcome = await link.receive()
             if welcome is None:
                 await _status(call)  # surfaces the server's status (refusals end up here)
@@ -227,7 +261,9 @@ class ClientDaemon:
     async def _phase(self, link: SessionLink, part: TrainEpoch | Evaluate) -> None:
         kind = "train" if isinstance(part, TrainEpoch) else "evaluate"
         if self.paradigm is None or part.run_id != self.run_id:
-            await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"{kind} for run {part.run_id!r} before setup")
+            await self._report(
+                link, grpc.StatusCode.FAILED_PRECONDITION, f"{kind} for run {part.run_id!r} before setup"
+            )
             return
         link.run_id = self.run_id
         link.exchange = self.exchange
@@ -254,8 +290,15 @@ class ClientDaemon:
         if self.paradigm is None or segment is None:
             await self._report(link, grpc.StatusCode.NOT_FOUND, f"no segment {request.segment!r} here")
             return
-        await link.send(ModelState(request.run_id, request.round, request.segment, segment.state_dict(),
-                                   num_samples=self.paradigm.data.train.num_samples))
+        await link.send(
+            ModelState(
+                request.run_id,
+                request.round,
+                request.segment,
+                segment.state_dict(),
+                num_samples=self.paradigm.data.train.num_samples,
+            )
+        )
 
     async def _setup(self, link: SessionLink, setup: RunSetup) -> None:
         """Builds the paradigm's client side for the run; a reconnect to the same run keeps the one it has, with
@@ -280,8 +323,14 @@ class ClientDaemon:
             return
         self.run_id = setup.run_id
         self._setup_key = key
-        log.info("run %s: %s, client %d of %d, %d training samples", setup.run_id, config.paradigm,
-                 setup.client_index + 1, setup.num_clients, data.train.num_samples)
+        log.info(
+            "run %s: %s, client %d of %d, %d training samples",
+            setup.run_id,
+            config.paradigm,
+            setup.client_index + 1,
+            setup.num_clients,
+            data.train.num_samples,
+        )
         await self._ready(link, setup.run_id)
 
     async def _ready(self, link: SessionLink, run_id: str) -> None:
@@ -292,7 +341,9 @@ class ClientDaemon:
     async def _set_weights(self, link: SessionLink, state: ModelState) -> None:
         segment = self.paradigm.segments.get(state.segment) if self.paradigm else None
         if segment is None or state.run_id != self.run_id:
-            await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"weights for unknown segment {state.segment!r}")
+            await self._report(
+                link, grpc.StatusCode.FAILED_PRECONDITION, f"weights for unknown segment {state.segment!r}"
+            )
             return
         try:
             check_state(state.tensors, segment.state_dict())

@@ -1,2 +1,3 @@
 """SLPerf: split-learning benchmark and federation."""
+
 __version__ = "0.1.0"

@@ -1,5 +1,6 @@
 """The `slperf` command line. Every failure a user can fix ends in one line naming the fix and a non-zero
 exit code, never a traceback."""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,11 @@ EXIT_USAGE = 2
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def _fail(message: str) -> None:
@@ -67,8 +71,12 @@ def certs() -> None:
 
 @certs.command("init")
 @click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="certificates folder")
-@click.option("--server-name", "server_names", multiple=True,
-              help="DNS name or IP the clients dial (repeatable; default localhost, 127.0.0.1, server)")
+@click.option(
+    "--server-name",
+    "server_names",
+    multiple=True,
+    help="DNS name or IP the clients dial (repeatable; default localhost, 127.0.0.1, server)",
+)
 @click.option("--overwrite", is_flag=True, help="replace an existing CA (invalidates every issued certificate)")
 def certs_init(directory: Path, server_names: tuple[str, ...], overwrite: bool) -> None:
     """Make a CA, a server certificate and an operator certificate."""
@@ -112,15 +120,35 @@ def certs_revoke(client_id: str, directory: Path) -> None:
 @click.option("--torch-threads", type=int, default=0, help="torch threads for server compute (0 = default)")
 @click.option("--allowed-clients", help="comma-separated client ids allowed to connect (default: any the CA certified)")
 @click.option("--max-sessions", type=int, default=256, show_default=True, help="concurrent client sessions")
-@click.option("--max-payload-mb", type=int, default=1024, show_default=True,
-              help="largest reassembled message (chunked transfers)")
+@click.option(
+    "--max-payload-mb",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="largest reassembled message (chunked transfers)",
+)
 @click.option("--max-tensor-elements", type=int, default=1 << 28, show_default=True)
-@click.option("--max-messages-per-second", type=float, default=5000.0, show_default=True,
-              help="per-session message rate; excess messages get RESOURCE_EXHAUSTED")
+@click.option(
+    "--max-messages-per-second",
+    type=float,
+    default=5000.0,
+    show_default=True,
+    help="per-session message rate; excess messages get RESOURCE_EXHAUSTED",
+)
 @click.option("-v", "--verbose", is_flag=True)
-def server(address: str, certs_dir: Path | None, insecure: bool, runs_dir: Path, torch_threads: int,
-           allowed_clients: str | None, max_sessions: int, max_payload_mb: int, max_tensor_elements: int,
-           max_messages_per_second: float, verbose: bool) -> None:
+def server(
+    address: str,
+    certs_dir: Path | None,
+    insecure: bool,
+    runs_dir: Path,
+    torch_threads: int,
+    allowed_clients: str | None,
+    max_sessions: int,
+    max_payload_mb: int,
+    max_tensor_elements: int,
+    max_messages_per_second: float,
+    verbose: bool,
+) -> None:
     """Run the server daemon (top segments, aggregation, checkpoints, control). A run interrupted by a
     crash or a restart resumes from its last checkpoint when the server starts again."""
     from slperf.common.wire.codec import TensorLimits
@@ -129,24 +157,41 @@ def server(address: str, certs_dir: Path | None, insecure: bool, runs_dir: Path,
 
     _setup_logging(verbose)
     if not insecure and certs_dir is None:
-        _fail("the server needs --certs DIR for mutual TLS (make one with `slperf certs init --dir DIR`), "
-              "or --insecure for a local plaintext experiment")
+        _fail(
+            "the server needs --certs DIR for mutual TLS (make one with `slperf certs init --dir DIR`), "
+            "or --insecure for a local plaintext experiment"
+        )
     allowed = frozenset(c.strip() for c in allowed_clients.split(",") if c.strip()) if allowed_clients else None
-    limits = SessionLimits(max_sessions=max_sessions, max_payload_bytes=max_payload_mb << 20,
-                           tensor_limits=TensorLimits(max_elements=max_tensor_elements),
-                           messages_per_second=max_messages_per_second,
-                           message_burst=max(1, int(2 * max_messages_per_second)))
+    limits = SessionLimits(
+        max_sessions=max_sessions,
+        max_payload_bytes=max_payload_mb << 20,
+        tensor_limits=TensorLimits(max_elements=max_tensor_elements),
+        messages_per_second=max_messages_per_second,
+        message_burst=max(1, int(2 * max_messages_per_second)),
+    )
     try:
-        run_server(ServerOptions(address=address, certs_dir=certs_dir, insecure=insecure, runs_dir=runs_dir,
-                                 torch_threads=torch_threads, allowed_clients=allowed, limits=limits))
+        run_server(
+            ServerOptions(
+                address=address,
+                certs_dir=certs_dir,
+                insecure=insecure,
+                runs_dir=runs_dir,
+                torch_threads=torch_threads,
+                allowed_clients=allowed,
+                limits=limits,
+            )
+        )
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
         if "bind" in str(exc).lower():
-            raise AddressInUse(f"cannot listen on {address}: the port is in use (choose another with --address)") from None
+            raise AddressInUse(
+                f"cannot listen on {address}: the port is in use (choose another with --address)"
+            ) from None
         raise
 
 
-def _credentials(*, certs_dir: Path | None, ca: Path | None, cert: Path | None, key: Path | None, insecure: bool,
-                 role: str) -> grpc.ChannelCredentials | None:
+def _credentials(
+    *, certs_dir: Path | None, ca: Path | None, cert: Path | None, key: Path | None, insecure: bool, role: str
+) -> grpc.ChannelCredentials | None:
     """Mutual-TLS credentials from ``--certs/--ca/--cert/--key`` (None with ``--insecure``, whatever else is given);
     a command that dials the server as someone needs all three files."""
     from slperf.common.security.credentials import resolve_credential_files
@@ -184,8 +229,16 @@ def client(address, client_id, ca, cert, key, insecure, server_name, cache_dir, 
         import torch
 
         torch.set_num_threads(torch_threads)
-    daemon = ClientDaemon(ClientOptions(server=address, client_id=client_id, credentials=creds,
-                                        server_name=server_name, cache_dir=cache_dir, once=once))
+    daemon = ClientDaemon(
+        ClientOptions(
+            server=address,
+            client_id=client_id,
+            credentials=creds,
+            server_name=server_name,
+            cache_dir=cache_dir,
+            once=once,
+        )
+    )
 
     async def main_task() -> None:
         task = asyncio.current_task()
@@ -203,8 +256,12 @@ def client(address, client_id, ca, cert, key, insecure, server_name, cache_dir, 
 # -- operator commands -------------------------------------------------------------------------------
 def _operator_options(fn):
     fn = click.option("--server", "address", required=True, help="server HOST:PORT")(fn)
-    fn = click.option("--certs", "certs_dir", type=click.Path(path_type=Path),
-                      help="certificates folder holding ca.pem and operator.pem/key")(fn)
+    fn = click.option(
+        "--certs",
+        "certs_dir",
+        type=click.Path(path_type=Path),
+        help="certificates folder holding ca.pem and operator.pem/key",
+    )(fn)
     fn = click.option("--ca", type=click.Path(path_type=Path))(fn)
     fn = click.option("--cert", type=click.Path(path_type=Path), help="operator certificate")(fn)
     fn = click.option("--key", type=click.Path(path_type=Path), help="operator key")(fn)
@@ -216,8 +273,7 @@ def _operator_options(fn):
 def _operator(address, certs_dir, ca, cert, key, server_name, insecure):
     from slperf.operator import OperatorClient
 
-    creds = _credentials(certs_dir=certs_dir, ca=ca, cert=cert, key=key, insecure=insecure,
-                         role="an operator command")
+    creds = _credentials(certs_dir=certs_dir, ca=ca, cert=cert, key=key, insecure=insecure, role="an operator command")
     return OperatorClient(address, creds, server_name)
 
 
@@ -238,8 +294,10 @@ def run(address, certs_dir, ca, cert, key, server_name, insecure, config_path, r
         return
 
     def on_round(record: dict) -> None:
-        click.echo(f"round {record['round'] + 1}: test accuracy {100 * record['test_accuracy']:.2f}% "
-                   f"({record['round_seconds']:.1f} s)")
+        click.echo(
+            f"round {record['round'] + 1}: test accuracy {100 * record['test_accuracy']:.2f}% "
+            f"({record['round_seconds']:.1f} s)"
+        )
 
     status = op.follow(run_id, on_round)
     if status.state != "finished":
@@ -260,11 +318,16 @@ def status(address, certs_dir, ca, cert, key, server_name, insecure, as_json) ->
         return
     click.echo(f"server {reply.server_version}: {len(reply.clients)} client(s) connected")
     for c in reply.clients:
-        click.echo(f"  {c.client_id:<16} {c.state:<12} up {c.bytes_up / 1e6:8.2f} MB  down {c.bytes_down / 1e6:8.2f} MB  {c.peer}")
+        click.echo(
+            f"  {c.client_id:<16} {c.state:<12} up {c.bytes_up / 1e6:8.2f} MB  down "
+            f"{c.bytes_down / 1e6:8.2f} MB  {c.peer}"
+        )
     r = reply.run
     if r.state != "none":
-        click.echo(f"run {r.run_id}: {r.paradigm} {r.state}, round {r.round + 1}/{r.rounds}, "
-                   f"test accuracy {100 * r.test_accuracy:.2f}%{'  error: ' + r.error if r.error else ''}")
+        click.echo(
+            f"run {r.run_id}: {r.paradigm} {r.state}, round {r.round + 1}/{r.rounds}, "
+            f"test accuracy {100 * r.test_accuracy:.2f}%{'  error: ' + r.error if r.error else ''}"
+        )
 
 
 @main.command()
@@ -291,20 +354,30 @@ def federation(config_path: Path, out_dir: Path, no_progress: bool) -> None:
     from slperf.federation import run_federation
 
     summary = run_federation(config_path, out_dir, show_progress=not no_progress, echo=click.echo)
-    click.echo(f"done in {summary['federation_seconds']:.1f} s: {summary['paradigm']} on {summary['dataset']}, "
-               f"{summary['clients']} clients, {summary['rounds']} rounds")
-    click.echo(f"  test accuracy {100 * summary['test_accuracy']:.2f}% (best {100 * summary['best_test_accuracy']:.2f}%)")
+    click.echo(
+        f"done in {summary['federation_seconds']:.1f} s: {summary['paradigm']} on {summary['dataset']}, "
+        f"{summary['clients']} clients, {summary['rounds']} rounds"
+    )
+    click.echo(
+        f"  test accuracy {100 * summary['test_accuracy']:.2f}% (best {100 * summary['best_test_accuracy']:.2f}%)"
+    )
     clients = max(1, summary["clients"])
     rounds = max(1, summary["rounds"])
-    click.echo(f"  training bytes per client per round: up {summary['train_bytes_up'] / clients / rounds / 1e6:.2f} MB, "
-               f"down {summary['train_bytes_down'] / clients / rounds / 1e6:.2f} MB")
+    click.echo(
+        f"  training bytes per client per round: up {summary['train_bytes_up'] / clients / rounds / 1e6:.2f} MB, "
+        f"down {summary['train_bytes_down'] / clients / rounds / 1e6:.2f} MB"
+    )
     click.echo(f"  run folder: {summary['run_dir']}")
 
 
 @main.command()
 @click.option("--suite", required=True, help="suite NAME (built in: quick, paper) or a YAML file")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="results folder (default runs/bench/SUITE); "
-              "re-running into it resumes")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="results folder (default runs/bench/SUITE); re-running into it resumes",
+)
 @click.option("--no-progress", is_flag=True)
 def bench(suite: str, out_dir: Path | None, no_progress: bool) -> None:
     """Run a benchmark matrix (paradigms x datasets x partitions x clients x seeds) of real federations and
@@ -316,8 +389,10 @@ def bench(suite: str, out_dir: Path | None, no_progress: bool) -> None:
         outcome = run_suite(suite, out_dir, show_progress=not no_progress)
     except SuiteError as exc:
         _fail(str(exc))
-    click.echo(f"{len(outcome.ran)} cell(s) run, {len(outcome.skipped)} already done, {len(outcome.failed)} failed; "
-               f"report: {outcome.report}")
+    click.echo(
+        f"{len(outcome.ran)} cell(s) run, {len(outcome.skipped)} already done, {len(outcome.failed)} failed; "
+        f"report: {outcome.report}"
+    )
     if outcome.failed:
         sys.exit(1)
 
@@ -343,7 +418,9 @@ def data_prepare(name: str, data_dir: str | None) -> None:
     except ValueError as exc:  # an unknown name: the message lists the known ones
         _fail(str(exc))
     a = loaded.arrays
-    click.echo(f"{name}: train {tuple(a.train_x.shape)}, test {tuple(a.test_x.shape)} in {time.perf_counter() - t0:.2f} s")
+    click.echo(
+        f"{name}: train {tuple(a.train_x.shape)}, test {tuple(a.test_x.shape)} in {time.perf_counter() - t0:.2f} s"
+    )
 
 
 @data.command("list")
@@ -357,8 +434,12 @@ def data_list() -> None:
 
 @data.command("fetch")
 @click.argument("name")
-@click.option("--dest", type=click.Path(path_type=Path), help="folder to download into (default <cache>/downloads/NAME)")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="dataset cache (default $SLPERF_CACHE or ~/.cache/slperf)")
+@click.option(
+    "--dest", type=click.Path(path_type=Path), help="folder to download into (default <cache>/downloads/NAME)"
+)
+@click.option(
+    "--cache-dir", type=click.Path(path_type=Path), help="dataset cache (default $SLPERF_CACHE or ~/.cache/slperf)"
+)
 @click.option("--timeout", type=float, default=15.0, show_default=True, help="seconds per network operation")
 def data_fetch(name: str, dest: Path | None, cache_dir: Path | None, timeout: float) -> None:
     """Download a data set's original files from their hosts (needs internet) and verify their checksums."""
@@ -371,14 +452,20 @@ def data_fetch(name: str, dest: Path | None, cache_dir: Path | None, timeout: fl
     if name.lower() == "cifar10" and dest is None:
         click.echo(f"cifar10: ready in {folder}; `slperf data prepare cifar10` and runs find it without data_dir")
     else:
-        click.echo(f"{name}: files in {folder}; use them with `data_dir: {folder}` in a config "
-                   f"(or `slperf data prepare {name} --data-dir {folder}`)")
+        click.echo(
+            f"{name}: files in {folder}; use them with `data_dir: {folder}` in a config "
+            f"(or `slperf data prepare {name} --data-dir {folder}`)"
+        )
 
 
 @main.command("partition")
 @click.argument("config_path", type=click.Path(path_type=Path))
-@click.option("--png", "png_path", type=click.Path(path_type=Path),
-              help="where to draw the label histograms (default ./<config name>-partition.png)")
+@click.option(
+    "--png",
+    "png_path",
+    type=click.Path(path_type=Path),
+    help="where to draw the label histograms (default ./<config name>-partition.png)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the histograms as JSON instead of a table")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="dataset cache (default ~/.cache/slperf)")
 def partition_cmd(config_path: Path, png_path: Path | None, as_json: bool, cache_dir: Path | None) -> None:
@@ -403,19 +490,31 @@ def partition_cmd(config_path: Path, png_path: Path | None, as_json: bool, cache
         notes.append(f"note: {spec.name} is SYNTHETIC (generated data, not a real data set)")
     for i, p in enumerate(parts):
         if p.columns is not None:
-            notes.append(f"client {i}: feature columns {int(p.columns[0])}..{int(p.columns[-1])} "
-                         f"({p.columns.size} of {spec.input_shape[0]})")
-    hist = label_histograms(np.asarray(dataset.arrays.train_y), [p.indices for p in parts], spec.num_classes,
-                            class_names=spec.class_names or None, notes=notes,
-                            title=f"{spec.name}: {cfg.partition_method}, {cfg.clients} clients, seed {cfg.seed}")
+            notes.append(
+                f"client {i}: feature columns {int(p.columns[0])}..{int(p.columns[-1])} "
+                f"({p.columns.size} of {spec.input_shape[0]})"
+            )
+    hist = label_histograms(
+        np.asarray(dataset.arrays.train_y),
+        [p.indices for p in parts],
+        spec.num_classes,
+        class_names=spec.class_names or None,
+        notes=notes,
+        title=f"{spec.name}: {cfg.partition_method}, {cfg.clients} clients, seed {cfg.seed}",
+    )
     click.echo(json.dumps(hist.to_dict(), indent=2) if as_json else hist.table())
     png = plot_label_histograms(hist, png_path or Path(f"{config_path.stem}-partition.png"))
     click.echo(f"label histograms drawn to {png}", err=as_json)
 
 
 @main.command()
-@click.option("--details", "details", metavar="NAME", default=None,
-              help="Show one paradigm (name or alias): its protocol, options, aliases and deviations from SLPerf.")
+@click.option(
+    "--details",
+    "details",
+    metavar="NAME",
+    default=None,
+    help="Show one paradigm (name or alias): its protocol, options, aliases and deviations from SLPerf.",
+)
 def paradigms(details: str | None) -> None:
     """List the paradigms and their SLPerf aliases."""
     from slperf.common.paradigms import registry

@@ -2,6 +2,7 @@
 TLS with freshly made certificates; the run is started and followed with the operator credential, exactly
 as an operator would on separate machines. This is the project's main job (`slperf federation CONFIG`).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import yaml
 
@@ -80,29 +81,59 @@ class Federation:
             pki.add_client(self.certs_dir, cid)
         server_log = open(self.logs_dir / "server.log", "wb")
         self.server = subprocess.Popen(
-            self._cmd("server", "--address", "127.0.0.1:0", "--certs", str(self.certs_dir),
-                      "--runs-dir", str(self.out_dir), "--torch-threads", str(self.torch_threads)),
-            stdout=subprocess.PIPE, stderr=server_log, env=self._env())
+            self._cmd(
+                "server",
+                "--address",
+                "127.0.0.1:0",
+                "--certs",
+                str(self.certs_dir),
+                "--runs-dir",
+                str(self.out_dir),
+                "--torch-threads",
+                str(self.torch_threads),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=server_log,
+            env=self._env(),
+        )
         assert self.server.stdout is not None
         line = self.server.stdout.readline().decode(errors="replace").strip()  # blocks until ready or exit
         if not line.startswith(READY_PREFIX):
             self.server.wait(timeout=30)
             raise FederationError(f"the server did not start: {self._tail('server')}")
-        self.port = int(line[len(READY_PREFIX):])
+        self.port = int(line[len(READY_PREFIX) :])
         for cid in self.client_ids():
             cert, key = client_paths(self.certs_dir, cid)
             log = open(self.logs_dir / f"{cid}.log", "wb")
             self.clients[cid] = subprocess.Popen(
-                self._cmd("client", "--server", f"127.0.0.1:{self.port}", "--id", cid,
-                          "--ca", str(ca_paths(self.certs_dir)[0]), "--cert", str(cert), "--key", str(key),
-                          "--server-name", "localhost", "--torch-threads", str(self.torch_threads)),
-                stdout=log, stderr=subprocess.STDOUT, env=self._env())
+                self._cmd(
+                    "client",
+                    "--server",
+                    f"127.0.0.1:{self.port}",
+                    "--id",
+                    cid,
+                    "--ca",
+                    str(ca_paths(self.certs_dir)[0]),
+                    "--cert",
+                    str(cert),
+                    "--key",
+                    str(key),
+                    "--server-name",
+                    "localhost",
+                    "--torch-threads",
+                    str(self.torch_threads),
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+            )
         if self.hooks.on_started is not None:
             self.hooks.on_started(self)
 
     def operator(self) -> OperatorClient:
-        return OperatorClient(f"127.0.0.1:{self.port}", operator_channel_credentials(self.certs_dir),
-                              server_name="localhost")
+        return OperatorClient(
+            f"127.0.0.1:{self.port}", operator_channel_credentials(self.certs_dir), server_name="localhost"
+        )
 
     def _tail(self, name: str, lines: int = 5) -> str:
         path = (self.logs_dir or Path(".")) / f"{name}.log"
@@ -114,6 +145,7 @@ class Federation:
 
     def watch_children(self, on_death: Callable[[str], None]) -> None:
         """A thread per child that reports an unexpected exit (blocking wait, no polling)."""
+
         def wait(name: str, proc: subprocess.Popen) -> None:
             code = proc.wait()
             if not self._stopping:
@@ -159,8 +191,14 @@ def stop_processes(procs: Sequence[subprocess.Popen], grace: float) -> None:
             proc.stdout.close()
 
 
-def run_federation(config_path: Path, out_dir: Path, *, show_progress: bool = True,
-                   echo: Callable[[str], None] = print, hooks: FederationHooks | None = None) -> dict:
+def run_federation(
+    config_path: Path,
+    out_dir: Path,
+    *,
+    show_progress: bool = True,
+    echo: Callable[[str], None] = print,
+    hooks: FederationHooks | None = None,
+) -> dict:
     """Runs the config on a fresh local federation to its end and returns the run's summary; ``hooks`` let a
     caller watch the processes (see FederationHooks)."""
     config, warnings = load_config(config_path)
@@ -171,16 +209,23 @@ def run_federation(config_path: Path, out_dir: Path, *, show_progress: bool = Tr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     certs = Path(tempfile.mkdtemp(prefix="slperf-certs-"))
-    fed = Federation(config=config, out_dir=out_dir, certs_dir=certs,
-                     torch_threads=config.torch_threads or 1, hooks=hooks or FederationHooks())
+    fed = Federation(
+        config=config,
+        out_dir=out_dir,
+        certs_dir=certs,
+        torch_threads=config.torch_threads or 1,
+        hooks=hooks or FederationHooks(),
+    )
     failure: list[str] = []
     started = time.monotonic()
     try:
         fed.start()
         op = fed.operator()
         run_id = op.start_run(yaml.safe_dump(config.to_dict()))
-        echo(f"run {run_id}: {config.paradigm} on {config.dataset}, {config.clients} clients over mutual TLS "
-             f"(127.0.0.1:{fed.port}); logs in {fed.logs_dir}")
+        echo(
+            f"run {run_id}: {config.paradigm} on {config.dataset}, {config.clients} clients over mutual TLS "
+            f"(127.0.0.1:{fed.port}); logs in {fed.logs_dir}"
+        )
 
         def on_death(message: str) -> None:
             failure.append(message)

@@ -18,6 +18,7 @@ Exit status: 0 when the service answers SERVING, 1 for anything else (not servin
 unreadable certificate), with one line saying which; 2 for a usage error. Nothing here imports torch, so a
 check costs a fraction of a second.
 """
+
 from __future__ import annotations
 
 import sys
@@ -53,8 +54,14 @@ class HealthResult:
         return f"{text}: {self.detail}" if self.detail else text
 
 
-def check(address: str, credentials: grpc.ChannelCredentials | None = None, *, service: str = "",
-          server_name: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> HealthResult:
+def check(
+    address: str,
+    credentials: grpc.ChannelCredentials | None = None,
+    *,
+    service: str = "",
+    server_name: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> HealthResult:
     """One Health/Check call. ``credentials``: grpc.ChannelCredentials, or None for plaintext."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -78,14 +85,19 @@ def check(address: str, credentials: grpc.ChannelCredentials | None = None, *, s
             hint = " (server down or unreachable, or TLS refused: check the CA, the certificate and the server name)"
         elif failure.code == grpc.StatusCode.NOT_FOUND:
             hint = f" (the server has no health status for service {service!r})"
-        return HealthResult(False, failure.code_name("RPC_ERROR"), one_line(f"{failure.details}{hint}", DETAIL_LIMIT),
-                            time.perf_counter() - started)
+        return HealthResult(
+            False,
+            failure.code_name("RPC_ERROR"),
+            one_line(f"{failure.details}{hint}", DETAIL_LIMIT),
+            time.perf_counter() - started,
+        )
     finally:
         channel.close()
 
 
-def credentials_for(*, certs_dir: Path | None, ca: Path | None, cert: Path | None, key: Path | None,
-                    insecure: bool) -> grpc.ChannelCredentials | None:
+def credentials_for(
+    *, certs_dir: Path | None, ca: Path | None, cert: Path | None, key: Path | None, insecure: bool
+) -> grpc.ChannelCredentials | None:
     """Channel credentials from the options (None for plaintext). Raises TLSConfigError / ValueError.
 
     Unlike the client daemon, a health check may do server-only TLS (``--ca`` alone): it then shows that the
@@ -99,31 +111,61 @@ def credentials_for(*, certs_dir: Path | None, ca: Path | None, cert: Path | Non
 
     files = resolve_credential_files(certs_dir=certs_dir, ca=ca, cert=cert, key=key)
     if files.ca is None:
-        raise ValueError("give --certs DIR (CA + operator certificate), or --ca/--cert/--key, "
-                         "or --insecure for a plaintext server")
+        raise ValueError(
+            "give --certs DIR (CA + operator certificate), or --ca/--cert/--key, or --insecure for a plaintext server"
+        )
     if (files.cert is None) != (files.key is None):
         raise ValueError("--cert and --key go together")
     return files.credentials()
 
 
 @click.command("health", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--server", "address", envvar="SLPERF_HEALTH_SERVER", default=DEFAULT_ADDRESS, show_default=True,
-              help="server HOST:PORT [env SLPERF_HEALTH_SERVER]")
-@click.option("--certs", "certs_dir", envvar="SLPERF_HEALTH_CERTS", type=click.Path(path_type=Path),
-              help="folder with ca.pem and operator.pem/.key [env SLPERF_HEALTH_CERTS]")
-@click.option("--ca", envvar="SLPERF_HEALTH_CA", type=click.Path(path_type=Path),
-              help="CA certificate [env SLPERF_HEALTH_CA]")
-@click.option("--cert", envvar="SLPERF_HEALTH_CERT", type=click.Path(path_type=Path),
-              help="client-auth certificate (a client's or the operator's) [env SLPERF_HEALTH_CERT]")
-@click.option("--key", envvar="SLPERF_HEALTH_KEY", type=click.Path(path_type=Path),
-              help="its private key [env SLPERF_HEALTH_KEY]")
-@click.option("--server-name", envvar="SLPERF_HEALTH_SERVER_NAME",
-              help="TLS name to expect in the server certificate when the address is not in it")
+@click.option(
+    "--server",
+    "address",
+    envvar="SLPERF_HEALTH_SERVER",
+    default=DEFAULT_ADDRESS,
+    show_default=True,
+    help="server HOST:PORT [env SLPERF_HEALTH_SERVER]",
+)
+@click.option(
+    "--certs",
+    "certs_dir",
+    envvar="SLPERF_HEALTH_CERTS",
+    type=click.Path(path_type=Path),
+    help="folder with ca.pem and operator.pem/.key [env SLPERF_HEALTH_CERTS]",
+)
+@click.option(
+    "--ca", envvar="SLPERF_HEALTH_CA", type=click.Path(path_type=Path), help="CA certificate [env SLPERF_HEALTH_CA]"
+)
+@click.option(
+    "--cert",
+    envvar="SLPERF_HEALTH_CERT",
+    type=click.Path(path_type=Path),
+    help="client-auth certificate (a client's or the operator's) [env SLPERF_HEALTH_CERT]",
+)
+@click.option(
+    "--key", envvar="SLPERF_HEALTH_KEY", type=click.Path(path_type=Path), help="its private key [env SLPERF_HEALTH_KEY]"
+)
+@click.option(
+    "--server-name",
+    envvar="SLPERF_HEALTH_SERVER_NAME",
+    help="TLS name to expect in the server certificate when the address is not in it",
+)
 @click.option("--insecure", is_flag=True, envvar="SLPERF_HEALTH_INSECURE", help="plaintext server (local experiments)")
-@click.option("--service", default="", show_default=True,
-              help="health service name ('' = the whole server; slperf.v1.SplitLearning, slperf.v1.Control)")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT_S, show_default=True,
-              help="seconds to wait for the answer")
+@click.option(
+    "--service",
+    default="",
+    show_default=True,
+    help="health service name ('' = the whole server; slperf.v1.SplitLearning, slperf.v1.Control)",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    help="seconds to wait for the answer",
+)
 @click.option("-q", "--quiet", is_flag=True, help="print nothing when healthy")
 def health(address, certs_dir, ca, cert, key, server_name, insecure, service, timeout, quiet) -> None:
     """Ask a server's gRPC health service whether it is SERVING (exit 0) or not (exit 1)."""

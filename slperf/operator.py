@@ -1,17 +1,17 @@
 """The operator's side of the Control service: start a run, follow it, status, stop, shutdown."""
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import grpc
 
 from slperf.common.protocol.types import FINAL_RUN_STATES
 from slperf.common.transport.channel import create_sync_channel
 from slperf.v1 import service_pb2, service_pb2_grpc
-
 
 FINAL_STATES = frozenset(state.value for state in FINAL_RUN_STATES)  # what a follower waits for
 
@@ -30,8 +30,9 @@ class OperatorClient:
         self.channel.close()
 
     def start_run(self, config_text: str, run_id: str = "", timeout: float = 30) -> str:
-        reply = self.stub.StartRun(service_pb2.StartRunRequest(config=config_text, run_id=run_id), timeout=timeout,
-                                   wait_for_ready=True)
+        reply = self.stub.StartRun(
+            service_pb2.StartRunRequest(config=config_text, run_id=run_id), timeout=timeout, wait_for_ready=True
+        )
         return reply.run_id
 
     def status(self, timeout: float = 10) -> service_pb2.StatusResponse:
@@ -41,8 +42,9 @@ class OperatorClient:
         for event in self.stub.WatchRun(service_pb2.WatchRunRequest(run_id=run_id)):
             yield event.kind, (json.loads(event.json) if event.json else {}), event.status
 
-    def follow(self, run_id: str, on_round: Callable[[dict], None], *,
-               reconnect_timeout: float = 180.0) -> service_pb2.RunStatus:
+    def follow(
+        self, run_id: str, on_round: Callable[[dict], None], *, reconnect_timeout: float = 180.0
+    ) -> service_pb2.RunStatus:
         """Blocks until the run ends; calls ``on_round`` once for every finished round; returns the final status.
 
         A server that goes away (a restart resumes the run from its checkpoint) is waited for up to

@@ -6,6 +6,7 @@ SHA-256. Private keys are created with mode 0600 from the start and every file i
 ``atomic_write``, under an advisory lock on the folder, so two concurrent ``slperf certs`` commands cannot
 interleave their writes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -94,9 +96,7 @@ def _dir_lock(d: Path) -> Iterator[None]:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     atomic_write(path, pem, _KEY_MODE)
 
 
@@ -196,9 +196,7 @@ def _build_cert(
         .add_extension(ski, critical=False)
     )
     if issuer_ski is not None:
-        b = b.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
-        )
+        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False)
     if eku:
         b = b.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     if sans:
@@ -217,7 +215,7 @@ def _leaf_window(
     else:
         not_after = not_valid_after
         if not_after.tzinfo is None:
-            not_after = not_after.replace(tzinfo=_dt.timezone.utc)
+            not_after = not_after.replace(tzinfo=_dt.UTC)
     if not_after <= not_before:  # e.g. a deliberately expired certificate for tests
         not_before = not_after - _dt.timedelta(days=1)
     return not_before, not_after
@@ -312,12 +310,23 @@ def init_pki(
     )
     leaf_before, leaf_after = _leaf_window(ca_cert, validity_days, None)
     server_key, server_cert = _issue_leaf(
-        ca_cert, ca_key, role=Role.SERVER, name=SERVER_IDENTITY_NAME, eku=ExtendedKeyUsageOID.SERVER_AUTH,
-        extra_sans=sans, not_before=leaf_before, not_after=leaf_after,
+        ca_cert,
+        ca_key,
+        role=Role.SERVER,
+        name=SERVER_IDENTITY_NAME,
+        eku=ExtendedKeyUsageOID.SERVER_AUTH,
+        extra_sans=sans,
+        not_before=leaf_before,
+        not_after=leaf_after,
     )
     op_key, op_cert = _issue_leaf(
-        ca_cert, ca_key, role=Role.OPERATOR, name=operator_name, eku=ExtendedKeyUsageOID.CLIENT_AUTH,
-        not_before=leaf_before, not_after=leaf_after,
+        ca_cert,
+        ca_key,
+        role=Role.OPERATOR,
+        name=operator_name,
+        eku=ExtendedKeyUsageOID.CLIENT_AUTH,
+        not_before=leaf_before,
+        not_after=leaf_after,
     )
 
     d.mkdir(parents=True, exist_ok=True)
@@ -381,13 +390,22 @@ def add_client(
         )
     not_before, not_after = _leaf_window(ca_cert, validity_days, not_valid_after)
     key, cert = _issue_leaf(
-        ca_cert, ca_key, role=Role.CLIENT, name=client_id, eku=ExtendedKeyUsageOID.CLIENT_AUTH,
-        not_before=not_before, not_after=not_after,
+        ca_cert,
+        ca_key,
+        role=Role.CLIENT,
+        name=client_id,
+        eku=ExtendedKeyUsageOID.CLIENT_AUTH,
+        not_before=not_before,
+        not_after=not_after,
     )
     _write_key(key_path, key)
     _write_cert(cert_path, cert)
-    log.info("issued client certificate %s (serial %s, valid until %s)", cert_path, serial_hex(cert.serial_number),
-             not_after.isoformat())
+    log.info(
+        "issued client certificate %s (serial %s, valid until %s)",
+        cert_path,
+        serial_hex(cert.serial_number),
+        not_after.isoformat(),
+    )
     return cert_path, key_path
 
 

@@ -4,6 +4,7 @@ Written with ``torch.save`` to a temporary file in the same folder, fsynced, the
 (rename is atomic on POSIX), and the folder fsynced so the rename itself is durable. Read back only with
 ``torch.load(weights_only=True)``: a checkpoint file is input like any other and must not run code.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ every client's session stream, keepalives and control calls, is never blocked by
 server hands every run the same single-thread executor, so a paradigm's computations run one at a time
 and in the order it asked for them.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -5,6 +5,7 @@ It knows nothing about any particular paradigm: it asks the registry for the par
 talks to clients only through client handles (``ClientProxy``). What a round is worth in figures is the
 ``RunRecorder``'s business; the coordinator owns the run's life cycle and the order of its steps.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,11 +26,11 @@ from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone, ClientHandle, ParadigmSpec, ServerParadigm
 from slperf.common.protocol.types import RunState
-from slperf.slserver.run_folder import RunFolder
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
 from slperf.slserver.compute import ComputeContext
 from slperf.slserver.proxy import ClientProxy
 from slperf.slserver.recorder import Record, RunRecorder
+from slperf.slserver.run_folder import RunFolder
 from slperf.slserver.sessions import SessionRegistry
 
 log = logging.getLogger("slperf.server.run")
@@ -93,9 +94,15 @@ class _Prepared:
 class RunCoordinator:
     """Starts, stops and resumes the server's one run at a time, and drives it round by round."""
 
-    def __init__(self, registry: SessionRegistry, runs_dir: Path, executor: concurrent.futures.Executor, *,
-                 paradigm_spec: Callable[[str], ParadigmSpec] = paradigms.get,
-                 client_factory: ClientFactory = ClientProxy):
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        runs_dir: Path,
+        executor: concurrent.futures.Executor,
+        *,
+        paradigm_spec: Callable[[str], ParadigmSpec] = paradigms.get,
+        client_factory: ClientFactory = ClientProxy,
+    ):
         """``paradigm_spec`` and ``client_factory`` are where the unit tests put their fakes."""
         self.registry = registry
         self.runs_dir = Path(runs_dir)
@@ -118,8 +125,11 @@ class RunCoordinator:
         """The newest run folder with a checkpoint but no final state: a run the server was killed in."""
         if not self.runs_dir.is_dir():
             return None
-        candidates = [p for p in self.runs_dir.iterdir() if (p / "checkpoint.pt").exists()
-                      and (p / "config.yaml").exists() and not (p / "state.json").exists()]
+        candidates = [
+            p
+            for p in self.runs_dir.iterdir()
+            if (p / "checkpoint.pt").exists() and (p / "config.yaml").exists() and not (p / "state.json").exists()
+        ]
         return max(candidates, key=lambda p: (p / "checkpoint.pt").stat().st_mtime, default=None)
 
     def resume(self, folder: Path) -> Run | None:
@@ -148,8 +158,7 @@ class RunCoordinator:
             spec = self._paradigm_spec(run.config.paradigm)
             dataset = DATASETS[run.config.dataset]
             clients = await self._gather_clients(run)
-            prepared = await self._prepare(run, spec, dataset.num_classes, tuple(dataset.input_shape), clients,
-                                           started)
+            prepared = await self._prepare(run, spec, dataset.num_classes, tuple(dataset.input_shape), clients, started)
             await self._rounds(run, prepared, clients)
             await self._finish(run, prepared)
             run.state = RunState.FINISHED
@@ -191,19 +200,34 @@ class RunCoordinator:
             await self.registry.wait_for(lambda s: len(s) >= config.clients, timeout)
         except TimeoutError:
             have = sorted(self.registry.sessions)
-            raise RunFailed(f"only {len(have)} of {config.clients} clients connected within {timeout:.0f} s "
-                            f"(connected: {', '.join(have) or 'none'})") from None
+            raise RunFailed(
+                f"only {len(have)} of {config.clients} clients connected within {timeout:.0f} s "
+                f"(connected: {', '.join(have) or 'none'})"
+            ) from None
         return sorted(self.registry.sessions)[: config.clients]
 
-    async def _prepare(self, run: Run, spec: ParadigmSpec, num_classes: int, input_shape: tuple[int, ...],
-                       clients: list[RunClient], started: float) -> _Prepared:
+    async def _prepare(
+        self,
+        run: Run,
+        spec: ParadigmSpec,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        clients: list[RunClient],
+        started: float,
+    ) -> _Prepared:
         """Builds the paradigm's server half, continues from a checkpoint if there is one, sets the clients up."""
         config = run.config
         ctx = ComputeContext(config, run.run_id, self.executor)
         paradigm: ServerParadigm = await ctx.compute(spec.server, config, ctx, num_classes, input_shape)
         first_round, records, elapsed_before = self._resume(run, paradigm)
-        recorder = RunRecorder(run.run_id, config, self.registry.client_bytes, started=started, records=records,
-                               elapsed_before=elapsed_before)
+        recorder = RunRecorder(
+            run.run_id,
+            config,
+            self.registry.client_bytes,
+            started=started,
+            records=records,
+            elapsed_before=elapsed_before,
+        )
         await asyncio.gather(*(c.session() for c in clients))
         run.state = RunState.RUNNING
         ids = [c.client_id for c in clients]
@@ -237,9 +261,14 @@ class RunCoordinator:
             record = recorder.finish_round(meter, result, evaluation)
             run.test_accuracy = record["test_accuracy"]
             run.folder.append_metrics(record)
-            checkpoint = {"run_id": run.run_id, "round": rnd, "config": run.config.to_dict(),
-                          "paradigm": paradigm.state_dict(), "model": paradigm.model_state(),
-                          "elapsed": recorder.elapsed()}
+            checkpoint = {
+                "run_id": run.run_id,
+                "round": rnd,
+                "config": run.config.to_dict(),
+                "paradigm": paradigm.state_dict(),
+                "model": paradigm.model_state(),
+                "elapsed": recorder.elapsed(),
+            }
             await prepared.ctx.compute(save_checkpoint, run.folder.checkpoint_path, checkpoint)
             run.publish("round", record)
 
@@ -249,5 +278,6 @@ class RunCoordinator:
         run.summary = prepared.recorder.summary()
         run.summary.update(prepared.paradigm.describe())
         run.folder.write_summary(run.summary)
-        await prepared.ctx.compute(run.folder.write_plots, prepared.recorder.records,
-                                   f"{config.paradigm} on {config.dataset}")
+        await prepared.ctx.compute(
+            run.folder.write_plots, prepared.recorder.records, f"{config.paradigm} on {config.dataset}"
+        )

@@ -19,6 +19,7 @@ has nothing but the claim to go on), the claim matching the certificate's name, 
 by that id). What depends on the connection alone (is there a certificate identity, is it a client's) is
 refused at call start, before the peer may send anything.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -81,27 +82,32 @@ def _checked_first(behaviour: Behaviour, check: Check) -> Behaviour:
     """``behaviour`` with ``check`` awaited before it, of the same kind (coroutine or async generator), which is
     what grpc.aio looks at to decide how to drive it."""
     if inspect.isasyncgenfunction(behaviour):
+
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await check(request, context)
             async for item in behaviour(request, context):
                 yield item
+
         return stream
     if inspect.iscoroutinefunction(behaviour):
+
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await check(request, context)
             return await behaviour(request, context)
+
         return call
     raise TypeError(f"{behaviour!r} is not an async handler; the server's handlers are all async")
 
 
-def with_check(handler: Handler, check: Check,
-               request_deserializer: Callable[[bytes], Any] | None = None) -> Handler:
+def with_check(handler: Handler, check: Check, request_deserializer: Callable[[bytes], Any] | None = None) -> Handler:
     """A copy of ``handler`` whose behaviour awaits ``check`` first (and parses with ``request_deserializer``
     when given)."""
     attr, make = _BEHAVIOUR[(handler.request_streaming, handler.response_streaming)]
-    return make(_checked_first(getattr(handler, attr), check),
-                request_deserializer=request_deserializer or handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+    return make(
+        _checked_first(getattr(handler, attr), check),
+        request_deserializer=request_deserializer or handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -116,11 +122,13 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, services: Iterable[ServiceDescriptor]):
         self._message_names = {
             f"/{service.full_name}/{method.name}": method.input_type.full_name
-            for service in services for method in service.methods
+            for service in services
+            for method in service.methods
         }
 
-    async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         name = self._message_names.get(handler_call_details.method)
         if handler is None or name is None or handler.request_streaming:
@@ -142,8 +150,9 @@ class OperatorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: str = CONTROL_SERVICE):
         self._service = service
 
-    async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None or _service_of(handler_call_details.method) != self._service:
             return handler
@@ -154,8 +163,9 @@ async def _require_operator(_request: Any, context: grpc.aio.ServicerContext[Any
     ident = identity_from_auth_context(context.auth_context())
     if ident is None or ident.role != Role.OPERATOR:
         who = f"a {ident.role} certificate ({ident.name})" if ident else "no certificate"
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"Control calls need the operator certificate; this connection has {who}")
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED, f"Control calls need the operator certificate; this connection has {who}"
+        )
 
 
 class ClientIdentityInterceptor(grpc.aio.ServerInterceptor):
@@ -166,8 +176,9 @@ class ClientIdentityInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, method: str = SESSION_METHOD):
         self._method = method
 
-    async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method != self._method:
             return handler
@@ -179,8 +190,9 @@ async def _require_client(_requests: Any, context: grpc.aio.ServicerContext[Any,
     if ident is None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate identity on this connection")
     if ident.role != Role.CLIENT:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"a {ident.role} certificate cannot open a client session")
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED, f"a {ident.role} certificate cannot open a client session"
+        )
     _session_identity.set(ident)
 
 
@@ -210,16 +222,20 @@ class HelloAuthorizer:
     async def client(self, context: grpc.aio.ServicerContext[Any, Any], claimed: str) -> None:
         """Aborts the call unless ``claimed`` is allowed, the certificate names it, and it is not revoked."""
         if self.allowed is not None and claimed not in self.allowed:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"client '{claimed}' is not in this server's allowed list (--allowed-clients)")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"client '{claimed}' is not in this server's allowed list (--allowed-clients)",
+            )
         if self.insecure:
             return
         ident = session_identity()
         if ident is None:  # fail closed if the server was built without ClientIdentityInterceptor
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate identity on this connection")
         if ident.name != claimed:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"client id '{claimed}' does not match the certificate's client id '{ident.name}'")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"client id '{claimed}' does not match the certificate's client id '{ident.name}'",
+            )
         if self.certs_dir is not None:
             try:
                 revoked = load_revoked(self.certs_dir)

@@ -5,10 +5,10 @@ reconnected, or dropped), the next call waits for the live one and sets the clie
 a client that reconnects rejoins with the weights the paradigm hands it next. Every message it reads back
 is checked against the run, round, phase and step it expects, and against the paradigm's spec.
 """
+
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -17,14 +17,23 @@ import torch
 from slperf.common.config import RunConfig
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone
+from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange, Stage
 from slperf.common.protocol.messages import (
-    ClientMessage, ErrorReport, Evaluate, Finish, ModelState, PhaseDone, Ready, RequestWeights, RunSetup, ServerMessage,
+    ClientMessage,
+    ErrorReport,
+    Evaluate,
+    Finish,
+    ModelState,
+    PhaseDone,
+    Ready,
+    RequestWeights,
+    RunSetup,
+    ServerMessage,
     TrainEpoch,
 )
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, SessionState, State, StepRef
 from slperf.common.wire.codec import check_state
-from slperf.common.protocol.errors import WireError
 from slperf.slserver.sessions import Session, SessionRegistry
 
 M = TypeVar("M")
@@ -52,9 +61,10 @@ class ClientProxy:
             return session
         try:
             session = await self._registry.wait_session(self.client_id, self._config.rejoin_timeout)
-        except asyncio.TimeoutError:
-            raise ClientGone(self.client_id, f"not connected (waited rejoin_timeout = "
-                                             f"{self._config.rejoin_timeout:.0f} s)") from None
+        except TimeoutError:
+            raise ClientGone(
+                self.client_id, f"not connected (waited rejoin_timeout = {self._config.rejoin_timeout:.0f} s)"
+            ) from None
         session.in_run = self._run_id
         session.drain()
         await self._send(session, RunSetup(self._run_id, self._config.to_json(), self.index, self._config.clients))
@@ -75,7 +85,7 @@ class ClientProxy:
     async def _next(self, session: Session) -> ClientMessage:
         try:
             message = await session.next(self._timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # A client dropped for silence must not keep this stream: if it resumed, the instructions queued
             # on it would keep the client one round behind the server for the rest of the run.
             session.close(f"dropped: no message for {self._timeout:.0f} s (client_timeout)")
@@ -92,8 +102,9 @@ class ClientProxy:
             message = await self._next(session)
             if isinstance(message, kind):
                 return message
-            await session.send_error(grpc.StatusCode.FAILED_PRECONDITION,
-                                     f"expected {_name(kind)}, got {_name(type(message))}; dropped")
+            await session.send_error(
+                grpc.StatusCode.FAILED_PRECONDITION, f"expected {_name(kind)}, got {_name(type(message))}; dropped"
+            )
 
     # -- ClientHandle -------------------------------------------------------------------------------
     async def set_weights(self, segment: str, state: Mapping[str, torch.Tensor], round: int) -> None:
@@ -106,8 +117,10 @@ class ClientProxy:
         while True:
             state = await self._expect(session, ModelState)
             if (state.run_id, state.round, state.segment) != (self._run_id, round, segment):
-                await session.send_error(grpc.StatusCode.FAILED_PRECONDITION,
-                                         f"weights for {state.run_id}/{state.round}/{state.segment!r} are not the ones requested")
+                await session.send_error(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"weights for {state.run_id}/{state.round}/{state.segment!r} are not the ones requested",
+                )
                 continue
             try:
                 check_state(state.tensors, expected)
@@ -121,7 +134,9 @@ class ClientProxy:
         return ProxyPhaseStream(self.run_pass(instruction, StepRef(self._run_id, round, 0, Phase.TRAIN)))
 
     def evaluate(self, round: int) -> ProxyPhaseStream:
-        return ProxyPhaseStream(self.run_pass(Evaluate(self._run_id, round), StepRef(self._run_id, round, 0, Phase.EVAL)))
+        return ProxyPhaseStream(
+            self.run_pass(Evaluate(self._run_id, round), StepRef(self._run_id, round, 0, Phase.EVAL))
+        )
 
     async def reply(self, reply: CutReply) -> None:
         await self._send(await self.session(), reply)
@@ -143,8 +158,9 @@ class ClientProxy:
         session.state = SessionState.IDLE
 
     # -- one pass -------------------------------------------------------------------------------------
-    async def run_pass(self, instruction: TrainEpoch | Evaluate,
-                       first: StepRef) -> AsyncGenerator[CutTensor | PhaseSummary, None]:
+    async def run_pass(
+        self, instruction: TrainEpoch | Evaluate, first: StepRef
+    ) -> AsyncGenerator[CutTensor | PhaseSummary, None]:
         """Sends the instruction, then yields the pass's cut tensors in step and stage order (as the exchange
         declares them) and finally its summary. Messages that do not fit are refused on the stream and skipped."""
         session = await self.session()
@@ -157,13 +173,16 @@ class ClientProxy:
             if isinstance(message, PhaseDone):
                 ref = message.ref
                 if (ref.run_id, ref.round, ref.phase) != (expect.run_id, expect.round, expect.phase):
-                    await session.send_error(grpc.StatusCode.FAILED_PRECONDITION, "phase_done for another phase; dropped")
+                    await session.send_error(
+                        grpc.StatusCode.FAILED_PRECONDITION, "phase_done for another phase; dropped"
+                    )
                     continue
                 yield message.summary
                 return
             if not isinstance(message, CutTensor):
-                await session.send_error(grpc.StatusCode.FAILED_PRECONDITION,
-                                         f"expected cut_tensor, got {_name(type(message))}; dropped")
+                await session.send_error(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"expected cut_tensor, got {_name(type(message))}; dropped"
+                )
                 continue
             try:
                 check_cut_tensor(message, expect, self.exchange, stages[stage] if stages else None)
@@ -201,19 +220,25 @@ def check_cut_tensor(message: CutTensor, expect: StepRef, exchange: Exchange, st
     """Refuses a cut tensor that is not the step the server expects, or not what the exchange declares for it."""
     ref = message.ref
     if stage is None:
-        raise WireError(grpc.StatusCode.FAILED_PRECONDITION,
-                        f"this paradigm sends no cut tensors in a {expect.phase.name.lower()} pass")
+        raise WireError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"this paradigm sends no cut tensors in a {expect.phase.name.lower()} pass",
+        )
     if ref != expect:
         code = grpc.StatusCode.FAILED_PRECONDITION
         if ref.run_id == expect.run_id and ref.round == expect.round and ref.step < expect.step:
             raise WireError(code, f"duplicate step {ref.step} (expected {expect.step}); not applied twice")
-        raise WireError(code, f"cut tensor for run {ref.run_id!r} round {ref.round} step {ref.step} "
-                              f"{ref.phase.name.lower()} stage {ref.stage!r} arrived while the server expects round "
-                              f"{expect.round} step {expect.step} {expect.phase.name.lower()} stage {expect.stage!r}")
+        raise WireError(
+            code,
+            f"cut tensor for run {ref.run_id!r} round {ref.round} step {ref.step} "
+            f"{ref.phase.name.lower()} stage {ref.stage!r} arrived while the server expects round "
+            f"{expect.round} step {expect.step} {expect.phase.name.lower()} stage {expect.stage!r}",
+        )
     exchange.check_up(message, stage)
 
 
 def _name(kind: type) -> str:
     """A message class's wire name (``CutTensor`` -> ``cut_tensor``), for error texts a foreign client can act on."""
     return {"ErrorReport": "error"}.get(kind.__name__) or "".join(
-        "_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(kind.__name__))
+        "_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(kind.__name__)
+    )

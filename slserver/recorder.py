@@ -9,6 +9,7 @@ its running totals are exactly those of the run it continues.
 It does no I/O: the coordinator writes what it produces to the run folder. Records stay plain mappings
 because they are the file format: the same keys go to ``metrics.jsonl``, to watchers and to the plots.
 """
+
 from __future__ import annotations
 
 import time
@@ -69,8 +70,17 @@ class RoundMeter:
 class RunRecorder:
     """Turns what each round did into its record, and the records into the run's summary."""
 
-    def __init__(self, run_id: str, config: RunConfig, client_bytes: ClientBytes, *, started: float,
-                 records: Sequence[Record] = (), elapsed_before: float = 0.0, clock: Clock = time.monotonic):
+    def __init__(
+        self,
+        run_id: str,
+        config: RunConfig,
+        client_bytes: ClientBytes,
+        *,
+        started: float,
+        records: Sequence[Record] = (),
+        elapsed_before: float = 0.0,
+        clock: Clock = time.monotonic,
+    ):
         """``started`` is the clock reading when this server began the run; ``records`` and ``elapsed_before``
         are what a resumed run kept of the rounds (and the wall time) before its checkpoint."""
         self.run_id = run_id

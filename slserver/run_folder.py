@@ -2,12 +2,14 @@
 (appended and fsynced as rounds finish, so a crash loses at most the round in flight), run state, the summary
 and plots. It lives with the server because only the server writes it; readers (tests, benchmarks) open the
 same folder afterwards."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -63,7 +65,10 @@ class RunFolder:
         acc = [100 * r["test_accuracy"] for r in records]
         axes = {
             "accuracy_vs_round.png": ([r["round"] + 1 for r in records], "round"),
-            "accuracy_vs_bytes.png": ([(r["bytes_up"] + r["bytes_down"]) / 1e6 for r in records], "bytes on the wire, up + down (MB)"),
+            "accuracy_vs_bytes.png": (
+                [(r["bytes_up"] + r["bytes_down"]) / 1e6 for r in records],
+                "bytes on the wire, up + down (MB)",
+            ),
             "accuracy_vs_time.png": ([r["wall_seconds"] for r in records], "wall time (s)"),
         }
         written = []

@@ -6,6 +6,7 @@ are not written here: they are interceptors, plus the Hello-time checks of ``Hel
 ``slperf.slserver.interceptors``, which says what runs where). With ``--insecure`` (local experiments only)
 there is no certificate and the claimed id is trusted.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,9 +61,11 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be Hello")
         hello = hello_from_pb(first.hello)
         if hello.protocol_version != PROTOCOL_VERSION:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"protocol version {hello.protocol_version} is not supported; this server speaks "
-                                f"version {PROTOCOL_VERSION} (upgrade the client or the server)")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version {hello.protocol_version} is not supported; this server speaks "
+                f"version {PROTOCOL_VERSION} (upgrade the client or the server)",
+            )
         if not valid_client_id(hello.client_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid client id {hello.client_id!r}")
         await self.auth.client(context, hello.client_id)
@@ -75,8 +78,15 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             replaced.close("replaced by a new session of the same client (reconnect)")  # its handler returns
         log.info("client %s connected from %s", hello.client_id, context.peer())
         try:
-            await session.send(Welcome(PROTOCOL_VERSION, session.session_id, session.resume_token,
-                                       max_message_bytes=limits.max_payload_bytes, chunk_bytes=DEFAULT_CHUNK_BYTES))
+            await session.send(
+                Welcome(
+                    PROTOCOL_VERSION,
+                    session.session_id,
+                    session.resume_token,
+                    max_message_bytes=limits.max_payload_bytes,
+                    chunk_bytes=DEFAULT_CHUNK_BYTES,
+                )
+            )
             # The handler ends when the peer ends the stream *or* when the session is closed on this side
             # (replaced by a reconnect, dropped by the run), so a stalled stream cannot resume later.
             reader = asyncio.ensure_future(session.read_loop())
@@ -107,19 +117,27 @@ def add_session_service(server: grpc.aio.Server, sessions: SplitLearningService)
     parse = session_request_parser()
     session_handlers = {
         "Session": grpc.stream_stream_rpc_method_handler(
-            sessions.Session, request_deserializer=parse, response_serializer=serialize_envelope),
+            sessions.Session, request_deserializer=parse, response_serializer=serialize_envelope
+        ),
     }
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("slperf.v1.SplitLearning", session_handlers),))
+        (grpc.method_handlers_generic_handler("slperf.v1.SplitLearning", session_handlers),)
+    )
 
 
 def _run_status(run: Run | None) -> service_pb2.RunStatus:
     if run is None:
         return service_pb2.RunStatus(state="none")
     return service_pb2.RunStatus(
-        run_id=run.run_id, state=run.state.value, round=run.round, rounds=run.config.epochs,
-        test_accuracy=run.test_accuracy, paradigm=run.config.paradigm, error=run.error,
-        summary_json=json.dumps(run.summary) if run.summary else "")
+        run_id=run.run_id,
+        state=run.state.value,
+        round=run.round,
+        rounds=run.config.epochs,
+        test_accuracy=run.test_accuracy,
+        paradigm=run.config.paradigm,
+        error=run.error,
+        summary_json=json.dumps(run.summary) if run.summary else "",
+    )
 
 
 class ControlService(service_pb2_grpc.ControlServicer):
@@ -138,9 +156,11 @@ class ControlService(service_pb2_grpc.ControlServicer):
             return None
         return run
 
-    async def StartRun(self, request: service_pb2.StartRunRequest,
-                       context: grpc.aio.ServicerContext[service_pb2.StartRunRequest, service_pb2.StartRunResponse],
-                       ) -> service_pb2.StartRunResponse:
+    async def StartRun(
+        self,
+        request: service_pb2.StartRunRequest,
+        context: grpc.aio.ServicerContext[service_pb2.StartRunRequest, service_pb2.StartRunResponse],
+    ) -> service_pb2.StartRunResponse:
         try:
             config, warnings = load_config_text(request.config, source="run config")
         except ConfigError as exc:
@@ -155,21 +175,32 @@ class ControlService(service_pb2_grpc.ControlServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return service_pb2.StartRunResponse(run_id=run.run_id)
 
-    async def Status(self, request: service_pb2.StatusRequest,
-                     context: grpc.aio.ServicerContext[service_pb2.StatusRequest, service_pb2.StatusResponse],
-                     ) -> service_pb2.StatusResponse:
+    async def Status(
+        self,
+        request: service_pb2.StatusRequest,
+        context: grpc.aio.ServicerContext[service_pb2.StatusRequest, service_pb2.StatusResponse],
+    ) -> service_pb2.StatusResponse:
         loop = asyncio.get_running_loop()
         clients = [
-            service_pb2.ClientStatus(client_id=s.client_id, state=s.state.value, peer=s.peer, bytes_up=s.counter.up,
-                                     bytes_down=s.counter.down, connected_seconds=loop.time() - s.connected_at)
+            service_pb2.ClientStatus(
+                client_id=s.client_id,
+                state=s.state.value,
+                peer=s.peer,
+                bytes_up=s.counter.up,
+                bytes_down=s.counter.down,
+                connected_seconds=loop.time() - s.connected_at,
+            )
             for s in sorted(self.registry.sessions.values(), key=lambda s: s.client_id)
         ]
-        return service_pb2.StatusResponse(clients=clients, run=_run_status(self.coordinator.current),
-                                          server_version=__version__)
+        return service_pb2.StatusResponse(
+            clients=clients, run=_run_status(self.coordinator.current), server_version=__version__
+        )
 
-    async def WatchRun(self, request: service_pb2.WatchRunRequest,
-                       context: grpc.aio.ServicerContext[service_pb2.WatchRunRequest, service_pb2.RunEvent],
-                       ) -> AsyncIterator[service_pb2.RunEvent]:
+    async def WatchRun(
+        self,
+        request: service_pb2.WatchRunRequest,
+        context: grpc.aio.ServicerContext[service_pb2.WatchRunRequest, service_pb2.RunEvent],
+    ) -> AsyncIterator[service_pb2.RunEvent]:
         run = self._run(request.run_id)
         if run is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} on this server")
@@ -179,18 +210,22 @@ class ControlService(service_pb2_grpc.ControlServicer):
             yield service_pb2.RunEvent(run_id=run.run_id, kind="state", status=_run_status(run))
             while not run.finished:
                 kind, payload = await queue.get()
-                yield service_pb2.RunEvent(run_id=run.run_id, kind=kind, json=json.dumps(payload),
-                                           status=_run_status(run))
+                yield service_pb2.RunEvent(
+                    run_id=run.run_id, kind=kind, json=json.dumps(payload), status=_run_status(run)
+                )
             while not queue.empty():  # events published together with the final state
                 kind, payload = queue.get_nowait()
-                yield service_pb2.RunEvent(run_id=run.run_id, kind=kind, json=json.dumps(payload),
-                                           status=_run_status(run))
+                yield service_pb2.RunEvent(
+                    run_id=run.run_id, kind=kind, json=json.dumps(payload), status=_run_status(run)
+                )
         finally:
             run.watchers.remove(queue)
 
-    async def StopRun(self, request: service_pb2.StopRunRequest,
-                      context: grpc.aio.ServicerContext[service_pb2.StopRunRequest, service_pb2.StopRunResponse],
-                      ) -> service_pb2.StopRunResponse:
+    async def StopRun(
+        self,
+        request: service_pb2.StopRunRequest,
+        context: grpc.aio.ServicerContext[service_pb2.StopRunRequest, service_pb2.StopRunResponse],
+    ) -> service_pb2.StopRunResponse:
         run = self._run(request.run_id)
         if run is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} on this server")
@@ -198,8 +233,10 @@ class ControlService(service_pb2_grpc.ControlServicer):
         await self.coordinator.stop(run)
         return service_pb2.StopRunResponse(stopped=was_running)
 
-    async def Shutdown(self, request: service_pb2.ShutdownRequest,
-                       context: grpc.aio.ServicerContext[service_pb2.ShutdownRequest, service_pb2.ShutdownResponse],
-                       ) -> service_pb2.ShutdownResponse:
+    async def Shutdown(
+        self,
+        request: service_pb2.ShutdownRequest,
+        context: grpc.aio.ServicerContext[service_pb2.ShutdownRequest, service_pb2.ShutdownResponse],
+    ) -> service_pb2.ShutdownResponse:
         self.shutdown_event.set()
         return service_pb2.ShutdownResponse()

@@ -6,23 +6,24 @@ that stream and never reaches a paradigm; well-formed messages for the run wait 
 until the run's client proxy asks for them. Writes are serialised by a lock because several tasks
 (the run, the control service) may send on one stream.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
+from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import ClientMessage, ErrorReport, Hello, ServerMessage
 from slperf.common.protocol.types import SessionState
 from slperf.common.transport.endpoint import Endpoint, ServerEndpoint, Side, Stream
 from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits
-from slperf.common.protocol.errors import WireError
 from slperf.common.wire.framing import ByteCounter
 
 log = logging.getLogger("slperf.server.sessions")
@@ -80,8 +81,14 @@ class Session:
         self.limits = limits
         self.connected_at = time.monotonic()
         self._bucket = TokenBucket(limits.messages_per_second, limits.message_burst)
-        self.endpoint: ServerEndpoint = Endpoint(context, Side.SERVER, name=client_id, limits=limits.tensor_limits,
-                                                 max_payload_bytes=limits.max_payload_bytes, admit=self._admit)
+        self.endpoint: ServerEndpoint = Endpoint(
+            context,
+            Side.SERVER,
+            name=client_id,
+            limits=limits.tensor_limits,
+            max_payload_bytes=limits.max_payload_bytes,
+            admit=self._admit,
+        )
         self._inbox: asyncio.Queue[ClientMessage | object] = asyncio.Queue(limits.inbox_size)
         self.closed = asyncio.Event()
         self.close_reason = ""
@@ -99,9 +106,11 @@ class Session:
 
     def _admit(self) -> None:
         if not self._bucket.take():
-            raise WireError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"more than {self.limits.messages_per_second:.0f} messages per second "
-                            f"(messages_per_second); message dropped")
+            raise WireError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"more than {self.limits.messages_per_second:.0f} messages per second "
+                f"(messages_per_second); message dropped",
+            )
 
     async def send(self, message: ServerMessage) -> None:
         """Sends ``message`` (its tensors' bytes follow as attachments) as one unit."""
@@ -149,8 +158,10 @@ class Session:
             if isinstance(message, ErrorReport):
                 log.warning("client %s reports: %s", self.client_id, message.message)
             if self.in_run is None:
-                await self.send_error(grpc.StatusCode.FAILED_PRECONDITION,
-                                      f"client {self.client_id} is not taking part in a run; message dropped")
+                await self.send_error(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"client {self.client_id} is not taking part in a run; message dropped",
+                )
                 continue
             await self._inbox.put(message)
 
@@ -196,8 +207,10 @@ class SessionRegistry:
                 self.retired_bytes[old.client_id] = (up + old.counter.up, down + old.counter.down)
                 old.counter = ByteCounter()
             if old is None and len(self.sessions) >= self.limits.max_sessions:
-                raise WireError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"server has {len(self.sessions)} sessions, the limit (max_sessions) is reached")
+                raise WireError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"server has {len(self.sessions)} sessions, the limit (max_sessions) is reached",
+                )
             self.sessions[session.client_id] = session
             self._changed.notify_all()
             return old
@@ -223,6 +236,7 @@ class SessionRegistry:
     async def wait_session(self, client_id: str, timeout: float) -> Session:
         """The client's live session, waiting up to ``timeout`` for one. Read under the condition's lock, so a
         session removed between the wake-up and the read cannot turn into a KeyError."""
+
         async def _wait() -> Session:
             async with self._changed:
                 await self._changed.wait_for(lambda: client_id in self.sessions)

@@ -1,4 +1,5 @@
 """Shared fixtures: a fresh PKI, and real server / client daemon processes on loopback."""
+
 from __future__ import annotations
 
 import json
@@ -48,15 +49,30 @@ class Daemons:
         self.server_proc = proc
         line = proc.stdout.readline().decode().strip()
         assert line.startswith(READY), f"server did not start: {(self.tmp / 'server.log').read_text()[-2000:]}"
-        return int(line[len(READY):])
+        return int(line[len(READY) :])
 
-    def client(self, port: int, client_id: str, certs: Path | None, *extra: str, cert_id: str | None = None,
-               log_name: str | None = None) -> subprocess.Popen:
+    def client(
+        self,
+        port: int,
+        client_id: str,
+        certs: Path | None,
+        *extra: str,
+        cert_id: str | None = None,
+        log_name: str | None = None,
+    ) -> subprocess.Popen:
         args = ["client", "--server", f"127.0.0.1:{port}", "--id", client_id, "--torch-threads", "1", *extra]
         if certs is not None:
             cert, key = client_paths(certs, cert_id or client_id)
-            args += ["--ca", str(ca_paths(certs)[0]), "--cert", str(cert), "--key", str(key),
-                     "--server-name", "localhost"]
+            args += [
+                "--ca",
+                str(ca_paths(certs)[0]),
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+                "--server-name",
+                "localhost",
+            ]
         log = open(self.tmp / f"{log_name or client_id}.log", "wb")
         proc = subprocess.Popen(slperf_cmd(*args), stdout=log, stderr=subprocess.STDOUT, env=child_env())
         self.procs.append(proc)
@@ -65,8 +81,8 @@ class Daemons:
     def federate(self, certs: Path, config: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """A server and the config's ``client_ids`` as daemons over mutual TLS, the config run to its end by the
         operator; returns the run's summary and per-round records (the run must finish)."""
-        from slperf.slserver.run_folder import RunFolder
         from slperf.operator import OperatorClient
+        from slperf.slserver.run_folder import RunFolder
 
         runs = self.tmp / "runs"
         port = self.server(certs, runs)

@@ -3,6 +3,7 @@
 They live with the tests (not in ``slperf.pki``) because no operator ever wants them; a test imports them as
 ``from pki_helpers import ...`` (``tests/`` is on the path through its ``conftest.py``).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -15,7 +16,7 @@ from slperf.pki import add_client, init_pki
 
 def make_expired_client(dir: PathLike, client_id: str, *, overwrite: bool = False) -> tuple[Path, Path]:
     """Issues a client certificate that expired a day ago. Returns (cert_path, key_path)."""
-    yesterday = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=1)
+    yesterday = _dt.datetime.now(_dt.UTC) - _dt.timedelta(days=1)
     return add_client(dir, client_id, overwrite=overwrite, not_valid_after=yesterday)
 
 

@@ -1,4 +1,5 @@
 """The committed generated code in slperf/v1 must be exactly what `make proto` produces from proto/."""
+
 from __future__ import annotations
 
 from tools import protogen
@@ -22,6 +23,6 @@ def test_protobuf_style():
             stripped = line.strip()
             if stripped.startswith("enum "):
                 enum = stripped.split()[1]
-                body = text[text.index(line):].split("}", 1)[0]
-                first_value = [l for l in body.splitlines()[1:] if "=" in l][0]
+                body = text[text.index(line) :].split("}", 1)[0]
+                first_value = [ln for ln in body.splitlines()[1:] if "=" in ln][0]
                 assert "_UNSPECIFIED = 0" in first_value, f"{enum} must start with an _UNSPECIFIED zero value"

@@ -9,6 +9,7 @@ does), and points both tools at it. Errors name the symlink path, ``.lint/tree/s
 
     python tools/lint.py [--only ruff|format|mypy|imports ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TREE = ROOT / ".lint" / "tree"
 MAPPED = {"slperf": "slperf", "slperf/common": "common", "slperf/slserver": "slserver", "slperf/slclient": "slclient"}
 # Strict typing covers the core first: protocol types, wire, transport, paradigms and both daemons.
-MYPY_PACKAGES = ["slperf.common.protocol", "slperf.common.wire", "slperf.common.transport",
-                 "slperf.common.paradigms", "slperf.slserver", "slperf.slclient"]
+MYPY_PACKAGES = [
+    "slperf.common.protocol",
+    "slperf.common.wire",
+    "slperf.common.transport",
+    "slperf.common.paradigms",
+    "slperf.slserver",
+    "slperf.slclient",
+]
 
 
 def lay_out_tree() -> None:
@@ -72,9 +79,11 @@ def main() -> int:
         # Without site's .pth processing the editable install's finder is not active, so `slperf` is the laid-out
         # tree; import-linter also puts its working directory first on sys.path, hence cwd=TREE.
         site = sysconfig.get_paths()["purelib"]
-        code = ("import sys; sys.path[:0] = [%r, %r]; sys.argv = ['lint-imports', '--no-cache', '--config', %r]\n"
-                "from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
-                % (str(TREE), site, str(ROOT / "pyproject.toml")))
+        argv = ["lint-imports", "--no-cache", "--config", str(ROOT / "pyproject.toml")]
+        code = (
+            f"import sys; sys.path[:0] = {[str(TREE), site]!r}; sys.argv = {argv!r}\n"
+            "from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+        )
         results.append(run("import-linter", [py, "-S", "-c", code], cwd=TREE))
     return 0 if all(results) else 1
 

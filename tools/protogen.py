@@ -6,6 +6,7 @@ has neither of, so it lives outside the runtime package. Kept as a module rather
 staleness test can produce the same output into a temporary folder and compare it byte for byte with what is
 committed.
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,8 +22,8 @@ def proto_files() -> list[Path]:
 
 def generate(out_dir: Path) -> list[Path]:
     """Runs grpcio-tools' protoc; returns the generated files under out_dir/slperf/v1."""
-    from grpc_tools import protoc  # a dev dependency: only needed to regenerate
     import grpc_tools
+    from grpc_tools import protoc  # a dev dependency: only needed to regenerate
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     out_dir.mkdir(parents=True, exist_ok=True)

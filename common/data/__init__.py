@@ -13,6 +13,7 @@ Layout: the core is spec.py (types), registry.py (DATASETS, load_dataset), built
 registered here, once), cache.py, partition.py (the PARTITIONERS table), attributes.py, histograms.py and
 loader.py (ShardLoader); where the data come from (artifacts, downloads, the per-format readers) is in sources/.
 """
+
 from typing import TYPE_CHECKING
 
 from . import builtin  # noqa: F401  (registers the built-in data sets in DATASETS)
@@ -43,6 +44,7 @@ def __getattr__(name: str):
 
         return getattr(loader, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DATASETS",

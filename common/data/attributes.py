@@ -4,9 +4,10 @@ Both work from `DatasetSpec.features` (which encoded columns each original attri
 sources/tabular.py), so they serve any tabular data set: `base_on_attribute` partitions split rows by an
 attribute's values, `vertical` partitions give each client the columns of its attributes.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,11 +24,13 @@ def attribute_codes(spec: DatasetSpec, x: np.ndarray, column: int) -> np.ndarray
         raise ValueError(f"attribute partitions need a tabular data set with known attributes; {spec.name} is not one")
     if isinstance(column, bool) or not isinstance(column, (int, np.integer)) or not 0 <= column < len(spec.features):
         names = ", ".join(f"{i}={f.name}" for i, f in enumerate(spec.features))
-        raise ValueError(f"attribute column must be 0..{len(spec.features) - 1} for {spec.name} ({names}), got {column!r}")
+        raise ValueError(
+            f"attribute column must be 0..{len(spec.features) - 1} for {spec.name} ({names}), got {column!r}"
+        )
     feat = spec.features[int(column)]
     x = np.asarray(x)
     if feat.categories:
-        block = x[:, feat.start:feat.stop]
+        block = x[:, feat.start : feat.stop]
         codes = np.argmax(block, axis=1).astype(np.int64)
         codes[block.max(axis=1) <= 0] = -1
         return codes
@@ -55,7 +58,7 @@ def vertical_columns(spec: DatasetSpec, data_vertical_list: Sequence[int]) -> li
         )
     out, pos = [], 0
     for c in counts:
-        feats = spec.features[pos:pos + c]
+        feats = spec.features[pos : pos + c]
         out.append(np.concatenate([np.arange(f.start, f.stop) for f in feats]).astype(np.int64))
         pos += c
     return out

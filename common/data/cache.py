@@ -13,13 +13,15 @@ into place), so a reader never sees a half-written file even when two processes 
 write identical content and the last rename wins). The files are 0644: other users of a machine may share
 the cache.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import BinaryIO
 
 import numpy as np
 

@@ -3,6 +3,7 @@
 It lives in the data layer (shards.py and the paradigms' client_data hooks build it; the paradigm API in
 paradigms/base.py hands it to a ClientParadigm), so building a client's data needs nothing from the paradigms.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@
 Every message is a single line that says what to do about it, because these errors end up in the log of a
 client daemon started by someone else, often as the only line they read.
 """
+
 from __future__ import annotations
 
 

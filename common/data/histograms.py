@@ -2,12 +2,14 @@
 (`label_histograms`), and a PNG of stacked bars (`plot_label_histograms`, matplotlib's Agg canvas, imported
 only when a plot is drawn: most processes never draw one).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,8 +87,15 @@ def plot_label_histograms(hist: LabelHistograms, path: str | os.PathLike[str], *
     left = np.zeros(n)
     ys = np.arange(n)
     for c in range(k):
-        ax.barh(ys, hist.counts[:, c], left=left, color=colours(c % colours.N), label=hist.class_names[c],
-                edgecolor="white", linewidth=0.4)
+        ax.barh(
+            ys,
+            hist.counts[:, c],
+            left=left,
+            color=colours(c % colours.N),
+            label=hist.class_names[c],
+            edgecolor="white",
+            linewidth=0.4,
+        )
         left += hist.counts[:, c]
     for i, total in enumerate(hist.sizes):
         ax.text(left[i], i, f" {int(total)}", va="center", fontsize=8)
@@ -95,8 +104,15 @@ def plot_label_histograms(hist: LabelHistograms, path: str | os.PathLike[str], *
     ax.set_xlabel("training samples")
     ax.set_xlim(0, max(1.0, float(left.max(initial=0))) * 1.12)
     ax.set_title(hist.title or "label histogram per client", fontsize=10)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if k <= 12 else 2, fontsize=8, frameon=False,
-              title="class", title_fontsize=8)
+    ax.legend(
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        ncol=1 if k <= 12 else 2,
+        fontsize=8,
+        frameon=False,
+        title="class",
+        title_fontsize=8,
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", bbox_inches="tight")  # "tight" keeps the legend beside the axes

@@ -12,15 +12,15 @@ with probability 1/2, implemented in torch. The crop offsets and flips of an epo
 `np.random.default_rng([seed, client_index, epoch, AUGMENT_STREAM])`, indexed by the sample's position in the
 epoch's visiting order, so they too are reproducible from the loader's arguments.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from .spec import LoadedDataset
-
 
 AUGMENT_STREAM = 0x6175_67  # separates the augmentation draws from the batch order's
 CROP_PAD = 4

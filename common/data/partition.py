@@ -44,12 +44,15 @@ SLPerf did for the lock-step paradigms that need equal batch counts.
 
 Each method is a `Partitioner` in the `PARTITIONERS` table (`register_partitioner` adds one); `partition`
 checks the common arguments and looks the method up, and `partition_dataset` asks the method's
-`from_dataset` for whatever it needs beyond the labels (attribute codes, a vertical client's columns). The label histograms of a partition are in histograms.py.
+`from_dataset` for whatever it needs beyond the labels (attribute codes, a vertical client's columns). The
+label histograms of a partition are in histograms.py.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -158,7 +161,9 @@ def attribute_value_blocks(values: Sequence[int], num_clients: int) -> list[list
 def _base_on_attribute(attribute: np.ndarray, n: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
     a = np.asarray(attribute)
     if a.shape != (n,) or (a.size and a.dtype.kind not in "iu"):
-        raise ValueError(f"attribute must be a 1-D integer array with one value code per sample ({n}), got shape {a.shape}")
+        raise ValueError(
+            f"attribute must be a 1-D integer array with one value code per sample ({n}), got shape {a.shape}"
+        )
     a = a.astype(np.int64, copy=False)
     values = np.unique(a[a >= 0])
     if values.size == 0:
@@ -348,8 +353,15 @@ def partition(
         raise ValueError(f"cannot split {n} samples among {num_clients} clients")
     rng = np.random.default_rng(seed)
     request = PartitionRequest(
-        n=n, num_clients=num_clients, num_classes=k, by_class=[np.flatnonzero(y == c) for c in range(k)], rng=rng,
-        alpha=alpha, min_samples=min_samples, class_number_per_client=class_number_per_client, attribute=attribute,
+        n=n,
+        num_clients=num_clients,
+        num_classes=k,
+        by_class=[np.flatnonzero(y == c) for c in range(k)],
+        rng=rng,
+        alpha=alpha,
+        min_samples=min_samples,
+        class_number_per_client=class_number_per_client,
+        attribute=attribute,
         data_vertical_list=data_vertical_list,
     )
     shards = partitioner.split(request)
@@ -372,6 +384,7 @@ def class_counts(labels: np.ndarray, shards: list[np.ndarray], num_classes: int 
 
 
 # ---- partitions of a loaded data set -------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ClientPartition:
@@ -411,9 +424,18 @@ def partition_dataset(
         inputs = partitioner.from_dataset(
             DatasetArgs(dataset, pool, num_clients, partition_method_attributes, data_vertical_list)
         )
-    shards = partition(labels[pool], method, num_clients, seed, alpha=alpha, min_samples=min_samples,
-                       class_number_per_client=class_number_per_client, equal_size=equal_size,
-                       num_classes=dataset.spec.num_classes, **inputs.extra)
+    shards = partition(
+        labels[pool],
+        method,
+        num_clients,
+        seed,
+        alpha=alpha,
+        min_samples=min_samples,
+        class_number_per_client=class_number_per_client,
+        equal_size=equal_size,
+        num_classes=dataset.spec.num_classes,
+        **inputs.extra,
+    )
     if inputs.columns is None:
         return [ClientPartition(pool[s]) for s in shards]
     return [ClientPartition(pool[s], c) for s, c in zip(shards, inputs.columns)]

@@ -7,6 +7,7 @@ The loader returns the raw split as `Arrays` (images uint8 N×C×H×W, tabular f
 
 The built-in data sets are registered by builtin.py, which the package imports once (`slperf.common.data`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,7 +57,9 @@ def _check(spec: DatasetSpec, arrays: Arrays) -> None:
         x = getattr(arrays, f"{split}_x")
         y = getattr(arrays, f"{split}_y")
         if x.dtype != want:
-            raise DatasetCorrupt(f"{spec.name}: {split} samples are {x.dtype}, expected {want} for a {spec.kind} data set")
+            raise DatasetCorrupt(
+                f"{spec.name}: {split} samples are {x.dtype}, expected {want} for a {spec.kind} data set"
+            )
         if tuple(x.shape[1:]) != tuple(spec.input_shape):
             raise DatasetCorrupt(
                 f"{spec.name}: {split} samples have shape {tuple(x.shape[1:])}, expected {tuple(spec.input_shape)}"

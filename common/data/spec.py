@@ -3,11 +3,12 @@
 The types sit apart from the registry (registry.py) and the built-in registrations (builtin.py), so that the
 readers in sources/ can build `Arrays` without importing the registry that lists them.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class Arrays:
         return {name: getattr(self, name) for name in ARRAY_NAMES}
 
 
-Loader = Callable[[Optional[Path], Path], Arrays]
+Loader = Callable[[Path | None, Path], Arrays]
 
 DATASET_KINDS = ("image", "tabular")
 AUGMENTATIONS = ("crop_flip",)
@@ -91,12 +92,12 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     loader: Loader
-    source_files: Optional[Callable[[Path], Sequence[Path]]] = None
-    artifact: Optional[str] = None  # key in sources.artifacts.ARTIFACTS of the default source, for logs
+    source_files: Callable[[Path], Sequence[Path]] | None = None
+    artifact: str | None = None  # key in sources.artifacts.ARTIFACTS of the default source, for logs
     description: str = ""
     cacheable: bool = True
     kind: str = "image"
-    augment: Optional[str] = None
+    augment: str | None = None
     features: tuple[Feature, ...] = ()
     class_names: tuple[str, ...] = ()
     synthetic: bool = False
@@ -127,7 +128,9 @@ class DatasetSpec:
                         raise ValueError(f"{self.name}: features must tile the columns in order (at {f.name})")
                     pos = f.stop
                 if pos != self.input_shape[0]:
-                    raise ValueError(f"{self.name}: features cover {pos} columns, input_shape says {self.input_shape[0]}")
+                    raise ValueError(
+                        f"{self.name}: features cover {pos} columns, input_shape says {self.input_shape[0]}"
+                    )
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
 

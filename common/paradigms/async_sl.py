@@ -34,11 +34,13 @@ the loss is the top's loss on the cached activations, so a client leaves C only 
 Evaluation: as vanilla, through the client that trained last (else any reachable one) with the current
 bottom: it streams the test activations and labels, the server scores them with its top.
 """
+
 from __future__ import annotations
 
 import enum
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -47,11 +49,10 @@ from slperf.common.paradigms.base import ClientHandle, ClientLink, ParadigmSpec,
 from slperf.common.paradigms.kit.bottom_client import BottomClient
 from slperf.common.paradigms.kit.rounds import ring
 from slperf.common.paradigms.kit.steps import top_train_step
-from slperf.common.paradigms.kit.top_server import HandedOnBottomServer
+from slperf.common.paradigms.kit.top_server import HandedOnBottomServer, top_exchange
 from slperf.common.paradigms.registry import register
-from slperf.common.protocol.types import Phase, PhaseSummary, CutReply, StepRef
-from slperf.common.paradigms.kit.top_server import top_exchange
 from slperf.common.protocol.exchange import Exchange
+from slperf.common.protocol.types import CutReply, Phase, PhaseSummary, StepRef
 
 DEVIATIONS = """\
 * In state C SLPerf's client re-sent its *last cached activation batch* for every training and
@@ -119,6 +120,7 @@ class AsyncServer(HandedOnBottomServer):
             out = await self.ctx.compute(top_train_step, self.top, self.optimizer, batch.tensor, batch.labels)
             summary.add(out.count, out.loss, out.correct)
             if state == TurnState.FROZEN:
+                assert batch.labels is not None  # the exchange declares labels with every cut tensor
                 acts.append(batch.tensor)
                 labels.append(batch.labels)
             grad = out.grad if state == TurnState.NORMAL else None
@@ -136,7 +138,7 @@ class AsyncServer(HandedOnBottomServer):
         order = torch.randperm(labels.shape[0], generator=generator)
         summary = PhaseSummary()
         for start in range(0, order.numel(), self.config.batch_size):
-            pick = order[start:start + self.config.batch_size]
+            pick = order[start : start + self.config.batch_size]
             out = await self.ctx.compute(top_train_step, self.top, self.optimizer, acts[pick], labels[pick])
             summary.add(out.count, out.loss, out.correct)
         return summary
@@ -164,13 +166,17 @@ class AsyncServer(HandedOnBottomServer):
         used: dict[str, TurnState] = {}
         result = (await ring(clients, lambda c: self._turn(c, round, used))).to_result()
         result.extra["states"] = {cid: str(state) for cid, state in used.items()}
-        result.extra["next_states"] = {c.client_id: str(self.states.get(c.client_id, TurnState.NORMAL))
-                                       for c in clients}
+        result.extra["next_states"] = {
+            c.client_id: str(self.states.get(c.client_id, TurnState.NORMAL)) for c in clients
+        }
         return result
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "states": {cid: str(state) for cid, state in self.states.items()},
-                "losses": dict(self.losses)}
+        return {
+            **super().state_dict(),
+            "states": {cid: str(state) for cid, state in self.states.items()},
+            "losses": dict(self.losses),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
@@ -202,8 +208,10 @@ class AsyncClient(BottomClient):
 
 def _validate(options: dict[str, Any]) -> None:
     if not 0.0 <= options["loss_threshold"] <= 1.0:
-        raise ConfigError(f"option 'loss_threshold' (SLPerf 'thred') is a relative loss improvement and must be in "
-                          f"[0, 1], got {options['loss_threshold']}")
+        raise ConfigError(
+            f"option 'loss_threshold' (SLPerf 'thred') is a relative loss improvement and must be in "
+            f"[0, 1], got {options['loss_threshold']}"
+        )
 
 
 def _exchange(config: RunConfig, client_index: int) -> Exchange:
@@ -211,10 +219,18 @@ def _exchange(config: RunConfig, client_index: int) -> Exchange:
     return top_exchange(config, client_index, gradient_optional=True)
 
 
-SPEC = register(ParadigmSpec(
-    name="async", server=AsyncServer, client=AsyncClient, exchange=_exchange, aliases=("Asynchronous", "asyncsl"),
-    options={"loss_threshold": (float, 0.1)}, option_aliases={"thred": "loss_threshold"}, validate=_validate,
-    summary="AsyncSL: sequential ring, weights through the server; per-client loss-based states A (normal), "
-            "B (client frozen, no gradient down), C (client silent, server trains on cached activations)",
-    deviations=DEVIATIONS,
-))
+SPEC = register(
+    ParadigmSpec(
+        name="async",
+        server=AsyncServer,
+        client=AsyncClient,
+        exchange=_exchange,
+        aliases=("Asynchronous", "asyncsl"),
+        options={"loss_threshold": (float, 0.1)},
+        option_aliases={"thred": "loss_threshold"},
+        validate=_validate,
+        summary="AsyncSL: sequential ring, weights through the server; per-client loss-based states A (normal), "
+        "B (client frozen, no gradient down), C (client silent, server trains on cached activations)",
+        deviations=DEVIATIONS,
+    )
+)

@@ -7,17 +7,19 @@ those, so a new paradigm is one module in this package and needs no change to th
 A paradigm module imports this API, the registry and what paradigms share (the ``kit`` subpackage), never
 another paradigm.
 """
+
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 
 from slperf.common.config import RunConfig
-from slperf.common.data.client_data import ClientData
+from slperf.common.data.client_data import ClientData as ClientData  # part of the paradigm API
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, State, StepRef
 
@@ -80,7 +82,9 @@ class ClientHandle(Protocol):
 
     async def set_weights(self, segment: str, state: Mapping[str, torch.Tensor], round: int) -> None: ...
 
-    async def get_weights(self, segment: str, round: int, expected: Mapping[str, torch.Tensor]) -> tuple[State, int]: ...
+    async def get_weights(
+        self, segment: str, round: int, expected: Mapping[str, torch.Tensor]
+    ) -> tuple[State, int]: ...
 
     def train(self, round: int, options: Mapping[str, Any] | None = None) -> PhaseStream:
         """Starts the client's training pass; its cut tensors come in the order the paradigm's exchange declares
@@ -120,8 +124,13 @@ class ClientLink(Protocol):
 
     run_id: str
 
-    async def send_activations(self, ref: StepRef, tensor: torch.Tensor, labels: torch.Tensor | None = None,
-                               sample_ids: torch.Tensor | None = None) -> None: ...
+    async def send_activations(
+        self,
+        ref: StepRef,
+        tensor: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        sample_ids: torch.Tensor | None = None,
+    ) -> None: ...
 
     async def recv_reply(self, ref: StepRef) -> CutReply:
         """The server's reply to the cut tensor sent for ``ref``, checked against the paradigm's exchange (shape,
@@ -202,7 +211,7 @@ class ParadigmSpec:
     alias_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Builds a client's data when the default shard (build_client_data) is not the paradigm's (multitask:
     # each task's data set split among the task's clients). Same signature as build_client_data.
-    client_data: Callable[..., "ClientData"] | None = None
+    client_data: Callable[..., ClientData] | None = None
     # Wall time per sample relative to vanilla SL, a prior for the benchmark's time estimates until it has
     # measured the paradigm itself (U-shaped moves two cut tensors each way, FedAvg has no cut at all).
     time_factor: float = 1.0
@@ -222,7 +231,10 @@ class ParadigmSpec:
         for key, value in given.items():
             key = self.canonical_option(key)
             if key not in self.options:
-                raise ConfigError(f"paradigm '{self.name}' has no option '{key}' (options: {', '.join(sorted(self.options)) or 'none'})")
+                raise ConfigError(
+                    f"paradigm '{self.name}' has no option '{key}' (options: "
+                    f"{', '.join(sorted(self.options)) or 'none'})"
+                )
             kind, default = self.options[key]
             if value is None and default is None:
                 out[key] = None
@@ -235,8 +247,10 @@ class ParadigmSpec:
             out[key] = value
         for key, implied in self.alias_options.get(alias or "", {}).items():
             if key in out and out[key] != implied:
-                raise ConfigError(f"paradigm '{alias}' is '{self.name}' with {key}: {implied}, but the config sets "
-                                  f"{key}: {out[key]}; use paradigm '{self.name}' for that")
+                raise ConfigError(
+                    f"paradigm '{alias}' is '{self.name}' with {key}: {implied}, but the config sets "
+                    f"{key}: {out[key]}; use paradigm '{self.name}' for that"
+                )
         for key, (_, default) in self.options.items():
             out.setdefault(key, default)
         if self.validate:

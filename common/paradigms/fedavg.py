@@ -11,25 +11,38 @@ Protocol, per round:
      the figures in its PhaseDone (samples, correct, and ``loss_sum`` = the SUM of per-sample losses); the
      server divides by the samples.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from slperf.common.config import RunConfig
+from slperf.common.data.registry import DATASETS
 from slperf.common.models import build_model
-from slperf.common.paradigms.base import ClientData, ClientGone, ClientHandle, ClientLink, \
-    ClientParadigm, EvalResult, ParadigmSpec, PhaseStream, RoundResult, ServerContext, ServerParadigm
+from slperf.common.paradigms.base import (
+    ClientData,
+    ClientGone,
+    ClientHandle,
+    ClientLink,
+    ClientParadigm,
+    EvalResult,
+    ParadigmSpec,
+    PhaseStream,
+    RoundResult,
+    ServerContext,
+    ServerParadigm,
+)
 from slperf.common.paradigms.kit.aggregate import average_uploads, model_shift
 from slperf.common.paradigms.kit.rounds import first_available, gather_round
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
 from slperf.common.paradigms.registry import register
-from slperf.common.protocol.types import PhaseSummary, State
-from slperf.common.data.registry import DATASETS
 from slperf.common.protocol.exchange import Exchange
+from slperf.common.protocol.types import PhaseSummary, State
 
 DEVIATIONS = """\
 * FedAvg averages into fresh tensors weighted by sample counts (SLPerf: into the last uploader's dict,
@@ -72,8 +85,9 @@ class FedAvgServer(ServerParadigm):
         await client.set_weights("model", self.global_state, round)
         summary = await self._pass(client, client.evaluate(round))
         n = summary.samples
-        return EvalResult(accuracy=summary.correct / n if n else 0.0, loss=summary.loss_sum / n if n else 0.0,
-                          samples=n)
+        return EvalResult(
+            accuracy=summary.correct / n if n else 0.0, loss=summary.loss_sum / n if n else 0.0, samples=n
+        )
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         return await first_available(clients, lambda c: self._evaluate_through(c, round), "evaluate")
@@ -115,8 +129,9 @@ class FedAvgClient(ClientParadigm):
         summary = PhaseSummary()
         for x, y in self.data.test.batches(0, shuffle=False):
             logits = self.model(x)
-            summary.add(int(y.shape[0]), float(F.cross_entropy(logits, y, reduction="sum")),
-                        int((logits.argmax(1) == y).sum()))
+            summary.add(
+                int(y.shape[0]), float(F.cross_entropy(logits, y, reduction="sum")), int((logits.argmax(1) == y).sum())
+            )
         return summary
 
     # Local compute runs in a worker thread so the daemon's event loop keeps the session alive.
@@ -129,12 +144,23 @@ class FedAvgClient(ClientParadigm):
 
 def _exchange(config: RunConfig, client_index: int) -> Exchange:
     """Nothing crosses a cut: a pass is its instruction, the client's PhaseDone and the weights around it."""
-    return Exchange(train=(), eval=(), num_classes=DATASETS[config.dataset].num_classes,
-                    max_batch=config.batch_size, max_eval_batch=config.eval_batch_size)
+    return Exchange(
+        train=(),
+        eval=(),
+        num_classes=DATASETS[config.dataset].num_classes,
+        max_batch=config.batch_size,
+        max_eval_batch=config.eval_batch_size,
+    )
 
 
-SPEC = register(ParadigmSpec(
-    name="fedavg", server=FedAvgServer, client=FedAvgClient, exchange=_exchange, time_factor=0.5,
-    summary="unsplit baseline: whole model on every client, local epochs, sample-weighted FedAvg each round",
-    deviations=DEVIATIONS,
-))
+SPEC = register(
+    ParadigmSpec(
+        name="fedavg",
+        server=FedAvgServer,
+        client=FedAvgClient,
+        exchange=_exchange,
+        time_factor=0.5,
+        summary="unsplit baseline: whole model on every client, local epochs, sample-weighted FedAvg each round",
+        deviations=DEVIATIONS,
+    )
+)

@@ -27,28 +27,50 @@ task's test set (the client scores its tail output against its own labels). The 
 the tasks' correct answers over their samples; per-task accuracies go in the evaluation's
 ``extra["task_accuracy"]``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from slperf.common.config import ConfigError, RunConfig
-from slperf.common.paradigms.base import ClientData, ClientHandle, EvalResult, NoClientLeft, ParadigmSpec, \
-    RoundResult, ServerContext, ServerParadigm
+from slperf.common.data.registry import DATASETS
+from slperf.common.data.spec import DatasetSpec
+from slperf.common.paradigms.base import (
+    ClientData,
+    ClientHandle,
+    EvalResult,
+    NoClientLeft,
+    ParadigmSpec,
+    RoundResult,
+    ServerContext,
+    ServerParadigm,
+)
 from slperf.common.paradigms.kit.aggregate import fedavg, pooled
 from slperf.common.paradigms.kit.rounds import first_available, gather_round
 from slperf.common.paradigms.kit.serving import RoundRobinGate
 from slperf.common.paradigms.kit.steps import clone_state, load_state, make_optimizer
-from slperf.common.paradigms.kit.ushaped import HEAD, TAIL, Ends, UShapedClient, build_ushaped, check_tail_layer, \
-    collect_ends, evaluate_ushaped, send_ends, serve_ushaped, ushaped_exchange
+from slperf.common.paradigms.kit.ushaped import (
+    HEAD,
+    TAIL,
+    Ends,
+    UShapedClient,
+    build_ushaped,
+    check_tail_layer,
+    collect_ends,
+    evaluate_ushaped,
+    send_ends,
+    serve_ushaped,
+    ushaped_exchange,
+)
 from slperf.common.paradigms.registry import register
-from slperf.common.protocol.types import PhaseSummary
 from slperf.common.protocol.exchange import Exchange
-from slperf.common.data.registry import DATASETS
+from slperf.common.protocol.types import PhaseSummary
 
 DEVIATIONS = """\
 * FedAvg into fresh tensors, weighted by sample counts. SLPerf started the average from the last
@@ -78,11 +100,14 @@ def task_layout(config: RunConfig) -> list[Task]:
     bounds = list(config.options.get("client_split") or [config.clients])
     names = list(config.options.get("task_datasets") or [config.dataset] * len(bounds))
     if bounds[-1] != config.clients:
-        raise ConfigError(f"option 'client_split' {bounds} must end at the number of clients ({config.clients}): "
-                          f"its entries are cumulative client-index bounds per task")
+        raise ConfigError(
+            f"option 'client_split' {bounds} must end at the number of clients ({config.clients}): "
+            f"its entries are cumulative client-index bounds per task"
+        )
     if len(names) != len(bounds):
-        raise ConfigError(f"option 'task_datasets' names {len(names)} data sets for {len(bounds)} tasks "
-                          f"(client_split {bounds})")
+        raise ConfigError(
+            f"option 'task_datasets' names {len(names)} data sets for {len(bounds)} tasks (client_split {bounds})"
+        )
     starts = [0, *bounds[:-1]]
     return [Task(i, names[i], range(lo, hi)) for i, (lo, hi) in enumerate(zip(starts, bounds))]
 
@@ -94,14 +119,18 @@ def task_of(config: RunConfig, client_index: int) -> Task:
     raise ConfigError(f"client index {client_index} is in no task of client_split")
 
 
-def task_spec(name: str, input_shape: Sequence[int]):
+def task_spec(name: str, input_shape: Sequence[int]) -> DatasetSpec:
     """The registry entry of a task's data set; every task must have the body's input shape."""
     spec = DATASETS.get(name.lower())
     if spec is None:
-        raise ConfigError(f"option 'task_datasets' names unknown data set '{name}' (known: {', '.join(sorted(DATASETS))})")
+        raise ConfigError(
+            f"option 'task_datasets' names unknown data set '{name}' (known: {', '.join(sorted(DATASETS))})"
+        )
     if tuple(spec.input_shape) != tuple(input_shape):
-        raise ConfigError(f"task data set '{name}' has input shape {tuple(spec.input_shape)}, but the shared body "
-                          f"is built for {tuple(input_shape)} (the input of 'dataset'): tasks must share the input shape")
+        raise ConfigError(
+            f"task data set '{name}' has input shape {tuple(spec.input_shape)}, but the shared body "
+            f"is built for {tuple(input_shape)} (the input of 'dataset'): tasks must share the input shape"
+        )
     return spec
 
 
@@ -117,9 +146,16 @@ def task_client_data(config: RunConfig, index: int, cache_dir: Path | None = Non
     spec, arrays = dataset.spec, dataset.arrays
     labels = np.asarray(arrays.train_y)
     pool = train_indices(config, labels)
-    shards = partition(labels[pool], config.partition_method, len(task.members), config.seed + task.index,
-                       alpha=config.partition_alpha, class_number_per_client=config.class_number_per_client,
-                       equal_size=config.equal_size, num_classes=spec.num_classes)
+    shards = partition(
+        labels[pool],
+        config.partition_method,
+        len(task.members),
+        config.seed + task.index,
+        alpha=config.partition_alpha,
+        class_number_per_client=config.class_number_per_client,
+        equal_size=config.equal_size,
+        num_classes=spec.num_classes,
+    )
     shard = pool[shards[index - task.members.start]]
     test = np.arange(len(arrays.test_y), dtype=np.int64)
     if config.max_test_samples is not None:
@@ -148,13 +184,13 @@ class MultiTaskServer(ServerParadigm):
     def _members(self, task: Task, clients: Sequence[ClientHandle]) -> list[ClientHandle]:
         return [c for c in clients if c.index in task.members]
 
-    async def _member_turn(self, client: ClientHandle, task: Task, round: int,
-                           gate: RoundRobinGate) -> tuple[PhaseSummary, Ends]:
+    async def _member_turn(
+        self, client: ClientHandle, task: Task, round: int, gate: RoundRobinGate
+    ) -> tuple[PhaseSummary, Ends]:
         ends = self.ends[task.index]
         try:
             await send_ends(client, ends, round)
-            summary = await serve_ushaped(self.ctx, client, round, self.middle,
-                                          self.optimizer, gate)
+            summary = await serve_ushaped(self.ctx, client, round, self.middle, self.optimizer, gate)
         finally:
             gate.leave(client.client_id)  # also when it dropped out before its first step
         return summary, await collect_ends(client, ends, round)
@@ -164,7 +200,13 @@ class MultiTaskServer(ServerParadigm):
         for task in self.tasks:  # the groups take turns
             members = self._members(task, clients)
             gate = RoundRobinGate([c.client_id for c in members])
-            outcome = await gather_round(members, lambda c: self._member_turn(c, task, round, gate))
+
+            async def turn(
+                c: ClientHandle, task: Task = task, gate: RoundRobinGate = gate
+            ) -> tuple[PhaseSummary, Ends]:
+                return await self._member_turn(c, task, round, gate)
+
+            outcome = await gather_round(members, turn)
             group = outcome.to_result(lambda done: done[0])
             result.participants += group.participants
             result.dropped += group.dropped
@@ -173,7 +215,8 @@ class MultiTaskServer(ServerParadigm):
             if uploads:
                 self.ends[task.index] = {
                     segment: await self.ctx.compute(fedavg, [(new[segment], n) for new, n in uploads])
-                    for segment in (HEAD, TAIL)}
+                    for segment in (HEAD, TAIL)
+                }
         return result
 
     async def _evaluate_task(self, client: ClientHandle, task: Task, round: int) -> EvalResult:
@@ -184,8 +227,11 @@ class MultiTaskServer(ServerParadigm):
         per_task: dict[int, EvalResult] = {}
         for task in self.tasks:
             try:
-                per_task[task.index] = await first_available(
-                    self._members(task, clients), lambda c: self._evaluate_task(c, task, round), "evaluate through")
+
+                async def through(c: ClientHandle, task: Task = task) -> EvalResult:
+                    return await self._evaluate_task(c, task, round)
+
+                per_task[task.index] = await first_available(self._members(task, clients), through, "evaluate through")
             except NoClientLeft:
                 continue  # the task's members are all gone; the other tasks still count
         if not per_task:
@@ -213,10 +259,13 @@ class MultiTaskServer(ServerParadigm):
 # -- registration -----------------------------------------------------------------------------------------
 def _validate(options: dict[str, Any]) -> None:
     split = options["client_split"]
-    if not all(isinstance(b, int) and not isinstance(b, bool) for b in split) or \
-            any(b <= a for a, b in zip([0, *split], split)):
-        raise ConfigError(f"option 'client_split' must be strictly increasing positive client counts "
-                          f"(cumulative bounds per task, e.g. [2, 4]), got {split}")
+    if not all(isinstance(b, int) and not isinstance(b, bool) for b in split) or any(
+        b <= a for a, b in zip([0, *split], split)
+    ):
+        raise ConfigError(
+            f"option 'client_split' must be strictly increasing positive client counts "
+            f"(cumulative bounds per task, e.g. [2, 4]), got {split}"
+        )
     names = options["task_datasets"]
     if not all(isinstance(n, str) and n for n in names):
         raise ConfigError(f"option 'task_datasets' must be a list of data set names, got {names}")
@@ -232,10 +281,19 @@ def _exchange(config: RunConfig, client_index: int) -> Exchange:
     return ushaped_exchange(config, shared_input, task.num_classes)
 
 
-SPEC = register(ParadigmSpec(
-    name="multitask", server=MultiTaskServer, client=UShapedClient, exchange=_exchange, aliases=("TaskAgnostic",), time_factor=1.6,
-    options={"client_split": (list, []), "task_datasets": (list, []), "tail_layer": (int, -1)},
-    validate=_validate, client_data=task_client_data, deviations=DEVIATIONS,
-    summary="multi-task U-shaped SL: task groups of clients with their own heads + tails + labels, one shared "
-            "server body; groups take turns; heads and tails FedAvg'd within a group each round",
-))
+SPEC = register(
+    ParadigmSpec(
+        name="multitask",
+        server=MultiTaskServer,
+        client=UShapedClient,
+        exchange=_exchange,
+        aliases=("TaskAgnostic",),
+        time_factor=1.6,
+        options={"client_split": (list, []), "task_datasets": (list, []), "tail_layer": (int, -1)},
+        validate=_validate,
+        client_data=task_client_data,
+        deviations=DEVIATIONS,
+        summary="multi-task U-shaped SL: task groups of clients with their own heads + tails + labels, one shared "
+        "server body; groups take turns; heads and tails FedAvg'd within a group each round",
+    )
+)

@@ -24,10 +24,12 @@ Protocol, per round:
      shared top; the reported accuracy pools all clients (per-client accuracies in the evaluation's
      ``extra["test_accuracy_per_client"]``).
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.paradigms.base import ClientHandle, ParadigmSpec, RoundResult, ServerContext
@@ -35,10 +37,9 @@ from slperf.common.paradigms.kit.bottom_client import BottomClient
 from slperf.common.paradigms.kit.rounds import gather_round
 from slperf.common.paradigms.kit.serving import Barrier, lockstep_round, reply_or_drop, serve_in_arrival_order
 from slperf.common.paradigms.kit.steps import optimizer_step, top_accumulate, top_train_step, zero_grads
-from slperf.common.paradigms.kit.top_server import SharedTopServer
+from slperf.common.paradigms.kit.top_server import SharedTopServer, top_exchange
 from slperf.common.paradigms.registry import register
-from slperf.common.protocol.types import CutTensor, PhaseSummary, CutReply
-from slperf.common.paradigms.kit.top_server import top_exchange
+from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary
 
 SERVER_UPDATES = ("arrival", "sum", "lockstep")
 
@@ -71,13 +72,17 @@ class PSLServer(SharedTopServer):
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         if self.server_update == "arrival":
             return (await gather_round(clients, lambda c: self._arrival_pass(c, round))).to_result()
-        return await lockstep_round(clients, round, lambda c: self.push_bottom(c, round),
-                                    lambda c: self.pull_bottom(c, round), self._server_step)
+        return await lockstep_round(
+            clients,
+            round,
+            lambda c: self.push_bottom(c, round),
+            lambda c: self.pull_bottom(c, round),
+            self._server_step,
+        )
 
     async def _arrival_pass(self, client: ClientHandle, round: int) -> PhaseSummary:
         await self.push_bottom(client, round)
-        summary = await serve_in_arrival_order(self.ctx, self.lock, client, round,
-                                               self.top, self.optimizer)
+        summary = await serve_in_arrival_order(self.ctx, self.lock, client, round, self.top, self.optimizer)
         await self.pull_bottom(client, round)
         return summary
 
@@ -99,19 +104,27 @@ class PSLServer(SharedTopServer):
 
 def _validate(options: dict[str, Any]) -> None:
     if options["server_update"] not in SERVER_UPDATES:
-        raise ConfigError(f"option 'server_update' of paradigm 'psl' must be {' or '.join(SERVER_UPDATES)}, "
-                          f"got {options['server_update']!r}")
+        raise ConfigError(
+            f"option 'server_update' of paradigm 'psl' must be {' or '.join(SERVER_UPDATES)}, "
+            f"got {options['server_update']!r}"
+        )
 
 
 SUM = {"server_update": "sum"}
 LOCKSTEP = {"server_update": "lockstep"}
 
-SPEC = register(ParadigmSpec(
-    name="psl", server=PSLServer, client=BottomClient, exchange=top_exchange,
-    aliases=("asy_vanilla", "asy_vanilla2", "psl_sum", "synchronization", "psl_lockstep"),
-    alias_options={"psl_sum": SUM, "asy_vanilla2": SUM, "psl_lockstep": LOCKSTEP, "synchronization": LOCKSTEP},
-    options={"server_update": (str, "arrival")}, validate=_validate,
-    summary="parallel clients, one shared top (server_update: arrival|sum|lockstep; psl_sum and psl_lockstep "
-            "imply one), no client aggregation",
-    deviations=DEVIATIONS,
-))
+SPEC = register(
+    ParadigmSpec(
+        name="psl",
+        server=PSLServer,
+        client=BottomClient,
+        exchange=top_exchange,
+        aliases=("asy_vanilla", "asy_vanilla2", "psl_sum", "synchronization", "psl_lockstep"),
+        alias_options={"psl_sum": SUM, "asy_vanilla2": SUM, "psl_lockstep": LOCKSTEP, "synchronization": LOCKSTEP},
+        options={"server_update": (str, "arrival")},
+        validate=_validate,
+        summary="parallel clients, one shared top (server_update: arrival|sum|lockstep; psl_sum and psl_lockstep "
+        "imply one), no client aggregation",
+        deviations=DEVIATIONS,
+    )
+)

@@ -2,6 +2,7 @@
 and this registry is a paradigm plug-in that calls ``register``; what plug-ins share lives in the ``kit``
 subpackage, which is never loaded as a plug-in. Third-party paradigms register through the
 ``slperf.paradigms`` entry-point group. Neither way needs an edit to the server, the client daemon or the CLI."""
+
 from __future__ import annotations
 
 import importlib
@@ -44,7 +45,10 @@ def get(name: str) -> ParadigmSpec:
     _load_all()
     key = _ALIASES.get(name, name)
     if key not in _SPECS:
-        raise ConfigError(f"unknown paradigm '{name}' (known: {', '.join(sorted(_SPECS))}; SLPerf aliases: {', '.join(sorted(_ALIASES))})")
+        raise ConfigError(
+            f"unknown paradigm '{name}' (known: {', '.join(sorted(_SPECS))}; SLPerf aliases: "
+            f"{', '.join(sorted(_ALIASES))})"
+        )
     return _SPECS[key]
 
 

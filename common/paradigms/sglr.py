@@ -19,9 +19,11 @@ Options (SLPerf keys accepted): ``splitavg_active`` (``SGLR_splitAvg_active``, d
 ``splitlr_alpha`` (``SGLR_splitLR_alpha``, default 0.5; 0 switches the acceleration off, which SLPerf's
 ignored ``SGLR_splitLR`` flag meant to do).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +33,9 @@ from slperf.common.paradigms.base import ClientHandle, ParadigmSpec, RoundResult
 from slperf.common.paradigms.kit.bottom_client import BottomClient
 from slperf.common.paradigms.kit.serving import Barrier, lockstep_round, reply_or_drop
 from slperf.common.paradigms.kit.steps import optimizer_step, top_accumulate, zero_grads
-from slperf.common.paradigms.kit.top_server import SharedTopServer
+from slperf.common.paradigms.kit.top_server import SharedTopServer, top_exchange
 from slperf.common.paradigms.registry import register
-from slperf.common.protocol.types import CutTensor, CutReply
-from slperf.common.paradigms.kit.top_server import top_exchange
+from slperf.common.protocol.types import CutReply, CutTensor
 
 DEVIATIONS = """\
 * The top's gradients are zeroed before every server step; SLPerf never zeroed them during training, so
@@ -76,18 +77,18 @@ class SGLRServer(SharedTopServer):
     def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         self.active_fraction = float(config.options["splitavg_active"])
         self.alpha = float(config.options["splitlr_alpha"])
-        server_lr = config.lr * config.clients ** self.alpha
+        server_lr = config.lr * config.clients**self.alpha
         super().__init__(config, ctx, num_classes, input_shape, server_lr=server_lr)
 
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         async def server_step(barrier: Barrier, batches: list[tuple[ClientHandle, CutTensor]]) -> None:
             await self._server_step(round, barrier, batches)
 
-        return await lockstep_round(clients, round, lambda c: self.push_bottom(c, round),
-                                    lambda c: self.pull_bottom(c, round), server_step)
+        return await lockstep_round(
+            clients, round, lambda c: self.push_bottom(c, round), lambda c: self.pull_bottom(c, round), server_step
+        )
 
-    async def _server_step(self, round: int, barrier: Barrier,
-                           batches: list[tuple[ClientHandle, CutTensor]]) -> None:
+    async def _server_step(self, round: int, barrier: Barrier, batches: list[tuple[ClientHandle, CutTensor]]) -> None:
         """Step 2 with one batch from every client still in the pass."""
         batches = sorted(batches, key=lambda cb: cb[0].index)
         step = batches[0][1].ref.step
@@ -105,15 +106,25 @@ class SGLRServer(SharedTopServer):
 
 def _validate(options: dict[str, Any]) -> None:
     if not 0.0 <= options["splitavg_active"] <= 1.0:
-        raise ConfigError(f"option 'splitavg_active' of paradigm 'sglr' must be in [0, 1], got {options['splitavg_active']}")
+        raise ConfigError(
+            f"option 'splitavg_active' of paradigm 'sglr' must be in [0, 1], got {options['splitavg_active']}"
+        )
     if options["splitlr_alpha"] < 0:
         raise ConfigError(f"option 'splitlr_alpha' of paradigm 'sglr' must be >= 0, got {options['splitlr_alpha']}")
 
 
-SPEC = register(ParadigmSpec(
-    name="sglr", server=SGLRServer, client=BottomClient, exchange=top_exchange, aliases=("SGLR",), time_factor=1.2,
-    options={"splitavg_active": (float, 0.5), "splitlr_alpha": (float, 0.5)},
-    option_aliases={"SGLR_splitAvg_active": "splitavg_active", "SGLR_splitLR_alpha": "splitlr_alpha"},
-    validate=_validate, deviations=DEVIATIONS,
-    summary="lock-step psl; a random fraction of clients get the mean cut-layer gradient; server lr x N^alpha",
-))
+SPEC = register(
+    ParadigmSpec(
+        name="sglr",
+        server=SGLRServer,
+        client=BottomClient,
+        exchange=top_exchange,
+        aliases=("SGLR",),
+        time_factor=1.2,
+        options={"splitavg_active": (float, 0.5), "splitlr_alpha": (float, 0.5)},
+        option_aliases={"SGLR_splitAvg_active": "splitavg_active", "SGLR_splitLR_alpha": "splitlr_alpha"},
+        validate=_validate,
+        deviations=DEVIATIONS,
+        summary="lock-step psl; a random fraction of clients get the mean cut-layer gradient; server lr x N^alpha",
+    )
+)

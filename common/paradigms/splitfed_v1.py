@@ -11,10 +11,12 @@ Protocol, per round:
      by the samples each client trained on this round; every top copy then continues from the average.
   4. Evaluation runs through one client with the averaged bottom and top.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from slperf.common.config import RunConfig
 from slperf.common.paradigms.base import ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext
@@ -23,10 +25,9 @@ from slperf.common.paradigms.kit.bottom_client import BottomClient
 from slperf.common.paradigms.kit.rounds import gather_round
 from slperf.common.paradigms.kit.serving import evaluate_first_available, serve_training
 from slperf.common.paradigms.kit.steps import clone_state, load_state, make_optimizer
-from slperf.common.paradigms.kit.top_server import TopSegmentServer
+from slperf.common.paradigms.kit.top_server import TopSegmentServer, top_exchange
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import PhaseSummary, State
-from slperf.common.paradigms.kit.top_server import top_exchange
 
 DEVIATIONS = """\
 * SLPerf has no SplitFed v1 (both of its SplitFed variants share one top: see splitfed_v2).
@@ -63,15 +64,17 @@ class SplitFedV1Server(TopSegmentServer):
         return outcome.to_result(lambda done: done[0])
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        return await evaluate_first_available(self.ctx, clients, round,
-                                              self.bottom_state, self.global_top)
+        return await evaluate_first_available(self.ctx, clients, round, self.bottom_state, self.global_top)
 
     def model_state(self) -> dict[str, State]:
         return {"bottom": self.bottom_state, "top": clone_state(self.global_top)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"top": self.global_top.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
-                "bottom": self.bottom_state}
+        return {
+            "top": self.global_top.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "bottom": self.bottom_state,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         load_state(self.global_top, state["top"])
@@ -81,8 +84,14 @@ class SplitFedV1Server(TopSegmentServer):
         self.bottom_state = dict(state["bottom"])
 
 
-SPEC = register(ParadigmSpec(
-    name="splitfed_v1", server=SplitFedV1Server, client=BottomClient, exchange=top_exchange, aliases=("SplitFedV1", "splitfed1"),
-    summary="parallel clients, one top copy per client, FedAvg of bottoms and tops each round",
-    deviations=DEVIATIONS,
-))
+SPEC = register(
+    ParadigmSpec(
+        name="splitfed_v1",
+        server=SplitFedV1Server,
+        client=BottomClient,
+        exchange=top_exchange,
+        aliases=("SplitFedV1", "splitfed1"),
+        summary="parallel clients, one top copy per client, FedAvg of bottoms and tops each round",
+        deviations=DEVIATIONS,
+    )
+)

@@ -20,25 +20,25 @@ that SplitFed differs from the other paradigms only in its protocol; ``optim: ad
 sequential ``SplitFed`` optimiser (Adam, betas 0.9/0.999, eps 1e-8, no weight decay; choose a small ``lr``
 with it, e.g. 0.001).
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from slperf.common.config import ConfigError, RunConfig
-from slperf.common.paradigms.base import ClientData, ClientHandle, EvalResult, ParadigmSpec, RoundResult, \
-    ServerContext
+from slperf.common.paradigms.base import ClientData, ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext
 from slperf.common.paradigms.kit.aggregate import average_uploads
 from slperf.common.paradigms.kit.bottom_client import BottomClient
 from slperf.common.paradigms.kit.rounds import gather_round, ring
 from slperf.common.paradigms.kit.serving import evaluate_first_available, serve_in_arrival_order
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
-from slperf.common.paradigms.kit.top_server import TopSegmentServer
+from slperf.common.paradigms.kit.top_server import TopSegmentServer, top_exchange
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import PhaseSummary, State
-from slperf.common.paradigms.kit.top_server import top_exchange
 
 ORDERS = ("parallel", "sequential")
 OPTIMS = ("sgd", "adam")
@@ -72,8 +72,7 @@ class SplitFedV2Server(TopSegmentServer):
 
     async def _client_pass(self, client: ClientHandle, round: int) -> tuple[PhaseSummary, State]:
         await client.set_weights("bottom", self.bottom_state, round)
-        summary = await serve_in_arrival_order(self.ctx, self.lock, client, round,
-                                               self.top, self.optimizer)
+        summary = await serve_in_arrival_order(self.ctx, self.lock, client, round, self.top, self.optimizer)
         bottom, _ = await client.get_weights("bottom", round, expected=self.bottom_state)
         return summary, bottom
 
@@ -86,8 +85,7 @@ class SplitFedV2Server(TopSegmentServer):
         return outcome.to_result(lambda done: done[0])
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        return await evaluate_first_available(self.ctx, clients, round,
-                                              self.bottom_state, self.top)
+        return await evaluate_first_available(self.ctx, clients, round, self.bottom_state, self.top)
 
     def model_state(self) -> dict[str, State]:
         return {"bottom": self.bottom_state, "top": clone_state(self.top)}
@@ -111,20 +109,27 @@ class SplitFedV2Client(BottomClient):
 
 def _validate(options: dict[str, Any]) -> None:
     if options["order"] not in ORDERS:
-        raise ConfigError(f"option 'order' of paradigm 'splitfed_v2' must be {' or '.join(ORDERS)}, "
-                          f"got {options['order']!r}")
+        raise ConfigError(
+            f"option 'order' of paradigm 'splitfed_v2' must be {' or '.join(ORDERS)}, got {options['order']!r}"
+        )
     if options["optim"] not in OPTIMS:
         raise ConfigError(f"option 'optim' of paradigm 'splitfed_v2' must be sgd or adam, got {options['optim']!r}")
 
 
 SEQUENTIAL = {"order": "sequential"}
 
-SPEC = register(ParadigmSpec(
-    name="splitfed_v2", server=SplitFedV2Server, client=SplitFedV2Client, exchange=top_exchange,
-    aliases=("SplitFed2", "SplitFed", "splitfed_v2_sequential"),
-    alias_options={"splitfed_v2_sequential": SEQUENTIAL, "SplitFed": SEQUENTIAL},
-    options={"order": (str, "parallel"), "optim": (str, "sgd")}, validate=_validate,
-    summary="one shared top, clients in parallel (order: parallel|sequential; SplitFed and "
-            "splitfed_v2_sequential imply sequential), FedAvg of the bottoms each round",
-    deviations=DEVIATIONS,
-))
+SPEC = register(
+    ParadigmSpec(
+        name="splitfed_v2",
+        server=SplitFedV2Server,
+        client=SplitFedV2Client,
+        exchange=top_exchange,
+        aliases=("SplitFed2", "SplitFed", "splitfed_v2_sequential"),
+        alias_options={"splitfed_v2_sequential": SEQUENTIAL, "SplitFed": SEQUENTIAL},
+        options={"order": (str, "parallel"), "optim": (str, "sgd")},
+        validate=_validate,
+        summary="one shared top, clients in parallel (order: parallel|sequential; SplitFed and "
+        "splitfed_v2_sequential imply sequential), FedAvg of the bottoms each round",
+        deviations=DEVIATIONS,
+    )
+)

@@ -23,25 +23,45 @@ Schedules (option ``schedule``):
     reported accuracy is correct / samples pooled over clients, per-client accuracies go in the evaluation's
     ``extra["eval_accuracy"]``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
 from slperf.common.config import ConfigError, RunConfig
-from slperf.common.paradigms.base import ClientHandle, EvalResult, NoClientLeft, ParadigmSpec, RoundResult, \
-    ServerContext, ServerParadigm
+from slperf.common.data.registry import DATASETS
+from slperf.common.paradigms.base import (
+    ClientHandle,
+    EvalResult,
+    NoClientLeft,
+    ParadigmSpec,
+    RoundResult,
+    ServerContext,
+    ServerParadigm,
+)
 from slperf.common.paradigms.kit.aggregate import pooled
 from slperf.common.paradigms.kit.rounds import first_available, gather_round, latest_first, ring
 from slperf.common.paradigms.kit.serving import SerialGate
 from slperf.common.paradigms.kit.steps import clone_state, load_state, make_optimizer
-from slperf.common.paradigms.kit.ushaped import HEAD, TAIL, Ends, UShapedClient, build_ushaped, check_tail_layer, \
-    collect_ends, evaluate_ushaped, send_ends, serve_ushaped, ushaped_exchange
+from slperf.common.paradigms.kit.ushaped import (
+    HEAD,
+    TAIL,
+    Ends,
+    UShapedClient,
+    build_ushaped,
+    check_tail_layer,
+    collect_ends,
+    evaluate_ushaped,
+    send_ends,
+    serve_ushaped,
+    ushaped_exchange,
+)
 from slperf.common.paradigms.registry import register
-from slperf.common.protocol.types import PhaseSummary
-from slperf.common.data.registry import DATASETS
 from slperf.common.protocol.exchange import Exchange
+from slperf.common.protocol.types import PhaseSummary
 
 SCHEDULES = ("sequential", "parallel")
 
@@ -71,7 +91,8 @@ class UShapedServer(ServerParadigm):
         init = {HEAD: clone_state(head), TAIL: clone_state(tail)}
         copies = 1 if self.schedule == "sequential" else config.clients
         self.ends: list[Ends] = [
-            {k: {n: t.clone() for n, t in v.items()} for k, v in init.items()} for _ in range(copies)]
+            {k: {n: t.clone() for n, t in v.items()} for k, v in init.items()} for _ in range(copies)
+        ]
         self.last_trained: str | None = None
         self.gate = SerialGate()
 
@@ -82,8 +103,7 @@ class UShapedServer(ServerParadigm):
         """Head and tail down, the pass, head and tail back up (kept only once the whole turn succeeded)."""
         ends = self.ends[self._slot(client)]
         await send_ends(client, ends, round)
-        summary = await serve_ushaped(self.ctx, client, round, self.middle, self.optimizer,
-                                      self.gate)
+        summary = await serve_ushaped(self.ctx, client, round, self.middle, self.optimizer, self.gate)
         self.ends[self._slot(client)] = await collect_ends(client, ends, round)
         if self.schedule == "sequential":
             self.last_trained = client.client_id
@@ -99,8 +119,9 @@ class UShapedServer(ServerParadigm):
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         if self.schedule == "sequential":
-            return await first_available(latest_first(clients, self.last_trained),
-                                         lambda c: self._evaluate_client(c, round), "evaluate through")
+            return await first_available(
+                latest_first(clients, self.last_trained), lambda c: self._evaluate_client(c, round), "evaluate through"
+            )
         # Parallel: every client evaluates its own head and tail (concurrently; no gate needed without
         # gradients).
         outcome = await gather_round(clients, lambda c: self._evaluate_client(c, round))
@@ -123,8 +144,12 @@ class UShapedServer(ServerParadigm):
         return self.split.cut_facts()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"middle": self.middle.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ends": self.ends, "last_trained": self.last_trained}
+        return {
+            "middle": self.middle.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ends": self.ends,
+            "last_trained": self.last_trained,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         load_state(self.middle, state["middle"])
@@ -142,18 +167,26 @@ def _validate(options: dict[str, Any]) -> None:
 
 PARALLEL = {"schedule": "parallel"}
 
+
 def _exchange(config: RunConfig, client_index: int) -> Exchange:
     dataset = DATASETS[config.dataset]
     return ushaped_exchange(config, dataset.input_shape, dataset.num_classes)
 
 
-SPEC = register(ParadigmSpec(
-    name="ushaped", server=UShapedServer, client=UShapedClient, exchange=_exchange, time_factor=1.6,
-    aliases=("Ushaped", "u_shaped", "parallel_U_Shape", "ushaped_parallel"),
-    alias_options={"ushaped_parallel": PARALLEL, "parallel_U_Shape": PARALLEL},
-    options={"schedule": (str, "sequential"), "tail_layer": (int, -1)},
-    validate=_validate, deviations=DEVIATIONS,
-    summary="U-shaped: client holds head + tail + labels, server the middle; 4 messages per batch; labels "
-            "never leave the client; sequential ring (default) or schedule: parallel (parallel_U_Shape, "
-            "ushaped_parallel)",
-))
+SPEC = register(
+    ParadigmSpec(
+        name="ushaped",
+        server=UShapedServer,
+        client=UShapedClient,
+        exchange=_exchange,
+        time_factor=1.6,
+        aliases=("Ushaped", "u_shaped", "parallel_U_Shape", "ushaped_parallel"),
+        alias_options={"ushaped_parallel": PARALLEL, "parallel_U_Shape": PARALLEL},
+        options={"schedule": (str, "sequential"), "tail_layer": (int, -1)},
+        validate=_validate,
+        deviations=DEVIATIONS,
+        summary="U-shaped: client holds head + tail + labels, server the middle; 4 messages per batch; labels "
+        "never leave the client; sequential ring (default) or schedule: parallel (parallel_U_Shape, "
+        "ushaped_parallel)",
+    )
+)

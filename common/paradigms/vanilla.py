@@ -12,18 +12,18 @@ Protocol, per round:
   5. After the ring, one client (the last that trained) evaluates: it streams test activations and the
      server scores them with the top.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from slperf.common.paradigms.base import ClientHandle, ParadigmSpec, RoundResult
 from slperf.common.paradigms.kit.bottom_client import BottomClient
 from slperf.common.paradigms.kit.rounds import ring
 from slperf.common.paradigms.kit.serving import serve_training
-from slperf.common.paradigms.kit.top_server import HandedOnBottomServer
+from slperf.common.paradigms.kit.top_server import HandedOnBottomServer, top_exchange
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.types import PhaseSummary
-from slperf.common.paradigms.kit.top_server import top_exchange
 
 DEVIATIONS = """\
 * The bottom weights are relayed through the server; SLPerf wrote the module to a shared file, which
@@ -48,8 +48,14 @@ class VanillaServer(HandedOnBottomServer):
         return (await ring(clients, lambda c: self._turn(c, round))).to_result()
 
 
-SPEC = register(ParadigmSpec(
-    name="vanilla", server=VanillaServer, client=BottomClient, exchange=top_exchange, aliases=("vanilla",),
-    summary="sequential ring; bottom weights handed on through the server; labels go to the server",
-    deviations=DEVIATIONS,
-))
+SPEC = register(
+    ParadigmSpec(
+        name="vanilla",
+        server=VanillaServer,
+        client=BottomClient,
+        exchange=top_exchange,
+        aliases=("vanilla",),
+        summary="sequential ring; bottom weights handed on through the server; labels go to the server",
+        deviations=DEVIATIONS,
+    )
+)

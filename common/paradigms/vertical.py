@@ -16,10 +16,13 @@ Keys as in SLPerf: ``data_vertical_list`` (number of original attributes per cli
 partition key, shared with ``partition_method: vertical``), ``cut_layer_vertical_list`` (embedding width
 per client).
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,14 +32,25 @@ from torch import nn
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.data import ShardLoader, cap_indices, load_dataset
 from slperf.common.data.attributes import vertical_columns
-from slperf.common.paradigms.base import ClientData, ClientGone, ClientHandle, ClientLink, \
-    ClientParadigm, EvalResult, ParadigmSpec, PhaseStream, RoundResult, ServerContext, ServerParadigm
-from slperf.common.paradigms.kit.serving import next_batches
-from slperf.common.paradigms.kit.steps import bottom_backward_step, make_optimizer
-from slperf.common.paradigms.registry import register
-from slperf.common.protocol.types import CutTensor, Phase, PhaseSummary, CutReply, StepRef
 from slperf.common.data.registry import DATASETS
+from slperf.common.paradigms.base import (
+    ClientData,
+    ClientGone,
+    ClientHandle,
+    ClientLink,
+    ClientParadigm,
+    EvalResult,
+    ParadigmSpec,
+    PhaseStream,
+    RoundResult,
+    ServerContext,
+    ServerParadigm,
+)
+from slperf.common.paradigms.kit.serving import next_batches
+from slperf.common.paradigms.kit.steps import bottom_backward_step, grad_of, make_optimizer
+from slperf.common.paradigms.registry import register
 from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
+from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, StepRef
 
 HIDDEN = 16
 
@@ -74,7 +88,7 @@ def top_model(total_width: int, num_classes: int, seed: int) -> nn.Sequential:
         return nn.Sequential(nn.ReLU(), nn.Linear(total_width, 32), nn.ReLU(), nn.Linear(32, num_classes))
 
 
-def vertical_client_data(config: RunConfig, index: int, cache_dir=None) -> ClientData:
+def vertical_client_data(config: RunConfig, index: int, cache_dir: Path | None = None) -> ClientData:
     """Every row of the (capped) training set, but only this client's feature columns."""
     dataset = load_dataset(config.dataset, config.data_dir, cache_dir)
     spec = dataset.spec
@@ -91,7 +105,9 @@ def vertical_client_data(config: RunConfig, index: int, cache_dir=None) -> Clien
     return ClientData(
         train=ShardLoader(dataset, rows, config.batch_size, config.seed, 0, train=True, columns=columns),
         test=ShardLoader(dataset, test, config.eval_batch_size, config.seed, 0, train=False, columns=columns),
-        num_classes=spec.num_classes, input_shape=(len(columns),))
+        num_classes=spec.num_classes,
+        input_shape=(len(columns),),
+    )
 
 
 class VerticalClient(ClientParadigm):
@@ -102,10 +118,12 @@ class VerticalClient(ClientParadigm):
         self.segments = {"bottom": self.bottom}
         self.optimizer = make_optimizer(self.bottom.parameters(), config)
 
-    def _batches(self, loader: ShardLoader, epoch: int, shuffle: bool):
+    def _batches(
+        self, loader: ShardLoader, epoch: int, shuffle: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order = loader.order(epoch, shuffle=shuffle)
         for start, (x, y) in zip(range(0, order.size, loader.batch_size), loader.batches(epoch, shuffle=shuffle)):
-            yield x, y, torch.from_numpy(loader.indices[order[start:start + loader.batch_size]])
+            yield x, y, torch.from_numpy(loader.indices[order[start : start + loader.batch_size]])
 
     async def train_epoch(self, link: ClientLink, round: int, options: Mapping[str, Any]) -> PhaseSummary:
         self.bottom.train()
@@ -126,8 +144,9 @@ class VerticalClient(ClientParadigm):
         for step, (x, y, ids) in enumerate(self._batches(self.data.test, 0, False)):
             with torch.no_grad():
                 emb = self.bottom(x)
-            await link.send_activations(StepRef(link.run_id, round, step, Phase.EVAL), emb,
-                                        labels=y if self.owner else None, sample_ids=ids)
+            await link.send_activations(
+                StepRef(link.run_id, round, step, Phase.EVAL), emb, labels=y if self.owner else None, sample_ids=ids
+            )
             summary.add(int(x.shape[0]))
         return summary
 
@@ -142,8 +161,9 @@ class VerticalServer(ServerParadigm):
         self.top = top_model(sum(self.widths), num_classes, config.seed)
         self.optimizer = make_optimizer(self.top.parameters(), config)
 
-    def _step(self, embeddings: list[torch.Tensor], labels: torch.Tensor,
-              train: bool) -> tuple[list[torch.Tensor], float, int]:
+    def _step(
+        self, embeddings: list[torch.Tensor], labels: torch.Tensor, train: bool
+    ) -> tuple[list[torch.Tensor], float, int]:
         parts = [e.detach().requires_grad_(train) for e in embeddings]
         if train:
             self.top.train()
@@ -152,7 +172,7 @@ class VerticalServer(ServerParadigm):
             loss = F.cross_entropy(logits, labels)
             loss.backward()
             self.optimizer.step()
-            grads = [p.grad for p in parts]
+            grads = [grad_of(p) for p in parts]
         else:
             self.top.eval()
             with torch.no_grad():
@@ -162,8 +182,9 @@ class VerticalServer(ServerParadigm):
         correct = int((logits.detach().argmax(1) == labels).sum())
         return grads, float(loss.detach()), correct
 
-    async def _lockstep(self, clients: Sequence[ClientHandle], streams: Sequence[PhaseStream], train: bool,
-                        result: RoundResult | None) -> tuple[int, float, int]:
+    async def _lockstep(
+        self, clients: Sequence[ClientHandle], streams: Sequence[PhaseStream], train: bool, result: RoundResult | None
+    ) -> tuple[int, float, int]:
         """Drives all streams one step at a time; returns (correct, loss_sum, samples)."""
         iters = [aiter(s) for s in streams]
         alive = [True] * len(clients)
@@ -188,8 +209,11 @@ class VerticalServer(ServerParadigm):
             size = owner.tensor.shape[0]
             embeddings = []
             for i, batch in enumerate(batches):
-                if batch is not None and (batch.tensor.shape[0] != size or batch.sample_ids is None
-                                          or (ids is not None and not torch.equal(batch.sample_ids, ids))):
+                if batch is not None and (
+                    batch.tensor.shape[0] != size
+                    or batch.sample_ids is None
+                    or (ids is not None and not torch.equal(batch.sample_ids, ids))
+                ):
                     # Misaligned: this party's rows are not the owner's; it sits out the rest of the pass.
                     await clients[i].abort(f"step {batch.ref.step}: sample ids differ from the label owner's")
                     alive[i] = False
@@ -205,8 +229,14 @@ class VerticalServer(ServerParadigm):
             loss_sum += loss * (1 if not train else size)
             samples += size
             if train:
-                await asyncio.gather(*(clients[i].reply(CutReply(b.ref, grads[i], loss, n_correct, size))
-                                       for i, b in enumerate(batches) if b is not None), return_exceptions=True)
+                await asyncio.gather(
+                    *(
+                        clients[i].reply(CutReply(b.ref, grads[i], loss, n_correct, size))
+                        for i, b in enumerate(batches)
+                        if b is not None
+                    ),
+                    return_exceptions=True,
+                )
 
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         result = RoundResult(participants=[])
@@ -221,8 +251,9 @@ class VerticalServer(ServerParadigm):
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         streams = [c.evaluate(round) for c in clients]
         correct, loss_sum, samples = await self._lockstep(clients, streams, False, None)
-        return EvalResult(accuracy=correct / samples if samples else 0.0,
-                          loss=loss_sum / samples if samples else 0.0, samples=samples)
+        return EvalResult(
+            accuracy=correct / samples if samples else 0.0, loss=loss_sum / samples if samples else 0.0, samples=samples
+        )
 
     def model_state(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"top": {k: v.detach().clone() for k, v in self.top.state_dict().items()}}
@@ -252,15 +283,27 @@ def _exchange(config: RunConfig, client_index: int) -> Exchange:
     """
     emb = TensorSpec((_widths(config)[client_index],))
     owner = client_index == config.options["label_owner"]
-    return Exchange(train=(Stage(up=emb, down=emb, labels=owner, sample_ids=True),),
-                    eval=(Stage(up=emb, labels=owner, sample_ids=True),),
-                    num_classes=DATASETS[config.dataset].num_classes, max_batch=config.batch_size,
-                    max_eval_batch=config.eval_batch_size)
+    return Exchange(
+        train=(Stage(up=emb, down=emb, labels=owner, sample_ids=True),),
+        eval=(Stage(up=emb, labels=owner, sample_ids=True),),
+        num_classes=DATASETS[config.dataset].num_classes,
+        max_batch=config.batch_size,
+        max_eval_batch=config.eval_batch_size,
+    )
 
 
-SPEC = register(ParadigmSpec(
-    name="vertical", server=VerticalServer, client=VerticalClient, exchange=_exchange, aliases=("vertical", "vsl"), time_factor=1.3,
-    options={"cut_layer_vertical_list": (list, None), "label_owner": (int, 0)},
-    validate=_validate, client_data=vertical_client_data, deviations=DEVIATIONS,
-    summary="feature columns split across clients (same rows), one label owner, lock-step per batch",
-))
+SPEC = register(
+    ParadigmSpec(
+        name="vertical",
+        server=VerticalServer,
+        client=VerticalClient,
+        exchange=_exchange,
+        aliases=("vertical", "vsl"),
+        time_factor=1.3,
+        options={"cut_layer_vertical_list": (list, None), "label_owner": (int, 0)},
+        validate=_validate,
+        client_data=vertical_client_data,
+        deviations=DEVIATIONS,
+        summary="feature columns split across clients (same rows), one label owner, lock-step per batch",
+    )
+)

@@ -2,6 +2,7 @@
 
 A servicer answers with ``err.code`` and ``err.message`` (e.g. ``await context.abort(err.code, err.message)``).
 """
+
 from __future__ import annotations
 
 import grpc
@@ -25,7 +26,11 @@ class WireError(Exception):
     def __repr__(self) -> str:
         return f"WireError({self.code.name}, {self.message!r})"
 
-    def __reduce__(self) -> tuple[type[WireError], tuple[grpc.StatusCode, str]]:  # picklable across processes despite the two-argument constructor
+    def __reduce__(
+        self,
+    ) -> tuple[
+        type[WireError], tuple[grpc.StatusCode, str]
+    ]:  # picklable across processes despite the two-argument constructor
         return (type(self), (self.code, self.message))
 
     # Constructors for the status codes the wire layer uses.

@@ -10,6 +10,7 @@ A *step* is one batch. In each step the client sends one ``CutTensor`` per stage
 stage with a ``down`` spec it waits for the server's ``CutReply``. A stage without ``down`` gets no reply (for
 instance the evaluation pass of a paradigm whose server owns the loss).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
-from slperf.common.protocol.types import CutReply, CutTensor, Phase
 from slperf.common.protocol.errors import WireError
+from slperf.common.protocol.types import CutReply, CutTensor, Phase
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,16 @@ class TensorSpec:
         """Refuses (INVALID_ARGUMENT) a tensor of another dtype or per-sample shape, a batch other than ``batch``
         or outside 1..``max_batch``; returns the batch size."""
         if tensor.dtype not in self.dtypes:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"{what} has dtype {tensor.dtype}, expected {' or '.join(map(str, self.dtypes))}")
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{what} has dtype {tensor.dtype}, expected {' or '.join(map(str, self.dtypes))}",
+            )
         shape = tuple(tensor.shape)
         if len(shape) != 1 + len(self.sample_shape) or shape[1:] != self.sample_shape:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"{what} has shape {list(shape)}, expected [batch, {', '.join(map(str, self.sample_shape))}]")
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{what} has shape {list(shape)}, expected [batch, {', '.join(map(str, self.sample_shape))}]",
+            )
         if batch is not None and shape[0] != batch:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} holds {shape[0]} samples, expected {batch}")
         if max_batch is not None and not 1 <= shape[0] <= max_batch:
@@ -64,8 +69,12 @@ class Stage:
     down_optional: bool = False  # the server may withhold the reply's tensor (async SL's state B)
 
     def describe(self) -> str:
-        up = [self.up.describe()] + (["labels int64[batch]"] if self.labels else []) + (
-            ["sample_ids int64[batch]"] if self.sample_ids else []) + [f"{k} {v.describe()}" for k, v in self.extra_up.items()]
+        up = (
+            [self.up.describe()]
+            + (["labels int64[batch]"] if self.labels else [])
+            + (["sample_ids int64[batch]"] if self.sample_ids else [])
+            + [f"{k} {v.describe()}" for k, v in self.extra_up.items()]
+        )
         if self.down is None:
             down = "no reply"
         else:
@@ -91,14 +100,16 @@ class Exchange:
         for stage in self.stages(phase):
             if stage.name == name:
                 return stage
-        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"no {phase.name.lower()} stage named {name!r} in this paradigm's exchange")
+        raise WireError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"no {phase.name.lower()} stage named {name!r} in this paradigm's exchange",
+        )
 
     def batch_limit(self, phase: Phase) -> int:
         return self.max_batch if phase is Phase.TRAIN else self.max_eval_batch
 
     def describe(self) -> list[str]:
-        return ([f"train {s.describe()}" for s in self.train] + [f"eval {s.describe()}" for s in self.eval])
+        return [f"train {s.describe()}" for s in self.train] + [f"eval {s.describe()}" for s in self.eval]
 
     # -- validation, one function per direction ------------------------------------------------------------------
     def check_up(self, message: CutTensor, stage: Stage) -> None:
@@ -109,20 +120,28 @@ class Exchange:
         labels = message.labels
         if stage.labels:
             if labels is None:
-                raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "cut tensor carries no labels; this paradigm needs them")
+                raise WireError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "cut tensor carries no labels; this paradigm needs them"
+                )
             if labels.dtype != torch.int64 or tuple(labels.shape) != (batch,):
-                raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"labels must be int64 of shape [{batch}], got {labels.dtype} {list(labels.shape)}")
+                raise WireError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"labels must be int64 of shape [{batch}], got {labels.dtype} {list(labels.shape)}",
+                )
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"labels must be in 0..{self.num_classes - 1}")
         elif labels is not None:
             raise WireError(grpc.StatusCode.PERMISSION_DENIED, "labels must not leave the client in this paradigm")
         ids = message.sample_ids
         if stage.sample_ids and ids is None:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "cut tensor carries no sample_ids; this paradigm needs them")
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT, "cut tensor carries no sample_ids; this paradigm needs them"
+            )
         if ids is not None and (ids.dtype != torch.int64 or tuple(ids.shape) != (batch,)):
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"sample_ids must be int64 of shape [{batch}], got {ids.dtype} {list(ids.shape)}")
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"sample_ids must be int64 of shape [{batch}], got {ids.dtype} {list(ids.shape)}",
+            )
         _check_extra(message.extra, stage.extra_up, "cut tensor", batch)
 
     def check_down(self, reply: CutReply, stage: Stage, batch: int) -> None:
@@ -135,8 +154,10 @@ class Exchange:
         else:
             stage.down.check(reply.tensor, "reply tensor", batch=batch)
         if not 0 <= reply.correct <= batch or reply.count > batch:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"reply counts {reply.correct} correct of {reply.count} for a batch of {batch}")
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"reply counts {reply.correct} correct of {reply.count} for a batch of {batch}",
+            )
         _check_extra(reply.extra, stage.extra_down, "reply", batch)
 
 
@@ -144,7 +165,9 @@ def _check_extra(got: Mapping[str, torch.Tensor], declared: Mapping[str, TensorS
     unexpected = sorted(set(got) - set(declared))
     missing = sorted(set(declared) - set(got))
     if unexpected or missing:
-        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"{what} extra tensors do not match the exchange: missing {missing}, unexpected {unexpected}")
+        raise WireError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{what} extra tensors do not match the exchange: missing {missing}, unexpected {unexpected}",
+        )
     for name, spec in declared.items():
         spec.check(got[name], f"{what} extra '{name}'", batch=batch)

@@ -5,10 +5,11 @@ decoding every tensor exactly once and validating everything a message can get w
 fields, bad tensors, malformed JSON); what depends on the run (which step is expected, which shapes the
 paradigm declared) is checked by whoever expects the message. The cut-tensor messages are in ``types``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import grpc
 
@@ -73,7 +74,7 @@ class Finish:
     reason: str
 
 
-Instruction = Union[RunSetup, TrainEpoch, Evaluate, RequestWeights, Finish]
+Instruction = RunSetup | TrainEpoch | Evaluate | RequestWeights | Finish
 
 
 # -- reports (client -> server) ----------------------------------------------------------------------------------
@@ -114,7 +115,7 @@ class ErrorReport:
     message: str
 
 
-ClientMessage = Union[Hello, Ready, CutTensor, ModelState, PhaseDone, ErrorReport]
-ServerMessage = Union[Welcome, RunSetup, TrainEpoch, Evaluate, RequestWeights, Finish, CutReply, ModelState,
-                      ErrorReport]
-
+ClientMessage = Hello | Ready | CutTensor | ModelState | PhaseDone | ErrorReport
+ServerMessage = (
+    Welcome | RunSetup | TrainEpoch | Evaluate | RequestWeights | Finish | CutReply | ModelState | ErrorReport
+)

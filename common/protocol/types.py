@@ -4,6 +4,7 @@ These are plain dataclasses and enums over tensors: the serde module (``slperf.c
 converts each to and from its protobuf message, paradigms produce and consume them, and the daemons keep
 the states. Keeping them below every other layer is what lets the wire layer stay ignorant of paradigms.
 """
+
 from __future__ import annotations
 
 import enum

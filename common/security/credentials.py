@@ -5,6 +5,7 @@ health check).
 The trust root is always passed to gRPC explicitly, so ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`` and the system bundle
 play no part: a federation trusts its own CA and nothing else.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -93,8 +94,9 @@ class CredentialFiles:
         return channel_credentials(self.ca, self.cert, self.key)
 
 
-def resolve_credential_files(*, certs_dir: PathLike | None, ca: PathLike | None, cert: PathLike | None,
-                             key: PathLike | None) -> CredentialFiles:
+def resolve_credential_files(
+    *, certs_dir: PathLike | None, ca: PathLike | None, cert: PathLike | None, key: PathLike | None
+) -> CredentialFiles:
     """The files named by ``--certs DIR --ca --cert --key``: an explicit ``--ca/--cert/--key`` wins; ``--certs
     DIR`` fills in the rest from the folder's layout (``DIR/ca.pem`` and the operator's pair)."""
     resolved_ca, resolved_cert, resolved_key = _as_path(ca), _as_path(cert), _as_path(key)

@@ -5,13 +5,15 @@ A peer's identity is carried three ways in its certificate so that it can be rea
 which wins. Nothing here verifies a certificate: the mutual-TLS handshake has done that against the project CA
 before any handler runs, so these functions only read what the CA vouched for.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -67,7 +69,7 @@ def _identity_from_cert(cert: x509.Certificate) -> Identity | None:
         for uri in uris:
             if uri[: len(URN_PREFIX)].lower() != URN_PREFIX:
                 continue
-            parts = uri[len(URN_PREFIX):].split(":")
+            parts = uri[len(URN_PREFIX) :].split(":")
             if len(parts) != 2 or parts[0] not in ROLES or ID_PATTERN.fullmatch(parts[1]) is None:
                 return None  # a malformed slperf identity: fail closed rather than guess
             found.add(Identity(Role(parts[0]), parts[1]))
@@ -154,8 +156,11 @@ class RevocationEntry:
     def to_json(self) -> dict[str, Any]:
         if self.raw is not None:
             return dict(self.raw)
-        return {"id": self.client_id, "serial": None if self.serial is None else serial_hex(self.serial),
-                "revoked_at": self.revoked_at}
+        return {
+            "id": self.client_id,
+            "serial": None if self.serial is None else serial_hex(self.serial),
+            "revoked_at": self.revoked_at,
+        }
 
 
 def serial_hex(serial: int) -> str:
@@ -217,8 +222,14 @@ def read_revocation_list(dir: PathLike) -> list[RevocationEntry]:
         if not ok:
             raise TLSConfigError(f"revocation list is corrupt: {path} (entry {i} is malformed; {fix})")
         revoked_at = entry.get("revoked_at")
-        entries.append(RevocationEntry(entry["id"], parse_serial(entry.get("serial")),
-                                       revoked_at if isinstance(revoked_at, str) else None, raw=entry))
+        entries.append(
+            RevocationEntry(
+                entry["id"],
+                parse_serial(entry.get("serial")),
+                revoked_at if isinstance(revoked_at, str) else None,
+                raw=entry,
+            )
+        )
     return entries
 
 

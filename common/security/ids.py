@@ -4,6 +4,7 @@ Both become file names (``clients/<id>.pem``, ``runs/<run id>/``) and URI parts 
 both are restricted to a portable, path-safe alphabet. They share the rules today but are different things, so
 each has its own validator: a change to one must not silently change the other.
 """
+
 from __future__ import annotations
 
 import re

@@ -15,6 +15,7 @@ Layout of a certificates directory DIR (created by ``slperf certs init`` and ``s
 The fix hints live here, next to the layout they are derived from, so that every error about a file of the
 folder (whoever reads it: the server, a client daemon, the CLI) names the command that makes it.
 """
+
 from __future__ import annotations
 
 import os

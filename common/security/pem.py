@@ -3,6 +3,7 @@
 Shared by the run-time credentials (``credentials``) and the operator's PKI tooling (``slperf.pki``), which both
 load the same files. Nothing here ever puts key material into an exception or a log line.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def utc_now() -> _dt.datetime:
     """The current time as an aware UTC datetime (what ``cryptography``'s ``*_utc`` properties compare with)."""
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 def read_bytes(path: Path, kind: str) -> bytes:
@@ -84,8 +85,9 @@ def _warn_if_key_exposed(path: Path) -> None:
     except OSError:
         return
     if mode & 0o077:
-        log.warning("private key %s is accessible to other users (mode %04o); run `chmod 600 %s`", path, mode,
-                    quote(path))
+        log.warning(
+            "private key %s is accessible to other users (mode %04o); run `chmod 600 %s`", path, mode, quote(path)
+        )
 
 
 def _public_der(public_key: PublicKeyTypes) -> bytes:
@@ -105,8 +107,13 @@ def warn_if_expired(cert: x509.Certificate, path: Path) -> None:
     """Logs (does not raise) when ``cert`` is outside its validity window: the peer is the one that refuses it."""
     now = utc_now()
     if cert.not_valid_after_utc <= now:
-        log.warning("certificate %s expired on %s; peers will reject it (%s)", path,
-                    cert.not_valid_after_utc.isoformat(), fix_hint(path, missing=False))
+        log.warning(
+            "certificate %s expired on %s; peers will reject it (%s)",
+            path,
+            cert.not_valid_after_utc.isoformat(),
+            fix_hint(path, missing=False),
+        )
     elif cert.not_valid_before_utc > now:
-        log.warning("certificate %s is not valid before %s (check the clock)", path,
-                    cert.not_valid_before_utc.isoformat())
+        log.warning(
+            "certificate %s is not valid before %s (check the clock)", path, cert.not_valid_before_utc.isoformat()
+        )

@@ -4,9 +4,11 @@ The session method is registered by hand rather than through the generated stub,
 must also send the hand-built chunk envelopes of ``slperf.common.wire.chunking`` (the generated one accepts
 protobuf messages only) and its deserializer parses chunk envelopes into views of the received bytes.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -42,6 +44,7 @@ def envelope_parser(envelope_type: Any) -> Callable[[bytes], Any]:
 
     def parse(data: bytes) -> Any:
         return parse_chunk_envelope(data, envelope_type) or envelope_type.FromString(data)
+
     return parse
 
 
@@ -57,8 +60,11 @@ SESSION_METHOD = "/slperf.v1.SplitLearning/Session"
 def open_session(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall[Any, Any]:
     """The client's session stream, with the serializer that also sends hand-built chunk envelopes (the
     generated stub's serializer accepts protobuf messages only)."""
-    return channel.stream_stream(SESSION_METHOD, request_serializer=serialize_envelope,
-                                 response_deserializer=envelope_parser(session_pb2.ServerMessage))(wait_for_ready=False)
+    return channel.stream_stream(
+        SESSION_METHOD,
+        request_serializer=serialize_envelope,
+        response_deserializer=envelope_parser(session_pb2.ServerMessage),
+    )(wait_for_ready=False)
 
 
 def _channel_options(server_name: str | None, options: list[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
@@ -68,8 +74,13 @@ def _channel_options(server_name: str | None, options: list[tuple[str, Any]] | N
     return chosen
 
 
-def create_channel(target: str, credentials: grpc.ChannelCredentials | None, *, server_name: str | None = None,
-                   options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
+def create_channel(
+    target: str,
+    credentials: grpc.ChannelCredentials | None,
+    *,
+    server_name: str | None = None,
+    options: list[tuple[str, Any]] | None = None,
+) -> grpc.aio.Channel:
     """An asyncio channel to ``target``: plaintext when ``credentials`` is None (``--insecure``), TLS otherwise.
 
     ``server_name`` is the name to expect in the server's certificate when the address dialled is not in it (a
@@ -81,8 +92,13 @@ def create_channel(target: str, credentials: grpc.ChannelCredentials | None, *, 
     return grpc.aio.secure_channel(target, credentials, options=chosen)
 
 
-def create_sync_channel(target: str, credentials: grpc.ChannelCredentials | None, *,
-                        server_name: str | None = None, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+def create_sync_channel(
+    target: str,
+    credentials: grpc.ChannelCredentials | None,
+    *,
+    server_name: str | None = None,
+    options: list[tuple[str, Any]] | None = None,
+) -> grpc.Channel:
     """The blocking counterpart of :func:`create_channel`, for the operator commands and the health check."""
     chosen = _channel_options(server_name, options)
     if credentials is None:
@@ -109,11 +125,13 @@ def safe_parser(message_name: str, parse_message: Callable[[bytes], Any]) -> Cal
     """A gRPC deserializer that returns ``Malformed`` instead of raising: gRPC answers a deserializer that raises
     with UNKNOWN on a unary call and ends a session stream, and a peer's bad bytes must get INVALID_ARGUMENT naming
     the problem (in-stream, on the session). ``message_name`` is the full protobuf name, for the error."""
+
     def parse(data: bytes) -> Any:
         try:
             return parse_message(data)
         except Exception as exc:  # protobuf's DecodeError and friends: the peer's fault, never ours
             return Malformed(len(data), f"{len(data)} bytes do not parse as {message_name}: {exc}")
+
     return parse
 
 

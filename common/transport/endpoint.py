@@ -10,6 +10,7 @@ decoded, validated message at a time (each tensor decoded once, by ``serde``); a
 Observers registered with ``observe_endpoints`` see every endpoint made in the process (the benchmarks read
 byte and message counts that way): an explicit hook, so nothing needs to patch a constructor.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,11 +20,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
+from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import ClientMessage, ErrorReport, ServerMessage
 from slperf.common.transport.channel import Malformed
 from slperf.common.wire import serde
 from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits
-from slperf.common.protocol.errors import WireError
 from slperf.common.wire.framing import DEFAULT_MAX_PAYLOAD_BYTES, ByteCounter, Deframer, Framer
 from slperf.v1 import session_pb2
 
@@ -57,8 +58,16 @@ def observe_endpoints(observer: EndpointObserver) -> Callable[[], None]:
 
 
 class Endpoint(Generic[Out, In]):
-    def __init__(self, stream: Stream, side: Side, *, name: str = "", limits: TensorLimits = DEFAULT_LIMITS,
-                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, admit: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        stream: Stream,
+        side: Side,
+        *,
+        name: str = "",
+        limits: TensorLimits = DEFAULT_LIMITS,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        admit: Callable[[], None] | None = None,
+    ):
         """``admit`` is called for every envelope before it is read further and may raise WireError to refuse it
         (the server's per-session rate limit); ``name`` says whose endpoint it is (a client id)."""
         self.stream = stream

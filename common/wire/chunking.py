@@ -5,19 +5,28 @@ single message then comes near the receive limit. Every chunk carries the transf
 and the CRC-32 of the whole payload, so the receiver can refuse a transfer on its first chunk (too big) and
 check the result at the end (length and checksum).
 """
+
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from typing import Any, Iterator
 
 from slperf.common.protocol.errors import WireError
 from slperf.v1 import tensor_pb2
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "ChunkEnvelope", "RawChunk", "Reassembler", "iter_chunks", "parse_chunk_envelope",
-           "split_payload"]
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "ChunkEnvelope",
+    "RawChunk",
+    "Reassembler",
+    "iter_chunks",
+    "parse_chunk_envelope",
+    "split_payload",
+]
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 _UINT32_MAX = (1 << 32) - 1
@@ -57,13 +66,24 @@ class RawChunk:
 
     def header(self) -> bytes:
         """The Chunk's fields 1-5 and the tag and length of ``data``."""
-        head = (_varint_field(1, self.transfer_id) + _varint_field(2, self.index) + _varint_field(3, self.count)
-                + _varint_field(4, self.total_bytes) + _varint_field(5, self.crc32))
+        head = (
+            _varint_field(1, self.transfer_id)
+            + _varint_field(2, self.index)
+            + _varint_field(3, self.count)
+            + _varint_field(4, self.total_bytes)
+            + _varint_field(5, self.crc32)
+        )
         return head + _DATA_TAG + _varint(len(self.data)) if len(self.data) else head
 
     def to_pb(self) -> tensor_pb2.Chunk:
-        return tensor_pb2.Chunk(transfer_id=self.transfer_id, index=self.index, count=self.count,
-                                total_bytes=self.total_bytes, crc32=self.crc32, data=bytes(self.data))
+        return tensor_pb2.Chunk(
+            transfer_id=self.transfer_id,
+            index=self.index,
+            count=self.count,
+            total_bytes=self.total_bytes,
+            crc32=self.crc32,
+            data=bytes(self.data),
+        )
 
 
 class ChunkEnvelope:
@@ -159,7 +179,7 @@ def parse_chunk_envelope(buf: bytes, envelope_type: type[Any]) -> ChunkEnvelope 
                 length, pos = _read_varint(buf, pos)
                 if pos + length > end:
                     raise _NotFast
-                data = memoryview(buf)[pos:pos + length]
+                data = memoryview(buf)[pos : pos + length]
                 pos += length
             else:
                 raise _NotFast
@@ -171,8 +191,9 @@ def parse_chunk_envelope(buf: bytes, envelope_type: type[Any]) -> ChunkEnvelope 
     return ChunkEnvelope(envelope_type, seq, chunk, wire_size=len(buf))
 
 
-def iter_chunks(payload: bytes | bytearray | memoryview, transfer_id: int,
-                chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[RawChunk]:
+def iter_chunks(
+    payload: bytes | bytearray | memoryview, transfer_id: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[RawChunk]:
     """The payload as ``ceil(len / chunk_bytes)`` chunks (at least one, even when empty), each carrying the
     CRC-32 of the whole payload and a zero-copy view of its slice; built only when asked for (streaming)."""
     if chunk_bytes < 1:
@@ -185,12 +206,14 @@ def iter_chunks(payload: bytes | bytearray | memoryview, transfer_id: int,
     if count > _UINT32_MAX:
         raise ValueError(f"{total} bytes in chunks of {chunk_bytes} would need {count} chunks, more than uint32 holds")
     crc = zlib.crc32(view)
-    return (RawChunk(transfer_id, i, count, total, crc, view[i * chunk_bytes:(i + 1) * chunk_bytes])
-            for i in range(count))
+    return (
+        RawChunk(transfer_id, i, count, total, crc, view[i * chunk_bytes : (i + 1) * chunk_bytes]) for i in range(count)
+    )
 
 
-def split_payload(payload: bytes | bytearray | memoryview, transfer_id: int,
-                  chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[tensor_pb2.Chunk]:
+def split_payload(
+    payload: bytes | bytearray | memoryview, transfer_id: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> list[tensor_pb2.Chunk]:
     """:func:`iter_chunks` as protobuf ``Chunk`` messages (each owning a copy of its slice)."""
     return [c.to_pb() for c in iter_chunks(payload, transfer_id, chunk_bytes)]
 
@@ -226,8 +249,9 @@ class Reassembler:
 
     def __init__(self, max_total_bytes: int, max_open_transfers: int = 4) -> None:
         if max_total_bytes < 0 or max_open_transfers < 1:
-            raise ValueError(f"need max_total_bytes >= 0 and max_open_transfers >= 1, got {max_total_bytes} "
-                             f"and {max_open_transfers}")
+            raise ValueError(
+                f"need max_total_bytes >= 0 and max_open_transfers >= 1, got {max_total_bytes} and {max_open_transfers}"
+            )
         self.max_total_bytes = max_total_bytes
         self.max_open_transfers = max_open_transfers
         self._open: dict[int, _Transfer] = {}
@@ -241,7 +265,9 @@ class Reassembler:
         """Drops every partially received transfer."""
         self._open.clear()
 
-    def feed(self, chunk: tensor_pb2.Chunk | RawChunk, data: bytes | memoryview | None = None) -> bytes | memoryview | None:
+    def feed(
+        self, chunk: tensor_pb2.Chunk | RawChunk, data: bytes | memoryview | None = None
+    ) -> bytes | memoryview | None:
         """Takes the next chunk (``data``: its ``chunk.data`` when the caller has read it already, since the
         protobuf runtime copies the field on every access); returns the whole payload after the last chunk of
         its transfer, else None.
@@ -260,7 +286,8 @@ class Reassembler:
             raise WireError.invalid(
                 f"chunk {index} of transfer {tid} is inconsistent with chunk 0: count {count} vs {transfer.count}, "
                 f"total_bytes {chunk.total_bytes} vs {transfer.total}, crc32 {chunk.crc32:#010x} vs "
-                f"{transfer.crc:#010x}")
+                f"{transfer.crc:#010x}"
+            )
         elif index != transfer.received:
             del self._open[tid]
             expected = transfer.received
@@ -273,8 +300,9 @@ class Reassembler:
         filled = start + len(data)
         if filled > transfer.total:
             self._open.pop(tid, None)
-            raise WireError.invalid(f"chunk {index} of transfer {tid} brings it to {filled} bytes, more than the "
-                                    f"{transfer.total} announced")
+            raise WireError.invalid(
+                f"chunk {index} of transfer {tid} brings it to {filled} bytes, more than the {transfer.total} announced"
+            )
         if not data and transfer.total:
             self._open.pop(tid, None)
             raise WireError.invalid(f"chunk {index} of transfer {tid} carries no data")
@@ -291,11 +319,14 @@ class Reassembler:
 
         self._open.pop(tid, None)
         if filled != transfer.total:
-            raise WireError.data_loss(f"transfer {tid} ended after {count} chunks with {filled} of the "
-                                      f"{transfer.total} bytes announced")
+            raise WireError.data_loss(
+                f"transfer {tid} ended after {count} chunks with {filled} of the {transfer.total} bytes announced"
+            )
         if running_crc != transfer.crc:
-            raise WireError.data_loss(f"transfer {tid} fails its CRC-32 check: the payload has {running_crc:#010x}, "
-                                      f"the chunks announce {transfer.crc:#010x}")
+            raise WireError.data_loss(
+                f"transfer {tid} fails its CRC-32 check: the payload has {running_crc:#010x}, "
+                f"the chunks announce {transfer.crc:#010x}"
+            )
         buffer: Any = transfer.buffer  # numpy's stubs do not declare the buffer protocol
         return memoryview(buffer) if buffer is not None else data
 
@@ -307,15 +338,21 @@ class Reassembler:
         if index >= count:
             raise WireError.invalid(f"chunk index {index} of transfer {tid} is not below its count {count}")
         if index != 0:
-            raise WireError.precondition(f"out-of-order chunk {index} of transfer {tid}: the transfer is not open, "
-                                         "expected chunk 0")
+            raise WireError.precondition(
+                f"out-of-order chunk {index} of transfer {tid}: the transfer is not open, expected chunk 0"
+            )
         if total > self.max_total_bytes:
-            raise WireError.exhausted(f"transfer {tid} announces {total} bytes, more than the {self.max_total_bytes} "
-                                      "allowed")
+            raise WireError.exhausted(
+                f"transfer {tid} announces {total} bytes, more than the {self.max_total_bytes} allowed"
+            )
         if count > max(1, total):
-            raise WireError.invalid(f"transfer {tid} announces {count} chunks for {total} bytes; every chunk must "
-                                    "carry data unless the payload is empty")
+            raise WireError.invalid(
+                f"transfer {tid} announces {count} chunks for {total} bytes; every chunk must "
+                "carry data unless the payload is empty"
+            )
         if count > 1 and len(self._open) >= self.max_open_transfers:
-            raise WireError.exhausted(f"transfer {tid} would be chunked transfer number {len(self._open) + 1} open at "
-                                      f"once; at most {self.max_open_transfers} are allowed")
+            raise WireError.exhausted(
+                f"transfer {tid} would be chunked transfer number {len(self._open) + 1} open at "
+                f"once; at most {self.max_open_transfers} are allowed"
+            )
         return _Transfer(count, total, chunk.crc32)

@@ -18,15 +18,17 @@ with an exact min/max confirmation only when the sum is not finite.
 
 Nothing here pickles.
 """
+
 from __future__ import annotations
 
 import math
 import sys
 import threading
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,8 +37,15 @@ from slperf.common.protocol.errors import WireError
 from slperf.v1 import tensor_pb2
 
 __all__ = [
-    "DEFAULT_LIMITS", "TORCH_TO_WIRE", "WIRE_TO_TORCH", "TensorLimits",
-    "decode_state", "decode_tensor", "dtype_name", "encode_state", "encode_tensor",
+    "DEFAULT_LIMITS",
+    "TORCH_TO_WIRE",
+    "WIRE_TO_TORCH",
+    "TensorLimits",
+    "decode_state",
+    "decode_tensor",
+    "dtype_name",
+    "encode_state",
+    "encode_tensor",
 ]
 
 
@@ -96,8 +105,9 @@ class TensorLimits:
 
     def __post_init__(self) -> None:
         if self.max_elements < 0 or self.max_dims < 0:
-            raise ValueError(f"TensorLimits must not be negative (max_elements={self.max_elements}, "
-                             f"max_dims={self.max_dims})")
+            raise ValueError(
+                f"TensorLimits must not be negative (max_elements={self.max_elements}, max_dims={self.max_dims})"
+            )
         if self.allowed is not None:
             unknown = sorted(c for c in self.allowed if c not in _BY_CODE)
             if unknown:
@@ -124,8 +134,9 @@ def encode_tensor(t: torch.Tensor, bulk: list[memoryview] | None = None) -> tens
     """
     spec = _BY_TORCH.get(t.dtype)
     if spec is None:
-        raise WireError.invalid(f"dtype {t.dtype} cannot be sent on the wire (supported: "
-                                f"{', '.join(s.name for s in _SPECS)})")
+        raise WireError.invalid(
+            f"dtype {t.dtype} cannot be sent on the wire (supported: {', '.join(s.name for s in _SPECS)})"
+        )
     if t.layout != torch.strided:
         raise WireError.invalid(f"only dense tensors can be sent on the wire, not {t.layout}")
     if spec.code == tensor_pb2.DTYPE_BFLOAT16:
@@ -144,9 +155,15 @@ def _wire_dtype(code: int) -> tensor_pb2.DType:
     return cast(tensor_pb2.DType, code)
 
 
-def decode_tensor(msg: tensor_pb2.Tensor, *, name: str = "tensor", limits: TensorLimits = DEFAULT_LIMITS,
-                  writable: bool = True, allow_nonfinite: bool = False,
-                  bulk: Sequence[bytes | memoryview] = ()) -> torch.Tensor:
+def decode_tensor(
+    msg: tensor_pb2.Tensor,
+    *,
+    name: str = "tensor",
+    limits: TensorLimits = DEFAULT_LIMITS,
+    writable: bool = True,
+    allow_nonfinite: bool = False,
+    bulk: Sequence[bytes | memoryview] = (),
+) -> torch.Tensor:
     """Validates ``msg`` completely, then decodes it (see the module docstring for the copies made).
 
     A tensor sent as an attachment is read from ``bulk`` (``Inbound.bulk``). When that buffer is writable (a
@@ -169,8 +186,9 @@ def decode_tensor(msg: tensor_pb2.Tensor, *, name: str = "tensor", limits: Tenso
 
     shape = tuple(msg.shape)
     if len(shape) > limits.max_dims:
-        raise WireError.invalid(f"tensor '{name}': shape has {len(shape)} dimensions, at most {limits.max_dims} "
-                                "are allowed")
+        raise WireError.invalid(
+            f"tensor '{name}': shape has {len(shape)} dimensions, at most {limits.max_dims} are allowed"
+        )
     # Python ints cannot overflow, and at most max_dims factors are multiplied. Zero-sized dims are counted
     # as 1 in the bound so that e.g. [2**62, 2**62, 0] is refused too (its strides would overflow int64).
     bound = 1
@@ -182,14 +200,16 @@ def decode_tensor(msg: tensor_pb2.Tensor, *, name: str = "tensor", limits: Tenso
     numel = 0 if 0 in shape else bound
     if bound > limits.max_elements:
         what = f"has {bound} elements" if numel else f"spans {bound} elements (zero-sized dimensions counted as 1)"
-        raise WireError.exhausted(f"tensor '{name}': shape {list(shape)} {what}, more than the "
-                                  f"{limits.max_elements} allowed")
+        raise WireError.exhausted(
+            f"tensor '{name}': shape {list(shape)} {what}, more than the {limits.max_elements} allowed"
+        )
     need = numel * spec.np_dtype.itemsize
 
     data = _payload(msg, name, bulk)
     if len(data) != need:
-        raise WireError.invalid(f"tensor '{name}': data has {len(data)} bytes, shape {list(shape)} with "
-                                f"{spec.name} needs {need}")
+        raise WireError.invalid(
+            f"tensor '{name}': data has {len(data)} bytes, shape {list(shape)} with {spec.name} needs {need}"
+        )
 
     if code == tensor_pb2.DTYPE_BOOL and numel and np.frombuffer(data, dtype=_UINT8).max() > 1:
         bad = np.frombuffer(data, dtype=_UINT8)
@@ -240,8 +260,10 @@ def _nonfinite_message(name: str, spec: _Spec, tensor: torch.Tensor) -> str:
     nan = torch.isnan(flat)
     inf = torch.isinf(flat)
     first = int(torch.nonzero(nan | inf)[0, 0])
-    return (f"tensor '{name}': {spec.name} data contains {int(nan.sum())} NaN and {int(inf.sum())} Inf values "
-            f"(first at flat index {first}); non-finite values are not accepted")
+    return (
+        f"tensor '{name}': {spec.name} data contains {int(nan.sum())} NaN and {int(inf.sum())} Inf values "
+        f"(first at flat index {first}); non-finite values are not accepted"
+    )
 
 
 _readonly_lock = threading.Lock()
@@ -262,14 +284,22 @@ def _from_readonly(array: np.ndarray) -> torch.Tensor:
     return tensor
 
 
-def encode_state(state: Mapping[str, torch.Tensor], bulk: list[memoryview] | None = None) -> list[tensor_pb2.NamedTensor]:
+def encode_state(
+    state: Mapping[str, torch.Tensor], bulk: list[memoryview] | None = None
+) -> list[tensor_pb2.NamedTensor]:
     """A state dict as NamedTensors, in the mapping's order (``bulk``: see encode_tensor)."""
     return [tensor_pb2.NamedTensor(name=k, tensor=encode_tensor(v, bulk)) for k, v in state.items()]
 
 
-def decode_state(named: Iterable[tensor_pb2.NamedTensor], *, limits: TensorLimits = DEFAULT_LIMITS,
-                 expected: Mapping[str, torch.Tensor] | None = None, writable: bool = True,
-                 allow_nonfinite: bool = False, bulk: Sequence[bytes | memoryview] = ()) -> dict[str, torch.Tensor]:
+def decode_state(
+    named: Iterable[tensor_pb2.NamedTensor],
+    *,
+    limits: TensorLimits = DEFAULT_LIMITS,
+    expected: Mapping[str, torch.Tensor] | None = None,
+    writable: bool = True,
+    allow_nonfinite: bool = False,
+    bulk: Sequence[bytes | memoryview] = (),
+) -> dict[str, torch.Tensor]:
     """Decodes a state dict. Empty and duplicate names are refused. With ``expected``, the names must be exactly
     its keys and every tensor must have the expected tensor's dtype and shape; all of that is checked on the
     messages before any tensor is decoded. Every failure is a WireError with INVALID_ARGUMENT (or the
@@ -284,8 +314,12 @@ def decode_state(named: Iterable[tensor_pb2.NamedTensor], *, limits: TensorLimit
         seen.add(item.name)
     if expected is not None:
         check_state_layout({item.name: (item.tensor.dtype, list(item.tensor.shape)) for item in items}, expected)
-    return {item.name: decode_tensor(item.tensor, name=item.name, limits=limits, writable=writable,
-                                     allow_nonfinite=allow_nonfinite, bulk=bulk) for item in items}
+    return {
+        item.name: decode_tensor(
+            item.tensor, name=item.name, limits=limits, writable=writable, allow_nonfinite=allow_nonfinite, bulk=bulk
+        )
+        for item in items
+    }
 
 
 def check_state_layout(layout: Mapping[str, tuple[int, list[int]]], expected: Mapping[str, torch.Tensor]) -> None:
@@ -299,11 +333,15 @@ def check_state_layout(layout: Mapping[str, tuple[int, list[int]]], expected: Ma
         ref = expected[name]
         ref_spec = _BY_TORCH.get(ref.dtype)
         if ref_spec is None or code != ref_spec.code or shape != list(ref.shape):
-            raise WireError.invalid(f"tensor '{name}': got {dtype_name(code)} {shape}, "
-                                    f"expected {str(ref.dtype).removeprefix('torch.')} {list(ref.shape)}")
+            raise WireError.invalid(
+                f"tensor '{name}': got {dtype_name(code)} {shape}, "
+                f"expected {str(ref.dtype).removeprefix('torch.')} {list(ref.shape)}"
+            )
 
 
 def check_state(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
     """``check_state_layout`` for a state that is already decoded."""
-    check_state_layout({name: (_BY_TORCH[t.dtype].code if t.dtype in _BY_TORCH else -1, list(t.shape))
-                        for name, t in state.items()}, expected)
+    check_state_layout(
+        {name: (_BY_TORCH[t.dtype].code if t.dtype in _BY_TORCH else -1, list(t.shape)) for name, t in state.items()},
+        expected,
+    )

@@ -5,19 +5,22 @@ message replayed after a reconnect is recognised and dropped. An envelope whose 
 the chunk threshold is sent as a series of ``Chunk`` envelopes of about 1 MiB (gRPC moves big payloads
 several times faster that way, and no single message ever nears the receive limit). Big tensors do not go
 through protobuf at all: their bytes follow the message as *attachments*, chunked transfers sliced straight
-out of the tensor's memory and reassembled into one writable buffer that the tensor is decoded from in place. Bytes are counted
+out of the tensor's memory and reassembled into one writable buffer that the tensor is decoded from in place.
+Bytes are counted
 here, at the transport, as the exact serialized size of every envelope in each direction.
 """
+
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterator, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 
-from slperf.common.wire.chunking import (DEFAULT_CHUNK_BYTES, ChunkEnvelope, RawChunk, Reassembler, iter_chunks)
 from slperf.common.protocol.errors import WireError
+from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES, ChunkEnvelope, RawChunk, Reassembler, iter_chunks
 
 E = TypeVar("E")  # ClientMessage or ServerMessage
 
@@ -61,8 +64,14 @@ class Inbound(Generic[E]):
 class Framer(Generic[E]):
     """Turns outgoing messages into envelopes: assigns seq, chunks big ones, sends attachments, counts bytes."""
 
-    def __init__(self, envelope_type: type[E], counter: ByteCounter, *, outgoing_is_up: bool,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+    def __init__(
+        self,
+        envelope_type: type[E],
+        counter: ByteCounter,
+        *,
+        outgoing_is_up: bool,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ):
         self._type = envelope_type
         self._seq = itertools.count(1)
         self._transfer = itertools.count(1)
@@ -112,8 +121,14 @@ class Deframer(Generic[E]):
     """Checks incoming envelopes: seq strictly increasing, chunks reassembled, attachments collected; counts
     bytes."""
 
-    def __init__(self, envelope_type: type[E], counter: ByteCounter, *, incoming_is_up: bool,
-                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
+    def __init__(
+        self,
+        envelope_type: type[E],
+        counter: ByteCounter,
+        *,
+        incoming_is_up: bool,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ):
         self._type = envelope_type
         self._last_seq = 0
         self._counter = counter
@@ -133,8 +148,10 @@ class Deframer(Generic[E]):
         else:
             self._count(_chunk_envelope_size(envelope, data))
         if seq <= self._last_seq:
-            raise WireError(grpc.StatusCode.FAILED_PRECONDITION,
-                            f"message seq {seq} is not after {self._last_seq}: duplicate or replayed message dropped")
+            raise WireError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"message seq {seq} is not after {self._last_seq}: duplicate or replayed message dropped",
+            )
         self._last_seq = seq
         pending = self._pending
         if pending is not None:
@@ -158,22 +175,28 @@ class Deframer(Generic[E]):
         if not expected:
             return Inbound(message)
         if expected > MAX_ATTACHMENTS:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"a message announces {expected} attachments; at most {MAX_ATTACHMENTS} are allowed")
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a message announces {expected} attachments; at most {MAX_ATTACHMENTS} are allowed",
+            )
         self._pending = _Pending(message, expected)
         return None
 
     def _attachment(self, pending: _Pending, envelope: E, kind: str | None, data: bytes | None) -> Inbound[E] | None:
         if kind != "chunk":
             self._drop_pending()
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"expected attachment {len(pending.bulk) + 1} of {pending.expected} of the "
-                            f"{pending.message.WhichOneof('body')} message, got {kind}; both dropped")
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"expected attachment {len(pending.bulk) + 1} of {pending.expected} of the "
+                f"{pending.message.WhichOneof('body')} message, got {kind}; both dropped",
+            )
         chunk = envelope.chunk  # type: ignore[attr-defined]
         if chunk.index == 0 and pending.bytes + chunk.total_bytes > self._max_payload:
             self._drop_pending()
-            raise WireError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"the attachments of a message would exceed {self._max_payload} bytes in total")
+            raise WireError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the attachments of a message would exceed {self._max_payload} bytes in total",
+            )
         try:
             payload = self._reassembler.feed(chunk, data)
         except WireError:
@@ -200,5 +223,8 @@ def _chunk_envelope_size(envelope: Any, data: bytes) -> int:
     """The serialized size of a chunk envelope, from its fields: ``ByteSize()`` would serialise the chunk's
     megabyte again just to measure it."""
     chunk = envelope.chunk
-    return ChunkEnvelope(type(envelope), envelope.seq, RawChunk(chunk.transfer_id, chunk.index, chunk.count,
-                                                                chunk.total_bytes, chunk.crc32, data)).ByteSize()
+    return ChunkEnvelope(
+        type(envelope),
+        envelope.seq,
+        RawChunk(chunk.transfer_id, chunk.index, chunk.count, chunk.total_bytes, chunk.crc32, data),
+    ).ByteSize()

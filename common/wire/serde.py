@@ -9,6 +9,7 @@ shapes a paradigm declared) is checked above, by whoever expects the message.
 Tensors of 1 MiB and more travel as attachments: ``*_to_pb`` functions append their raw bytes to ``bulk``
 (sent after the message by the framer) and ``*_from_pb`` functions read them back from the received ``bulk``.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,31 @@ from typing import Any, cast
 import grpc
 import torch
 
+from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import (
-    ClientMessage, ErrorReport, Evaluate, Finish, Hello, ModelState, PhaseDone, Ready, RequestWeights, RunSetup,
-    ServerMessage, TrainEpoch, Welcome,
+    ClientMessage,
+    ErrorReport,
+    Evaluate,
+    Finish,
+    Hello,
+    ModelState,
+    PhaseDone,
+    Ready,
+    RequestWeights,
+    RunSetup,
+    ServerMessage,
+    TrainEpoch,
+    Welcome,
 )
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, StepRef
-from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits, decode_state, decode_tensor, encode_state, encode_tensor
-from slperf.common.protocol.errors import WireError
+from slperf.common.wire.codec import (
+    DEFAULT_LIMITS,
+    TensorLimits,
+    decode_state,
+    decode_tensor,
+    encode_state,
+    encode_tensor,
+)
 from slperf.common.wire.framing import Inbound
 from slperf.v1 import session_pb2
 
@@ -43,8 +62,13 @@ def status_from_number(number: int) -> grpc.StatusCode:
 
 # -- StepRef ---------------------------------------------------------------------------------------------------
 def ref_to_pb(ref: StepRef) -> session_pb2.StepRef:
-    return session_pb2.StepRef(run_id=ref.run_id, round=ref.round, step=ref.step,
-                               phase=cast(session_pb2.Phase, int(ref.phase)), stage=ref.stage)
+    return session_pb2.StepRef(
+        run_id=ref.run_id,
+        round=ref.round,
+        step=ref.step,
+        phase=cast(session_pb2.Phase, int(ref.phase)),
+        stage=ref.stage,
+    )
 
 
 def ref_from_pb(pb: session_pb2.StepRef) -> StepRef:
@@ -62,9 +86,13 @@ def _required_ref(message: Any, what: str) -> StepRef:
 
 # -- Hello / Welcome -------------------------------------------------------------------------------------------
 def hello_to_pb(m: Hello) -> session_pb2.Hello:
-    return session_pb2.Hello(protocol_version=m.protocol_version, client_id=m.client_id,
-                             software_version=m.software_version, capabilities=list(m.capabilities),
-                             resume_token=m.resume_token)
+    return session_pb2.Hello(
+        protocol_version=m.protocol_version,
+        client_id=m.client_id,
+        software_version=m.software_version,
+        capabilities=list(m.capabilities),
+        resume_token=m.resume_token,
+    )
 
 
 def hello_from_pb(pb: session_pb2.Hello) -> Hello:
@@ -72,9 +100,13 @@ def hello_from_pb(pb: session_pb2.Hello) -> Hello:
 
 
 def welcome_to_pb(m: Welcome) -> session_pb2.Welcome:
-    return session_pb2.Welcome(protocol_version=m.protocol_version, session_id=m.session_id,
-                               resume_token=m.resume_token, max_message_bytes=m.max_message_bytes,
-                               chunk_bytes=m.chunk_bytes)
+    return session_pb2.Welcome(
+        protocol_version=m.protocol_version,
+        session_id=m.session_id,
+        resume_token=m.resume_token,
+        max_message_bytes=m.max_message_bytes,
+        chunk_bytes=m.chunk_bytes,
+    )
 
 
 def welcome_from_pb(pb: session_pb2.Welcome) -> Welcome:
@@ -84,16 +116,21 @@ def welcome_from_pb(pb: session_pb2.Welcome) -> Welcome:
 # -- Instructions ----------------------------------------------------------------------------------------------
 def instruction_to_pb(m: RunSetup | TrainEpoch | Evaluate | RequestWeights | Finish) -> session_pb2.Instruction:
     if isinstance(m, RunSetup):
-        return session_pb2.Instruction(setup=session_pb2.RunSetup(
-            run_id=m.run_id, config_json=m.config_json, client_index=m.client_index, num_clients=m.num_clients))
+        return session_pb2.Instruction(
+            setup=session_pb2.RunSetup(
+                run_id=m.run_id, config_json=m.config_json, client_index=m.client_index, num_clients=m.num_clients
+            )
+        )
     if isinstance(m, TrainEpoch):
-        return session_pb2.Instruction(train=session_pb2.TrainEpoch(
-            run_id=m.run_id, round=m.round, options_json=json.dumps(dict(m.options))))
+        return session_pb2.Instruction(
+            train=session_pb2.TrainEpoch(run_id=m.run_id, round=m.round, options_json=json.dumps(dict(m.options)))
+        )
     if isinstance(m, Evaluate):
         return session_pb2.Instruction(evaluate=session_pb2.Evaluate(run_id=m.run_id, round=m.round))
     if isinstance(m, RequestWeights):
-        return session_pb2.Instruction(request_weights=session_pb2.RequestWeights(
-            run_id=m.run_id, round=m.round, segment=m.segment))
+        return session_pb2.Instruction(
+            request_weights=session_pb2.RequestWeights(run_id=m.run_id, round=m.round, segment=m.segment)
+        )
     return session_pb2.Instruction(finish=session_pb2.Finish(run_id=m.run_id, reason=m.reason))
 
 
@@ -131,14 +168,19 @@ def ready_from_pb(pb: session_pb2.Ready) -> Ready:
 
 def phase_done_to_pb(m: PhaseDone) -> session_pb2.PhaseDone:
     s = m.summary
-    return session_pb2.PhaseDone(ref=ref_to_pb(m.ref), num_samples=s.samples, steps=s.steps, loss_sum=s.loss_sum,
-                                 correct=s.correct)
+    return session_pb2.PhaseDone(
+        ref=ref_to_pb(m.ref), num_samples=s.samples, steps=s.steps, loss_sum=s.loss_sum, correct=s.correct
+    )
 
 
 def phase_done_from_pb(pb: session_pb2.PhaseDone) -> PhaseDone:
     ref = _required_ref(pb, "phase_done")
-    return PhaseDone(ref, PhaseSummary(samples=int(pb.num_samples), steps=int(pb.steps),
-                                       loss_sum=float(pb.loss_sum), correct=int(pb.correct)))
+    return PhaseDone(
+        ref,
+        PhaseSummary(
+            samples=int(pb.num_samples), steps=int(pb.steps), loss_sum=float(pb.loss_sum), correct=int(pb.correct)
+        ),
+    )
 
 
 def error_to_pb(m: ErrorReport) -> session_pb2.Error:
@@ -151,8 +193,13 @@ def error_from_pb(pb: session_pb2.Error) -> ErrorReport:
 
 # -- ModelState ------------------------------------------------------------------------------------------------
 def model_state_to_pb(m: ModelState, bulk: list[memoryview]) -> session_pb2.ModelState:
-    return session_pb2.ModelState(run_id=m.run_id, round=m.round, segment=m.segment, num_samples=m.num_samples,
-                                  tensors=encode_state(m.tensors, bulk))
+    return session_pb2.ModelState(
+        run_id=m.run_id,
+        round=m.round,
+        segment=m.segment,
+        num_samples=m.num_samples,
+        tensors=encode_state(m.tensors, bulk),
+    )
 
 
 def model_state_from_pb(pb: session_pb2.ModelState, bulk: Bulk, limits: TensorLimits) -> ModelState:
@@ -172,8 +219,9 @@ def _extra_from_pb(source: Any, bulk: Bulk, limits: TensorLimits, *, allow_nonfi
     for name in sorted(source):
         if not name:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "an extra tensor has an empty name")
-        out[name] = decode_tensor(source[name], name=name, limits=limits, writable=True,
-                                  allow_nonfinite=allow_nonfinite, bulk=bulk)
+        out[name] = decode_tensor(
+            source[name], name=name, limits=limits, writable=True, allow_nonfinite=allow_nonfinite, bulk=bulk
+        )
     return out
 
 
@@ -211,8 +259,9 @@ def cut_reply_from_pb(pb: session_pb2.CutReply, bulk: Bulk, limits: TensorLimits
     tensor = None
     if pb.HasField("tensor"):
         tensor = decode_tensor(pb.tensor, name="cut reply", limits=limits, writable=True, bulk=bulk)
-    return CutReply(ref, tensor, pb.loss, pb.correct, pb.count,
-                    _extra_from_pb(pb.extra, bulk, limits, allow_nonfinite=False))
+    return CutReply(
+        ref, tensor, pb.loss, pb.correct, pb.count, _extra_from_pb(pb.extra, bulk, limits, allow_nonfinite=False)
+    )
 
 
 def _optional(pb: Any, field: str, bulk: Bulk, limits: TensorLimits) -> torch.Tensor | None:
@@ -247,8 +296,10 @@ def client_from_pb(inbound: Inbound[session_pb2.ClientMessage], limits: TensorLi
     kind = message.WhichOneof("body")
     decode = _CLIENT_DECODERS.get(kind or "")
     if decode is None:
-        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                        "empty message (no body set)" if kind is None else f"a {kind} cannot stand alone here")
+        raise WireError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "empty message (no body set)" if kind is None else f"a {kind} cannot stand alone here",
+        )
     decoded: ClientMessage = decode(getattr(message, kind), bulk, limits)
     return decoded
 
@@ -275,8 +326,10 @@ def server_from_pb(inbound: Inbound[session_pb2.ServerMessage], limits: TensorLi
     kind = message.WhichOneof("body")
     decode = _SERVER_DECODERS.get(kind or "")
     if decode is None:
-        raise WireError(grpc.StatusCode.INVALID_ARGUMENT,
-                        "empty message (no body set)" if kind is None else f"a {kind} cannot stand alone here")
+        raise WireError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "empty message (no body set)" if kind is None else f"a {kind} cannot stand alone here",
+        )
     decoded: ServerMessage = decode(getattr(message, kind), bulk, limits)
     return decoded
 
@@ -297,4 +350,3 @@ _SERVER_DECODERS: dict[str, _Decoder] = {
     "model_state": model_state_from_pb,
     "error": lambda pb, bulk, limits: error_from_pb(pb),
 }
-

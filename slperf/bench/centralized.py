@@ -16,14 +16,16 @@ this baseline see the same batches in the same order.
 ``python -m slperf.bench.centralized CONFIG.yaml --out RESULT.json`` runs it as its own process (how the
 benchmark measures its peak memory) and prints one JSON line per epoch.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,8 +61,12 @@ def _evaluate(model: torch.nn.Module, loader: ShardLoader) -> tuple[float, float
     return (correct / count if count else 0.0), (loss_sum / count if count else 0.0), count
 
 
-def train_centralized(config: RunConfig | Mapping[str, Any], *, cache_dir: str | Path | None = None,
-                      on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def train_centralized(
+    config: RunConfig | Mapping[str, Any],
+    *,
+    cache_dir: str | Path | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Trains the unsplit model on the whole (capped) training pool; evaluates after every epoch.
 
     Returns ``paradigm`` ("centralized"), ``dataset``, ``model``, ``rounds``, ``train_samples``,
@@ -100,9 +106,16 @@ def train_centralized(config: RunConfig | Mapping[str, Any], *, cache_dir: str |
         accuracy, test_loss, test_count = _evaluate(model, test_loader)
         seconds = time.perf_counter() - started
         elapsed += seconds
-        point = {"round": epoch + 1, "test_accuracy": accuracy, "test_loss": test_loss,
-                 "train_loss": loss_sum / steps if steps else 0.0, "train_accuracy": correct / seen if seen else 0.0,
-                 "round_seconds": seconds, "seconds": elapsed, "bytes": 0}
+        point = {
+            "round": epoch + 1,
+            "test_accuracy": accuracy,
+            "test_loss": test_loss,
+            "train_loss": loss_sum / steps if steps else 0.0,
+            "train_accuracy": correct / seen if seen else 0.0,
+            "round_seconds": seconds,
+            "seconds": elapsed,
+            "bytes": 0,
+        }
         curve.append(point)
         if on_epoch is not None:
             on_epoch(point)
@@ -124,9 +137,10 @@ def train_centralized(config: RunConfig | Mapping[str, Any], *, cache_dir: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m slperf.bench.centralized",
-                                     description="Train the centralized (unsplit, one-process) baseline of a run "
-                                                 "config.")
+    parser = argparse.ArgumentParser(
+        prog="python -m slperf.bench.centralized",
+        description="Train the centralized (unsplit, one-process) baseline of a run config.",
+    )
     parser.add_argument("config", type=Path, help="run config (YAML)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)

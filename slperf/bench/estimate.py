@@ -5,22 +5,32 @@ A cell costs a start-up overhead (processes, TLS, data set-up; grows with the cl
 own ``ParadigmSpec.time_factor`` (so adding a paradigm needs no edit here) and are replaced by what finished
 cells measured.
 """
+
 from __future__ import annotations
 
 import statistics
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from slperf.bench.suite import CENTRALIZED, Cell, Suite
 
 # Training / test set sizes, for time estimates only (a suite with caps uses the caps).
 DATASET_SIZES: dict[str, tuple[int, int]] = {
-    "mnist": (60000, 10000), "fashionmnist": (60000, 10000), "cifar10": (50000, 10000),
-    "cifar10-synthetic": (50000, 10000), "adult": (32561, 16281), "german": (800, 200),
+    "mnist": (60000, 10000),
+    "fashionmnist": (60000, 10000),
+    "cifar10": (50000, 10000),
+    "cifar10-synthetic": (50000, 10000),
+    "adult": (32561, 16281),
+    "german": (800, 200),
 }
 # Prior seconds per training sample of one federation pass (LeNet-sized models on this kind of machine,
 # evaluation included as 0.3 of a training sample per test sample); a paradigm scales it by its time_factor.
 PRIOR_SECONDS_PER_SAMPLE: dict[str, float] = {
-    "mnist": 3e-4, "fashionmnist": 3e-4, "cifar10": 2.5e-3, "cifar10-synthetic": 2.5e-3, "adult": 1e-4,
+    "mnist": 3e-4,
+    "fashionmnist": 3e-4,
+    "cifar10": 2.5e-3,
+    "cifar10-synthetic": 2.5e-3,
+    "adult": 1e-4,
     "german": 1e-4,
 }
 DEFAULT_SECONDS_PER_SAMPLE = 5e-4
@@ -47,8 +57,12 @@ class Estimator:
     ratio to its prior.
     """
 
-    def __init__(self, seconds_per_sample: Mapping[str, float] | None = None, overhead_seconds: float | None = None,
-                 per_client_seconds: float | None = None):
+    def __init__(
+        self,
+        seconds_per_sample: Mapping[str, float] | None = None,
+        overhead_seconds: float | None = None,
+        per_client_seconds: float | None = None,
+    ):
         self.sps_prior = {**PRIOR_SECONDS_PER_SAMPLE, **dict(seconds_per_sample or {})}
         self.overhead_base = 4.0 if overhead_seconds is None else float(overhead_seconds)
         self.overhead_per_client = 2.0 if per_client_seconds is None else float(per_client_seconds)
@@ -56,7 +70,7 @@ class Estimator:
         self.overhead_ratios: list[float] = []
 
     @classmethod
-    def for_suite(cls, suite: Suite) -> "Estimator":
+    def for_suite(cls, suite: Suite) -> Estimator:
         est = suite.estimate
         return cls(est.get("seconds_per_sample"), est.get("overhead_seconds"), est.get("per_client_seconds"))
 

@@ -1,6 +1,7 @@
 """What the machine was and was doing when a benchmark ran, recorded beside its figures: the benchmarks run on
 shared machines, so a reader needs the CPU count, the versions and the load average to judge the timings.
 One helper for the research suite's report and the performance benchmarks' JSON results."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,12 @@ def loadavg() -> tuple[float, float, float] | None:
 
 def machine_info() -> dict[str, Any]:
     """CPUs, platform, Python, torch and grpcio versions, and the load average now (None where unknown)."""
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                            "platform": platform.platform(), "loadavg": loadavg()}
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg": loadavg(),
+    }
     try:
         import torch
 

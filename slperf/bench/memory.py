@@ -5,6 +5,7 @@ before a process is ended), and this process's own peak from getrusage.
 Kept apart from the federation probe and free of heavy imports, because it is also imported inside measured
 processes (the centralized baseline, the instrumented daemons), whose own peak must not include what it pulls in.
 """
+
 from __future__ import annotations
 
 import resource

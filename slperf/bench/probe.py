@@ -13,10 +13,12 @@ dies before ``stop`` still has the last value seen.
 
 Nothing global is changed: each probe sees only the federation it was handed to, so probes may coexist.
 """
+
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from slperf.bench.memory import peak_rss_bytes
 from slperf.federation import FederationHooks

@@ -5,6 +5,7 @@ and re-run on an old results.jsonl. Tables group the cells by dataset x partitio
 paradigm's row is the mean over its seeds (with the spread when there is more than one), and the dataset's
 centralized baseline appears in every table of that dataset.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,20 +14,49 @@ import math
 import statistics
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from slperf.bench.machine import machine_info
 from slperf.bench.suite import CENTRALIZED, Partition
 from slperf.common.fsutil import atomic_write
 
 CSV_COLUMNS = [
-    "key", "status", "paradigm", "dataset", "partition", "partition_method", "clients", "seed", "model", "epochs",
-    "batch_size", "lr", "rounds", "final_accuracy", "best_accuracy", "target_accuracy", "rounds_to_target",
-    "bytes_up", "bytes_down", "bytes_up_per_client", "bytes_down_per_client", "train_bytes_up",
-    "train_bytes_down", "train_seconds", "run_seconds", "total_seconds", "expected_seconds",
-    "peak_rss_server_mb", "peak_rss_client_max_mb", "peak_rss_client_mean_mb", "config_hash", "run_dir",
-    "started_at", "error",
+    "key",
+    "status",
+    "paradigm",
+    "dataset",
+    "partition",
+    "partition_method",
+    "clients",
+    "seed",
+    "model",
+    "epochs",
+    "batch_size",
+    "lr",
+    "rounds",
+    "final_accuracy",
+    "best_accuracy",
+    "target_accuracy",
+    "rounds_to_target",
+    "bytes_up",
+    "bytes_down",
+    "bytes_up_per_client",
+    "bytes_down_per_client",
+    "train_bytes_up",
+    "train_bytes_down",
+    "train_seconds",
+    "run_seconds",
+    "total_seconds",
+    "expected_seconds",
+    "peak_rss_server_mb",
+    "peak_rss_client_max_mb",
+    "peak_rss_client_mean_mb",
+    "config_hash",
+    "run_dir",
+    "started_at",
+    "error",
 ]
 
 
@@ -50,6 +80,7 @@ def write_csv(rows: Iterable[Mapping[str, Any]], path: Path) -> Path:
 
 # ---- aggregation ----------------------------------------------------------------------------------------------
 
+
 def _mean(values: Sequence[Any]) -> float | None:
     numbers = [float(v) for v in values if _number(v)]
     return statistics.fmean(numbers) if numbers else None
@@ -68,8 +99,16 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Seed-mean of one paradigm's finished rows in one group."""
     ok = [r for r in rows if r.get("status") == "ok"]
     out: dict[str, Any] = {"seeds": len(ok)}
-    for name in ("final_accuracy", "best_accuracy", "bytes_up_per_client", "bytes_down_per_client",
-                 "train_seconds", "total_seconds", "peak_rss_server_mb", "peak_rss_client_max_mb"):
+    for name in (
+        "final_accuracy",
+        "best_accuracy",
+        "bytes_up_per_client",
+        "bytes_down_per_client",
+        "train_seconds",
+        "total_seconds",
+        "peak_rss_server_mb",
+        "peak_rss_client_max_mb",
+    ):
         values = [r.get(name) for r in ok]
         out[name] = _mean(values)
         out[name + "_sd"] = _spread(values)
@@ -111,16 +150,26 @@ def _target_label(rows: Sequence[Mapping[str, Any]]) -> str:
     return "rounds to target"
 
 
-TABLE_HEADER = ["paradigm", "seeds", "final acc (%)", "best acc (%)", "{target}", "MB up / client",
-                "MB down / client", "train time (s)", "total time (s)", "peak RSS server (MB)",
-                "peak RSS client (MB)"]
+TABLE_HEADER = [
+    "paradigm",
+    "seeds",
+    "final acc (%)",
+    "best acc (%)",
+    "{target}",
+    "MB up / client",
+    "MB down / client",
+    "train time (s)",
+    "total time (s)",
+    "peak RSS server (MB)",
+    "peak RSS client (MB)",
+]
 
 
 def table_markdown(group_rows: Sequence[Mapping[str, Any]], centralized_rows: Sequence[Mapping[str, Any]]) -> str:
     """One comparison table: a line per paradigm (seed means), the centralized baseline first."""
     header = [h.replace("{target}", _target_label([*group_rows, *centralized_rows])) for h in TABLE_HEADER]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    by_paradigm: "OrderedDict[str, list[Mapping[str, Any]]]" = OrderedDict()
+    by_paradigm: OrderedDict[str, list[Mapping[str, Any]]] = OrderedDict()
     if centralized_rows:
         by_paradigm[CENTRALIZED] = list(centralized_rows)
     for row in group_rows:
@@ -130,18 +179,30 @@ def table_markdown(group_rows: Sequence[Mapping[str, Any]], centralized_rows: Se
         if not agg["seeds"]:
             continue
         name = f"*{paradigm}* (baseline)" if paradigm == CENTRALIZED else paradigm
-        lines.append("| " + " | ".join([
-            name, str(agg["seeds"]), _pct(agg["final_accuracy"], agg["final_accuracy_sd"]),
-            _pct(agg["best_accuracy"], agg["best_accuracy_sd"]), _rounds(agg),
-            _mb(agg["bytes_up_per_client"]), _mb(agg["bytes_down_per_client"]),
-            _fixed(agg["train_seconds"], 1, agg["train_seconds_sd"]), _fixed(agg["total_seconds"], 1),
-            _fixed(agg["peak_rss_server_mb"], 0), _fixed(agg["peak_rss_client_max_mb"], 0),
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    str(agg["seeds"]),
+                    _pct(agg["final_accuracy"], agg["final_accuracy_sd"]),
+                    _pct(agg["best_accuracy"], agg["best_accuracy_sd"]),
+                    _rounds(agg),
+                    _mb(agg["bytes_up_per_client"]),
+                    _mb(agg["bytes_down_per_client"]),
+                    _fixed(agg["train_seconds"], 1, agg["train_seconds_sd"]),
+                    _fixed(agg["total_seconds"], 1),
+                    _fixed(agg["peak_rss_server_mb"], 0),
+                    _fixed(agg["peak_rss_client_max_mb"], 0),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
-def groups(rows: Sequence[Mapping[str, Any]]) -> "OrderedDict[tuple[str, str, int], list[Mapping[str, Any]]]":
-    out: "OrderedDict[tuple[str, str, int], list[Mapping[str, Any]]]" = OrderedDict()
+def groups(rows: Sequence[Mapping[str, Any]]) -> OrderedDict[tuple[str, str, int], list[Mapping[str, Any]]]:
+    out: OrderedDict[tuple[str, str, int], list[Mapping[str, Any]]] = OrderedDict()
     for row in rows:
         if row["paradigm"] == CENTRALIZED:
             continue
@@ -154,8 +215,14 @@ def plot_name(group: tuple[str, str, int], kind: str) -> str:
     return f"{dataset}_{partition}_c{clients}_accuracy_vs_{kind}.png"
 
 
-def report_markdown(rows: Sequence[Mapping[str, Any]], *, suite: Any = None, cells: Sequence[Any] | None = None,
-                    plots: Sequence[Path] | None = None, machine: Mapping[str, Any] | None = None) -> str:
+def report_markdown(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    suite: Any = None,
+    cells: Sequence[Any] | None = None,
+    plots: Sequence[Path] | None = None,
+    machine: Mapping[str, Any] | None = None,
+) -> str:
     name = getattr(suite, "name", None) or "benchmark"
     out = [f"# SLPerf benchmark: {name}", ""]
     description = getattr(suite, "description", "")
@@ -165,22 +232,31 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], *, suite: Any = None, cel
     failed = [r for r in rows if r.get("status") != "ok"]
     total = len(cells) if cells is not None else len(rows)
     pending = total - len(rows)
-    out.append(f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Cells: {total} in the matrix, {len(finished)} "
-               f"finished, {len(failed)} failed, {max(pending, 0)} not run yet.")
+    out.append(
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Cells: {total} in the matrix, {len(finished)} "
+        f"finished, {len(failed)} failed, {max(pending, 0)} not run yet."
+    )
     if machine:
         load = machine.get("loadavg")
-        out.append(f"Machine: {machine.get('cpus')} CPUs, Python {machine.get('python')}, torch "
-                   f"{machine.get('torch', '?')}" + (f", load average {load[0]:.1f} at the end" if load else "")
-                   + ". Timings are from a shared machine: treat them as indicative.")
-    out += ["", "Columns: accuracy on the (capped) test set after the last round (final) and the best round; "
-            "rounds until the test accuracy first reaches the target; bytes are the exact serialized sizes "
-            "counted at the transport, training and evaluation, up (client → server) and down, averaged per "
-            "client; train time is the sum of the round times (training + evaluation, no start-up); total time "
-            "is the whole cell (processes, TLS, data set-up); peak RSS is each process's high-water mark "
-            "(VmHWM): the server, and the largest client daemon. The centralized baseline is the unsplit model "
-            "trained in one process on all the (capped) data with the same epochs, batch size and optimiser; "
-            "its peak RSS is shown in the client column. Means over seeds, ± the standard deviation when there "
-            "are several.", ""]
+        out.append(
+            f"Machine: {machine.get('cpus')} CPUs, Python {machine.get('python')}, torch "
+            f"{machine.get('torch', '?')}"
+            + (f", load average {load[0]:.1f} at the end" if load else "")
+            + ". Timings are from a shared machine: treat them as indicative."
+        )
+    out += [
+        "",
+        "Columns: accuracy on the (capped) test set after the last round (final) and the best round; "
+        "rounds until the test accuracy first reaches the target; bytes are the exact serialized sizes "
+        "counted at the transport, training and evaluation, up (client → server) and down, averaged per "
+        "client; train time is the sum of the round times (training + evaluation, no start-up); total time "
+        "is the whole cell (processes, TLS, data set-up); peak RSS is each process's high-water mark "
+        "(VmHWM): the server, and the largest client daemon. The centralized baseline is the unsplit model "
+        "trained in one process on all the (capped) data with the same epochs, batch size and optimiser; "
+        "its peak RSS is shown in the client column. Means over seeds, ± the standard deviation when there "
+        "are several.",
+        "",
+    ]
     centralized = [r for r in finished if r["paradigm"] == CENTRALIZED]
     plot_names = {p.name for p in plots or []}
     for group, group_rows in groups(rows).items():
@@ -204,8 +280,14 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], *, suite: Any = None, cel
     return "\n".join(out).rstrip() + "\n"
 
 
-def write_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path, *, suite: Any = None,
-                 cells: Sequence[Any] | None = None, plots: Sequence[Path] | None = None) -> Path:
+def write_tables(
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: Path,
+    *,
+    suite: Any = None,
+    cells: Sequence[Any] | None = None,
+    plots: Sequence[Path] | None = None,
+) -> Path:
     """results.csv and report.md in out_dir; returns the report's path."""
     out_dir = Path(out_dir)
     write_csv(rows, out_dir / "results.csv")
@@ -215,6 +297,7 @@ def write_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path, *, suite: Any
 
 
 # ---- plots --------------------------------------------------------------------------------------------------
+
 
 def mean_curve(rows: Sequence[Mapping[str, Any]], x: str) -> tuple[list[float], list[float]]:
     """Seed-mean curve: per round index, the mean x (round, MB or seconds) and the mean accuracy (%)."""
@@ -251,11 +334,14 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
     finished = [r for r in rows if r.get("status") == "ok"]
     centralized = [r for r in finished if r["paradigm"] == CENTRALIZED]
     written: list[Path] = []
-    labels = {"round": "round", "bytes": "bytes on the wire, up + down, all clients (MB)",
-              "time": "training time (s, sum of round times)"}
+    labels = {
+        "round": "round",
+        "bytes": "bytes on the wire, up + down, all clients (MB)",
+        "time": "training time (s, sum of round times)",
+    }
     for group, group_rows in groups(finished).items():
         dataset, partition, clients = group
-        by_paradigm: "OrderedDict[str, list[Mapping[str, Any]]]" = OrderedDict()
+        by_paradigm: OrderedDict[str, list[Mapping[str, Any]]] = OrderedDict()
         for row in group_rows:
             by_paradigm.setdefault(row["paradigm"], []).append(row)
         base = [r for r in centralized if r["dataset"] == dataset]

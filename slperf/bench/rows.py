@@ -2,9 +2,11 @@
 form that the store, the CSV and the report all read. A row is built the same way whoever measured the cell
 (a real federation, the centralized baseline, or a test's fake runner).
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from slperf.bench.suite import Cell
 
@@ -26,14 +28,22 @@ def finalize_row(cell: Cell, measured: Mapping[str, Any], *, target: float | Non
     curve = list(measured.get("curve") or [])
     accs = [p["test_accuracy"] for p in curve if p.get("test_accuracy") is not None]
     row: dict[str, Any] = {
-        "key": cell.key, "config_hash": cell.config_hash, "status": "ok", "error": "",
-        "paradigm": cell.paradigm, "dataset": cell.dataset,
+        "key": cell.key,
+        "config_hash": cell.config_hash,
+        "status": "ok",
+        "error": "",
+        "paradigm": cell.paradigm,
+        "dataset": cell.dataset,
         "partition": cell.partition.label if cell.partition else "all",
         "partition_method": cell.config.get("partition_method") if cell.partition else None,
-        "clients": cell.clients, "seed": cell.seed,
-        "epochs": cell.config.get("epochs"), "batch_size": cell.config.get("batch_size"),
-        "lr": cell.config.get("lr"), "model": cell.config.get("model"),
-        "final_accuracy": accs[-1] if accs else None, "best_accuracy": max(accs) if accs else None,
+        "clients": cell.clients,
+        "seed": cell.seed,
+        "epochs": cell.config.get("epochs"),
+        "batch_size": cell.config.get("batch_size"),
+        "lr": cell.config.get("lr"),
+        "model": cell.config.get("model"),
+        "final_accuracy": accs[-1] if accs else None,
+        "best_accuracy": max(accs) if accs else None,
         "target_accuracy": target,
     }
     row.update({k: v for k, v in measured.items() if k not in ("curve",)})
@@ -65,15 +75,17 @@ def curve_from_metrics(records: Iterable[Mapping[str, Any]]) -> list[dict[str, A
     seconds = 0.0
     for record in sorted(records, key=lambda r: r["round"]):
         seconds += float(record.get("round_seconds", 0.0))
-        out.append({
-            "round": int(record["round"]) + 1,
-            "test_accuracy": record.get("test_accuracy"),
-            "test_loss": record.get("test_loss"),
-            "train_loss": record.get("train_loss"),
-            "bytes": int(record.get("bytes_up", 0)) + int(record.get("bytes_down", 0)),
-            "bytes_up": int(record.get("bytes_up", 0)),
-            "bytes_down": int(record.get("bytes_down", 0)),
-            "round_seconds": float(record.get("round_seconds", 0.0)),
-            "seconds": seconds,
-        })
+        out.append(
+            {
+                "round": int(record["round"]) + 1,
+                "test_accuracy": record.get("test_accuracy"),
+                "test_loss": record.get("test_loss"),
+                "train_loss": record.get("train_loss"),
+                "bytes": int(record.get("bytes_up", 0)) + int(record.get("bytes_down", 0)),
+                "bytes_up": int(record.get("bytes_up", 0)),
+                "bytes_down": int(record.get("bytes_down", 0)),
+                "round_seconds": float(record.get("round_seconds", 0.0)),
+                "seconds": seconds,
+            }
+        )
     return out

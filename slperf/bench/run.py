@@ -5,14 +5,16 @@ loses only the cell in flight and a re-run into the same folder resumes.
 Re-running the same suite into the same folder skips every cell that finished with the same resolved config
 (its stable key and a hash of its config); failed cells and cells whose config changed are run again.
 """
+
 from __future__ import annotations
 
 import functools
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from slperf.bench import report
 from slperf.bench.estimate import Estimator
@@ -28,10 +30,10 @@ Row = dict[str, Any]
 class SuiteOutcome:
     suite: Suite
     out_dir: Path
-    rows: list[dict[str, Any]]       # the latest row of every cell of the matrix that has one, in matrix order
-    ran: list[str]                   # keys run this time
-    skipped: list[str]               # keys already finished (same config) and not run again
-    failed: list[str]                # keys that failed this time
+    rows: list[dict[str, Any]]  # the latest row of every cell of the matrix that has one, in matrix order
+    ran: list[str]  # keys run this time
+    skipped: list[str]  # keys already finished (same config) and not run again
+    failed: list[str]  # keys that failed this time
     report: Path | None = None
     plots: list[Path] = field(default_factory=list)
 
@@ -148,8 +150,9 @@ class _SuiteRun:
         row["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started_at))
         if row["status"] == "ok":
             acc = row.get("final_accuracy")
-            self.console.say(f"    done in {_fmt_seconds(elapsed)}: final accuracy "
-                             f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}")
+            self.console.say(
+                f"    done in {_fmt_seconds(elapsed)}: final accuracy {'n/a' if acc is None else f'{100 * acc:.2f}%'}"
+            )
         return row, failed
 
     def record(self, row: Row) -> None:
@@ -172,9 +175,16 @@ class _SuiteRun:
         return path, plot_paths
 
 
-def run_suite(suite: str | Path | Suite, out_dir: str | Path | None = None, *, runner: CellRunner | None = None,
-              show_progress: bool = True, echo: Echo | None = None, plots: bool = True,
-              only: Callable[[Cell], bool] | None = None) -> SuiteOutcome:
+def run_suite(
+    suite: str | Path | Suite,
+    out_dir: str | Path | None = None,
+    *,
+    runner: CellRunner | None = None,
+    show_progress: bool = True,
+    echo: Echo | None = None,
+    plots: bool = True,
+    only: Callable[[Cell], bool] | None = None,
+) -> SuiteOutcome:
     """Runs every cell of a suite that has not finished yet, then writes results.csv, report.md and plots.
 
     suite: a Suite, a YAML file, or the NAME of a built-in suite (quick, paper). out_dir: the results folder
@@ -199,9 +209,11 @@ def run_suite(suite: str | Path | Suite, out_dir: str | Path | None = None, *, r
     failed: list[str] = []
     for n, cell in enumerate(todo, 1):
         expected, basis = state.estimator.estimate(cell)
-        remaining = sum(state.estimator.estimate(c)[0] for c in todo[n - 1:])
-        console.say(f"[{n}/{len(todo)}] {cell.key}: expected ≈ {_fmt_seconds(expected)} ({basis}); "
-                    f"≈ {_fmt_seconds(remaining)} left for the matrix")
+        remaining = sum(state.estimator.estimate(c)[0] for c in todo[n - 1 :])
+        console.say(
+            f"[{n}/{len(todo)}] {cell.key}: expected ≈ {_fmt_seconds(expected)} ({basis}); "
+            f"≈ {_fmt_seconds(remaining)} left for the matrix"
+        )
         console.running(cell.key)
         row, cell_failed = state.run_cell(cell, runner, expected)
         ran.append(cell.key)
@@ -212,7 +224,16 @@ def run_suite(suite: str | Path | Suite, out_dir: str | Path | None = None, *, r
     console.close()
 
     report_path, plot_paths = state.write_report(plots)
-    console.say(f"results: {out / 'results.csv'}, report: {report_path}"
-                + (f", {len(plot_paths)} plots" if plot_paths else ""))
-    return SuiteOutcome(suite=suite, out_dir=out, rows=state.rows(), ran=ran, skipped=skipped, failed=failed,
-                        report=report_path, plots=plot_paths)
+    console.say(
+        f"results: {out / 'results.csv'}, report: {report_path}" + (f", {len(plot_paths)} plots" if plot_paths else "")
+    )
+    return SuiteOutcome(
+        suite=suite,
+        out_dir=out,
+        rows=state.rows(),
+        ran=ran,
+        skipped=skipped,
+        failed=failed,
+        report=report_path,
+        plots=plot_paths,
+    )

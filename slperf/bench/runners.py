@@ -4,6 +4,7 @@ server and client daemons over mutual TLS on loopback) with its children's peak 
 ``FederationProbe``; a centralized cell runs ``python -m slperf.bench.centralized`` and reads its JSON
 progress lines. A runner returns the measured figures; ``slperf.bench.rows`` turns them into a row.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
@@ -37,14 +39,16 @@ def _write_cell_config(cell: Cell, work_dir: Path) -> Path:
     return path
 
 
-def run_federation_cell(cell: Cell, work_dir: Path, *, echo: Echo = print,
-                        show_progress: bool = True) -> dict[str, Any]:
+def run_federation_cell(
+    cell: Cell, work_dir: Path, *, echo: Echo = print, show_progress: bool = True
+) -> dict[str, Any]:
     """One cell as a real local federation; peak RSS of the server and of every client daemon is recorded."""
     config_path = _write_cell_config(cell, work_dir)
     started = time.monotonic()
     with FederationProbe() as probe:
-        summary = run_federation(config_path, work_dir / "runs", show_progress=show_progress, echo=echo,
-                                 hooks=probe.hooks)
+        summary = run_federation(
+            config_path, work_dir / "runs", show_progress=show_progress, echo=echo, hooks=probe.hooks
+        )
     total = time.monotonic() - started
     records = RunFolder(Path(summary["run_dir"])).read_metrics()
     curve = curve_from_metrics(records)
@@ -72,8 +76,9 @@ def run_federation_cell(cell: Cell, work_dir: Path, *, echo: Echo = print,
     }
 
 
-def _centralized_process(cell: Cell, config_path: Path, out_path: Path, log_path: Path, *, echo: Echo,
-                         show_progress: bool) -> int:
+def _centralized_process(
+    cell: Cell, config_path: Path, out_path: Path, log_path: Path, *, echo: Echo, show_progress: bool
+) -> int:
     """Runs ``python -m slperf.bench.centralized`` and follows its JSON epoch lines (a bar, or one echoed line
     per epoch); stderr goes to the log. Returns the exit code."""
     env = dict(os.environ)
@@ -85,8 +90,12 @@ def _centralized_process(cell: Cell, config_path: Path, out_path: Path, log_path
 
         bar = tqdm(total=cell.epochs, desc=CENTRALIZED, unit="epoch", file=sys.stderr, leave=False)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "slperf.bench.centralized", str(config_path),
-                                 "--out", str(out_path)], stdout=subprocess.PIPE, stderr=log, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slperf.bench.centralized", str(config_path), "--out", str(out_path)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+        )
         assert proc.stdout is not None
         for raw in proc.stdout:
             try:
@@ -105,8 +114,9 @@ def _centralized_process(cell: Cell, config_path: Path, out_path: Path, log_path
     return code
 
 
-def run_centralized_cell(cell: Cell, work_dir: Path, *, echo: Echo = print,
-                         show_progress: bool = True) -> dict[str, Any]:
+def run_centralized_cell(
+    cell: Cell, work_dir: Path, *, echo: Echo = print, show_progress: bool = True
+) -> dict[str, Any]:
     """The centralized baseline in its own process (so its peak RSS is its own), one JSON line per epoch."""
     config_path = _write_cell_config(cell, work_dir)
     out_path = work_dir / "centralized" / f"{cell.slug}.json"
@@ -122,7 +132,10 @@ def run_centralized_cell(cell: Cell, work_dir: Path, *, echo: Echo = print,
         "rounds": result["rounds"],
         "final_accuracy": result["test_accuracy"],
         "best_accuracy": result["best_test_accuracy"],
-        "bytes_up": 0, "bytes_down": 0, "train_bytes_up": 0, "train_bytes_down": 0,
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "train_bytes_up": 0,
+        "train_bytes_down": 0,
         "train_seconds": result["train_seconds"],
         "run_seconds": result.get("process_seconds"),
         "total_seconds": time.monotonic() - started,

@@ -3,12 +3,14 @@
 Rows are appended and fsynced as cells finish, so an interrupted suite keeps every finished cell and the next
 run resumes; a key may appear more than once (a failed cell run again) and the last row wins.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 class ResultsStore:

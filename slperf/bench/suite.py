@@ -30,16 +30,18 @@ Partitions: ``homo`` (alias ``iid``), ``hetero:ALPHA`` (alias ``dirichlet:ALPHA`
 ``base_on_class``, ``vertical``, or a mapping ``{method, alpha, classes}``. Precedence of config keys, lowest
 first: ``base``, dataset overrides, the matrix axes, paradigm overrides.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path, PurePath
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -55,8 +57,12 @@ class SuiteError(ConfigError):
     """A suite file problem; the message names the key or cell."""
 
 
-_PARTITION_ALIASES = {"iid": "homo", "dirichlet": "hetero", "noniid": "hetero",
-                      "base_on_class_intersection": "label_skew"}
+_PARTITION_ALIASES = {
+    "iid": "homo",
+    "dirichlet": "hetero",
+    "noniid": "hetero",
+    "base_on_class_intersection": "label_skew",
+}
 
 
 @dataclass(frozen=True)
@@ -213,8 +219,9 @@ def builtin_suites() -> Traversable:
 
 
 def builtin_suite_names() -> list[str]:
-    return sorted(PurePath(p.name).stem for p in builtin_suites().iterdir()
-                  if p.is_file() and p.name.endswith(SUITE_EXTENSIONS))
+    return sorted(
+        PurePath(p.name).stem for p in builtin_suites().iterdir() if p.is_file() and p.name.endswith(SUITE_EXTENSIONS)
+    )
 
 
 def resolve_suite_path(suite: str | Path) -> Traversable:
@@ -258,12 +265,31 @@ def _canonical_paradigm(name: str) -> str:
         raise SuiteError(f"suite: {exc}") from None
 
 
-_SUITE_KEYS = {"name", "description", "base", "matrix", "exclude", "overrides", "target_accuracy", "centralized",
-               "estimate"}
+_SUITE_KEYS = {
+    "name",
+    "description",
+    "base",
+    "matrix",
+    "exclude",
+    "overrides",
+    "target_accuracy",
+    "centralized",
+    "estimate",
+}
 _MATRIX_KEYS = {"paradigms", "datasets", "partitions", "clients", "seeds"}
 # Config keys that the matrix sets for every cell; a base that set them would be silently overwritten.
-_MATRIX_CONFIG_KEYS = ("paradigm", "variants_type", "dataset", "clients", "client_number", "seed", "partition_method",
-                       "partition_alpha", "class_number_per_client", "client_ids")
+_MATRIX_CONFIG_KEYS = (
+    "paradigm",
+    "variants_type",
+    "dataset",
+    "clients",
+    "client_number",
+    "seed",
+    "partition_method",
+    "partition_alpha",
+    "class_number_per_client",
+    "client_ids",
+)
 _EXCLUDE_FIELDS = {"paradigm", "dataset", "partition", "clients", "seed"}
 
 
@@ -298,8 +324,10 @@ def _parse_matrix(raw: Mapping[str, Any], where: str) -> _Axes:
     for key, values in (("clients", clients), ("seeds", seeds)):
         for v in values:
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "clients" else 0):
-                raise SuiteError(f"{where}: matrix {key} must be {'positive' if key == 'clients' else 'non-negative'} "
-                                 f"integers, got {v!r}")
+                raise SuiteError(
+                    f"{where}: matrix {key} must be {'positive' if key == 'clients' else 'non-negative'} "
+                    f"integers, got {v!r}"
+                )
     return _Axes(paradigms, datasets, partitions, [int(c) for c in clients], [int(s) for s in seeds])
 
 
@@ -338,7 +366,7 @@ def _parse_target(raw: Mapping[str, Any], where: str) -> float | dict[str, float
     target = raw.get("target_accuracy")
     if target is not None and not isinstance(target, (int, float, Mapping)):
         raise SuiteError(f"{where}: target_accuracy must be a number in 0..1 or a mapping dataset -> number")
-    for value in (target.values() if isinstance(target, Mapping) else [target] if target is not None else []):
+    for value in target.values() if isinstance(target, Mapping) else [target] if target is not None else []:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             raise SuiteError(f"{where}: target_accuracy values must be in (0, 1], got {value!r}")
     return dict(target) if isinstance(target, Mapping) else target
@@ -364,10 +392,23 @@ def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None
     if not isinstance(estimate, Mapping):
         raise SuiteError(f"{where}: estimate must be a mapping")
     suite_name = str(raw.get("name") or name or (PurePath(source.name).stem if source else "suite"))
-    return Suite(name=suite_name, description=str(raw.get("description", "")), base=base,
-                 paradigms=axes.paradigms, datasets=axes.datasets, partitions=axes.partitions, clients=axes.clients,
-                 seeds=axes.seeds, exclude=exclude, dataset_overrides=ds_over, paradigm_overrides=pd_over,
-                 target_accuracy=target, centralized=centralized, estimate=dict(estimate), source=source)
+    return Suite(
+        name=suite_name,
+        description=str(raw.get("description", "")),
+        base=base,
+        paradigms=axes.paradigms,
+        datasets=axes.datasets,
+        partitions=axes.partitions,
+        clients=axes.clients,
+        seeds=axes.seeds,
+        exclude=exclude,
+        dataset_overrides=ds_over,
+        paradigm_overrides=pd_over,
+        target_accuracy=target,
+        centralized=centralized,
+        estimate=dict(estimate),
+        source=source,
+    )
 
 
 def load_suite(suite: str | Path) -> Suite:
@@ -380,9 +421,13 @@ def load_suite(suite: str | Path) -> Suite:
 
 
 def _excluded(suite: Suite, cell: Cell) -> bool:
-    fields = {"paradigm": cell.paradigm, "dataset": cell.dataset,
-              "partition": cell.partition.label if cell.partition else None, "clients": cell.clients,
-              "seed": cell.seed}
+    fields = {
+        "paradigm": cell.paradigm,
+        "dataset": cell.dataset,
+        "partition": cell.partition.label if cell.partition else None,
+        "clients": cell.clients,
+        "seed": cell.seed,
+    }
     for rule in suite.exclude:
         if all(_matches(fields[k], v) for k, v in rule.items()):
             return True
@@ -416,8 +461,14 @@ def expand(suite: Suite) -> list[Cell]:
     if suite.centralized:
         for dataset in suite.datasets:
             for seed in suite.seeds:
-                config = {**suite.base, **suite.dataset_overrides.get(dataset, {}), "dataset": dataset,
-                          "seed": seed, "clients": 1, "partition_method": "homo"}
+                config = {
+                    **suite.base,
+                    **suite.dataset_overrides.get(dataset, {}),
+                    "dataset": dataset,
+                    "seed": seed,
+                    "clients": 1,
+                    "partition_method": "homo",
+                }
                 cell = Cell(CENTRALIZED, dataset, None, None, seed, {})
                 cells.append(Cell(CENTRALIZED, dataset, None, None, seed, _validate(config, cell.key)))
     for dataset in suite.datasets:
@@ -425,17 +476,25 @@ def expand(suite: Suite) -> list[Cell]:
             for partition in suite.partitions:
                 for seed in suite.seeds:
                     for paradigm in suite.paradigms:
-                        config = {**suite.base, **suite.dataset_overrides.get(dataset, {}),
-                                  "paradigm": paradigm, "dataset": dataset, "clients": clients, "seed": seed,
-                                  **partition.config_keys(), **suite.paradigm_overrides.get(paradigm, {})}
+                        config = {
+                            **suite.base,
+                            **suite.dataset_overrides.get(dataset, {}),
+                            "paradigm": paradigm,
+                            "dataset": dataset,
+                            "clients": clients,
+                            "seed": seed,
+                            **partition.config_keys(),
+                            **suite.paradigm_overrides.get(paradigm, {}),
+                        }
                         probe = Cell(paradigm, dataset, partition, clients, seed, {})
                         if _excluded(suite, probe):
                             continue
                         cells.append(Cell(paradigm, dataset, partition, clients, seed, _validate(config, probe.key)))
     keys = [c.key for c in cells]
     if len(keys) != len(set(keys)):
-        raise SuiteError("the matrix lists a cell twice (a repeated paradigm, dataset, partition, client count or "
-                         "seed)")
+        raise SuiteError(
+            "the matrix lists a cell twice (a repeated paradigm, dataset, partition, client count or seed)"
+        )
     return cells
 
 
@@ -449,12 +508,15 @@ def preflight(cells: Sequence[Cell]) -> list[str]:
     datasets = sorted({c.dataset for c in cells})
     missing = [d for d in datasets if d.lower() not in DATASETS]
     if missing:
-        notes.append(f"data set(s) not registered: {', '.join(missing)} (known: {', '.join(sorted(DATASETS))}); "
-                     "their cells will fail")
+        notes.append(
+            f"data set(s) not registered: {', '.join(missing)} (known: {', '.join(sorted(DATASETS))}); "
+            "their cells will fail"
+        )
     models = sorted({str(c.config.get("model")) for c in cells})
     unknown = [m for m in models if m not in MODELS]
     if unknown:
-        notes.append(f"model(s) not registered yet: {', '.join(unknown)} (known now: {', '.join(sorted(MODELS))}); "
-                     "their cells fail unless a module registers them when the run starts")
+        notes.append(
+            f"model(s) not registered yet: {', '.join(unknown)} (known now: {', '.join(sorted(MODELS))}); "
+            "their cells fail unless a module registers them when the run starts"
+        )
     return notes
-

@@ -1,4 +1,5 @@
 """The stream benchmark runs end to end on loopback and reports every row it promises (not a speed test)."""
+
 from __future__ import annotations
 
 from benchmarks import bench_stream

@@ -1,5 +1,6 @@
 """Reading configs (YAML text, files, the server's JSON) and resolving them against the registered paradigms and
 data sets (config_loader.py)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The one-line error formatter and the rendering of a failed gRPC call."""
+
 from __future__ import annotations
 
 import grpc

@@ -1,5 +1,6 @@
 """The model zoo: every model cuts at every valid split_layer, the segments compose to the unsplit model in
 train and eval mode (BatchNorm included), gradients through a cut equal the unsplit ones, and cut sizes."""
+
 from __future__ import annotations
 
 import copy

@@ -14,6 +14,7 @@ Figures (build time, image size, compose-up-to-trained time) are printed (pytest
 SLPERF_DOCKER_TEST_DATA_ROOT=DIR keeps the engine's data root (images and build cache) in DIR between runs, for
 development; by default it is a fresh temporary folder that is deleted.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,12 +75,27 @@ class Dockerd:
         return env
 
     def start(self) -> None:
-        cmd = [self.exe, "--config-file", str(self.root / "daemon.json"), "--data-root", str(self.data_root),
-               "--exec-root", str(self.root / "exec"), "-H", f"unix://{self.socket}",
-               "--pidfile", str(self.root / "dockerd.pid"), "--bridge=none", "--iptables=false",
-               "--ip6tables=false", "--userland-proxy=false", "--log-level=warn"]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        cmd = [
+            self.exe,
+            "--config-file",
+            str(self.root / "daemon.json"),
+            "--data-root",
+            str(self.data_root),
+            "--exec-root",
+            str(self.root / "exec"),
+            "-H",
+            f"unix://{self.socket}",
+            "--pidfile",
+            str(self.root / "dockerd.pid"),
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--userland-proxy=false",
+            "--log-level=warn",
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -122,12 +138,18 @@ class Dockerd:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                  if line.split()[1].startswith((str(self.root), str(self.data_root)))]
+        mounts = [
+            line.split()[1]
+            for line in Path("/proc/mounts").read_text().splitlines()
+            if line.split()[1].startswith((str(self.root), str(self.data_root)))
+        ]
         for mount in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
-        left = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                if line.split()[1].startswith(str(self.root))]
+        left = [
+            line.split()[1]
+            for line in Path("/proc/mounts").read_text().splitlines()
+            if line.split()[1].startswith(str(self.root))
+        ]
         if not left:
             shutil.rmtree(self.root, ignore_errors=True)
         assert not left, f"mounts left under {self.root}: {left}"
@@ -183,7 +205,7 @@ def test_compose_federation_builds_starts_and_trains(record_property):
         if run.returncode != 0:
             logs = _run([*compose, "logs", "--tail", "30"], env, 120).stdout
             pytest.fail(f"operator run failed ({run.returncode}):\n{run.stdout}\n{run.stderr[-3000:]}\n{logs[-6000:]}")
-        summary = json.loads(run.stdout[run.stdout.index("{"):])
+        summary = json.loads(run.stdout[run.stdout.index("{") :])
         assert summary["paradigm"] == "splitfed_v1" and summary["rounds"] == 2 and summary["clients"] == 3
         assert sorted(summary["per_client"]) == ["c1", "c2", "c3"]
         assert sum(c["samples"] for c in summary["per_client"].values()) == 600 * 2
@@ -199,12 +221,27 @@ def test_compose_federation_builds_starts_and_trains(record_property):
             assert ids[service], f"no container for {service}: {ps.stderr}"
         assert _inspect(docker, env, ids["certs"], "{{.State.Status}} {{.State.ExitCode}}") == "exited 0"
         for service in SERVICES:
-            assert _inspect(docker, env, ids[service], "{{.State.Health.Status}}") == "healthy", \
-                _inspect(docker, env, ids[service], "{{json .State.Health}}")
+            assert _inspect(docker, env, ids[service], "{{.State.Health.Status}}") == "healthy", _inspect(
+                docker, env, ids[service], "{{json .State.Health}}"
+            )
             assert _inspect(docker, env, ids[service], "{{.Config.User}}") == "10001:10001"
         # The operator's status command: all three clients connected, over the internal network.
-        status = _run([*compose, "run", "--rm", "-T", "operator", "status", "--server", "server:50051",
-                       "--certs", "/var/lib/slperf/certs"], env, 300)
+        status = _run(
+            [
+                *compose,
+                "run",
+                "--rm",
+                "-T",
+                "operator",
+                "status",
+                "--server",
+                "server:50051",
+                "--certs",
+                "/var/lib/slperf/certs",
+            ],
+            env,
+            300,
+        )
         assert status.returncode == 0 and "3 client(s) connected" in status.stdout, status.stdout + status.stderr
         # The run folder is on the runs volume.
         run_dir = f"/var/lib/slperf/runs/{summary['run_id']}"

@@ -12,6 +12,7 @@
 check-jsonschema and hadolint come from deploy/requirements-deploy-test.txt; where they are not installed the two
 checks that need them skip locally and fail under CI (CI=true), so a missing install step cannot pass silently.
 """
+
 from __future__ import annotations
 
 import copy
@@ -98,7 +99,7 @@ def dockerfile_instruction(name: str) -> list[str]:
     assert found, f"no {name} in {DOCKERFILE}"
     import json
 
-    return json.loads(found[-1][len(name) + 1:].strip())
+    return json.loads(found[-1][len(name) + 1 :].strip())
 
 
 def shell_commands(script: str) -> list[list[str]]:
@@ -175,8 +176,9 @@ def resolve(kind: str, args: list[str]) -> tuple[tuple[str, ...], dict]:
     if kind == "slperf":
         # The group's own callback is recorded first; the leaf command must have been reached.
         leaf = calls[-1][0]
-        assert isinstance(_walk(leaf), click.Command) and not isinstance(_walk(leaf), click.Group), \
+        assert isinstance(_walk(leaf), click.Command) and not isinstance(_walk(leaf), click.Group), (
             f"`slperf {' '.join(args)}` stops at the group {' '.join(leaf)}"
+        )
     return calls[-1]
 
 
@@ -216,23 +218,33 @@ def compose_service_commands(compose: dict) -> list[tuple[str, str, list[str]]]:
 # -- compose: schema -----------------------------------------------------------------------------------------------
 def test_compose_files_match_the_compose_specification(tmp_path):
     checker = tool("check-jsonschema")
-    proc = subprocess.run([checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE), str(EXPOSE)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE), str(EXPOSE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # The validator is really looking: a misspelt key in a copy is refused.
     broken = tmp_path / "docker-compose.yml"
-    broken.write_text(COMPOSE.read_text().replace("    restart: unless-stopped\n    command: [server",
-                                                  "    restartz: unless-stopped\n    command: [server", 1))
+    broken.write_text(
+        COMPOSE.read_text().replace(
+            "    restart: unless-stopped\n    command: [server", "    restartz: unless-stopped\n    command: [server", 1
+        )
+    )
     assert broken.read_text() != COMPOSE.read_text()
-    proc = subprocess.run([checker, "--builtin-schema", "vendor.compose-spec", str(broken)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(broken)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1 and "restartz" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
 def test_docker_compose_accepts_the_files_when_installed():
     exe = shutil.which("docker-compose")
     if not exe:
-        pytest.skip("docker-compose is not installed (deploy/ci-docker-setup.sh installs it); the schema test covers the files")
+        pytest.skip(
+            "docker-compose is not installed (deploy/ci-docker-setup.sh installs it); the schema test covers the files"
+        )
     for files in ([COMPOSE], [COMPOSE, EXPOSE]):
         args = [a for f in files for a in ("-f", str(f))]
         proc = subprocess.run([exe, *args, "config", "-q"], capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -240,8 +252,11 @@ def test_docker_compose_accepts_the_files_when_installed():
 
 
 # -- compose: every slperf command resolves --------------------------------------------------------------------------
-@pytest.mark.parametrize("env", [{}, {"SLPERF_RUN_CONFIG": "compose-smoke.yaml", "SLPERF_TORCH_THREADS": "2"}],
-                         ids=["defaults", "overridden"])
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"SLPERF_RUN_CONFIG": "compose-smoke.yaml", "SLPERF_TORCH_THREADS": "2"}],
+    ids=["defaults", "overridden"],
+)
 def test_every_slperf_command_in_compose_resolves(env):
     compose = load_compose(env=env)
     resolved = []
@@ -288,10 +303,15 @@ def test_the_resolver_rejects_what_the_cli_rejects():
     with pytest.raises(AssertionError, match="No such option"):
         resolve("health", ["--server", "s:1", "--bogus"])
     assert resolve("slperf", ["certs", "add-client", "c9", "--dir", "d"])[0][1:] == ("certs", "add-client")
-    script = 'if [ ! -f "$pki/ca.pem" ]; then\n  slperf certs init --dir "$pki" && echo ok || exit 1\nfi\n' \
-             'for id in $ids; do [ -f x ] || slperf certs add-client "$id" --dir "$pki"; done'
+    script = (
+        'if [ ! -f "$pki/ca.pem" ]; then\n  slperf certs init --dir "$pki" && echo ok || exit 1\nfi\n'
+        'for id in $ids; do [ -f x ] || slperf certs add-client "$id" --dir "$pki"; done'
+    )
     cmds = [c for c in shell_commands(script) if c[0] == "slperf"]
-    assert cmds == [["slperf", "certs", "init", "--dir", "$pki"], ["slperf", "certs", "add-client", "$id", "--dir", "$pki"]]
+    assert cmds == [
+        ["slperf", "certs", "init", "--dir", "$pki"],
+        ["slperf", "certs", "add-client", "$id", "--dir", "$pki"],
+    ]
 
 
 # -- compose: the federation's own rules -----------------------------------------------------------------------------
@@ -341,17 +361,23 @@ def test_compose_topology():
     assert expose["services"]["server"]["ports"] and set(expose["services"]) == {"server"}
 
 
-# -- Dockerfile -----------------------------------------------------------------------------------------------------------
+# -- Dockerfile ----------------------------------------------------------------------------------------------------
 def test_dockerfile_lints_clean():
     hadolint = tool("hadolint")
-    proc = subprocess.run([hadolint, "--config", str(ROOT / "deploy" / "hadolint.yaml"), str(DOCKERFILE)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [hadolint, "--config", str(ROOT / "deploy" / "hadolint.yaml"), str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_dockerfile_rules():
     text = DOCKERFILE.read_text()
-    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M), "the default base is the public python:3.11-slim"
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M), (
+        "the default base is the public python:3.11-slim"
+    )
     assert "ARG PIP_SOURCE=index" in text and "--no-index --find-links /wheelhouse" in text
     assert re.search(r"^USER \$\{SLPERF_UID\}:\$\{SLPERF_GID\}$", text, re.M)
     assert dockerfile_instruction("ENTRYPOINT") == ["slperf"]
@@ -369,9 +395,9 @@ def test_dockerfile_rules():
     for line in text.splitlines():
         if line.startswith(("COPY", "ADD")) and "--from=" not in line:
             assert not re.search(r"\.pem|\.key|certs|pki", line), line
-    ignore = [l for l in (ROOT / ".dockerignore").read_text().splitlines() if l and not l.startswith("#")]
+    ignore = [ln for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln and not ln.startswith("#")]
     assert ignore[0] == "*", "the build context is an allow-list"
-    assert not any(l.startswith("!") and re.search(r"cert|pki|\.venv|runs", l) for l in ignore), ignore
+    assert not any(ln.startswith("!") and re.search(r"cert|pki|\.venv|runs", ln) for ln in ignore), ignore
 
 
 # -- systemd, Kubernetes, the guide ------------------------------------------------------------------------------------
@@ -396,11 +422,14 @@ def test_systemd_units(unit, tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze:  # the unit as systemd reads it: no unknown keys or bad values (warnings fail too)
         copy_ = tmp_path / unit
-        copy_.write_text(path.read_text().replace("/opt/slperf/bin/slperf", str(Path(sys.executable).parent / "slperf"))
-                         .replace("EnvironmentFile=/etc/slperf/", f"EnvironmentFile={SYSTEMD}/")
-                         .replace(".env\n", ".env.example\n"))
+        copy_.write_text(
+            path.read_text()
+            .replace("/opt/slperf/bin/slperf", str(Path(sys.executable).parent / "slperf"))
+            .replace("EnvironmentFile=/etc/slperf/", f"EnvironmentFile={SYSTEMD}/")
+            .replace(".env\n", ".env.example\n")
+        )
         proc = subprocess.run([analyze, "verify", str(copy_)], capture_output=True, text=True, timeout=60)
-        problems = [l for l in (proc.stdout + proc.stderr).splitlines() if str(copy_) in l or unit in l]
+        problems = [ln for ln in (proc.stdout + proc.stderr).splitlines() if str(copy_) in ln or unit in ln]
         assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
 
 
@@ -457,8 +486,21 @@ def _guide_commands() -> list[list[str]]:
     return commands
 
 
-_RUN_VALUE_OPTIONS = {"-e", "--entrypoint", "-u", "--user", "-w", "--workdir", "-v", "--volume", "-p", "--publish",
-                      "--name", "-l", "--label"}
+_RUN_VALUE_OPTIONS = {
+    "-e",
+    "--entrypoint",
+    "-u",
+    "--user",
+    "-w",
+    "--workdir",
+    "-v",
+    "--volume",
+    "-p",
+    "--publish",
+    "--name",
+    "-l",
+    "--label",
+}
 
 
 def compose_run_argv(words: list[str], compose: dict) -> list[str] | None:
@@ -474,7 +516,7 @@ def compose_run_argv(words: list[str], compose: dict) -> list[str] | None:
             i += 2
         else:
             i += 1
-    service, args = words[i], words[i + 1:]
+    service, args = words[i], words[i + 1 :]
     svc = compose["services"][service]
     if entrypoint is None:
         entrypoint = svc.get("entrypoint", dockerfile_instruction("ENTRYPOINT"))

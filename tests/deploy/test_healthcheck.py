@@ -1,4 +1,5 @@
 """slperf.healthcheck: the container health check through the server's gRPC health service."""
+
 from __future__ import annotations
 
 import socket
@@ -9,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from slperf.common.security.layout import ca_paths, client_paths
-from slperf.pki import init_pki
 from slperf.healthcheck import credentials_for, health
+from slperf.pki import init_pki
 
 
 def _free_port() -> int:
@@ -66,8 +67,9 @@ def test_usage_errors_exit_2():
 
 # -- slow: against a real server ---------------------------------------------------------------------------------------
 def healthcheck(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "slperf.healthcheck", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "slperf.healthcheck", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.slow
@@ -78,8 +80,19 @@ def test_against_a_mutual_tls_server(daemons, pki, tmp_path):
     ok = healthcheck("--server", address, "--certs", str(pki))
     assert ok.returncode == 0 and ok.stdout.startswith(f"SERVING {address}"), ok.stdout + ok.stderr
     cert, key = client_paths(pki, "c2")
-    ok = healthcheck("--server", f"localhost:{port}", "--ca", str(ca_paths(pki)[0]), "--cert", str(cert),
-                     "--key", str(key), "--service", "slperf.v1.SplitLearning", "--quiet")
+    ok = healthcheck(
+        "--server",
+        f"localhost:{port}",
+        "--ca",
+        str(ca_paths(pki)[0]),
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+        "--service",
+        "slperf.v1.SplitLearning",
+        "--quiet",
+    )
     assert ok.returncode == 0 and ok.stdout == "", ok.stdout + ok.stderr
     # Without a client certificate the server refuses the handshake.
     refused = healthcheck("--server", address, "--ca", str(ca_paths(pki)[0]), "--timeout", "3")

@@ -6,6 +6,7 @@ server's namespace address, and the clients dial that address without any TLS na
 inside namespaces this test made (no namespace has a default route; nothing is sent from the root namespace), and
 every namespace is deleted at the end, also on failure. Needs root and `ip netns`; skipped with the reason otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def _require_netns() -> None:
     if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (this test runs as uid %d)" % os.geteuid())
+        pytest.skip(f"network namespaces need root (this test runs as uid {os.geteuid()})")
     if shutil.which("ip") is None:
         pytest.skip("iproute2's `ip` is not installed")
     probe = f"slpprobe{secrets.token_hex(3)}"
@@ -86,15 +87,17 @@ class Hosts:
     def spawn(self, role: str, argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         # `ip netns exec` execs the command after entering the namespace, so the pid is the daemon's own.
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(role), *argv], env=env,
-                                stderr=open(log, "wb"), **kwargs)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(role), *argv], env=env, stderr=open(log, "wb"), **kwargs
+        )
         self.procs.append(proc)
         return proc
 
     def run(self, role: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        return subprocess.run(["ip", "netns", "exec", self.ns(role), *argv], env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns(role), *argv], env=env, capture_output=True, text=True, timeout=timeout
+        )
 
     def close(self) -> None:
         stop_processes(self.procs, grace=15)
@@ -124,28 +127,62 @@ def test_federation_across_namespaces(tmp_path):
 
         # Certificates with the real CLI: the server's SAN is its namespace address.
         certs = tmp_path / "certs"
-        made = subprocess.run(slperf("certs", "init", "--dir", str(certs), "--server-name", server_ip,
-                                     "--server-name", "server"), capture_output=True, text=True, timeout=120)
+        made = subprocess.run(
+            slperf("certs", "init", "--dir", str(certs), "--server-name", server_ip, "--server-name", "server"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert made.returncode == 0, made.stderr
         for cid in CLIENTS:
-            made = subprocess.run(slperf("certs", "add-client", cid, "--dir", str(certs)), capture_output=True,
-                                  text=True, timeout=120)
+            made = subprocess.run(
+                slperf("certs", "add-client", cid, "--dir", str(certs)), capture_output=True, text=True, timeout=120
+            )
             assert made.returncode == 0, made.stderr
 
         address = f"{server_ip}:50051"
-        server = hosts.spawn("srv", slperf("server", "--address", address, "--certs", str(certs), "--runs-dir",
-                                           str(tmp_path / "runs"), "--torch-threads", "1"),
-                             tmp_path / "server.log", stdout=subprocess.PIPE)
+        server = hosts.spawn(
+            "srv",
+            slperf(
+                "server",
+                "--address",
+                address,
+                "--certs",
+                str(certs),
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--torch-threads",
+                "1",
+            ),
+            tmp_path / "server.log",
+            stdout=subprocess.PIPE,
+        )
         line = server.stdout.readline().decode().strip()
         assert line == f"{READY}50051", f"server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}"
         clients = {}
         for cid in CLIENTS:
             cert = certs / "clients" / f"{cid}.pem"
             key = certs / "clients" / f"{cid}.key"
-            clients[cid] = hosts.spawn(cid, slperf("client", "--server", address, "--id", cid, "--ca",
-                                                   str(certs / "ca.pem"), "--cert", str(cert), "--key", str(key),
-                                                   "--torch-threads", "1"),
-                                       tmp_path / f"{cid}.log", stdout=subprocess.DEVNULL)
+            clients[cid] = hosts.spawn(
+                cid,
+                slperf(
+                    "client",
+                    "--server",
+                    address,
+                    "--id",
+                    cid,
+                    "--ca",
+                    str(certs / "ca.pem"),
+                    "--cert",
+                    str(cert),
+                    "--key",
+                    str(key),
+                    "--torch-threads",
+                    "1",
+                ),
+                tmp_path / f"{cid}.log",
+                stdout=subprocess.DEVNULL,
+            )
         # Each daemon runs in its own namespace.
         for role, proc in (("srv", server), *clients.items()):
             assert _ip("netns", "identify", str(proc.pid)).stdout.strip() == hosts.ns(role)
@@ -153,19 +190,31 @@ def test_federation_across_namespaces(tmp_path):
         # Health from the operator's host (operator pair) and from a silo (its own pair), by the address in the SAN.
         ok = hosts.run("op", health("--server", address, "--certs", str(certs)), timeout=60)
         assert ok.returncode == 0 and ok.stdout.startswith("SERVING"), ok.stdout + ok.stderr
-        ok = hosts.run("c2", health("--server", address, "--ca", str(certs / "ca.pem"), "--cert",
-                                    str(certs / "clients" / "c2.pem"), "--key", str(certs / "clients" / "c2.key")),
-                       timeout=60)
+        ok = hosts.run(
+            "c2",
+            health(
+                "--server",
+                address,
+                "--ca",
+                str(certs / "ca.pem"),
+                "--cert",
+                str(certs / "clients" / "c2.pem"),
+                "--key",
+                str(certs / "clients" / "c2.key"),
+            ),
+            timeout=60,
+        )
         assert ok.returncode == 0, ok.stdout + ok.stderr
 
         # The operator starts the smoke run from its own host and follows it to the end.
         started = time.monotonic()
-        run = hosts.run("op", slperf("run", "--server", address, "--certs", str(certs), "--config", str(SMOKE)),
-                        timeout=400)
+        run = hosts.run(
+            "op", slperf("run", "--server", address, "--certs", str(certs), "--config", str(SMOKE)), timeout=400
+        )
         run_seconds = time.monotonic() - started
         logs = {n: (tmp_path / f"{n}.log").read_text(errors="replace")[-1500:] for n in ("server", *CLIENTS)}
         assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{logs}"
-        summary = json.loads(run.stdout[run.stdout.index("{"):])
+        summary = json.loads(run.stdout[run.stdout.index("{") :])
         assert summary["clients"] == 3 and summary["rounds"] == 2
         assert sorted(summary["per_client"]) == list(CLIENTS)
         assert sum(c["samples"] for c in summary["per_client"].values()) == 600 * 2  # per round, summed
@@ -182,7 +231,9 @@ def test_federation_across_namespaces(tmp_path):
             assert hosts.address[cid] in peers[cid], peers
         # The daemons stayed up between runs.
         assert server.poll() is None and all(p.poll() is None for p in clients.values())
-        print(f"\nnetns federation: smoke run {run_seconds:.1f} s (server wall {summary['wall_seconds']:.1f} s), "
-              f"test accuracy {summary['test_accuracy']:.3f}")
+        print(
+            f"\nnetns federation: smoke run {run_seconds:.1f} s (server wall {summary['wall_seconds']:.1f} s), "
+            f"test accuracy {summary['test_accuracy']:.3f}"
+        )
     finally:
         hosts.close()

@@ -1,4 +1,5 @@
 """Bad input at the command line: one clear line naming the fix, exit code 2, never a traceback."""
+
 from __future__ import annotations
 
 import socket
@@ -15,15 +16,18 @@ def slperf(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, proc.stderr
     for word in words:
         assert word in lines[0], lines[0]
 
 
 def test_missing_certificates_folder(tmp_path):
-    assert_one_line_error(slperf("server", "--certs", str(tmp_path / "nowhere"), "--address", "127.0.0.1:0"),
-                          "not found", "slperf certs init")
+    assert_one_line_error(
+        slperf("server", "--certs", str(tmp_path / "nowhere"), "--address", "127.0.0.1:0"),
+        "not found",
+        "slperf certs init",
+    )
 
 
 def test_server_without_certs_or_insecure():
@@ -41,8 +45,19 @@ def test_port_in_use(tmp_path, pki):
 
 
 def test_client_with_missing_key(tmp_path, pki):
-    proc = slperf("client", "--server", "127.0.0.1:1", "--id", "c1", "--ca", str(pki / "ca.pem"),
-                  "--cert", str(pki / "clients" / "c1.pem"), "--key", str(tmp_path / "missing.key"))
+    proc = slperf(
+        "client",
+        "--server",
+        "127.0.0.1:1",
+        "--id",
+        "c1",
+        "--ca",
+        str(pki / "ca.pem"),
+        "--cert",
+        str(pki / "clients" / "c1.pem"),
+        "--key",
+        str(tmp_path / "missing.key"),
+    )
     assert_one_line_error(proc, "missing.key")
 
 

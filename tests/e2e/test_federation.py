@@ -1,5 +1,6 @@
 """The main job end to end: `slperf federation` starts a server and client daemons as processes over
 mutual TLS, runs the config to the end and leaves a complete run folder."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,17 @@ pytestmark = pytest.mark.slow
 
 
 def _config(tmp_path, **overrides):
-    config = {"paradigm": "splitfed_v1", "dataset": "mnist", "clients": 2, "epochs": 2, "batch_size": 32,
-              "lr": 0.05, "max_train_samples": 1200, "max_test_samples": 500, "seed": 1}
+    config = {
+        "paradigm": "splitfed_v1",
+        "dataset": "mnist",
+        "clients": 2,
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 0.05,
+        "max_train_samples": 1200,
+        "max_test_samples": 500,
+        "seed": 1,
+    }
     config.update(overrides)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -27,9 +37,20 @@ def _config(tmp_path, **overrides):
 def test_federation_cli_leaves_a_complete_run_folder(tmp_path, paradigm):
     out = tmp_path / "runs"
     proc = subprocess.run(
-        [sys.executable, "-m", "slperf.cli", "federation", str(_config(tmp_path, paradigm=paradigm)),
-         "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "slperf.cli",
+            "federation",
+            str(_config(tmp_path, paradigm=paradigm)),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "test accuracy" in proc.stdout
     run_dirs = [p for p in out.iterdir() if p.is_dir() and p.name != "logs"]
@@ -61,8 +82,12 @@ def test_federation_cli_leaves_a_complete_run_folder(tmp_path, paradigm):
 def test_federation_rejects_a_broken_config_with_one_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("paradigm: splitfed_v1\npartition_alfa: 0.5\n")
-    proc = subprocess.run([sys.executable, "-m", "slperf.cli", "federation", str(path), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "slperf.cli", "federation", str(path), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "partition_alfa" in proc.stderr
     assert "Traceback" not in proc.stderr

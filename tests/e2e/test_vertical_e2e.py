@@ -1,4 +1,5 @@
 """Vertical SL over real gRPC with mutual TLS: Adult split by columns across 3 client daemons."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,19 @@ def test_vertical_adult_over_mtls(tmp_path, pki, daemons):
     port = daemons.server(pki, tmp_path / "runs")
     for cid in ("c1", "c2", "c3"):
         daemons.client(port, cid, pki)
-    config = {"paradigm": "vertical", "dataset": "adult", "clients": 3, "client_ids": ["c1", "c2", "c3"],
-              "data_vertical_list": [6, 4, 4], "cut_layer_vertical_list": [4, 3, 3], "epochs": 1,
-              "batch_size": 128, "lr": 0.05, "max_train_samples": 4000, "max_test_samples": 2000}
+    config = {
+        "paradigm": "vertical",
+        "dataset": "adult",
+        "clients": 3,
+        "client_ids": ["c1", "c2", "c3"],
+        "data_vertical_list": [6, 4, 4],
+        "cut_layer_vertical_list": [4, 3, 3],
+        "epochs": 1,
+        "batch_size": 128,
+        "lr": 0.05,
+        "max_train_samples": 4000,
+        "max_test_samples": 2000,
+    }
     op = OperatorClient(f"127.0.0.1:{port}", operator_channel_credentials(pki), server_name="localhost")
     status = op.follow(op.start_run(yaml.safe_dump(config)), lambda r: None)
     op.close()

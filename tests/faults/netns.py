@@ -16,6 +16,7 @@ Run as a script it is the operator (``python netns.py operate ...``), so that th
 own "machine" (``ip netns exec``): it starts a run with OperatorClient, follows it, and prints one JSON line
 per finished round and a last one with the final status.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 PREFIX = "slnf"  # every namespace this module makes starts with it
 
@@ -124,7 +125,7 @@ class Topology:
         self.made.append(name)
         _ip("-n", name, "link", "set", "lo", "up")
 
-    def build(self) -> "Topology":
+    def build(self) -> Topology:
         preflight()
         try:
             self._add_ns(self.switch)
@@ -175,7 +176,7 @@ class Topology:
         listed = _ip("netns", "list", check=False).stdout
         return [line.split()[0] for line in listed.splitlines() if line.startswith(f"{PREFIX}-{self.tag}-")]
 
-    def __enter__(self) -> "Topology":
+    def __enter__(self) -> Topology:
         return self.build()
 
     def __exit__(self, *exc) -> None:
@@ -185,13 +186,24 @@ class Topology:
     def cmd(self, host: str, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self._ns[host], *argv]
 
-    def popen(self, host: str, argv: Sequence[str], *, log: Path, capture_stdout: bool = False,
-              env: dict[str, str] | None = None) -> subprocess.Popen:
+    def popen(
+        self,
+        host: str,
+        argv: Sequence[str],
+        *,
+        log: Path,
+        capture_stdout: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
         """Starts argv inside the host's namespace, output appended to ``log`` (stdout piped back instead when
         ``capture_stdout``). `ip netns exec` execs argv, so the pid is the program's own."""
         with open(log, "ab") as out:
-            proc = subprocess.Popen(self.cmd(host, argv), stdout=subprocess.PIPE if capture_stdout else out,
-                                    stderr=out if capture_stdout else subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(
+                self.cmd(host, argv),
+                stdout=subprocess.PIPE if capture_stdout else out,
+                stderr=out if capture_stdout else subprocess.STDOUT,
+                env=env,
+            )
         self.procs.append(proc)
         return proc
 
@@ -230,8 +242,13 @@ def _operate(argv: Sequence[str]) -> int:
         run_id = op.start_run(args.config.read_text(), args.run_id, timeout=60)
         emit("started", run_id=run_id)
         status = op.follow(run_id, lambda record: emit("round", record=record))
-        emit("final", run_id=run_id, state=status.state, error=status.error,
-             summary=json.loads(status.summary_json) if status.summary_json else None)
+        emit(
+            "final",
+            run_id=run_id,
+            state=status.state,
+            error=status.error,
+            summary=json.loads(status.summary_json) if status.summary_json else None,
+        )
     finally:
         op.close()
     return 0

@@ -28,6 +28,7 @@ What it does to every accepted connection:
 Everything it does is printed to stdout as one JSON object per line (``{"t": unix time, "event": ...}``),
 after a first line ``RELAY_READY HOST:PORT``. SIGTERM/SIGINT stop it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -146,8 +147,14 @@ class ConnectionReset(Exception):
 
 
 class Conn:
-    def __init__(self, relay: "Relay", number: int, host: Host, reset_after: int | None,
-                 client: tuple[asyncio.StreamReader, asyncio.StreamWriter]):
+    def __init__(
+        self,
+        relay: Relay,
+        number: int,
+        host: Host,
+        reset_after: int | None,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ):
         self.relay = relay
         self.number = number
         self.host = host
@@ -216,7 +223,7 @@ class Conn:
                         dst.write_eof()
                     return
                 for start in range(0, len(data), bucket.burst if bucket else len(data)):
-                    piece = data[start:start + bucket.burst] if bucket else data
+                    piece = data[start : start + bucket.burst] if bucket else data
                     if bucket:
                         await bucket.take(len(piece))
                     dst.write(piece)
@@ -352,8 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--to", type=parse_hostport, required=True, help="HOST:PORT to forward to")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="added one-way delay, each direction")
     parser.add_argument("--reset-prob", type=float, default=0.0, help="probability that a connection is reset")
-    parser.add_argument("--reset-bytes", type=parse_range, default=(64 * 1024, 4 * 1024 * 1024),
-                        help="MIN:MAX bytes after which a drawn connection is reset (uniform)")
+    parser.add_argument(
+        "--reset-bytes",
+        type=parse_range,
+        default=(64 * 1024, 4 * 1024 * 1024),
+        help="MIN:MAX bytes after which a drawn connection is reset (uniform)",
+    )
     parser.add_argument("--rate-bytes-per-s", type=float, default=0.0, help="per source host and direction; 0 = off")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--control", help="JSON file read on SIGUSR1: {source, seconds, mode: drop|reset}")

@@ -3,6 +3,7 @@
 Asserts: the server never crashes or hangs, every bad message gets the right status code with a message
 naming the problem, and the federation ends with exactly the weights it gets without the fuzzer.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,14 +23,18 @@ from slperf.common.transport.channel import grpc_options
 from slperf.common.wire.serde import PROTOCOL_VERSION
 from slperf.operator import OperatorClient
 from slperf.slserver.checkpoint import load_checkpoint
-from slperf.v1 import service_pb2, service_pb2_grpc, session_pb2, tensor_pb2
+from slperf.v1 import session_pb2, tensor_pb2
 
 pytestmark = pytest.mark.slow
 
 FUZZ_MESSAGES = 10_000
 F32 = tensor_pb2.DTYPE_FLOAT32
-IA, FP, RE, DL = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
-                  grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS)
+IA, FP, RE, DL = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DATA_LOSS,
+)
 
 
 class LockstepSession:
@@ -37,8 +42,11 @@ class LockstepSession:
 
     def __init__(self, channel: grpc.Channel):
         self._requests: queue.Queue = queue.Queue()
-        call = channel.stream_stream("/slperf.v1.SplitLearning/Session",
-                                     request_serializer=lambda b: b, response_deserializer=session_pb2.ServerMessage.FromString)
+        call = channel.stream_stream(
+            "/slperf.v1.SplitLearning/Session",
+            request_serializer=lambda b: b,
+            response_deserializer=session_pb2.ServerMessage.FromString,
+        )
         self._responses = call(iter(self._requests.get, None), timeout=600)
         self.seq = 0
 
@@ -84,7 +92,9 @@ def _tensor(rng: random.Random) -> tuple[tensor_pb2.Tensor, grpc.StatusCode, str
 def _fuzz_case(rng: random.Random, session: LockstepSession, run_id: str) -> tuple[grpc.StatusCode, str]:
     """Sends one bad message; returns the expected status and a word the error must name."""
     kind = rng.randrange(9)
-    ref = session_pb2.StepRef(run_id=run_id, round=rng.randrange(3), step=rng.randrange(100), phase=session_pb2.PHASE_TRAIN)
+    ref = session_pb2.StepRef(
+        run_id=run_id, round=rng.randrange(3), step=rng.randrange(100), phase=session_pb2.PHASE_TRAIN
+    )
     if kind == 0:  # random bytes
         junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
         try:
@@ -99,8 +109,13 @@ def _fuzz_case(rng: random.Random, session: LockstepSession, run_id: str) -> tup
         if kind == 1:
             session.send(session_pb2.ClientMessage(cut_tensor=session_pb2.CutTensor(ref=ref, tensor=tensor)))
         else:
-            session.send(session_pb2.ClientMessage(model_state=session_pb2.ModelState(
-                run_id=run_id, segment="bottom", tensors=[tensor_pb2.NamedTensor(name="w", tensor=tensor)])))
+            session.send(
+                session_pb2.ClientMessage(
+                    model_state=session_pb2.ModelState(
+                        run_id=run_id, segment="bottom", tensors=[tensor_pb2.NamedTensor(name="w", tensor=tensor)]
+                    )
+                )
+            )
         return code, word
     if kind == 3:  # missing fields
         if rng.random() < 0.5:
@@ -116,7 +131,9 @@ def _fuzz_case(rng: random.Random, session: LockstepSession, run_id: str) -> tup
         session.send(session_pb2.ClientMessage(cut_tensor=session_pb2.CutTensor(ref=ref, tensor=good)))
         return FP, "not taking part"
     if kind == 6:  # a second hello
-        session.send(session_pb2.ClientMessage(hello=session_pb2.Hello(protocol_version=PROTOCOL_VERSION, client_id="c3")))
+        session.send(
+            session_pb2.ClientMessage(hello=session_pb2.Hello(protocol_version=PROTOCOL_VERSION, client_id="c3"))
+        )
         return FP, "Hello"
     if kind == 7:  # attachments announced but not delivered, or named but not announced, or too many
         variant = rng.randrange(3)
@@ -125,9 +142,18 @@ def _fuzz_case(rng: random.Random, session: LockstepSession, run_id: str) -> tup
         if variant == 0:
             session.send(acts)  # waits for its attachment: no answer yet
             data = b"\0" * 32
-            session.send(session_pb2.ClientMessage(chunk=tensor_pb2.Chunk(
-                transfer_id=rng.randrange(1, 1 << 30), index=0, count=1, total_bytes=32, crc32=zlib.crc32(data),
-                data=data)))
+            session.send(
+                session_pb2.ClientMessage(
+                    chunk=tensor_pb2.Chunk(
+                        transfer_id=rng.randrange(1, 1 << 30),
+                        index=0,
+                        count=1,
+                        total_bytes=32,
+                        crc32=zlib.crc32(data),
+                        data=data,
+                    )
+                )
+            )
             return IA, "names attachment 2"
         if variant == 1:
             session.send(acts)
@@ -141,7 +167,9 @@ def _fuzz_case(rng: random.Random, session: LockstepSession, run_id: str) -> tup
     variant = rng.randrange(3)
     tid = rng.randrange(1, 1 << 30)
     if variant == 0:
-        chunk = tensor_pb2.Chunk(transfer_id=tid, index=0, count=1, total_bytes=32, crc32=zlib.crc32(payload) ^ 1, data=payload)
+        chunk = tensor_pb2.Chunk(
+            transfer_id=tid, index=0, count=1, total_bytes=32, crc32=zlib.crc32(payload) ^ 1, data=payload
+        )
         code, word = DL, "CRC"
     elif variant == 1:
         chunk = tensor_pb2.Chunk(transfer_id=tid, index=1 + rng.randrange(5), count=9, total_bytes=32, data=payload)
@@ -162,8 +190,19 @@ def test_fuzzed_server_keeps_serving_and_the_federation_result_is_unchanged(tmp_
     port = daemons.server(pki, runs)
     daemons.client(port, "c1", pki)
     daemons.client(port, "c2", pki)
-    config = yaml.safe_dump({"paradigm": "splitfed_v1", "clients": 2, "client_ids": ["c1", "c2"], "epochs": 2,
-                             "batch_size": 32, "lr": 0.05, "max_train_samples": 1200, "max_test_samples": 500, "seed": 4})
+    config = yaml.safe_dump(
+        {
+            "paradigm": "splitfed_v1",
+            "clients": 2,
+            "client_ids": ["c1", "c2"],
+            "epochs": 2,
+            "batch_size": 32,
+            "lr": 0.05,
+            "max_train_samples": 1200,
+            "max_test_samples": 500,
+            "seed": 4,
+        }
+    )
     op = OperatorClient(f"127.0.0.1:{port}", operator_channel_credentials(pki), server_name="localhost")
     quiet = op.follow(op.start_run(config, "quiet"), lambda r: None)
     assert quiet.state == "finished", quiet.error
@@ -176,21 +215,30 @@ def test_fuzzed_server_keeps_serving_and_the_federation_result_is_unchanged(tmp_
         options = grpc_options() + [("grpc.ssl_target_name_override", "localhost")]
         with grpc.secure_channel(f"127.0.0.1:{port}", client_channel_credentials(pki, "c3"), options=options) as ch:
             session = LockstepSession(ch)
-            session.send(session_pb2.ClientMessage(hello=session_pb2.Hello(protocol_version=PROTOCOL_VERSION, client_id="c3")))
+            session.send(
+                session_pb2.ClientMessage(hello=session_pb2.Hello(protocol_version=PROTOCOL_VERSION, client_id="c3"))
+            )
             assert session.receive().WhichOneof("body") == "welcome"
             for _ in range(FUZZ_MESSAGES):
                 code, word = _fuzz_case(rng, session, run_id)
                 reply = session.receive()
                 outcome["sent"] += 1
                 error = reply.error
-                if reply.WhichOneof("body") != "error" or error.code != code.value[0] or word.lower() not in error.message.lower():
+                if (
+                    reply.WhichOneof("body") != "error"
+                    or error.code != code.value[0]
+                    or word.lower() not in error.message.lower()
+                ):
                     outcome["wrong"].append((code.name, word, str(reply)[:200]))
             session.close()
             # Random bytes on the unary Control methods, with the operator's credentials.
             with grpc.secure_channel(f"127.0.0.1:{port}", operator_channel_credentials(pki), options=options) as op_ch:
                 for method in ("StartRun", "Status", "StopRun"):
-                    call = op_ch.unary_unary(f"/slperf.v1.Control/{method}", request_serializer=lambda b: b,
-                                             response_deserializer=lambda b: b)
+                    call = op_ch.unary_unary(
+                        f"/slperf.v1.Control/{method}",
+                        request_serializer=lambda b: b,
+                        response_deserializer=lambda b: b,
+                    )
                     try:
                         call(b"\xff\xff\xff\xff", timeout=10)
                         outcome["wrong"].append((method, "accepted garbage", ""))
@@ -207,7 +255,11 @@ def test_fuzzed_server_keeps_serving_and_the_federation_result_is_unchanged(tmp_
     op.close()
     assert fuzzed.state == "finished", fuzzed.error
     assert outcome["sent"] == FUZZ_MESSAGES
-    assert not outcome["wrong"], (len(outcome["wrong"]), sorted({w[:2] for w in outcome["wrong"]}), outcome["wrong"][:3])
+    assert not outcome["wrong"], (
+        len(outcome["wrong"]),
+        sorted({w[:2] for w in outcome["wrong"]}),
+        outcome["wrong"][:3],
+    )
     assert daemons.server_proc.poll() is None and status.server_version
     quiet_w, fuzzed_w = _final_weights(runs, "quiet"), _final_weights(runs, "fuzzed")
     for segment in quiet_w:

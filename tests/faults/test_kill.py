@@ -1,4 +1,5 @@
 """Faults with real processes: kill -9 of a client daemon mid-round, and of the server mid-run."""
+
 from __future__ import annotations
 
 import json
@@ -9,16 +10,26 @@ import pytest
 import yaml
 
 from slperf.common.security.credentials import operator_channel_credentials
-from slperf.slserver.run_folder import RunFolder
 from slperf.operator import OperatorClient
+from slperf.slserver.run_folder import RunFolder
 
 pytestmark = pytest.mark.slow
 
 
 def _config(**overrides) -> str:
-    config = {"paradigm": "splitfed_v1", "clients": 2, "client_ids": ["c1", "c2"], "epochs": 4, "batch_size": 32,
-              "lr": 0.05, "max_train_samples": 1200, "max_test_samples": 500, "seed": 2,
-              "client_timeout": 60, "rejoin_timeout": 30}
+    config = {
+        "paradigm": "splitfed_v1",
+        "clients": 2,
+        "client_ids": ["c1", "c2"],
+        "epochs": 4,
+        "batch_size": 32,
+        "lr": 0.05,
+        "max_train_samples": 1200,
+        "max_test_samples": 500,
+        "seed": 2,
+        "client_timeout": 60,
+        "rejoin_timeout": 30,
+    }
     config.update(overrides)
     return yaml.safe_dump(config)
 

@@ -5,6 +5,7 @@ and rate (the kernel here has no netem), and a pulled cable (the client's bridge
 The relay's own behaviour is checked first on loopback (no namespaces needed). The federation tests need
 root and `ip netns`; without them they skip and say why.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import netns
 import pytest
+import relay
 import yaml
 
-import netns
-import relay
 from slperf.common.security.layout import ca_paths, client_paths
 from slperf.pki import add_client, init_pki
 from slperf.slserver.run_folder import RunFolder
@@ -101,14 +102,23 @@ def loopback_relay(tmp_path):
 
     def start(*args: str) -> RelayProc:
         control = tmp_path / f"cut-{len(started)}.json"
-        argv = [sys.executable, str(RELAY), "--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{echo.port}",
-                "--control", str(control), *args]
+        argv = [
+            sys.executable,
+            str(RELAY),
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            f"127.0.0.1:{echo.port}",
+            "--control",
+            str(control),
+            *args,
+        ]
         with open(tmp_path / "relay.err", "ab") as err:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err)
         started.append(proc)
         out = netns.Lines(proc.stdout)
         ready = out.wait_for(relay.READY, timeout=30)
-        host, port = relay.parse_hostport(ready[len(relay.READY):])
+        host, port = relay.parse_hostport(ready[len(relay.READY) :])
         return RelayProc(proc, out, (host, port), control)
 
     try:
@@ -276,18 +286,53 @@ class Federation:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start_server(self) -> None:
-        argv = [sys.executable, "-m", "slperf.cli", "server", "--address", f"{self.server_ip}:{SERVER_PORT}",
-                "--certs", str(self.certs), "--runs-dir", str(self.runs), "--torch-threads", "1"]
+        argv = [
+            sys.executable,
+            "-m",
+            "slperf.cli",
+            "server",
+            "--address",
+            f"{self.server_ip}:{SERVER_PORT}",
+            "--certs",
+            str(self.certs),
+            "--runs-dir",
+            str(self.runs),
+            "--torch-threads",
+            "1",
+        ]
         proc = self.topo.popen("server", argv, log=self.tmp / "server.log", capture_stdout=True, env=child_env())
         netns.Lines(proc.stdout).wait_for("SLPERF_READY", timeout=90)
 
-    def start_relay(self, *, delay_ms: float, reset_prob: float = 0.0, reset_bytes: tuple[int, int] = (1, 1),
-                    rate: float = 0.0, seed: int = 0) -> None:
+    def start_relay(
+        self,
+        *,
+        delay_ms: float,
+        reset_prob: float = 0.0,
+        reset_bytes: tuple[int, int] = (1, 1),
+        rate: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         control = self.tmp / "cut.json"
-        argv = [sys.executable, str(RELAY), "--listen", f"{self.server_ip}:{RELAY_PORT}",
-                "--to", f"{self.server_ip}:{SERVER_PORT}", "--delay-ms", str(delay_ms),
-                "--reset-prob", str(reset_prob), "--reset-bytes", f"{reset_bytes[0]}:{reset_bytes[1]}",
-                "--rate-bytes-per-s", str(rate), "--seed", str(seed), "--control", str(control)]
+        argv = [
+            sys.executable,
+            str(RELAY),
+            "--listen",
+            f"{self.server_ip}:{RELAY_PORT}",
+            "--to",
+            f"{self.server_ip}:{SERVER_PORT}",
+            "--delay-ms",
+            str(delay_ms),
+            "--reset-prob",
+            str(reset_prob),
+            "--reset-bytes",
+            f"{reset_bytes[0]}:{reset_bytes[1]}",
+            "--rate-bytes-per-s",
+            str(rate),
+            "--seed",
+            str(seed),
+            "--control",
+            str(control),
+        ]
         proc = self.topo.popen("server", argv, log=self.tmp / "relay.log", capture_stdout=True, env=child_env())
         out = netns.Lines(proc.stdout)
         out.wait_for(relay.READY, timeout=30)
@@ -297,8 +342,24 @@ class Federation:
         ca = ca_paths(self.certs)[0]
         for cid in CLIENTS:
             cert, key = client_paths(self.certs, cid)
-            argv = [sys.executable, "-m", "slperf.cli", "client", "--server", f"{self.server_ip}:{RELAY_PORT}",
-                    "--id", cid, "--ca", str(ca), "--cert", str(cert), "--key", str(key), "--torch-threads", "1"]
+            argv = [
+                sys.executable,
+                "-m",
+                "slperf.cli",
+                "client",
+                "--server",
+                f"{self.server_ip}:{RELAY_PORT}",
+                "--id",
+                cid,
+                "--ca",
+                str(ca),
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+                "--torch-threads",
+                "1",
+            ]
             self.topo.popen(cid, argv, log=self.tmp / f"{cid}.log", env=child_env())
 
     def wait_connected(self, timeout: float = 120) -> None:
@@ -318,8 +379,17 @@ class Federation:
         events. ``on_event(event or None)`` is called for every event and every 0.2 s without one."""
         path = self.tmp / "config.yaml"
         path.write_text(yaml.safe_dump(config))
-        argv = [sys.executable, str(NETNS), "operate", "--server", f"{self.server_ip}:{SERVER_PORT}",
-                "--certs", str(self.certs), "--config", str(path)]
+        argv = [
+            sys.executable,
+            str(NETNS),
+            "operate",
+            "--server",
+            f"{self.server_ip}:{SERVER_PORT}",
+            "--certs",
+            str(self.certs),
+            "--config",
+            str(path),
+        ]
         proc = self.topo.popen("operator", argv, log=self.tmp / "operator.log", capture_stdout=True, env=child_env())
         out = netns.Lines(proc.stdout)
         rounds: list[dict] = []
@@ -346,8 +416,11 @@ class Federation:
 
     def times(self, name: str, pattern: str, unless: tuple[str, ...] = ()) -> list[float]:
         """Unix times of the log lines of ``name`` that contain ``pattern`` and none of ``unless``."""
-        return [t for line in self.log(name).splitlines()
-                if pattern in line and not any(u in line for u in unless) and (t := _log_time(line)) is not None]
+        return [
+            t
+            for line in self.log(name).splitlines()
+            if pattern in line and not any(u in line for u in unless) and (t := _log_time(line)) is not None
+        ]
 
 
 @pytest.fixture
@@ -363,9 +436,18 @@ def fed(star, tmp_path):
 # A small run that still learns in two rounds. (600 samples in batches of 64 are only 4 steps per client and
 # round: that stays at chance, 0.08-0.17 measured; 900 in batches of 32 at lr 0.1 reach 0.44-0.55 over seeds.)
 def _config(**overrides) -> dict:
-    config = {"paradigm": "splitfed_v1", "dataset": "mnist", "clients": 3, "client_ids": list(CLIENTS),
-              "epochs": 2, "batch_size": 32, "lr": 0.1, "max_train_samples": 900, "max_test_samples": 300,
-              "seed": 3}
+    config = {
+        "paradigm": "splitfed_v1",
+        "dataset": "mnist",
+        "clients": 3,
+        "client_ids": list(CLIENTS),
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 0.1,
+        "max_train_samples": 900,
+        "max_test_samples": 300,
+        "seed": 3,
+    }
     config.update(overrides)
     return config
 
@@ -397,9 +479,11 @@ def test_federation_over_delayed_lossy_links(fed):
     # The reset lands in round 0's training (after 100 KB - 1.5 MB): that client sits out round 0 only.
     assert len(records[0]["dropped"]) == 1 and records[1]["participants"] == list(CLIENTS), records
     accepted = fed.relay.events("accept")
-    print(f"\n[network] delayed+lossy run: {took:.1f} s, accuracy {summary['test_accuracy']:.3f}, "
-          f"{len(accepted)} connections, resets {[(e['conn'], e['after_bytes']) for e in resets]}, "
-          f"dropped per round {[r['dropped'] for r in records]}")
+    print(
+        f"\n[network] delayed+lossy run: {took:.1f} s, accuracy {summary['test_accuracy']:.3f}, "
+        f"{len(accepted)} connections, resets {[(e['conn'], e['after_bytes']) for e in resets]}, "
+        f"dropped per round {[r['dropped'] for r in records]}"
+    )
 
 
 # keepalive_time 20 s + keepalive_timeout 10 s (common/transport/channel.py grpc_options): only after that long
@@ -452,7 +536,7 @@ def test_client_link_cut_longer_than_keepalive_is_dropped_then_rejoins(fed, star
     back = [r for r in records if r["round"] > dropped[-1] and victim in r["participants"]]
     assert back, f"{victim} never rejoined: {[(r['round'], r['participants']) for r in records]}"
     assert dropped == list(range(1, back[0]["round"])), f"dropped from every round until it rejoined: {dropped}"
-    assert all(victim in r["participants"] for r in records[back[0]["round"]:]), "and it stays in"
+    assert all(victim in r["participants"] for r in records[back[0]["round"] :]), "and it stays in"
     rejoin_start = ends[back[0]["round"]] - back[0]["round_seconds"]  # may be before "up": it waits rejoin_timeout
 
     def first_after(times: list[float], t: float) -> float | None:
@@ -464,11 +548,13 @@ def test_client_link_cut_longer_than_keepalive_is_dropped_then_rejoins(fed, star
         "rounds_dropped": dropped,
         "rejoined_in_round": back[0]["round"],
         # when each end noticed the dead connection (since the cable was pulled)
-        "client_noticed_s": first_after(fed.times(victim, "reconnecting") + fed.times(victim, "cannot reach"),
-                                        cut["down"]),
+        "client_noticed_s": first_after(
+            fed.times(victim, "reconnecting") + fed.times(victim, "cannot reach"), cut["down"]
+        ),
         # (by itself: a session closed because the reconnect replaced it, or at shutdown, does not count)
-        "server_noticed_s": first_after(fed.times("server", f"client {victim} disconnected",
-                                                  unless=("replaced", "shutting down")), cut["down"]),
+        "server_noticed_s": first_after(
+            fed.times("server", f"client {victim} disconnected", unless=("replaced", "shutting down")), cut["down"]
+        ),
         # recovery (since the cable was plugged back)
         "reconnected_s": first_after(fed.times(victim, f"as {victim}"), cut["up"]),
         "set_up_again_s": first_after(fed.times(victim, f"run {run_id}:"), cut["up"]),

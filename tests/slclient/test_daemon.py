@@ -1,4 +1,5 @@
 """The client daemon's run set-up: a reconnect to the same run keeps the training state it holds."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,17 @@ class _Link:
 
 
 def _setup(run_id: str, seed: int = 0) -> RunSetup:
-    config, _ = config_from_mapping({"paradigm": "vanilla", "dataset": "mnist", "clients": 1, "epochs": 1,
-                                     "max_train_samples": 64, "max_test_samples": 32, "seed": seed})
+    config, _ = config_from_mapping(
+        {
+            "paradigm": "vanilla",
+            "dataset": "mnist",
+            "clients": 1,
+            "epochs": 1,
+            "max_train_samples": 64,
+            "max_test_samples": 32,
+            "seed": seed,
+        }
+    )
     return RunSetup(run_id=run_id, config_json=config.to_json(), client_index=0, num_clients=1)
 
 
@@ -75,4 +85,5 @@ def test_the_link_checks_every_reply_against_the_exchange_as_strictly_as_the_ser
         assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "expected 4" in str(caught.value)
         with pytest.raises(ServerError, match="no cut tensor"):
             await link.recv_reply(StepRef("r", 0, 7, Phase.TRAIN))  # nothing was sent for it
+
     asyncio.run(main())

@@ -1,5 +1,6 @@
 """The local federation launcher's hooks: ``before_stop`` runs while the children are still alive, and the
 children are stopped even when a hook fails (the benchmark's memory probe relies on both)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -14,8 +15,11 @@ from slperf.federation import Federation, FederationHooks
 
 def waiting_child() -> subprocess.Popen:
     """A child that says it is up, then waits for stdin (it only ends when the launcher ends it)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
     return proc
 
@@ -27,8 +31,10 @@ def launcher(tmp_path: Path, hooks: FederationHooks) -> Federation:
 
 def test_before_stop_sees_every_child_alive_then_they_are_stopped(tmp_path):
     alive: list[dict[str, bool]] = []
-    fed = launcher(tmp_path, FederationHooks(
-        before_stop=lambda f: alive.append({cid: p.poll() is None for cid, p in f.clients.items()})))
+    fed = launcher(
+        tmp_path,
+        FederationHooks(before_stop=lambda f: alive.append({cid: p.poll() is None for cid, p in f.clients.items()})),
+    )
     fed.clients = {"c1": waiting_child(), "c2": waiting_child()}
     try:
         fed.stop()

@@ -1,4 +1,5 @@
 """The operator's PKI tooling: the folder layout and key modes, what each certificate says, issuing, revoking."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-
 from pki_helpers import is_revoked, load_revoked_serials, make_pki
+
 from slperf.common.security.errors import TLSConfigError
 from slperf.common.security.identity import Identity, identity_from_pem, load_revoked
 from slperf.common.security.layout import client_paths, list_clients

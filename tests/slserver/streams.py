@@ -1,5 +1,6 @@
 """An in-memory session stream for server unit tests: the server's Session on one end, a client Endpoint on the
 other, every envelope serialised and parsed as gRPC would (the real session (de)serializers)."""
+
 from __future__ import annotations
 
 import asyncio

@@ -5,6 +5,7 @@ is cancelled (the operator stops it; the server shuts down under it).
 Everything runs in one event loop and in-process; the only real parts are the coordinator, its recorder,
 the run folder and the checkpoint file. Tests wait on events and on the run's task, never on the clock.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,15 +18,22 @@ from typing import Any, TypeVar
 import pytest
 
 from slperf.common.config import RunConfig
-from slperf.common.protocol.exchange import Exchange
 from slperf.common.config_loader import config_from_mapping
-from slperf.common.paradigms.base import (ClientGone, ClientParadigm, EvalResult, ParadigmSpec, RoundResult,
-                                          ServerContext, ServerParadigm)
+from slperf.common.paradigms.base import (
+    ClientGone,
+    ClientParadigm,
+    EvalResult,
+    ParadigmSpec,
+    RoundResult,
+    ServerContext,
+    ServerParadigm,
+)
 from slperf.common.paradigms.kit.rounds import gather_round
+from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.types import PhaseSummary, RunState
-from slperf.slserver.run_folder import RunFolder
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
 from slperf.slserver.coordinator import Run, RunCoordinator
+from slperf.slserver.run_folder import RunFolder
 
 T = TypeVar("T")
 
@@ -37,8 +45,9 @@ SETUP_BYTES = (50, 50)  # run set-up, before any round: no round's figures
 def _config(**overrides: Any) -> RunConfig:
     # A real paradigm name, so that the run folder's config.yaml resolves on resume; the coordinator under
     # test is handed the fake paradigm whatever the name says.
-    config, _ = config_from_mapping({"paradigm": "vanilla", "dataset": "mnist", "clients": 2, "epochs": 3,
-                                     "seed": 0, **overrides})
+    config, _ = config_from_mapping(
+        {"paradigm": "vanilla", "dataset": "mnist", "clients": 2, "epochs": 3, "seed": 0, **overrides}
+    )
     return config
 
 
@@ -147,8 +156,13 @@ class FakeParadigm(ServerParadigm):
 class World:
     """One server process's surroundings: its connected clients, the paradigm it builds, what happened."""
 
-    def __init__(self, *client_ids: str, drops: Mapping[str, set[int]] | None = None,
-                 hold_round: int | None = None, needs_all: bool = False) -> None:
+    def __init__(
+        self,
+        *client_ids: str,
+        drops: Mapping[str, set[int]] | None = None,
+        hold_round: int | None = None,
+        needs_all: bool = False,
+    ) -> None:
         self.registry = FakeRegistry(client_ids)
         self.drops = dict(drops or {})
         self.needs_all = needs_all
@@ -169,8 +183,13 @@ class World:
         return self.clients[client_id]
 
     def coordinator(self, runs: Path, executor: concurrent.futures.Executor) -> RunCoordinator:
-        return RunCoordinator(self.registry, runs, executor, paradigm_spec=self.spec,  # type: ignore[arg-type]
-                              client_factory=self.client)
+        return RunCoordinator(
+            self.registry,
+            runs,
+            executor,
+            paradigm_spec=self.spec,  # type: ignore[arg-type]
+            client_factory=self.client,
+        )
 
     def finished(self) -> dict[str, list[str]]:
         return {cid: c.finished for cid, c in self.clients.items()}
@@ -238,12 +257,15 @@ def test_a_resumed_run_continues_at_the_next_round_and_keeps_the_earlier_records
     records = RunFolder(folder).read_metrics()
     assert [r["round"] for r in records] == [0, 1, 2]
     assert records[0] == kept[0]  # the earlier record is kept as it was
-    per_round = (TRAIN_BYTES["c1"][0] + TRAIN_BYTES["c2"][0] + EVAL_BYTES[0],
-                 TRAIN_BYTES["c1"][1] + TRAIN_BYTES["c2"][1] + EVAL_BYTES[1])
+    per_round = (
+        TRAIN_BYTES["c1"][0] + TRAIN_BYTES["c2"][0] + EVAL_BYTES[0],
+        TRAIN_BYTES["c1"][1] + TRAIN_BYTES["c2"][1] + EVAL_BYTES[1],
+    )
     assert (kept[0]["bytes_up"], kept[0]["bytes_down"]) == per_round
     # The running totals continue from the kept record, though the new server's counters started at zero.
     assert [(r["bytes_up"], r["bytes_down"]) for r in records] == [
-        (per_round[0] * n, per_round[1] * n) for n in (1, 2, 3)]
+        (per_round[0] * n, per_round[1] * n) for n in (1, 2, 3)
+    ]
     assert [r["test_accuracy"] for r in records] == [0.25, 0.5, 0.75]
     assert records[2]["wall_seconds"] >= kept[0]["wall_seconds"]
 
@@ -260,8 +282,17 @@ def test_a_resumed_run_continues_at_the_next_round_and_keeps_the_earlier_records
 
 def test_a_checkpoint_of_another_config_is_refused(tmp_path, executor):
     folder = RunFolder(tmp_path / "r1").path
-    save_checkpoint(folder / "checkpoint.pt", {"run_id": "r1", "round": 0, "config": _config(lr=0.5).to_dict(),
-                                               "paradigm": {"trained": [0]}, "model": {}, "elapsed": 1.0})
+    save_checkpoint(
+        folder / "checkpoint.pt",
+        {
+            "run_id": "r1",
+            "round": 0,
+            "config": _config(lr=0.5).to_dict(),
+            "paradigm": {"trained": [0]},
+            "model": {},
+            "elapsed": 1.0,
+        },
+    )
     RunFolder(folder).append_metrics({"round": 0, "bytes_up": 1, "bytes_down": 1, "per_client": {}})
     world = World("c1", "c2")
 
@@ -295,16 +326,27 @@ def test_a_client_dropping_out_is_recorded_in_dropped_and_the_run_goes_on(tmp_pa
     records = RunFolder(tmp_path / "r1").read_metrics()
     assert [r["dropped"] for r in records] == [[], ["c2"], []]
     assert all(r["participants"] == ["c1", "c2"] for r in records)
-    assert records[1]["per_client"]["c2"] == {"bytes_up": 300, "bytes_down": 0, "eval_bytes_up": 0,
-                                              "eval_bytes_down": 0, "samples": 0, "train_loss": None,
-                                              "train_accuracy": None}
+    assert records[1]["per_client"]["c2"] == {
+        "bytes_up": 300,
+        "bytes_down": 0,
+        "eval_bytes_up": 0,
+        "eval_bytes_down": 0,
+        "samples": 0,
+        "train_loss": None,
+        "train_accuracy": None,
+    }
     assert records[1]["per_client"]["c1"]["samples"] == 64 and records[1]["train_accuracy"] == 0.5
     summary = json.loads((tmp_path / "r1" / "summary.json").read_text())
     assert summary["per_client"]["c2"]["samples"] == 2 * 64 and summary["per_client"]["c1"]["samples"] == 3 * 64
     # Watchers see the run's states and every round's record, in order.
     assert [(kind, payload.get("state")) for kind, payload in events] == [
-        ("state", RunState.WAITING_FOR_CLIENTS), ("state", RunState.RUNNING),
-        ("round", None), ("round", None), ("round", None), ("state", RunState.FINISHED)]
+        ("state", RunState.WAITING_FOR_CLIENTS),
+        ("state", RunState.RUNNING),
+        ("round", None),
+        ("round", None),
+        ("round", None),
+        ("state", RunState.FINISHED),
+    ]
     assert events[1][1]["clients"] == ["c1", "c2"]
     assert [payload for kind, payload in events if kind == "round"] == records
 

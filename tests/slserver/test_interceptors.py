@@ -1,5 +1,6 @@
 """The server's interceptors: operator-only Control, client-only sessions, malformed unary requests, and the
 checks that wait for the Hello; first against fake call contexts, then through a real grpc.aio server."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,8 +10,8 @@ from typing import Any
 
 import grpc
 import pytest
-
 from pki_helpers import make_pki
+
 from slperf.common.security.credentials import (
     client_channel_credentials,
     operator_channel_credentials,
@@ -57,13 +58,16 @@ class CallDetails:
     invocation_metadata: tuple = ()
 
 
-async def resolve(interceptors: list[grpc.aio.ServerInterceptor], handler: grpc.RpcMethodHandler | None,
-                  method: str) -> grpc.RpcMethodHandler | None:
+async def resolve(
+    interceptors: list[grpc.aio.ServerInterceptor], handler: grpc.RpcMethodHandler | None, method: str
+) -> grpc.RpcMethodHandler | None:
     """The handler grpc.aio would run for ``method``: the first interceptor is the outermost."""
+
     async def chain(index: int, details: CallDetails) -> grpc.RpcMethodHandler | None:
         if index == len(interceptors):
             return handler
         return await interceptors[index].intercept_service(lambda d: chain(index + 1, d), details)
+
     return await chain(0, CallDetails(method))
 
 
@@ -80,16 +84,23 @@ def refusal(coro: Any) -> tuple[grpc.StatusCode, str]:
 @pytest.fixture(scope="module")
 def pems(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     d = make_pki(tmp_path_factory.mktemp("pki") / "certs", ("c1",))
-    return {"client": (d / "clients" / "c1.pem").read_bytes(), "operator": (d / "operator.pem").read_bytes(),
-            "server": (d / "server.pem").read_bytes()}
+    return {
+        "client": (d / "clients" / "c1.pem").read_bytes(),
+        "operator": (d / "operator.pem").read_bytes(),
+        "server": (d / "server.pem").read_bytes(),
+    }
 
 
 def _status_handler(calls: list[Any]) -> grpc.RpcMethodHandler:
     async def status(request: Any, context: Any) -> service_pb2.StatusResponse:
         calls.append(request)
         return service_pb2.StatusResponse(server_version="test")
-    return grpc.unary_unary_rpc_method_handler(status, request_deserializer=service_pb2.StatusRequest.FromString,
-                                               response_serializer=service_pb2.StatusResponse.SerializeToString)
+
+    return grpc.unary_unary_rpc_method_handler(
+        status,
+        request_deserializer=service_pb2.StatusRequest.FromString,
+        response_serializer=service_pb2.StatusResponse.SerializeToString,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ operator
@@ -149,14 +160,18 @@ def test_other_services_are_left_alone(pems):
 def _session_handler(seen: list[Identity | None]) -> grpc.RpcMethodHandler:
     async def session(requests: Any, context: Any) -> None:
         seen.append(session_identity())
+
     return grpc.stream_stream_rpc_method_handler(session)
 
 
-@pytest.mark.parametrize("role, code, details", [
-    ("operator", PD, "a operator certificate cannot open a client session"),
-    ("server", PD, "a server certificate cannot open a client session"),
-    (None, UA, "no client certificate identity on this connection"),
-])
+@pytest.mark.parametrize(
+    "role, code, details",
+    [
+        ("operator", PD, "a operator certificate cannot open a client session"),
+        ("server", PD, "a server certificate cannot open a client session"),
+        (None, UA, "no client certificate identity on this connection"),
+    ],
+)
 def test_a_session_needs_a_client_certificate(pems, role, code, details):
     seen: list[Identity | None] = []
     handler = run(resolve([ClientIdentityInterceptor()], _session_handler(seen), "/slperf.v1.SplitLearning/Session"))
@@ -177,12 +192,14 @@ def test_the_session_handler_sees_the_verified_identity(pems):
 
 def _hello(auth: HelloAuthorizer, claimed: str, pem: bytes | None) -> Any:
     """The Hello check inside a session call that went through ClientIdentityInterceptor (when ``pem``)."""
+
     async def session(requests: Any, context: Any) -> None:
         await auth.client(context, claimed)
 
     interceptors = [] if auth.insecure else [ClientIdentityInterceptor()]
-    handler = run(resolve(interceptors, grpc.stream_stream_rpc_method_handler(session),
-                          "/slperf.v1.SplitLearning/Session"))
+    handler = run(
+        resolve(interceptors, grpc.stream_stream_rpc_method_handler(session), "/slperf.v1.SplitLearning/Session")
+    )
     return handler.stream_stream(iter(()), FakeContext(pem))
 
 
@@ -209,6 +226,7 @@ def test_hello_outside_the_allowed_list_is_refused_even_without_tls():
 def test_hello_without_the_interceptor_fails_closed(pems, tmp_path):
     async def session() -> None:
         await HelloAuthorizer(tmp_path, False).client(FakeContext(pems["client"]), "c1")
+
     assert refusal(session()) == (UA, "no client certificate identity on this connection")
 
 
@@ -243,17 +261,21 @@ async def _real_calls(certs: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     options = [("grpc.ssl_target_name_override", "localhost")]
     try:
-        for who, creds in (("operator", operator_channel_credentials(certs)),
-                           ("client", client_channel_credentials(certs, "c1"))):
+        for who, creds in (
+            ("operator", operator_channel_credentials(certs)),
+            ("client", client_channel_credentials(certs, "c1")),
+        ):
             async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
                 try:
-                    out[who] = (await service_pb2_grpc.ControlStub(channel).Status(service_pb2.StatusRequest(),
-                                                                                   timeout=10)).server_version
+                    out[who] = (
+                        await service_pb2_grpc.ControlStub(channel).Status(service_pb2.StatusRequest(), timeout=10)
+                    ).server_version
                 except grpc.aio.AioRpcError as err:
                     out[who] = (err.code(), err.details())
                 if who == "operator":
-                    raw = channel.unary_unary("/slperf.v1.Control/Status", request_serializer=lambda b: b,
-                                              response_deserializer=lambda b: b)
+                    raw = channel.unary_unary(
+                        "/slperf.v1.Control/Status", request_serializer=lambda b: b, response_deserializer=lambda b: b
+                    )
                     try:
                         await raw(b"\xff\xff\xff\xff", timeout=10)
                     except grpc.aio.AioRpcError as err:

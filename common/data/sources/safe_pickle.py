@@ -15,13 +15,15 @@ reader builds the result itself (``np.frombuffer`` on the validated raw bytes). 
 REDUCE/BUILD with arguments of an unexpected shape, and every opcode outside the set (INST, OBJ, NEWOBJ,
 EXT*, PERSID, ...) is refused with `UnsafePickle` before anything else happens.
 """
+
 from __future__ import annotations
 
 import io
 import math
 import pickletools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +72,7 @@ class _DType:
 class _Array:
     """An ndarray announced by _reconstruct and filled in by BUILD (mutated in place: the memo may hold it)."""
 
-    value: Optional[np.ndarray] = field(default=None)
+    value: np.ndarray | None = field(default=None)
 
 
 _STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING"}  # Python 2 str: kept as bytes (like encoding='bytes')
@@ -84,15 +86,16 @@ _KEY_TYPES = (str, bytes, int, float, bool, type(None))  # dict keys a data pick
 
 
 def _refuse(what: str, reason: str) -> UnsafePickle:
-    return UnsafePickle(f"{what}: refused, {reason}; this reader accepts only plain data and numeric NumPy arrays "
-                        "and executed nothing")
+    return UnsafePickle(
+        f"{what}: refused, {reason}; this reader accepts only plain data and numeric NumPy arrays and executed nothing"
+    )
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _shape(v: Any) -> Optional[tuple[int, ...]]:
+def _shape(v: Any) -> tuple[int, ...] | None:
     if isinstance(v, tuple) and all(_is_int(d) and d >= 0 for d in v):
         return v
     return None
@@ -103,8 +106,9 @@ def _make_array(raw: Any, dtype: np.dtype, shape: tuple[int, ...], fortran: bool
         raise _refuse(what, "array data that are not raw bytes (an object array?)")
     count = math.prod(shape)
     if len(raw) != count * dtype.itemsize:
-        raise DatasetCorrupt(f"{what}: array data hold {len(raw)} bytes, shape {shape} of {dtype} needs "
-                             f"{count * dtype.itemsize}")
+        raise DatasetCorrupt(
+            f"{what}: array data hold {len(raw)} bytes, shape {shape} of {dtype} needs {count * dtype.itemsize}"
+        )
     arr = np.frombuffer(bytes(raw), dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
     return np.ascontiguousarray(arr, dtype=dtype.newbyteorder("="))
 
@@ -116,8 +120,13 @@ def _reduce(func: Any, args: Any, what: str) -> Any:
         raise _refuse(what, f"REDUCE of {func.name} with non-tuple arguments")
     role = func.role
     if role == "reconstruct":
-        if (len(args) == 3 and isinstance(args[0], _Global) and args[0].role == "ndarray"
-                and _shape(args[1]) is not None and isinstance(args[2], (bytes, str))):
+        if (
+            len(args) == 3
+            and isinstance(args[0], _Global)
+            and args[0].role == "ndarray"
+            and _shape(args[1]) is not None
+            and isinstance(args[2], (bytes, str))
+        ):
             return _Array()
     elif role == "dtype":
         if len(args) == 3 and isinstance(args[0], (bytes, str)) and all(isinstance(a, int) for a in args[1:]):
@@ -129,8 +138,7 @@ def _reduce(func: Any, args: Any, what: str) -> Any:
         if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
             return args[0].encode("latin-1")
     elif role == "frombuffer":
-        if (len(args) == 4 and isinstance(args[1], _DType) and _shape(args[2]) is not None
-                and args[3] in ("C", "F")):
+        if len(args) == 4 and isinstance(args[1], _DType) and _shape(args[2]) is not None and args[3] in ("C", "F"):
             return _make_array(args[0], args[1].resolve(), args[2], args[3] == "F", what)
     raise _refuse(what, f"a call of {func.name} with unexpected arguments")
 
@@ -147,8 +155,14 @@ def _build(obj: Any, state: Any, what: str) -> None:
     if isinstance(obj, _Array):
         if obj.value is not None:
             raise _refuse(what, "a second BUILD of the same array")
-        if not (isinstance(state, tuple) and len(state) == 5 and _is_int(state[0])
-                and _shape(state[1]) is not None and isinstance(state[2], _DType) and isinstance(state[3], int)):
+        if not (
+            isinstance(state, tuple)
+            and len(state) == 5
+            and _is_int(state[0])
+            and _shape(state[1]) is not None
+            and isinstance(state[2], _DType)
+            and isinstance(state[3], int)
+        ):
             raise _refuse(what, "an array state of an unexpected shape")
         obj.value = _make_array(state[4], state[2].resolve(), state[1], bool(state[3]), what)
         return

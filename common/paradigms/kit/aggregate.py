@@ -4,9 +4,10 @@ FedAvg averages into fresh tensors: weights are sample counts, accumulation is i
 buffers (BatchNorm's ``num_batches_tracked``) are averaged and rounded. SLPerf averaged into the dict of
 the last upload (overwriting a client's weights before reading them) and weighted by batch count.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -64,5 +65,8 @@ def pooled(results: Sequence[EvalResult]) -> EvalResult:
     samples = sum(r.samples for r in results)
     if not samples:
         return EvalResult(0.0, 0.0, 0)
-    return EvalResult(accuracy=sum(r.accuracy * r.samples for r in results) / samples,
-                      loss=sum(r.loss * r.samples for r in results) / samples, samples=samples)
+    return EvalResult(
+        accuracy=sum(r.accuracy * r.samples for r in results) / samples,
+        loss=sum(r.loss * r.samples for r in results) / samples,
+        samples=samples,
+    )

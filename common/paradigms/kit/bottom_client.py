@@ -2,9 +2,11 @@
 top and the loss (vanilla, SplitFed, PSL, SGLR, async): per training batch, activations and labels go up
 and the gradient of the activations comes back down (or no gradient, when the server withholds it); per
 evaluation batch, activations and labels go up and nothing comes back."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

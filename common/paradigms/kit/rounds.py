@@ -4,11 +4,13 @@ A paradigm hands over one coroutine per client and gets back, as values, the res
 finished (in client order) and the ids of those that dropped out (``ClientGone``). Any other exception is a
 bug and is raised, after every client's coroutine has finished, so no session is left mid-exchange.
 """
+
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 from slperf.common.paradigms.base import ClientGone, ClientHandle, NoClientLeft, RoundResult
 from slperf.common.protocol.types import PhaseSummary
@@ -49,8 +51,7 @@ def _sort(clients: Sequence[ClientHandle], outcomes: Sequence[T | BaseException]
     return sorted_out
 
 
-async def gather_round(clients: Sequence[ClientHandle],
-                       fn: Callable[[ClientHandle], Awaitable[T]]) -> RoundOutcome[T]:
+async def gather_round(clients: Sequence[ClientHandle], fn: Callable[[ClientHandle], Awaitable[T]]) -> RoundOutcome[T]:
     """Runs ``fn(client)`` for every client at once."""
     outcomes = await asyncio.gather(*(fn(c) for c in clients), return_exceptions=True)
     return _sort(clients, outcomes)
@@ -68,8 +69,7 @@ async def ring(clients: Sequence[ClientHandle], fn: Callable[[ClientHandle], Awa
     return outcome
 
 
-async def first_available(clients: Sequence[ClientHandle], fn: Callable[[ClientHandle], Awaitable[T]],
-                          task: str) -> T:
+async def first_available(clients: Sequence[ClientHandle], fn: Callable[[ClientHandle], Awaitable[T]], task: str) -> T:
     """``fn`` through the first client (in the given order) that does not drop out; ``NoClientLeft`` (naming
     ``task``) when every one does."""
     for client in clients:

@@ -3,28 +3,35 @@ lock-step, a declared ``Gate`` for paradigms that serve one step at a time, and 
 
 Every function here takes the client handles and tensors of the plug-in API; none knows a paradigm.
 """
+
 from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from slperf.common.paradigms.base import ClientGone, ClientHandle, EvalResult, NoClientLeft, \
-    RoundResult, ServerContext
+from slperf.common.paradigms.base import ClientGone, ClientHandle, EvalResult, NoClientLeft, RoundResult, ServerContext
 from slperf.common.paradigms.kit.aggregate import pooled
 from slperf.common.paradigms.kit.rounds import first_available, gather_round
 from slperf.common.paradigms.kit.steps import top_eval_step, top_train_step
-from slperf.common.protocol.types import CutTensor, PhaseSummary, CutReply, State
+from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, State
 
 _forward_backward = functools.partial(top_train_step, step=False)
 
 
 # -- one client against a top ----------------------------------------------------------------------------
-async def serve_training(ctx: ServerContext, client: ClientHandle, round: int, top: nn.Module, optimizer: torch.optim.Optimizer,
-                         options: Mapping[str, Any] | None = None) -> PhaseSummary:
+async def serve_training(
+    ctx: ServerContext,
+    client: ClientHandle,
+    round: int,
+    top: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    options: Mapping[str, Any] | None = None,
+) -> PhaseSummary:
     """One client's pass against a top only it uses: for each batch, step the top and send the activation
     gradient back.
 
@@ -44,9 +51,14 @@ async def serve_training(ctx: ServerContext, client: ClientHandle, round: int, t
     return stream.summary
 
 
-async def serve_in_arrival_order(ctx: ServerContext, lock: asyncio.Lock, client: ClientHandle, round: int,
-                                 top: nn.Module,
-                                 optimizer: torch.optim.Optimizer) -> PhaseSummary:
+async def serve_in_arrival_order(
+    ctx: ServerContext,
+    lock: asyncio.Lock,
+    client: ClientHandle,
+    round: int,
+    top: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> PhaseSummary:
     """One client's pass against a top other clients share: one step per batch, in the order batches come.
     The lock around the shared top makes "arrival order" hold whatever executor ``ctx.compute`` uses."""
     stream = client.train(round)
@@ -59,10 +71,10 @@ async def serve_in_arrival_order(ctx: ServerContext, lock: asyncio.Lock, client:
 
 
 # -- lock-step ---------------------------------------------------------------------------------------------
-async def next_batches(streams: Sequence[AsyncIterator[CutTensor] | None]
-                       ) -> list[CutTensor | ClientGone | None]:
+async def next_batches(streams: Sequence[AsyncIterator[CutTensor] | None]) -> list[CutTensor | ClientGone | None]:
     """The next batch of every stream at once: per position the batch, ``None`` when the stream ended (or is
     ``None``: no longer read), or the ``ClientGone`` of a client that dropped out. Other errors are raised."""
+
     async def pull(stream: AsyncIterator[CutTensor] | None) -> CutTensor | None:
         if stream is None:
             return None
@@ -127,9 +139,13 @@ async def reply_or_drop(barrier: Barrier, client: ClientHandle, reply: CutReply)
 ServerStep = Callable[[Barrier, list[tuple[ClientHandle, CutTensor]]], Awaitable[None]]
 
 
-async def lockstep_round(clients: Sequence[ClientHandle], round: int,
-                         push: Callable[[ClientHandle], Awaitable[None]],
-                         pull: Callable[[ClientHandle], Awaitable[None]], server_step: ServerStep) -> RoundResult:
+async def lockstep_round(
+    clients: Sequence[ClientHandle],
+    round: int,
+    push: Callable[[ClientHandle], Awaitable[None]],
+    pull: Callable[[ClientHandle], Awaitable[None]],
+    server_step: ServerStep,
+) -> RoundResult:
     """A lock-step round: ``push`` to every client, then per step ``server_step`` with one batch from every
     client still in the pass (``Barrier``), then ``pull`` from every client that finished its pass."""
     pushed = await gather_round(clients, push)
@@ -139,8 +155,11 @@ async def lockstep_round(clients: Sequence[ClientHandle], round: int,
         await server_step(barrier, batches)
     pulled = await gather_round([c for c in ready if c.client_id in barrier.summaries], pull)
     left = [c.client_id for c in clients if c.client_id in pushed.dropped or c.client_id in barrier.dropped]
-    return RoundResult(participants=[c.client_id for c in pulled.clients], dropped=left + pulled.dropped,
-                       per_client={c.client_id: barrier.summaries[c.client_id] for c in pulled.clients})
+    return RoundResult(
+        participants=[c.client_id for c in pulled.clients],
+        dropped=left + pulled.dropped,
+        per_client={c.client_id: barrier.summaries[c.client_id] for c in pulled.clients},
+    )
 
 
 # -- per-client bottoms kept on the server -------------------------------------------------------------------
@@ -233,10 +252,12 @@ async def evaluate_through(ctx: ServerContext, client: ClientHandle, round: int,
     return EvalResult(accuracy=scored.correct / n if n else 0.0, loss=scored.loss_sum / n if n else 0.0, samples=n)
 
 
-async def evaluate_first_available(ctx: ServerContext, clients: Sequence[ClientHandle], round: int,
-                                   bottom_state: State, top: nn.Module) -> EvalResult:
+async def evaluate_first_available(
+    ctx: ServerContext, clients: Sequence[ClientHandle], round: int, bottom_state: State, top: nn.Module
+) -> EvalResult:
     """Evaluates the global bottom + top through the first client that answers (in the given order): it is
     handed the bottom first, so any client can do it and a dropped one is simply skipped."""
+
     async def through(client: ClientHandle) -> EvalResult:
         await client.set_weights("bottom", bottom_state, round)
         return await evaluate_through(ctx, client, round, top)
@@ -244,15 +265,19 @@ async def evaluate_first_available(ctx: ServerContext, clients: Sequence[ClientH
     return await first_available(clients, through, "evaluate through")
 
 
-async def evaluate_every_client(ctx: ServerContext, round: int, clients: Sequence[ClientHandle],
-                                top: nn.Module,
-                                push: Callable[[ClientHandle], Awaitable[None]] | None = None
-                                ) -> tuple[EvalResult, dict[str, float]]:
+async def evaluate_every_client(
+    ctx: ServerContext,
+    round: int,
+    clients: Sequence[ClientHandle],
+    top: nn.Module,
+    push: Callable[[ClientHandle], Awaitable[None]] | None = None,
+) -> tuple[EvalResult, dict[str, float]]:
     """Each client scores the test set with its own bottom and the shared top; figures pooled over clients,
     with each client's accuracy by id.
 
     ``push(client)`` (optional) is awaited first, e.g. to hand the client its latest bottom.
     """
+
     async def one(client: ClientHandle) -> EvalResult:
         if push is not None:
             await push(client)

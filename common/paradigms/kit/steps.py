@@ -4,10 +4,11 @@ These are plain functions over modules and tensors, run by the server off its ev
 (``ctx.compute``) and by the clients inline; keeping them in one place is what makes the one-client
 equivalence with single-process training hold for every such paradigm.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +17,18 @@ from torch import nn
 from slperf.common.config import RunConfig
 
 
+def grad_of(tensor: torch.Tensor) -> torch.Tensor:
+    """The gradient ``backward()`` left on ``tensor`` (a cut tensor that required grad); none is a bug."""
+    if tensor.grad is None:
+        raise RuntimeError("backward() left no gradient on the cut tensor")
+    return tensor.grad
+
+
 def make_optimizer(params: Iterable[torch.Tensor], config: RunConfig, lr: float | None = None) -> torch.optim.Optimizer:
     """SGD with momentum and weight decay, as SLPerf uses for every paradigm but two."""
-    return torch.optim.SGD(params, lr=config.lr if lr is None else lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=config.lr if lr is None else lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
 
 
 @dataclass
@@ -30,8 +39,9 @@ class StepOutcome:
     count: int
 
 
-def top_train_step(top: nn.Module, optimizer: torch.optim.Optimizer, acts: torch.Tensor,
-                   labels: torch.Tensor, *, step: bool = True) -> StepOutcome:
+def top_train_step(
+    top: nn.Module, optimizer: torch.optim.Optimizer, acts: torch.Tensor, labels: torch.Tensor, *, step: bool = True
+) -> StepOutcome:
     """Forward the cut activations through the top, step, and return the gradient for the client."""
     top.train()
     acts = acts.detach().requires_grad_(True)

@@ -1,17 +1,23 @@
 """The server half's base for paradigms with a bottom on each client and the top (and the loss) on the
 server: the split, and the exchange every such paradigm declares."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from slperf.common.config import RunConfig
-from slperf.common.models import build_split
 from slperf.common.data.registry import DATASETS
+from slperf.common.models import build_split
 from slperf.common.paradigms.base import ClientHandle, EvalResult, ServerContext, ServerParadigm
 from slperf.common.paradigms.kit.cuts import cut_shapes
 from slperf.common.paradigms.kit.rounds import latest_first
-from slperf.common.paradigms.kit.serving import collect_own_bottom, evaluate_every_client, evaluate_first_available, \
-    send_own_bottom
+from slperf.common.paradigms.kit.serving import (
+    collect_own_bottom,
+    evaluate_every_client,
+    evaluate_first_available,
+    send_own_bottom,
+)
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
 from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
 from slperf.common.protocol.types import State
@@ -25,12 +31,17 @@ def top_exchange(config: RunConfig, client_index: int = 0, *, gradient_optional:
     eval   up the activations with the labels; no reply (the server scores them)
     """
     dataset = DATASETS[config.dataset]
-    (cut,) = cut_shapes(config.model, tuple(dataset.input_shape), dataset.num_classes, config.seed,
-                        (config.split_layer,))
+    (cut,) = cut_shapes(
+        config.model, tuple(dataset.input_shape), dataset.num_classes, config.seed, (config.split_layer,)
+    )
     acts = TensorSpec(cut)
-    return Exchange(train=(Stage(up=acts, down=acts, labels=True, down_optional=gradient_optional),),
-                    eval=(Stage(up=acts, labels=True),), num_classes=dataset.num_classes,
-                    max_batch=config.batch_size, max_eval_batch=config.eval_batch_size)
+    return Exchange(
+        train=(Stage(up=acts, down=acts, labels=True, down_optional=gradient_optional),),
+        eval=(Stage(up=acts, labels=True),),
+        num_classes=dataset.num_classes,
+        max_batch=config.batch_size,
+        max_eval_batch=config.eval_batch_size,
+    )
 
 
 class TopSegmentServer(ServerParadigm):
@@ -45,14 +56,19 @@ class TopSegmentServer(ServerParadigm):
         return self.split.cut_facts()
 
 
-
 class SharedTopServer(TopSegmentServer):
     """One top shared by every client, and each client's own bottom kept on the server between rounds
     (never averaged; PSL, SGLR). The subclass decides how the top serves a round; evaluation goes through
     every client with its own bottom, pooled, with each client's accuracy in the evaluation's ``extra``."""
 
-    def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...],
-                 server_lr: float | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        ctx: ServerContext,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        server_lr: float | None = None,
+    ):
         super().__init__(config, ctx, num_classes, input_shape)
         self.top = self.split.segments[1]
         self.optimizer = make_optimizer(self.top.parameters(), config, lr=server_lr)
@@ -68,7 +84,8 @@ class SharedTopServer(TopSegmentServer):
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         result, per_client = await evaluate_every_client(
-            self.ctx, round, clients, self.top, push=lambda c: self.push_bottom(c, round))
+            self.ctx, round, clients, self.top, push=lambda c: self.push_bottom(c, round)
+        )
         result.extra["test_accuracy_per_client"] = per_client
         return result
 
@@ -100,15 +117,20 @@ class HandedOnBottomServer(TopSegmentServer):
         self.last_trained: str | None = None
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        return await evaluate_first_available(self.ctx, latest_first(clients, self.last_trained), round,
-                                              self.bottom_state, self.top)
+        return await evaluate_first_available(
+            self.ctx, latest_first(clients, self.last_trained), round, self.bottom_state, self.top
+        )
 
     def model_state(self) -> dict[str, State]:
         return {"bottom": self.bottom_state, "top": clone_state(self.top)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "bottom": self.bottom_state, "last_trained": self.last_trained}
+        return {
+            "top": self.top.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "bottom": self.bottom_state,
+            "last_trained": self.last_trained,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.top.load_state_dict(state["top"])

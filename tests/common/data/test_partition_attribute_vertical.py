@@ -1,4 +1,5 @@
 """base_on_attribute and vertical partitions on small arrays, and the label histograms (table, dict, PNG)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,8 +71,9 @@ def test_vertical_gives_everyone_every_row():
 def test_label_histograms_table_dict_and_png(tmp_path):
     y = np.repeat(np.arange(3), [5, 7, 9]).astype(np.int64)
     shards = [np.arange(0, 10), np.arange(10, 21)]
-    hist = label_histograms(y, shards, 3, class_names=["cat", "dog", "a-very-long-class-name"], title="t",
-                            notes=["note"])
+    hist = label_histograms(
+        y, shards, 3, class_names=["cat", "dog", "a-very-long-class-name"], title="t", notes=["note"]
+    )
     assert hist.counts.tolist() == [[5, 5, 0], [0, 2, 9]] and hist.sizes.tolist() == [10, 11]
     d = hist.to_dict()
     assert d["classes"][0] == "cat" and d["clients"][1] == {"client": 1, "samples": 11, "counts": [0, 2, 9]}

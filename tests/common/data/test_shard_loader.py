@@ -1,4 +1,5 @@
 """ShardLoader batches and cap_indices, on a small synthetic data set and on the real MNIST cache."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,11 @@ from slperf.common.data import (
 def _tiny(n_train: int = 103, n_test: int = 17) -> LoadedDataset:
     rng = np.random.default_rng(0)
     spec = DatasetSpec(
-        name="tiny", num_classes=3, input_shape=(2, 4, 4), mean=(0.5, 0.25), std=(0.5, 0.2),
+        name="tiny",
+        num_classes=3,
+        input_shape=(2, 4, 4),
+        mean=(0.5, 0.25),
+        std=(0.5, 0.2),
         loader=lambda d, c: None,  # never called: the arrays are built here
     )
     arrays = Arrays(
@@ -170,6 +175,12 @@ def test_real_mnist_shard_holds_only_its_rows():
     full = ShardLoader(ds, None, batch_size=10, seed=0, client_index=0)
     x, y = next(full.batches(0, shuffle=False))
     assert y.tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
-    xs = torch.cat([b[0] for b in ShardLoader(ds, cap_indices(np.arange(60000), 5000, 0),
-                                               batch_size=1000, seed=0, client_index=0).batches(0)])
+    xs = torch.cat(
+        [
+            b[0]
+            for b in ShardLoader(
+                ds, cap_indices(np.arange(60000), 5000, 0), batch_size=1000, seed=0, client_index=0
+            ).batches(0)
+        ]
+    )
     assert abs(float(xs.mean())) < 0.05 and abs(float(xs.std()) - 1.0) < 0.05

@@ -6,13 +6,15 @@ direction and tensor bytes, so a test can count exactly what a paradigm sends.
 A client can be made to drop out after a number of activation messages (``die_after``): its handle then
 raises ClientGone, as the real proxy does for a session that ended.
 """
+
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -20,15 +22,24 @@ from slperf.common.config import RunConfig
 from slperf.common.config_loader import config_from_mapping
 from slperf.common.paradigms import registry
 from slperf.common.paradigms.base import ClientGone, EvalResult, RoundResult
-from slperf.common.protocol.types import CutTensor, PhaseSummary, CutReply, StepRef
+from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, StepRef
 from slperf.common.shards import build_client_data
 
 RUN_ID = "inproc"
 
 
 def make_config(**overrides) -> RunConfig:
-    raw = {"dataset": "mnist", "clients": 2, "epochs": 1, "batch_size": 32, "lr": 0.05,
-           "max_train_samples": 256, "max_test_samples": 200, "eval_batch_size": 100, "seed": 3}
+    raw = {
+        "dataset": "mnist",
+        "clients": 2,
+        "epochs": 1,
+        "batch_size": 32,
+        "lr": 0.05,
+        "max_train_samples": 256,
+        "max_test_samples": 200,
+        "eval_batch_size": 100,
+        "seed": 3,
+    }
     raw.update(overrides)
     config, _ = config_from_mapping(raw)
     return config
@@ -78,8 +89,9 @@ class Wire:
         return [e for e in self.entries if all(v is None or getattr(e, k) == v for k, v in match.items())]
 
     def bytes(self, client: str, direction: str, kinds: tuple[str, ...] | None = None) -> int:
-        return sum(e.nbytes for e in self.select(client=client, direction=direction)
-                   if kinds is None or e.kind in kinds)
+        return sum(
+            e.nbytes for e in self.select(client=client, direction=direction) if kinds is None or e.kind in kinds
+        )
 
 
 class Dead(Exception):
@@ -89,7 +101,7 @@ class Dead(Exception):
 class FakeLink:
     """The client paradigm's ClientLink: activations go up, replies come down."""
 
-    def __init__(self, conn: "Conn"):
+    def __init__(self, conn: Conn):
         self.conn = conn
         self.run_id = RUN_ID
 
@@ -183,10 +195,10 @@ class Conn:
         assert set(state) == set(expected)
         return state, samples
 
-    def train(self, round, options=None) -> "FakeStream":
+    def train(self, round, options=None) -> FakeStream:
         return FakeStream(self, ("train", (round, dict(options or {}))), round)
 
-    def evaluate(self, round) -> "FakeStream":
+    def evaluate(self, round) -> FakeStream:
         return FakeStream(self, ("evaluate", round), round)
 
     async def reply(self, reply: CutReply) -> None:
@@ -255,15 +267,31 @@ _DATA_CACHE: dict[tuple, Any] = {}
 
 
 def client_data(config: RunConfig, index: int):
-    key = (config.dataset, config.clients, config.partition_method, config.partition_alpha, config.batch_size,
-           config.seed, config.max_train_samples, config.max_test_samples, config.eval_batch_size, index)
+    key = (
+        config.dataset,
+        config.clients,
+        config.partition_method,
+        config.partition_alpha,
+        config.batch_size,
+        config.seed,
+        config.max_train_samples,
+        config.max_test_samples,
+        config.eval_batch_size,
+        index,
+    )
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = build_client_data(config, index)
     return _DATA_CACHE[key]
 
 
-def run(config: RunConfig, *, setup: Callable[[Federation], None] | None = None,
-        die_after: dict[int, int] | None = None, evaluate: bool = True, timeout: float = 60) -> Federation:
+def run(
+    config: RunConfig,
+    *,
+    setup: Callable[[Federation], None] | None = None,
+    die_after: dict[int, int] | None = None,
+    evaluate: bool = True,
+    timeout: float = 60,
+) -> Federation:
     """Runs ``config.epochs`` rounds (and evaluations) of the configured paradigm in memory."""
     spec = registry.get(config.paradigm)
 

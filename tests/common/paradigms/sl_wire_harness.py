@@ -8,12 +8,14 @@ by asyncio queues of protobuf envelopes in place of the gRPC stream, and every e
 more by a tap, so a test can inspect exactly what crossed the wire, count it, tamper with it or cut a
 client off mid-round.
 """
+
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 
@@ -23,8 +25,8 @@ from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import EvalResult, RoundResult
 from slperf.common.protocol.types import Phase
-from slperf.common.wire.framing import ByteCounter, Deframer
 from slperf.common.transport.channel import serialize_envelope
+from slperf.common.wire.framing import ByteCounter, Deframer
 from slperf.slclient.daemon import ClientDaemon, ClientOptions, SessionLink
 from slperf.slserver.compute import ComputeContext
 from slperf.slserver.proxy import ClientProxy
@@ -53,7 +55,7 @@ class _Tap:
 class _ServerEnd:
     """Stands in for grpc.aio.ServicerContext: what the Session reads and writes."""
 
-    def __init__(self, link: "_Pipe"):
+    def __init__(self, link: _Pipe):
         self.link = link
 
     async def write(self, envelope) -> None:
@@ -70,7 +72,7 @@ class _ServerEnd:
 class _ClientEnd:
     """Stands in for the client's grpc.aio stream call."""
 
-    def __init__(self, link: "_Pipe"):
+    def __init__(self, link: _Pipe):
         self.link = link
 
     async def write(self, envelope) -> None:
@@ -121,8 +123,13 @@ class RecordingContext(ComputeContext):
 class InProcessFederation:
     """``async with InProcessFederation(config) as fed: result, evaluation = await fed.round(0)``."""
 
-    def __init__(self, config: RunConfig, *, tamper: Callable[[str, Any], None] | None = None,
-                 after_up: Callable[[str, Any], None] | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        tamper: Callable[[str, Any], None] | None = None,
+        after_up: Callable[[str, Any], None] | None = None,
+    ):
         self.config = config
         self.ids = config.participant_ids() or [f"c{i + 1}" for i in range(config.clients)]
         self.run_id = "inproc-run"
@@ -138,7 +145,7 @@ class InProcessFederation:
         self.server = None
         self.results: list[tuple[RoundResult, EvalResult]] = []
 
-    async def __aenter__(self) -> "InProcessFederation":
+    async def __aenter__(self) -> InProcessFederation:
         for cid, pipe in self.pipes.items():
             session = Session(cid, "in-process", _ServerEnd(pipe), self.registry.limits)
             await self.registry.add(session)
@@ -202,8 +209,9 @@ class InProcessFederation:
         msgs = self.pipes[client_id].down.messages
         return [m for m in msgs if kind is None or m.WhichOneof("body") == kind]
 
-    def cut_tensors(self, client_id: str, *, round: int | None = None, phase: Phase | None = None,
-                    stage: str | None = None) -> list[Any]:
+    def cut_tensors(
+        self, client_id: str, *, round: int | None = None, phase: Phase | None = None, stage: str | None = None
+    ) -> list[Any]:
         out = []
         for m in self.up(client_id, "cut_tensor"):
             ref = m.cut_tensor.ref
@@ -247,7 +255,8 @@ def same_model(a: dict, b: dict) -> bool:
     import torch
 
     return a.keys() == b.keys() and all(
-        a[s].keys() == b[s].keys() and all(torch.equal(a[s][k], b[s][k]) for k in a[s]) for s in a)
+        a[s].keys() == b[s].keys() and all(torch.equal(a[s][k], b[s][k]) for k in a[s]) for s in a
+    )
 
 
 def config_from(base: dict, **overrides) -> RunConfig:
@@ -258,8 +267,10 @@ def config_from(base: dict, **overrides) -> RunConfig:
 
 def run_in_process(config: RunConfig, **kwargs) -> InProcessFederation:
     """A whole federation run on the in-process harness; the federation is returned for inspection."""
+
     async def main():
         async with InProcessFederation(config, **kwargs) as fed:
             await fed.run()
             return fed
+
     return asyncio.run(main())

@@ -1,22 +1,33 @@
 """AsyncSL, observed on the wire: in state A the vanilla exchange; in B activations and labels go up but no
 gradient comes down and the bottom is not collected; in C the client sends nothing and the server trains on
 exactly the activations it cached in B; transitions follow ``thred``."""
+
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 import torch
+from sl_wire_harness import InProcessFederation, config_from, reload_server, same_model
 
-from sl_wire_harness import InProcessFederation, reload_server, same_model, config_from
 from slperf.common.config import ConfigError
 from slperf.common.paradigms.async_sl import next_state
 from slperf.common.protocol.types import Phase
 from slperf.common.wire.codec import decode_tensor
 
-BASE = {"paradigm": "Asynchronous", "dataset": "mnist", "clients": 2, "epochs": 1, "batch_size": 32, "lr": 0.05,
-        "max_train_samples": 256, "max_test_samples": 64, "eval_batch_size": 64, "seed": 2,
-        "client_timeout": 30.0}
+BASE = {
+    "paradigm": "Asynchronous",
+    "dataset": "mnist",
+    "clients": 2,
+    "epochs": 1,
+    "batch_size": 32,
+    "lr": 0.05,
+    "max_train_samples": 256,
+    "max_test_samples": 64,
+    "eval_batch_size": 64,
+    "seed": 2,
+    "client_timeout": 30.0,
+}
 
 
 def make_config(**overrides):
@@ -75,8 +86,11 @@ def test_states_on_the_wire_and_training_on_the_cache():
     b_replies = fed.cut_replies("c1", round=2, phase=Phase.TRAIN)
     assert len(b_replies) == steps and not any(g.HasField("tensor") for g in b_replies)
     assert all(g.count == 32 and g.loss > 0 for g in b_replies)
-    requests = [m.instruction.request_weights.round for m in fed.down("c1", "instruction")
-                if m.instruction.HasField("request_weights")]
+    requests = [
+        m.instruction.request_weights.round
+        for m in fed.down("c1", "instruction")
+        if m.instruction.HasField("request_weights")
+    ]
     assert requests == [0, 1]
     assert all(g.HasField("tensor") for g in fed.cut_replies("c2", round=2, phase=Phase.TRAIN))
     # Round 3: c1 in C. Not one activation from c1, no reply to it, no instruction to train.

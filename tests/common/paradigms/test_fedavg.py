@@ -1,13 +1,14 @@
 """fedavg: the unsplit baseline. Only weights cross the wire; the server FedAvgs them by samples; one
 client evaluates the global model locally and reports in its PhaseDone."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from parallel_fakes import client_data, make_config, run
-from slperf.common.paradigms.kit.aggregate import fedavg
+
 from slperf.common.models import build_model
+from slperf.common.paradigms.kit.aggregate import fedavg
 
 
 def _state_bytes(state) -> int:
@@ -33,11 +34,14 @@ def test_no_activations_cross_only_weights():
 
 
 def test_global_model_is_the_sample_weighted_average_and_evaluation_is_the_clients_report():
-    config = make_config(paradigm="fedavg", clients=3, partition_method="hetero", partition_alpha=0.5,
-                         max_train_samples=300)
+    config = make_config(
+        paradigm="fedavg", clients=3, partition_method="hetero", partition_alpha=0.5, max_train_samples=300
+    )
     fed = run(config)
-    uploads = [(e.payload[0], fed.rounds[0].per_client[e.client].samples)
-               for e in fed.wire.select(direction="up", kind="model_state")]
+    uploads = [
+        (e.payload[0], fed.rounds[0].per_client[e.client].samples)
+        for e in fed.wire.select(direction="up", kind="model_state")
+    ]
     assert len({n for _, n in uploads}) > 1
     for name, tensor in fedavg(uploads).items():
         torch.testing.assert_close(fed.server.global_state[name], tensor)
@@ -65,6 +69,7 @@ def test_a_client_that_drops_out_is_left_out():
     def kill_c2(fed):
         def crash(round):
             raise RuntimeError("the client process died")
+
         fed.clients[1]._train = crash
 
     fed = run(config, setup=kill_c2)

@@ -1,23 +1,35 @@
 """Multi-task SL, observed on the wire: task groups take turns, members are served in lock-step, no label
 ever leaves a client (one that tries is refused), heads and tails are FedAvg'd within each group only, and
 each client trains on its own task's shard."""
+
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 import torch
+from sl_wire_harness import config_from, reload_server, run_in_process, same_model
 
-from sl_wire_harness import reload_server, same_model, config_from, run_in_process
 from slperf.common.config import ConfigError
-from slperf.common.protocol.types import Phase
 from slperf.common.paradigms.kit.serving import RoundRobinGate
 from slperf.common.paradigms.multitask import task_layout
+from slperf.common.protocol.types import Phase
 from slperf.common.wire.codec import decode_tensor, encode_tensor
 
-BASE = {"paradigm": "TaskAgnostic", "dataset": "mnist", "clients": 4, "client_split": [2, 4], "epochs": 1,
-        "batch_size": 32, "lr": 0.05, "max_train_samples": 256, "max_test_samples": 64, "eval_batch_size": 32,
-        "seed": 4, "client_timeout": 30.0}
+BASE = {
+    "paradigm": "TaskAgnostic",
+    "dataset": "mnist",
+    "clients": 4,
+    "client_split": [2, 4],
+    "epochs": 1,
+    "batch_size": 32,
+    "lr": 0.05,
+    "max_train_samples": 256,
+    "max_test_samples": 64,
+    "eval_batch_size": 32,
+    "seed": 4,
+    "client_timeout": 30.0,
+}
 
 
 def make_config(**overrides):
@@ -47,14 +59,22 @@ def test_groups_take_turns_lock_step_no_labels_and_fedavg_within_groups(tmp_path
         assert len(fed.cut_replies(cid, phase=Phase.TRAIN)) == 8
         assert all(not a.HasField("labels") for a in fed.cut_tensors(cid))
     # Group 0 (c1, c2) finishes all its training traffic before group 1 (c3, c4) starts.
-    train_traffic = [cid for direction, cid, m in fed.log
-                     if m.WhichOneof("body") == "cut_tensor" and m.cut_tensor.ref.phase == Phase.TRAIN]
+    train_traffic = [
+        cid
+        for direction, cid, m in fed.log
+        if m.WhichOneof("body") == "cut_tensor" and m.cut_tensor.ref.phase == Phase.TRAIN
+    ]
     first_g1 = min(i for i, cid in enumerate(train_traffic) if cid in ("c3", "c4"))
     assert set(train_traffic[:first_g1]) == {"c1", "c2"} and set(train_traffic[first_g1:]) == {"c3", "c4"}
     # Lock-step: the server answers head activations member by member, in member order.
-    served = [cid for direction, cid, m in fed.log
-              if direction == "down" and m.WhichOneof("body") == "cut_reply"
-              and m.cut_reply.ref.phase == Phase.TRAIN and m.cut_reply.ref.stage == "head"]
+    served = [
+        cid
+        for direction, cid, m in fed.log
+        if direction == "down"
+        and m.WhichOneof("body") == "cut_reply"
+        and m.cut_reply.ref.phase == Phase.TRAIN
+        and m.cut_reply.ref.stage == "head"
+    ]
     assert served == ["c1", "c2"] * 4 + ["c3", "c4"] * 4
     # FedAvg within each group: the group's head and tail are the sample-weighted mean of its members'
     # uploads (equal shards -> the plain mean), and the two groups' ends differ.
@@ -130,6 +150,7 @@ def test_task_layout_and_options_are_validated():
     with pytest.raises(ConfigError, match="must end at the number of clients"):
         task_layout(make_config(client_split=[1, 3]))
     from slperf.common.paradigms.multitask import task_spec
+
     with pytest.raises(ConfigError, match="unknown data set"):
         task_spec("nosuchdata", (1, 28, 28))
     assert task_spec("mnist", (1, 28, 28)).num_classes == 10

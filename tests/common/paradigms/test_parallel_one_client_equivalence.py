@@ -3,15 +3,15 @@ batches, psl (every server_update, also under SLPerf's names), sglr, splitfed_v2
 end with the same weights as plain single-process training of the unsplit model (up to float round-off).
 
 In-process (parallel_fakes) for speed; the same halves run over gRPC in the *_e2e tests."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from parallel_fakes import client_data, make_config, run
 from unsplit_reference import unsplit_training
-from slperf.common.models import build_model
 
+from slperf.common.models import build_model
 
 
 def split_weights(config, fed) -> dict[str, torch.Tensor]:

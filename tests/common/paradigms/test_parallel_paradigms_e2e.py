@@ -1,6 +1,7 @@
 """psl, sglr, splitfed_v2 and fedavg end to end: a real server and two client daemons as processes over
 mutual TLS on loopback, a small MNIST run started by the operator; the run must finish above chance and
 move the bytes its protocol says it moves."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import pytest
 import yaml
 
 from slperf.common.security.credentials import operator_channel_credentials
-from slperf.slserver.run_folder import RunFolder
 from slperf.operator import OperatorClient
+from slperf.slserver.run_folder import RunFolder
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +20,16 @@ ACTS_PER_SAMPLE = 6 * 12 * 12 * 4  # LeNet cut after block 1
 
 
 def _run(tmp_path, pki, daemons, **config):
-    base = {"clients": 2, "client_ids": ["c1", "c2"], "epochs": 2, "batch_size": 32, "lr": 0.05,
-            "max_train_samples": 600, "max_test_samples": 300, "seed": 1}
+    base = {
+        "clients": 2,
+        "client_ids": ["c1", "c2"],
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 0.05,
+        "max_train_samples": 600,
+        "max_test_samples": 300,
+        "seed": 1,
+    }
     base.update(config)
     text = yaml.safe_dump(base)
     runs = tmp_path / "runs"
@@ -39,12 +48,15 @@ def _run(tmp_path, pki, daemons, **config):
     return summary, records
 
 
-@pytest.mark.parametrize("paradigm,options,floor", [
-    ("psl", {"server_update": "sum", "partition_method": "hetero", "partition_alpha": 1.0}, 0.25),
-    ("sglr", {"lr": 0.02}, 0.3),
-    ("splitfed_v2", {}, 0.3),
-    ("fedavg", {"max_train_samples": 1200}, 0.3),  # no activations cross: more data costs no wire time
-])
+@pytest.mark.parametrize(
+    "paradigm,options,floor",
+    [
+        ("psl", {"server_update": "sum", "partition_method": "hetero", "partition_alpha": 1.0}, 0.25),
+        ("sglr", {"lr": 0.02}, 0.3),
+        ("splitfed_v2", {}, 0.3),
+        ("fedavg", {"max_train_samples": 1200}, 0.3),  # no activations cross: more data costs no wire time
+    ],
+)
 def test_runs_over_mutual_tls_and_learns(tmp_path, pki, daemons, paradigm, options, floor):
     summary, records = _run(tmp_path, pki, daemons, paradigm=paradigm, **options)
     rounds = options.get("epochs", 2)

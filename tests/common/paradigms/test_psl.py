@@ -2,6 +2,7 @@
 
 The in-memory federation (parallel_fakes) runs the real server half against real BottomClients and logs
 what crosses the wire; the tests replay the server's updates from the logged activations."""
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from parallel_fakes import client_data, count_calls, make_config, run
+
 from slperf.common.config import ConfigError
 from slperf.common.paradigms.kit.steps import make_optimizer, top_train_step
 
@@ -20,6 +21,7 @@ def _snapshot_top(store: dict):
     def setup(fed):
         store["top"] = copy.deepcopy(fed.server.top)
         store["steps"] = count_calls(fed.server.optimizer, "step")
+
     return setup
 
 
@@ -75,7 +77,13 @@ def test_lockstep_steps_after_each_client_in_turn():
     # lock-step: every client's step-0 reply goes out before any step-1 reply, in client order
     served = fed.wire.select(direction="down", kind="cut_reply")
     assert [(e.payload.ref.step, e.client) for e in served] == [
-        (0, "c1"), (0, "c2"), (0, "c3"), (1, "c1"), (1, "c2"), (1, "c3")]
+        (0, "c1"),
+        (0, "c2"),
+        (0, "c3"),
+        (1, "c1"),
+        (1, "c2"),
+        (1, "c3"),
+    ]
 
 
 def test_arrival_steps_once_per_batch_in_arrival_order_with_clients_interleaved():
@@ -123,8 +131,14 @@ def test_bottoms_are_never_averaged_and_come_back_to_their_own_client(mode):
 
 @pytest.mark.parametrize("paradigm", ["psl_sum", "psl_lockstep", "sglr"])
 def test_lockstep_modes_finish_with_unequal_shards(paradigm):
-    config = make_config(paradigm=paradigm, clients=3, partition_method="hetero", partition_alpha=0.1,
-                         max_train_samples=400, batch_size=32)
+    config = make_config(
+        paradigm=paradigm,
+        clients=3,
+        partition_method="hetero",
+        partition_alpha=0.1,
+        max_train_samples=400,
+        batch_size=32,
+    )
     sizes = [client_data(config, i).train.num_samples for i in range(3)]
     assert len(set(sizes)) == 3, sizes  # the point of the test: shards differ
     store = {}

@@ -1,5 +1,6 @@
 """The registry loads only plug-ins; every paradigm module imports only the API, the registry and the kit;
 aliases select their paradigm with the options they imply; ``slperf paradigms --details`` shows one."""
+
 from __future__ import annotations
 
 import ast
@@ -16,13 +17,26 @@ from slperf.common.config_loader import config_from_mapping
 from slperf.common.paradigms import registry
 
 API = {"slperf.common.paradigms.base", "slperf.common.paradigms.registry"}
-PLUGINS = sorted(info.name for info in pkgutil.iter_modules(package.__path__)
-                 if not info.ispkg and info.name not in {"base", "registry"})
+PLUGINS = sorted(
+    info.name
+    for info in pkgutil.iter_modules(package.__path__)
+    if not info.ispkg and info.name not in {"base", "registry"}
+)
 
 
 def test_plug_ins_are_the_modules_beside_the_api_and_the_kit_is_not_one():
-    assert set(PLUGINS) == {"async_sl", "fedavg", "multitask", "psl", "sglr", "splitfed_v1", "splitfed_v2",
-                            "ushaped", "vanilla", "vertical"}
+    assert set(PLUGINS) == {
+        "async_sl",
+        "fedavg",
+        "multitask",
+        "psl",
+        "sglr",
+        "splitfed_v1",
+        "splitfed_v2",
+        "ushaped",
+        "vanilla",
+        "vertical",
+    }
     modules = {spec.server.__module__.rsplit(".", 1)[-1] for spec in registry.all_specs()}
     assert modules == set(PLUGINS)
 
@@ -35,16 +49,19 @@ def test_a_paradigm_imports_no_other_paradigm(name):
     assert paradigm_imports - API == {m for m in paradigm_imports if m.startswith("slperf.common.paradigms.kit.")}
 
 
-@pytest.mark.parametrize("alias, paradigm, option, value", [
-    ("psl_sum", "psl", "server_update", "sum"),
-    ("asy_vanilla2", "psl", "server_update", "sum"),
-    ("psl_lockstep", "psl", "server_update", "lockstep"),
-    ("synchronization", "psl", "server_update", "lockstep"),
-    ("splitfed_v2_sequential", "splitfed_v2", "order", "sequential"),
-    ("SplitFed", "splitfed_v2", "order", "sequential"),
-    ("ushaped_parallel", "ushaped", "schedule", "parallel"),
-    ("parallel_U_Shape", "ushaped", "schedule", "parallel"),
-])
+@pytest.mark.parametrize(
+    "alias, paradigm, option, value",
+    [
+        ("psl_sum", "psl", "server_update", "sum"),
+        ("asy_vanilla2", "psl", "server_update", "sum"),
+        ("psl_lockstep", "psl", "server_update", "lockstep"),
+        ("synchronization", "psl", "server_update", "lockstep"),
+        ("splitfed_v2_sequential", "splitfed_v2", "order", "sequential"),
+        ("SplitFed", "splitfed_v2", "order", "sequential"),
+        ("ushaped_parallel", "ushaped", "schedule", "parallel"),
+        ("parallel_U_Shape", "ushaped", "schedule", "parallel"),
+    ],
+)
 def test_an_alias_selects_its_paradigm_with_the_option_it_implies(alias, paradigm, option, value):
     cfg, _ = config_from_mapping({"paradigm": alias})
     assert (cfg.paradigm, cfg.options[option]) == (paradigm, value)

@@ -1,11 +1,12 @@
 """sglr: lock-step; a seeded random fraction of clients get the mean cut-layer gradient, the rest their own;
 one server step per round of batches with lr x N^alpha; the top's gradients zeroed every step."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from parallel_fakes import count_calls, make_config, run
+
 from slperf.common.config import ConfigError
 from slperf.common.paradigms.sglr import averaging_set, split_average
 
@@ -14,6 +15,7 @@ def _steps(store):
     def setup(fed):
         store["steps"] = count_calls(fed.server.optimizer, "step")
         store["zero"] = count_calls(fed.server.optimizer, "zero_grad")
+
     return setup
 
 
@@ -26,7 +28,7 @@ def test_the_active_fraction_receives_the_mean_of_their_gradients_the_rest_their
     steps = 3
     assert len(own) == 4 * steps
     for step in range(steps):
-        own_step = own[4 * step: 4 * step + 4]
+        own_step = own[4 * step : 4 * step + 4]
         sent = [fed.wire.select(client=c.client_id, kind="cut_reply")[step].payload.tensor for c in fed.conns]
         active = averaging_set(config.seed, 0, step, 4, 0.5)
         assert len(active) == 2
@@ -45,7 +47,7 @@ def test_the_active_fraction_receives_the_mean_of_their_gradients_the_rest_their
 def test_server_lr_is_scaled_by_clients_to_the_alpha_and_clients_keep_lr():
     config = make_config(paradigm="sglr", clients=4, lr=0.01, splitlr_alpha=0.5)
     fed = run(config, evaluate=False)
-    assert fed.server.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 4 ** 0.5)
+    assert fed.server.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 4**0.5)
     assert all(c.optimizer.param_groups[0]["lr"] == pytest.approx(0.01) for c in fed.clients)
 
 

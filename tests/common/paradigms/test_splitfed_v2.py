@@ -1,14 +1,15 @@
 """splitfed_v2: one shared top stepped by every client batch; sample-weighted FedAvg of the bottoms."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
-
 from parallel_fakes import count_calls, make_config, run
-from slperf.common.paradigms.kit.aggregate import fedavg
+
 from slperf.common.config import ConfigError
+from slperf.common.paradigms.kit.aggregate import fedavg
 from slperf.common.paradigms.kit.steps import make_optimizer, top_train_step
 
 
@@ -16,6 +17,7 @@ def _setup(store):
     def setup(fed):
         store["top"] = copy.deepcopy(fed.server.top)
         store["steps"] = count_calls(fed.server.optimizer, "step")
+
     return setup
 
 
@@ -48,11 +50,19 @@ def test_one_shared_top_steps_once_per_client_batch(order):
 
 
 def test_bottoms_are_fedavged_by_samples_and_everyone_starts_the_next_round_from_the_average():
-    config = make_config(paradigm="splitfed_v2", clients=3, epochs=2, partition_method="hetero",
-                         partition_alpha=0.5, max_train_samples=300)
+    config = make_config(
+        paradigm="splitfed_v2",
+        clients=3,
+        epochs=2,
+        partition_method="hetero",
+        partition_alpha=0.5,
+        max_train_samples=300,
+    )
     fed = run(config)
-    uploads = [(e.payload[0], fed.rounds[0].per_client[e.client].samples)
-               for e in fed.wire.select(direction="up", kind="model_state")][:3]
+    uploads = [
+        (e.payload[0], fed.rounds[0].per_client[e.client].samples)
+        for e in fed.wire.select(direction="up", kind="model_state")
+    ][:3]
     assert len({n for _, n in uploads}) > 1  # unequal weights, so the weighting is tested
     expected = fedavg(uploads)
     for conn in fed.conns:
@@ -62,8 +72,10 @@ def test_bottoms_are_fedavged_by_samples_and_everyone_starts_the_next_round_from
     unweighted = fedavg([(s, 1) for s, _ in uploads])
     assert any(not torch.allclose(expected[k], unweighted[k]) for k in expected)
     # after the last round the server's bottom is again the average of what came back
-    last = [(e.payload[0], fed.rounds[1].per_client[e.client].samples)
-            for e in fed.wire.select(direction="up", kind="model_state")][3:]
+    last = [
+        (e.payload[0], fed.rounds[1].per_client[e.client].samples)
+        for e in fed.wire.select(direction="up", kind="model_state")
+    ][3:]
     for name, tensor in fedavg(last).items():
         torch.testing.assert_close(fed.server.bottom_state[name], tensor)
     assert set(fed.server.model_state()) == {"bottom", "top"}

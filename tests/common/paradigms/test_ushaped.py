@@ -1,23 +1,34 @@
 """U-shaped SL, observed on the wire: 4 messages per training step, 2 per eval step, never a label; a client
 that tries to send labels is refused and dropped while the others go on; the parallel schedule serialises
 the server's steps; with one client the split run equals single-process training."""
+
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 import torch
-
-from sl_wire_harness import InProcessFederation, reload_server, same_model, config_from, run_in_process
+from sl_wire_harness import InProcessFederation, config_from, reload_server, run_in_process, same_model
 from unsplit_reference import unsplit_training
+
 from slperf.common.config import ConfigError
 from slperf.common.protocol.types import Phase
 from slperf.common.shards import build_client_data
 from slperf.common.wire.codec import decode_tensor, encode_tensor
 
-BASE = {"paradigm": "ushaped", "dataset": "mnist", "clients": 2, "epochs": 1, "batch_size": 32, "lr": 0.05,
-        "max_train_samples": 128, "max_test_samples": 64, "eval_batch_size": 32, "seed": 5,
-        "client_timeout": 30.0}
+BASE = {
+    "paradigm": "ushaped",
+    "dataset": "mnist",
+    "clients": 2,
+    "epochs": 1,
+    "batch_size": 32,
+    "lr": 0.05,
+    "max_train_samples": 128,
+    "max_test_samples": 64,
+    "eval_batch_size": 32,
+    "seed": 5,
+    "client_timeout": 30.0,
+}
 
 
 def make_config(**overrides):
@@ -142,7 +153,6 @@ def test_parallel_schedule_serialises_server_steps_and_keeps_ends_per_client(tmp
     assert same_model(reload_server(fed, tmp_path / "checkpoint.pt").model_state(), state)
 
 
-
 def test_one_client_equals_single_process_training():
     config = make_config(clients=1, epochs=2)
     fed = run(config)
@@ -168,6 +178,7 @@ def test_options_are_validated():
     with pytest.raises(ConfigError, match="ushaped_parallel"):
         make_config(paradigm="ushaped_parallel", schedule="sequential")
     from slperf.common.paradigms.kit.ushaped import ushaped_cuts
+
     with pytest.raises(ConfigError, match="tail_layer"):
         ushaped_cuts(make_config(tail_layer=4), (1, 28, 28), 10)
     with pytest.raises(ConfigError, match="split_layer"):

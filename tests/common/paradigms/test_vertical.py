@@ -1,20 +1,32 @@
 """Vertical SL observed on the wire: each client sends only its own slice's embedding with the batch's
 sample ids, only the label owner sends labels, the gradient comes back split by embedding width, and
 misaligned parties are caught."""
+
 from __future__ import annotations
 
-
 import pytest
-
 from sl_wire_harness import config_from, run_in_process
+
 from slperf.common.config import ConfigError
 from slperf.common.protocol.types import Phase
 from slperf.common.wire.codec import decode_tensor, encode_tensor
 
-BASE = {"paradigm": "vertical", "dataset": "adult", "clients": 3, "epochs": 1, "batch_size": 64, "lr": 0.05,
-        "max_train_samples": 640, "max_test_samples": 256, "eval_batch_size": 128, "seed": 1,
-        "data_vertical_list": [6, 4, 4], "cut_layer_vertical_list": [4, 3, 2], "label_owner": 1,
-        "client_timeout": 30.0}
+BASE = {
+    "paradigm": "vertical",
+    "dataset": "adult",
+    "clients": 3,
+    "epochs": 1,
+    "batch_size": 64,
+    "lr": 0.05,
+    "max_train_samples": 640,
+    "max_test_samples": 256,
+    "eval_batch_size": 128,
+    "seed": 1,
+    "data_vertical_list": [6, 4, 4],
+    "cut_layer_vertical_list": [4, 3, 2],
+    "label_owner": 1,
+    "client_timeout": 30.0,
+}
 
 
 def make_config(**overrides):
@@ -58,8 +70,9 @@ def test_misaligned_sample_ids_are_caught():
     assert "c1" in result.participants and "c2" in result.participants
 
 
-@pytest.mark.parametrize("overrides", [{"cut_layer_vertical_list": [4, 3]}, {"data_vertical_list": [0, 7, 7]},
-                                       {"label_owner": -1}])
+@pytest.mark.parametrize(
+    "overrides", [{"cut_layer_vertical_list": [4, 3]}, {"data_vertical_list": [0, 7, 7]}, {"label_owner": -1}]
+)
 def test_bad_vertical_options(overrides):
     with pytest.raises(ConfigError):
         config = make_config(**overrides)

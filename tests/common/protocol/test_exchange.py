@@ -1,4 +1,5 @@
 """Declared exchanges: what each direction's check refuses, and what every registered paradigm declares."""
+
 from __future__ import annotations
 
 import grpc
@@ -12,8 +13,13 @@ from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, StepRef
 
 CUT = TensorSpec((6, 12, 12))
-TOP = Exchange(train=(Stage(up=CUT, down=CUT, labels=True),), eval=(Stage(up=CUT, labels=True),), num_classes=10,
-               max_batch=64, max_eval_batch=500)
+TOP = Exchange(
+    train=(Stage(up=CUT, down=CUT, labels=True),),
+    eval=(Stage(up=CUT, labels=True),),
+    num_classes=10,
+    max_batch=64,
+    max_eval_batch=500,
+)
 REF = StepRef("r", 0, 0, Phase.TRAIN)
 
 
@@ -31,18 +37,34 @@ def test_the_server_side_check_refuses_what_the_stage_does_not_declare():
     stage = TOP.train[0]
     TOP.check_up(_up(torch.zeros(8, 6, 12, 12), torch.zeros(8, dtype=torch.int64)), stage)
     ia = grpc.StatusCode.INVALID_ARGUMENT
-    _refused(lambda: TOP.check_up(_up(torch.zeros(8, 6, 12, 11), torch.zeros(8, dtype=torch.int64)), stage), ia, "shape")
-    _refused(lambda: TOP.check_up(_up(torch.zeros(8, 6, 12, 12, dtype=torch.float64), torch.zeros(8, dtype=torch.int64)),
-                                  stage), ia, "dtype")
-    _refused(lambda: TOP.check_up(_up(torch.zeros(65, 6, 12, 12), torch.zeros(65, dtype=torch.int64)), stage), ia,
-             "1..64")
+    _refused(
+        lambda: TOP.check_up(_up(torch.zeros(8, 6, 12, 11), torch.zeros(8, dtype=torch.int64)), stage), ia, "shape"
+    )
+    _refused(
+        lambda: TOP.check_up(
+            _up(torch.zeros(8, 6, 12, 12, dtype=torch.float64), torch.zeros(8, dtype=torch.int64)), stage
+        ),
+        ia,
+        "dtype",
+    )
+    _refused(
+        lambda: TOP.check_up(_up(torch.zeros(65, 6, 12, 12), torch.zeros(65, dtype=torch.int64)), stage), ia, "1..64"
+    )
     _refused(lambda: TOP.check_up(_up(torch.zeros(8, 6, 12, 12)), stage), ia, "no labels")
     _refused(lambda: TOP.check_up(_up(torch.zeros(8, 6, 12, 12), torch.full((8,), 10)), stage), ia, "0..9")
-    _refused(lambda: TOP.check_up(_up(torch.zeros(8, 6, 12, 12), torch.zeros(8, dtype=torch.int64),
-                                      extra={"x": torch.zeros(8)}), stage), ia, "unexpected ['x']")
+    _refused(
+        lambda: TOP.check_up(
+            _up(torch.zeros(8, 6, 12, 12), torch.zeros(8, dtype=torch.int64), extra={"x": torch.zeros(8)}), stage
+        ),
+        ia,
+        "unexpected ['x']",
+    )
     no_labels = Stage(up=CUT, down=CUT)
-    _refused(lambda: TOP.check_up(_up(torch.zeros(2, 6, 12, 12), torch.zeros(2, dtype=torch.int64)), no_labels),
-             grpc.StatusCode.PERMISSION_DENIED, "must not leave the client")
+    _refused(
+        lambda: TOP.check_up(_up(torch.zeros(2, 6, 12, 12), torch.zeros(2, dtype=torch.int64)), no_labels),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "must not leave the client",
+    )
     with_ids = Stage(up=CUT, sample_ids=True)
     _refused(lambda: TOP.check_up(_up(torch.zeros(2, 6, 12, 12)), with_ids), ia, "no sample_ids")
 
@@ -54,12 +76,18 @@ def test_the_client_side_check_holds_replies_to_the_batch_that_was_sent():
     _refused(lambda: TOP.check_down(CutReply(REF, torch.zeros(7, 6, 12, 12)), stage, batch=8), ia, "expected 8")
     _refused(lambda: TOP.check_down(CutReply(REF, torch.zeros(8, 6)), stage, batch=8), ia, "shape")
     _refused(lambda: TOP.check_down(CutReply(REF, None), stage, batch=8), ia, "no tensor")
-    _refused(lambda: TOP.check_down(CutReply(REF, torch.zeros(8, 6, 12, 12), correct=9, count=8), stage, batch=8),
-             ia, "correct")
+    _refused(
+        lambda: TOP.check_down(CutReply(REF, torch.zeros(8, 6, 12, 12), correct=9, count=8), stage, batch=8),
+        ia,
+        "correct",
+    )
     optional = Stage(up=CUT, down=CUT, labels=True, down_optional=True)
     TOP.check_down(CutReply(REF, None, 0.1, 1, 8), optional, batch=8)
-    _refused(lambda: TOP.check_down(CutReply(REF, None), TOP.eval[0], batch=8), grpc.StatusCode.FAILED_PRECONDITION,
-             "no reply")
+    _refused(
+        lambda: TOP.check_down(CutReply(REF, None), TOP.eval[0], batch=8),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "no reply",
+    )
 
 
 def _config(name: str):

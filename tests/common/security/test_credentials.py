@@ -1,5 +1,6 @@
 """gRPC credentials from a certificates folder (errors that name the file, mutual TLS against real grpc.aio
 servers on 127.0.0.1), and the one resolver of ``--certs/--ca/--cert/--key``."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,8 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
-
 from pki_helpers import make_expired_client, make_foreign_client, make_pki
+
 from slperf.common.security.credentials import (
     channel_credentials,
     client_channel_credentials,
@@ -51,7 +52,9 @@ async def _call(server_creds: grpc.ServerCredentials, channel_creds: grpc.Channe
     try:
         target = f"127.0.0.1:{port}"
         channel = (
-            grpc.aio.insecure_channel(target) if channel_creds is None else grpc.aio.secure_channel(target, channel_creds)
+            grpc.aio.insecure_channel(target)
+            if channel_creds is None
+            else grpc.aio.secure_channel(target, channel_creds)
         )
         async with channel:
             reply = await channel.unary_unary(METHOD, request_serializer=_raw, response_deserializer=_raw)(
@@ -87,7 +90,9 @@ def test_missing_files_name_the_file(pki: Path, tmp_path: Path):
     with pytest.raises(TLSConfigError) as info:
         client_channel_credentials(pki, "c2")
     msg = str(info.value)
-    assert msg == f"certificate not found: {pki}/clients/c2.pem (create it with `slperf certs add-client c2 --dir {pki}`)"
+    assert (
+        msg == f"certificate not found: {pki}/clients/c2.pem (create it with `slperf certs add-client c2 --dir {pki}`)"
+    )
     assert "\n" not in msg
 
     empty = tmp_path / "empty"
@@ -180,7 +185,7 @@ def test_client_without_cert_allowed_when_not_required(pki: Path):
 
 def test_expired_client_rejected(pki: Path):
     cert, key = make_expired_client(pki, "old")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     assert x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc < now
     creds = channel_credentials(pki / "ca.pem", cert, key)
     assert call_fails(server_credentials(pki), creds) == grpc.StatusCode.UNAVAILABLE
@@ -207,7 +212,10 @@ def test_without_certs_dir_only_the_named_files_are_used(tmp_path: Path):
     assert (files.ca, files.cert, files.key) == (tmp_path / "ca.pem", None, None)
     assert files.missing() == ("--cert", "--key")
     assert resolve_credential_files(certs_dir=None, ca=None, cert=None, key=None).missing() == (
-        "--ca", "--cert", "--key")
+        "--ca",
+        "--cert",
+        "--key",
+    )
 
 
 def test_resolved_files_make_working_credentials(pki: Path):

@@ -1,4 +1,5 @@
 """A peer's identity from its certificate or gRPC auth context, and reading the revocation list."""
+
 from __future__ import annotations
 
 import datetime
@@ -9,8 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
 from pki_helpers import make_pki
+
 from slperf.common.security.errors import TLSConfigError
 from slperf.common.security.identity import (
     Identity,
@@ -28,12 +29,23 @@ def pki(tmp_path: Path) -> Path:
 
 def test_identity_falls_back_to_subject():
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "client"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, "legacy")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "client"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "legacy"),
+        ]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     assert identity_from_pem(cert.public_bytes(serialization.Encoding.PEM)) == Identity("client", "legacy")
 
 

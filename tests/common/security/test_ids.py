@@ -1,4 +1,5 @@
 """Client-id and run-id syntax."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """create_channel / create_sync_channel: plaintext or TLS, and the expected server name."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
 from pki_helpers import make_pki
+
 from slperf.common.security.credentials import operator_channel_credentials, server_credentials
 from slperf.common.transport.channel import create_channel, create_sync_channel
 
@@ -16,8 +17,11 @@ from slperf.common.transport.channel import create_channel, create_sync_channel
 async def _serve(certs: Path | None) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    port = (server.add_insecure_port("127.0.0.1:0") if certs is None
-            else server.add_secure_port("127.0.0.1:0", server_credentials(certs)))
+    port = (
+        server.add_insecure_port("127.0.0.1:0")
+        if certs is None
+        else server.add_secure_port("127.0.0.1:0", server_credentials(certs))
+    )
     await server.start()
     return server, port
 
@@ -53,8 +57,12 @@ def test_the_server_name_is_what_the_certificate_must_name(pki: Path):
 def test_the_blocking_variant(pki: Path):
     async def main() -> grpc.StatusCode:
         server, port = await _serve(pki)
-        channel = create_sync_channel(f"127.0.0.1:{port}", operator_channel_credentials(pki), server_name="localhost",
-                                      options=[("grpc.enable_retries", 0)])
+        channel = create_sync_channel(
+            f"127.0.0.1:{port}",
+            operator_channel_credentials(pki),
+            server_name="localhost",
+            options=[("grpc.enable_retries", 0)],
+        )
         try:
             loop = asyncio.get_running_loop()
             stub = health_pb2_grpc.HealthStub(channel)

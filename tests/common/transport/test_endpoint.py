@@ -1,4 +1,5 @@
 """The session endpoint both daemons use, over an in-memory stream pair (no gRPC, the real serializers)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,12 +8,12 @@ import grpc
 import pytest
 import torch
 
+from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import ErrorReport, Ready
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, StepRef
 from slperf.common.transport.channel import Malformed, envelope_parser, serialize_envelope
 from slperf.common.transport.endpoint import Endpoint, Side, observe_endpoints
 from slperf.common.wire.codec import BULK_MIN_BYTES
-from slperf.common.protocol.errors import WireError
 from slperf.v1 import session_pb2
 
 REF = StepRef("run", 0, 3, Phase.TRAIN)
@@ -52,6 +53,7 @@ def test_messages_cross_decoded_with_equal_byte_counts_on_both_ends():
             assert side.counter.up > acts.numel() * 4 and side.counter.down > 0
         assert (client.counter.up, client.counter.down) == (server.counter.up, server.counter.down)
         assert client.counter.messages_up == server.counter.messages_up > 1  # chunked
+
     asyncio.run(main())
 
 
@@ -73,6 +75,7 @@ def test_a_bad_message_raises_and_the_stream_goes_on():
         assert await server.receive() == Ready("run", 5, 6)
         await up.put(grpc.aio.EOF)
         assert await server.receive() is None
+
     asyncio.run(main())
 
 
@@ -93,6 +96,7 @@ def test_admit_refuses_before_anything_is_parsed_and_errors_keep_their_status_co
         assert await server.receive() == Ready("run", 2, 2)
         await server.send_error(grpc.StatusCode.ABORTED, "stop this pass")
         assert await client.receive() == ErrorReport(grpc.StatusCode.ABORTED, "stop this pass")
+
     asyncio.run(main())
 
 

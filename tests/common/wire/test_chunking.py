@@ -1,4 +1,5 @@
 """Chunked transfers: exact reassembly for any payload/chunk size, and precise refusals of bad chunk streams."""
+
 from __future__ import annotations
 
 import random
@@ -10,11 +11,17 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from slperf.common.wire.chunking import (DEFAULT_CHUNK_BYTES, ChunkEnvelope, RawChunk, Reassembler, iter_chunks,
-                                        parse_chunk_envelope,
-                                        split_payload)
-from slperf.common.wire.codec import decode_tensor, encode_tensor
 from slperf.common.protocol.errors import WireError
+from slperf.common.wire.chunking import (
+    DEFAULT_CHUNK_BYTES,
+    ChunkEnvelope,
+    RawChunk,
+    Reassembler,
+    iter_chunks,
+    parse_chunk_envelope,
+    split_payload,
+)
+from slperf.common.wire.codec import decode_tensor, encode_tensor
 from slperf.v1 import session_pb2, tensor_pb2
 
 MiB = 1 << 20
@@ -35,10 +42,18 @@ def _wire(chunk: tensor_pb2.Chunk) -> tensor_pb2.Chunk:
 
 def _any_chunk_envelope(test):
     """Every field of a chunk envelope over its whole range, for both envelope types."""
-    return settings(max_examples=200, deadline=None)(given(
-        seq=st.integers(0, 2**64 - 1), transfer_id=st.integers(0, 2**64 - 1), index=st.integers(0, 2**32 - 1),
-        count=st.integers(0, 2**32 - 1), total=st.integers(0, 2**64 - 1), crc=st.integers(0, 2**32 - 1),
-        data=st.binary(max_size=300), server=st.booleans())(test))
+    return settings(max_examples=200, deadline=None)(
+        given(
+            seq=st.integers(0, 2**64 - 1),
+            transfer_id=st.integers(0, 2**64 - 1),
+            index=st.integers(0, 2**32 - 1),
+            count=st.integers(0, 2**32 - 1),
+            total=st.integers(0, 2**64 - 1),
+            crc=st.integers(0, 2**32 - 1),
+            data=st.binary(max_size=300),
+            server=st.booleans(),
+        )(test)
+    )
 
 
 def _feed_all(reassembler: Reassembler, chunks) -> list:
@@ -56,13 +71,20 @@ def _refused(reassembler: Reassembler, chunk: tensor_pb2.Chunk, code, *fragments
 
 # ---------------------------------------------------------------- round trips
 
+
 @st.composite
 def sizes(draw):
-    size = draw(st.one_of(st.integers(0, 4096), st.integers(MiB // 2, 3 * MiB),
-                          st.sampled_from([0, 1, MiB - 1, MiB, MiB + 1, 2 * MiB])))
+    size = draw(
+        st.one_of(
+            st.integers(0, 4096),
+            st.integers(MiB // 2, 3 * MiB),
+            st.sampled_from([0, 1, MiB - 1, MiB, MiB + 1, 2 * MiB]),
+        )
+    )
     low = max(1, size // 300)  # at most ~300 chunks per example keeps the property fast
-    chunk = draw(st.one_of(st.integers(low, max(low, size // 2)), st.integers(low, 2 * size + 1),
-                           st.just(DEFAULT_CHUNK_BYTES)))
+    chunk = draw(
+        st.one_of(st.integers(low, max(low, size // 2)), st.integers(low, 2 * size + 1), st.just(DEFAULT_CHUNK_BYTES))
+    )
     return size, chunk
 
 
@@ -101,12 +123,17 @@ def test_buffers_other_than_bytes_split_alike():
 
 
 @_any_chunk_envelope
-def test_hand_serialised_chunk_envelopes_are_what_protobuf_writes(seq, transfer_id, index, count, total, crc, data,
-                                                                  server):
+def test_hand_serialised_chunk_envelopes_are_what_protobuf_writes(
+    seq, transfer_id, index, count, total, crc, data, server
+):
     envelope_type = session_pb2.ServerMessage if server else session_pb2.ClientMessage
     raw = ChunkEnvelope(envelope_type, seq, RawChunk(transfer_id, index, count, total, crc, memoryview(data)))
-    expected = envelope_type(seq=seq, chunk=tensor_pb2.Chunk(transfer_id=transfer_id, index=index, count=count,
-                                                              total_bytes=total, crc32=crc, data=data))
+    expected = envelope_type(
+        seq=seq,
+        chunk=tensor_pb2.Chunk(
+            transfer_id=transfer_id, index=index, count=count, total_bytes=total, crc32=crc, data=data
+        ),
+    )
     wire = raw.SerializeToString()
     assert wire == expected.SerializeToString()
     assert raw.ByteSize() == expected.ByteSize() == len(wire)
@@ -145,6 +172,7 @@ def test_a_tensor_survives_serialise_chunk_reassemble_decode():
 
 
 # ---------------------------------------------------------------- refusals
+
 
 def _chunks(size=5000, chunk_bytes=1000, transfer_id=7, seed=0):
     return [_wire(c) for c in split_payload(_payload(size, seed), transfer_id, chunk_bytes)]
@@ -203,8 +231,11 @@ def test_total_over_limit_is_refused_on_the_first_chunk_before_buffering():
 
 
 def test_inconsistent_count_total_or_crc_is_refused():
-    for field, value, fragment in (("count", 9, "count 9 vs 5"), ("total_bytes", 6000, "total_bytes 6000 vs 5000"),
-                                   ("crc32", 1234, "crc32 0x000004d2")):
+    for field, value, fragment in (
+        ("count", 9, "count 9 vs 5"),
+        ("total_bytes", 6000, "total_bytes 6000 vs 5000"),
+        ("crc32", 1234, "crc32 0x000004d2"),
+    ):
         c = _chunks()
         r = Reassembler(MiB)
         r.feed(c[0])
@@ -215,14 +246,27 @@ def test_inconsistent_count_total_or_crc_is_refused():
 
 def test_malformed_first_chunks_are_refused():
     r = Reassembler(MiB)
-    _refused(r, tensor_pb2.Chunk(transfer_id=3, index=0, count=0, total_bytes=1, data=b"x"), INVALID,
-             "count 0; at least 1 is needed")
-    _refused(r, tensor_pb2.Chunk(transfer_id=3, index=2, count=2, total_bytes=1, data=b"x"), INVALID,
-             "chunk index 2 of transfer 3 is not below its count 2")
-    _refused(r, tensor_pb2.Chunk(transfer_id=3, index=0, count=5, total_bytes=3, data=b"x"), INVALID,
-             "5 chunks for 3 bytes")
-    _refused(r, tensor_pb2.Chunk(transfer_id=3, index=0, count=2, total_bytes=3, data=b""), INVALID,
-             "chunk 0 of transfer 3 carries no data")
+    _refused(
+        r,
+        tensor_pb2.Chunk(transfer_id=3, index=0, count=0, total_bytes=1, data=b"x"),
+        INVALID,
+        "count 0; at least 1 is needed",
+    )
+    _refused(
+        r,
+        tensor_pb2.Chunk(transfer_id=3, index=2, count=2, total_bytes=1, data=b"x"),
+        INVALID,
+        "chunk index 2 of transfer 3 is not below its count 2",
+    )
+    _refused(
+        r, tensor_pb2.Chunk(transfer_id=3, index=0, count=5, total_bytes=3, data=b"x"), INVALID, "5 chunks for 3 bytes"
+    )
+    _refused(
+        r,
+        tensor_pb2.Chunk(transfer_id=3, index=0, count=2, total_bytes=3, data=b""),
+        INVALID,
+        "chunk 0 of transfer 3 carries no data",
+    )
     assert r.open_transfers == 0
 
 
@@ -230,8 +274,13 @@ def test_too_many_open_transfers_are_refused():
     r = Reassembler(MiB, max_open_transfers=2)
     r.feed(_chunks(transfer_id=1)[0])
     r.feed(_chunks(transfer_id=2)[0])
-    _refused(r, _chunks(transfer_id=3)[0], EXHAUSTED, "transfer 3 would be chunked transfer number 3",
-             "at most 2 are allowed")
+    _refused(
+        r,
+        _chunks(transfer_id=3)[0],
+        EXHAUSTED,
+        "transfer 3 would be chunked transfer number 3",
+        "at most 2 are allowed",
+    )
     # a payload small enough for one chunk never stays open, so it still goes through
     assert r.feed(_chunks(size=10, transfer_id=4)[0]) == _payload(10)
     r.reset()
@@ -284,20 +333,37 @@ def _fields(envelope) -> tuple:
 
 
 @_any_chunk_envelope
-def test_chunk_envelopes_parsed_by_hand_equal_protobuf_parsing(seq, transfer_id, index, count, total, crc, data,
-                                                               server):
+def test_chunk_envelopes_parsed_by_hand_equal_protobuf_parsing(
+    seq, transfer_id, index, count, total, crc, data, server
+):
     envelope_type = session_pb2.ServerMessage if server else session_pb2.ClientMessage
-    wire = envelope_type(seq=seq, chunk=tensor_pb2.Chunk(transfer_id=transfer_id, index=index, count=count,
-                                                         total_bytes=total, crc32=crc, data=data)).SerializeToString()
+    wire = envelope_type(
+        seq=seq,
+        chunk=tensor_pb2.Chunk(
+            transfer_id=transfer_id, index=index, count=count, total_bytes=total, crc32=crc, data=data
+        ),
+    ).SerializeToString()
     fast = parse_chunk_envelope(wire, envelope_type)
     assert fast is not None and isinstance(fast.chunk.data, memoryview)
     assert _fields(fast) == _fields(envelope_type.FromString(wire)) and fast.ByteSize() == len(wire)
 
 
 @settings(max_examples=500, deadline=None)
-@given(data=st.one_of(st.binary(max_size=64), st.builds(
-    lambda head, tail: session_pb2.ClientMessage(seq=3, chunk=tensor_pb2.Chunk(index=1, data=b"xyz")).SerializeToString()[:head] + tail,
-    st.integers(0, 20), st.binary(max_size=8))))
+@given(
+    data=st.one_of(
+        st.binary(max_size=64),
+        st.builds(
+            lambda head, tail: (
+                session_pb2.ClientMessage(seq=3, chunk=tensor_pb2.Chunk(index=1, data=b"xyz")).SerializeToString()[
+                    :head
+                ]
+                + tail
+            ),
+            st.integers(0, 20),
+            st.binary(max_size=8),
+        ),
+    )
+)
 def test_anything_the_hand_parser_accepts_protobuf_reads_the_same(data):
     """Arbitrary and mangled bytes: the fast path either declines (protobuf decides) or agrees with protobuf."""
     fast = parse_chunk_envelope(data, session_pb2.ClientMessage)
@@ -310,8 +376,12 @@ def test_anything_the_hand_parser_accepts_protobuf_reads_the_same(data):
 def test_envelopes_with_other_bodies_or_extra_fields_are_left_to_protobuf():
     other = session_pb2.ClientMessage(seq=1, ready=session_pb2.Ready(run_id="r")).SerializeToString()
     assert parse_chunk_envelope(other, session_pb2.ClientMessage) is None
-    with_attachments = session_pb2.ClientMessage(seq=1, attachments=2, chunk=tensor_pb2.Chunk(count=1)).SerializeToString()
+    with_attachments = session_pb2.ClientMessage(
+        seq=1, attachments=2, chunk=tensor_pb2.Chunk(count=1)
+    ).SerializeToString()
     assert parse_chunk_envelope(with_attachments, session_pb2.ClientMessage) is None
-    repeated_seq = (session_pb2.ClientMessage(seq=1).SerializeToString()
-                    + session_pb2.ClientMessage(seq=2, chunk=tensor_pb2.Chunk(count=1)).SerializeToString())
+    repeated_seq = (
+        session_pb2.ClientMessage(seq=1).SerializeToString()
+        + session_pb2.ClientMessage(seq=2, chunk=tensor_pb2.Chunk(count=1)).SerializeToString()
+    )
     assert parse_chunk_envelope(repeated_seq, session_pb2.ClientMessage) is None  # protobuf: the last seq wins

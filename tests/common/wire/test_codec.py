@@ -1,4 +1,5 @@
 """Tensor wire codec: exact round trips for every dtype and shape, and precise refusals of malformed messages."""
+
 from __future__ import annotations
 
 import math
@@ -15,18 +16,34 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from slperf.common.protocol.errors import WireError
 from slperf.common.wire.codec import (
-    DEFAULT_LIMITS, TORCH_TO_WIRE, WIRE_TO_TORCH, TensorLimits, decode_state, decode_tensor, encode_state,
+    DEFAULT_LIMITS,
+    TORCH_TO_WIRE,
+    WIRE_TO_TORCH,
+    TensorLimits,
+    decode_state,
+    decode_tensor,
+    encode_state,
     encode_tensor,
 )
-from slperf.common.protocol.errors import WireError
 from slperf.v1 import tensor_pb2
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16,
-          torch.int8, torch.uint8, torch.bool]
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+]
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -62,6 +79,7 @@ def _raises(msg, code, *fragments, **kwargs) -> WireError:
 
 # ---------------------------------------------------------------- round trips
 
+
 def test_dtype_table_covers_the_enum_both_ways():
     names = [n for n in tensor_pb2.DType.keys() if n != "DTYPE_UNSPECIFIED"]
     assert sorted(WIRE_TO_TORCH) == sorted(tensor_pb2.DType.Value(n) for n in names)
@@ -83,8 +101,9 @@ def test_any_bit_pattern_round_trips_exactly(dtype, shape, seed, writable):
     original = _tensor_from_bits(raw, dtype, shape)
     msg = encode_tensor(original)
     assert msg.dtype == TORCH_TO_WIRE[dtype] and list(msg.shape) == list(shape) and msg.data == raw
-    decoded = decode_tensor(tensor_pb2.Tensor.FromString(msg.SerializeToString()), writable=writable,
-                            allow_nonfinite=True)
+    decoded = decode_tensor(
+        tensor_pb2.Tensor.FromString(msg.SerializeToString()), writable=writable, allow_nonfinite=True
+    )
     assert decoded.dtype == dtype and tuple(decoded.shape) == shape and decoded.is_contiguous()
     assert _bits(decoded) == raw
 
@@ -99,7 +118,7 @@ def test_values_round_trip_and_the_result_is_writable_and_independent(dtype, sha
         original = torch.randint(0, 2, shape, generator=gen).bool()
     else:
         info = torch.iinfo(dtype)
-        original = torch.randint(max(info.min, -2**62), min(info.max, 2**62), shape, generator=gen, dtype=dtype)
+        original = torch.randint(max(info.min, -(2**62)), min(info.max, 2**62), shape, generator=gen, dtype=dtype)
     msg = encode_tensor(original)
     wire = msg.data
     decoded = decode_tensor(msg)
@@ -180,6 +199,7 @@ def test_encode_refuses_what_the_wire_cannot_carry():
 
 # ---------------------------------------------------------------- refusals
 
+
 def test_wire_error_carries_code_and_message():
     err = WireError(EXHAUSTED, "too big")
     assert (err.code, err.message, str(err)) == (EXHAUSTED, "too big", "too big")
@@ -187,6 +207,7 @@ def test_wire_error_carries_code_and_message():
     again = pickle.loads(pickle.dumps(err))
     assert (type(again), again.code, again.message) == (WireError, EXHAUSTED, "too big")
     assert WireError.invalid("x").code == INVALID and WireError.data_loss("x").code == grpc.StatusCode.DATA_LOSS
+
 
 def _msg(dtype=tensor_pb2.DTYPE_FLOAT32, shape=(3, 4), data=None, itemsize=4):
     if data is None:
@@ -202,8 +223,15 @@ def test_unknown_and_unspecified_dtypes_are_refused():
 
 def test_dtypes_outside_the_allowed_set_are_refused():
     limits = TensorLimits(allowed=frozenset({tensor_pb2.DTYPE_FLOAT32, tensor_pb2.DTYPE_BFLOAT16}))
-    _raises(_msg(dtype=tensor_pb2.DTYPE_FLOAT64, itemsize=8), INVALID, "tensor 'acts'", "float64 is not allowed",
-            "bfloat16, float32", name="acts", limits=limits)
+    _raises(
+        _msg(dtype=tensor_pb2.DTYPE_FLOAT64, itemsize=8),
+        INVALID,
+        "tensor 'acts'",
+        "float64 is not allowed",
+        "bfloat16, float32",
+        name="acts",
+        limits=limits,
+    )
     assert decode_tensor(_msg(), limits=limits).shape == (3, 4)
     with pytest.raises(ValueError):
         TensorLimits(allowed=frozenset({0}))
@@ -226,20 +254,34 @@ def test_huge_dimensions_are_refused_without_overflow(shape):
 
 def test_element_limit_is_resource_exhausted():
     limits = TensorLimits(max_elements=11)
-    _raises(_msg(shape=(3, 4)), EXHAUSTED, "tensor 'x'", "[3, 4] has 12 elements", "more than the 11 allowed",
-            name="x", limits=limits)
+    _raises(
+        _msg(shape=(3, 4)),
+        EXHAUSTED,
+        "tensor 'x'",
+        "[3, 4] has 12 elements",
+        "more than the 11 allowed",
+        name="x",
+        limits=limits,
+    )
     assert decode_tensor(_msg(shape=(11,)), limits=limits).numel() == 11
 
 
 @pytest.mark.parametrize("delta", [-1, 1, -48, 1000])
 def test_byte_length_must_match_exactly(delta):
-    _raises(_msg(shape=(3, 4), data=bytes(48 + delta)), INVALID,
-            f"tensor 'x': data has {48 + delta} bytes, shape [3, 4] with float32 needs 48", name="x")
+    _raises(
+        _msg(shape=(3, 4), data=bytes(48 + delta)),
+        INVALID,
+        f"tensor 'x': data has {48 + delta} bytes, shape [3, 4] with float32 needs 48",
+        name="x",
+    )
 
 
 def test_bfloat16_and_empty_lengths_are_checked():
-    _raises(_msg(dtype=tensor_pb2.DTYPE_BFLOAT16, shape=(5,), data=bytes(9)), INVALID,
-            "data has 9 bytes, shape [5] with bfloat16 needs 10")
+    _raises(
+        _msg(dtype=tensor_pb2.DTYPE_BFLOAT16, shape=(5,), data=bytes(9)),
+        INVALID,
+        "data has 9 bytes, shape [5] with bfloat16 needs 10",
+    )
     _raises(_msg(shape=(0, 4), data=b"\0"), INVALID, "data has 1 bytes, shape [0, 4] with float32 needs 0")
     _raises(_msg(shape=(), data=b""), INVALID, "data has 0 bytes, shape [] with float32 needs 4")
 
@@ -257,8 +299,9 @@ def test_nonfinite_floats_are_refused_unless_allowed(dtype, bad):
     assert _bits(out) == _bits(t)
 
 
-@pytest.mark.parametrize("dtype, value", [(torch.float16, 60000.0), (torch.bfloat16, 3e38), (torch.float32, 3e38),
-                                          (torch.float64, 1.7e308)])
+@pytest.mark.parametrize(
+    "dtype, value", [(torch.float16, 60000.0), (torch.bfloat16, 3e38), (torch.float32, 3e38), (torch.float64, 1.7e308)]
+)
 def test_finite_values_whose_sum_overflows_are_accepted(dtype, value):
     t = torch.full((4, 1000), value, dtype=dtype)
     t[2, 7] = -value
@@ -273,18 +316,30 @@ def dtype_str(dtype: torch.dtype) -> str:
 
 
 def test_bool_bytes_must_be_zero_or_one():
-    _raises(_msg(dtype=tensor_pb2.DTYPE_BOOL, shape=(4,), data=b"\x00\x01\x02\x01"), INVALID,
-            "bool data must be bytes 0 or 1", "byte 2 is 2")
+    _raises(
+        _msg(dtype=tensor_pb2.DTYPE_BOOL, shape=(4,), data=b"\x00\x01\x02\x01"),
+        INVALID,
+        "bool data must be bytes 0 or 1",
+        "byte 2 is 2",
+    )
 
 
 # ---------------------------------------------------------------- arbitrary messages
 
-_DTYPE_NUMBERS = st.one_of(st.sampled_from(sorted(WIRE_TO_TORCH)), st.sampled_from(sorted(WIRE_TO_TORCH) + [0]),
-                           st.integers(-2**31, 2**31 - 1))
-_DIMS = st.one_of(st.integers(0, 6), st.integers(-2**63, 2**63 - 1), st.sampled_from([2**31, 2**32, 2**62, -1]))
-_LIMITS = st.sampled_from([DEFAULT_LIMITS, TensorLimits(max_elements=64, max_dims=3),
-                           TensorLimits(max_elements=0, max_dims=0),
-                           TensorLimits(allowed=frozenset({tensor_pb2.DTYPE_FLOAT32, tensor_pb2.DTYPE_BOOL}))])
+_DTYPE_NUMBERS = st.one_of(
+    st.sampled_from(sorted(WIRE_TO_TORCH)),
+    st.sampled_from(sorted(WIRE_TO_TORCH) + [0]),
+    st.integers(-(2**31), 2**31 - 1),
+)
+_DIMS = st.one_of(st.integers(0, 6), st.integers(-(2**63), 2**63 - 1), st.sampled_from([2**31, 2**32, 2**62, -1]))
+_LIMITS = st.sampled_from(
+    [
+        DEFAULT_LIMITS,
+        TensorLimits(max_elements=64, max_dims=3),
+        TensorLimits(max_elements=0, max_dims=0),
+        TensorLimits(allowed=frozenset({tensor_pb2.DTYPE_FLOAT32, tensor_pb2.DTYPE_BOOL})),
+    ]
+)
 
 
 @st.composite
@@ -325,9 +380,14 @@ def test_arbitrary_messages_decode_consistently_or_raise_wire_error(msg, limits,
 
 # ---------------------------------------------------------------- state dicts
 
+
 def _state():
-    return {"conv.weight": torch.randn(6, 1, 5, 5), "conv.bias": torch.randn(6),
-            "bn.num_batches_tracked": torch.tensor(3), "emb": torch.randn(4, 2).bfloat16()}
+    return {
+        "conv.weight": torch.randn(6, 1, 5, 5),
+        "conv.bias": torch.randn(6),
+        "bn.num_batches_tracked": torch.tensor(3),
+        "emb": torch.randn(4, 2).bfloat16(),
+    }
 
 
 def test_state_round_trip_keeps_order_names_and_values():
@@ -355,18 +415,31 @@ def test_state_missing_and_extra_names_are_listed():
     del sent["conv.bias"], sent["emb"]
     sent["fc.weight"] = torch.zeros(2)
     _state_error(encode_state(sent), state, "missing ['conv.bias', 'emb']", "unexpected ['fc.weight']")
-    _state_error(encode_state({k: v for k, v in state.items() if k != "emb"}), state, "missing ['emb']",
-                 "unexpected []")
+    _state_error(
+        encode_state({k: v for k, v in state.items() if k != "emb"}), state, "missing ['emb']", "unexpected []"
+    )
 
 
 def test_state_wrong_shape_or_dtype_is_refused():
     state = _state()
-    _state_error(encode_state({**state, "conv.bias": torch.randn(7)}), state,
-                 "tensor 'conv.bias'", "got float32 [7], expected float32 [6]")
-    _state_error(encode_state({**state, "emb": torch.randn(4, 2)}), state,
-                 "tensor 'emb'", "got float32 [4, 2], expected bfloat16 [4, 2]")
-    _state_error(encode_state({**state, "bn.num_batches_tracked": torch.tensor([3])}), state,
-                 "tensor 'bn.num_batches_tracked'", "got int64 [1], expected int64 []")
+    _state_error(
+        encode_state({**state, "conv.bias": torch.randn(7)}),
+        state,
+        "tensor 'conv.bias'",
+        "got float32 [7], expected float32 [6]",
+    )
+    _state_error(
+        encode_state({**state, "emb": torch.randn(4, 2)}),
+        state,
+        "tensor 'emb'",
+        "got float32 [4, 2], expected bfloat16 [4, 2]",
+    )
+    _state_error(
+        encode_state({**state, "bn.num_batches_tracked": torch.tensor([3])}),
+        state,
+        "tensor 'bn.num_batches_tracked'",
+        "got int64 [1], expected int64 []",
+    )
 
 
 def test_state_duplicate_and_empty_names_are_refused():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from slperf.common.wire.codec import BULK_MIN_BYTES, decode_state, decode_tensor, encode_state, encode_tensor
 from slperf.common.protocol.errors import WireError
-from slperf.common.wire.framing import MAX_ATTACHMENTS, ByteCounter, Deframer, Framer
 from slperf.common.transport.channel import envelope_parser, serialize_envelope
+from slperf.common.wire.codec import BULK_MIN_BYTES, decode_state, decode_tensor, encode_state, encode_tensor
+from slperf.common.wire.framing import MAX_ATTACHMENTS, ByteCounter, Deframer, Framer
 from slperf.v1 import session_pb2, tensor_pb2
 
 
@@ -27,8 +27,13 @@ def _wire(envelopes):
 
 
 def _activation(nbytes):
-    return session_pb2.ClientMessage(cut_tensor=session_pb2.CutTensor(
-        tensor=tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_UINT8, shape=[nbytes], data=bytes(range(256)) * (nbytes // 256))))
+    return session_pb2.ClientMessage(
+        cut_tensor=session_pb2.CutTensor(
+            tensor=tensor_pb2.Tensor(
+                dtype=tensor_pb2.DTYPE_UINT8, shape=[nbytes], data=bytes(range(256)) * (nbytes // 256)
+            )
+        )
+    )
 
 
 def test_big_messages_are_chunked_and_reassembled_with_exact_byte_counts():
@@ -99,8 +104,9 @@ def test_another_message_instead_of_an_announced_attachment_is_refused_and_the_s
 def test_attachment_count_and_total_size_are_bounded():
     _, deframer, _, _ = _pair()
     with pytest.raises(WireError) as info:
-        deframer.feed(session_pb2.ClientMessage(seq=1, attachments=MAX_ATTACHMENTS + 1,
-                                                ready=session_pb2.Ready(run_id="r")))
+        deframer.feed(
+            session_pb2.ClientMessage(seq=1, attachments=MAX_ATTACHMENTS + 1, ready=session_pb2.Ready(run_id="r"))
+        )
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "attachments" in info.value.message
 
     _, deframer, _, _ = _pair(max_payload_bytes=10_000)
@@ -118,8 +124,9 @@ def test_a_tensor_naming_a_missing_attachment_or_both_kinds_of_data_is_invalid()
     with pytest.raises(WireError, match="names attachment 2, but the message has 1"):
         decode_tensor(tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_UINT8, shape=[3], attachment=2), bulk=(b"abc",))
     with pytest.raises(WireError, match="both inline data and attachment 1"):
-        decode_tensor(tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_UINT8, shape=[3], data=b"abc", attachment=1),
-                      bulk=(b"abc",))
+        decode_tensor(
+            tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_UINT8, shape=[3], data=b"abc", attachment=1), bulk=(b"abc",)
+        )
     with pytest.raises(WireError, match="data has 2 bytes"):
         decode_tensor(tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_UINT8, shape=[3], attachment=1), bulk=(b"ab",))
 
@@ -137,8 +144,12 @@ def test_replayed_or_duplicate_envelopes_are_refused():
 
 def test_chunks_that_do_not_parse_are_invalid_argument():
     _, deframer, _, _ = _pair()
-    bogus = session_pb2.ClientMessage(seq=1, chunk=tensor_pb2.Chunk(
-        transfer_id=1, index=0, count=1, total_bytes=3, crc32=zlib.crc32(b"\xff\xff\xff"), data=b"\xff\xff\xff"))
+    bogus = session_pb2.ClientMessage(
+        seq=1,
+        chunk=tensor_pb2.Chunk(
+            transfer_id=1, index=0, count=1, total_bytes=3, crc32=zlib.crc32(b"\xff\xff\xff"), data=b"\xff\xff\xff"
+        ),
+    )
     with pytest.raises(WireError) as info:
         deframer.feed(bogus)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,4 +1,5 @@
 """serde: both directions of every message, and what each ``*_from_pb`` refuses on its own."""
+
 from __future__ import annotations
 
 import grpc
@@ -6,13 +7,23 @@ import numpy as np
 import pytest
 import torch
 
+from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import (
-    ErrorReport, Evaluate, Finish, Hello, ModelState, PhaseDone, Ready, RequestWeights, RunSetup, TrainEpoch, Welcome,
+    ErrorReport,
+    Evaluate,
+    Finish,
+    Hello,
+    ModelState,
+    PhaseDone,
+    Ready,
+    RequestWeights,
+    RunSetup,
+    TrainEpoch,
+    Welcome,
 )
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, StepRef
 from slperf.common.wire import serde
 from slperf.common.wire.codec import BULK_MIN_BYTES
-from slperf.common.protocol.errors import WireError
 from slperf.common.wire.framing import Inbound
 from slperf.v1 import session_pb2
 
@@ -31,25 +42,31 @@ def _server_trip(message):
     return serde.server_from_pb(Inbound(pb, tuple(bytearray(b) for b in bulk)))
 
 
-@pytest.mark.parametrize("message", [
-    Hello(3, "c1", "0.1.0", ("chunks", "attachments"), "tok"),
-    Ready("run-1", 600, 300),
-    PhaseDone(StepRef("run-1", 1, 9, Phase.EVAL), PhaseSummary(samples=300, steps=9, loss_sum=4.5, correct=250)),
-    ErrorReport(grpc.StatusCode.ABORTED, "train of round 1 aborted"),
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        Hello(3, "c1", "0.1.0", ("chunks", "attachments"), "tok"),
+        Ready("run-1", 600, 300),
+        PhaseDone(StepRef("run-1", 1, 9, Phase.EVAL), PhaseSummary(samples=300, steps=9, loss_sum=4.5, correct=250)),
+        ErrorReport(grpc.StatusCode.ABORTED, "train of round 1 aborted"),
+    ],
+)
 def test_client_messages_without_tensors_survive_the_round_trip(message):
     assert _client_trip(message) == message
 
 
-@pytest.mark.parametrize("message", [
-    Welcome(3, "s1", "tok", 1 << 30, 1 << 20),
-    RunSetup("run-1", '{"paradigm": "vanilla"}', 1, 3),
-    TrainEpoch("run-1", 4, {"state": "B", "nested": [1, 2]}),
-    Evaluate("run-1", 4),
-    RequestWeights("run-1", 4, "bottom"),
-    Finish("run-1", "finished"),
-    ErrorReport(grpc.StatusCode.FAILED_PRECONDITION, "expected cut_tensor"),
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        Welcome(3, "s1", "tok", 1 << 30, 1 << 20),
+        RunSetup("run-1", '{"paradigm": "vanilla"}', 1, 3),
+        TrainEpoch("run-1", 4, {"state": "B", "nested": [1, 2]}),
+        Evaluate("run-1", 4),
+        RequestWeights("run-1", 4, "bottom"),
+        Finish("run-1", "finished"),
+        ErrorReport(grpc.StatusCode.FAILED_PRECONDITION, "expected cut_tensor"),
+    ],
+)
 def test_server_messages_without_tensors_survive_the_round_trip(message):
     assert _server_trip(message) == message
 
@@ -79,7 +96,9 @@ def test_cut_reply_and_model_state_round_trip():
     state = ModelState("run-1", 2, "bottom", {"w": torch.randn(3, 3), "b": torch.zeros(3)}, num_samples=600)
     back = _client_trip(state)
     assert (back.run_id, back.round, back.segment, back.num_samples) == ("run-1", 2, "bottom", 600)
-    assert back.tensors.keys() == state.tensors.keys() and all(torch.equal(back.tensors[k], v) for k, v in state.tensors.items())
+    assert back.tensors.keys() == state.tensors.keys() and all(
+        torch.equal(back.tensors[k], v) for k, v in state.tensors.items()
+    )
     back.tensors["w"].add_(1)  # writable: a paradigm may keep and update a received state
 
 
@@ -90,16 +109,25 @@ def _refused(pb, expect_code, word):
 
 
 def test_a_phase_done_without_a_ref_or_phase_is_refused_as_invalid_argument():
-    _refused(session_pb2.ClientMessage(phase_done=session_pb2.PhaseDone(num_samples=3)), grpc.StatusCode.INVALID_ARGUMENT,
-             "no step ref")
-    _refused(session_pb2.ClientMessage(phase_done=session_pb2.PhaseDone(ref=session_pb2.StepRef(run_id="r"))),
-             grpc.StatusCode.INVALID_ARGUMENT, "no valid phase")
+    _refused(
+        session_pb2.ClientMessage(phase_done=session_pb2.PhaseDone(num_samples=3)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "no step ref",
+    )
+    _refused(
+        session_pb2.ClientMessage(phase_done=session_pb2.PhaseDone(ref=session_pb2.StepRef(run_id="r"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "no valid phase",
+    )
 
 
 def test_a_cut_tensor_without_tensor_or_with_nan_is_refused():
     ref = serde.ref_to_pb(REF)
-    _refused(session_pb2.ClientMessage(cut_tensor=session_pb2.CutTensor(ref=ref)), grpc.StatusCode.INVALID_ARGUMENT,
-             "no tensor")
+    _refused(
+        session_pb2.ClientMessage(cut_tensor=session_pb2.CutTensor(ref=ref)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "no tensor",
+    )
     pb, _ = serde.client_to_pb(CutTensor(REF, torch.tensor([1.0, float("nan")])))
     _refused(pb, grpc.StatusCode.INVALID_ARGUMENT, "NaN")
     pb, _ = serde.client_to_pb(CutTensor(REF, torch.ones(2), extra={"x": torch.tensor([float("inf")])}))
@@ -108,12 +136,14 @@ def test_a_cut_tensor_without_tensor_or_with_nan_is_refused():
 
 def test_empty_and_stray_bodies_and_bad_train_options_are_refused():
     _refused(session_pb2.ClientMessage(), grpc.StatusCode.INVALID_ARGUMENT, "empty")
-    bad = session_pb2.ServerMessage(instruction=session_pb2.Instruction(
-        train=session_pb2.TrainEpoch(run_id="r", options_json="{not json")))
+    bad = session_pb2.ServerMessage(
+        instruction=session_pb2.Instruction(train=session_pb2.TrainEpoch(run_id="r", options_json="{not json"))
+    )
     with pytest.raises(WireError, match="not JSON"):
         serde.server_from_pb(Inbound(bad))
-    listed = session_pb2.ServerMessage(instruction=session_pb2.Instruction(
-        train=session_pb2.TrainEpoch(run_id="r", options_json="[1]")))
+    listed = session_pb2.ServerMessage(
+        instruction=session_pb2.Instruction(train=session_pb2.TrainEpoch(run_id="r", options_json="[1]"))
+    )
     with pytest.raises(WireError, match="JSON object"):
         serde.server_from_pb(Inbound(listed))
 

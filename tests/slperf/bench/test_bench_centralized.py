@@ -1,5 +1,6 @@
 """The centralized baseline: the unsplit model on all the (capped) data, with the same budget and batches as
 a one-client federation."""
+
 from __future__ import annotations
 
 from slperf.bench.suite import CENTRALIZED
@@ -8,8 +9,16 @@ from slperf.bench.suite import CENTRALIZED
 def test_centralized_baseline_on_a_tiny_capped_config():
     from slperf.bench.centralized import train_centralized
 
-    config = {"dataset": "mnist", "model": "lenet", "epochs": 3, "batch_size": 16, "lr": 0.05,
-              "max_train_samples": 256, "max_test_samples": 200, "seed": 0}
+    config = {
+        "dataset": "mnist",
+        "model": "lenet",
+        "epochs": 3,
+        "batch_size": 16,
+        "lr": 0.05,
+        "max_train_samples": 256,
+        "max_test_samples": 200,
+        "seed": 0,
+    }
     seen = []
     result = train_centralized(config, on_epoch=seen.append)
     assert result["paradigm"] == CENTRALIZED and result["rounds"] == 3 and len(result["curve"]) == 3

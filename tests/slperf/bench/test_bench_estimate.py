@@ -1,4 +1,5 @@
 """Time estimates start from the prior table and are refined by finished cells."""
+
 from __future__ import annotations
 
 import pytest

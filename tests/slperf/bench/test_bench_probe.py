@@ -1,4 +1,5 @@
 """Peak memory of a federation's children, read through the launcher's hooks (nothing patched)."""
+
 from __future__ import annotations
 
 import os
@@ -15,12 +16,11 @@ from slperf.federation import Federation
 CHILD_BYTES = 32 << 20
 # Fills (so touches) CHILD_BYTES of its own memory, then says so on stdout and waits for stdin to close: once
 # the line has been read, the child's high-water mark is at least CHILD_BYTES, however loaded the machine is.
-CHILD = ("import sys; block = b'x' * int(sys.argv[1]); print('up', flush=True); sys.stdin.read()")
+CHILD = "import sys; block = b'x' * int(sys.argv[1]); print('up', flush=True); sys.stdin.read()"
 
 
 def start_child(nbytes: int = CHILD_BYTES) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(nbytes)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(nbytes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"up\n"  # blocks until the child holds its memory (or fails on EOF)
     return proc
@@ -37,7 +37,7 @@ def end_child(proc: subprocess.Popen) -> None:
 def test_peak_rss_of_a_live_process():
     assert read_status_kib(os.getpid(), "VmRSS") > 0
     assert peak_rss_bytes(os.getpid()) >= read_status_kib(os.getpid(), "VmRSS") * 1024
-    assert peak_rss_bytes(2 ** 22 + 12345) is None  # no such process
+    assert peak_rss_bytes(2**22 + 12345) is None  # no such process
 
 
 def test_federation_probe_reads_the_children_peaks_through_the_launcher_hooks():

@@ -1,4 +1,5 @@
 """The results writers from fake rows: results.csv, report.md tables (centralized row in each), the plots."""
+
 from __future__ import annotations
 
 import csv
@@ -26,7 +27,7 @@ def test_csv_and_report(tmp_path):
     assert text.count("*centralized* (baseline)") == 2  # in every table
     assert "rounds to 50%" in text and "not reached" in text
     # splitfed_v1 over two seeds: 60 % final, MB per client, peak RSS
-    line = next(l for l in text.splitlines() if l.startswith("| splitfed_v1"))
+    line = next(ln for ln in text.splitlines() if ln.startswith("| splitfed_v1"))
     cells_ = [c.strip() for c in line.strip("|").split("|")]
     assert cells_[1] == "2" and cells_[2] == "60.00 ± 0.00" and cells_[4] == "2"
     assert cells_[5] == "1.20" and cells_[9] == "300"

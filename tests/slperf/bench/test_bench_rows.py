@@ -1,5 +1,6 @@
 """Results rows: the figures derived from a runner's curve (final and best accuracy, rounds to target, per
 client bytes, training time)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """The suite loop: resumability with a fake runner (finished cells skipped, failed and changed cells run
 again), progress and estimates, and (slow) a two-cell micro-suite run for real."""
+
 from __future__ import annotations
 
 import json
@@ -65,17 +66,34 @@ def test_progress_and_estimates_are_printed(tmp_path, capsys):
 
 # ---- the real thing (slow) -------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_micro_suite_end_to_end(tmp_path):
     suite_file = tmp_path / "micro.yaml"
-    suite_file.write_text(yaml.safe_dump({
-        "name": "micro",
-        "base": {"model": "lenet", "epochs": 2, "batch_size": 32, "lr": 0.05, "max_train_samples": 400,
-                 "max_test_samples": 200, "torch_threads": 1},
-        "matrix": {"paradigms": ["splitfed_v1"], "datasets": ["mnist"], "partitions": ["homo"], "clients": [2],
-                   "seeds": [0]},
-        "target_accuracy": 0.3,
-    }))
+    suite_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "micro",
+                "base": {
+                    "model": "lenet",
+                    "epochs": 2,
+                    "batch_size": 32,
+                    "lr": 0.05,
+                    "max_train_samples": 400,
+                    "max_test_samples": 200,
+                    "torch_threads": 1,
+                },
+                "matrix": {
+                    "paradigms": ["splitfed_v1"],
+                    "datasets": ["mnist"],
+                    "partitions": ["homo"],
+                    "clients": [2],
+                    "seeds": [0],
+                },
+                "target_accuracy": 0.3,
+            }
+        )
+    )
     out = tmp_path / "out"
     messages = []
     outcome = run_suite(suite_file, out, show_progress=False, echo=messages.append)
@@ -95,10 +113,13 @@ def test_micro_suite_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     assert "| splitfed_v1 |" in report and "*centralized* (baseline)" in report
     plots = sorted(p.name for p in (out / "plots").iterdir())
-    assert plots == ["mnist_homo_c2_accuracy_vs_bytes.png", "mnist_homo_c2_accuracy_vs_round.png",
-                     "mnist_homo_c2_accuracy_vs_time.png"]
+    assert plots == [
+        "mnist_homo_c2_accuracy_vs_bytes.png",
+        "mnist_homo_c2_accuracy_vs_round.png",
+        "mnist_homo_c2_accuracy_vs_time.png",
+    ]
     assert any("expected ≈" in m for m in messages)
     with open(out / "results.jsonl") as handle:
-        assert len([json.loads(l) for l in handle if l.strip()]) == 2
+        assert len([json.loads(ln) for ln in handle if ln.strip()]) == 2
     again = run_suite(suite_file, out, show_progress=False, echo=lambda m: None)
     assert again.ran == [] and sorted(again.skipped) == sorted(outcome.ran)

@@ -1,4 +1,5 @@
 """The results store survives a crash mid-line: a cut-short row is ignored and that cell simply runs again."""
+
 from __future__ import annotations
 
 from slperf.bench.store import ResultsStore

@@ -1,5 +1,6 @@
 """Suite files: partitions, matrix expansion with its keys and configs, error messages that name the key,
 the built-in suites found by name (package data) and suite files found by path, the preflight notes."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,21 +8,33 @@ import yaml
 from bench_fakes import small_suite, suite_dict
 
 from slperf.bench.suite import (
-    CENTRALIZED, Partition, SuiteError, builtin_suite_names, expand, load_suite, parse_partition, parse_suite,
-    preflight, registered_paradigms, resolve_suite_path,
+    CENTRALIZED,
+    Partition,
+    SuiteError,
+    builtin_suite_names,
+    expand,
+    load_suite,
+    parse_partition,
+    parse_suite,
+    preflight,
+    registered_paradigms,
+    resolve_suite_path,
 )
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("homo", Partition("homo")),
-    ("iid", Partition("homo")),
-    ("hetero:0.5", Partition("hetero", alpha=0.5)),
-    ("dirichlet:2", Partition("hetero", alpha=2.0)),
-    ("hetero", Partition("hetero", alpha=0.5)),
-    ("label_skew:2", Partition("label_skew", classes=2)),
-    ({"method": "label_skew", "classes": 3}, Partition("label_skew", classes=3)),
-    ({"method": "hetero", "alpha": 2}, Partition("hetero", alpha=2.0)),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("homo", Partition("homo")),
+        ("iid", Partition("homo")),
+        ("hetero:0.5", Partition("hetero", alpha=0.5)),
+        ("dirichlet:2", Partition("hetero", alpha=2.0)),
+        ("hetero", Partition("hetero", alpha=0.5)),
+        ("label_skew:2", Partition("label_skew", classes=2)),
+        ({"method": "label_skew", "classes": 3}, Partition("label_skew", classes=3)),
+        ({"method": "hetero", "alpha": 2}, Partition("hetero", alpha=2.0)),
+    ],
+)
 def test_partition_specs(spec, expected):
     assert parse_partition(spec) == expected
 
@@ -31,28 +44,41 @@ def test_partition_labels_and_config_keys():
     assert Partition("label_skew", classes=2).label == "label_skew-k2"
     assert Partition("homo").label == "homo"
     assert Partition("hetero", alpha=2.0).config_keys() == {"partition_method": "hetero", "partition_alpha": 2.0}
-    assert Partition("label_skew", classes=2).config_keys() == {"partition_method": "label_skew",
-                                                                "class_number_per_client": 2}
+    assert Partition("label_skew", classes=2).config_keys() == {
+        "partition_method": "label_skew",
+        "class_number_per_client": 2,
+    }
 
 
-@pytest.mark.parametrize("partition", [
-    Partition("homo"), Partition("hetero", alpha=0.5), Partition("hetero", alpha=2.0), Partition("hetero", alpha=1e-3),
-    Partition("label_skew", classes=2), Partition("base_on_class"), Partition("vertical"),
-])
+@pytest.mark.parametrize(
+    "partition",
+    [
+        Partition("homo"),
+        Partition("hetero", alpha=0.5),
+        Partition("hetero", alpha=2.0),
+        Partition("hetero", alpha=1e-3),
+        Partition("label_skew", classes=2),
+        Partition("base_on_class"),
+        Partition("vertical"),
+    ],
+)
 def test_a_rows_partition_label_names_the_partition_again(partition):
     """The report groups rows by their partition label and titles them through Partition, as the cells do."""
     assert Partition.from_label(partition.label) == partition
     assert Partition.from_label(partition.label).title == partition.title
 
 
-@pytest.mark.parametrize("spec, fragment", [
-    ("hetero:abc", "not a number"),
-    ({"method": "hetero", "alpha": -1}, "alpha"),
-    ({"method": "homo", "alpha": 0.5}, "hetero only"),
-    ({"alpha": 0.5}, "method"),
-    ({"method": "hetero", "beta": 1}, "unknown keys"),
-    (3, "string or a mapping"),
-])
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("hetero:abc", "not a number"),
+        ({"method": "hetero", "alpha": -1}, "alpha"),
+        ({"method": "homo", "alpha": 0.5}, "hetero only"),
+        ({"alpha": 0.5}, "method"),
+        ({"method": "hetero", "beta": 1}, "unknown keys"),
+        (3, "string or a mapping"),
+    ],
+)
 def test_bad_partitions_are_named(spec, fragment):
     with pytest.raises(SuiteError, match=fragment):
         parse_partition(spec)
@@ -84,16 +110,25 @@ def test_matrix_expansion_counts_keys_and_configs():
 def test_all_paradigms_come_from_the_registry():
     from slperf.common.paradigms import registry
 
-    suite = parse_suite(suite_dict(matrix={"paradigms": "all", "datasets": ["mnist"], "partitions": ["homo"],
-                                           "clients": [3], "seeds": [0]}))
-    assert suite.paradigms == [s.name for s in registry.all_specs()]
-    assert {"vanilla", "splitfed_v1"} <= set(suite.paradigms)
+    suite = parse_suite(
+        suite_dict(
+            matrix={"paradigms": "all", "datasets": ["mnist"], "partitions": ["homo"], "clients": [3], "seeds": [0]}
+        )
+    )
+    # every paradigm, and each configuration an alias selects (psl_sum, ushaped_parallel, ...) as a cell of its own
+    assert suite.paradigms == registry.variant_names()
+    assert {s.name for s in registry.all_specs()} | {"psl_sum", "ushaped_parallel"} <= set(suite.paradigms)
 
 
 def test_aliases_exclusions_and_override_precedence():
     raw = suite_dict(
-        matrix={"paradigms": ["SplitFedV1", "vanilla"], "datasets": ["mnist"], "partitions": ["homo", "hetero:2"],
-                "clients": [3], "seeds": [0]},
+        matrix={
+            "paradigms": ["SplitFedV1", "vanilla"],
+            "datasets": ["mnist"],
+            "partitions": ["homo", "hetero:2"],
+            "clients": [3],
+            "seeds": [0],
+        },
         exclude=[{"paradigm": "vanilla", "partition": "hetero"}],
         overrides={"datasets": {"mnist": {"epochs": 4, "lr": 0.1}}, "paradigms": {"vanilla": {"lr": 0.2}}},
         centralized=False,
@@ -107,16 +142,19 @@ def test_aliases_exclusions_and_override_precedence():
     assert by_key["vanilla/mnist/homo/c3/s0"].config["lr"] == 0.2  # paradigm override last
 
 
-@pytest.mark.parametrize("change, fragment", [
-    ({"base": {"epochs": 2, "partition_alfa": 0.5}}, "partition_alfa"),
-    ({"base": {"paradigm": "vanilla"}}, "set by the matrix"),
-    ({"matrix": {"paradigms": ["nosuch"], "datasets": ["mnist"]}}, "nosuch"),
-    ({"matrix": {"paradigms": ["vanilla"], "clients": [0]}}, "clients"),
-    ({"matrix": {"paradigms": ["vanilla"], "colour": ["red"]}}, "colour"),
-    ({"surprise": 1}, "surprise"),
-    ({"target_accuracy": 1.5}, "target_accuracy"),
-    ({"exclude": [{"shape": "round"}]}, "shape"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"base": {"epochs": 2, "partition_alfa": 0.5}}, "partition_alfa"),
+        ({"base": {"paradigm": "vanilla"}}, "set by the matrix"),
+        ({"matrix": {"paradigms": ["nosuch"], "datasets": ["mnist"]}}, "nosuch"),
+        ({"matrix": {"paradigms": ["vanilla"], "clients": [0]}}, "clients"),
+        ({"matrix": {"paradigms": ["vanilla"], "colour": ["red"]}}, "colour"),
+        ({"surprise": 1}, "surprise"),
+        ({"target_accuracy": 1.5}, "target_accuracy"),
+        ({"exclude": [{"shape": "round"}]}, "shape"),
+    ],
+)
 def test_suite_errors_name_the_key(change, fragment):
     with pytest.raises(SuiteError, match=fragment):
         expand(parse_suite(suite_dict(**change)))
@@ -167,9 +205,10 @@ def test_a_suite_file_is_found_by_its_path(tmp_path):
 
 
 def test_preflight_names_unregistered_models():
-    raw = suite_dict(matrix={"paradigms": ["vanilla"], "datasets": ["mnist"], "partitions": ["homo"],
-                             "clients": [2], "seeds": [0]},
-                     overrides={"paradigms": {"vanilla": {"model": "nosuchmodel"}}})
+    raw = suite_dict(
+        matrix={"paradigms": ["vanilla"], "datasets": ["mnist"], "partitions": ["homo"], "clients": [2], "seeds": [0]},
+        overrides={"paradigms": {"vanilla": {"model": "nosuchmodel"}}},
+    )
     notes = preflight(expand(parse_suite(raw)))
     assert len(notes) == 1 and "nosuchmodel" in notes[0]
     assert preflight(expand(small_suite())) == []

@@ -1,5 +1,6 @@
 """Writers for the file formats the data readers parse, used only to build test files: the IDX encoding of an
 array (inverse of `idx.parse_idx`) and an `ar` archive (inverse of `archives.read_ar`)."""
+
 from __future__ import annotations
 
 import numpy as np

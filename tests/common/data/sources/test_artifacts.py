@@ -3,6 +3,7 @@
 pip is pointed at a local --find-links folder holding a generated wheel, or at an index on 127.0.0.1:9 where
 nothing listens; --isolated and PIP_CONFIG_FILE=/dev/null keep the machine's pip configuration out.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,5 +1,6 @@
 """cifar10 (user files only) and cifar10-synthetic, and the training augmentation (random crop with 4-pixel
 padding + horizontal flip) in ShardLoader."""
+
 from __future__ import annotations
 
 import pickle
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from slperf.common.data import DATASETS, DatasetCorrupt, DatasetUnavailable, LoadedDataset, ShardLoader, load_dataset
-from slperf.common.data.sources import cifar
 from slperf.common.data.loader import CROP_PAD, random_crop_flip
+from slperf.common.data.sources import cifar
 
 
 def _write_batches(folder: Path, train_x, train_y, test_x, test_y) -> None:
@@ -19,11 +20,19 @@ def _write_batches(folder: Path, train_x, train_y, test_x, test_y) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     parts = np.array_split(np.arange(len(train_y)), 5)
     for i, idx in enumerate(parts, 1):
-        batch = {b"batch_label": b"training batch %d of 5" % i, b"labels": train_y[idx].tolist(),
-                 b"data": train_x[idx].reshape(len(idx), -1), b"filenames": [b"f.png"] * len(idx)}
+        batch = {
+            b"batch_label": b"training batch %d of 5" % i,
+            b"labels": train_y[idx].tolist(),
+            b"data": train_x[idx].reshape(len(idx), -1),
+            b"filenames": [b"f.png"] * len(idx),
+        }
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
-    test = {b"batch_label": b"testing batch 1 of 1", b"labels": test_y.tolist(),
-            b"data": test_x.reshape(len(test_y), -1), b"filenames": [b"f.png"] * len(test_y)}
+    test = {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": test_y.tolist(),
+        b"data": test_x.reshape(len(test_y), -1),
+        b"filenames": [b"f.png"] * len(test_y),
+    }
     (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
 
 
@@ -76,6 +85,7 @@ def test_wrong_counts_are_refused(small_cifar, tmp_path):
 
 # ---- cifar10-synthetic -----------------------------------------------------------------------------------------
 
+
 def test_synthetic_is_labelled_as_synthetic():
     spec = DATASETS["cifar10-synthetic"]
     assert spec.synthetic and "SYNTHETIC" in spec.summary and "NOT CIFAR-10" in spec.description
@@ -106,10 +116,16 @@ def _features(x: np.ndarray) -> np.ndarray:
     5-10: per-channel mean |d/dx|, |d/dy| (orientation and colour together)."""
     x = x.astype(np.float32) / 255
     grey = x.mean(axis=1)
-    return np.concatenate([x.mean(axis=(2, 3)), np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2))[:, None],
-                           np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2))[:, None],
-                           np.abs(np.diff(x, axis=3)).mean(axis=(2, 3)), np.abs(np.diff(x, axis=2)).mean(axis=(2, 3))],
-                          axis=1)
+    return np.concatenate(
+        [
+            x.mean(axis=(2, 3)),
+            np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2))[:, None],
+            np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2))[:, None],
+            np.abs(np.diff(x, axis=3)).mean(axis=(2, 3)),
+            np.abs(np.diff(x, axis=2)).mean(axis=(2, 3)),
+        ],
+        axis=1,
+    )
 
 
 def test_synthetic_classes_are_learnable_but_need_colour_and_texture():
@@ -130,6 +146,7 @@ def test_synthetic_classes_are_learnable_but_need_colour_and_texture():
 
 
 # ---- augmentation --------------------------------------------------------------------------------------------
+
 
 def _tiny_cifar() -> LoadedDataset:
     return LoadedDataset(DATASETS["cifar10-synthetic"], cifar.generate_synthetic_cifar(100, 20, seed=3), source="test")

@@ -5,6 +5,7 @@ Python 3 protocols 2-5 on small generated files, and refuses malicious pickles w
 The test files are *written* with a byte-level writer (Python 2 layout) or pickle.dumps; nothing here ever
 reads a pickle with pickle.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,16 +42,47 @@ def _int(v: int) -> bytes:
 def py2_cifar_batch(data: np.ndarray, labels: list[int], label: bytes = b"training batch 1 of 5") -> bytes:
     """The opcode layout cPickle.dump(d, f, 2) gives a CIFAR batch dict under Python 2 with NumPy 1.x."""
     n, width = data.shape
-    out = [b"\x80\x02}q\x01(", _s(b"data"), b"q\x02",
-           b"cnumpy.core.multiarray\n_reconstruct\nq\x03", b"cnumpy\nndarray\nq\x04",
-           _int(0), b"\x85", _s(b"b"), b"\x87Rq\x05(", _int(1), _int(n), _int(width), b"\x86",
-           b"cnumpy\ndtype\nq\x06", _s(b"u1"), _int(0), _int(1), b"\x87Rq\x07(", _int(3), _s(b"|"),
-           b"NNN", b"J\xff\xff\xff\xffJ\xff\xff\xff\xff", _int(0), b"tb", b"\x89",
-           _s(np.ascontiguousarray(data, np.uint8).tobytes()), b"tb",
-           _s(b"labels"), b"]q\x08("]
+    out = [
+        b"\x80\x02}q\x01(",
+        _s(b"data"),
+        b"q\x02",
+        b"cnumpy.core.multiarray\n_reconstruct\nq\x03",
+        b"cnumpy\nndarray\nq\x04",
+        _int(0),
+        b"\x85",
+        _s(b"b"),
+        b"\x87Rq\x05(",
+        _int(1),
+        _int(n),
+        _int(width),
+        b"\x86",
+        b"cnumpy\ndtype\nq\x06",
+        _s(b"u1"),
+        _int(0),
+        _int(1),
+        b"\x87Rq\x07(",
+        _int(3),
+        _s(b"|"),
+        b"NNN",
+        b"J\xff\xff\xff\xffJ\xff\xff\xff\xff",
+        _int(0),
+        b"tb",
+        b"\x89",
+        _s(np.ascontiguousarray(data, np.uint8).tobytes()),
+        b"tb",
+        _s(b"labels"),
+        b"]q\x08(",
+    ]
     out += [_int(v) for v in labels]
-    out += [b"e", _s(b"batch_label"), _s(label), _s(b"filenames"), b"](", *(_s(b"img_%d.png" % i) for i in range(n)),
-            b"eu."]
+    out += [
+        b"e",
+        _s(b"batch_label"),
+        _s(label),
+        _s(b"filenames"),
+        b"](",
+        *(_s(b"img_%d.png" % i) for i in range(n)),
+        b"eu.",
+    ]
     return b"".join(out)
 
 
@@ -79,16 +111,22 @@ def test_python2_layout_is_well_formed_and_decodes(tmp_path):
 def test_python3_protocols(tmp_path, protocol, keys):
     data, labels = _sample(5, seed=protocol)
     k = (lambda s: s.encode()) if keys == "bytes" else (lambda s: s)
-    blob = pickle.dumps({k("batch_label"): k("x"), k("labels"): labels, k("data"): data,
-                         k("filenames"): [k("a")] * 5}, protocol=protocol)
+    blob = pickle.dumps(
+        {k("batch_label"): k("x"), k("labels"): labels, k("data"): data, k("filenames"): [k("a")] * 5},
+        protocol=protocol,
+    )
     (tmp_path / "b").write_bytes(blob)
     x, y = read_cifar_batch(tmp_path / "b")
     assert np.array_equal(x.reshape(5, -1), data) and y.tolist() == labels
 
 
 def test_other_numeric_arrays_and_fortran_order():
-    arrays = [np.arange(12, dtype=">i4").reshape(3, 4), np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3),
-              np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3)), np.array([True, False])]
+    arrays = [
+        np.arange(12, dtype=">i4").reshape(3, 4),
+        np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3),
+        np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3)),
+        np.array([True, False]),
+    ]
     for protocol in (2, 4, 5):
         got = safe_load(pickle.dumps({"a": arrays, "t": (1, None, 2.5, True)}, protocol=protocol))
         for want, arr in zip(arrays, got["a"]):
@@ -110,13 +148,15 @@ def _payloads(marker: Path) -> dict[str, bytes]:
         # inside an otherwise valid CIFAR batch, after real data
         "in a batch": py2_cifar_batch(*_sample(2))[:-2] + _s(b"x") + b"cos\nsystem\n" + _s(cmd) + b"\x85Ru.",
         "builtins.eval stack_global": b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93\x8c\x1f__import__('os').system('"
-                                      + cmd[:0] + b"true')\x85R.",
+        + cmd[:0]
+        + b"true')\x85R.",
         "subprocess via INST": b"(S'" + cmd + b"'\nios\nsystem\n.",
         "OBJ": b"(cos\nsystem\n" + _s(cmd) + b"o.",
         "NEWOBJ": b"\x80\x02cos\nsystem\n" + _s(cmd) + b"\x85\x81.",
         # an allowed name with arguments it never takes: _reconstruct(os.system, ...)
         "reconstruct with a foreign class": b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\ndtype\nK\x00\x85"
-                                            + _s(b"b") + b"\x87R.",
+        + _s(b"b")
+        + b"\x87R.",
         "codecs.encode other codec": b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x06\x00\x00\x00base64\x86R.",
         "object dtype": pickle.dumps(np.array([1, "a"], dtype=object), protocol=2),
         "ext code": b"\x80\x02\x82\x01.",
@@ -156,8 +196,9 @@ for name, blob in payloads.items():
         results[name] = "corrupt: " + str(exc)
 print(json.dumps({"events": events, "results": results}))
 """
-    proc = subprocess.run([sys.executable, "-c", script, str(blobs)], capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(blobs)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["events"] == [], "the reader ran, imported or compiled something"
@@ -205,9 +246,14 @@ def test_batch_content_checks(tmp_path):
         "cifar100": pickle.dumps({b"data": data, b"fine_labels": labels}, protocol=2),
         "truncated data": py2_cifar_batch(data, labels).replace(_s(data.tobytes()), _s(data.tobytes()[:-1])),
     }
-    expect = {"not a dict": "not a CIFAR batch dict", "wrong width": "expected a uint8 N×3072",
-              "label count": "4 images but 3 labels", "label range": "outside 0..9", "cifar100": "CIFAR-100",
-              "truncated data": "array data hold 12287 bytes"}
+    expect = {
+        "not a dict": "not a CIFAR batch dict",
+        "wrong width": "expected a uint8 N×3072",
+        "label count": "4 images but 3 labels",
+        "label range": "outside 0..9",
+        "cifar100": "CIFAR-100",
+        "truncated data": "array data hold 12287 bytes",
+    }
     for name, blob in cases.items():
         (tmp_path / name).write_bytes(blob)
         with pytest.raises(DatasetCorrupt, match=expect[name]):

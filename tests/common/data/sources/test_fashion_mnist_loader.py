@@ -4,6 +4,7 @@ the ar/.deb reader on generated archives, and apt-get failures as one-line Datas
 Uses the real dataset-fashion-mnist .deb from the default cache ($SLPERF_CACHE or ~/.cache/slperf), fetched
 with `apt-get download` the first time; decodes go into temporary cache dirs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from file_encoders import encode_idx, write_ar
 
 from slperf.common.data import DatasetCorrupt, DatasetUnavailable, load_dataset
 from slperf.common.data.sources import artifacts
 from slperf.common.data.sources.archives import read_ar, read_deb_files
 from slperf.common.data.sources.fashion_mnist import DEB_DIR, read_fashion_deb
-
-from file_encoders import encode_idx, write_ar
 
 FIRST_TRAIN = [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
 FIRST_TEST = [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
@@ -94,8 +94,12 @@ def test_idx_files_in_data_dir(decoded, tmp_path):
     _, ref, _ = decoded
     folder = tmp_path / "data" / "FashionMNIST" / "raw"  # torchvision's layout
     folder.mkdir(parents=True)
-    names = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-             "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+    names = {
+        "train_x": "train-images-idx3-ubyte",
+        "train_y": "train-labels-idx1-ubyte",
+        "test_x": "t10k-images-idx3-ubyte",
+        "test_y": "t10k-labels-idx1-ubyte",
+    }
     for key, base in names.items():
         arr = np.asarray(getattr(ref.arrays, key))
         arr = arr.reshape(-1, 28, 28) if key.endswith("_x") else arr.astype(np.uint8)
@@ -135,6 +139,7 @@ def test_data_dir_with_unbalanced_labels(decoded, tmp_path):
 
 # ---- the ar / .deb reader on generated archives -------------------------------------------------------------
 
+
 def _tar(files: dict[str, bytes], mode: str = "w:xz", symlink: str | None = None) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode=mode) as tar:
@@ -150,14 +155,24 @@ def _tar(files: dict[str, bytes], mode: str = "w:xz", symlink: str | None = None
     return buf.getvalue()
 
 
-def _deb(tmp_path: Path, files: dict[str, bytes], *, data_name: str = "data.tar.xz", mode: str = "w:xz",
-         symlink: str | None = None) -> Path:
+def _deb(
+    tmp_path: Path,
+    files: dict[str, bytes],
+    *,
+    data_name: str = "data.tar.xz",
+    mode: str = "w:xz",
+    symlink: str | None = None,
+) -> Path:
     path = tmp_path / "pkg.deb"
-    path.write_bytes(write_ar({
-        "debian-binary": b"2.0\n",
-        "control.tar.xz": _tar({"./control": b"Package: x\n"}),
-        data_name: _tar(files, mode, symlink),
-    }))
+    path.write_bytes(
+        write_ar(
+            {
+                "debian-binary": b"2.0\n",
+                "control.tar.xz": _tar({"./control": b"Package: x\n"}),
+                data_name: _tar(files, mode, symlink),
+            }
+        )
+    )
     return path
 
 
@@ -209,10 +224,12 @@ def test_deb_reader_errors(tmp_path):
 
 def test_fashion_reader_on_a_generated_deb(tmp_path):
     rng = np.random.default_rng(0)
-    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
-              "train-labels-idx1-ubyte": np.arange(6, dtype=np.uint8),
-              "t10k-images-idx3-ubyte": rng.integers(0, 256, (2, 28, 28), dtype=np.uint8),
-              "t10k-labels-idx1-ubyte": np.array([3, 4], np.uint8)}
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": np.arange(6, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (2, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": np.array([3, 4], np.uint8),
+    }
     deb = _deb(tmp_path, {f"./{DEB_DIR}/{n}.gz": gzip.compress(encode_idx(a)) for n, a in arrays.items()})
     raw = read_fashion_deb(deb)
     assert np.array_equal(raw["train_x"], arrays["train-images-idx3-ubyte"])
@@ -221,20 +238,32 @@ def test_fashion_reader_on_a_generated_deb(tmp_path):
 
 # ---- apt-get failures ---------------------------------------------------------------------------------------
 
+
 def _offline_apt(tmp_path: Path) -> tuple[str, ...]:
     """apt options that use empty private state and no sources: apt never touches the network or the system."""
     for sub in ("lists/partial", "cache/archives/partial", "parts"):
         (tmp_path / "apt" / sub).mkdir(parents=True, exist_ok=True)
     (tmp_path / "apt" / "sources.list").write_text("")
     a = tmp_path / "apt"
-    return ("-o", f"Dir::Etc::SourceList={a / 'sources.list'}", "-o", f"Dir::Etc::SourceParts={a / 'parts'}",
-            "-o", f"Dir::State::Lists={a / 'lists'}", "-o", f"Dir::Cache={a / 'cache'}")
+    return (
+        "-o",
+        f"Dir::Etc::SourceList={a / 'sources.list'}",
+        "-o",
+        f"Dir::Etc::SourceParts={a / 'parts'}",
+        "-o",
+        f"Dir::State::Lists={a / 'lists'}",
+        "-o",
+        f"Dir::Cache={a / 'cache'}",
+    )
 
 
 def _bogus(tmp_path: Path) -> artifacts.Artifact:
     return dataclasses.replace(
-        artifacts.ARTIFACTS["dataset-fashion-mnist"], requirement="slperf-no-such-package=1.0",
-        filename="slperf-no-such-package_1.0_all.deb", sha256="0" * 64, apt_options=_offline_apt(tmp_path),
+        artifacts.ARTIFACTS["dataset-fashion-mnist"],
+        requirement="slperf-no-such-package=1.0",
+        filename="slperf-no-such-package_1.0_all.deb",
+        sha256="0" * 64,
+        apt_options=_offline_apt(tmp_path),
     )
 
 
@@ -272,7 +301,10 @@ def test_apt_update_is_tried_once_as_root(tmp_path, monkeypatch):
     with pytest.raises(DatasetUnavailable, match="apt-get exited 100: E: Unable to locate package"):
         artifacts.ensure_artifact(_bogus(tmp_path), tmp_path / "cache")
     assert [c[-2:] if "download" in c else c[-1:] for c in calls] == [
-        ["download", "slperf-no-such-package=1.0"], ["update"], ["download", "slperf-no-such-package=1.0"]]
+        ["download", "slperf-no-such-package=1.0"],
+        ["update"],
+        ["download", "slperf-no-such-package=1.0"],
+    ]
 
 
 def test_missing_apt_get_binary(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """fetch_dataset against a local http.server on 127.0.0.1 (no outside host is ever contacted): downloads,
 checksums (file and gunzipped content), mirrors, failures as one-line errors, and the CIFAR tarball unpack."""
+
 from __future__ import annotations
 
 import functools
@@ -54,8 +55,15 @@ def test_download_verify_and_reuse(server, tmp_path):
     a, b = b"alpha" * 1000, b"beta\n" * 10
     (root / "a.bin").write_bytes(a)
     (root / "b.txt.gz").write_bytes(gzip.compress(b))
-    table = {"toy": FetchPlan("Toy", (RemoteFile("a.bin", (url + "a.bin",), _sha(a), size=len(a)),
-                                      RemoteFile("b.txt.gz", (url + "b.txt.gz",), _sha(b), of="gunzip")))}
+    table = {
+        "toy": FetchPlan(
+            "Toy",
+            (
+                RemoteFile("a.bin", (url + "a.bin",), _sha(a), size=len(a)),
+                RemoteFile("b.txt.gz", (url + "b.txt.gz",), _sha(b), of="gunzip"),
+            ),
+        )
+    }
     lines: list[str] = []
     folder = fetch_dataset("toy", cache_dir=tmp_path / "cache", table=table, echo=lines.append)
     assert folder == download_dir("toy", tmp_path / "cache")
@@ -103,15 +111,22 @@ def test_mirrors_are_tried_in_order(server, tmp_path):
     data = b"mirror"
     (root / "good").mkdir()
     (root / "good" / "f").write_bytes(data)
-    table = {"toy": FetchPlan("Toy", (RemoteFile("f", (UNREACHABLE + "f", url + "missing/f", url + "good/f"),
-                                                 _sha(data)),))}
+    table = {
+        "toy": FetchPlan("Toy", (RemoteFile("f", (UNREACHABLE + "f", url + "missing/f", url + "good/f"), _sha(data)),))
+    }
     folder = fetch_dataset("toy", dest=tmp_path / "d", table=table)
     assert (folder / "f").read_bytes() == data
 
 
 def test_unreachable_host_fails_fast_with_one_line(tmp_path):
-    table = {"toy": FetchPlan("Toy", (RemoteFile("f", (UNREACHABLE + "f",), "sha256:" + "0" * 64),),
-                              host_hint="the toy host", alternative="use toy-synthetic")}
+    table = {
+        "toy": FetchPlan(
+            "Toy",
+            (RemoteFile("f", (UNREACHABLE + "f",), "sha256:" + "0" * 64),),
+            host_hint="the toy host",
+            alternative="use toy-synthetic",
+        )
+    }
     t0 = time.monotonic()
     with pytest.raises(DatasetUnavailable) as info:
         fetch_dataset("toy", cache_dir=tmp_path / "cache", table=table, timeout=5)
@@ -134,9 +149,11 @@ def _cifar_tarball(a, extra: dict[str, bytes] | None = None) -> bytes:
     parts = np.array_split(np.arange(len(a.train_y)), 5)
     for i, idx in enumerate(parts, 1):
         files[f"cifar-10-batches-py/data_batch_{i}"] = pickle.dumps(
-            {b"data": a.train_x[idx].reshape(len(idx), -1), b"labels": a.train_y[idx].tolist()}, protocol=2)
+            {b"data": a.train_x[idx].reshape(len(idx), -1), b"labels": a.train_y[idx].tolist()}, protocol=2
+        )
     files["cifar-10-batches-py/test_batch"] = pickle.dumps(
-        {b"data": a.test_x.reshape(len(a.test_y), -1), b"labels": a.test_y.tolist()}, protocol=2)
+        {b"data": a.test_x.reshape(len(a.test_y), -1), b"labels": a.test_y.tolist()}, protocol=2
+    )
     files.update(extra or {})
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -152,17 +169,28 @@ def test_cifar_tarball_is_unpacked_safely_and_loads(server, tmp_path, monkeypatc
     monkeypatch.setattr(cifar, "TRAIN_PER_CLASS", 2)
     monkeypatch.setattr(cifar, "TEST_PER_CLASS", 1)
     a = cifar.generate_synthetic_cifar(20, 10, seed=5)
-    blob = _cifar_tarball(a, {"../../evil.txt": b"x", "/tmp/abs-evil.txt": b"x",
-                              "cifar-10-batches-py/../../evil2.txt": b"x", "cifar-10-batches-py/other": b"x"})
+    blob = _cifar_tarball(
+        a,
+        {
+            "../../evil.txt": b"x",
+            "/tmp/abs-evil.txt": b"x",
+            "cifar-10-batches-py/../../evil2.txt": b"x",
+            "cifar-10-batches-py/other": b"x",
+        },
+    )
     (root / "cifar-10-python.tar.gz").write_bytes(blob)
     md5 = hashlib.md5(blob).hexdigest()
-    plan = FetchPlan("CIFAR-10", (RemoteFile("cifar-10-python.tar.gz", (url + "cifar-10-python.tar.gz",),
-                                             f"md5:{md5}", size=len(blob)),), unpack="cifar10")
+    plan = FetchPlan(
+        "CIFAR-10",
+        (RemoteFile("cifar-10-python.tar.gz", (url + "cifar-10-python.tar.gz",), f"md5:{md5}", size=len(blob)),),
+        unpack="cifar10",
+    )
     cache = tmp_path / "cache"
     folder = fetch_dataset("cifar10", cache_dir=cache, table={"cifar10": plan})
     batches = folder / "cifar-10-batches-py"
     assert sorted(p.name for p in batches.iterdir()) == sorted(
-        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"])
+        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    )
     assert sorted(p.name for p in folder.iterdir()) == ["cifar-10-batches-py"], "tarball removed, nothing else"
     assert not list(tmp_path.rglob("evil*")) and not Path("/tmp/abs-evil.txt").exists()
     ds = load_dataset("cifar10", cache_dir=cache)  # found in <cache>/downloads/cifar10 without data_dir

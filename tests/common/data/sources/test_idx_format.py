@@ -1,15 +1,15 @@
 """The strict IDX parser: round trips on small generated files and rejection of damaged ones."""
+
 from __future__ import annotations
 
 import gzip
 
 import numpy as np
 import pytest
+from file_encoders import encode_idx
 
 from slperf.common.data import DatasetCorrupt
 from slperf.common.data.sources.idx import parse_idx, read_idx_file
-
-from file_encoders import encode_idx
 
 
 @pytest.mark.parametrize(

