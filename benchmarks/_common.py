@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from slperf.bench.machine import machine_info
+from slperf.common.fsutil import atomic_write
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -26,9 +27,7 @@ def write_result(name: str, data: dict[str, Any], results_dir: Path | None = Non
         "note": "measured on a shared machine; timings are noisy (see machine.loadavg)",
     }
     path = folder / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     print(f"wrote {path}")
     return path
 

@@ -34,6 +34,7 @@ def _install() -> None:
 
 def _dump(path: Path, name: str, role: str) -> None:
     from slperf.bench.memory import self_peak_rss_bytes
+    from slperf.common.fsutil import atomic_write
 
     with _lock:
         sessions = [
@@ -53,9 +54,7 @@ def _dump(path: Path, name: str, role: str) -> None:
         "sessions": sessions,
         "peak_rss_bytes": self_peak_rss_bytes(),
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data))
 
 
 def main() -> None:

@@ -6,11 +6,7 @@ client daemon started by someone else, often as the only line they read.
 
 from __future__ import annotations
 
-
-def one_line(text: str, limit: int = 600) -> str:
-    """Collapses whitespace (newlines included) so a message stays on one line, and caps its length."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+from slperf.common.errors import one_line
 
 
 class DatasetUnavailable(RuntimeError):

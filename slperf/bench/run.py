@@ -22,6 +22,7 @@ from slperf.bench.rows import failed_row, finalize_row
 from slperf.bench.runners import CellRunner, Echo, default_runner
 from slperf.bench.store import ResultsStore
 from slperf.bench.suite import Cell, Suite, expand, load_suite, preflight
+from slperf.common.errors import RpcFailure, one_line
 
 Row = dict[str, Any]
 
@@ -40,13 +41,9 @@ class SuiteOutcome:
 
 def _error_text(exc: BaseException) -> str:
     """One line: gRPC errors by their status and details, others by type and message."""
-    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
-    if callable(code) and callable(details):
-        try:
-            return f"{type(exc).__name__}: {code().name}: {details()}"
-        except Exception:
-            pass
-    return f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    if callable(getattr(exc, "code", None)) and callable(getattr(exc, "details", None)):
+        return one_line(f"{type(exc).__name__}: {RpcFailure.of(exc).line()}")
+    return one_line(f"{type(exc).__name__}: {exc}")
 
 
 def _fmt_seconds(seconds: float) -> str:

@@ -25,8 +25,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slperf.common.errors import one_line
+
 from ..cache import install_file, resolve_cache_dir
-from ..errors import DatasetUnavailable, one_line
+from ..errors import DatasetUnavailable
 
 HASH_BLOCK = 1 << 20  # 1 MiB
 PIP_TIMEOUT_S = 120.0
