@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PROTOS  := $(wildcard proto/slperf/v1/*.proto)
 CONFIG  ?= configs/mnist_splitfed_v1.yaml
 
-.PHONY: setup proto demo test test-fast lint bench bench-suite data clean
+.PHONY: setup proto demo test test-fast test-stress lint bench bench-suite data clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: $(STAMP)
 # ruff (lint + format check), mypy (strict on the core) and the import-linter layer contracts in pyproject.toml.
 lint: $(STAMP)
 	$(VPY) tools/lint.py
+
+# The suite under CPU load (one busy loop per core) and in random order, 3 times; prints each run's seed.
+test-stress: $(STAMP)
+	$(VPY) tools/stress.py --repeats $(or $(REPEATS),3)
 
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not slow"
