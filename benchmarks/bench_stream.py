@@ -6,7 +6,7 @@ OpenSSL: what encryption alone costs), and over the same gRPC + mutual TLS trans
 (raw 1 MiB ``bytes`` messages, identity serializers: what gRPC itself costs). Our framing is then judged
 against the transport it runs on (``ratio_to_raw_grpc``) as well as against the socket (``ratio``).
 
-The sender is the client daemon's own ``SessionLink.send_activations`` (the endpoint: serde, ``encode_tensor``,
+The sender is the client daemon's own ``SessionLink.send_cut_tensor`` (the endpoint: serde, ``encode_tensor``,
 ``Framer``: ~1 MiB chunks, seq numbers, byte counts) on a grpc.aio bidirectional stream with mutual TLS. The
 receiver is the server's own endpoint: ``Deframer`` (reassembly, CRC-32) and serde's one writable, checked decode
 of the cut tensor. Both receivers run in their own process and answer each tensor with a small acknowledgement;
@@ -234,7 +234,7 @@ class _Session:
         from slperf.common.protocol.types import Phase, StepRef
 
         self.step += 1
-        await self.link.send_activations(StepRef("bench", 0, self.step, Phase.TRAIN), tensor)
+        await self.link.send_cut_tensor(StepRef("bench", 0, self.step, Phase.TRAIN), tensor)
         reply = await self.link.receive()
         if reply is None or reply.ref.step != self.step:
             raise RuntimeError("no acknowledgement, or one for the wrong transfer")

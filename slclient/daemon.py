@@ -29,6 +29,7 @@ from slperf.common.paradigms.base import ClientParadigm
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.messages import (
+    ClientMessage,
     ErrorReport,
     Evaluate,
     Finish,
@@ -103,7 +104,7 @@ class SessionLink:
     def counter(self) -> ByteCounter:
         return self.endpoint.counter
 
-    async def send(self, message: Hello | Ready | CutTensor | ModelState | PhaseDone | ErrorReport) -> None:
+    async def send(self, message: ClientMessage) -> None:
         await self.endpoint.send(message)
 
     async def receive(self) -> ServerMessage | None:
@@ -115,7 +116,7 @@ class SessionLink:
                 log.error("dropping a bad message from the server: %s", err.message)
 
     # -- ClientLink ---------------------------------------------------------------------------------
-    async def send_activations(
+    async def send_cut_tensor(
         self,
         ref: StepRef,
         tensor: torch.Tensor,

@@ -188,7 +188,12 @@ class RunCoordinator:
         run.state = RunState.WAITING_FOR_CLIENTS
         run.publish("state", {"state": run.state})
         ids = await self._participants(run.config)
-        return [self._client_factory(cid, i, self.registry, run.config, run.run_id) for i, cid in enumerate(ids)]
+
+        def handles() -> list[RunClient]:
+            return [self._client_factory(cid, i, self.registry, run.config, run.run_id) for i, cid in enumerate(ids)]
+
+        # Off the event loop: a handle derives its client's declared exchange, which may build the model once.
+        return await asyncio.to_thread(handles)
 
     async def _participants(self, config: RunConfig) -> list[str]:
         wanted = config.participant_ids()

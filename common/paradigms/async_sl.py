@@ -200,7 +200,7 @@ class AsyncClient(BottomClient):
             ref = StepRef(link.run_id, round, step, Phase.TRAIN)
             with torch.no_grad():
                 acts = self.bottom(x)
-            await link.send_activations(ref, acts, labels=y)
+            await link.send_cut_tensor(ref, acts, labels=y)
             reply = await link.recv_reply(ref)  # metrics only; frozen bottom
             summary.add(int(y.shape[0]), reply.loss, reply.correct)
         return summary

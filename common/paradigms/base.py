@@ -124,7 +124,7 @@ class ClientLink(Protocol):
 
     run_id: str
 
-    async def send_activations(
+    async def send_cut_tensor(
         self,
         ref: StepRef,
         tensor: torch.Tensor,

@@ -131,7 +131,7 @@ class VerticalClient(ClientParadigm):
         for step, (x, y, ids) in enumerate(self._batches(self.data.train, round, True)):
             ref = StepRef(link.run_id, round, step, Phase.TRAIN)
             emb = self.bottom(x)
-            await link.send_activations(ref, emb.detach(), labels=y if self.owner else None, sample_ids=ids)
+            await link.send_cut_tensor(ref, emb.detach(), labels=y if self.owner else None, sample_ids=ids)
             reply = await link.recv_reply(ref)
             if reply.tensor is not None:
                 bottom_backward_step(emb, reply.tensor, self.optimizer)
@@ -144,7 +144,7 @@ class VerticalClient(ClientParadigm):
         for step, (x, y, ids) in enumerate(self._batches(self.data.test, 0, False)):
             with torch.no_grad():
                 emb = self.bottom(x)
-            await link.send_activations(
+            await link.send_cut_tensor(
                 StepRef(link.run_id, round, step, Phase.EVAL), emb, labels=y if self.owner else None, sample_ids=ids
             )
             summary.add(int(x.shape[0]))

@@ -75,10 +75,10 @@ def test_the_link_checks_every_reply_against_the_exchange_as_strictly_as_the_ser
         link = SessionLink(QueueStream(down, up, session_pb2.ClientMessage), run_id="r", exchange=exchange)
         server = Endpoint(QueueStream(up, down, session_pb2.ServerMessage), Side.SERVER)
         good, short = StepRef("r", 0, 0, Phase.TRAIN), StepRef("r", 0, 1, Phase.TRAIN)
-        await link.send_activations(good, torch.zeros(4, *cut), labels=torch.zeros(4, dtype=torch.int64))
+        await link.send_cut_tensor(good, torch.zeros(4, *cut), labels=torch.zeros(4, dtype=torch.int64))
         await server.send(CutReply(good, torch.ones(4, *cut), 0.5, 2, 4))
         assert (await link.recv_reply(good)).correct == 2
-        await link.send_activations(short, torch.zeros(4, *cut), labels=torch.zeros(4, dtype=torch.int64))
+        await link.send_cut_tensor(short, torch.zeros(4, *cut), labels=torch.zeros(4, dtype=torch.int64))
         await server.send(CutReply(short, torch.ones(3, *cut)))  # a gradient for 3 samples, not the 4 sent
         with pytest.raises(ServerError) as caught:
             await link.recv_reply(short)

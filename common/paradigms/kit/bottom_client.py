@@ -31,7 +31,7 @@ class BottomClient(ClientParadigm):
         for step, (x, y) in enumerate(self.data.train.batches(round)):
             ref = StepRef(link.run_id, round, step, Phase.TRAIN)
             acts = self.bottom(x)
-            await link.send_activations(ref, acts.detach(), labels=y)
+            await link.send_cut_tensor(ref, acts.detach(), labels=y)
             reply = await link.recv_reply(ref)
             if reply.tensor is not None:  # paradigms may withhold the gradient (e.g. a frozen client)
                 bottom_backward_step(acts, reply.tensor, self.optimizer)
@@ -45,6 +45,6 @@ class BottomClient(ClientParadigm):
             ref = StepRef(link.run_id, round, step, Phase.EVAL)
             with torch.no_grad():
                 acts = self.bottom(x)
-            await link.send_activations(ref, acts, labels=y)
+            await link.send_cut_tensor(ref, acts, labels=y)
             summary.add(int(y.shape[0]))
         return summary

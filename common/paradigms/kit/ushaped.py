@@ -230,7 +230,7 @@ class UShapedClient(ClientParadigm):
             head_ref = StepRef(link.run_id, round, step, Phase.TRAIN, HEAD)
             tail_ref = StepRef(link.run_id, round, step, Phase.TRAIN, TAIL)
             a1 = self.head(x)
-            await link.send_activations(head_ref, a1.detach())  # 1: no labels
+            await link.send_cut_tensor(head_ref, a1.detach())  # 1: no labels
             down = await link.recv_reply(head_ref)  # 2
             if down.tensor is None:
                 raise ValueError(f"step {step}: the server sent no middle output")
@@ -240,7 +240,7 @@ class UShapedClient(ClientParadigm):
             self.tail_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.tail_optimizer.step()
-            await link.send_activations(tail_ref, grad_of(a2))  # 3
+            await link.send_cut_tensor(tail_ref, grad_of(a2))  # 3
             up = await link.recv_reply(tail_ref)  # 4
             if up.tensor is None:
                 raise ValueError(f"step {step}: the server sent no gradient for the head")
@@ -257,7 +257,7 @@ class UShapedClient(ClientParadigm):
             ref = StepRef(link.run_id, round, step, Phase.EVAL, HEAD)
             with torch.no_grad():
                 a1 = self.head(x)
-            await link.send_activations(ref, a1)
+            await link.send_cut_tensor(ref, a1)
             down = await link.recv_reply(ref)
             if down.tensor is None:
                 raise ValueError(f"eval step {step}: the server sent no middle output")

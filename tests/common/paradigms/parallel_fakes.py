@@ -105,7 +105,7 @@ class FakeLink:
         self.conn = conn
         self.run_id = RUN_ID
 
-    async def send_activations(self, ref: StepRef, tensor, labels=None) -> None:
+    async def send_cut_tensor(self, ref: StepRef, tensor, labels=None) -> None:
         conn = self.conn
         conn.sent_activations += 1
         if conn.die_after is not None and conn.sent_activations > conn.die_after:
