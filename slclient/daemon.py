@@ -104,6 +104,13 @@ class SessionLink:
     def counter(self) -> ByteCounter:
         return self.endpoint.counter
 
+    def begin_pass(self, run_id: str, exchange: Exchange | None) -> None:
+        """A new pass of run ``run_id``: replies are checked against ``exchange``; nothing from an aborted pass
+        is still awaited."""
+        self.run_id = run_id
+        self.exchange = exchange
+        self._awaiting.clear()
+
     async def send(self, message: ClientMessage) -> None:
         await self.endpoint.send(message)
 
@@ -266,8 +273,7 @@ class ClientDaemon:
                 link, grpc.StatusCode.FAILED_PRECONDITION, f"{kind} for run {part.run_id!r} before setup"
             )
             return
-        link.run_id = self.run_id
-        link.exchange = self.exchange
+        link.begin_pass(self.run_id, self.exchange)
         try:
             if isinstance(part, TrainEpoch):
                 summary = await self.paradigm.train_epoch(link, part.round, part.options)
