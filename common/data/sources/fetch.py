@@ -6,7 +6,7 @@ The project's own machines reach only the package registries, so the default sou
 fails in well under a second), checks every file's size and checksum (sha256, or the md5 the host publishes
 where that is the only published value; for gzipped IDX files the checksum is of the decompressed content, so
 a re-compressed copy still verifies) on a scratch .part file, and only then writes it into
-<cache>/downloads/NAME/ (or dest) with fsutil.atomic_write (cache.install_file). The folder returned is a
+<cache>/downloads/NAME/ (or dest) with fsutil.install (fsynced, renamed into place). The folder returned is a
 valid data_dir for the data set; `cifar10` additionally finds it without data_dir.
 
 CIFAR-10's tarball is unpacked by reading only the expected member names (regular files under
@@ -32,9 +32,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from slperf.common.fsutil import atomic_write
+from slperf.common.fsutil import atomic_write, install
 
-from ..cache import install_file, resolve_cache_dir
+from ..cache import resolve_cache_dir
 from ..errors import DatasetUnavailable
 
 DEFAULT_TIMEOUT_S = 15.0
@@ -274,7 +274,7 @@ def _fetch_file(spec: RemoteFile, folder: Path, timeout: float, echo: Callable[[
             problem = verify_file(tmp, spec)
             if problem is not None:
                 raise _Mismatch(f"checksum mismatch: {problem}")
-            install_file(tmp, dest)  # only a verified file ever appears under its real name
+            install(tmp, dest)  # only a verified file ever appears under its real name
             return True, []
         except _Mismatch as exc:
             failures.append(f"{url} ({exc})")
