@@ -135,6 +135,13 @@ def certs_revoke(client_id: str, directory: Path) -> None:
     show_default=True,
     help="per-session message rate; excess messages get RESOURCE_EXHAUSTED",
 )
+@click.option(
+    "--write-timeout",
+    type=click.FloatRange(min=0.001),
+    default=60.0,
+    show_default=True,
+    help="seconds one write to a client (at most a 1 MiB chunk) may wait; a client that stops reading is dropped",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def server(
     address: str,
@@ -147,6 +154,7 @@ def server(
     max_payload_mb: int,
     max_tensor_elements: int,
     max_messages_per_second: float,
+    write_timeout: float,
     verbose: bool,
 ) -> None:
     """Run the server daemon (top segments, aggregation, checkpoints, control). A run interrupted by a
@@ -168,6 +176,7 @@ def server(
         tensor_limits=TensorLimits(max_elements=max_tensor_elements),
         messages_per_second=max_messages_per_second,
         message_burst=max(1, int(2 * max_messages_per_second)),
+        write_timeout=write_timeout,
     )
     try:
         run_server(

@@ -233,12 +233,29 @@ class RunCoordinator:
             records=records,
             elapsed_before=elapsed_before,
         )
-        await asyncio.gather(*(c.session() for c in clients))
+        await self._set_up(run, clients)
         run.state = RunState.RUNNING
         ids = [c.client_id for c in clients]
         run.publish("state", {"state": run.state, "clients": ids})
         log.info("run %s: %s with %s on %s", run.run_id, config.paradigm, ", ".join(ids), config.dataset)
         return _Prepared(ctx, paradigm, recorder, first_round)
+
+    async def _set_up(self, run: Run, clients: list[RunClient]) -> None:
+        """Sets every participant up for the run at once. One that never answers (gone, or slower than
+        client_timeout to load its data) is left out like any late client: its handle sets it up again when it
+        rejoins, and the paradigm goes on without it meanwhile if it can. Only a run none of whose clients could be
+        set up fails here."""
+        outcomes = await asyncio.gather(*(c.session() for c in clients), return_exceptions=True)
+        missing: list[str] = []
+        for client, outcome in zip(clients, outcomes, strict=True):
+            if isinstance(outcome, ClientGone):
+                missing.append(f"{client.client_id} ({outcome.reason})")
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        if len(missing) == len(clients):
+            raise RunFailed(f"no client could be set up for the run: {'; '.join(missing)}")
+        for entry in missing:
+            log.warning("run %s: client %s did not answer set-up; it rejoins when it reconnects", run.run_id, entry)
 
     def _resume(self, run: Run, paradigm: ServerParadigm) -> tuple[int, list[Record], float]:
         """Continues a run whose checkpoint is in its folder (a server restart): no completed round is lost."""

@@ -79,7 +79,7 @@ class ClientProxy:
     async def _send(self, session: Session, message: ServerMessage) -> None:
         try:
             await session.send(message)
-        except (ConnectionError, grpc.aio.AioRpcError, RuntimeError) as exc:
+        except ConnectionError as exc:  # the session closed itself if the write failed
             raise ClientGone(self.client_id, f"send failed: {exc}") from None
 
     async def _next(self, session: Session) -> ClientMessage:
@@ -88,7 +88,9 @@ class ClientProxy:
         except TimeoutError:
             # A client dropped for silence must not keep this stream: if it resumed, the instructions queued
             # on it would keep the client one round behind the server for the rest of the run.
-            session.close(f"dropped: no message for {self._timeout:.0f} s (client_timeout)")
+            session.close(
+                f"dropped: no message for {self._timeout:.0f} s (client_timeout)", grpc.StatusCode.DEADLINE_EXCEEDED
+            )
             raise ClientGone(self.client_id, f"no message for {self._timeout:.0f} s (client_timeout)") from None
         except ConnectionError as exc:
             raise ClientGone(self.client_id, str(exc)) from None
@@ -152,7 +154,7 @@ class ClientProxy:
             return
         try:
             await session.send(Finish(self._run_id, reason))
-        except (ConnectionError, grpc.aio.AioRpcError, RuntimeError):
+        except ConnectionError:
             pass
         session.in_run = None
         session.state = SessionState.IDLE

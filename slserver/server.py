@@ -105,7 +105,7 @@ async def serve(opts: ServerOptions, *, announce: Callable[[str], object] = prin
         if run is not None and not run.finished:
             await coordinator.stop(run, reason="shutdown")
         for session in list(registry.sessions.values()):
-            session.close("server shutting down")
+            session.close("server shutting down", grpc.StatusCode.UNAVAILABLE)
         await server.stop(grace=2.0)
         executor.shutdown(wait=True, cancel_futures=True)
 

@@ -75,7 +75,7 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
         except WireError as err:
             await context.abort(err.code, err.message)
         if replaced is not None:
-            replaced.close("replaced by a new session of the same client (reconnect)")  # its handler returns
+            replaced.close("replaced by a new session of the same client (reconnect)", grpc.StatusCode.ABORTED)  # its handler returns
         log.info("client %s connected from %s", hello.client_id, context.peer())
         try:
             await session.send(
@@ -102,11 +102,14 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:  # a broken stream ends this session only
-            session.close(f"stream failed: {exc}")
+            session.close(f"stream failed: {exc}", grpc.StatusCode.UNAVAILABLE)
         finally:
             session.close(session.close_reason or "stream ended")
             await self.registry.remove(session)
             log.info("client %s disconnected: %s", hello.client_id, session.close_reason)
+        if session.close_code is not None:
+            # Closed on this side (dropped, replaced, shutting down): the client is told why, never a bare OK.
+            await context.abort(session.close_code, session.close_reason)
 
 
 def add_session_service(server: grpc.aio.Server, sessions: SplitLearningService) -> None:

@@ -22,7 +22,7 @@ import grpc
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import ClientMessage, ErrorReport, Hello, ServerMessage
 from slperf.common.protocol.types import SessionState
-from slperf.common.transport.endpoint import Endpoint, ServerEndpoint, Side, Stream
+from slperf.common.transport.endpoint import Endpoint, ServerEndpoint, Side, Stream, StreamBroken
 from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits
 from slperf.common.wire.framing import ByteCounter
 
@@ -40,6 +40,8 @@ class SessionLimits:
     tensor_limits: TensorLimits = DEFAULT_LIMITS
     inbox_size: int = 256
     hello_timeout: float = 30.0
+    # Bound on one write to a client (an envelope of at most a chunk): expiry means it stopped reading; it is dropped.
+    write_timeout: float = 60.0
     messages_per_second: float = 5000.0
     message_burst: int = 10000
 
@@ -88,10 +90,14 @@ class Session:
             limits=limits.tensor_limits,
             max_payload_bytes=limits.max_payload_bytes,
             admit=self._admit,
+            write_timeout=limits.write_timeout,
         )
         self._inbox: asyncio.Queue[ClientMessage | object] = asyncio.Queue(limits.inbox_size)
         self.closed = asyncio.Event()
         self.close_reason = ""
+        # The status the server ends the stream with, once this side closed the session; None while open, or when
+        # the client ended the stream itself. A session the server ends always says why.
+        self.close_code: grpc.StatusCode | None = None
         # Set by the run while this client takes part; messages arriving for no run are refused.
         self.in_run: str | None = None
         self.state = SessionState.IDLE
@@ -113,16 +119,24 @@ class Session:
             )
 
     async def send(self, message: ServerMessage) -> None:
-        """Sends ``message`` (its tensors' bytes follow as attachments) as one unit."""
+        """Sends ``message`` (its tensors' bytes follow as attachments) as one unit. Raises ConnectionError when the
+        session is closed or the write fails; a failed write closes the session, since its stream is unusable."""
         if self.closed.is_set():
             raise ConnectionError(f"session of {self.client_id} is closed: {self.close_reason}")
-        await self.endpoint.send(message)
+        try:
+            await self.endpoint.send(message)
+        except StreamBroken as exc:
+            self.close(f"dropped: {exc}", grpc.StatusCode.UNAVAILABLE)
+            raise
 
     async def send_error(self, code: grpc.StatusCode, message: str) -> None:
-        """An in-stream error: the offending message is dropped and the session goes on."""
+        """An in-stream error: the offending message is dropped and the session goes on (unless the error cannot
+        be delivered, which closes the session like any failed write)."""
         log.info("client %s: %s: %s", self.client_id, code.name, message)
-        if not self.closed.is_set():
-            await self.endpoint.send_error(code, message)
+        try:
+            await self.send(ErrorReport(code, message))
+        except ConnectionError:
+            pass
 
     async def next(self, timeout: float) -> ClientMessage:
         """The next message for the run; ConnectionError once the session is closed, TimeoutError after ``timeout``."""
@@ -165,9 +179,12 @@ class Session:
                 continue
             await self._inbox.put(message)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, code: grpc.StatusCode | None = None) -> None:
+        """Ends the session. ``code`` is the status the server ends the client's stream with (None when the client
+        ended it: there is nobody left to tell)."""
         if not self.closed.is_set():
             self.close_reason = reason
+            self.close_code = code
             self.closed.set()
             self.state = SessionState.DISCONNECTED
             try:

@@ -47,6 +47,11 @@ class Stream(Protocol):
     async def read(self) -> Any: ...
 
 
+class StreamBroken(ConnectionError):
+    """A write to the stream failed, or did not finish within the endpoint's write deadline: the peer is gone or has
+    stopped reading. Either way the stream is unusable; its owner ends the session (nothing else is wrong)."""
+
+
 EndpointObserver = Callable[["Endpoint[Any, Any]"], None]
 _observers: list[EndpointObserver] = []
 
@@ -67,9 +72,12 @@ class Endpoint(Generic[Out, In]):
         limits: TensorLimits = DEFAULT_LIMITS,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         admit: Callable[[], None] | None = None,
+        write_timeout: float | None = None,
     ):
         """``admit`` is called for every envelope before it is read further and may raise WireError to refuse it
-        (the server's per-session rate limit); ``name`` says whose endpoint it is (a client id)."""
+        (the server's per-session rate limit); ``name`` says whose endpoint it is (a client id). ``write_timeout``
+        bounds each single write (one envelope of at most a chunk): a peer that stops reading fills its HTTP/2
+        window and would otherwise block the writer forever."""
         self.stream = stream
         self.side = side
         self.name = name
@@ -84,22 +92,36 @@ class Endpoint(Generic[Out, In]):
         self._decode: Callable[..., Any] = serde.server_from_pb if up else serde.client_from_pb
         self._admit = admit
         self._send_lock = asyncio.Lock()
+        self.write_timeout = write_timeout
         for observer in list(_observers):
             observer(self)
 
     async def send(self, message: Out) -> None:
         """Sends ``message`` and its attachments as one unit. Attachments are sliced from the tensors' memory:
-        the tensors must not change until this returns."""
+        the tensors must not change until this returns. Raises StreamBroken when the stream cannot take it."""
         envelope, bulk = self._encode(message)
         async with self._send_lock:
             for frame in self._framer.frames(envelope, bulk):
+                await self._write(frame)
+
+    async def _write(self, frame: Any) -> None:
+        # Whatever a failed write raises (grpc's AioRpcError, its internal ExecuteBatchError once the call is gone,
+        # RuntimeError/InvalidStateError after the RPC ended) means one thing to every caller: the peer is gone.
+        try:
+            async with asyncio.timeout(self.write_timeout):
                 await self.stream.write(frame)
+        except TimeoutError:
+            raise StreamBroken(
+                f"the peer is not reading: a write waited more than {self.write_timeout:g} s (write_timeout)"
+            ) from None
+        except Exception as exc:
+            raise StreamBroken(f"write failed: {type(exc).__name__}: {exc}") from None
 
     async def send_error(self, code: grpc.StatusCode, message: str) -> None:
         """An in-stream error; a stream that is already gone is not an error of its own."""
         try:
             await self.send(ErrorReport(code, message))  # type: ignore[arg-type]  # both sides may send one
-        except (ConnectionError, grpc.aio.AioRpcError, asyncio.InvalidStateError, RuntimeError):
+        except StreamBroken:
             pass
 
     async def receive(self) -> In | None:

@@ -93,6 +93,8 @@ class FakeClient:
 
     async def session(self) -> object:
         self.set_up += 1
+        if self.client_id in self.world.silent_at_setup and self.set_up == 1:
+            raise ClientGone(self.client_id, "no message for 30 s (client_timeout)")
         self.world.registry.carry(self.client_id, SETUP_BYTES)
         return self
 
@@ -162,8 +164,10 @@ class World:
         drops: Mapping[str, set[int]] | None = None,
         hold_round: int | None = None,
         needs_all: bool = False,
+        silent_at_setup: set[str] | None = None,
     ) -> None:
         self.registry = FakeRegistry(client_ids)
+        self.silent_at_setup = set(silent_at_setup or ())  # these never answer their first set-up
         self.drops = dict(drops or {})
         self.needs_all = needs_all
         self.hold_round = hold_round  # train_round of this round waits until the run is cancelled
@@ -416,3 +420,31 @@ def test_cancellation_by_shutdown_ends_in_interrupted_without_a_final_state(tmp_
     assert not (tmp_path / "r1" / "state.json").exists()
     assert restarted.find_resumable() == tmp_path / "r1"
     assert load_checkpoint(tmp_path / "r1" / "checkpoint.pt")["round"] == 0
+
+
+def test_a_client_that_never_answers_set_up_is_left_out_and_the_run_goes_on(tmp_path, executor):
+    world = World("c1", "c2", silent_at_setup={"c2"})
+
+    async def main() -> Run:
+        run = world.coordinator(tmp_path, executor).start(_config(), "r1")
+        await _within(run.task)
+        return run
+
+    run = asyncio.run(main())
+    assert run.state is RunState.FINISHED, run.error
+    assert len(RunFolder(tmp_path / "r1").read_metrics()) == 3
+    assert world.finished() == {"c1": [RunState.FINISHED], "c2": [RunState.FINISHED]}
+
+
+def test_a_run_none_of_whose_clients_answers_set_up_fails_and_names_them(tmp_path, executor):
+    world = World("c1", "c2", silent_at_setup={"c1", "c2"})
+
+    async def main() -> Run:
+        run = world.coordinator(tmp_path, executor).start(_config(), "r1")
+        await _within(run.task)
+        return run
+
+    run = asyncio.run(main())
+    assert run.state is RunState.FAILED
+    assert run.error.startswith("no client could be set up for the run: c1 (no message for 30 s")
+    assert "c2 (no message" in run.error

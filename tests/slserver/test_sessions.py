@@ -8,7 +8,7 @@ import grpc
 import pytest
 import torch
 
-from slperf.common.protocol.messages import ErrorReport, Hello, Ready
+from slperf.common.protocol.messages import ErrorReport, Finish, Hello, Ready
 from slperf.common.protocol.types import CutTensor, Phase, SessionState, StepRef
 from slperf.slserver.sessions import Session, SessionLimits, SessionRegistry
 from tests.slserver.streams import stream_pair
@@ -110,5 +110,59 @@ def test_wait_session_waits_for_the_client_and_a_reconnect_moves_bytes_to_the_re
         assert registry.get("c1") is second
         with pytest.raises(asyncio.TimeoutError):
             await registry.wait_session("nobody", 0.01)
+
+    asyncio.run(main())
+
+
+class _BrokenStream:
+    """A stream whose writes fail as grpc's do once the call is gone (its internal ExecuteBatchError is not one of
+    the exceptions anyone would think to catch)."""
+
+    class ExecuteBatchError(Exception):
+        pass
+
+    async def write(self, envelope) -> None:
+        raise self.ExecuteBatchError('Failed "execute_batch": (<grpc._cython.cygrpc.SendMessageOperation>,)')
+
+    async def read(self):
+        return grpc.aio.EOF
+
+
+class _StalledStream:
+    """A stream whose peer stopped reading: once its window is full, a write never completes."""
+
+    def __init__(self) -> None:
+        self.blocked = asyncio.Event()
+
+    async def write(self, envelope) -> None:
+        self.blocked.set()
+        await asyncio.Event().wait()
+
+    async def read(self):
+        return grpc.aio.EOF
+
+
+def test_any_failed_write_means_the_client_is_gone_and_closes_its_session():
+    async def main():
+        session = Session("c1", "test", _BrokenStream(), SessionLimits())
+        with pytest.raises(ConnectionError, match="execute_batch"):
+            await session.send(Finish("r", "done"))
+        assert session.closed.is_set() and session.close_code is grpc.StatusCode.UNAVAILABLE
+        await session.send_error(grpc.StatusCode.ABORTED, "nobody hears this")  # never raises on a closed session
+        with pytest.raises(ConnectionError):
+            await session.next(5)
+
+    asyncio.run(main())
+
+
+def test_a_write_to_a_client_that_stopped_reading_is_bounded_and_drops_it():
+    async def main():
+        stream = _StalledStream()
+        session = Session("c1", "test", stream, SessionLimits(write_timeout=0.05))
+        with pytest.raises(ConnectionError, match="write_timeout"):
+            await session.send(Finish("r", "done"))
+        assert stream.blocked.is_set()
+        assert session.closed.is_set() and "not reading" in session.close_reason
+        assert session.close_code is grpc.StatusCode.UNAVAILABLE
 
     asyncio.run(main())
