@@ -26,6 +26,7 @@ from slperf.common.config_loader import config_from_json
 from slperf.common.data import DatasetUnavailable
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientParadigm
+from slperf.common.paradigms.kit.cuts import state_layout
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.messages import (
@@ -214,14 +215,7 @@ class ClientDaemon:
         async with channel:
             call = open_session(channel)
             link = SessionLink(call)
-            await link.send(
-                Hello(
-                    PROTOCOL_VERSION,
-                    opts.client_id,
-                    __version__,
-                    ("chunks", "attachments", "paradigms:" + ",".join(s.name for s in paradigms.all_specs())),
-                )
-            )
+            await link.send(Hello(PROTOCOL_VERSION, opts.client_id, f"slperf {__version__}"))
             welcome = await link.receive()
             if welcome is None:
                 await _status(call)  # surfaces the server's status (refusals end up here)
@@ -325,6 +319,7 @@ class ClientDaemon:
             data = await asyncio.to_thread(builder, config, setup.client_index, self.opts.cache_dir)
             self.paradigm = await asyncio.to_thread(spec.client, config, setup.client_index, setup.num_clients, data)
             self.exchange = spec.exchange(config, setup.client_index)
+            check_setup_exchange(setup.exchange, self.exchange, self.paradigm)
         except (ConfigError, DatasetUnavailable, ValueError) as exc:
             await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"cannot set up run {setup.run_id}: {exc}")
             return
@@ -362,6 +357,23 @@ class ClientDaemon:
     async def _report(self, link: SessionLink, code: grpc.StatusCode, message: str) -> None:
         log.error("%s", message)
         await link.send(ErrorReport(code, message))
+
+
+def check_setup_exchange(announced: Exchange, derived: Exchange, paradigm: ClientParadigm) -> None:
+    """The exchange the server announced must be the one this client derives from the same config, and this client's
+    segments must have the layouts it declares: a difference means the two ends run different software (or a
+    paradigm declares what it does not do), and the run would fail at its first message. ValueError says which."""
+    if announced != derived:
+        raise ValueError(
+            "the server's declared exchange differs from this client's (different slperf versions?): server "
+            f"{announced.describe()}, client {derived.describe()}"
+        )
+    held = {name: state_layout(module) for name, module in paradigm.segments.items()}
+    declared = {segment.name: segment.tensors for segment in derived.segments}
+    if held != declared:
+        raise ValueError(
+            f"this client's segments {sorted(held)} do not have the layouts the exchange declares {sorted(declared)}"
+        )
 
 
 async def _status(call: grpc.aio.StreamStreamCall[Any, Any]) -> None:

@@ -67,10 +67,15 @@ class ClientProxy:
             ) from None
         session.in_run = self._run_id
         session.drain()
-        await self._send(session, RunSetup(self._run_id, self._config.to_json(), self.index, self._config.clients))
-        ready = await self._expect(session, Ready)
-        if ready.run_id != self._run_id:
-            raise ClientGone(self.client_id, f"answered setup for run {ready.run_id!r}")
+        setup = RunSetup(self._run_id, self._config.to_json(), self.index, self._config.clients, self.exchange)
+        await self._send(session, setup)
+        while True:
+            ready = await self._expect(session, Ready)
+            if ready.run_id == self._run_id:
+                break
+            await session.send_error(
+                grpc.StatusCode.FAILED_PRECONDITION, f"ready for run {ready.run_id!r} while setting up run {self._run_id!r}"
+            )
         self.train_samples, self.test_samples = ready.train_samples, ready.test_samples
         self._session = session
         session.state = SessionState.IN_RUN

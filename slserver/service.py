@@ -23,7 +23,12 @@ from slperf.common.config_loader import load_config_text
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import Welcome
 from slperf.common.security.ids import valid_client_id, valid_run_id
-from slperf.common.transport.channel import Malformed, serialize_envelope, session_request_parser
+from slperf.common.transport.channel import (
+    GRPC_MAX_MESSAGE_BYTES,
+    Malformed,
+    serialize_envelope,
+    session_request_parser,
+)
 from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES, ChunkEnvelope
 from slperf.common.wire.serde import PROTOCOL_VERSION, hello_from_pb
 from slperf.slserver.coordinator import Run, RunCoordinator
@@ -69,22 +74,27 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
         if not valid_client_id(hello.client_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid client id {hello.client_id!r}")
         await self.auth.client(context, hello.client_id)
-        session = Session(hello.client_id, context.peer(), context, limits)
+        session = Session(hello.client_id, context.peer(), context, limits, software_version=hello.software_version)
         try:
             replaced = await self.registry.add(session)
         except WireError as err:
             await context.abort(err.code, err.message)
         if replaced is not None:
             replaced.close("replaced by a new session of the same client (reconnect)", grpc.StatusCode.ABORTED)  # its handler returns
-        log.info("client %s connected from %s", hello.client_id, context.peer())
+        log.info("client %s (%s) connected from %s", hello.client_id, hello.software_version or "?", context.peer())
         try:
             await session.send(
                 Welcome(
                     PROTOCOL_VERSION,
                     session.session_id,
-                    session.resume_token,
-                    max_message_bytes=limits.max_payload_bytes,
+                    max_payload_bytes=limits.max_payload_bytes,
                     chunk_bytes=DEFAULT_CHUNK_BYTES,
+                    max_envelope_bytes=GRPC_MAX_MESSAGE_BYTES,
+                    max_tensor_elements=limits.tensor_limits.max_elements,
+                    max_tensor_dims=limits.tensor_limits.max_dims,
+                    messages_per_second=limits.messages_per_second,
+                    message_burst=limits.message_burst,
+                    write_timeout_seconds=limits.write_timeout,
                 )
             )
             # The handler ends when the peer ends the stream *or* when the session is closed on this side
@@ -192,6 +202,7 @@ class ControlService(service_pb2_grpc.ControlServicer):
                 bytes_up=s.counter.up,
                 bytes_down=s.counter.down,
                 connected_seconds=loop.time() - s.connected_at,
+                software_version=s.software_version,
             )
             for s in sorted(self.registry.sessions.values(), key=lambda s: s.client_id)
         ]

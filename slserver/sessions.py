@@ -75,11 +75,11 @@ async def _get_within(queue: asyncio.Queue[Any], timeout: float) -> Any:
 class Session:
     """One connected client daemon: its endpoint, its inbox of messages for the run, and its state."""
 
-    def __init__(self, client_id: str, peer: str, context: Stream, limits: SessionLimits):
+    def __init__(self, client_id: str, peer: str, context: Stream, limits: SessionLimits, software_version: str = ""):
         self.client_id = client_id
         self.peer = peer
+        self.software_version = software_version
         self.session_id = secrets.token_hex(8)
-        self.resume_token = secrets.token_urlsafe(24)
         self.limits = limits
         self.connected_at = time.monotonic()
         self._bucket = TokenBucket(limits.messages_per_second, limits.message_burst)

@@ -39,6 +39,7 @@ from slperf.common.paradigms.base import (
 )
 from slperf.common.paradigms.kit.aggregate import average_uploads, model_shift
 from slperf.common.paradigms.kit.rounds import first_available, gather_round
+from slperf.common.paradigms.kit.cuts import segment, state_layout
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.exchange import Exchange
@@ -144,12 +145,15 @@ class FedAvgClient(ClientParadigm):
 
 def _exchange(config: RunConfig, client_index: int) -> Exchange:
     """Nothing crosses a cut: a pass is its instruction, the client's PhaseDone and the weights around it."""
+    dataset = DATASETS[config.dataset]
+    model = build_model(config.model, tuple(dataset.input_shape), dataset.num_classes, config.seed)
     return Exchange(
         train=(),
         eval=(),
-        num_classes=DATASETS[config.dataset].num_classes,
+        num_classes=dataset.num_classes,
         max_batch=config.batch_size,
         max_eval_batch=config.eval_batch_size,
+        segments=(segment("model", state_layout(model)),),
     )
 
 

@@ -46,6 +46,7 @@ from slperf.common.paradigms.base import (
     ServerContext,
     ServerParadigm,
 )
+from slperf.common.paradigms.kit.cuts import segment, state_layout
 from slperf.common.paradigms.kit.serving import next_batches
 from slperf.common.paradigms.kit.steps import bottom_backward_step, grad_of, make_optimizer
 from slperf.common.paradigms.registry import register
@@ -281,14 +282,19 @@ def _exchange(config: RunConfig, client_index: int) -> Exchange:
     train  up the party's embedding (+ labels from the owner), with the sample ids; down its gradient
     eval   up the embedding (+ labels from the owner), with the sample ids; no reply
     """
-    emb = TensorSpec((_widths(config)[client_index],))
+    width = _widths(config)[client_index]
+    emb = TensorSpec((width,))
     owner = client_index == config.options["label_owner"]
+    spec = DATASETS[config.dataset]
+    columns = vertical_columns(spec, _attribute_counts(config, len(spec.features)))[client_index]
+    bottom = bottom_model(len(columns), width, config.seed, client_index)
     return Exchange(
         train=(Stage(up=emb, down=emb, labels=owner, sample_ids=True),),
         eval=(Stage(up=emb, labels=owner, sample_ids=True),),
-        num_classes=DATASETS[config.dataset].num_classes,
+        num_classes=spec.num_classes,
         max_batch=config.batch_size,
         max_eval_batch=config.eval_batch_size,
+        segments=(segment("bottom", state_layout(bottom)),),
     )
 
 

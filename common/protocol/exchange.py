@@ -23,6 +23,11 @@ from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.types import CutReply, CutTensor, Phase
 
 
+def wire_name(dtype: torch.dtype) -> str:
+    """A dtype as the protocol names it (``int64``, as in ``DTYPE_INT64``), not as torch prints it."""
+    return str(dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A batch of tensors with this per-sample shape and one of these dtypes."""
@@ -36,7 +41,7 @@ class TensorSpec:
         if tensor.dtype not in self.dtypes:
             raise WireError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"{what} has dtype {tensor.dtype}, expected {' or '.join(map(str, self.dtypes))}",
+                f"{what} has dtype {wire_name(tensor.dtype)}, expected {' or '.join(map(wire_name, self.dtypes))}",
             )
         shape = tuple(tensor.shape)
         if len(shape) != 1 + len(self.sample_shape) or shape[1:] != self.sample_shape:
@@ -51,7 +56,7 @@ class TensorSpec:
         return shape[0]
 
     def describe(self) -> str:
-        dtypes = "|".join(str(d).removeprefix("torch.") for d in self.dtypes)
+        dtypes = "|".join(map(wire_name, self.dtypes))
         return f"{dtypes}[batch, {', '.join(map(str, self.sample_shape))}]"
 
 
@@ -84,14 +89,45 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class TensorLayout:
+    """One tensor of a segment's state, as a ModelState carries it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    """A model segment the client holds, by the name ModelState and RequestWeights use for it: every tensor of its
+    state, in order. A foreign client builds its segment to this layout; weights of another layout are refused."""
+
+    name: str
+    tensors: tuple[TensorLayout, ...]
+
+    def describe(self) -> str:
+        count = sum(_numel(t.shape) for t in self.tensors)
+        return f"segment {self.name}: {len(self.tensors)} tensors, {count} values"
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for dim in shape:
+        out *= dim
+    return out
+
+
+@dataclass(frozen=True)
 class Exchange:
-    """Everything that crosses the cut for one client: the stages of a training step and of an evaluation step."""
+    """Everything that crosses the cut for one client: the stages of a training step and of an evaluation step,
+    and the segments whose weights travel as ModelState."""
 
     train: tuple[Stage, ...]
     eval: tuple[Stage, ...]
     num_classes: int
     max_batch: int  # training batch size
     max_eval_batch: int
+    segments: tuple[SegmentLayout, ...] = ()
 
     def stages(self, phase: Phase) -> tuple[Stage, ...]:
         return self.train if phase is Phase.TRAIN else self.eval
@@ -109,7 +145,11 @@ class Exchange:
         return self.max_batch if phase is Phase.TRAIN else self.max_eval_batch
 
     def describe(self) -> list[str]:
-        return [f"train {s.describe()}" for s in self.train] + [f"eval {s.describe()}" for s in self.eval]
+        return (
+            [f"train {s.describe()}" for s in self.train]
+            + [f"eval {s.describe()}" for s in self.eval]
+            + [s.describe() for s in self.segments]
+        )
 
     # -- validation, one function per direction ------------------------------------------------------------------
     def check_up(self, message: CutTensor, stage: Stage) -> None:
@@ -126,7 +166,7 @@ class Exchange:
             if labels.dtype != torch.int64 or tuple(labels.shape) != (batch,):
                 raise WireError(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"labels must be int64 of shape [{batch}], got {labels.dtype} {list(labels.shape)}",
+                    f"labels must be int64 of shape [{batch}], got {wire_name(labels.dtype)} {list(labels.shape)}",
                 )
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"labels must be in 0..{self.num_classes - 1}")
@@ -140,7 +180,7 @@ class Exchange:
         if ids is not None and (ids.dtype != torch.int64 or tuple(ids.shape) != (batch,)):
             raise WireError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"sample_ids must be int64 of shape [{batch}], got {ids.dtype} {list(ids.shape)}",
+                f"sample_ids must be int64 of shape [{batch}], got {wire_name(ids.dtype)} {list(ids.shape)}",
             )
         _check_extra(message.extra, stage.extra_up, "cut tensor", batch)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, State, StepRef
 
 
@@ -24,19 +25,23 @@ class Hello:
     protocol_version: int
     client_id: str
     software_version: str = ""
-    capabilities: tuple[str, ...] = ()
-    resume_token: str = ""
 
 
 @dataclass(frozen=True)
 class Welcome:
-    """Server -> client, the answer to Hello."""
+    """Server -> client, the answer to Hello: every limit the session is held to, so that a client (of any
+    implementation) can stay within them instead of discovering them from errors."""
 
     protocol_version: int
     session_id: str
-    resume_token: str
-    max_message_bytes: int
+    max_payload_bytes: int
     chunk_bytes: int
+    max_envelope_bytes: int
+    max_tensor_elements: int
+    max_tensor_dims: int
+    messages_per_second: float
+    message_burst: int
+    write_timeout_seconds: float
 
 
 # -- instructions (server -> client) ---------------------------------------------------------------------------
@@ -46,6 +51,7 @@ class RunSetup:
     config_json: str  # parsed by the client with the same strict validation as a config file
     client_index: int
     num_clients: int
+    exchange: Exchange  # what this client's messages must look like; the server refuses anything else
 
 
 @dataclass(frozen=True)

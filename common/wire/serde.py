@@ -35,21 +35,26 @@ from slperf.common.protocol.messages import (
     TrainEpoch,
     Welcome,
 )
+from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorLayout, TensorSpec
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, StepRef
 from slperf.common.wire.codec import (
     DEFAULT_LIMITS,
+    TORCH_TO_WIRE,
+    WIRE_TO_TORCH,
     TensorLimits,
     decode_state,
     decode_tensor,
+    dtype_name,
     encode_state,
     encode_tensor,
 )
 from slperf.common.wire.framing import Inbound
-from slperf.v1 import session_pb2
+from slperf.v1 import session_pb2, tensor_pb2
 
 # 2: attachments (raw tensor bytes after the message); 3: generic CutTensor/CutReply instead of
-# Activations/Gradients, which named one paradigm's use of them.
-PROTOCOL_VERSION = 3
+# Activations/Gradients, which named one paradigm's use of them; 4: Welcome carries every limit, RunSetup the
+# declared exchange, and the fields no server acted on (resume_token, capabilities) are gone.
+PROTOCOL_VERSION = 4
 
 Bulk = Sequence[bytes | memoryview]
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
@@ -87,30 +92,136 @@ def _required_ref(message: Any, what: str) -> StepRef:
 # -- Hello / Welcome -------------------------------------------------------------------------------------------
 def hello_to_pb(m: Hello) -> session_pb2.Hello:
     return session_pb2.Hello(
-        protocol_version=m.protocol_version,
-        client_id=m.client_id,
-        software_version=m.software_version,
-        capabilities=list(m.capabilities),
-        resume_token=m.resume_token,
+        protocol_version=m.protocol_version, client_id=m.client_id, software_version=m.software_version
     )
 
 
 def hello_from_pb(pb: session_pb2.Hello) -> Hello:
-    return Hello(pb.protocol_version, pb.client_id, pb.software_version, tuple(pb.capabilities), pb.resume_token)
+    return Hello(pb.protocol_version, pb.client_id, pb.software_version)
 
 
 def welcome_to_pb(m: Welcome) -> session_pb2.Welcome:
     return session_pb2.Welcome(
         protocol_version=m.protocol_version,
         session_id=m.session_id,
-        resume_token=m.resume_token,
-        max_message_bytes=m.max_message_bytes,
+        max_payload_bytes=m.max_payload_bytes,
         chunk_bytes=m.chunk_bytes,
+        max_envelope_bytes=m.max_envelope_bytes,
+        max_tensor_elements=m.max_tensor_elements,
+        max_tensor_dims=m.max_tensor_dims,
+        messages_per_second=m.messages_per_second,
+        message_burst=m.message_burst,
+        write_timeout_seconds=m.write_timeout_seconds,
     )
 
 
 def welcome_from_pb(pb: session_pb2.Welcome) -> Welcome:
-    return Welcome(pb.protocol_version, pb.session_id, pb.resume_token, pb.max_message_bytes, pb.chunk_bytes)
+    return Welcome(
+        pb.protocol_version,
+        pb.session_id,
+        max_payload_bytes=pb.max_payload_bytes,
+        chunk_bytes=pb.chunk_bytes,
+        max_envelope_bytes=pb.max_envelope_bytes,
+        max_tensor_elements=pb.max_tensor_elements,
+        max_tensor_dims=pb.max_tensor_dims,
+        messages_per_second=pb.messages_per_second,
+        message_burst=pb.message_burst,
+        write_timeout_seconds=pb.write_timeout_seconds,
+    )
+
+
+def _wire_dtype(dtype: torch.dtype) -> tensor_pb2.DType:
+    return cast(tensor_pb2.DType, TORCH_TO_WIRE[dtype])
+
+
+# -- Exchange (inside RunSetup) ----------------------------------------------------------------------------------
+def _dtype_from_pb(code: int, what: str) -> torch.dtype:
+    dtype = WIRE_TO_TORCH.get(code)
+    if dtype is None:
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} has {dtype_name(code)}")
+    return dtype
+
+
+def tensor_spec_to_pb(m: TensorSpec) -> session_pb2.TensorSpec:
+    return session_pb2.TensorSpec(
+        sample_shape=list(m.sample_shape), dtypes=[_wire_dtype(d) for d in m.dtypes]
+    )
+
+
+def tensor_spec_from_pb(pb: session_pb2.TensorSpec, what: str) -> TensorSpec:
+    if not pb.dtypes:
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} names no dtype")
+    return TensorSpec(tuple(pb.sample_shape), tuple(_dtype_from_pb(d, what) for d in pb.dtypes))
+
+
+def stage_to_pb(m: Stage) -> session_pb2.ExchangeStage:
+    pb = session_pb2.ExchangeStage(
+        name=m.name, up=tensor_spec_to_pb(m.up), labels=m.labels, sample_ids=m.sample_ids, down_optional=m.down_optional
+    )
+    if m.down is not None:
+        pb.down.CopyFrom(tensor_spec_to_pb(m.down))
+    for name, spec in m.extra_up.items():
+        pb.extra_up[name].CopyFrom(tensor_spec_to_pb(spec))
+    for name, spec in m.extra_down.items():
+        pb.extra_down[name].CopyFrom(tensor_spec_to_pb(spec))
+    return pb
+
+
+def stage_from_pb(pb: session_pb2.ExchangeStage) -> Stage:
+    what = f"exchange stage {pb.name!r}"
+    if not pb.HasField("up"):
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} has no up spec")
+    return Stage(
+        up=tensor_spec_from_pb(pb.up, what),
+        down=tensor_spec_from_pb(pb.down, what) if pb.HasField("down") else None,
+        name=pb.name,
+        labels=pb.labels,
+        sample_ids=pb.sample_ids,
+        extra_up={k: tensor_spec_from_pb(pb.extra_up[k], what) for k in sorted(pb.extra_up)},
+        extra_down={k: tensor_spec_from_pb(pb.extra_down[k], what) for k in sorted(pb.extra_down)},
+        down_optional=pb.down_optional,
+    )
+
+
+def exchange_to_pb(m: Exchange) -> session_pb2.Exchange:
+    return session_pb2.Exchange(
+        train=[stage_to_pb(s) for s in m.train],
+        eval=[stage_to_pb(s) for s in m.eval],
+        num_classes=m.num_classes,
+        max_batch=m.max_batch,
+        max_eval_batch=m.max_eval_batch,
+        segments=[
+            session_pb2.SegmentLayout(
+                name=seg.name,
+                tensors=[
+                    session_pb2.TensorLayout(name=t.name, dtype=_wire_dtype(t.dtype), shape=t.shape)
+                    for t in seg.tensors
+                ],
+            )
+            for seg in m.segments
+        ],
+    )
+
+
+def exchange_from_pb(pb: session_pb2.Exchange) -> Exchange:
+    segments = tuple(
+        SegmentLayout(
+            seg.name,
+            tuple(
+                TensorLayout(t.name, tuple(t.shape), _dtype_from_pb(t.dtype, f"segment {seg.name!r} tensor {t.name!r}"))
+                for t in seg.tensors
+            ),
+        )
+        for seg in pb.segments
+    )
+    return Exchange(
+        train=tuple(stage_from_pb(s) for s in pb.train),
+        eval=tuple(stage_from_pb(s) for s in pb.eval),
+        num_classes=pb.num_classes,
+        max_batch=pb.max_batch,
+        max_eval_batch=pb.max_eval_batch,
+        segments=segments,
+    )
 
 
 # -- Instructions ----------------------------------------------------------------------------------------------
@@ -118,7 +229,11 @@ def instruction_to_pb(m: RunSetup | TrainEpoch | Evaluate | RequestWeights | Fin
     if isinstance(m, RunSetup):
         return session_pb2.Instruction(
             setup=session_pb2.RunSetup(
-                run_id=m.run_id, config_json=m.config_json, client_index=m.client_index, num_clients=m.num_clients
+                run_id=m.run_id,
+                config_json=m.config_json,
+                client_index=m.client_index,
+                num_clients=m.num_clients,
+                exchange=exchange_to_pb(m.exchange),
             )
         )
     if isinstance(m, TrainEpoch):
@@ -138,7 +253,9 @@ def instruction_from_pb(pb: session_pb2.Instruction) -> RunSetup | TrainEpoch | 
     kind = pb.WhichOneof("kind")
     if kind == "setup":
         s = pb.setup
-        return RunSetup(s.run_id, s.config_json, s.client_index, s.num_clients)
+        if not s.HasField("exchange"):
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "run setup carries no exchange")
+        return RunSetup(s.run_id, s.config_json, s.client_index, s.num_clients, exchange_from_pb(s.exchange))
     if kind == "train":
         try:
             options = json.loads(pb.train.options_json or "{}")

@@ -26,20 +26,22 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClientStatus(_message.Message):
-    __slots__ = ("client_id", "state", "peer", "bytes_up", "bytes_down", "connected_seconds")
+    __slots__ = ("client_id", "state", "peer", "bytes_up", "bytes_down", "connected_seconds", "software_version")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     BYTES_UP_FIELD_NUMBER: _ClassVar[int]
     BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     state: str
     peer: str
     bytes_up: int
     bytes_down: int
     connected_seconds: float
-    def __init__(self, client_id: _Optional[str] = ..., state: _Optional[str] = ..., peer: _Optional[str] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., connected_seconds: _Optional[float] = ...) -> None: ...
+    software_version: str
+    def __init__(self, client_id: _Optional[str] = ..., state: _Optional[str] = ..., peer: _Optional[str] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., connected_seconds: _Optional[float] = ..., software_version: _Optional[str] = ...) -> None: ...
 
 class RunStatus(_message.Message):
     __slots__ = ("run_id", "state", "round", "rounds", "test_accuracy", "paradigm", "error", "summary_json")

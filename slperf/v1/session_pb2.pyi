@@ -32,32 +32,38 @@ class StepRef(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., step: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "client_id", "software_version", "capabilities", "resume_token")
+    __slots__ = ("protocol_version", "client_id", "software_version")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
-    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
-    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     client_id: str
     software_version: str
-    capabilities: _containers.RepeatedScalarFieldContainer[str]
-    resume_token: str
-    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[str] = ..., software_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[str] = ..., software_version: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "session_id", "resume_token", "max_message_bytes", "chunk_bytes")
+    __slots__ = ("protocol_version", "session_id", "max_payload_bytes", "chunk_bytes", "max_envelope_bytes", "max_tensor_elements", "max_tensor_dims", "messages_per_second", "message_burst", "write_timeout_seconds")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
-    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ENVELOPE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TENSOR_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TENSOR_DIMS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_BURST_FIELD_NUMBER: _ClassVar[int]
+    WRITE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     session_id: str
-    resume_token: str
-    max_message_bytes: int
+    max_payload_bytes: int
     chunk_bytes: int
-    def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., resume_token: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    max_envelope_bytes: int
+    max_tensor_elements: int
+    max_tensor_dims: int
+    messages_per_second: float
+    message_burst: int
+    write_timeout_seconds: float
+    def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., max_payload_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_envelope_bytes: _Optional[int] = ..., max_tensor_elements: _Optional[int] = ..., max_tensor_dims: _Optional[int] = ..., messages_per_second: _Optional[float] = ..., message_burst: _Optional[int] = ..., write_timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class CutTensor(_message.Message):
     __slots__ = ("ref", "tensor", "labels", "sample_ids", "extra")
@@ -118,16 +124,94 @@ class ModelState(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., segment: _Optional[str] = ..., num_samples: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[_tensor_pb2.NamedTensor, _Mapping]]] = ...) -> None: ...
 
 class RunSetup(_message.Message):
-    __slots__ = ("run_id", "config_json", "client_index", "num_clients")
+    __slots__ = ("run_id", "config_json", "client_index", "num_clients", "exchange")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     CLIENT_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     config_json: str
     client_index: int
     num_clients: int
-    def __init__(self, run_id: _Optional[str] = ..., config_json: _Optional[str] = ..., client_index: _Optional[int] = ..., num_clients: _Optional[int] = ...) -> None: ...
+    exchange: Exchange
+    def __init__(self, run_id: _Optional[str] = ..., config_json: _Optional[str] = ..., client_index: _Optional[int] = ..., num_clients: _Optional[int] = ..., exchange: _Optional[_Union[Exchange, _Mapping]] = ...) -> None: ...
+
+class TensorSpec(_message.Message):
+    __slots__ = ("sample_shape", "dtypes")
+    SAMPLE_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPES_FIELD_NUMBER: _ClassVar[int]
+    sample_shape: _containers.RepeatedScalarFieldContainer[int]
+    dtypes: _containers.RepeatedScalarFieldContainer[_tensor_pb2.DType]
+    def __init__(self, sample_shape: _Optional[_Iterable[int]] = ..., dtypes: _Optional[_Iterable[_Union[_tensor_pb2.DType, str]]] = ...) -> None: ...
+
+class ExchangeStage(_message.Message):
+    __slots__ = ("name", "up", "down", "labels", "sample_ids", "extra_up", "extra_down", "down_optional")
+    class ExtraUpEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TensorSpec
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TensorSpec, _Mapping]] = ...) -> None: ...
+    class ExtraDownEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TensorSpec
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TensorSpec, _Mapping]] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    DOWN_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_UP_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_DOWN_FIELD_NUMBER: _ClassVar[int]
+    DOWN_OPTIONAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    up: TensorSpec
+    down: TensorSpec
+    labels: bool
+    sample_ids: bool
+    extra_up: _containers.MessageMap[str, TensorSpec]
+    extra_down: _containers.MessageMap[str, TensorSpec]
+    down_optional: bool
+    def __init__(self, name: _Optional[str] = ..., up: _Optional[_Union[TensorSpec, _Mapping]] = ..., down: _Optional[_Union[TensorSpec, _Mapping]] = ..., labels: _Optional[bool] = ..., sample_ids: _Optional[bool] = ..., extra_up: _Optional[_Mapping[str, TensorSpec]] = ..., extra_down: _Optional[_Mapping[str, TensorSpec]] = ..., down_optional: _Optional[bool] = ...) -> None: ...
+
+class TensorLayout(_message.Message):
+    __slots__ = ("name", "dtype", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: _tensor_pb2.DType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SegmentLayout(_message.Message):
+    __slots__ = ("name", "tensors")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorLayout]
+    def __init__(self, name: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[TensorLayout, _Mapping]]] = ...) -> None: ...
+
+class Exchange(_message.Message):
+    __slots__ = ("train", "eval", "num_classes", "max_batch", "max_eval_batch", "segments")
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVAL_BATCH_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    train: _containers.RepeatedCompositeFieldContainer[ExchangeStage]
+    eval: _containers.RepeatedCompositeFieldContainer[ExchangeStage]
+    num_classes: int
+    max_batch: int
+    max_eval_batch: int
+    segments: _containers.RepeatedCompositeFieldContainer[SegmentLayout]
+    def __init__(self, train: _Optional[_Iterable[_Union[ExchangeStage, _Mapping]]] = ..., eval: _Optional[_Iterable[_Union[ExchangeStage, _Mapping]]] = ..., num_classes: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_eval_batch: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[SegmentLayout, _Mapping]]] = ...) -> None: ...
 
 class TrainEpoch(_message.Message):
     __slots__ = ("run_id", "round", "options_json")

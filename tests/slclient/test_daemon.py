@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from slperf.common.config_loader import config_from_mapping
+from slperf.common.paradigms import registry as paradigms
 from slperf.common.protocol.messages import Ready, RunSetup
 from slperf.slclient import daemon
 from slperf.slclient.daemon import ClientDaemon, ClientOptions
@@ -30,7 +31,8 @@ def _setup(run_id: str, seed: int = 0) -> RunSetup:
             "seed": seed,
         }
     )
-    return RunSetup(run_id=run_id, config_json=config.to_json(), client_index=0, num_clients=1)
+    exchange = paradigms.get(config.paradigm).exchange(config, 0)
+    return RunSetup(run_id=run_id, config_json=config.to_json(), client_index=0, num_clients=1, exchange=exchange)
 
 
 def test_a_reconnect_to_the_same_run_keeps_the_paradigm_and_a_new_run_builds_a_fresh_one(monkeypatch):

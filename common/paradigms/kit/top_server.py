@@ -10,7 +10,7 @@ from slperf.common.config import RunConfig
 from slperf.common.data.registry import DATASETS
 from slperf.common.models import build_split
 from slperf.common.paradigms.base import ClientHandle, EvalResult, ServerContext, ServerParadigm
-from slperf.common.paradigms.kit.cuts import cut_shapes
+from slperf.common.paradigms.kit.cuts import cut_shapes, segment, split_layouts
 from slperf.common.paradigms.kit.rounds import latest_first
 from slperf.common.paradigms.kit.serving import (
     collect_own_bottom,
@@ -34,6 +34,9 @@ def top_exchange(config: RunConfig, client_index: int = 0, *, gradient_optional:
     (cut,) = cut_shapes(
         config.model, tuple(dataset.input_shape), dataset.num_classes, config.seed, (config.split_layer,)
     )
+    bottom, _ = split_layouts(
+        config.model, tuple(dataset.input_shape), dataset.num_classes, config.seed, (config.split_layer,)
+    )
     acts = TensorSpec(cut)
     return Exchange(
         train=(Stage(up=acts, down=acts, labels=True, down_optional=gradient_optional),),
@@ -41,6 +44,7 @@ def top_exchange(config: RunConfig, client_index: int = 0, *, gradient_optional:
         num_classes=dataset.num_classes,
         max_batch=config.batch_size,
         max_eval_batch=config.eval_batch_size,
+        segments=(segment("bottom", bottom),),
     )
 
 

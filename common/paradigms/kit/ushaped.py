@@ -39,7 +39,7 @@ from slperf.common.paradigms.base import (
     EvalResult,
     ServerContext,
 )
-from slperf.common.paradigms.kit.cuts import cut_shapes
+from slperf.common.paradigms.kit.cuts import cut_shapes, segment, split_layouts
 from slperf.common.paradigms.kit.serving import Gate
 from slperf.common.paradigms.kit.steps import bottom_backward_step, grad_of, make_optimizer
 from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
@@ -85,16 +85,9 @@ def ushaped_exchange(config: RunConfig, input_shape: Sequence[int], num_classes:
            tail: up the gradient of the loss at a2, down the gradient at a1
     eval   head: up a1, down a2 (the client scores the tail's output against its own labels)
     """
-    cut1, cut2 = (
-        TensorSpec(shape)
-        for shape in cut_shapes(
-            config.model,
-            tuple(input_shape),
-            num_classes,
-            config.seed,
-            tuple(ushaped_cuts(config, input_shape, num_classes)),
-        )
-    )
+    split = (config.model, tuple(input_shape), num_classes, config.seed, tuple(ushaped_cuts(config, input_shape, num_classes)))
+    cut1, cut2 = (TensorSpec(shape) for shape in cut_shapes(*split))
+    head_layout, _, tail_layout = split_layouts(*split)
     head = Stage(up=cut1, down=cut2, name=HEAD)
     return Exchange(
         train=(head, Stage(up=cut2, down=cut1, name=TAIL)),
@@ -102,6 +95,7 @@ def ushaped_exchange(config: RunConfig, input_shape: Sequence[int], num_classes:
         num_classes=num_classes,
         max_batch=config.batch_size,
         max_eval_batch=config.eval_batch_size,
+        segments=(segment(HEAD, head_layout), segment(TAIL, tail_layout)),
     )
 
 

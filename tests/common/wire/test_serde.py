@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from slperf.common.protocol.errors import WireError
+from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorLayout, TensorSpec
 from slperf.common.protocol.messages import (
     ErrorReport,
     Evaluate,
@@ -42,10 +43,32 @@ def _server_trip(message):
     return serde.server_from_pb(Inbound(pb, tuple(bytearray(b) for b in bulk)))
 
 
+EXCHANGE = Exchange(
+    train=(
+        Stage(up=TensorSpec((6, 12, 12)), down=TensorSpec((256,), (torch.float16, torch.bfloat16)), name="head"),
+        Stage(
+            up=TensorSpec((256,)),
+            name="tail",
+            labels=True,
+            sample_ids=True,
+            extra_up={"scale": TensorSpec((1,), (torch.float64,))},
+            extra_down={"mask": TensorSpec((3,), (torch.bool,))},
+            down_optional=True,
+            down=TensorSpec((6, 12, 12)),
+        ),
+    ),
+    eval=(Stage(up=TensorSpec((4,)), labels=True),),
+    num_classes=10,
+    max_batch=64,
+    max_eval_batch=256,
+    segments=(SegmentLayout("bottom", (TensorLayout("0.weight", (6, 1, 5, 5)), TensorLayout("n", (), torch.int64))),),
+)
+
+
 @pytest.mark.parametrize(
     "message",
     [
-        Hello(3, "c1", "0.1.0", ("chunks", "attachments"), "tok"),
+        Hello(4, "c1", "slperf 0.1.0"),
         Ready("run-1", 600, 300),
         PhaseDone(StepRef("run-1", 1, 9, Phase.EVAL), PhaseSummary(samples=300, steps=9, loss_sum=4.5, correct=250)),
         ErrorReport(grpc.StatusCode.ABORTED, "train of round 1 aborted"),
@@ -58,8 +81,8 @@ def test_client_messages_without_tensors_survive_the_round_trip(message):
 @pytest.mark.parametrize(
     "message",
     [
-        Welcome(3, "s1", "tok", 1 << 30, 1 << 20),
-        RunSetup("run-1", '{"paradigm": "vanilla"}', 1, 3),
+        Welcome(4, "s1", 1 << 30, 1 << 20, 8 << 20, 1 << 28, 8, 5000.0, 10000, 60.0),
+        RunSetup("run-1", '{"paradigm": "vanilla"}', 1, 3, EXCHANGE),
         TrainEpoch("run-1", 4, {"state": "B", "nested": [1, 2]}),
         Evaluate("run-1", 4),
         RequestWeights("run-1", 4, "bottom"),
@@ -152,3 +175,12 @@ def test_status_codes_travel_as_numbers_and_come_back_as_the_enum():
     pb, _ = serde.client_to_pb(ErrorReport(grpc.StatusCode.RESOURCE_EXHAUSTED, "x"))
     assert pb.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert serde.status_from_number(9999) is grpc.StatusCode.UNKNOWN
+
+
+def test_a_run_setup_without_its_exchange_or_with_an_unknown_dtype_is_refused():
+    pb = session_pb2.ServerMessage(instruction=session_pb2.Instruction(setup=session_pb2.RunSetup(run_id="r")))
+    with pytest.raises(WireError, match="no exchange"):
+        serde.server_from_pb(Inbound(pb, ()))
+    pb.instruction.setup.exchange.train.add(name="s").up.dtypes.append(99)
+    with pytest.raises(WireError, match="unknown dtype 99"):
+        serde.server_from_pb(Inbound(pb, ()))
