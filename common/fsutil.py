@@ -5,6 +5,10 @@ A reader must never see a half-written file, and a file reported written must su
 the data goes to a temporary file beside the target, is flushed and fsynced, renamed over the target, and
 the directory entry is fsynced too. The temporary file is created with its final mode, so a private key is
 never readable by anyone else, not even for an instant.
+
+A process killed mid-write leaves its temporary file behind (a checkpoint's can be hundreds of MB).
+``remove_stale_temp_files`` removes those, and only those: the temporary name is made and recognised by
+``TempName`` alone, so the writer and the cleaner cannot disagree on what is a temporary file.
 """
 
 from __future__ import annotations
@@ -12,13 +16,44 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 Writer = Callable[[BinaryIO], object]
+
+
+@dataclass(frozen=True)
+class TempName:
+    """The name ``atomic_write`` gives a file until it is renamed into place: ``.<target>.<pid>.<8 hex>.tmp``,
+    hidden, beside its target, and naming the process that writes it (so a cleaner can tell a dead writer's
+    leftover from a file being written right now)."""
+
+    target: str
+    pid: int
+    token: str
+
+    _PATTERN = re.compile(r"\.(?P<target>.+)\.(?P<pid>[0-9]{1,10})\.(?P<token>[0-9a-f]{8})\.tmp")
+
+    @classmethod
+    def new(cls, target: str) -> TempName:
+        return cls(target, os.getpid(), secrets.token_hex(4))
+
+    @classmethod
+    def parse(cls, name: str) -> TempName | None:
+        """The temporary name ``name`` is, or None for any other file name."""
+        match = cls._PATTERN.fullmatch(name)
+        if match is None:
+            return None
+        return cls(match["target"], int(match["pid"]), match["token"])
+
+    def __str__(self) -> str:
+        return f".{self.target}.{self.pid}.{self.token}.tmp"
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str | Writer, mode: int = 0o644) -> None:
@@ -29,7 +64,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | Writer, mode:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = target.with_name(str(TempName.new(target.name)))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     fd = os.open(tmp, flags, mode)
     try:
@@ -76,6 +111,45 @@ def install(source: str | os.PathLike[str], path: str | os.PathLike[str], mode: 
         src.unlink()
         return
     _fsync_dir(target.parent)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Removes from ``folder`` (not below it) the temporary files ``atomic_write`` left when its process died;
+    returns what it removed. A file is removed only if its name is a ``TempName``, it is a regular file (not a
+    link, not a folder), and its writer is gone: the process named in it no longer exists, or it is this one.
+    Call it where this process is not writing into ``folder`` (at start-up): a pid is reused across restarts
+    (a container's server is the same pid every time), so this process's own pid counts as a dead writer."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        name = TempName.parse(entry.name)
+        if name is None or not stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+            continue
+        if name.pid != os.getpid() and _process_exists(name.pid):
+            continue  # another process is (or may be) writing it right now
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill there terminates the process whatever the signal: assume a live writer
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    except OSError:  # e.g. an out-of-range pid, or a platform without signal 0: not a process we can see
+        return False
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

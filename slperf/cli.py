@@ -158,7 +158,8 @@ def server(
     verbose: bool,
 ) -> None:
     """Run the server daemon (top segments, aggregation, checkpoints, control). A run interrupted by a
-    crash or a restart resumes from its last checkpoint when the server starts again."""
+    crash or a restart resumes from its last checkpoint when the server starts again (from round 0 if it
+    had none yet; marked failed, saying why, if its config no longer loads)."""
     from slperf.common.wire.codec import TensorLimits
     from slperf.slserver.server import AddressInUse, ServerOptions, run_server
     from slperf.slserver.sessions import SessionLimits

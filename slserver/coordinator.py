@@ -4,6 +4,23 @@ checkpoints after every round, and publishes progress to watchers.
 It knows nothing about any particular paradigm: it asks the registry for the paradigm's server half and
 talks to clients only through client handles (``ClientProxy``). What a round is worth in figures is the
 ``RunRecorder``'s business; the coordinator owns the run's life cycle and the order of its steps.
+
+A run folder is the run, as far as a server restart is concerned: ``config.yaml`` from the moment the run
+has its clients waited for, ``metrics.jsonl`` and ``checkpoint.pt`` after every round, ``state.json`` once it
+is over for good (finished, failed, stopped). The rules that keep a run from being lost:
+
+- **At start-up** (``recover``) the server first removes the temporary files that writes cut short by a crash
+  left in ``runs_dir`` and in each run folder (``fsutil.remove_stale_temp_files``: only ``atomic_write``'s own
+  names). Then a folder with a ``config.yaml`` and no ``state.json`` is a run the server died in. The newest
+  such run continues: from its checkpoint, or, if the server died before the first checkpoint, from round 0.
+  One that cannot (its config no longer loads) is marked failed, saying why, in ``state.json`` and as the
+  server's current run, so ``slperf status`` and a follower see it. Older unfinished runs are marked failed too:
+  the server runs one run at a time, so a newer one means they were abandoned.
+- **Records after the last checkpoint are dropped** when a run continues (all of them when there is no
+  checkpoint), so no round is counted twice; a torn last line of ``metrics.jsonl`` is cut off and logged; a
+  damaged line elsewhere fails the run with an error naming the file and the line.
+- **A start in a folder whose checkpoint belongs to another config is refused and writes nothing there**: the
+  other run keeps its config, records and resumability. Use a new run id.
 """
 
 from __future__ import annotations
@@ -23,6 +40,7 @@ import yaml
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.config_loader import config_from_mapping
 from slperf.common.data.registry import DATASETS
+from slperf.common.fsutil import remove_stale_temp_files
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone, ClientHandle, ParadigmSpec, ServerParadigm
 from slperf.common.protocol.types import RunState
@@ -30,7 +48,7 @@ from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
 from slperf.slserver.compute import ComputeContext
 from slperf.slserver.proxy import ClientProxy
 from slperf.slserver.recorder import Record, RunRecorder
-from slperf.slserver.run_folder import RunFolder
+from slperf.slserver.run_folder import MetricsError, RunFolder
 from slperf.slserver.sessions import SessionRegistry
 
 log = logging.getLogger("slperf.server.run")
@@ -57,6 +75,14 @@ ClientFactory = Callable[[str, int, SessionRegistry, RunConfig, str], RunClient]
 
 
 @dataclass
+class _Resumption:
+    """What the run's folder continues from: its checkpoint (None: round 0) and the records up to it."""
+
+    checkpoint: dict[str, Any] | None
+    records: list[Record]
+
+
+@dataclass
 class Run:
     """A run as the server holds it: what the Control service reports and what watchers follow."""
 
@@ -71,6 +97,9 @@ class Run:
     task: asyncio.Task[None] | None = None
     stop_reason: str = ""
     watchers: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = field(default_factory=list)
+    # False once the start is refused because the folder holds another run: then nothing is written into it.
+    owns_folder: bool = True
+    resumption: _Resumption | None = field(default=None, repr=False)
 
     def publish(self, kind: str, payload: dict[str, Any]) -> None:
         for queue in list(self.watchers):
@@ -121,24 +150,87 @@ class RunCoordinator:
         self.current = run
         return run
 
-    def find_resumable(self) -> Path | None:
-        """The newest run folder with a checkpoint but no final state: a run the server was killed in."""
-        if not self.runs_dir.is_dir():
+    def recover(self) -> Run | None:
+        """At server start-up, before any run: removes crashed writes' temporary files, continues the newest
+        unfinished run (or marks it failed, saying why) and marks older unfinished ones failed. The run that
+        continues or failed is ``current``; None when there is none (see the module docstring for the rules)."""
+        self._remove_stale_temp_files()
+        unfinished = self._unfinished()
+        if not unfinished:
             return None
-        candidates = [
-            p
-            for p in self.runs_dir.iterdir()
-            if (p / "checkpoint.pt").exists() and (p / "config.yaml").exists() and not (p / "state.json").exists()
-        ]
-        return max(candidates, key=lambda p: (p / "checkpoint.pt").stat().st_mtime, default=None)
+        newest, *older = unfinished
+        for folder in older:
+            reason = f"not resumed: the server resumed the newer unfinished run {newest.name}; start this one again "
+            reason += "under a new run id"
+            RunFolder(folder).write_state({"state": RunState.FAILED, "error": reason})
+            log.warning("run %s: %s", folder.name, reason)
+        return self.resume(newest)
 
-    def resume(self, folder: Path) -> Run | None:
+    def find_resumable(self) -> Path | None:
+        """The newest folder with a config but no final state: a run the server died in, before or after its
+        first checkpoint."""
+        unfinished = self._unfinished()
+        return unfinished[0] if unfinished else None
+
+    def resume(self, folder: Path) -> Run:
+        """Continues the run in ``folder`` under its own config; one whose config no longer loads is not started
+        but marked failed with the reason (in its folder and as ``current``), so it does not vanish."""
         try:
             config, _ = config_from_mapping(yaml.safe_load((folder / "config.yaml").read_text()), source=str(folder))
-        except (ConfigError, OSError, yaml.YAMLError) as exc:
-            log.error("cannot resume %s: %s", folder.name, exc)
-            return None
+        except (ConfigError, OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+            return self._failed_at_restart(folder, f"its config cannot be used: {exc}")
+        if (folder / "checkpoint.pt").exists():
+            log.info("run %s resumes from its last checkpoint", folder.name)
+        else:
+            log.info("run %s restarts from round 0: the server stopped before its first checkpoint", folder.name)
         return self.start(config, folder.name)
+
+    def _failed_at_restart(self, folder: Path, why: str) -> Run:
+        """The run in ``folder``, which cannot continue, as a failed run: in its folder and as ``current``."""
+        # The Control service shows a run's paradigm and rounds: those written in the config where they can be read.
+        raw = _raw_mapping(folder / "config.yaml")
+        shown = RunConfig(
+            paradigm=raw["paradigm"] if isinstance(raw.get("paradigm"), str) else "unknown",
+            epochs=raw["epochs"] if type(raw.get("epochs")) is int else 0,
+        )
+        error = f"cannot restart run {folder.name} after a server restart: {why}"
+        run = Run(run_id=folder.name, config=shown, folder=RunFolder(folder), state=RunState.FAILED, error=error)
+        log.error("%s", run.error)
+        try:
+            run.folder.write_state({"state": run.state, "error": run.error})
+        except OSError as exc:  # a full disk, say: the run is still reported failed, and tried again next start
+            log.error("run %s: cannot record its failed state: %s", run.run_id, exc)
+        self.current = run
+        return run
+
+    def _unfinished(self) -> list[Path]:
+        """Folders with a config and no final state, the most recently active first."""
+        if not self.runs_dir.is_dir():
+            return []
+        folders = [
+            p
+            for p in self.runs_dir.iterdir()
+            if p.is_dir() and (p / "config.yaml").is_file() and not (p / "state.json").exists()
+        ]
+
+        def last_active(folder: Path) -> float:
+            files = (folder / name for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt"))
+            return max(f.stat().st_mtime for f in files if f.exists())
+
+        return sorted(folders, key=lambda p: (last_active(p), p.name), reverse=True)
+
+    def _remove_stale_temp_files(self) -> None:
+        if not self.runs_dir.is_dir():
+            return
+        folders = [self.runs_dir, *(p for p in self.runs_dir.iterdir() if p.is_dir() and not p.is_symlink())]
+        for folder in folders:
+            try:
+                removed = remove_stale_temp_files(folder)
+            except OSError as exc:  # an unreadable folder is the operator's to fix; it must not stop the server
+                log.warning("cannot clean temporary files in %s: %s", folder, exc)
+                continue
+            for path in removed:
+                log.info("removed %s, left by a write that a crash cut short", path)
 
     async def stop(self, run: Run, reason: str = "operator") -> None:
         run.stop_reason = reason
@@ -177,13 +269,16 @@ class RunCoordinator:
             log.exception("run %s failed", run.run_id)
         finally:
             await asyncio.gather(*(c.finish(run.state) for c in clients), return_exceptions=True)
-            if run.state.final:
+            run.resumption = None
+            if run.state.final and run.owns_folder:
                 # A final state marks the folder as not resumable; an interrupted or killed server writes none.
                 run.folder.write_state({"state": run.state, "error": run.error})
             run.publish("state", {"state": run.state, "error": run.error})
 
     async def _gather_clients(self, run: Run) -> list[RunClient]:
-        """Records the config, then waits for the run's participants; their handles, in client order."""
+        """Claims the run folder (refused when it holds another run, before anything is written there), records
+        the config, then waits for the run's participants; their handles, in client order."""
+        run.resumption = await asyncio.to_thread(self._claim_folder, run)
         run.folder.write_config(run.config.to_dict())
         run.state = RunState.WAITING_FOR_CLIENTS
         run.publish("state", {"state": run.state})
@@ -257,19 +352,40 @@ class RunCoordinator:
         for entry in missing:
             log.warning("run %s: client %s did not answer set-up; it rejoins when it reconnects", run.run_id, entry)
 
-    def _resume(self, run: Run, paradigm: ServerParadigm) -> tuple[int, list[Record], float]:
-        """Continues a run whose checkpoint is in its folder (a server restart): no completed round is lost."""
+    def _claim_folder(self, run: Run) -> _Resumption:
+        """What the run continues from, read from its folder: the checkpoint if there is one (refused when it is of
+        another config), and the records up to it; records after it (all, without one) and a torn tail are cut
+        off ``metrics.jsonl``, so no round is counted twice. Runs off the event loop (a checkpoint is large)."""
         path = run.folder.checkpoint_path
-        if not path.exists():
-            return 0, [], 0.0
-        state = load_checkpoint(path)
-        if state.get("config") != run.config.to_dict():
-            raise RunFailed(f"{path} belongs to a run with another config; use a new run id")
+        checkpoint = None
+        if path.exists():
+            try:
+                checkpoint = load_checkpoint(path)
+            except ValueError as exc:
+                raise RunFailed(str(exc)) from None
+            if checkpoint.get("config") != run.config.to_dict():
+                run.owns_folder = False
+                raise RunFailed(f"{path} belongs to a run with another config; use a new run id")
+        last = int(checkpoint["round"]) if checkpoint is not None else -1
+        try:
+            records = run.folder.repair_metrics()
+        except MetricsError as exc:
+            raise RunFailed(str(exc)) from None
+        kept = [r for r in records if r["round"] <= last]
+        if kept != records:
+            run.folder.rewrite_metrics(kept)
+        return _Resumption(checkpoint, kept)
+
+    def _resume(self, run: Run, paradigm: ServerParadigm) -> tuple[int, list[Record], float]:
+        """Loads what ``_claim_folder`` found into ``paradigm``: the first round to train, the records kept and the
+        run's elapsed time before this server (a restart loses no completed round)."""
+        resumption, run.resumption = run.resumption, None
+        if resumption is None or resumption.checkpoint is None:
+            return 0, resumption.records if resumption else [], 0.0
+        state = resumption.checkpoint
         paradigm.load_state_dict(state["paradigm"])
-        records = [r for r in run.folder.read_metrics() if r["round"] <= state["round"]]
-        run.folder.rewrite_metrics(records)  # drop a round recorded after the last checkpoint
         log.info("run %s resumes after round %d", run.run_id, state["round"])
-        return int(state["round"]) + 1, records, float(state.get("elapsed", 0.0))
+        return int(state["round"]) + 1, resumption.records, float(state.get("elapsed", 0.0))
 
     async def _rounds(self, run: Run, prepared: _Prepared, clients: list[RunClient]) -> None:
         """Every remaining round: train, evaluate, record, checkpoint, publish."""
@@ -303,3 +419,12 @@ class RunCoordinator:
         await prepared.ctx.compute(
             run.folder.write_plots, prepared.recorder.records, f"{config.paradigm} on {config.dataset}"
         )
+
+
+def _raw_mapping(path: Path) -> dict[str, Any]:
+    """The YAML mapping in ``path`` as written, or an empty one when there is none to read."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return raw if isinstance(raw, dict) else {}

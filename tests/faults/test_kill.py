@@ -1,14 +1,18 @@
-"""Faults with real processes: kill -9 of a client daemon mid-round, and of the server mid-run."""
+"""Faults with real processes: kill -9 of a client daemon mid-round, and of the server mid-run and before its first
+checkpoint."""
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 import yaml
 
+from slperf.common.fsutil import TempName
 from slperf.common.security.credentials import operator_channel_credentials
 from slperf.operator import OperatorClient
 from slperf.slserver.run_folder import RunFolder
@@ -107,3 +111,32 @@ def test_server_killed_mid_run_resumes_from_checkpoint(tmp_path, pki, daemons):
     ref_summary = json.loads(reference.summary_json)
     assert abs(summary["test_accuracy"] - ref_summary["test_accuracy"]) < 0.05, (summary, ref_summary)
     assert "resumes after round 1" in daemons.log("server")
+
+
+def test_server_killed_before_its_first_checkpoint_restarts_the_run_from_round_0(tmp_path, pki, daemons):
+    runs = tmp_path / "runs"
+    port = daemons.server(pki, runs)
+    daemons.client(port, "c1", pki)  # c2 is not there yet: the run waits for it, so no round can have started
+    op = _operator(port, pki)
+    run_id = op.start_run(_config(epochs=2, max_train_samples=600, max_test_samples=200), "early")
+    for _kind, _payload, status in op.watch(run_id):
+        if status.state == "waiting-for-clients":  # config.yaml is written before this state is published
+            break
+    daemons.server_proc.send_signal(signal.SIGKILL)
+    daemons.server_proc.wait()
+    folder = runs / run_id
+    assert (folder / "config.yaml").exists() and not (folder / "checkpoint.pt").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = folder / str(TempName("checkpoint.pt", dead.pid, "0badf00d"))  # what a crash mid-save leaves
+    leftover.write_bytes(b"half a checkpoint")
+
+    daemons.server(pki, runs, port=port)
+    daemons.client(port, "c2", pki)
+    status = op.follow(run_id, lambda record: None)
+    op.close()
+    assert status.state == "finished", status.error + daemons.log("server")[-3000:]
+    assert [r["round"] for r in RunFolder(folder).read_metrics()] == [0, 1]
+    assert json.loads((folder / "state.json").read_text())["state"] == "finished"
+    assert not leftover.exists()
+    assert f"run {run_id} restarts from round 0" in daemons.log("server")

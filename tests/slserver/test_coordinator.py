@@ -11,6 +11,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +23,7 @@ import pytest
 
 from slperf.common.config import RunConfig
 from slperf.common.config_loader import config_from_mapping
+from slperf.common.fsutil import TempName
 from slperf.common.paradigms.base import (
     ClientGone,
     ClientParadigm,
@@ -284,36 +289,170 @@ def test_a_resumed_run_continues_at_the_next_round_and_keeps_the_earlier_records
     assert world.finished() == {"c1": [RunState.FINISHED], "c2": [RunState.FINISHED]}
 
 
-def test_a_checkpoint_of_another_config_is_refused(tmp_path, executor):
-    folder = RunFolder(tmp_path / "r1").path
+def test_a_checkpoint_of_another_config_is_refused_and_the_folder_is_left_as_it_was(tmp_path, executor):
+    foreign = _config(lr=0.5)
+    folder = RunFolder(tmp_path / "r1")
+    folder.write_config(foreign.to_dict())
     save_checkpoint(
-        folder / "checkpoint.pt",
-        {
-            "run_id": "r1",
-            "round": 0,
-            "config": _config(lr=0.5).to_dict(),
-            "paradigm": {"trained": [0]},
-            "model": {},
-            "elapsed": 1.0,
-        },
+        folder.checkpoint_path,
+        {"run_id": "r1", "round": 0, "config": foreign.to_dict(), "paradigm": {"trained": [0]}, "model": {}},
     )
-    RunFolder(folder).append_metrics({"round": 0, "bytes_up": 1, "bytes_down": 1, "per_client": {}})
+    folder.append_metrics({"round": 0, "bytes_up": 1, "bytes_down": 1, "per_client": {}})
+    before = {p.name: p.read_bytes() for p in folder.path.iterdir()}
     world = World("c1", "c2")
 
+    async def main() -> tuple[Run, RunCoordinator]:
+        coordinator = world.coordinator(tmp_path, executor)
+        run = coordinator.start(_config(), "r1")
+        await _within(run.task)
+        return run, coordinator
+
+    run, coordinator = asyncio.run(main())
+    assert run.state is RunState.FAILED
+    assert "belongs to a run with another config" in run.error and str(folder.checkpoint_path) in run.error
+    assert world.paradigms == [] and world.clients == {}  # refused before anyone was waited for
+    # The foreign run's folder is untouched (its config, records, checkpoint; no state.json): still resumable.
+    assert {p.name: p.read_bytes() for p in folder.path.iterdir()} == before
+    assert coordinator.find_resumable() == folder.path
+
+
+def _killed_before_first_checkpoint(runs: Path, config: RunConfig, run_id: str = "r1") -> RunFolder:
+    """What a server killed during round 0 leaves: the config and perhaps round 0's record, no checkpoint."""
+    folder = RunFolder(runs / run_id)
+    folder.write_config(config.to_dict())
+    folder.append_metrics({"round": 0, "test_accuracy": 0.9, "bytes_up": 1, "bytes_down": 1, "per_client": {}})
+    return folder
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_from_round_0(tmp_path, executor, caplog):
+    folder = _killed_before_first_checkpoint(tmp_path, _config())
+    world = World("c1", "c2")
+
+    async def main() -> tuple[Run | None, RunCoordinator]:
+        coordinator = world.coordinator(tmp_path, executor)
+        assert coordinator.find_resumable() == folder.path
+        run = coordinator.recover()
+        if run is not None:
+            await _within(run.task)
+        return run, coordinator
+
+    with caplog.at_level(logging.INFO, logger="slperf.server.run"):
+        run, coordinator = asyncio.run(main())
+    assert run is not None and coordinator.current is run and run.run_id == "r1"
+    assert run.state is RunState.FINISHED, run.error
+    assert "run r1 restarts from round 0" in caplog.text
+    (paradigm,) = world.paradigms
+    assert paradigm.loaded is None and paradigm.trained == [0, 1, 2]
+    records = folder.read_metrics()
+    assert [r["round"] for r in records] == [0, 1, 2]  # the uncheckpointed record of round 0 was replaced
+    assert records[0]["test_accuracy"] == 0.25
+    assert _state(folder.path) == {"state": "finished", "error": ""}
+
+
+def test_a_run_whose_config_no_longer_loads_is_marked_failed_and_reported(tmp_path, executor):
+    folder = _killed_before_first_checkpoint(tmp_path, _config())
+    config_text = (folder.path / "config.yaml").read_text() + "retired_key: 1\n"
+    (folder.path / "config.yaml").write_text(config_text)
+    world = World("c1", "c2")
+
+    async def main() -> tuple[Run | None, RunCoordinator]:
+        coordinator = world.coordinator(tmp_path, executor)
+        return coordinator.recover(), coordinator
+
+    run, coordinator = asyncio.run(main())
+    assert run is not None and coordinator.current is run and run.run_id == "r1"
+    assert run.state is RunState.FAILED and run.finished and run.task is None
+    assert run.error.startswith("cannot restart run r1 after a server restart: ") and "retired_key" in run.error
+    assert _state(folder.path) == {"state": "failed", "error": run.error}
+    assert (folder.path / "config.yaml").read_text() == config_text  # kept for the operator to look at
+    assert [r["round"] for r in folder.read_metrics()] == [0]
+    assert world.paradigms == [] and coordinator.find_resumable() is None
+
+
+def test_older_unfinished_runs_are_marked_failed_and_only_the_newest_continues(tmp_path, executor):
+    old = _killed_before_first_checkpoint(tmp_path, _config(), "old")
+    new = _killed_before_first_checkpoint(tmp_path, _config(), "new")
+    for path in old.path.iterdir():
+        os.utime(path, (1_000_000, 1_000_000))
+    world = World("c1", "c2")
+
+    async def main() -> Run | None:
+        run = world.coordinator(tmp_path, executor).recover()
+        if run is not None:
+            await _within(run.task)
+        return run
+
+    run = asyncio.run(main())
+    assert run is not None and run.run_id == "new" and run.state is RunState.FINISHED
+    assert _state(old.path) == {
+        "state": "failed",
+        "error": "not resumed: the server resumed the newer unfinished run new; start this one again under a new "
+        "run id",
+    }
+    assert _state(new.path)["state"] == "finished"
+
+
+def test_nothing_to_recover_is_no_run(tmp_path, executor):
+    (tmp_path / "a-user-folder").mkdir()
+    coordinator = World().coordinator(tmp_path / "runs", executor)
+    assert coordinator.recover() is None and coordinator.current is None
+    assert World().coordinator(tmp_path, executor).recover() is None
+
+
+def test_recovery_removes_dead_writers_temporary_files_and_nothing_else(tmp_path, executor):
+    folder = RunFolder(tmp_path / "done")
+    folder.write_state({"state": "finished", "error": ""})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftovers = [folder.path / str(TempName("checkpoint.pt", dead.pid, f"{i:08x}")) for i in range(3)]
+    leftovers.append(tmp_path / str(TempName("index.json", dead.pid, "0000000a")))
+    for path in leftovers:
+        path.write_bytes(b"half a checkpoint")
+    user_files = [folder.path / "checkpoint.pt.tmp", folder.path / ".notes.tmp", tmp_path / "README.tmp"]
+    for path in user_files:
+        path.write_bytes(b"mine")
+
+    assert World().coordinator(tmp_path, executor).recover() is None
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.read_bytes() == b"mine" for path in user_files)
+
+
+def test_a_torn_metrics_tail_is_repaired_and_the_run_resumes(tmp_path, executor, caplog):
+    config = _config()
+    folder = RunFolder(tmp_path / "r1")
+
     async def main() -> Run:
-        run = world.coordinator(tmp_path, executor).start(_config(), "r1")
+        await _interrupt_after_round_0(tmp_path, executor, config)
+        with open(folder.metrics_path, "ab") as handle:
+            handle.write(b'{"round": 1, "test_accu')  # the power went while round 1's record was appended
+        run = World("c1", "c2").coordinator(tmp_path, executor).recover()
+        assert run is not None
+        await _within(run.task)
+        return run
+
+    with caplog.at_level(logging.WARNING, logger="slperf.server.run"):
+        run = asyncio.run(main())
+    assert run.state is RunState.FINISHED, run.error
+    assert [r["round"] for r in folder.read_metrics()] == [0, 1, 2]
+    assert f"{folder.metrics_path}: dropped a torn last line" in caplog.text
+
+
+def test_a_damaged_metrics_line_fails_the_run_naming_file_and_line(tmp_path, executor):
+    config = _config()
+    folder = RunFolder(tmp_path / "r1")
+
+    async def main() -> Run:
+        await _interrupt_after_round_0(tmp_path, executor, config)
+        folder.metrics_path.write_bytes(b"not a record\n" + folder.metrics_path.read_bytes())
+        run = World("c1", "c2").coordinator(tmp_path, executor).recover()
+        assert run is not None
         await _within(run.task)
         return run
 
     run = asyncio.run(main())
     assert run.state is RunState.FAILED
-    assert "belongs to a run with another config" in run.error and str(folder / "checkpoint.pt") in run.error
-    (paradigm,) = world.paradigms
-    assert paradigm.loaded is None and paradigm.trained == []
-    assert [r["round"] for r in RunFolder(folder).read_metrics()] == [0]  # the foreign run's records untouched
-    assert load_checkpoint(folder / "checkpoint.pt")["config"]["lr"] == 0.5
-    assert _state(folder) == {"state": "failed", "error": run.error}
-    assert world.finished() == {"c1": [RunState.FAILED], "c2": [RunState.FAILED]}
+    assert run.error.startswith(f"{folder.metrics_path} line 1 is not JSON")
+    assert _state(folder.path) == {"state": "failed", "error": run.error}
 
 
 def test_a_client_dropping_out_is_recorded_in_dropped_and_the_run_goes_on(tmp_path, executor):
