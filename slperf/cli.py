@@ -402,14 +402,23 @@ def federation(config_path: Path, out_dir: Path, no_progress: bool, no_restart: 
     help="results folder (default runs/bench/SUITE); re-running into it resumes",
 )
 @click.option("--no-progress", is_flag=True)
-def bench(suite: str, out_dir: Path | None, no_progress: bool) -> None:
+@click.option(
+    "--no-restart",
+    is_flag=True,
+    help="a client daemon that exits stays down instead of being restarted (see `slperf federation --help`)",
+)
+def bench(suite: str, out_dir: Path | None, no_progress: bool, no_restart: bool) -> None:
     """Run a benchmark matrix (paradigms x datasets x partitions x clients x seeds) of real federations and
-    write results.jsonl/csv, report.md and plots."""
+    write results.jsonl/csv, report.md and plots. A row counts the client daemons its federation restarted
+    (client_restarts) or lost (clients_lost)."""
     from slperf.bench.run import run_suite
     from slperf.bench.suite import SuiteError
+    from slperf.federation import RestartPolicy
 
     try:
-        outcome = run_suite(suite, out_dir, show_progress=not no_progress)
+        outcome = run_suite(
+            suite, out_dir, show_progress=not no_progress, restart=RestartPolicy(enabled=not no_restart)
+        )
     except SuiteError as exc:
         _fail(str(exc))
     click.echo(

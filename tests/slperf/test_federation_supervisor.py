@@ -174,3 +174,15 @@ def test_events_before_the_run_folder_is_known_are_written_once_it_is(tmp_path):
     log.attach(path)
     log.add({"event": "restarted", "process": "c1"})
     assert [json.loads(line)["event"] for line in path.read_text().splitlines()] == ["exited", "restarted"]
+
+
+def test_the_cli_refuses_max_restarts_with_no_restart(tmp_path):
+    from click.testing import CliRunner
+
+    from slperf.cli import main
+
+    result = CliRunner().invoke(
+        main, ["federation", str(tmp_path / "config.yaml"), "--no-restart", "--max-restarts", "2"]
+    )
+    assert result.exit_code == 2
+    assert "--max-restarts means nothing with --no-restart" in result.output
