@@ -345,7 +345,7 @@ class Federation:
             )
             if action is not ExitAction.RESTART:
                 self.lost[cid] = f"{cid} exited with {how} {when}, {note}"
-                self.say(f"{self.lost[cid]}; the run goes on without it")
+                self.say(f"{self.lost[cid]}; the run goes on without it if the paradigm can")
                 return
             self.say(f"{cid} exited with {how} {when}; {note}")
             if self._stopped.wait(policy.delay(used + 1)):  # the backoff, cut short by stop()
