@@ -359,11 +359,29 @@ main.add_command(_health, "health")
 @click.argument("config_path", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--no-progress", is_flag=True)
-def federation(config_path: Path, out_dir: Path, no_progress: bool) -> None:
-    """Run a whole local federation: server + client daemons as processes on loopback over mutual TLS."""
-    from slperf.federation import run_federation
+@click.option(
+    "--no-restart",
+    is_flag=True,
+    help="a client daemon that exits stays down (the run goes on without it where the paradigm can)",
+)
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(min=0),
+    help="restarts per client daemon, each after a backoff (1 s, doubling), before it stays down  [default: 3]",
+)
+def federation(config_path: Path, out_dir: Path, no_progress: bool, no_restart: bool, max_restarts: int | None) -> None:
+    """Run a whole local federation: server + client daemons as processes on loopback over mutual TLS.
 
-    summary = run_federation(config_path, out_dir, show_progress=not no_progress, echo=click.echo)
+    A client daemon that exits during the run is restarted and rejoins (see --no-restart, --max-restarts);
+    exits and restarts are recorded in the run folder's supervisor.jsonl. The server exiting ends the run."""
+    from slperf.federation import RestartPolicy, run_federation
+
+    if no_restart and max_restarts is not None:
+        _fail("--max-restarts means nothing with --no-restart; give one of them")
+    restart = RestartPolicy(enabled=not no_restart)
+    if max_restarts is not None:
+        restart = RestartPolicy(max_restarts=max_restarts)
+    summary = run_federation(config_path, out_dir, show_progress=not no_progress, echo=click.echo, restart=restart)
     click.echo(
         f"done in {summary['federation_seconds']:.1f} s: {summary['paradigm']} on {summary['dataset']}, "
         f"{summary['clients']} clients, {summary['rounds']} rounds"
@@ -377,6 +395,11 @@ def federation(config_path: Path, out_dir: Path, no_progress: bool) -> None:
         f"  training bytes per client per round: up {summary['train_bytes_up'] / clients / rounds / 1e6:.2f} MB, "
         f"down {summary['train_bytes_down'] / clients / rounds / 1e6:.2f} MB"
     )
+    supervisor = summary["supervisor"]
+    if supervisor["restarts"] or supervisor["lost"]:
+        restarts = ", ".join(f"{cid} x{n}" for cid, n in sorted(supervisor["restarts"].items())) or "none"
+        lost = ", ".join(sorted(supervisor["lost"])) or "none"
+        click.echo(f"  client daemons restarted: {restarts}; lost: {lost} (see {supervisor['log']})")
     click.echo(f"  run folder: {summary['run_dir']}")
 
 
@@ -389,14 +412,23 @@ def federation(config_path: Path, out_dir: Path, no_progress: bool) -> None:
     help="results folder (default runs/bench/SUITE); re-running into it resumes",
 )
 @click.option("--no-progress", is_flag=True)
-def bench(suite: str, out_dir: Path | None, no_progress: bool) -> None:
+@click.option(
+    "--no-restart",
+    is_flag=True,
+    help="a client daemon that exits stays down instead of being restarted (see `slperf federation --help`)",
+)
+def bench(suite: str, out_dir: Path | None, no_progress: bool, no_restart: bool) -> None:
     """Run a benchmark matrix (paradigms x datasets x partitions x clients x seeds) of real federations and
-    write results.jsonl/csv, report.md and plots."""
+    write results.jsonl/csv, report.md and plots. A row counts the client daemons its federation restarted
+    (client_restarts) or lost (clients_lost)."""
     from slperf.bench.run import run_suite
     from slperf.bench.suite import SuiteError
+    from slperf.federation import RestartPolicy
 
     try:
-        outcome = run_suite(suite, out_dir, show_progress=not no_progress)
+        outcome = run_suite(
+            suite, out_dir, show_progress=not no_progress, restart=RestartPolicy(enabled=not no_restart)
+        )
     except SuiteError as exc:
         _fail(str(exc))
     click.echo(

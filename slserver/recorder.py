@@ -126,6 +126,10 @@ class RunRecorder:
                 "train_loss": summary.mean_loss if summary else None,
                 "train_accuracy": summary.accuracy if summary else None,
             }
+        # Back after sitting out the round before (a daemon restarted, a link restored): the server's view of a
+        # rejoin, beside ``dropped``, so the run folder says in which round a lost client came back.
+        sat_out = set(self._records[-1]["dropped"]) if self._records else set()
+        rejoined = [cid for cid in result.participants if cid in sat_out and cid not in result.dropped]
         up = self._bytes_up + sum(f["bytes_up"] + f["eval_bytes_up"] for f in per_client.values())
         down = self._bytes_down + sum(f["bytes_down"] + f["eval_bytes_down"] for f in per_client.values())
         record: Record = {
@@ -137,6 +141,7 @@ class RunRecorder:
             "train_accuracy": result.train_accuracy,
             "participants": result.participants,
             "dropped": result.dropped,
+            "rejoined": rejoined,
             "round_seconds": self._clock() - meter.started,
             "wall_seconds": self._clock() - (self._started - self._elapsed_before),
             "bytes_up": up,

@@ -23,6 +23,7 @@ from slperf.bench.runners import CellRunner, Echo, default_runner
 from slperf.bench.store import ResultsStore
 from slperf.bench.suite import Cell, Suite, expand, load_suite, preflight
 from slperf.common.errors import RpcFailure, one_line
+from slperf.federation import RestartPolicy
 
 Row = dict[str, Any]
 
@@ -181,6 +182,7 @@ def run_suite(
     echo: Echo | None = None,
     plots: bool = True,
     only: Callable[[Cell], bool] | None = None,
+    restart: RestartPolicy | None = None,
 ) -> SuiteOutcome:
     """Runs every cell of a suite that has not finished yet, then writes results.csv, report.md and plots.
 
@@ -188,8 +190,11 @@ def run_suite(
     (default ``runs/bench/<suite name>``); re-running into it resumes. runner(cell, work_dir) -> measured
     figures (default: a real federation, or the centralized baseline in its own process); a runner that raises
     marks the cell failed and the suite goes on (KeyboardInterrupt stops it, keeping what finished). only: run
-    just the cells it accepts (the report still covers every finished cell).
+    just the cells it accepts (the report still covers every finished cell). restart: what the default runner's
+    federations do about a client daemon that exits (default ``RestartPolicy()``; not for a given runner).
     """
+    if runner is not None and restart is not None:
+        raise ValueError("restart is for the default runner; a given runner starts its own processes")
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     cells = expand(suite)  # a broken suite fails here, before any folder is made
@@ -199,7 +204,7 @@ def run_suite(
     console = _Console(suite, len(cells), show_progress=show_progress, echo=echo)
     state = _SuiteRun(suite, cells, out, console, store)
     if runner is None:
-        runner = functools.partial(default_runner, echo=console.say, show_progress=show_progress)
+        runner = functools.partial(default_runner, echo=console.say, show_progress=show_progress, restart=restart)
 
     todo, skipped = state.plan(only)
     ran: list[str] = []

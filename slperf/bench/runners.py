@@ -24,7 +24,7 @@ from slperf.bench.probe import FederationProbe
 from slperf.bench.rows import curve_from_metrics
 from slperf.bench.suite import CENTRALIZED, Cell
 from slperf.common.fsutil import atomic_write
-from slperf.federation import run_federation
+from slperf.federation import RestartPolicy, run_federation
 from slperf.slserver.run_folder import RunFolder
 
 Echo = Callable[[str], None]
@@ -40,14 +40,26 @@ def _write_cell_config(cell: Cell, work_dir: Path) -> Path:
 
 
 def run_federation_cell(
-    cell: Cell, work_dir: Path, *, echo: Echo = print, show_progress: bool = True
+    cell: Cell,
+    work_dir: Path,
+    *,
+    echo: Echo = print,
+    show_progress: bool = True,
+    restart: RestartPolicy | None = None,
 ) -> dict[str, Any]:
-    """One cell as a real local federation; peak RSS of the server and of every client daemon is recorded."""
+    """One cell as a real local federation; peak RSS of the server and of every client daemon is recorded, and
+    so are the client daemons the federation had to restart or lost (a cell with either is not a clean
+    measurement: its row says so in ``client_restarts`` and ``clients_lost``)."""
     config_path = _write_cell_config(cell, work_dir)
     started = time.monotonic()
     with FederationProbe() as probe:
         summary = run_federation(
-            config_path, work_dir / "runs", show_progress=show_progress, echo=echo, hooks=probe.hooks
+            config_path,
+            work_dir / "runs",
+            show_progress=show_progress,
+            echo=echo,
+            hooks=probe.hooks,
+            restart=restart,
         )
     total = time.monotonic() - started
     records = RunFolder(Path(summary["run_dir"])).read_metrics()
@@ -72,6 +84,8 @@ def run_federation_cell(
         "peak_rss_client_max_mb": max(values) if values else None,
         "peak_rss_client_mean_mb": statistics.fmean(values) if values else None,
         "peak_rss_clients_mb": client_peaks,
+        "client_restarts": sum(summary["supervisor"]["restarts"].values()),
+        "clients_lost": sorted(summary["supervisor"]["lost"]),
         "curve": curve,
     }
 
@@ -147,7 +161,16 @@ def run_centralized_cell(
     }
 
 
-def default_runner(cell: Cell, work_dir: Path, *, echo: Echo = print, show_progress: bool = True) -> dict[str, Any]:
+def default_runner(
+    cell: Cell,
+    work_dir: Path,
+    *,
+    echo: Echo = print,
+    show_progress: bool = True,
+    restart: RestartPolicy | None = None,
+) -> dict[str, Any]:
+    """A centralized cell in its own process, any other as a local federation (``restart``: what it does about
+    a client daemon that exits; default ``RestartPolicy()``)."""
     if cell.paradigm == CENTRALIZED:
         return run_centralized_cell(cell, work_dir, echo=echo, show_progress=show_progress)
-    return run_federation_cell(cell, work_dir, echo=echo, show_progress=show_progress)
+    return run_federation_cell(cell, work_dir, echo=echo, show_progress=show_progress, restart=restart)

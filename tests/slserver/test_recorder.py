@@ -101,6 +101,7 @@ def test_a_round_record_splits_training_from_evaluation_bytes_and_carries_the_ru
         "train_accuracy": 128 / 192,
         "participants": ["c1", "c2"],
         "dropped": [],
+        "rejoined": [],
         "round_seconds": 3.0,
         "wall_seconds": 8.0,  # the wall clock runs from the run's start (95.0)
         "bytes_up": 3010,
@@ -140,7 +141,9 @@ def test_a_round_record_splits_training_from_evaluation_bytes_and_carries_the_ru
     assert (second["bytes_up"], second["bytes_down"]) == (3010 + 1410, 1220 + 620)
     assert second["extra"] == {"model_shift": 0.25} and "eval_extra" not in second
     assert "extra" not in first and "eval_extra" not in first
+    assert second["rejoined"] == [], "a client that drops out has not rejoined"
     third = _play(recorder, wire, clock, 2)
+    assert third["rejoined"] == ["c2"], "c2 takes part again after sitting out round 1"
     assert third["eval_extra"] == {"per_client": {"c1": 0.625}} and "extra" not in third
     assert (third["bytes_up"], third["bytes_down"]) == (4420 + 2810, 1840 + 1020)
     assert (third["round_seconds"], third["wall_seconds"]) == (3.0, 15.0)

@@ -10,8 +10,10 @@ import pytest
 import yaml
 from bench_fakes import FakeRunner, small_suite
 
+from slperf.bench import runners
 from slperf.bench.run import run_suite
 from slperf.bench.store import ResultsStore
+from slperf.federation import RestartPolicy
 
 
 def test_finished_cells_are_skipped_on_rerun(tmp_path):
@@ -67,6 +69,23 @@ def test_progress_and_estimates_are_printed(tmp_path, capsys):
 # ---- the real thing (slow) -------------------------------------------------------------------------------------
 
 
+def test_the_restart_policy_reaches_every_federation_cell_and_only_the_default_runner(tmp_path, monkeypatch):
+    fake = FakeRunner()
+    policies = []
+
+    def federation_cell(cell, work_dir, *, echo, show_progress, restart):
+        policies.append(restart)
+        return fake(cell, work_dir)
+
+    monkeypatch.setattr(runners, "run_federation_cell", federation_cell)
+    off = RestartPolicy(enabled=False)
+    outcome = run_suite(small_suite(), tmp_path, show_progress=False, plots=False, echo=lambda m: None, restart=off)
+    assert not outcome.failed and len(outcome.ran) == 3  # the centralized baseline starts no federation
+    assert policies == [off, off]
+    with pytest.raises(ValueError, match="default runner"):
+        run_suite(small_suite(), tmp_path / "given", runner=FakeRunner(), restart=off, show_progress=False)
+
+
 @pytest.mark.slow
 def test_micro_suite_end_to_end(tmp_path):
     suite_file = tmp_path / "micro.yaml"
@@ -104,6 +123,7 @@ def test_micro_suite_end_to_end(tmp_path):
     assert fed["status"] == "ok" and fed["rounds"] == 2 and len(fed["curve"]) == 2
     assert 0 < fed["final_accuracy"] <= 1 and fed["bytes_up"] > 0 and fed["bytes_down"] > 0
     assert fed["peak_rss_server_mb"] > 50 and fed["peak_rss_client_max_mb"] > 50
+    assert fed["client_restarts"] == 0 and fed["clients_lost"] == [], "a clean cell says so"
     assert fed["curve"][-1]["bytes"] == fed["bytes_up"] + fed["bytes_down"]
     assert Path(fed["run_dir"], "summary.json").exists()
     base = rows["centralized/mnist/all/s0"]
