@@ -54,6 +54,7 @@ class RunConfig:
     eval_batch_size: int = 500
     client_timeout: float = 300.0
     rejoin_timeout: float = 15.0
+    connect_timeout: float | None = None
     torch_threads: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -91,8 +92,9 @@ FIELD_DOCS: dict[str, str] = {
     "max_train_samples": "use a deterministic subset of this many training samples (quick runs, tests)",
     "max_test_samples": "evaluate on a deterministic subset of this many test samples",
     "eval_batch_size": "batch size for evaluation passes",
-    "client_timeout": "seconds to wait for a client's next message (or for all clients at the start) "
-    "before it counts as dropped",
+    "client_timeout": "seconds to wait for a client's next message before it counts as dropped",
+    "connect_timeout": "seconds to wait for all participants to connect at the start of a run "
+    "(default: client_timeout)",
     "rejoin_timeout": "seconds a disconnected client has to reconnect at its next turn before it sits out that round",
     "torch_threads": "torch intra-op threads per process (0 = leave torch's default)",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
@@ -202,6 +204,8 @@ def check_ranges(cfg: RunConfig, datasets: Collection[str]) -> None:
         value = getattr(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"config key '{key}' must be >= 1 when set, got {value}")
+    if cfg.connect_timeout is not None and cfg.connect_timeout <= 0:
+        raise ConfigError(f"config key 'connect_timeout' must be > 0 when set, got {cfg.connect_timeout}")
     for key in ("client_timeout", "rejoin_timeout"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {getattr(cfg, key)}")

@@ -292,7 +292,7 @@ class RunCoordinator:
 
     async def _participants(self, config: RunConfig) -> list[str]:
         wanted = config.participant_ids()
-        timeout = config.client_timeout
+        timeout = config.connect_timeout or config.client_timeout
         try:
             if wanted:
                 await self.registry.wait_for(lambda s: all(i in s for i in wanted), timeout)
@@ -301,7 +301,7 @@ class RunCoordinator:
         except TimeoutError:
             have = sorted(self.registry.sessions)
             raise RunFailed(
-                f"only {len(have)} of {config.clients} clients connected within {timeout:.0f} s "
+                f"only {len(have)} of {config.clients} clients connected within {timeout:.0f} s (connect_timeout) "
                 f"(connected: {', '.join(have) or 'none'})"
             ) from None
         return sorted(self.registry.sessions)[: config.clients]
