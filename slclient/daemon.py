@@ -1,18 +1,23 @@
 """The client daemon: dials out to the server, holds its bottom (head/tail) segments and its own data
 shard, and stays connected between runs.
 
-Connection policy: reconnect with exponential backoff and jitter whenever the server goes away. Identity
-problems are final: a session refused as PERMISSION_DENIED / UNAUTHENTICATED (wrong id, revoked) or a
-protocol-version mismatch exits non-zero with the server's reason; repeated TLS handshake rejections
-(a certificate the server does not trust, a plaintext client against a TLS server) also stop the daemon
-with a message that names the likely cause, instead of retrying forever.
+Connection policy (``slperf.slclient.reconnect``): the daemon never gives up because the server went away.
+It reconnects with exponential backoff and jitter, forever, whether the server was killed, stopped gracefully,
+restarted or is unreachable; every session that reached Welcome resets the backoff. Only refusals of who the
+client is are final: PERMISSION_DENIED / UNAUTHENTICATED (another id's certificate, revoked, not allowed), a
+protocol-version mismatch or an invalid id, and a certificate refused in the TLS handshake several attempts
+in a row (another CA, expired, a plaintext client against a TLS server, a server certificate this client's
+``--ca`` did not sign). Those raise ``ClientFatal`` with the reason.
+
+Exit codes of ``slperf client``: 0 stopped by SIGTERM/SIGINT, or ``--once`` and a run finished; 2 an identity
+or credential refusal, or a usage error (retrying cannot fix it; the systemd unit does not restart it);
+1 anything unexpected (a bug: supervisors restart it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,22 +49,17 @@ from slperf.common.protocol.messages import (
     TrainEpoch,
     Welcome,
 )
-from slperf.common.protocol.types import CutReply, CutTensor, Phase, StepRef
+from slperf.common.protocol.types import CutReply, CutTensor, Phase, State, StepRef
 from slperf.common.shards import build_client_data
 from slperf.common.transport.channel import create_channel, open_session
-from slperf.common.transport.endpoint import ClientEndpoint, Endpoint, Side, Stream
+from slperf.common.transport.endpoint import ClientEndpoint, Endpoint, Side, Stream, StreamBroken
 from slperf.common.wire.codec import check_state
 from slperf.common.wire.framing import ByteCounter
 from slperf.common.wire.serde import PROTOCOL_VERSION
+from slperf.slclient.reconnect import Backoff, Verdict, classify
+from slperf.slclient.state_store import SetupKey, Snapshot, StateStore
 
 log = logging.getLogger("slperf.client")
-
-FATAL_CODES = {
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.INVALID_ARGUMENT,
-}
 
 
 class ClientFatal(Exception):
@@ -74,6 +74,22 @@ class ServerError(Exception):
         self.code = code
 
 
+class SessionEnded(Exception):
+    """The server ended the session stream with a non-OK status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclass
+class _Attempt:
+    """One connection attempt: whether it got as far as the server's Welcome."""
+
+    welcomed: bool = False
+
+
 @dataclass
 class ClientOptions:
     server: str
@@ -81,6 +97,7 @@ class ClientOptions:
     credentials: grpc.ChannelCredentials | None  # None = plaintext (--insecure)
     server_name: str | None = None  # TLS name override when the address is not in the certificate
     cache_dir: Path | None = None
+    state_dir: Path | None = None  # training state kept for a restart to resume exactly; None keeps none
     data_dir: str | None = None
     max_handshake_failures: int = 3
     backoff_initial: float = 0.5
@@ -169,73 +186,104 @@ class ClientDaemon:
         self.paradigm: ClientParadigm | None = None
         self.exchange: Exchange | None = None  # the current run's, from the paradigm's spec
         self.run_id = ""
-        self._setup_key: tuple[str, str, int, int] | None = None  # what the current paradigm was built for
+        self._setup_key: SetupKey | None = None  # what the current paradigm was built for
         self.runs_finished = 0
+        self.store = StateStore(opts.state_dir, opts.client_id) if opts.state_dir is not None else None
+        # Training passes the held state has completed, i.e. the round it enters (None: unknown, after a failed
+        # pass); and the weights the server pushed since the last pass, which a loaded state must not undo.
+        self._entering: int | None = None
+        self._pushed: dict[str, State] = {}
 
     async def run_forever(self) -> None:
-        delay = self.opts.backoff_initial
-        handshake_failures = 0
-        connected_once = False
+        """Serves the server until stopped (or, with ``once``, until a run finished). Gives up only when the
+        server refuses this client's identity or credentials (``ClientFatal``); a server that is down, restarts
+        or stops gracefully is reconnected to with backoff, however often and however long."""
+        backoff = Backoff(self.opts.backoff_initial, self.opts.backoff_max)
+        refusals = 0  # attempts in a row refused at the TLS level, none of which reached Welcome
         while True:
+            attempt = _Attempt()
             try:
-                finished = await self._session()
-                connected_once = True
-                handshake_failures = 0
-                delay = self.opts.backoff_initial
+                finished = await self._session(attempt)
                 if finished and self.opts.once:
                     return
                 log.warning("server closed the session; reconnecting")
+                failure: tuple[grpc.StatusCode, str] | None = None
             except grpc.aio.AioRpcError as err:
-                code, details = err.code(), err.details() or ""
-                if code in FATAL_CODES:
-                    raise ClientFatal(
-                        f"the server refused client '{self.opts.client_id}': {code.name}: {details}"
-                    ) from None
-                if code == grpc.StatusCode.UNAVAILABLE and _looks_like_handshake_rejection(details):
-                    handshake_failures += 1
-                    if handshake_failures >= self.opts.max_handshake_failures:
-                        raise ClientFatal(
-                            f"the server at {self.opts.server} closed the connection during the TLS handshake "
-                            f"{handshake_failures} times: it does not accept this client's credentials (a certificate "
-                            f"from another CA, an expired certificate, or a plaintext client against a TLS server). "
-                            f"Check --ca/--cert/--key. Last error: {details}"
-                        ) from None
-                log.warning("cannot reach the server (%s: %s); retrying in %.1f s", code.name, details, delay)
+                failure = (err.code(), err.details() or "")
+            except SessionEnded as ended:
+                failure = (ended.code, ended.details)
             except ConnectionError as exc:
-                log.warning("session lost (%s); reconnecting in %.1f s", exc, delay)
-            if connected_once:
-                handshake_failures = 0
-            await asyncio.sleep(delay * (0.5 + random.random()))  # backoff with jitter, not synchronisation
-            delay = min(delay * 2, self.opts.backoff_max)
+                log.warning("session lost (%s); reconnecting", exc)
+                failure = None
+            if attempt.welcomed:
+                refusals = 0
+                backoff.reset()
+            if failure is not None:
+                code, details = failure
+                verdict = classify(code, details, attempt.welcomed)
+                if verdict == Verdict.IDENTITY_REFUSED:
+                    raise ClientFatal(f"the server refused client '{self.opts.client_id}': {code.name}: {details}")
+                if verdict == Verdict.CREDENTIALS_REFUSED:
+                    refusals += 1
+                    if refusals >= self.opts.max_handshake_failures:
+                        raise ClientFatal(
+                            f"the TLS handshake with {self.opts.server} was refused {refusals} times in a row: the "
+                            f"server does not accept this client's certificate (another CA, expired, or a plaintext "
+                            f"client against a TLS server), or this client does not accept the server's (--ca, "
+                            f"--server-name). Check --ca/--cert/--key. Last error: {details}"
+                        )
+                else:
+                    refusals = 0
+                log.warning(
+                    "%s (%s: %s)",
+                    "session ended" if attempt.welcomed else "cannot reach the server",
+                    code.name,
+                    details,
+                )
+            delay = backoff.next_delay()
+            log.info("reconnecting in %.1f s", delay)
+            await asyncio.sleep(delay)  # reconnect backoff, not synchronisation
 
-    async def _session(self) -> bool:
-        """One session. Returns True when a run finished in it (for ``once``), False when the server hung up."""
+    async def _session(self, attempt: _Attempt) -> bool:
+        """One session. Returns True when a run finished in it (for ``once``), False when the server ended it
+        with status OK (a graceful stop); raises for any other end. Sets ``attempt.welcomed`` once Welcome came."""
         opts = self.opts
         channel = create_channel(opts.server, opts.credentials, server_name=opts.server_name)
         async with channel:
             call = open_session(channel)
-            link = SessionLink(call)
-            await link.send(Hello(PROTOCOL_VERSION, opts.client_id, f"slperf {__version__}"))
-            welcome = await link.receive()
-            if welcome is None:
-                await _status(call)  # surfaces the server's status (refusals end up here)
-                raise ConnectionError("the server closed the session before Welcome")
-            if not isinstance(welcome, Welcome):
-                raise ConnectionError(f"expected Welcome, got {type(welcome).__name__}")
-            log.info("connected to %s as %s", opts.server, opts.client_id)
-            finished = False
-            while True:
-                message = await link.receive()
-                if message is None:
-                    await _status(call)
-                    return finished
-                done = await self._handle(link, message)
-                if done:
-                    finished = True
-                    self.runs_finished += 1
-                    if opts.once:
-                        await call.done_writing()
-                        return True
+            try:
+                return await self._converse(attempt, call)
+            except StreamBroken:
+                # A write failed because the call ended: its status says why (a TLS refusal looks like this).
+                await _raise_for_status(call)
+                raise
+
+    async def _converse(self, attempt: _Attempt, call: grpc.aio.StreamStreamCall[Any, Any]) -> bool:
+        """Hello, Welcome, then the server's messages until the stream ends (see ``_session``)."""
+        opts = self.opts
+        link = SessionLink(call)
+        await link.send(Hello(PROTOCOL_VERSION, opts.client_id, f"slperf {__version__}"))
+        welcome = await link.receive()
+        if welcome is None:
+            await _raise_for_status(call)  # surfaces the server's status (refusals end up here)
+            raise ConnectionError("the server closed the session before Welcome")
+        if not isinstance(welcome, Welcome):
+            raise ConnectionError(f"expected Welcome, got {type(welcome).__name__}")
+        attempt.welcomed = True
+        log.info("connected to %s as %s", opts.server, opts.client_id)
+        finished = False
+        while True:
+            message = await link.receive()
+            if message is None:
+                await _raise_for_status(call)
+                return finished
+            done = await self._handle(link, message)
+            if done:
+                finished = True
+                self.runs_finished += 1
+                if opts.once:
+                    await call.done_writing()
+                    return True
 
     async def _handle(self, link: SessionLink, message: ServerMessage) -> bool:
         """Acts on one message from the server; True when it finished a run."""
@@ -247,6 +295,8 @@ class ClientDaemon:
             await self._send_weights(link, message)
         elif isinstance(message, Finish):
             log.info("run %s finished: %s", message.run_id, message.reason)
+            if self.store is not None and message.run_id == self.run_id:
+                await asyncio.to_thread(self.store.discard, message.run_id)
             self.paradigm = None
             self.run_id = ""
             self._setup_key = None
@@ -267,6 +317,8 @@ class ClientDaemon:
                 link, grpc.StatusCode.FAILED_PRECONDITION, f"{kind} for run {part.run_id!r} before setup"
             )
             return
+        training = isinstance(part, TrainEpoch)
+        await self._align(part.round if training else part.round + 1)
         link.begin_pass(self.run_id, self.exchange)
         try:
             if isinstance(part, TrainEpoch):
@@ -274,6 +326,7 @@ class ClientDaemon:
             else:
                 summary = await self.paradigm.evaluate(link, part.round)
         except ServerError as exc:
+            self._pass_failed(training)
             if exc.code == grpc.StatusCode.ABORTED:
                 log.warning("the server ended %s of round %d early: %s", kind, part.round, exc)
                 return
@@ -281,8 +334,16 @@ class ClientDaemon:
             return
         except (WireError, ValueError) as exc:
             # The server drops this client from the phase when it reports an error; the session goes on.
+            self._pass_failed(training)
             await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
             return
+        except BaseException:
+            self._pass_failed(training)
+            raise
+        self._pushed.clear()
+        if training:
+            self._entering = part.round + 1
+            await self._save_state()
         phase = Phase.TRAIN if isinstance(part, TrainEpoch) else Phase.EVAL
         await link.send(PhaseDone(StepRef(self.run_id, part.round, summary.steps, phase), summary))
 
@@ -305,9 +366,10 @@ class ClientDaemon:
         """Builds the paradigm's client side for the run; a reconnect to the same run keeps the one it has, with
         its optimiser state (momentum) and loaded shard, as an uninterrupted client would have them (the
         server sends the weights again before the next phase)."""
-        key = (setup.run_id, setup.config_json, setup.client_index, setup.num_clients)
+        key = SetupKey(setup.run_id, setup.config_json, setup.client_index, setup.num_clients)
         if self.paradigm is not None and key == self._setup_key:
             log.info("run %s: rejoining with the training state this daemon already holds", setup.run_id)
+            self._pushed = {}  # the server pushes again what it wants before the next pass
             await self._ready(link, setup.run_id)
             return
         try:
@@ -325,6 +387,7 @@ class ClientDaemon:
             return
         self.run_id = setup.run_id
         self._setup_key = key
+        await self._fresh_state(key)
         log.info(
             "run %s: %s, client %d of %d, %d training samples",
             setup.run_id,
@@ -353,6 +416,61 @@ class ClientDaemon:
             await self._report(link, err.code, f"weights for {state.segment!r} rejected: {err.message}")
             return
         segment.load_state_dict(state.tensors, strict=True)
+        self._pushed[state.segment] = state.tensors
+
+    # -- training state kept on disk (slperf.slclient.state_store) --------------------------------------------
+    async def _fresh_state(self, key: SetupKey) -> None:
+        """A paradigm just built for ``key`` enters round 0; its initial state is kept unless this run already
+        has saved states (a restarted daemon: the first pass loads the one it needs)."""
+        self._entering, self._pushed = 0, {}
+        if self.store is None:
+            return
+        await asyncio.to_thread(self.store.forget_other_setups, key)
+        if not self.store.rounds(key.run_id):
+            await self._save_state()
+
+    async def _save_state(self) -> None:
+        if self.store is None or self.paradigm is None or self._setup_key is None or self._entering is None:
+            return
+        snapshot = Snapshot(self._entering, self.paradigm.training_state(), torch.get_rng_state())
+        try:
+            await asyncio.to_thread(self.store.save, self._setup_key, snapshot)
+        except OSError as exc:  # a full or read-only disk costs exact resumption, not the run
+            log.error("cannot save the training state under %s: %s", self.store.root, exc)
+
+    async def _align(self, entering: int) -> None:
+        """Before a pass that needs the state entering round ``entering``: if the state held is not that one (a
+        restarted daemon holds a fresh one; a restarted server may have rewound a round), the saved one is
+        loaded, and the weights the server pushed for this pass are put back on top of it."""
+        if self._entering == entering or self.paradigm is None or self._setup_key is None:
+            return
+        held = "unknown" if self._entering is None else f"entering round {self._entering}"
+        snapshot = await asyncio.to_thread(self.store.load, self._setup_key, entering) if self.store else None
+        if snapshot is not None:
+            try:
+                self.paradigm.load_training_state(snapshot.state)
+            except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:  # a foreign file's meta
+                log.warning("the saved training state entering round %d does not fit this run: %s", entering, exc)
+                snapshot = None
+        if snapshot is None:
+            log.warning(
+                "run %s: no saved training state entering round %d (holding: %s); going on with the state held",
+                self.run_id,
+                entering,
+                held,
+            )
+            return
+        if snapshot.rng is not None:
+            torch.set_rng_state(snapshot.rng)
+        for name, tensors in self._pushed.items():
+            self.paradigm.segments[name].load_state_dict(tensors, strict=True)
+        self._entering = entering
+        log.info("run %s: resumed the training state entering round %d (was %s)", self.run_id, entering, held)
+
+    def _pass_failed(self, training: bool) -> None:
+        self._pushed.clear()
+        if training:
+            self._entering = None  # part of a pass was applied: the state held matches no round
 
     async def _report(self, link: SessionLink, code: grpc.StatusCode, message: str) -> None:
         log.error("%s", message)
@@ -376,14 +494,9 @@ def check_setup_exchange(announced: Exchange, derived: Exchange, paradigm: Clien
         )
 
 
-async def _status(call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
-    """Waits for the call to end; raises its AioRpcError when the server ended it with an error status (awaiting
-    a grpc.aio call does that, though the type stubs do not declare calls awaitable)."""
-    await call  # type: ignore[misc]
-
-
-def _looks_like_handshake_rejection(details: str) -> bool:
-    lowered = details.lower()
-    if "connection refused" in lowered or "connect failed" in lowered and "refused" in lowered:
-        return False
-    return any(s in lowered for s in ("handshake", "socket closed", "ssl", "tls", "certificate", "connection reset"))
+async def _raise_for_status(call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+    """After the server ended the stream: raises ``SessionEnded`` unless it ended it with status OK. A stream call
+    is not awaitable (a unary one is), so its status comes from ``code()``/``details()``."""
+    code = await call.code()
+    if code != grpc.StatusCode.OK:
+        raise SessionEnded(code, await call.details() or "")

@@ -224,17 +224,59 @@ def _credentials(
 @click.option("--insecure", is_flag=True, help="plaintext (local experiments only)")
 @click.option("--server-name", help="TLS name to expect in the server certificate when dialling an address not in it")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="dataset cache (default ~/.cache/slperf)")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    help="where the training state of the runs this client is in is kept, so that a restarted daemon resumes "
+    "exactly (default $SLPERF_STATE, else ~/.local/state/slperf)",
+)
 @click.option("--once", is_flag=True, help="exit after one run instead of staying up")
 @click.option("--torch-threads", type=int, default=0)
+@click.option(
+    "--reconnect-delay",
+    type=click.FloatRange(min=0.001),
+    default=0.5,
+    show_default=True,
+    help="seconds before the first reconnect after the server went away (doubled each failed attempt, with jitter)",
+)
+@click.option(
+    "--max-reconnect-delay",
+    type=click.FloatRange(min=0.001),
+    default=30.0,
+    show_default=True,
+    help="longest wait between reconnect attempts",
+)
 @click.option("-v", "--verbose", is_flag=True)
-def client(address, client_id, ca, cert, key, insecure, server_name, cache_dir, once, torch_threads, verbose) -> None:
-    """Run a client daemon: dial out, hold the bottom segment and this silo's shard, stay up between runs."""
+def client(
+    address,
+    client_id,
+    ca,
+    cert,
+    key,
+    insecure,
+    server_name,
+    cache_dir,
+    state_dir,
+    once,
+    torch_threads,
+    reconnect_delay,
+    max_reconnect_delay,
+    verbose,
+) -> None:
+    """Run a client daemon: dial out, hold the bottom segment and this silo's shard, stay up between runs.
+
+    It reconnects by itself, forever, whenever the server goes away (killed, stopped, restarted, unreachable).
+    Exit status: 0 stopped (SIGTERM/SIGINT, or --once after a run); 2 the server refused this client's identity or
+    certificate, or a usage error (fix it, then start the daemon again); 1 an unexpected error."""
     from slperf.common.security.ids import validate_client_id
     from slperf.slclient.daemon import ClientDaemon, ClientOptions
+    from slperf.slclient.state_store import default_state_dir
 
     _setup_logging(verbose)
     validate_client_id(client_id)
     creds = _credentials(certs_dir=None, ca=ca, cert=cert, key=key, insecure=insecure, role="the client")
+    if reconnect_delay > max_reconnect_delay:
+        _fail(f"--reconnect-delay {reconnect_delay} is longer than --max-reconnect-delay {max_reconnect_delay}")
     if torch_threads:
         import torch
 
@@ -246,7 +288,10 @@ def client(address, client_id, ca, cert, key, insecure, server_name, cache_dir, 
             credentials=creds,
             server_name=server_name,
             cache_dir=cache_dir,
+            state_dir=state_dir or default_state_dir(),
             once=once,
+            backoff_initial=reconnect_delay,
+            backoff_max=max_reconnect_delay,
         )
     )
 

@@ -172,6 +172,16 @@ class ServerParadigm(abc.ABC):
         return {}
 
 
+@dataclass
+class TrainingState:
+    """What a client paradigm needs to go on training exactly where it was: its segments' weights and its
+    optimisers' state as tensors by flat name, and the optimisers' hyper-state (param groups, non-tensor
+    per-parameter values) as JSON-able ``meta``. Never pickled: the daemon stores tensors as safetensors."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
 class ClientParadigm(abc.ABC):
     """Client half of a paradigm. One instance per run inside each client daemon."""
 
@@ -187,6 +197,85 @@ class ClientParadigm(abc.ABC):
 
     @abc.abstractmethod
     async def evaluate(self, link: ClientLink, round: int) -> PhaseSummary: ...
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers this client steps, by attribute name: found on the instance, so that no paradigm has
+        to list them for ``training_state``."""
+        return {name: value for name, value in sorted(vars(self).items()) if isinstance(value, torch.optim.Optimizer)}
+
+    def training_state(self) -> TrainingState:
+        """Segments and optimisers (momentum buffers and the like), copied: what a restarted client daemon loads
+        to resume exactly. A paradigm with more state of its own overrides both methods and calls these."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name, segment in sorted(self.segments.items()):
+            for key, tensor in segment.state_dict().items():
+                tensors[f"segment/{name}/{key}"] = tensor.detach().clone()
+        optimizers: dict[str, Any] = {}
+        for name, optimizer in self.optimizers().items():
+            state = optimizer.state_dict()
+            scalars: dict[str, dict[str, Any]] = {}
+            for index, values in state["state"].items():
+                for key, value in values.items():
+                    if isinstance(value, torch.Tensor):
+                        tensors[f"optimizer/{name}/{index}/{key}"] = value.detach().clone()
+                    else:
+                        scalars.setdefault(str(index), {})[key] = value
+            optimizers[name] = {"param_groups": state["param_groups"], "scalars": scalars}
+        return TrainingState(tensors, {"segments": sorted(self.segments), "optimizers": optimizers})
+
+    def load_training_state(self, state: TrainingState) -> None:
+        """Loads what ``training_state`` gave; raises ValueError, changing nothing, when it does not fit this
+        client (other segments, names, shapes or dtypes, other optimisers or parameter groups)."""
+        segments: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.segments}
+        per_optimizer: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in self.optimizers()}
+        for flat, tensor in state.tensors.items():
+            kind, name, rest = (flat.split("/", 2) + ["", ""])[:3]
+            if kind == "segment" and name in segments and rest:
+                segments[name][rest] = tensor
+            elif kind == "optimizer" and name in per_optimizer and "/" in rest:
+                index, key = rest.split("/", 1)
+                if not index.isdigit():
+                    raise ValueError(f"optimizer tensor {flat!r} has no parameter index")
+                per_optimizer[name].setdefault(int(index), {})[key] = tensor
+            else:
+                raise ValueError(f"tensor {flat!r} belongs to no segment or optimiser of this client")
+        for name, module in self.segments.items():
+            own = module.state_dict()
+            if set(segments[name]) != set(own):
+                raise ValueError(f"segment {name!r}: saved tensors {sorted(segments[name])} != {sorted(own)}")
+            for key, tensor in own.items():
+                saved = segments[name][key]
+                if saved.shape != tensor.shape or saved.dtype != tensor.dtype:
+                    raise ValueError(
+                        f"segment {name!r} tensor {key!r}: saved {tuple(saved.shape)} {saved.dtype}, "
+                        f"expected {tuple(tensor.shape)} {tensor.dtype}"
+                    )
+        saved_optimizers = state.meta.get("optimizers", {})
+        if sorted(saved_optimizers) != sorted(per_optimizer):
+            raise ValueError(f"saved optimisers {sorted(saved_optimizers)} != this client's {sorted(per_optimizer)}")
+        loads: list[tuple[torch.optim.Optimizer, dict[str, Any]]] = []
+        for name, optimizer in self.optimizers().items():
+            current = optimizer.state_dict()
+            groups = saved_optimizers[name].get("param_groups")
+            if not isinstance(groups, list) or [g.get("params") for g in groups] != [
+                g["params"] for g in current["param_groups"]
+            ]:
+                raise ValueError(f"optimiser {name!r}: saved parameter groups do not match this client's")
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            values = per_optimizer[name]
+            for position, scalars in saved_optimizers[name].get("scalars", {}).items():
+                values.setdefault(int(position), {}).update(scalars)
+            for param, entries in values.items():
+                if not 0 <= param < len(params):
+                    raise ValueError(f"optimiser {name!r}: state for parameter {param} of {len(params)}")
+                for key, value in entries.items():
+                    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[param].shape:
+                        raise ValueError(f"optimiser {name!r} {key!r} of parameter {param}: shape {tuple(value.shape)}")
+            loads.append((optimizer, {"state": values, "param_groups": groups}))
+        for name, module in self.segments.items():
+            module.load_state_dict(segments[name], strict=True)
+        for optimizer, optimizer_state in loads:
+            optimizer.load_state_dict(optimizer_state)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import asyncio
 from slperf.common.config_loader import config_from_mapping
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.protocol.messages import Ready, RunSetup
+from slperf.common.wire.serde import PROTOCOL_VERSION
 from slperf.slclient import daemon
 from slperf.slclient.daemon import ClientDaemon, ClientOptions
 
@@ -89,3 +90,193 @@ def test_the_link_checks_every_reply_against_the_exchange_as_strictly_as_the_ser
             await link.recv_reply(StepRef("r", 0, 7, Phase.TRAIN))  # nothing was sent for it
 
     asyncio.run(main())
+
+
+# -- connection policy: a scripted server on the other end of real SessionLinks ------------------------------------
+# The texts are those grpcio reported against a real `slperf server` (see slperf.slclient.reconnect).
+REFUSED = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to connect to remote host: "
+    "Connection refused"
+)
+KILLED = "Stream removed (recvmsg:Connection reset by peer (104))"
+CERT_REFUSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Socket closed"
+PROXY_CLOSED = (
+    "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: "
+    "Handshake read failed (Socket closed)"
+)
+
+
+class _ScriptDone(Exception):
+    """The scripted server has no more sessions: the daemon was still trying to reconnect."""
+
+
+def _welcome_envelope():
+    from slperf.common.protocol.messages import Welcome
+    from slperf.common.transport.endpoint import Endpoint, Side
+    from slperf.v1 import session_pb2
+    from tests.slserver.streams import QueueStream
+
+    async def make():
+        out: asyncio.Queue = asyncio.Queue()
+        server = Endpoint(QueueStream(asyncio.Queue(), out, session_pb2.ServerMessage), Side.SERVER)
+        await server.send(Welcome(PROTOCOL_VERSION, "s", 1 << 30, 1 << 20, 8 << 20, 1 << 28, 8, 5000.0, 10000, 60.0))
+        return out.get_nowait()
+
+    return asyncio.run(make())
+
+
+class _ScriptedCall:
+    """One session as grpc.aio's StreamStreamCall behaves: ``read`` gives the scripted envelopes, then raises the
+    scripted error or returns EOF (status from ``code()``/``details()``); like the real call it is not awaitable."""
+
+    def __init__(self, reads: list, error=None, status=None):
+        import grpc
+
+        self.reads = list(reads)
+        self.error = error
+        self.status = status or (grpc.StatusCode.OK, "")
+
+    async def write(self, envelope) -> None:
+        pass
+
+    async def done_writing(self) -> None:
+        pass
+
+    async def read(self):
+        import grpc
+
+        if self.reads:
+            return self.reads.pop(0)
+        if self.error is not None:
+            raise self.error
+        return grpc.aio.EOF
+
+    async def code(self):
+        return self.status[0]
+
+    async def details(self):
+        return self.status[1]
+
+
+class _Channel:
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        pass
+
+
+def _rpc_error(code, details):
+    import grpc
+
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+def _serve_script(monkeypatch, calls: list) -> list:
+    """Each connection attempt of the daemon gets the next call of ``calls``; returns the list of those served."""
+    served: list = []
+
+    def open_session(channel):
+        if not calls:
+            raise _ScriptDone
+        served.append(calls.pop(0))
+        return served[-1]
+
+    monkeypatch.setattr(daemon, "create_channel", lambda *args, **kwargs: _Channel())
+    monkeypatch.setattr(daemon, "open_session", open_session)
+    return served
+
+
+def _daemon() -> ClientDaemon:
+    return ClientDaemon(
+        ClientOptions(server="unused:1", client_id="c1", credentials=None, backoff_initial=0.001, backoff_max=0.002)
+    )
+
+
+def test_server_killed_and_stopped_ten_times_each_never_stops_the_daemon(monkeypatch):
+    import grpc
+    import pytest
+
+    welcome = _welcome_envelope()
+    unavailable = grpc.StatusCode.UNAVAILABLE
+    calls = []
+    for _ in range(10):
+        calls.append(_ScriptedCall([welcome], error=_rpc_error(unavailable, KILLED)))  # SIGKILL mid-session
+        calls += [_ScriptedCall([], error=_rpc_error(unavailable, REFUSED)) for _ in range(3)]  # server down
+        calls.append(_ScriptedCall([welcome]))  # SIGTERM: the stream ends with status OK
+        calls.append(_ScriptedCall([], error=_rpc_error(unavailable, PROXY_CLOSED)))  # a proxy, no backend
+        calls += [_ScriptedCall([], error=_rpc_error(unavailable, CERT_REFUSED)) for _ in range(2)]  # dying server
+    total = len(calls)
+    served = _serve_script(monkeypatch, calls)
+    with pytest.raises(_ScriptDone):  # it was still reconnecting when the script ran out
+        asyncio.run(_daemon().run_forever())
+    assert len(served) == total
+
+
+def test_ten_server_kills_in_a_row_never_stop_the_daemon(monkeypatch):
+    """Before: a reset after Welcome counted as a refused certificate, and the third restart ended the daemon."""
+    import grpc
+    import pytest
+
+    welcome = _welcome_envelope()
+    calls = [_ScriptedCall([welcome], error=_rpc_error(grpc.StatusCode.UNAVAILABLE, KILLED)) for _ in range(10)]
+    served = _serve_script(monkeypatch, calls)
+    with pytest.raises(_ScriptDone):
+        asyncio.run(_daemon().run_forever())
+    assert len(served) == 10
+
+
+def test_a_graceful_server_stop_is_a_normal_end_of_the_session(monkeypatch):
+    """Before: ``await call`` after EOF raised TypeError (a stream call is not awaitable) and crashed the daemon."""
+    import pytest
+
+    served = _serve_script(monkeypatch, [_ScriptedCall([_welcome_envelope()])])
+    with pytest.raises(_ScriptDone):
+        asyncio.run(_daemon().run_forever())
+    assert len(served) == 1
+
+
+def test_a_certificate_refused_in_the_handshake_stops_the_daemon_after_three_attempts_in_a_row(monkeypatch):
+    import grpc
+    import pytest
+
+    from slperf.slclient.daemon import ClientFatal
+
+    unavailable = grpc.StatusCode.UNAVAILABLE
+    calls = [_ScriptedCall([], error=_rpc_error(unavailable, CERT_REFUSED)) for _ in range(2)]
+    calls.append(_ScriptedCall([], error=_rpc_error(unavailable, REFUSED)))  # not a refusal: the count restarts
+    calls += [_ScriptedCall([], error=_rpc_error(unavailable, CERT_REFUSED)) for _ in range(3)]
+    calls.append(_ScriptedCall([], error=_rpc_error(unavailable, REFUSED)))  # never reached
+    served = _serve_script(monkeypatch, calls)
+    with pytest.raises(ClientFatal, match="TLS handshake .* refused 3 times"):
+        asyncio.run(_daemon().run_forever())
+    assert len(served) == 6
+
+
+def test_an_identity_refusal_stops_the_daemon_at_once_and_a_refusal_after_welcome_too(monkeypatch):
+    import grpc
+    import pytest
+
+    from slperf.slclient.daemon import ClientFatal
+
+    denied = _rpc_error(grpc.StatusCode.PERMISSION_DENIED, "client id 'c1' does not match the certificate's")
+    _serve_script(monkeypatch, [_ScriptedCall([], error=denied)])
+    with pytest.raises(ClientFatal, match="PERMISSION_DENIED"):
+        asyncio.run(_daemon().run_forever())
+    revoked = (grpc.StatusCode.UNAUTHENTICATED, "client 'c1' has been revoked")
+    _serve_script(monkeypatch, [_ScriptedCall([_welcome_envelope()], status=revoked)])  # ended after Welcome
+    with pytest.raises(ClientFatal, match="revoked"):
+        asyncio.run(_daemon().run_forever())
+
+
+def test_a_hello_error_after_welcome_is_not_final(monkeypatch):
+    """FAILED_PRECONDITION/INVALID_ARGUMENT answer a Hello (version, id) only before Welcome; after it they are
+    about one message, and the daemon reconnects."""
+    import grpc
+    import pytest
+
+    status = (grpc.StatusCode.INVALID_ARGUMENT, "bad envelope")
+    served = _serve_script(monkeypatch, [_ScriptedCall([_welcome_envelope()], status=status)])
+    with pytest.raises(_ScriptDone):
+        asyncio.run(_daemon().run_forever())
+    assert len(served) == 1
