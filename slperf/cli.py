@@ -216,14 +216,23 @@ def _credentials(
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="dataset cache (default ~/.cache/slperf)")
 @click.option("--once", is_flag=True, help="exit after one run instead of staying up")
 @click.option("--torch-threads", type=int, default=0)
+@click.option(
+    "--device",
+    help="torch device this silo computes on: cpu, cuda, cuda:N (default: the run's client_device, cpu by default)",
+)
 @click.option("-v", "--verbose", is_flag=True)
-def client(address, client_id, ca, cert, key, insecure, server_name, cache_dir, once, torch_threads, verbose) -> None:
+def client(
+    address, client_id, ca, cert, key, insecure, server_name, cache_dir, once, torch_threads, device, verbose
+) -> None:
     """Run a client daemon: dial out, hold the bottom segment and this silo's shard, stay up between runs."""
+    from slperf.common.devices import resolve_device
     from slperf.common.security.ids import validate_client_id
     from slperf.slclient.daemon import ClientDaemon, ClientOptions
 
     _setup_logging(verbose)
     validate_client_id(client_id)
+    if device is not None:
+        resolve_device(device, key="--device", fix="Start the daemon with --device cpu")
     creds = _credentials(certs_dir=None, ca=ca, cert=cert, key=key, insecure=insecure, role="the client")
     if torch_threads:
         import torch
@@ -237,6 +246,7 @@ def client(address, client_id, ca, cert, key, insecure, server_name, cache_dir, 
             server_name=server_name,
             cache_dir=cache_dir,
             once=once,
+            device=device,
         )
     )
 

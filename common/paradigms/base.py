@@ -20,6 +20,7 @@ from torch import nn
 
 from slperf.common.config import RunConfig
 from slperf.common.data.client_data import ClientData as ClientData  # part of the paradigm API
+from slperf.common.devices import Placement, party_placement
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, State, StepRef
 
@@ -146,6 +147,9 @@ class ServerParadigm(abc.ABC):
         self.ctx = ctx
         self.num_classes = num_classes
         self.input_shape = input_shape
+        # The server's device (``device:``; a ConfigError naming the fix when this machine lacks it) and precision:
+        # segments and optimisers are built on it, cut tensors cross to and from it (see ``slperf.common.devices``).
+        self.placement: Placement = party_placement(config, where="the server")
 
     @abc.abstractmethod
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
@@ -181,6 +185,9 @@ class ClientParadigm(abc.ABC):
         self.num_clients = num_clients
         self.data = data
         self.segments: dict[str, nn.Module] = {}
+        # This daemon's device (the daemon sets ``config.device`` to its ``--device``, else the run's
+        # ``client_device``) and the run's precision.
+        self.placement: Placement = party_placement(config, where="this client")
 
     @abc.abstractmethod
     async def train_epoch(self, link: ClientLink, round: int, options: Mapping[str, Any]) -> PhaseSummary: ...

@@ -3,6 +3,10 @@
 These are plain functions over modules and tensors, run by the server off its event loop
 (``ctx.compute``) and by the clients inline; keeping them in one place is what makes the one-client
 equivalence with single-process training hold for every such paradigm.
+
+Placement happens here too: a step moves the cut tensors it is given (host tensors off the wire) to the
+device of the module it runs, and returns the gradient for the wire as a host float32 tensor
+(``slperf.common.devices``; both are the tensor itself on a CPU party).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slperf.common.config import RunConfig
+from slperf.common.devices import cut_to_host, host_copy, module_device, to_device
 
 
 def grad_of(tensor: torch.Tensor) -> torch.Tensor:
@@ -44,7 +49,9 @@ def top_train_step(
 ) -> StepOutcome:
     """Forward the cut activations through the top, step, and return the gradient for the client."""
     top.train()
-    acts = acts.detach().requires_grad_(True)
+    device = module_device(top)
+    acts = to_device(acts, device).detach().requires_grad_(True)
+    labels = to_device(labels, device)
     optimizer.zero_grad(set_to_none=True)
     logits = top(acts)
     loss = F.cross_entropy(logits, labels)
@@ -52,13 +59,15 @@ def top_train_step(
     if step:
         optimizer.step()
     correct = int((logits.detach().argmax(1) == labels).sum())
-    return StepOutcome(acts.grad, float(loss.detach()), correct, int(labels.shape[0]))
+    return StepOutcome(cut_to_host(grad_of(acts)), float(loss.detach()), correct, int(labels.shape[0]))
 
 
 @torch.no_grad()
 def top_eval_step(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> StepOutcome:
     top.eval()
-    logits = top(acts)
+    device = module_device(top)
+    labels = to_device(labels, device)
+    logits = top(to_device(acts, device))
     loss = F.cross_entropy(logits, labels, reduction="sum")
     correct = int((logits.argmax(1) == labels).sum())
     return StepOutcome(None, float(loss), correct, int(labels.shape[0]))
@@ -68,12 +77,14 @@ def top_accumulate(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> 
     """Forward one client's batch and add the gradient of its loss to the top's (no step): lock-step
     paradigms sum several clients' losses into one step."""
     top.train()
-    acts = acts.detach().requires_grad_(True)
+    device = module_device(top)
+    acts = to_device(acts, device).detach().requires_grad_(True)
+    labels = to_device(labels, device)
     logits = top(acts)
     loss = F.cross_entropy(logits, labels)
     loss.backward()
     correct = int((logits.detach().argmax(1) == labels).sum())
-    return StepOutcome(acts.grad, float(loss.detach()), correct, int(labels.shape[0]))
+    return StepOutcome(cut_to_host(grad_of(acts)), float(loss.detach()), correct, int(labels.shape[0]))
 
 
 def zero_grads(optimizer: torch.optim.Optimizer) -> None:
@@ -85,13 +96,15 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
 
 
 def bottom_backward_step(acts: torch.Tensor, grad: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """Back-propagates the gradient the server sent (a host tensor) through ``acts`` (on the party's device)."""
     optimizer.zero_grad(set_to_none=True)
-    acts.backward(grad)
+    acts.backward(to_device(grad, acts.device))
     optimizer.step()
 
 
 def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    """A host copy of the module's state (what the server keeps, averages and sends; unchanged by training)."""
+    return host_copy(module)
 
 
 def load_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
