@@ -177,10 +177,12 @@ class Placement:
             yield
 
 
-def party_placement(config: RunConfig, *, where: str = "this machine") -> Placement:
+def party_placement(
+    config: RunConfig, *, where: str = "this machine", key: str = "device", fix: str | None = None
+) -> Placement:
     """Sets up this party's compute for a run: resolves ``config.device`` (ConfigError when the machine lacks
     it), applies ``deterministic`` and returns the placement. A client daemon passes the run's config with
     ``device`` set to its own device (its ``--device``, else the run's ``client_device``)."""
-    device = resolve_device(config.device, where=where)
+    device = resolve_device(config.device, key=key, where=where, fix=fix)
     apply_determinism(config.deterministic, device)
     return Placement(device, check_amp(config.amp))

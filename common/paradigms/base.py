@@ -187,7 +187,12 @@ class ClientParadigm(abc.ABC):
         self.segments: dict[str, nn.Module] = {}
         # This daemon's device (the daemon sets ``config.device`` to its ``--device``, else the run's
         # ``client_device``) and the run's precision.
-        self.placement: Placement = party_placement(config, where="this client")
+        self.placement: Placement = party_placement(
+            config,
+            where=f"client {index}",
+            key="the client's device",
+            fix="Start its daemon with --device cpu, or set client_device: cpu in the run config",
+        )
 
     @abc.abstractmethod
     async def train_epoch(self, link: ClientLink, round: int, options: Mapping[str, Any]) -> PhaseSummary: ...
