@@ -332,10 +332,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--results-dir", type=Path)
     parser.add_argument("--device", default="cpu", help="device of both parties and of the reference (cpu, cuda)")
     args = parser.parse_args(argv)
-    result = run(
-        args.batch_sizes, args.samples, args.epochs, args.test_samples, args.profile, args.native, args.device
+    result = run(args.batch_sizes, args.samples, args.epochs, args.test_samples, args.profile, args.native, args.device)
+    write_result(
+        "split_overhead" if args.device == "cpu" else f"split_overhead_{args.device.replace(':', '')}",
+        result,
+        args.results_dir,
     )
-    write_result("split_overhead" if args.device == "cpu" else f"split_overhead_{args.device.replace(':', '')}", result, args.results_dir)
     return result
 
 

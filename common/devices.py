@@ -147,7 +147,10 @@ def apply_determinism(enabled: bool, device: torch.device) -> None:
             f"environment of this process before it starts, e.g. `{CUBLAS_ENV}={CUBLAS_DETERMINISTIC} slperf server "
             "...`; the local federation sets it for its processes"
         )
-    torch.use_deterministic_algorithms(enabled)
+    if torch.are_deterministic_algorithms_enabled() != enabled:
+        # Only on a change: torch.use_deterministic_algorithms imports torch._inductor (and with it torch._dynamo,
+        # seconds of CPU), which a run without the key must not pay.
+        torch.use_deterministic_algorithms(enabled)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not enabled and torch.backends.cudnn.benchmark
 

@@ -51,6 +51,8 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # --help, usage errors: matched first, so the next line's imports (torch, ...) never run for them
         except _known_errors() as exc:
             _fail(str(exc))
         except grpc.RpcError as exc:

@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from slperf.common.config import ConfigError, RunConfig
-from slperf.common.devices import cut_to_host
 from slperf.common.data import ShardLoader, cap_indices, load_dataset
 from slperf.common.data.attributes import vertical_columns
 from slperf.common.data.registry import DATASETS
+from slperf.common.devices import cut_to_host
 from slperf.common.paradigms.base import (
     ClientData,
     ClientGone,
@@ -115,7 +115,9 @@ class VerticalClient(ClientParadigm):
     def __init__(self, config: RunConfig, index: int, num_clients: int, data: ClientData):
         super().__init__(config, index, num_clients, data)
         self.owner = index == config.options["label_owner"]
-        self.bottom = self.placement.module(bottom_model(data.input_shape[0], _widths(config)[index], config.seed, index))
+        self.bottom = self.placement.module(
+            bottom_model(data.input_shape[0], _widths(config)[index], config.seed, index)
+        )
         self.segments = {"bottom": self.bottom}
         self.optimizer = make_optimizer(self.bottom.parameters(), config)
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from slperf.common.config import RunConfig
 from slperf.common.devices import cut_to_host, host_copy, module_device, to_device
+from slperf.common.paradigms.kit.optim import SGD, Optimizer
 
 
 def grad_of(tensor: torch.Tensor) -> torch.Tensor:
@@ -29,11 +30,10 @@ def grad_of(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.grad
 
 
-def make_optimizer(params: Iterable[torch.Tensor], config: RunConfig, lr: float | None = None) -> torch.optim.Optimizer:
-    """SGD with momentum and weight decay, as SLPerf uses for every paradigm but two."""
-    return torch.optim.SGD(
-        params, lr=config.lr if lr is None else lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+def make_optimizer(params: Iterable[torch.Tensor], config: RunConfig, lr: float | None = None) -> SGD:
+    """SGD with momentum and weight decay, as SLPerf uses for every paradigm but two (``kit.optim.SGD``: the
+    arithmetic of ``torch.optim.SGD`` without its import of ``torch._dynamo``)."""
+    return SGD(params, lr=config.lr if lr is None else lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 @dataclass
@@ -45,7 +45,7 @@ class StepOutcome:
 
 
 def top_train_step(
-    top: nn.Module, optimizer: torch.optim.Optimizer, acts: torch.Tensor, labels: torch.Tensor, *, step: bool = True
+    top: nn.Module, optimizer: Optimizer, acts: torch.Tensor, labels: torch.Tensor, *, step: bool = True
 ) -> StepOutcome:
     """Forward the cut activations through the top, step, and return the gradient for the client."""
     top.train()
@@ -87,18 +87,31 @@ def top_accumulate(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> 
     return StepOutcome(cut_to_host(grad_of(acts)), float(loss.detach()), correct, int(labels.shape[0]))
 
 
-def zero_grads(optimizer: torch.optim.Optimizer) -> None:
+def zero_grads(optimizer: Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+def optimizer_step(optimizer: Optimizer) -> None:
     optimizer.step()
 
 
-def bottom_backward_step(acts: torch.Tensor, grad: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+def backward_from(tensor: torch.Tensor, grad: torch.Tensor) -> None:
+    """Back-propagates ``grad`` (the gradient of the loss at ``tensor``, same shape) into ``tensor``'s graph.
+
+    The same gradients as ``tensor.backward(grad)``, bit for bit: the backward of ``sum(tensor * grad)`` hands
+    ``tensor`` exactly ``1.0 * grad``. It is spelt this way because ``backward`` with an explicit gradient imports
+    ``torch.fx.experimental.symbolic_shapes`` (and sympy: 0.5-0.7 s of CPU per process) to compare the shapes;
+    a scalar's backward does not. The shapes are compared here instead.
+    """
+    if grad.shape != tensor.shape:
+        raise ValueError(f"a gradient of shape {list(grad.shape)} for a tensor of shape {list(tensor.shape)}")
+    torch.sum(tensor * grad.detach()).backward()
+
+
+def bottom_backward_step(acts: torch.Tensor, grad: torch.Tensor, optimizer: Optimizer) -> None:
     """Back-propagates the gradient the server sent (a host tensor) through ``acts`` (on the party's device)."""
     optimizer.zero_grad(set_to_none=True)
-    acts.backward(to_device(grad, acts.device))
+    backward_from(acts, to_device(grad, acts.device))
     optimizer.step()
 
 

@@ -41,8 +41,9 @@ from slperf.common.paradigms.base import (
     ServerContext,
 )
 from slperf.common.paradigms.kit.cuts import cut_shapes
+from slperf.common.paradigms.kit.optim import Optimizer
 from slperf.common.paradigms.kit.serving import Gate
-from slperf.common.paradigms.kit.steps import bottom_backward_step, grad_of, make_optimizer
+from slperf.common.paradigms.kit.steps import backward_from, bottom_backward_step, grad_of, make_optimizer
 from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
 from slperf.common.protocol.types import CutReply, Phase, PhaseSummary, State, StepRef
 
@@ -124,11 +125,11 @@ def middle_forward(middle: nn.Module, acts: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def middle_backward(
-    middle: nn.Module, optimizer: torch.optim.Optimizer, a1: torch.Tensor, a2: torch.Tensor, grad: torch.Tensor
+    middle: nn.Module, optimizer: Optimizer, a1: torch.Tensor, a2: torch.Tensor, grad: torch.Tensor
 ) -> torch.Tensor:
     """Back-propagates the client's gradient of the middle output, steps the middle, returns d/d a1."""
     optimizer.zero_grad(set_to_none=True)
-    a2.backward(to_device(grad, a2.device))
+    backward_from(a2, to_device(grad, a2.device))
     optimizer.step()
     return cut_to_host(grad_of(a1))
 
@@ -159,7 +160,7 @@ async def serve_ushaped(
     client: ClientHandle,
     round: int,
     middle: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     gate: Gate,
 ) -> PhaseSummary:
     """One client's training pass: the 4-message exchange per step, holding ``gate`` from head to tail."""
