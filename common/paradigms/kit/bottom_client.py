@@ -15,6 +15,7 @@ from slperf.common.config import RunConfig
 from slperf.common.devices import cut_to_host
 from slperf.common.models import build_split
 from slperf.common.paradigms.base import ClientData, ClientLink, ClientParadigm
+from slperf.common.paradigms.kit.optim import Optimizer
 from slperf.common.paradigms.kit.steps import bottom_backward_step, make_optimizer
 from slperf.common.protocol.types import Phase, PhaseSummary, StepRef
 
@@ -25,7 +26,7 @@ class BottomClient(ClientParadigm):
         split = build_split(config.model, data.input_shape, data.num_classes, config.seed, [config.split_layer])
         self.bottom = self.placement.module(split.segments[0])
         self.segments = {"bottom": self.bottom}
-        self.optimizer = make_optimizer(self.bottom.parameters(), config)
+        self.optimizer: Optimizer = make_optimizer(self.bottom.parameters(), config)
 
     async def train_epoch(self, link: ClientLink, round: int, options: Mapping[str, Any]) -> PhaseSummary:
         self.bottom.train()
