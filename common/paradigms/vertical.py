@@ -48,7 +48,7 @@ from slperf.common.paradigms.base import (
     ServerParadigm,
 )
 from slperf.common.paradigms.kit.serving import next_batches
-from slperf.common.paradigms.kit.steps import bottom_backward_step, grad_of, make_optimizer
+from slperf.common.paradigms.kit.steps import bottom_backward_step, clone_state, grad_of, make_optimizer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, StepRef
@@ -264,7 +264,7 @@ class VerticalServer(ServerParadigm):
         )
 
     def model_state(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {"top": {k: v.detach().clone() for k, v in self.top.state_dict().items()}}
+        return {"top": clone_state(self.top)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict()}
