@@ -107,25 +107,30 @@ def cut_to_host(tensor: torch.Tensor) -> torch.Tensor:
     return to_host(tensor, torch.float32 if tensor.is_floating_point() else None)
 
 
-def host_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The module's state for the wire: on a CPU module its ``state_dict()`` tensors themselves (no copy, as
-    before devices existed); on a device, pinned host copies, all queued before one synchronisation."""
+def _state_to_host(module: nn.Module, *, copy: bool) -> dict[str, torch.Tensor]:
+    """The module's state on the host: device entries as pinned copies (all queued, then one synchronisation per
+    device), host entries as they are or, with ``copy``, cloned."""
     state = module.state_dict()
     devices = {t.device for t in state.values() if t.device.type != "cpu"}
-    if not devices:
-        return dict(state)
-    out = {k: v if v.device.type == "cpu" else _pinned_copy(v, None) for k, v in state.items()}
+    out = {
+        k: _pinned_copy(v, None) if v.device.type != "cpu" else (v.detach().clone() if copy else v)
+        for k, v in state.items()
+    }
     for device in devices:
         _sync(device)
     return out
 
 
+def host_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state for the wire: on a CPU module its ``state_dict()`` tensors themselves (no copy, as
+    before devices existed); on a device, pinned host copies."""
+    return _state_to_host(module, copy=False)
+
+
 def host_copy(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A host copy of the module's state that later training does not change (kept states, averages): a clone
-    on a CPU module, the pinned copies (fresh memory already) on a device."""
-    if module_device(module).type == "cpu":
-        return {k: v.detach().clone() for k, v in module.state_dict().items()}
-    return host_state(module)
+    """A host copy of the module's state that later training does not change (kept states, averages): clones of
+    host tensors, pinned copies (fresh memory already) of device tensors."""
+    return _state_to_host(module, copy=True)
 
 
 def module_device(module: nn.Module) -> torch.device:
