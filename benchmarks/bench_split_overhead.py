@@ -3,7 +3,7 @@ gRPC on loopback (server and client daemon as separate processes, `slperf.federa
 unsplit model on the same data and batches in one process?
 
     python -m benchmarks.bench_split_overhead [--batch-sizes 64 128] [--samples 15000] [--epochs 3]
-                                              [--profile DIR]
+                                              [--device cpu|cuda] [--profile DIR]
 
 A "round" of the federation is: the bottom weights go to the client, one pass over its shard (per batch:
 activations + labels up, gradient down), the bottom comes back, and an evaluation pass over the capped test
@@ -13,6 +13,9 @@ subset, with one torch thread like each federation process. Ratio = median feder
 reference epoch time (target <= 1.15). The reference runs before and after the federation and the faster of
 the two medians is used, which makes the ratio conservative on a machine shared with other work; the ratio of
 the fastest round to the fastest reference epoch (``ratio_of_minima``) is the least disturbed estimate.
+
+``--device cuda`` puts the server's top, the client's bottom and the reference model on the GPU (the run's
+``device`` and ``client_device``): the ratio then says what the wire costs next to GPU compute.
 
 ``--profile DIR`` attaches py-spy (if installed) to the server and the client daemon for the whole run and
 writes their collapsed stacks plus a summary of where the time goes into the JSON result.
@@ -39,8 +42,12 @@ TARGET_RATIO = 1.15
 LENET_CUT_FLOATS = 6 * 12 * 12  # LeNet cut after its first block: 6 x 12 x 12 activations per sample
 
 
-def make_config(batch_size: int, samples: int, epochs: int, test_samples: int, seed: int = 0) -> dict[str, Any]:
+def make_config(
+    batch_size: int, samples: int, epochs: int, test_samples: int, seed: int = 0, device: str = "cpu"
+) -> dict[str, Any]:
     return {
+        "device": device,
+        "client_device": device,
         "paradigm": "vanilla",
         "dataset": "mnist",
         "clients": 1,
@@ -66,6 +73,7 @@ def reference_epochs(raw_config: dict[str, Any]) -> list[float]:
     import torch.nn.functional as F
 
     from slperf.common.config_loader import config_from_mapping
+    from slperf.common.devices import resolve_device
     from slperf.common.models import build_model
     from slperf.common.paradigms.kit.steps import make_optimizer
     from slperf.common.shards import build_client_data
@@ -75,13 +83,15 @@ def reference_epochs(raw_config: dict[str, Any]) -> list[float]:
     torch.set_num_threads(1)
     try:
         data = build_client_data(config, 0)
-        model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
+        device = resolve_device(config.device)
+        model = build_model(config.model, data.input_shape, data.num_classes, config.seed).to(device)
         optimizer = make_optimizer(model.parameters(), config)
         times = []
         for epoch in range(config.epochs):
             started = time.perf_counter()
             model.train()
             for x, y in data.train.batches(epoch):
+                x, y = x.to(device), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
                 logits = model(x)
                 F.cross_entropy(logits, y).backward()
@@ -90,6 +100,7 @@ def reference_epochs(raw_config: dict[str, Any]) -> list[float]:
             model.eval()
             with torch.no_grad():
                 for x, y in data.test.batches(0, shuffle=False):
+                    x, y = x.to(device), y.to(device)
                     logits = model(x)
                     float(F.cross_entropy(logits, y, reduction="sum"))
                     int((logits.argmax(1) == y).sum())
@@ -260,11 +271,12 @@ def run(
     test_samples: int,
     profile_dir: Path | None = None,
     native: bool = False,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    banner("split overhead: vanilla, 1 client over mTLS gRPC vs one process (LeNet / MNIST)")
+    banner(f"split overhead: vanilla, 1 client over mTLS gRPC vs one process (LeNet / MNIST, on {device})")
     cases = []
     for batch in batch_sizes:
-        config = make_config(batch, samples, epochs, test_samples)
+        config = make_config(batch, samples, epochs, test_samples, device=device)
         before = reference_epochs(config)
         profiler = Profiler(profile_dir / f"batch{batch}", native=native) if profile_dir else None
         with tempfile.TemporaryDirectory(prefix="slperf-overhead-") as tmp:
@@ -276,6 +288,7 @@ def run(
         rtt = transport_floor(batch, LENET_CUT_FLOATS)
         steady = statistics.median(fed["round_seconds"][1:]) if len(fed["round_seconds"]) > 1 else split
         case = {
+            "device": device,
             "batch_size": batch,
             "train_samples": samples,
             "test_samples": test_samples,
@@ -305,7 +318,7 @@ def run(
             f"same bytes is {1000 * rtt:.2f} ms (floor ratio {case['floor_ratio']:.2f})",
             flush=True,
         )
-    return {"cases": cases, "target_ratio": TARGET_RATIO}
+    return {"cases": cases, "target_ratio": TARGET_RATIO, "device": device}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -317,9 +330,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--profile", type=Path, help="attach py-spy to the daemons; collapsed stacks go here")
     parser.add_argument("--native", action="store_true", help="with --profile: include native frames (C/C++)")
     parser.add_argument("--results-dir", type=Path)
+    parser.add_argument("--device", default="cpu", help="device of both parties and of the reference (cpu, cuda)")
     args = parser.parse_args(argv)
-    result = run(args.batch_sizes, args.samples, args.epochs, args.test_samples, args.profile, args.native)
-    write_result("split_overhead", result, args.results_dir)
+    result = run(args.batch_sizes, args.samples, args.epochs, args.test_samples, args.profile, args.native, args.device)
+    write_result(
+        "split_overhead" if args.device == "cpu" else f"split_overhead_{args.device.replace(':', '')}",
+        result,
+        args.results_dir,
+    )
     return result
 
 

@@ -1,11 +1,12 @@
 """Runs every performance benchmark in turn and writes one JSON per benchmark to benchmarks/results/:
 
-    python -m benchmarks.run_all [--quick] [--only split_overhead stream scaling codec]
+    python -m benchmarks.run_all [--quick] [--only split_overhead stream scaling codec startup]
 
 1. split overhead (``bench_split_overhead``): vanilla with 1 client over mTLS gRPC vs one process;
 2. codec (``bench_codec``, when that script exists: it belongs to the wire codec's author);
 3. stream throughput (``bench_stream``): framing over grpc.aio + TLS vs a plain TCP socket;
-4. scaling (``bench_scaling``): splitfed_v1 (and psl) with 1..32 client daemons.
+4. scaling (``bench_scaling``): splitfed_v1 (and psl) with 1..32 client daemons;
+5. start-up (``bench_startup``): a client daemon from process start to connected, ready and its first step.
 
 ``--quick`` shrinks every benchmark (fewer samples, sizes and client counts) for a smoke run. Nothing here
 passes or fails: a benchmark that raises is reported and the others still run; the exit code is 0 unless
@@ -58,7 +59,20 @@ def _scaling(quick: bool, results: Path) -> None:
     bench_scaling.main([*args, "--results-dir", str(results)])
 
 
-BENCHMARKS = {"split_overhead": _split_overhead, "codec": _codec, "stream": _stream, "scaling": _scaling}
+def _startup(quick: bool, results: Path) -> None:
+    from benchmarks import bench_startup
+
+    args = ["--repeats", "2"] if quick else []
+    bench_startup.main([*args, "--results-dir", str(results)])
+
+
+BENCHMARKS = {
+    "split_overhead": _split_overhead,
+    "codec": _codec,
+    "stream": _stream,
+    "scaling": _scaling,
+    "startup": _startup,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

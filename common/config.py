@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
@@ -49,6 +50,9 @@ class RunConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     device: str = "cpu"
+    client_device: str = "cpu"
+    amp: str = "none"
+    deterministic: bool = False
     max_train_samples: int | None = None
     max_test_samples: int | None = None
     eval_batch_size: int = 500
@@ -88,7 +92,11 @@ FIELD_DOCS: dict[str, str] = {
     "momentum": "SGD momentum",
     "weight_decay": "SGD weight decay",
     "seed": "seed for model init, partitions and batch order; same seed -> same run",
-    "device": "torch device of every party (cpu)",
+    "device": "torch device of the server's compute: cpu, cuda or cuda:N (checked when the run starts)",
+    "client_device": "torch device of every client daemon not started with its own --device (cpu, cuda, cuda:N)",
+    "amp": "mixed precision of every party's forward compute: none or bf16 (cut tensors still cross as float32)",
+    "deterministic": "deterministic algorithms on every party (torch.use_deterministic_algorithms); on CUDA each "
+    "process needs CUBLAS_WORKSPACE_CONFIG=:4096:8 in its environment",
     "max_train_samples": "use a deterministic subset of this many training samples (quick runs, tests)",
     "max_test_samples": "evaluate on a deterministic subset of this many test samples",
     "eval_batch_size": "batch size for evaluation passes",
@@ -222,8 +230,32 @@ def check_ranges(cfg: RunConfig, datasets: Collection[str]) -> None:
         raise ConfigError(
             f"config key 'dataset': unknown dataset '{cfg.dataset}' (known: {', '.join(sorted(datasets))})"
         )
-    if cfg.device != "cpu" and not cfg.device.startswith("cuda"):
-        raise ConfigError(f"config key 'device' must be 'cpu' or 'cuda[:N]', got {cfg.device!r}")
+    check_device_name("device", cfg.device)
+    check_device_name("client_device", cfg.client_device)
+    check_amp_name(cfg.amp)
+
+
+_DEVICE_NAME = re.compile(r"^(cpu|cuda(:\d+)?)$")
+AMP_CHOICES = ("none", "bf16")
+
+
+def check_device_name(key: str, name: str) -> None:
+    """The spelling of a device (``cpu``, ``cuda``, ``cuda:N``), not whether this machine has it: a config is
+    checked on machines that will not run it (the operator's laptop, a CPU client of a GPU server); each party
+    resolves its own device when it sets up (``slperf.common.devices``)."""
+    if not _DEVICE_NAME.match(name):
+        raise ConfigError(f"config key '{key}' must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+
+
+def check_amp_name(value: str) -> None:
+    if value == "fp16":
+        raise ConfigError(
+            "config key 'amp': fp16 is not supported: it needs loss scaling on the party that computes the loss "
+            "and the same scale on every party its gradient crosses to, which the cut protocol does not carry; "
+            "use amp: bf16 (float32's range, no scaling needed; CPUs and recent GPUs)"
+        )
+    if value not in AMP_CHOICES:
+        raise ConfigError(f"config key 'amp' must be one of {', '.join(AMP_CHOICES)}, got {value!r}")
 
 
 def parse_core_keys(raw: Mapping[str, Any], *, source: str = "config") -> tuple[RunConfig, dict[str, Any], list[str]]:

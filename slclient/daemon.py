@@ -17,6 +17,7 @@ or credential refusal, or a usage error (retrying cannot fix it; the systemd uni
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from slperf import __version__
 from slperf.common.config import ConfigError
 from slperf.common.config_loader import config_from_json
 from slperf.common.data import DatasetUnavailable
+from slperf.common.devices import host_state
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientParadigm
 from slperf.common.paradigms.kit.cuts import state_layout
@@ -104,6 +106,7 @@ class ClientOptions:
     backoff_max: float = 30.0
     once: bool = False  # exit after the first run finishes (tests)
     torch_threads: int = 0
+    device: str | None = None  # this silo's torch device (--device); None: the run's client_device
 
 
 class SessionLink:
@@ -357,7 +360,7 @@ class ClientDaemon:
                 request.run_id,
                 request.round,
                 request.segment,
-                segment.state_dict(),
+                host_state(segment),
                 num_samples=self.paradigm.data.train.num_samples,
             )
         )
@@ -374,6 +377,7 @@ class ClientDaemon:
             return
         try:
             config = config_from_json(setup.config_json)
+            config = dataclasses.replace(config, device=self.opts.device or config.client_device)
             spec = paradigms.get(config.paradigm)
             if config.torch_threads:
                 torch.set_num_threads(config.torch_threads)

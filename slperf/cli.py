@@ -51,6 +51,8 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # --help, usage errors: matched first, so the next line's imports (torch, ...) never run for them
         except _known_errors() as exc:
             _fail(str(exc))
         except grpc.RpcError as exc:
@@ -246,6 +248,10 @@ def _credentials(
     show_default=True,
     help="longest wait between reconnect attempts",
 )
+@click.option(
+    "--device",
+    help="torch device this silo computes on: cpu, cuda, cuda:N (default: the run's client_device, cpu by default)",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def client(
     address,
@@ -261,6 +267,7 @@ def client(
     torch_threads,
     reconnect_delay,
     max_reconnect_delay,
+    device,
     verbose,
 ) -> None:
     """Run a client daemon: dial out, hold the bottom segment and this silo's shard, stay up between runs.
@@ -268,12 +275,15 @@ def client(
     It reconnects by itself, forever, whenever the server goes away (killed, stopped, restarted, unreachable).
     Exit status: 0 stopped (SIGTERM/SIGINT, or --once after a run); 2 the server refused this client's identity or
     certificate, or a usage error (fix it, then start the daemon again); 1 an unexpected error."""
+    from slperf.common.devices import resolve_device
     from slperf.common.security.ids import validate_client_id
     from slperf.slclient.daemon import ClientDaemon, ClientOptions
     from slperf.slclient.state_store import default_state_dir
 
     _setup_logging(verbose)
     validate_client_id(client_id)
+    if device is not None:
+        resolve_device(device, key="--device", fix="Start the daemon with --device cpu")
     creds = _credentials(certs_dir=None, ca=ca, cert=cert, key=key, insecure=insecure, role="the client")
     if reconnect_delay > max_reconnect_delay:
         _fail(f"--reconnect-delay {reconnect_delay} is longer than --max-reconnect-delay {max_reconnect_delay}")
@@ -292,6 +302,7 @@ def client(
             once=once,
             backoff_initial=reconnect_delay,
             backoff_max=max_reconnect_delay,
+            device=device,
         )
     )
 

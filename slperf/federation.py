@@ -179,6 +179,8 @@ class Federation:
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(self.torch_threads))
         env["PYTHONUNBUFFERED"] = "1"
+        if self.config.deterministic:  # cuBLAS reads it when it starts (see slperf.common.devices)
+            env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         return env
 
     def _open_log(self, name: str, restart: int = 0) -> BinaryIO:

@@ -4,6 +4,10 @@ A server paradigm runs its model compute through ``compute`` so that the event l
 every client's session stream, keepalives and control calls, is never blocked by a training step. The
 server hands every run the same single-thread executor, so a paradigm's computations run one at a time
 and in the order it asked for them.
+
+Every computation runs under the run's precision (``amp:``; autocast is thread-local, so it is entered on the
+compute thread itself). Building the context resolves the run's ``device`` on this machine: a device it lacks
+is a ConfigError naming the fix, before any model is built.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import asyncio
 import concurrent.futures
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from slperf.common.config import RunConfig
+from slperf.common.devices import Placement, party_placement
 
 T = TypeVar("T")
 
@@ -27,7 +32,15 @@ class ComputeContext:
     config: RunConfig
     run_id: str
     executor: concurrent.futures.Executor
+    placement: Placement = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.placement = party_placement(self.config, where="the server")
 
     async def compute(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
+        return await loop.run_in_executor(self.executor, functools.partial(self._under_amp, fn, *args))
+
+    def _under_amp(self, fn: Callable[..., T], *args: Any) -> T:
+        with self.placement.autocast():
+            return fn(*args)

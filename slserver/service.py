@@ -20,6 +20,7 @@ import grpc
 from slperf import __version__
 from slperf.common.config import ConfigError
 from slperf.common.config_loader import load_config_text
+from slperf.common.devices import resolve_device
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import Welcome
 from slperf.common.security.ids import valid_client_id, valid_run_id
@@ -176,6 +177,7 @@ class ControlService(service_pb2_grpc.ControlServicer):
     ) -> service_pb2.StartRunResponse:
         try:
             config, warnings = load_config_text(request.config, source="run config")
+            resolve_device(config.device, where="the server")  # a device this machine lacks: refused at start
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         for warning in warnings:

@@ -120,3 +120,18 @@ def pki(tmp_path) -> Path:
     for cid in ("c1", "c2", "c3"):
         add_client(certs, cid)
     return certs
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip, saying why, on a machine without a CUDA device (CI, CPU-only torch)."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    build = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA device visible"
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU ({build}, torch {torch.__version__})")
+    for item in marked:
+        item.add_marker(skip)

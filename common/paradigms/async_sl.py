@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from slperf.common.config import ConfigError, RunConfig
+from slperf.common.devices import cut_to_host
 from slperf.common.paradigms.base import ClientHandle, ClientLink, ParadigmSpec, RoundResult, ServerContext
 from slperf.common.paradigms.kit.bottom_client import BottomClient
 from slperf.common.paradigms.kit.rounds import ring
@@ -198,9 +199,9 @@ class AsyncClient(BottomClient):
         summary = PhaseSummary()
         for step, (x, y) in enumerate(self.data.train.batches(round)):
             ref = StepRef(link.run_id, round, step, Phase.TRAIN)
-            with torch.no_grad():
-                acts = self.bottom(x)
-            await link.send_cut_tensor(ref, acts, labels=y)
+            with torch.no_grad(), self.placement.autocast():
+                acts = self.bottom(self.placement.inbound(x))
+            await link.send_cut_tensor(ref, cut_to_host(acts), labels=y)
             reply = await link.recv_reply(ref)  # metrics only; frozen bottom
             summary.add(int(y.shape[0]), reply.loss, reply.correct)
         return summary

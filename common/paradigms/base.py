@@ -13,13 +13,14 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
 
 from slperf.common.config import RunConfig
 from slperf.common.data.client_data import ClientData as ClientData  # part of the paradigm API
+from slperf.common.devices import Placement, party_placement
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, State, StepRef
 
@@ -146,6 +147,9 @@ class ServerParadigm(abc.ABC):
         self.ctx = ctx
         self.num_classes = num_classes
         self.input_shape = input_shape
+        # The server's device (``device:``; a ConfigError naming the fix when this machine lacks it) and precision:
+        # segments and optimisers are built on it, cut tensors cross to and from it (see ``slperf.common.devices``).
+        self.placement: Placement = party_placement(config, where="the server")
 
     @abc.abstractmethod
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
@@ -182,6 +186,18 @@ class TrainingState:
     meta: dict[str, Any]
 
 
+@runtime_checkable
+class SteppedState(Protocol):
+    """An optimiser as the client's training state sees it: something that steps, with a state dict in
+    ``torch.optim``'s layout ({"state": {index: {name: tensor}}, "param_groups": [...]})."""
+
+    def step(self) -> Any: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
 class ClientParadigm(abc.ABC):
     """Client half of a paradigm. One instance per run inside each client daemon."""
 
@@ -191,6 +207,14 @@ class ClientParadigm(abc.ABC):
         self.num_clients = num_clients
         self.data = data
         self.segments: dict[str, nn.Module] = {}
+        # This daemon's device (the daemon sets ``config.device`` to its ``--device``, else the run's
+        # ``client_device``) and the run's precision.
+        self.placement: Placement = party_placement(
+            config,
+            where=f"client {index}",
+            key="the client's device",
+            fix="Start its daemon with --device cpu, or set client_device: cpu in the run config",
+        )
 
     @abc.abstractmethod
     async def train_epoch(self, link: ClientLink, round: int, options: Mapping[str, Any]) -> PhaseSummary: ...
@@ -198,10 +222,11 @@ class ClientParadigm(abc.ABC):
     @abc.abstractmethod
     async def evaluate(self, link: ClientLink, round: int) -> PhaseSummary: ...
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def optimizers(self) -> dict[str, SteppedState]:
         """The optimisers this client steps, by attribute name: found on the instance, so that no paradigm has
-        to list them for ``training_state``."""
-        return {name: value for name, value in sorted(vars(self).items()) if isinstance(value, torch.optim.Optimizer)}
+        to list them for ``training_state``. Any ``torch.optim.Optimizer`` and the kit's own SGD count (whatever
+        steps and has a state dict; a segment has no ``step``)."""
+        return {name: value for name, value in sorted(vars(self).items()) if isinstance(value, SteppedState)}
 
     def training_state(self) -> TrainingState:
         """Segments and optimisers (momentum buffers and the like), copied: what a restarted client daemon loads

@@ -108,17 +108,20 @@ class FedAvgClient(ClientParadigm):
 
     def __init__(self, config: RunConfig, index: int, num_clients: int, data: ClientData):
         super().__init__(config, index, num_clients, data)
-        self.model = build_model(config.model, data.input_shape, data.num_classes, config.seed)
+        self.model = self.placement.module(build_model(config.model, data.input_shape, data.num_classes, config.seed))
         self.segments = {"model": self.model}
         self.optimizer = make_optimizer(self.model.parameters(), config)
 
     def _train(self, round: int) -> PhaseSummary:
         self.model.train()
         summary = PhaseSummary()
+        place = self.placement
         for x, y in self.data.train.batches(round):
             self.optimizer.zero_grad(set_to_none=True)
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
+            y = place.inbound(y)
+            with place.autocast():  # on this worker thread: autocast is thread-local
+                logits = self.model(place.inbound(x))
+                loss = F.cross_entropy(logits, y)
             loss.backward()
             self.optimizer.step()
             summary.add(int(y.shape[0]), float(loss.detach()), int((logits.detach().argmax(1) == y).sum()))
@@ -128,8 +131,11 @@ class FedAvgClient(ClientParadigm):
     def _evaluate(self) -> PhaseSummary:
         self.model.eval()
         summary = PhaseSummary()
+        place = self.placement
         for x, y in self.data.test.batches(0, shuffle=False):
-            logits = self.model(x)
+            y = place.inbound(y)
+            with place.autocast():
+                logits = self.model(place.inbound(x))
             summary.add(
                 int(y.shape[0]), float(F.cross_entropy(logits, y, reduction="sum")), int((logits.argmax(1) == y).sum())
             )

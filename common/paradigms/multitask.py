@@ -173,7 +173,7 @@ class MultiTaskServer(ServerParadigm):
     def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         super().__init__(config, ctx, num_classes, input_shape)
         self.tasks = task_layout(config)
-        self.middle = build_ushaped(config, input_shape, num_classes).segments[1]
+        self.middle = self.placement.module(build_ushaped(config, input_shape, num_classes).segments[1])
         self.optimizer = make_optimizer(self.middle.parameters(), config)
         self.ends = []
         for task in self.tasks:

@@ -33,6 +33,7 @@ from slperf.common.config import ConfigError, RunConfig
 from slperf.common.paradigms.base import ClientData, ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext
 from slperf.common.paradigms.kit.aggregate import average_uploads
 from slperf.common.paradigms.kit.bottom_client import BottomClient
+from slperf.common.paradigms.kit.optim import Optimizer
 from slperf.common.paradigms.kit.rounds import gather_round, ring
 from slperf.common.paradigms.kit.serving import evaluate_first_available, serve_in_arrival_order
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
@@ -55,7 +56,7 @@ DEVIATIONS = """\
   steps it already gave the top are kept."""
 
 
-def build_optimizer(params: Iterable[torch.Tensor], config: RunConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[torch.Tensor], config: RunConfig) -> Optimizer:
     if config.options.get("optim", "sgd") == "adam":
         return torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     return make_optimizer(params, config)

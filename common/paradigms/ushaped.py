@@ -85,6 +85,7 @@ class UShapedServer(ServerParadigm):
         super().__init__(config, ctx, num_classes, input_shape)
         split = self.split = build_ushaped(config, input_shape, num_classes)
         head, self.middle, tail = split.segments
+        self.placement.module(self.middle)
         self.optimizer = make_optimizer(self.middle.parameters(), config)
         self.schedule = config.options.get("schedule", "sequential")
         # Sequential: the one head/tail handed round the ring. Parallel: one pair per client index.

@@ -33,6 +33,7 @@ from slperf.common.config import ConfigError, RunConfig
 from slperf.common.data import ShardLoader, cap_indices, load_dataset
 from slperf.common.data.attributes import vertical_columns
 from slperf.common.data.registry import DATASETS
+from slperf.common.devices import cut_to_host
 from slperf.common.paradigms.base import (
     ClientData,
     ClientGone,
@@ -48,7 +49,7 @@ from slperf.common.paradigms.base import (
 )
 from slperf.common.paradigms.kit.cuts import segment, state_layout
 from slperf.common.paradigms.kit.serving import next_batches
-from slperf.common.paradigms.kit.steps import bottom_backward_step, grad_of, make_optimizer
+from slperf.common.paradigms.kit.steps import bottom_backward_step, clone_state, grad_of, make_optimizer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, StepRef
@@ -115,7 +116,9 @@ class VerticalClient(ClientParadigm):
     def __init__(self, config: RunConfig, index: int, num_clients: int, data: ClientData):
         super().__init__(config, index, num_clients, data)
         self.owner = index == config.options["label_owner"]
-        self.bottom = bottom_model(data.input_shape[0], _widths(config)[index], config.seed, index)
+        self.bottom = self.placement.module(
+            bottom_model(data.input_shape[0], _widths(config)[index], config.seed, index)
+        )
         self.segments = {"bottom": self.bottom}
         self.optimizer = make_optimizer(self.bottom.parameters(), config)
 
@@ -131,8 +134,9 @@ class VerticalClient(ClientParadigm):
         summary = PhaseSummary()
         for step, (x, y, ids) in enumerate(self._batches(self.data.train, round, True)):
             ref = StepRef(link.run_id, round, step, Phase.TRAIN)
-            emb = self.bottom(x)
-            await link.send_cut_tensor(ref, emb.detach(), labels=y if self.owner else None, sample_ids=ids)
+            with self.placement.autocast():
+                emb = self.bottom(self.placement.inbound(x))
+            await link.send_cut_tensor(ref, cut_to_host(emb.detach()), labels=y if self.owner else None, sample_ids=ids)
             reply = await link.recv_reply(ref)
             if reply.tensor is not None:
                 bottom_backward_step(emb, reply.tensor, self.optimizer)
@@ -143,10 +147,13 @@ class VerticalClient(ClientParadigm):
         self.bottom.eval()
         summary = PhaseSummary()
         for step, (x, y, ids) in enumerate(self._batches(self.data.test, 0, False)):
-            with torch.no_grad():
-                emb = self.bottom(x)
+            with torch.no_grad(), self.placement.autocast():
+                emb = self.bottom(self.placement.inbound(x))
             await link.send_cut_tensor(
-                StepRef(link.run_id, round, step, Phase.EVAL), emb, labels=y if self.owner else None, sample_ids=ids
+                StepRef(link.run_id, round, step, Phase.EVAL),
+                cut_to_host(emb),
+                labels=y if self.owner else None,
+                sample_ids=ids,
             )
             summary.add(int(x.shape[0]))
         return summary
@@ -159,13 +166,14 @@ class VerticalServer(ServerParadigm):
         self.owner = config.options["label_owner"]
         if not 0 <= self.owner < config.clients:
             raise ConfigError(f"label_owner {self.owner} is not a client index (0..{config.clients - 1})")
-        self.top = top_model(sum(self.widths), num_classes, config.seed)
+        self.top = self.placement.module(top_model(sum(self.widths), num_classes, config.seed))
         self.optimizer = make_optimizer(self.top.parameters(), config)
 
     def _step(
         self, embeddings: list[torch.Tensor], labels: torch.Tensor, train: bool
     ) -> tuple[list[torch.Tensor], float, int]:
-        parts = [e.detach().requires_grad_(train) for e in embeddings]
+        parts = [self.placement.inbound(e).detach().requires_grad_(train) for e in embeddings]
+        labels = self.placement.inbound(labels)
         if train:
             self.top.train()
             self.optimizer.zero_grad(set_to_none=True)
@@ -173,7 +181,7 @@ class VerticalServer(ServerParadigm):
             loss = F.cross_entropy(logits, labels)
             loss.backward()
             self.optimizer.step()
-            grads = [grad_of(p) for p in parts]
+            grads = [cut_to_host(grad_of(p)) for p in parts]
         else:
             self.top.eval()
             with torch.no_grad():
@@ -257,7 +265,7 @@ class VerticalServer(ServerParadigm):
         )
 
     def model_state(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {"top": {k: v.detach().clone() for k, v in self.top.state_dict().items()}}
+        return {"top": clone_state(self.top)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -514,13 +514,13 @@ def test_too_few_clients_fail_the_run_and_say_who_is_connected(tmp_path, executo
     world = World("c1")
 
     async def main() -> Run:
-        run = world.coordinator(tmp_path, executor).start(_config(), "r1")
+        run = world.coordinator(tmp_path, executor).start(_config(connect_timeout=7), "r1")
         await _within(run.task)
         return run
 
     run = asyncio.run(main())
     assert run.state is RunState.FAILED
-    assert run.error == "only 1 of 2 clients connected within 300 s (connected: c1)"
+    assert run.error == "only 1 of 2 clients connected within 7 s (connect_timeout) (connected: c1)"
     assert world.clients == {} and world.paradigms == []
     assert _state(tmp_path / "r1") == {"state": "failed", "error": run.error}
 

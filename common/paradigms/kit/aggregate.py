@@ -1,7 +1,8 @@
 """Pure reductions over what clients send up: FedAvg of model states, and pooling of evaluations.
 
 FedAvg averages into fresh tensors: weights are sample counts, accumulation is in float64, and integer
-buffers (BatchNorm's ``num_batches_tracked``) are averaged and rounded. SLPerf averaged into the dict of
+buffers (BatchNorm's ``num_batches_tracked``) are averaged and rounded. The accumulation is on the host whatever
+device a state comes from, so an average is the same bits on a CPU and on a GPU server. SLPerf averaged into the dict of
 the last upload (overwriting a client's weights before reading them) and weighted by batch count.
 """
 
@@ -34,7 +35,7 @@ def fedavg(states: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> dict[s
             tensor = state[key]
             if tensor.shape != ref.shape:
                 raise ValueError(f"fedavg: '{key}' has shape {tuple(tensor.shape)} vs {tuple(ref.shape)}")
-            acc.add_(tensor.detach().to(torch.float64), alpha=weight / total)
+            acc.add_(tensor.detach().to("cpu", torch.float64), alpha=weight / total)
         if ref.is_floating_point():
             out[key] = acc.to(ref.dtype)
         else:
@@ -55,7 +56,7 @@ def model_shift(before: State, after: State) -> float:
     total, count = 0.0, 0
     for key, old in before.items():
         if old.is_floating_point():
-            total += float(((after[key].double() - old.double()) ** 2).sum())
+            total += float(((after[key].to("cpu", torch.float64) - old.to("cpu", torch.float64)) ** 2).sum())
             count += old.numel()
     return total / count if count else 0.0
 

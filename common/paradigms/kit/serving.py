@@ -11,11 +11,11 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import torch
 from torch import nn
 
 from slperf.common.paradigms.base import ClientGone, ClientHandle, EvalResult, NoClientLeft, RoundResult, ServerContext
 from slperf.common.paradigms.kit.aggregate import pooled
+from slperf.common.paradigms.kit.optim import Optimizer
 from slperf.common.paradigms.kit.rounds import first_available, gather_round
 from slperf.common.paradigms.kit.steps import top_eval_step, top_train_step
 from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, State
@@ -29,7 +29,7 @@ async def serve_training(
     client: ClientHandle,
     round: int,
     top: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     options: Mapping[str, Any] | None = None,
 ) -> PhaseSummary:
     """One client's pass against a top only it uses: for each batch, step the top and send the activation
@@ -57,7 +57,7 @@ async def serve_in_arrival_order(
     client: ClientHandle,
     round: int,
     top: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
 ) -> PhaseSummary:
     """One client's pass against a top other clients share: one step per batch, in the order batches come.
     The lock around the shared top makes "arrival order" hold whatever executor ``ctx.compute`` uses."""

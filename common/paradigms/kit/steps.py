@@ -3,6 +3,10 @@
 These are plain functions over modules and tensors, run by the server off its event loop
 (``ctx.compute``) and by the clients inline; keeping them in one place is what makes the one-client
 equivalence with single-process training hold for every such paradigm.
+
+Placement happens here too: a step moves the cut tensors it is given (host tensors off the wire) to the
+device of the module it runs, and returns the gradient for the wire as a host float32 tensor
+(``slperf.common.devices``; both are the tensor itself on a CPU party).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from slperf.common.config import RunConfig
+from slperf.common.devices import cut_to_host, host_copy, module_device, to_device
+from slperf.common.paradigms.kit.optim import SGD, Optimizer
 
 
 def grad_of(tensor: torch.Tensor) -> torch.Tensor:
@@ -24,11 +30,10 @@ def grad_of(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.grad
 
 
-def make_optimizer(params: Iterable[torch.Tensor], config: RunConfig, lr: float | None = None) -> torch.optim.Optimizer:
-    """SGD with momentum and weight decay, as SLPerf uses for every paradigm but two."""
-    return torch.optim.SGD(
-        params, lr=config.lr if lr is None else lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+def make_optimizer(params: Iterable[torch.Tensor], config: RunConfig, lr: float | None = None) -> SGD:
+    """SGD with momentum and weight decay, as SLPerf uses for every paradigm but two (``kit.optim.SGD``: the
+    arithmetic of ``torch.optim.SGD`` without its import of ``torch._dynamo``)."""
+    return SGD(params, lr=config.lr if lr is None else lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 @dataclass
@@ -40,11 +45,13 @@ class StepOutcome:
 
 
 def top_train_step(
-    top: nn.Module, optimizer: torch.optim.Optimizer, acts: torch.Tensor, labels: torch.Tensor, *, step: bool = True
+    top: nn.Module, optimizer: Optimizer, acts: torch.Tensor, labels: torch.Tensor, *, step: bool = True
 ) -> StepOutcome:
     """Forward the cut activations through the top, step, and return the gradient for the client."""
     top.train()
-    acts = acts.detach().requires_grad_(True)
+    device = module_device(top)
+    acts = to_device(acts, device).detach().requires_grad_(True)
+    labels = to_device(labels, device)
     optimizer.zero_grad(set_to_none=True)
     logits = top(acts)
     loss = F.cross_entropy(logits, labels)
@@ -52,13 +59,15 @@ def top_train_step(
     if step:
         optimizer.step()
     correct = int((logits.detach().argmax(1) == labels).sum())
-    return StepOutcome(acts.grad, float(loss.detach()), correct, int(labels.shape[0]))
+    return StepOutcome(cut_to_host(grad_of(acts)), float(loss.detach()), correct, int(labels.shape[0]))
 
 
 @torch.no_grad()
 def top_eval_step(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> StepOutcome:
     top.eval()
-    logits = top(acts)
+    device = module_device(top)
+    labels = to_device(labels, device)
+    logits = top(to_device(acts, device))
     loss = F.cross_entropy(logits, labels, reduction="sum")
     correct = int((logits.argmax(1) == labels).sum())
     return StepOutcome(None, float(loss), correct, int(labels.shape[0]))
@@ -68,30 +77,47 @@ def top_accumulate(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> 
     """Forward one client's batch and add the gradient of its loss to the top's (no step): lock-step
     paradigms sum several clients' losses into one step."""
     top.train()
-    acts = acts.detach().requires_grad_(True)
+    device = module_device(top)
+    acts = to_device(acts, device).detach().requires_grad_(True)
+    labels = to_device(labels, device)
     logits = top(acts)
     loss = F.cross_entropy(logits, labels)
     loss.backward()
     correct = int((logits.detach().argmax(1) == labels).sum())
-    return StepOutcome(acts.grad, float(loss.detach()), correct, int(labels.shape[0]))
+    return StepOutcome(cut_to_host(grad_of(acts)), float(loss.detach()), correct, int(labels.shape[0]))
 
 
-def zero_grads(optimizer: torch.optim.Optimizer) -> None:
+def zero_grads(optimizer: Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+def optimizer_step(optimizer: Optimizer) -> None:
     optimizer.step()
 
 
-def bottom_backward_step(acts: torch.Tensor, grad: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+def backward_from(tensor: torch.Tensor, grad: torch.Tensor) -> None:
+    """Back-propagates ``grad`` (the gradient of the loss at ``tensor``, same shape) into ``tensor``'s graph.
+
+    The same gradients as ``tensor.backward(grad)``, bit for bit: the backward of ``sum(tensor * grad)`` hands
+    ``tensor`` exactly ``1.0 * grad``. It is spelt this way because ``backward`` with an explicit gradient imports
+    ``torch.fx.experimental.symbolic_shapes`` (and sympy: 0.5-0.7 s of CPU per process) to compare the shapes;
+    a scalar's backward does not. The shapes are compared here instead.
+    """
+    if grad.shape != tensor.shape:
+        raise ValueError(f"a gradient of shape {list(grad.shape)} for a tensor of shape {list(tensor.shape)}")
+    torch.sum(tensor * grad.detach()).backward()
+
+
+def bottom_backward_step(acts: torch.Tensor, grad: torch.Tensor, optimizer: Optimizer) -> None:
+    """Back-propagates the gradient the server sent (a host tensor) through ``acts`` (on the party's device)."""
     optimizer.zero_grad(set_to_none=True)
-    acts.backward(grad)
+    backward_from(acts, to_device(grad, acts.device))
     optimizer.step()
 
 
 def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    """A host copy of the module's state (what the server keeps, averages and sends; unchanged by training)."""
+    return host_copy(module)
 
 
 def load_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

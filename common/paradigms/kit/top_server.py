@@ -49,12 +49,14 @@ def top_exchange(config: RunConfig, client_index: int = 0, *, gradient_optional:
 
 
 class TopSegmentServer(ServerParadigm):
-    """Builds the two-segment split at ``split_layer`` (``self.split``: bottom, top); the subclass decides how
-    many tops it keeps and how it steps them."""
+    """Builds the two-segment split at ``split_layer`` (``self.split``: bottom, top) with the top on the server's
+    device (before any optimiser is built on it); the subclass decides how many tops it keeps and how it steps
+    them. The bottom stays on the host: the server only keeps and sends its state."""
 
     def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         super().__init__(config, ctx, num_classes, input_shape)
         self.split = build_split(config.model, input_shape, num_classes, config.seed, [config.split_layer])
+        self.placement.module(self.split.segments[1])
 
     def describe(self) -> dict[str, Any]:
         return self.split.cut_facts()

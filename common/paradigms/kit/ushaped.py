@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slperf.common.config import ConfigError, RunConfig
+from slperf.common.devices import cut_to_host, module_device, to_device
 from slperf.common.models import SplitModel, build_model, build_split
 from slperf.common.paradigms.base import (
     ClientData,
@@ -40,8 +41,9 @@ from slperf.common.paradigms.base import (
     ServerContext,
 )
 from slperf.common.paradigms.kit.cuts import cut_shapes, segment, split_layouts
+from slperf.common.paradigms.kit.optim import Optimizer
 from slperf.common.paradigms.kit.serving import Gate
-from slperf.common.paradigms.kit.steps import bottom_backward_step, grad_of, make_optimizer
+from slperf.common.paradigms.kit.steps import backward_from, bottom_backward_step, grad_of, make_optimizer
 from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
 from slperf.common.protocol.types import CutReply, Phase, PhaseSummary, State, StepRef
 
@@ -107,28 +109,30 @@ def check_tail_layer(options: Mapping[str, Any]) -> None:
 
 
 # -- server side ---------------------------------------------------------------------------------------
-def middle_forward(middle: nn.Module, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training forward: keeps the graph of ``middle(a1)`` for the backward at the tail stage."""
+def middle_forward(middle: nn.Module, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training forward: keeps the graph of ``middle(a1)`` (on the middle's device) for the backward at the tail
+    stage; returns a1, a2 and a2 for the wire (host, float32)."""
     middle.train()
-    a1 = acts.detach().requires_grad_(True)
-    return a1, middle(a1)
+    a1 = to_device(acts, module_device(middle)).detach().requires_grad_(True)
+    a2 = middle(a1)
+    return a1, a2, cut_to_host(a2.detach())
 
 
 def middle_backward(
-    middle: nn.Module, optimizer: torch.optim.Optimizer, a1: torch.Tensor, a2: torch.Tensor, grad: torch.Tensor
+    middle: nn.Module, optimizer: Optimizer, a1: torch.Tensor, a2: torch.Tensor, grad: torch.Tensor
 ) -> torch.Tensor:
     """Back-propagates the client's gradient of the middle output, steps the middle, returns d/d a1."""
     optimizer.zero_grad(set_to_none=True)
-    a2.backward(grad)
+    backward_from(a2, to_device(grad, a2.device))
     optimizer.step()
-    return grad_of(a1)
+    return cut_to_host(grad_of(a1))
 
 
 @torch.no_grad()
 def middle_eval(middle: nn.Module, acts: torch.Tensor) -> torch.Tensor:
     middle.eval()
-    out: torch.Tensor = middle(acts)
-    return out
+    out: torch.Tensor = middle(to_device(acts, module_device(middle)))
+    return cut_to_host(out)
 
 
 async def send_ends(client: ClientHandle, ends: Mapping[str, State], round: int) -> None:
@@ -150,7 +154,7 @@ async def serve_ushaped(
     client: ClientHandle,
     round: int,
     middle: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     gate: Gate,
 ) -> PhaseSummary:
     """One client's training pass: the 4-message exchange per step, holding ``gate`` from head to tail."""
@@ -162,9 +166,9 @@ async def serve_ushaped(
             if batch.ref.stage == HEAD:
                 await gate.acquire(client.client_id)
                 held = True
-                a1, a2 = await ctx.compute(middle_forward, middle, batch.tensor)
+                a1, a2, a2_wire = await ctx.compute(middle_forward, middle, batch.tensor)
                 pending = (a1, a2)
-                await client.reply(CutReply(batch.ref, a2.detach(), count=int(a2.shape[0])))
+                await client.reply(CutReply(batch.ref, a2_wire, count=int(a2.shape[0])))
             else:
                 assert pending is not None  # the stream yields a step's stages in order
                 a1, a2 = pending
@@ -211,7 +215,7 @@ class UShapedClient(ClientParadigm):
     def __init__(self, config: RunConfig, index: int, num_clients: int, data: ClientData):
         super().__init__(config, index, num_clients, data)
         split = build_ushaped(config, data.input_shape, data.num_classes)
-        self.head, _, self.tail = split.segments
+        self.head, _, self.tail = (self.placement.module(s) for s in split.segments)
         self.segments = {HEAD: self.head, TAIL: self.tail}
         self.head_optimizer = make_optimizer(self.head.parameters(), config)
         self.tail_optimizer = make_optimizer(self.tail.parameters(), config)
@@ -219,47 +223,53 @@ class UShapedClient(ClientParadigm):
     async def train_epoch(self, link: ClientLink, round: int, options: Mapping[str, Any]) -> PhaseSummary:
         self.head.train()
         self.tail.train()
+        place = self.placement
         summary = PhaseSummary()
         for step, (x, y) in enumerate(self.data.train.batches(round)):
             head_ref = StepRef(link.run_id, round, step, Phase.TRAIN, HEAD)
             tail_ref = StepRef(link.run_id, round, step, Phase.TRAIN, TAIL)
-            a1 = self.head(x)
-            await link.send_cut_tensor(head_ref, a1.detach())  # 1: no labels
+            with place.autocast():
+                a1 = self.head(place.inbound(x))
+            await link.send_cut_tensor(head_ref, cut_to_host(a1.detach()))  # 1: no labels
             down = await link.recv_reply(head_ref)  # 2
             if down.tensor is None:
                 raise ValueError(f"step {step}: the server sent no middle output")
-            a2 = down.tensor.detach().requires_grad_(True)
-            logits = self.tail(a2)
-            loss = F.cross_entropy(logits, y)
+            a2 = place.inbound(down.tensor).detach().requires_grad_(True)
+            labels = place.inbound(y)
+            with place.autocast():
+                logits = self.tail(a2)
+                loss = F.cross_entropy(logits, labels)
             self.tail_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.tail_optimizer.step()
-            await link.send_cut_tensor(tail_ref, grad_of(a2))  # 3
+            await link.send_cut_tensor(tail_ref, cut_to_host(grad_of(a2)))  # 3
             up = await link.recv_reply(tail_ref)  # 4
             if up.tensor is None:
                 raise ValueError(f"step {step}: the server sent no gradient for the head")
             bottom_backward_step(a1, up.tensor, self.head_optimizer)
-            summary.add(int(y.shape[0]), float(loss.detach()), int((logits.detach().argmax(1) == y).sum()))
+            summary.add(int(y.shape[0]), float(loss.detach()), int((logits.detach().argmax(1) == labels).sum()))
         return summary
 
     async def evaluate(self, link: ClientLink, round: int) -> PhaseSummary:
         """Scores the test set through the server; ``loss_sum`` is summed per sample (the server divides)."""
         self.head.eval()
         self.tail.eval()
+        place = self.placement
         summary = PhaseSummary()
         for step, (x, y) in enumerate(self.data.test.batches(0, shuffle=False)):
             ref = StepRef(link.run_id, round, step, Phase.EVAL, HEAD)
-            with torch.no_grad():
-                a1 = self.head(x)
-            await link.send_cut_tensor(ref, a1)
+            with torch.no_grad(), place.autocast():
+                a1 = self.head(place.inbound(x))
+            await link.send_cut_tensor(ref, cut_to_host(a1))
             down = await link.recv_reply(ref)
             if down.tensor is None:
                 raise ValueError(f"eval step {step}: the server sent no middle output")
-            with torch.no_grad():
-                logits = self.tail(down.tensor)
+            with torch.no_grad(), place.autocast():
+                logits = self.tail(place.inbound(down.tensor))
+                labels = place.inbound(y)
                 summary.add(
                     int(y.shape[0]),
-                    float(F.cross_entropy(logits, y, reduction="sum")),
-                    int((logits.argmax(1) == y).sum()),
+                    float(F.cross_entropy(logits, labels, reduction="sum")),
+                    int((logits.argmax(1) == labels).sum()),
                 )
         return summary

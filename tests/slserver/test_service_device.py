@@ -1,0 +1,51 @@
+"""A run whose ``device`` this server lacks is refused when it is started (INVALID_ARGUMENT naming the fix), before
+any client is waited for: ``slperf run`` and ``slperf federation`` get the error at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import torch
+import yaml
+
+from slperf.slserver.service import ControlService
+from slperf.v1 import service_pb2
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.code, self.details = code, details
+        raise _Aborted
+
+
+class _Coordinator:
+    def __init__(self) -> None:
+        self.started: list[object] = []
+
+    def start(self, config, run_id=None):
+        self.started.append(config)
+        raise AssertionError("a run with a missing device must not start")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_start_run_refuses_a_device_the_server_lacks():
+    coordinator = _Coordinator()
+    service = ControlService(registry=None, coordinator=coordinator, shutdown=asyncio.Event())  # type: ignore[arg-type]
+    context = _Context()
+    request = service_pb2.StartRunRequest(config=yaml.safe_dump({"paradigm": "vanilla", "device": "cuda"}))
+    with pytest.raises(_Aborted):
+        asyncio.run(service.StartRun(request, context))  # type: ignore[arg-type]
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "device 'cuda' is not available on the server" in context.details
+    assert "Set device: cpu in the run config" in context.details
+    assert coordinator.started == []
