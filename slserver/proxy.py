@@ -74,7 +74,8 @@ class ClientProxy:
             if ready.run_id == self._run_id:
                 break
             await session.send_error(
-                grpc.StatusCode.FAILED_PRECONDITION, f"ready for run {ready.run_id!r} while setting up run {self._run_id!r}"
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"ready for run {ready.run_id!r} while setting up run {self._run_id!r}",
             )
         self.train_samples, self.test_samples = ready.train_samples, ready.test_samples
         self._session = session

@@ -81,7 +81,9 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
         except WireError as err:
             await context.abort(err.code, err.message)
         if replaced is not None:
-            replaced.close("replaced by a new session of the same client (reconnect)", grpc.StatusCode.ABORTED)  # its handler returns
+            replaced.close(
+                "replaced by a new session of the same client (reconnect)", grpc.StatusCode.ABORTED
+            )  # its handler returns
         log.info("client %s (%s) connected from %s", hello.client_id, hello.software_version or "?", context.peer())
         try:
             await session.send(

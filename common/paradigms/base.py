@@ -191,6 +191,9 @@ class SteppedState(Protocol):
     """An optimiser as the client's training state sees it: something that steps, with a state dict in
     ``torch.optim``'s layout ({"state": {index: {name: tensor}}, "param_groups": [...]})."""
 
+    @property
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
     def step(self) -> Any: ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -278,7 +281,7 @@ class ClientParadigm(abc.ABC):
         saved_optimizers = state.meta.get("optimizers", {})
         if sorted(saved_optimizers) != sorted(per_optimizer):
             raise ValueError(f"saved optimisers {sorted(saved_optimizers)} != this client's {sorted(per_optimizer)}")
-        loads: list[tuple[torch.optim.Optimizer, dict[str, Any]]] = []
+        loads: list[tuple[SteppedState, dict[str, Any]]] = []
         for name, optimizer in self.optimizers().items():
             current = optimizer.state_dict()
             groups = saved_optimizers[name].get("param_groups")

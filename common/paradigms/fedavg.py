@@ -38,8 +38,8 @@ from slperf.common.paradigms.base import (
     ServerParadigm,
 )
 from slperf.common.paradigms.kit.aggregate import average_uploads, model_shift
+from slperf.common.paradigms.kit.cuts import segment_layout, state_layout
 from slperf.common.paradigms.kit.rounds import first_available, gather_round
-from slperf.common.paradigms.kit.cuts import segment, state_layout
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.exchange import Exchange
@@ -159,7 +159,7 @@ def _exchange(config: RunConfig, client_index: int) -> Exchange:
         num_classes=dataset.num_classes,
         max_batch=config.batch_size,
         max_eval_batch=config.eval_batch_size,
-        segments=(segment("model", state_layout(model)),),
+        segments=(segment_layout("model", state_layout(model)),),
     )
 
 

@@ -20,6 +20,7 @@ import grpc
 import torch
 
 from slperf.common.protocol.errors import WireError
+from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorLayout, TensorSpec
 from slperf.common.protocol.messages import (
     ClientMessage,
     ErrorReport,
@@ -35,7 +36,6 @@ from slperf.common.protocol.messages import (
     TrainEpoch,
     Welcome,
 )
-from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorLayout, TensorSpec
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, StepRef
 from slperf.common.wire.codec import (
     DEFAULT_LIMITS,
@@ -143,9 +143,7 @@ def _dtype_from_pb(code: int, what: str) -> torch.dtype:
 
 
 def tensor_spec_to_pb(m: TensorSpec) -> session_pb2.TensorSpec:
-    return session_pb2.TensorSpec(
-        sample_shape=list(m.sample_shape), dtypes=[_wire_dtype(d) for d in m.dtypes]
-    )
+    return session_pb2.TensorSpec(sample_shape=list(m.sample_shape), dtypes=[_wire_dtype(d) for d in m.dtypes])
 
 
 def tensor_spec_from_pb(pb: session_pb2.TensorSpec, what: str) -> TensorSpec:

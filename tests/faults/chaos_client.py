@@ -70,7 +70,11 @@ class ChaosCall:
             ):
                 await self._fault()
         await self._call.write(envelope)
-        if body == "phase_done" and self._point == "between" and envelope.phase_done.ref.phase == session_pb2.PHASE_TRAIN:
+        if (
+            body == "phase_done"
+            and self._point == "between"
+            and envelope.phase_done.ref.phase == session_pb2.PHASE_TRAIN
+        ):
             await self._fault()
 
     async def read(self) -> Any:

@@ -85,7 +85,10 @@ def junk_case(rng: random.Random, run_id: str, next_seq: Callable[[], int], last
     if kind == 9:
         tensor = tensor_pb2.Tensor(dtype=F32, shape=[2], data=b"\0" * 8)
         state = session_pb2.ModelState(
-            run_id=JUNK_RUN, round=JUNK_ROUND, segment="bottom", tensors=[tensor_pb2.NamedTensor(name="w", tensor=tensor)]
+            run_id=JUNK_RUN,
+            round=JUNK_ROUND,
+            segment="bottom",
+            tensors=[tensor_pb2.NamedTensor(name="w", tensor=tensor)],
         )
         return [env(model_state=state)]
     if kind == 10:  # attachments announced, then something else

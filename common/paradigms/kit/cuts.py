@@ -34,5 +34,5 @@ def state_layout(module: nn.Module) -> tuple[TensorLayout, ...]:
     return tuple(TensorLayout(k, tuple(v.shape), v.dtype) for k, v in module.state_dict().items())
 
 
-def segment(name: str, layout: tuple[TensorLayout, ...]) -> SegmentLayout:
+def segment_layout(name: str, layout: tuple[TensorLayout, ...]) -> SegmentLayout:
     return SegmentLayout(name, layout)

@@ -40,7 +40,7 @@ from slperf.common.paradigms.base import (
     EvalResult,
     ServerContext,
 )
-from slperf.common.paradigms.kit.cuts import cut_shapes, segment, split_layouts
+from slperf.common.paradigms.kit.cuts import cut_shapes, segment_layout, split_layouts
 from slperf.common.paradigms.kit.optim import Optimizer
 from slperf.common.paradigms.kit.serving import Gate
 from slperf.common.paradigms.kit.steps import backward_from, bottom_backward_step, grad_of, make_optimizer
@@ -87,7 +87,13 @@ def ushaped_exchange(config: RunConfig, input_shape: Sequence[int], num_classes:
            tail: up the gradient of the loss at a2, down the gradient at a1
     eval   head: up a1, down a2 (the client scores the tail's output against its own labels)
     """
-    split = (config.model, tuple(input_shape), num_classes, config.seed, tuple(ushaped_cuts(config, input_shape, num_classes)))
+    split = (
+        config.model,
+        tuple(input_shape),
+        num_classes,
+        config.seed,
+        tuple(ushaped_cuts(config, input_shape, num_classes)),
+    )
     cut1, cut2 = (TensorSpec(shape) for shape in cut_shapes(*split))
     head_layout, _, tail_layout = split_layouts(*split)
     head = Stage(up=cut1, down=cut2, name=HEAD)
@@ -97,7 +103,7 @@ def ushaped_exchange(config: RunConfig, input_shape: Sequence[int], num_classes:
         num_classes=num_classes,
         max_batch=config.batch_size,
         max_eval_batch=config.eval_batch_size,
-        segments=(segment(HEAD, head_layout), segment(TAIL, tail_layout)),
+        segments=(segment_layout(HEAD, head_layout), segment_layout(TAIL, tail_layout)),
     )
 
 
