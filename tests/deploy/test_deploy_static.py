@@ -339,13 +339,15 @@ def test_compose_topology():
         assert svc["depends_on"]["certs"]["condition"] == "service_completed_successfully"
         assert svc["restart"] == "unless-stopped"
         own = {v.split(":")[0] for v in svc["volumes"]}
-        assert own == {f"{cid}-certs", f"{cid}-cache"}, svc["volumes"]  # its own certificate and its own data
+        # its own certificate, its own data, and its own training state (kept across restarts of the container)
+        assert own == {f"{cid}-certs", f"{cid}-cache", f"{cid}-state"}, svc["volumes"]
+        assert f"{cid}-state:/var/lib/slperf/state" in svc["volumes"]
         assert f"{cid}-certs:/var/lib/slperf/certs:ro" in svc["volumes"]
         seen_volumes |= own
         # The certificate job fills exactly this client's certificate volume.
         assert f"{cid}-certs:/export/{cid}" in certs["volumes"]
         assert cid in certs["environment"]["SLPERF_CLIENTS"].split()
-    assert len(seen_volumes) == 2 * len(CLIENTS)
+    assert len(seen_volumes) == 3 * len(CLIENTS)
     # Only the certificate job sees the CA.
     for name, svc in services.items():
         if name != "certs":
