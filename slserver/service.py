@@ -84,7 +84,7 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             replaced.close(
                 "replaced by a new session of the same client (reconnect)", grpc.StatusCode.ABORTED
             )  # its handler returns
-        log.info("client %s (%s) connected from %s", hello.client_id, hello.software_version or "?", context.peer())
+        log.info("client %s connected from %s (%s)", hello.client_id, context.peer(), hello.software_version or "?")
         try:
             await session.send(
                 Welcome(
