@@ -38,11 +38,11 @@ from slperf.common.paradigms.base import (
     ServerParadigm,
 )
 from slperf.common.paradigms.kit.aggregate import average_uploads, model_shift
-from slperf.common.paradigms.kit.cuts import segment_layout, state_layout
+from slperf.common.paradigms.kit.cuts import model_layout
 from slperf.common.paradigms.kit.rounds import first_available, gather_round
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
 from slperf.common.paradigms.registry import register
-from slperf.common.protocol.exchange import Exchange
+from slperf.common.protocol.exchange import Exchange, SegmentLayout
 from slperf.common.protocol.types import PhaseSummary, State
 
 DEVIATIONS = """\
@@ -152,14 +152,17 @@ class FedAvgClient(ClientParadigm):
 def _exchange(config: RunConfig, client_index: int) -> Exchange:
     """Nothing crosses a cut: a pass is its instruction, the client's PhaseDone and the weights around it."""
     dataset = DATASETS[config.dataset]
-    model = build_model(config.model, tuple(dataset.input_shape), dataset.num_classes, config.seed)
     return Exchange(
         train=(),
         eval=(),
         num_classes=dataset.num_classes,
         max_batch=config.batch_size,
         max_eval_batch=config.eval_batch_size,
-        segments=(segment_layout("model", state_layout(model)),),
+        segments=(
+            SegmentLayout(
+                "model", model_layout(config.model, tuple(dataset.input_shape), dataset.num_classes, config.seed)
+            ),
+        ),
     )
 
 

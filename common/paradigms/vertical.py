@@ -47,11 +47,11 @@ from slperf.common.paradigms.base import (
     ServerContext,
     ServerParadigm,
 )
-from slperf.common.paradigms.kit.cuts import segment_layout, state_layout
+from slperf.common.paradigms.kit.cuts import state_layout
 from slperf.common.paradigms.kit.serving import next_batches
 from slperf.common.paradigms.kit.steps import bottom_backward_step, clone_state, grad_of, make_optimizer
 from slperf.common.paradigms.registry import register
-from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
+from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorSpec
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, StepRef
 
 HIDDEN = 16
@@ -302,7 +302,7 @@ def _exchange(config: RunConfig, client_index: int) -> Exchange:
         num_classes=spec.num_classes,
         max_batch=config.batch_size,
         max_eval_batch=config.eval_batch_size,
-        segments=(segment_layout("bottom", state_layout(bottom)),),
+        segments=(SegmentLayout("bottom", state_layout(bottom)),),
     )
 
 

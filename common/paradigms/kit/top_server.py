@@ -10,7 +10,7 @@ from slperf.common.config import RunConfig
 from slperf.common.data.registry import DATASETS
 from slperf.common.models import build_split
 from slperf.common.paradigms.base import ClientHandle, EvalResult, ServerContext, ServerParadigm
-from slperf.common.paradigms.kit.cuts import cut_shapes, segment_layout, split_layouts
+from slperf.common.paradigms.kit.cuts import cut_shapes, split_layouts
 from slperf.common.paradigms.kit.rounds import latest_first
 from slperf.common.paradigms.kit.serving import (
     collect_own_bottom,
@@ -19,7 +19,7 @@ from slperf.common.paradigms.kit.serving import (
     send_own_bottom,
 )
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
-from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
+from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorSpec
 from slperf.common.protocol.types import State
 
 
@@ -44,7 +44,7 @@ def top_exchange(config: RunConfig, client_index: int = 0, *, gradient_optional:
         num_classes=dataset.num_classes,
         max_batch=config.batch_size,
         max_eval_batch=config.eval_batch_size,
-        segments=(segment_layout("bottom", bottom),),
+        segments=(SegmentLayout("bottom", bottom),),
     )
 
 

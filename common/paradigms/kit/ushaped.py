@@ -40,11 +40,11 @@ from slperf.common.paradigms.base import (
     EvalResult,
     ServerContext,
 )
-from slperf.common.paradigms.kit.cuts import cut_shapes, segment_layout, split_layouts
+from slperf.common.paradigms.kit.cuts import cut_shapes, split_layouts
 from slperf.common.paradigms.kit.optim import Optimizer
 from slperf.common.paradigms.kit.serving import Gate
 from slperf.common.paradigms.kit.steps import backward_from, bottom_backward_step, grad_of, make_optimizer
-from slperf.common.protocol.exchange import Exchange, Stage, TensorSpec
+from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorSpec
 from slperf.common.protocol.types import CutReply, Phase, PhaseSummary, State, StepRef
 
 HEAD, TAIL = "head", "tail"
@@ -103,7 +103,7 @@ def ushaped_exchange(config: RunConfig, input_shape: Sequence[int], num_classes:
         num_classes=num_classes,
         max_batch=config.batch_size,
         max_eval_batch=config.eval_batch_size,
-        segments=(segment_layout(HEAD, head_layout), segment_layout(TAIL, tail_layout)),
+        segments=(SegmentLayout(HEAD, head_layout), SegmentLayout(TAIL, tail_layout)),
     )
 
 
