@@ -32,6 +32,16 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def client_args(port: int, client_id: str, certs: Path | None, *, cert_id: str | None = None) -> list[str]:
+    """The ``slperf client`` arguments of a daemon dialling a server on loopback: mutual TLS with the certificate of
+    ``cert_id`` (default: its own id) from ``certs``, or plaintext when ``certs`` is None."""
+    args = ["--server", f"127.0.0.1:{port}", "--id", client_id, "--torch-threads", "1"]
+    if certs is not None:
+        cert, key = client_paths(certs, cert_id or client_id)
+        args += ["--ca", str(ca_paths(certs)[0]), "--cert", str(cert), "--key", str(key), "--server-name", "localhost"]
+    return args
+
+
 @dataclass
 class Daemons:
     """Processes a test started; all are terminated (then killed) at teardown, even when the test fails."""
@@ -60,19 +70,7 @@ class Daemons:
         cert_id: str | None = None,
         log_name: str | None = None,
     ) -> subprocess.Popen:
-        args = ["client", "--server", f"127.0.0.1:{port}", "--id", client_id, "--torch-threads", "1", *extra]
-        if certs is not None:
-            cert, key = client_paths(certs, cert_id or client_id)
-            args += [
-                "--ca",
-                str(ca_paths(certs)[0]),
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-                "--server-name",
-                "localhost",
-            ]
+        args = ["client", *client_args(port, client_id, certs, cert_id=cert_id), *extra]
         log = open(self.tmp / f"{log_name or client_id}.log", "wb")
         proc = subprocess.Popen(slperf_cmd(*args), stdout=log, stderr=subprocess.STDOUT, env=child_env())
         self.procs.append(proc)

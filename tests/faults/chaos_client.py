@@ -20,28 +20,21 @@ import argparse
 import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from slperf import cli
-from slperf.slclient import daemon
 from slperf.v1 import session_pb2
+from tests.faults.wrapped_client import WrappedCall, run_client
 
 
-class ChaosCall:
+class ChaosCall(WrappedCall):
     def __init__(self, call: Any, point: str, action: str, marker: Path):
-        self._call, self._point, self._action, self._marker = call, point, action, marker
+        super().__init__(call)
+        self._point, self._action, self._marker = point, action, marker
         self._weights_seen = 0
         self._cut = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._call, name)
-
-    def __await__(self) -> Any:
-        return self._call.__await__()
 
     async def _fault(self) -> None:
         if self._marker.exists():
@@ -113,10 +106,7 @@ def main() -> None:
     parser.add_argument("--marker", required=True, type=Path)
     parser.add_argument("client_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
-    real_open = daemon.open_session
-    daemon.open_session = lambda channel: ChaosCall(real_open(channel), args.at, args.action, args.marker)
-    sys.argv = ["slperf", "client", *[a for a in args.client_args if a != "--"]]
-    cli.main()
+    run_client(lambda call: ChaosCall(call, args.at, args.action, args.marker), args.client_args)
 
 
 if __name__ == "__main__":

@@ -12,32 +12,24 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from typing import Any
 
-from slperf import cli
 from slperf.common.wire.chunking import ChunkEnvelope
-from slperf.slclient import daemon
 from slperf.v1 import session_pb2
 from tests.faults.junk import junk_case
+from tests.faults.wrapped_client import WrappedCall, run_client
 
 
-class FuzzingCall:
+class FuzzingCall(WrappedCall):
     """The daemon's session call, with junk written before its messages and server errors taken out."""
 
     def __init__(self, call: Any, rng: random.Random, per_message: int, report: Any):
-        self._call = call
+        super().__init__(call)
         self._rng = rng
         self._per_message = per_message
         self._report = report
         self._seq = 0
         self.run_id = ""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._call, name)
-
-    def __await__(self) -> Any:
-        return self._call.__await__()
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -76,10 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     report = open(args.report, "wb", buffering=0)
-    real_open = daemon.open_session
-    daemon.open_session = lambda channel: FuzzingCall(real_open(channel), rng, args.junk_per_message, report)
-    sys.argv = ["slperf", "client", *[a for a in args.client_args if a != "--"]]
-    cli.main()
+    run_client(lambda call: FuzzingCall(call, rng, args.junk_per_message, report), args.client_args)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,9 @@ import pytest
 import yaml
 
 from slperf.common.security.credentials import operator_channel_credentials
-from slperf.common.security.layout import ca_paths, client_paths
 from slperf.operator import OperatorClient
 from slperf.slserver.run_folder import RunFolder
-from tests.conftest import child_env
+from tests.conftest import child_env, client_args
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +57,6 @@ def _scenarios(action: str) -> list[tuple[str, str]]:
     return pairs * int(os.environ.get("SLPERF_FAULT_REPEATS", "1"))
 
 
-def _client_args(port: int, cid: str, pki) -> list[str]:
-    cert, key = client_paths(pki, cid)
-    return [
-        "--server", f"127.0.0.1:{port}", "--id", cid, "--torch-threads", "1",
-        "--ca", str(ca_paths(pki)[0]), "--cert", str(cert), "--key", str(key), "--server-name", "localhost",
-    ]  # fmt: skip
-
-
 class Victim:
     """The failing client's process; after a kill it is started again, as a supervisor would (on its exit, not after
     a delay)."""
@@ -74,7 +65,7 @@ class Victim:
         self.daemons, self.port, self.pki, self.name = daemons, port, pki, name
         self.marker = daemons.tmp / f"{name}.fired"
         cmd = [sys.executable, "-m", "tests.faults.chaos_client", "--at", point, "--action", action]
-        cmd += ["--marker", str(self.marker), "--", *_client_args(port, VICTIM, pki)]
+        cmd += ["--marker", str(self.marker), "--", *client_args(port, VICTIM, pki)]
         self.proc = self._start(cmd, name)
         self.restarted: subprocess.Popen | None = None
         self._watch = threading.Thread(target=self._restart_on_kill, daemon=True)

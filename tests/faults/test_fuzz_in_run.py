@@ -17,11 +17,10 @@ import torch
 import yaml
 
 from slperf.common.security.credentials import operator_channel_credentials
-from slperf.common.security.layout import ca_paths, client_paths
 from slperf.operator import OperatorClient
 from slperf.slserver.checkpoint import load_checkpoint
 from slperf.slserver.run_folder import RunFolder
-from tests.conftest import child_env
+from tests.conftest import child_env, client_args
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +45,8 @@ FAMILIES = {
 
 
 def _fuzzing_client(daemons, port: int, pki, report) -> subprocess.Popen:
-    cert, key = client_paths(pki, "c2")
-    cmd = [
-        sys.executable, "-m", "tests.faults.fuzzing_client", "--junk-per-message", "150", "--seed", "7",
-        "--report", str(report), "--",
-        "--server", f"127.0.0.1:{port}", "--id", "c2", "--torch-threads", "1",
-        "--ca", str(ca_paths(pki)[0]), "--cert", str(cert), "--key", str(key), "--server-name", "localhost",
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "tests.faults.fuzzing_client", "--junk-per-message", "150", "--seed", "7"]
+    cmd += ["--report", str(report), "--", *client_args(port, "c2", pki)]
     proc = subprocess.Popen(cmd, stdout=open(daemons.tmp / "c2.log", "wb"), stderr=subprocess.STDOUT, env=child_env())
     daemons.procs.append(proc)
     return proc

@@ -11,30 +11,18 @@ from __future__ import annotations
 import queue
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from slperf.common.security.layout import ca_paths, client_paths
 from slperf.federation import stop_processes
+from tests.conftest import READY, child_env, client_args, slperf_cmd
 
 pytestmark = pytest.mark.slow
 
-READY = "SLPERF_READY port="
 RESTARTS = 10
 DEADLINE = 30.0  # bounds each wait; a rejoin takes well under a second after the server is up
-
-
-def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "slperf.cli", *args]
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 class _Lines:
@@ -68,7 +56,7 @@ class _Lines:
 def _server(pki: Path, runs: Path, port: int, log: Path) -> tuple[subprocess.Popen, int]:
     args = ["server", "--address", f"127.0.0.1:{port}", "--runs-dir", str(runs), "--certs", str(pki)]
     proc = subprocess.Popen(
-        _cmd(*args, "--torch-threads", "1"), stdout=subprocess.PIPE, stderr=open(log, "ab"), env=_env()
+        slperf_cmd(*args, "--torch-threads", "1"), stdout=subprocess.PIPE, stderr=open(log, "ab"), env=child_env()
     )
     assert proc.stdout is not None
     ready = proc.stdout.readline().decode().strip()
@@ -78,26 +66,14 @@ def _server(pki: Path, runs: Path, port: int, log: Path) -> tuple[subprocess.Pop
 
 def test_a_client_daemon_survives_ten_server_restarts_and_rejoins_each_time(tmp_path, pki):
     runs, server_log, client_log = tmp_path / "runs", tmp_path / "server.log", tmp_path / "c1.log"
-    cert, key = client_paths(pki, "c1")
     procs: list[subprocess.Popen] = []
     try:
         server, port = _server(pki, runs, 0, server_log)
         procs.append(server)
         client = subprocess.Popen(
-            _cmd(
+            slperf_cmd(
                 "client",
-                "--server",
-                f"127.0.0.1:{port}",
-                "--id",
-                "c1",
-                "--ca",
-                str(ca_paths(pki)[0]),
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-                "--server-name",
-                "localhost",
+                *client_args(port, "c1", pki),
                 "--state-dir",
                 str(tmp_path / "state"),
                 "--reconnect-delay",
@@ -107,7 +83,7 @@ def test_a_client_daemon_survives_ten_server_restarts_and_rejoins_each_time(tmp_
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=_env(),
+            env=child_env(),
         )
         procs.append(client)
         lines = _Lines(client.stdout, client_log)
