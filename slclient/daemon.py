@@ -436,9 +436,13 @@ class ClientDaemon:
     async def _save_state(self) -> None:
         if self.store is None or self.paradigm is None or self._setup_key is None or self._entering is None:
             return
-        snapshot = Snapshot(self._entering, self.paradigm.training_state(), torch.get_rng_state())
+        store, key, paradigm, entering = self.store, self._setup_key, self.paradigm, self._entering
+
+        def save() -> None:  # the copy of every segment and buffer too is work for a thread, not the event loop
+            store.save(key, Snapshot(entering, paradigm.training_state(), torch.get_rng_state()))
+
         try:
-            await asyncio.to_thread(self.store.save, self._setup_key, snapshot)
+            await asyncio.to_thread(save)
         except OSError as exc:  # a full or read-only disk costs exact resumption, not the run
             log.error("cannot save the training state under %s: %s", self.store.root, exc)
 
