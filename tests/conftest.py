@@ -21,6 +21,13 @@ from slperf.pki import add_client, init_pki
 READY = "SLPERF_READY port="
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Client daemons the tests start (and their children, which inherit the environment) keep their training
+    state in a folder of this test session, never in the user's ``~/.local/state/slperf``."""
+    os.environ["SLPERF_STATE"] = str(tmp_path_factory.mktemp("client-state"))
+
+
 def slperf_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "slperf.cli", *args]
 
