@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,8 @@ from slperf.common.config_loader import config_from_json
 from slperf.common.data import DatasetUnavailable
 from slperf.common.devices import host_state
 from slperf.common.paradigms import registry as paradigms
-from slperf.common.paradigms.base import ClientParadigm
+from slperf.common.paradigms.base import ClientParadigm, InferenceUnsupported
+from slperf.common.paradigms.kit.inference import segment_blocks
 from slperf.common.paradigms.kit.cuts import state_layout
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange
@@ -51,7 +53,7 @@ from slperf.common.protocol.messages import (
     TrainEpoch,
     Welcome,
 )
-from slperf.common.protocol.types import CutReply, CutTensor, Phase, State, StepRef
+from slperf.common.protocol.types import CutReply, CutTensor, Phase, RunState, State, StepRef
 from slperf.common.shards import build_client_data
 from slperf.common.transport.channel import create_channel, open_session
 from slperf.common.transport.endpoint import ClientEndpoint, Endpoint, Side, Stream, StreamBroken
@@ -299,6 +301,8 @@ class ClientDaemon:
         elif isinstance(message, Finish):
             log.info("run %s finished: %s", message.run_id, message.reason)
             if self.store is not None and message.run_id == self.run_id:
+                if message.reason == RunState.FINISHED:
+                    await self._keep_final()
                 await asyncio.to_thread(self.store.discard, message.run_id)
             self.paradigm = None
             self.run_id = ""
@@ -445,6 +449,36 @@ class ClientDaemon:
             await asyncio.to_thread(save)
         except OSError as exc:  # a full or read-only disk costs exact resumption, not the run
             log.error("cannot save the training state under %s: %s", self.store.root, exc)
+
+    async def _keep_final(self) -> None:
+        """The run finished: its segments (as the server's last push left them: the ones the final evaluation used)
+        are kept for ``slperf predict`` and ``slperf export`` (``StateStore.save_final``)."""
+        if self.store is None or self.paradigm is None or self._setup_key is None:
+            return
+        store, paradigm, key = self.store, self.paradigm, self._setup_key
+
+        def keep() -> None:
+            data = paradigm.data
+            blocks = segment_blocks(paradigm.config, data.input_shape, data.num_classes, paradigm.segments)
+            layout = {
+                "config": json.loads(key.config_json),
+                "model": paradigm.config.model,
+                "model_input_shape": list(data.input_shape),
+                "num_classes": data.num_classes,
+                "seed": paradigm.config.seed,
+                "dataset": paradigm.config.dataset,
+                "segments": {name: list(span) for name, span in blocks.items()},
+            }
+            segments = {name: host_state(module) for name, module in paradigm.segments.items()}
+            folder = store.save_final(key.run_id, segments, layout)
+            log.info("run %s: final segments %s kept in %s", key.run_id, ", ".join(sorted(blocks)), folder)
+
+        try:
+            await asyncio.to_thread(keep)
+        except InferenceUnsupported as exc:
+            log.info("run %s: no final segments kept: %s", key.run_id, exc)
+        except Exception as exc:  # noqa: BLE001 - a full disk (or a model that cannot be laid out) costs them, not the daemon
+            log.error("cannot keep the final segments under %s: %s: %s", self.store.root, type(exc).__name__, exc)
 
     async def _align(self, entering: int) -> None:
         """Before a pass that needs the state entering round ``entering``: if the state held is not that one (a

@@ -5,7 +5,12 @@ Layout: ``<state-dir>/runs/<run_id>/<client_id>/round-<r>.safetensors``, the sta
 ``r`` training passes), one safetensors file each, written atomically (mode 0600), tensors only; the set-up it
 belongs to (run id, a hash of the config, client index and count), the round and the paradigm's JSON hyper-state
 are the file's safetensors metadata. Only the two latest rounds are kept: the server checkpoints after every
-round, so it can rewind a client by at most one round. A run's folder is removed when the run finishes.
+round, so it can rewind a client by at most one round. A run's round states are removed when the run ends.
+
+What a finished run leaves for split inference stays in the same folder: ``final.safetensors`` (this client's
+segments as the run's final evaluation used them, tensors ``<segment>/<parameter>``) and ``final.json`` (the run's
+config, the model's facts and each segment's block range, see ``slperf.common.paradigms.kit.inference``), kept
+until the user deletes them; ``slperf predict`` and ``slperf export`` read them.
 
 Never pickle: a state file is input like any other. An unreadable file, or one of another set-up, is logged and
 ignored (the client starts afresh), never a crash.
@@ -34,6 +39,9 @@ from slperf.common.security.ids import valid_run_id
 log = logging.getLogger("slperf.client")
 
 FORMAT = "slperf-client-state/1"
+FINAL_FORMAT = "slperf-client-final/1"
+FINAL_WEIGHTS = "final.safetensors"
+FINAL_LAYOUT = "final.json"
 KEEP = 2
 RNG_TENSOR = "rng/torch_cpu"
 _FILE = re.compile(r"round-(\d+)\.safetensors")
@@ -154,13 +162,48 @@ class StateStore:
                 path.unlink(missing_ok=True)
 
     def discard(self, run_id: str) -> None:
-        """The run is over: its states can never be resumed."""
+        """The run is over: its states can never be resumed (its final segments, if any, stay)."""
         folder = self.folder(run_id)
+        if (folder / FINAL_LAYOUT).exists():
+            for round in self.rounds(run_id):
+                self.path(run_id, round).unlink(missing_ok=True)
+            return
         shutil.rmtree(folder, ignore_errors=True)
         try:
             folder.parent.rmdir()  # the run's folder, when no other client id of this machine uses it
         except OSError:
             pass
+
+    def save_final(self, run_id: str, segments: dict[str, dict[str, torch.Tensor]], layout: dict[str, Any]) -> Path:
+        """Keeps the finished run's segments and their layout (see the module docstring); returns the folder."""
+        folder = self.folder(run_id)
+        tensors = {f"{name}/{key}": t.detach().to("cpu").contiguous() for name, s in segments.items() for key, t in s.items()}
+        record = {"format": FINAL_FORMAT, "run_id": run_id, "client_id": self.client_id, **layout}
+        atomic_write(folder / FINAL_WEIGHTS, save_tensors(tensors, metadata={"format": FINAL_FORMAT}), mode=0o600)
+        atomic_write(folder / FINAL_LAYOUT, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o600)
+        return folder
+
+    def load_final(self, run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+        """The finished run's layout and segments by name; FileNotFoundError when this client kept none, ValueError
+        for files it cannot read."""
+        folder = self.folder(run_id)
+        try:
+            layout = json.loads((folder / FINAL_LAYOUT).read_text())
+            flat = load_tensors((folder / FINAL_WEIGHTS).read_bytes())
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"client {self.client_id} kept no final segments of run {run_id} under {self.root} "
+                "(not a participant, the run did not finish, or another --state-dir)"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - safetensors and json raise several types for a damaged file
+            raise ValueError(f"the final segments in {folder} cannot be read: {type(exc).__name__}: {exc}") from None
+        if not isinstance(layout, dict) or layout.get("format") != FINAL_FORMAT:
+            raise ValueError(f"{folder / FINAL_LAYOUT} is not a {FINAL_FORMAT} file")
+        segments: dict[str, dict[str, torch.Tensor]] = {}
+        for flat_name, tensor in flat.items():
+            name, _, key = flat_name.partition("/")
+            segments.setdefault(name, {})[key] = tensor
+        return layout, segments
 
 
 def _metadata(data: bytes) -> dict[str, Any]:

@@ -405,6 +405,119 @@ def stop(address, certs_dir, ca, cert, key, server_name, insecure, run_id) -> No
     click.echo(f"run {run_id} {'stopped' if stopped else 'was not running'}")
 
 
+@main.command("remove-model")
+@_operator_options
+@click.argument("run_id")
+def remove_model(address, certs_dir, ca, cert, key, server_name, insecure, run_id) -> None:
+    """Stop serving a finished run's model for inference (deletes its final.safetensors and serving.json)."""
+    removed = _operator(address, certs_dir, ca, cert, key, server_name, insecure).remove_model(run_id)
+    click.echo(f"run {run_id}: {'model removed' if removed else 'had no served model'}")
+
+
+# -- after a run: split inference and export -------------------------------------------------------------
+@main.command()
+@click.option("--server", "address", required=True, help="server HOST:PORT")
+@click.option("--id", "client_id", required=True, help="this client's id (must match its certificate)")
+@click.option("--ca", type=click.Path(path_type=Path), help="CA certificate that signed the server's")
+@click.option("--cert", type=click.Path(path_type=Path), help="this client's certificate")
+@click.option("--key", type=click.Path(path_type=Path), help="this client's private key")
+@click.option("--insecure", is_flag=True, help="plaintext (local experiments only)")
+@click.option("--server-name", help="TLS name to expect in the server certificate when dialling an address not in it")
+@click.option("--run", "run_id", required=True, help="the finished run whose model to use")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="samples: .npy (uint8 images are raw pixels, normalised as in training; other dtypes are used as they "
+    "are) or .csv (one sample a row)",
+)
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="predictions CSV")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=256, show_default=True)
+@click.option("--probabilities", is_flag=True, help="add each class's probability to the CSV")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    help="the client daemon's state folder, where it kept its segments (default $SLPERF_STATE, else "
+    "~/.local/state/slperf)",
+)
+@click.option("--no-progress", is_flag=True)
+def predict(
+    address, client_id, ca, cert, key, insecure, server_name, run_id, input_path, out_path, batch_size,
+    probabilities, state_dir, no_progress,
+) -> None:
+    """Predict with a finished run's split model: this silo's segments run here on its own inputs, the server's
+    runs on the cut activations; for U-shaped runs the tail runs here too, so outputs never leave this machine."""
+    from tqdm import tqdm
+
+    from slperf.common.security.ids import validate_client_id
+    from slperf.common.transport.channel import create_sync_channel
+    from slperf.slclient.inputs import InputError, read_samples
+    from slperf.slclient.predict import Predictor, load_local_model, write_predictions
+    from slperf.slclient.state_store import StateStore, default_state_dir
+
+    validate_client_id(client_id)
+    creds = _credentials(certs_dir=None, ca=ca, cert=cert, key=key, insecure=insecure, role="slperf predict")
+    try:
+        model = load_local_model(StateStore(state_dir or default_state_dir(), client_id), run_id)
+        samples = read_samples(input_path, model.spec, model.sample_shape)
+    except (FileNotFoundError, ValueError) as exc:  # InputError is a ValueError
+        _fail(str(exc))
+    channel = create_sync_channel(address, creds, server_name=server_name)
+    bar = tqdm(total=len(samples), unit="sample", desc=f"predict {run_id}", file=sys.stderr, disable=no_progress)
+    try:
+        result = Predictor(channel, model).predict(samples, batch_size, on_batch=bar.update)
+    except InputError as exc:
+        _fail(str(exc))
+    finally:
+        bar.close()
+        channel.close()
+    write_predictions(out_path, result, probabilities)
+    click.echo(f"{len(result.classes)} predictions written to {out_path}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder (default export-RUN_ID)")
+@click.option("--client", "client_id", help="export this client's segments (from --state-dir) instead of the server's")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    help="client daemons' state folder (default $SLPERF_STATE, else ~/.local/state/slperf)",
+)
+@click.option(
+    "--assemble",
+    is_flag=True,
+    help="write the whole unsplit model (safetensors + TorchScript) from the server's run folder and a client's "
+    "state on this machine; --client picks whose bottom (default: the first participant that kept one)",
+)
+def export(run_id, runs_dir, out_dir, client_id, state_dir, assemble) -> None:
+    """Export a finished run's model: the server's segment with the run's config, one party's segment, or
+    (--assemble, for local runs) the whole model."""
+    from slperf.common.security.ids import valid_run_id
+    from slperf.export import ExportError, assemble_run, export_client, export_server, write_assembled
+    from slperf.slclient.state_store import StateStore, default_state_dir
+
+    if not valid_run_id(run_id):
+        _fail(f"invalid run id {run_id!r}")
+    out = out_dir or Path(f"export-{run_id}")
+    state = state_dir or default_state_dir()
+    try:
+        if assemble:
+            assembled = assemble_run(runs_dir / run_id, state, client_id)
+            written = write_assembled(assembled, out)
+            click.echo(f"run {run_id}: the whole model (client segments of {assembled.client_id}) in {out}")
+        elif client_id:
+            written = export_client(StateStore(state, client_id), run_id, out)
+        else:
+            written = export_server(runs_dir / run_id, out)
+    except (ExportError, ValueError) as exc:
+        _fail(str(exc))
+    for path in written:
+        click.echo(f"  {path}")
+
+
 from slperf.healthcheck import health as _health  # noqa: E402  (imports only click; grpc loads when it runs)
 
 main.add_command(_health, "health")

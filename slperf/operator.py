@@ -11,7 +11,7 @@ import grpc
 
 from slperf.common.protocol.types import FINAL_RUN_STATES
 from slperf.common.transport.channel import create_sync_channel
-from slperf.v1 import service_pb2, service_pb2_grpc
+from slperf.v1 import inference_pb2, service_pb2, service_pb2_grpc
 
 FINAL_STATES = frozenset(state.value for state in FINAL_RUN_STATES)  # what a follower waits for
 
@@ -75,6 +75,10 @@ class OperatorClient:
 
     def stop_run(self, run_id: str, timeout: float = 30) -> bool:
         return self.stub.StopRun(service_pb2.StopRunRequest(run_id=run_id), timeout=timeout).stopped
+
+    def remove_model(self, run_id: str, timeout: float = 30) -> bool:
+        """Stops serving a finished run's model for inference (its files in the run folder are deleted)."""
+        return self.stub.RemoveModel(inference_pb2.RemoveModelRequest(run_id=run_id), timeout=timeout).removed
 
     def shutdown(self, timeout: float = 10) -> None:
         self.stub.Shutdown(service_pb2.ShutdownRequest(), timeout=timeout)

@@ -49,6 +49,7 @@ from slperf.slserver.compute import ComputeContext
 from slperf.slserver.proxy import ClientProxy
 from slperf.slserver.recorder import Record, RunRecorder
 from slperf.slserver.run_folder import MetricsError, RunFolder
+from slperf.slserver.served_models import keep_for_inference
 from slperf.slserver.sessions import SessionRegistry
 
 log = logging.getLogger("slperf.server.run")
@@ -253,6 +254,9 @@ class RunCoordinator:
             prepared = await self._prepare(run, spec, dataset.num_classes, tuple(dataset.input_shape), clients, started)
             await self._rounds(run, prepared, clients)
             await self._finish(run, prepared)
+            await keep_for_inference(
+                run.folder.path, run.run_id, run.config, prepared.paradigm, clients, prepared.ctx.compute
+            )
             run.state = RunState.FINISHED
         except asyncio.CancelledError:
             if run.stop_reason == "operator":

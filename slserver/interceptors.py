@@ -7,6 +7,7 @@ The server installs them in this order (the first is the outermost)::
     OperatorInterceptor           every Control call needs the operator certificate     (not with --insecure)
     ClientIdentityInterceptor     a session needs a client certificate; its identity    (not with --insecure)
                                   is handed to the session handler
+    ClientIdentityInterceptor     the same for the Inference service's Predict          (not with --insecure)
 
 An interceptor only sees the method name and the metadata when it is called (``HandlerCallDetails``), not the
 peer's certificate, so each one returns the handler wrapped in a check that runs first when the call starts,
@@ -41,6 +42,7 @@ log = logging.getLogger("slperf.server")
 
 CONTROL_SERVICE = "slperf.v1.Control"
 SESSION_METHOD = "/slperf.v1.SplitLearning/Session"
+PREDICT_METHOD = "/slperf.v1.Inference/Predict"  # split inference: a client's call, guarded like its session
 
 # A method handler of any call. RpcMethodHandler is generic in the stubs only (at run time it cannot be
 # subscripted), hence the quotes.
@@ -202,7 +204,7 @@ def server_interceptors(*, insecure: bool) -> list[grpc.aio.ServerInterceptor]:
         MalformedRequestInterceptor([service_pb2.DESCRIPTOR.services_by_name["Control"]]),
     ]
     if not insecure:
-        chain += [OperatorInterceptor(), ClientIdentityInterceptor()]
+        chain += [OperatorInterceptor(), ClientIdentityInterceptor(), ClientIdentityInterceptor(PREDICT_METHOD)]
     return chain
 
 

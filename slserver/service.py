@@ -34,8 +34,9 @@ from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES, ChunkEnvelope
 from slperf.common.wire.serde import PROTOCOL_VERSION, hello_from_pb
 from slperf.slserver.coordinator import Run, RunCoordinator
 from slperf.slserver.interceptors import HelloAuthorizer
+from slperf.slserver.served_models import ModelUnavailable, ServedModels
 from slperf.slserver.sessions import Session, SessionRegistry
-from slperf.v1 import service_pb2, service_pb2_grpc, session_pb2
+from slperf.v1 import inference_pb2, service_pb2, service_pb2_grpc, session_pb2
 
 log = logging.getLogger("slperf.server")
 
@@ -161,10 +162,18 @@ class ControlService(service_pb2_grpc.ControlServicer):
     operator may call them, and that a request which does not parse gets INVALID_ARGUMENT, is the interceptors'
     job (``slperf.slserver.interceptors``)."""
 
-    def __init__(self, registry: SessionRegistry, coordinator: RunCoordinator, shutdown: asyncio.Event):
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        coordinator: RunCoordinator,
+        shutdown: asyncio.Event,
+        *,
+        models: ServedModels | None = None,
+    ):
         self.registry = registry
         self.coordinator = coordinator
         self.shutdown_event = shutdown
+        self.models = models or ServedModels(coordinator.runs_dir)
 
     def _run(self, run_id: str) -> Run | None:
         run = self.coordinator.current
@@ -250,6 +259,17 @@ class ControlService(service_pb2_grpc.ControlServicer):
         was_running = not run.finished
         await self.coordinator.stop(run)
         return service_pb2.StopRunResponse(stopped=was_running)
+
+    async def RemoveModel(
+        self,
+        request: inference_pb2.RemoveModelRequest,
+        context: grpc.aio.ServicerContext[inference_pb2.RemoveModelRequest, inference_pb2.RemoveModelResponse],
+    ) -> inference_pb2.RemoveModelResponse:
+        try:
+            removed = await asyncio.to_thread(self.models.remove, request.run_id)
+        except ModelUnavailable as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        return inference_pb2.RemoveModelResponse(removed=removed)
 
     async def Shutdown(
         self,

@@ -139,6 +139,22 @@ class ClientLink(Protocol):
         ...
 
 
+class InferenceUnsupported(Exception):
+    """The run's paradigm leaves no model that split inference can serve; the message says why."""
+
+
+@dataclass
+class InferencePlan:
+    """What a finished run keeps for split inference: the server's own segment (``top``, or U-shaped's
+    ``middle``) and, by client id, the segments each client keeps (``bottom``, or ``head`` and ``tail``): the
+    ones the run's final evaluation used for that client. The coordinator sends every client its segments before
+    it says the run is over, so a client that trained a bottom of its own which the run then replaced (SplitFed
+    averages them) keeps the one that matches the server's top."""
+
+    server: dict[str, State]
+    clients: dict[str, dict[str, State]]
+
+
 class ServerParadigm(abc.ABC):
     """Server half of a paradigm. One instance per run."""
 
@@ -169,6 +185,14 @@ class ServerParadigm(abc.ABC):
     def model_state(self) -> dict[str, State]:
         """Segments of the global model the server holds (for checkpoints and the equivalence tests)."""
         return {}
+
+    def inference_plan(self, clients: Sequence[ClientHandle]) -> InferencePlan:
+        """The segments the finished run keeps for split inference (see ``InferencePlan``); a paradigm whose model
+        cannot be served that way keeps the default, which raises ``InferenceUnsupported`` saying so."""
+        raise InferenceUnsupported(
+            f"paradigm {self.config.paradigm} does not support split inference: its model is not one segment on "
+            "the server between segments on one client"
+        )
 
     def describe(self) -> dict[str, Any]:
         """Facts about this run's split for the run summary (what crosses the cut per sample); the paradigm

@@ -31,6 +31,8 @@ from slperf.common.paradigms.base import (
     ClientLink,
     ClientParadigm,
     EvalResult,
+    InferencePlan,
+    InferenceUnsupported,
     ParadigmSpec,
     PhaseStream,
     RoundResult,
@@ -95,6 +97,11 @@ class FedAvgServer(ServerParadigm):
 
     def model_state(self) -> dict[str, State]:
         return {"model": self.global_state}
+
+    def inference_plan(self, clients: Sequence[ClientHandle]) -> InferencePlan:
+        raise InferenceUnsupported(
+            "fedavg does not support split inference: every client holds the whole model and the server none of it"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.global_state}

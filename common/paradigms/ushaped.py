@@ -36,6 +36,7 @@ from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms.base import (
     ClientHandle,
     EvalResult,
+    InferencePlan,
     NoClientLeft,
     ParadigmSpec,
     RoundResult,
@@ -143,6 +144,12 @@ class UShapedServer(ServerParadigm):
 
     def describe(self) -> dict[str, Any]:
         return self.split.cut_facts()
+
+    def inference_plan(self, clients: Sequence[ClientHandle]) -> InferencePlan:
+        """The middle on the server; each client keeps the head and tail it was evaluated with (sequential: the
+        ones handed round the ring; parallel: its own)."""
+        ends = {c.client_id: dict(self.ends[self._slot(c)]) for c in clients}
+        return InferencePlan(server={"middle": clone_state(self.middle)}, clients=ends)
 
     def state_dict(self) -> dict[str, Any]:
         return {

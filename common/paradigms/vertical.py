@@ -41,6 +41,8 @@ from slperf.common.paradigms.base import (
     ClientLink,
     ClientParadigm,
     EvalResult,
+    InferencePlan,
+    InferenceUnsupported,
     ParadigmSpec,
     PhaseStream,
     RoundResult,
@@ -266,6 +268,13 @@ class VerticalServer(ServerParadigm):
 
     def model_state(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"top": clone_state(self.top)}
+
+    def inference_plan(self, clients: Sequence[ClientHandle]) -> InferencePlan:
+        raise InferenceUnsupported(
+            "vertical split learning does not support split inference: the top needs every feature party's "
+            "embedding of the same sample at once, and `slperf predict` is one silo's request; assemble the "
+            "model on one machine instead (slperf export --assemble)"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -1,3 +1,4 @@
+from slperf.v1 import inference_pb2 as _inference_pb2
 from slperf.v1 import session_pb2 as _session_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from slperf.v1 import inference_pb2 as slperf_dot_v1_dot_inference__pb2
 from slperf.v1 import service_pb2 as slperf_dot_v1_dot_service__pb2
 from slperf.v1 import session_pb2 as slperf_dot_v1_dot_session__pb2
 
@@ -133,6 +134,11 @@ class ControlStub:
                 request_serializer=slperf_dot_v1_dot_service__pb2.ShutdownRequest.SerializeToString,
                 response_deserializer=slperf_dot_v1_dot_service__pb2.ShutdownResponse.FromString,
                 _registered_method=True)
+        self.RemoveModel = channel.unary_unary(
+                '/slperf.v1.Control/RemoveModel',
+                request_serializer=slperf_dot_v1_dot_inference__pb2.RemoveModelRequest.SerializeToString,
+                response_deserializer=slperf_dot_v1_dot_inference__pb2.RemoveModelResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -168,6 +174,13 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveModel(self, request, context):
+        """Forgets a finished run's served model (its final.safetensors and serving.json in the run folder).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +208,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Shutdown,
                     request_deserializer=slperf_dot_v1_dot_service__pb2.ShutdownRequest.FromString,
                     response_serializer=slperf_dot_v1_dot_service__pb2.ShutdownResponse.SerializeToString,
+            ),
+            'RemoveModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveModel,
+                    request_deserializer=slperf_dot_v1_dot_inference__pb2.RemoveModelRequest.FromString,
+                    response_serializer=slperf_dot_v1_dot_inference__pb2.RemoveModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -332,6 +350,33 @@ class Control:
             '/slperf.v1.Control/Shutdown',
             slperf_dot_v1_dot_service__pb2.ShutdownRequest.SerializeToString,
             slperf_dot_v1_dot_service__pb2.ShutdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slperf.v1.Control/RemoveModel',
+            slperf_dot_v1_dot_inference__pb2.RemoveModelRequest.SerializeToString,
+            slperf_dot_v1_dot_inference__pb2.RemoveModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

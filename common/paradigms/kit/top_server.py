@@ -9,7 +9,7 @@ from typing import Any
 from slperf.common.config import RunConfig
 from slperf.common.data.registry import DATASETS
 from slperf.common.models import build_split
-from slperf.common.paradigms.base import ClientHandle, EvalResult, ServerContext, ServerParadigm
+from slperf.common.paradigms.base import ClientHandle, EvalResult, InferencePlan, ServerContext, ServerParadigm
 from slperf.common.paradigms.kit.cuts import cut_shapes, split_layouts
 from slperf.common.paradigms.kit.rounds import latest_first
 from slperf.common.paradigms.kit.serving import (
@@ -60,6 +60,15 @@ class TopSegmentServer(ServerParadigm):
 
     def describe(self) -> dict[str, Any]:
         return self.split.cut_facts()
+
+    def inference_plan(self, clients: Sequence[ClientHandle]) -> InferencePlan:
+        """The top, and for each client the bottom the final evaluation used for it: the one bottom every client
+        shares (``model_state``'s ``bottom``: handed on, or averaged), else the client's own (``bottom/<id>``),
+        else the initial one for a client that never trained."""
+        state = self.model_state()
+        initial = clone_state(self.split.segments[0])
+        own = {c.client_id: state.get(f"bottom/{c.client_id}", state.get("bottom", initial)) for c in clients}
+        return InferencePlan(server={"top": state["top"]}, clients={cid: {"bottom": b} for cid, b in own.items()})
 
 
 class SharedTopServer(TopSegmentServer):
