@@ -34,8 +34,8 @@ from slperf.common.data import DatasetUnavailable
 from slperf.common.devices import host_state
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientParadigm, InferenceUnsupported
-from slperf.common.paradigms.kit.inference import segment_blocks
 from slperf.common.paradigms.kit.cuts import state_layout
+from slperf.common.paradigms.kit.inference import segment_blocks
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.messages import (

@@ -34,6 +34,7 @@ def read_samples(path: Path, spec: DatasetSpec, sample_shape: tuple[int, ...]) -
             "as one .npy array (N×H×W or N×C×H×W, uint8 pixels) or use a .csv"
         )
     suffix = path.suffix.lower()
+    array: np.ndarray
     try:
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)

@@ -177,7 +177,9 @@ class StateStore:
     def save_final(self, run_id: str, segments: dict[str, dict[str, torch.Tensor]], layout: dict[str, Any]) -> Path:
         """Keeps the finished run's segments and their layout (see the module docstring); returns the folder."""
         folder = self.folder(run_id)
-        tensors = {f"{name}/{key}": t.detach().to("cpu").contiguous() for name, s in segments.items() for key, t in s.items()}
+        tensors = {
+            f"{name}/{key}": t.detach().to("cpu").contiguous() for name, s in segments.items() for key, t in s.items()
+        }
         record = {"format": FINAL_FORMAT, "run_id": run_id, "client_id": self.client_id, **layout}
         atomic_write(folder / FINAL_WEIGHTS, save_tensors(tensors, metadata={"format": FINAL_FORMAT}), mode=0o600)
         atomic_write(folder / FINAL_LAYOUT, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o600)

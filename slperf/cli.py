@@ -443,8 +443,20 @@ def remove_model(address, certs_dir, ca, cert, key, server_name, insecure, run_i
 )
 @click.option("--no-progress", is_flag=True)
 def predict(
-    address, client_id, ca, cert, key, insecure, server_name, run_id, input_path, out_path, batch_size,
-    probabilities, state_dir, no_progress,
+    address,
+    client_id,
+    ca,
+    cert,
+    key,
+    insecure,
+    server_name,
+    run_id,
+    input_path,
+    out_path,
+    batch_size,
+    probabilities,
+    state_dir,
+    no_progress,
 ) -> None:
     """Predict with a finished run's split model: this silo's segments run here on its own inputs, the server's
     runs on the cut activations; for U-shaped runs the tail runs here too, so outputs never leave this machine."""

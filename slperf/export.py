@@ -77,7 +77,9 @@ def assemble_run(run_folder: Path, state_dir: Path, client_id: str | None = None
     run_id = run_folder.name
     candidates = [client_id] if client_id else list(serving["participants"])
     if client_id and client_id not in serving["participants"]:
-        raise ExportError(f"client {client_id} did not take part in run {run_id} ({', '.join(serving['participants'])})")
+        raise ExportError(
+            f"client {client_id} did not take part in run {run_id} ({', '.join(serving['participants'])})"
+        )
     for cid in candidates:
         store = StateStore(state_dir, cid)
         try:
@@ -92,7 +94,9 @@ def assemble_run(run_folder: Path, state_dir: Path, client_id: str | None = None
     facts = ModelFacts(serving["model"], tuple(serving["model_input_shape"]), serving["num_classes"], serving["seed"])
     prefix = f"{serving['segment']}/"
     server_state = {k[len(prefix) :]: v for k, v in load_file(run_folder / WEIGHTS).items() if k.startswith(prefix)}
-    parts = [((serving["blocks"][0], serving["blocks"][1]), build_segment(facts, tuple(serving["blocks"]), server_state))]
+    parts = [
+        ((serving["blocks"][0], serving["blocks"][1]), build_segment(facts, tuple(serving["blocks"]), server_state))
+    ]
     for name, span in layout["segments"].items():
         blocks = (int(span[0]), int(span[1]))
         parts.append((blocks, build_segment(facts, blocks, segments[name])))

@@ -71,7 +71,9 @@ class InferenceService:
                 batch=request.batch, output=encode_tensor(out), kind=served.kind, max_batch=served.max_batch
             )
 
-    async def _authorize(self, request: inference_pb2.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ServedModel:
+    async def _authorize(
+        self, request: inference_pb2.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ServedModel:
         """The caller's id (the certificate's; the claim only with --insecure), checked like a Hello's, and the
         run's served model, which it must have taken part in."""
         ident = session_identity()
@@ -124,9 +126,7 @@ class InferenceService:
 def add_inference_service(server: grpc.aio.Server, service: InferenceService) -> None:
     """Registers ``Predict`` by hand, with a parser that never raises (bad bytes are INVALID_ARGUMENT, not
     INTERNAL); the interceptors guard it by its method name."""
-    parse = safe_parser(
-        inference_pb2.PredictRequest.DESCRIPTOR.full_name, inference_pb2.PredictRequest.FromString
-    )
+    parse = safe_parser(inference_pb2.PredictRequest.DESCRIPTOR.full_name, inference_pb2.PredictRequest.FromString)
     handlers = {
         "Predict": grpc.stream_stream_rpc_method_handler(
             service.Predict,

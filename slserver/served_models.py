@@ -70,7 +70,12 @@ class ServedModel:
 
 
 def write_serving(
-    folder: Path, run_id: str, config: RunConfig, participants: Sequence[str], plan_server: State | None, why: str = ""
+    folder: Path,
+    run_id: str,
+    config: RunConfig,
+    participants: Sequence[str],
+    plan_server: dict[str, State] | None,
+    why: str = "",
 ) -> None:
     """``serving.json`` (and, with a segment, ``final.safetensors``) in the run folder; see the module docstring.
     ``plan_server`` is ``{segment name: state}`` with exactly one segment, or None when ``why`` says why not."""
@@ -106,7 +111,12 @@ def write_serving(
 
 
 async def keep_for_inference(
-    folder: Path, run_id: str, config: RunConfig, paradigm: ServerParadigm, clients: Sequence[ClientHandle], compute: Any
+    folder: Path,
+    run_id: str,
+    config: RunConfig,
+    paradigm: ServerParadigm,
+    clients: Sequence[ClientHandle],
+    compute: Any,
 ) -> None:
     """At the end of a finished run: every client is sent the segments it keeps, and the server's own segment is
     written to the run folder (``compute`` is the run's ``ComputeContext.compute``). A client that is gone by then
