@@ -7,7 +7,8 @@ talks to clients only through client handles (``ClientProxy``). What a round is 
 
 A run folder is the run, as far as a server restart is concerned: ``config.yaml`` from the moment the run
 has its clients waited for, ``metrics.jsonl`` and ``checkpoint.pt`` after every round, ``state.json`` once it
-is over for good (finished, failed, stopped). The rules that keep a run from being lost:
+is over for good (finished, failed, stopped), and for a finished run ``final.safetensors`` and ``serving.json``, the
+server's segment for split inference (``slperf.slserver.served_models``). The rules that keep a run from being lost:
 
 - **At start-up** (``recover``) the server first removes the temporary files that writes cut short by a crash
   left in ``runs_dir`` and in each run folder (``fsutil.remove_stale_temp_files``: only ``atomic_write``'s own
