@@ -349,13 +349,19 @@ def _operator(address, certs_dir, ca, cert, key, server_name, insecure):
 @click.option("--run-id", default="")
 @click.option("--no-follow", is_flag=True, help="start the run and return")
 def run(address, certs_dir, ca, cert, key, server_name, insecure, config_path, run_id, no_follow) -> None:
-    """Start a run on a running server and follow it to the end."""
+    """Start a run on a running server and follow it to the end. While another run is going, the run is queued
+    and starts when the runs before it have ended (`slperf status` shows the queue); a run id that the server
+    already has (running, queued, or a folder in its runs dir) is refused."""
     from slperf.common.config_loader import load_config
 
     load_config(config_path)  # the same validation the server applies, before anything is sent
     op = _operator(address, certs_dir, ca, cert, key, server_name, insecure)
-    run_id = op.start_run(config_path.read_text(), run_id)
-    click.echo(f"run {run_id} started")
+    reply = op.start_run_reply(config_path.read_text(), run_id)
+    run_id = reply.run_id
+    if reply.queue_position:
+        click.echo(f"run {run_id} queued (position {reply.queue_position})")
+    else:
+        click.echo(f"run {run_id} started")
     if no_follow:
         return
 
@@ -375,7 +381,7 @@ def run(address, certs_dir, ca, cert, key, server_name, insecure, config_path, r
 @_operator_options
 @click.option("--json", "as_json", is_flag=True)
 def status(address, certs_dir, ca, cert, key, server_name, insecure, as_json) -> None:
-    """Show the server's clients and the current run's progress."""
+    """Show the server's clients, the current run's progress and the queued runs."""
     from google.protobuf.json_format import MessageToDict
 
     reply = _operator(address, certs_dir, ca, cert, key, server_name, insecure).status()
@@ -394,13 +400,17 @@ def status(address, certs_dir, ca, cert, key, server_name, insecure, as_json) ->
             f"run {r.run_id}: {r.paradigm} {r.state}, round {r.round + 1}/{r.rounds}, "
             f"test accuracy {100 * r.test_accuracy:.2f}%{'  error: ' + r.error if r.error else ''}"
         )
+    if reply.queue:
+        click.echo(f"queue: {len(reply.queue)} run(s)")
+        for position, q in enumerate(reply.queue, start=1):
+            click.echo(f"  {position}. {q.run_id} {q.paradigm}, {q.rounds} round(s)")
 
 
 @main.command()
 @_operator_options
 @click.argument("run_id")
 def stop(address, certs_dir, ca, cert, key, server_name, insecure, run_id) -> None:
-    """Stop a run."""
+    """Stop a run, or remove a queued run from the queue."""
     stopped = _operator(address, certs_dir, ca, cert, key, server_name, insecure).stop_run(run_id)
     click.echo(f"run {run_id} {'stopped' if stopped else 'was not running'}")
 
