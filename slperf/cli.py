@@ -42,9 +42,18 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from slperf.common.security.errors import TLSConfigError
     from slperf.federation import FederationError
     from slperf.slclient.daemon import ClientFatal
+    from slperf.slserver.metrics import MetricsAddressError
     from slperf.slserver.server import AddressInUse
 
-    return ConfigError, DatasetUnavailable, TLSConfigError, FederationError, ClientFatal, AddressInUse
+    return (
+        ConfigError,
+        DatasetUnavailable,
+        TLSConfigError,
+        FederationError,
+        ClientFatal,
+        AddressInUse,
+        MetricsAddressError,
+    )
 
 
 class _Group(click.Group):
@@ -144,6 +153,11 @@ def certs_revoke(client_id: str, directory: Path) -> None:
     show_default=True,
     help="seconds one write to a client (at most a 1 MiB chunk) may wait; a client that stops reading is dropped",
 )
+@click.option(
+    "--metrics-address",
+    help="HOST:PORT to serve Prometheus metrics on at /metrics (sessions, bytes and messages per client, errors by "
+    "status code, round progress, server step latency and compute time); off unless given",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def server(
     address: str,
@@ -157,6 +171,7 @@ def server(
     max_tensor_elements: int,
     max_messages_per_second: float,
     write_timeout: float,
+    metrics_address: str | None,
     verbose: bool,
 ) -> None:
     """Run the server daemon (top segments, aggregation, checkpoints, control). A run interrupted by a
@@ -191,6 +206,7 @@ def server(
                 torch_threads=torch_threads,
                 allowed_clients=allowed,
                 limits=limits,
+                metrics_address=metrics_address,
             )
         )
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind

@@ -54,7 +54,7 @@ from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone, ClientHandle, ParadigmSpec, ServerParadigm
 from slperf.common.protocol.types import RunState
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
-from slperf.slserver.compute import ComputeContext
+from slperf.slserver.compute import ComputeContext, StepObserver
 from slperf.slserver.proxy import ClientProxy
 from slperf.slserver.recorder import Record, RunRecorder
 from slperf.slserver.run_folder import MetricsError, RunFolder
@@ -152,6 +152,8 @@ class RunCoordinator:
         self.current: Run | None = None
         # Runs waiting for the current one to end, first to start first.
         self.queue: list[Run] = []
+        # Told of every server computation of every run (the metrics' step histogram); None: nobody listens.
+        self.step_observer: StepObserver | None = None
         self._paradigm_spec = paradigm_spec
         self._client_factory = client_factory
 
@@ -414,7 +416,7 @@ class RunCoordinator:
     ) -> _Prepared:
         """Builds the paradigm's server half, continues from a checkpoint if there is one, sets the clients up."""
         config = run.config
-        ctx = ComputeContext(config, run.run_id, self.executor)
+        ctx = ComputeContext(config, run.run_id, self.executor, self.step_observer)
         paradigm: ServerParadigm = await ctx.compute(spec.server, config, ctx, num_classes, input_shape)
         first_round, records, elapsed_before = self._resume(run, paradigm)
         recorder = RunRecorder(
