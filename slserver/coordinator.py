@@ -59,6 +59,7 @@ from slperf.slserver.proxy import ClientProxy
 from slperf.slserver.recorder import Record, RunRecorder
 from slperf.slserver.run_folder import MetricsError, RunFolder
 from slperf.slserver.sessions import SessionRegistry
+from slperf.slserver.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger("slperf.server.run")
 
@@ -131,6 +132,7 @@ class _Prepared:
     paradigm: ServerParadigm
     recorder: RunRecorder
     first_round: int
+    events: TensorBoardLog
 
 
 class RunCoordinator:
@@ -342,6 +344,7 @@ class RunCoordinator:
         """Runs ``run`` to an end state; whichever way it ends, its clients are released and watchers told."""
         started = time.monotonic()
         clients: list[RunClient] = []
+        prepared: _Prepared | None = None
         try:
             spec = self._paradigm_spec(run.config.paradigm)
             dataset = DATASETS[run.config.dataset]
@@ -365,6 +368,8 @@ class RunCoordinator:
             log.exception("run %s failed", run.run_id)
         finally:
             await asyncio.gather(*(c.finish(run.state) for c in clients), return_exceptions=True)
+            if prepared is not None:
+                await asyncio.to_thread(prepared.events.close)
             run.resumption = None
             if run.state.final and run.owns_folder:
                 # A final state marks the folder as not resumable; an interrupted or killed server writes none.
@@ -428,11 +433,12 @@ class RunCoordinator:
             elapsed_before=elapsed_before,
         )
         await self._set_up(run, clients)
+        events = await asyncio.to_thread(TensorBoardLog, run.folder.path, first_round)
         run.state = RunState.RUNNING
         ids = [c.client_id for c in clients]
         run.publish("state", {"state": run.state, "clients": ids})
         log.info("run %s: %s with %s on %s", run.run_id, config.paradigm, ", ".join(ids), config.dataset)
-        return _Prepared(ctx, paradigm, recorder, first_round)
+        return _Prepared(ctx, paradigm, recorder, first_round, events)
 
     async def _set_up(self, run: Run, clients: list[RunClient]) -> None:
         """Sets every participant up for the run at once. One that never answers (gone, or slower than
@@ -498,6 +504,7 @@ class RunCoordinator:
             record = recorder.finish_round(meter, result, evaluation)
             run.test_accuracy = record["test_accuracy"]
             run.folder.append_metrics(record)
+            await asyncio.to_thread(prepared.events.write_round, record)
             checkpoint = {
                 "run_id": run.run_id,
                 "round": rnd,

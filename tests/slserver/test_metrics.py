@@ -1,6 +1,7 @@
 """The server's Prometheus endpoint on a real server process with real client daemons over mutual TLS: scraped
 twice during a run, its counters move (bytes and messages per client and direction, steps and compute time, round
-progress), sessions are counted, a refused Control call is counted by its status code."""
+progress), sessions are counted, a refused Control call is counted by its status code. The run's TensorBoard
+events read back equal its metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from slperf.common.security.credentials import operator_channel_credentials
 from slperf.operator import OperatorClient
 from slperf.slserver.metrics import METRICS_READY_PREFIX
+from slperf.slserver.run_folder import RunFolder
+from slperf.slserver.tensorboard_log import read_events, scalars_of
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +89,11 @@ def test_the_metrics_endpoint_counts_a_run_as_it_goes(tmp_path, pki, daemons):
     assert _sum(first, "slperf_server_sessions") == 2
     assert first[("slperf_server_errors_total", (("code", "NOT_FOUND"), ("where", "call")))] == 1
     assert _sum(second, "slperf_server_run_info", run_id="watched", state="running") == 1
+
+    # The run folder's TensorBoard events are the metrics.jsonl records, round by round, per client too.
+    records = RunFolder(tmp_path / "runs" / "watched").read_metrics()
+    events = read_events(tmp_path / "runs" / "watched")
+    assert events["test/accuracy"] == {r["round"]: r["test_accuracy"] for r in records}
+    assert events["client/c2/bytes_up"] == {r["round"]: r["per_client"]["c2"]["bytes_up"] for r in records}
+    assert events == {tag: {r["round"]: scalars_of(r)[tag] for r in records if tag in scalars_of(r)} for tag in events}
+    assert set(events) == {tag for r in records for tag in scalars_of(r)}
