@@ -603,7 +603,7 @@ def partition_cmd(config_path: Path, png_path: Path | None, as_json: bool, cache
     cfg, warnings = load_config(config_path)
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
-    dataset = load_dataset(cfg.dataset, cfg.data_dir, cache_dir)
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, cache_dir, download=cfg.download)
     try:
         parts = client_partitions(cfg, dataset)
     except ValueError as exc:
