@@ -95,7 +95,10 @@ async def serve(opts: ServerOptions, *, announce: Callable[[str], object] = prin
     # Only once the port is ours (a second server on it fails above and must not touch the runs), and before
     # serving, so that no Status or WatchRun call finds the server without the run it continues.
     coordinator.recover()
-    metrics_server = metrics.serve(opts.metrics_address) if metrics is not None and opts.metrics_address else None
+    metrics_server = None
+    if metrics is not None and opts.metrics_address is not None:
+        metrics_server = metrics.serve(opts.metrics_address)
+        log.info("metrics on http://%s:%d/metrics", opts.metrics_address.rpartition(":")[0], metrics_server.port)
     await server.start()
     for name in ("", "slperf.v1.SplitLearning", "slperf.v1.Control"):
         await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.SERVING)
@@ -105,7 +108,6 @@ async def serve(opts: ServerOptions, *, announce: Callable[[str], object] = prin
     log.info("listening on port %d (%s)", port, "plaintext" if opts.insecure else "mutual TLS")
     announce(f"{READY_PREFIX}{port}")
     if metrics_server is not None:
-        log.info("metrics on http://%s:%d/metrics", opts.metrics_address.rpartition(":")[0], metrics_server.port)
         announce(f"{METRICS_READY_PREFIX}{metrics_server.port}")
     try:
         await shutdown.wait()

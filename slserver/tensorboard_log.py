@@ -71,8 +71,9 @@ class TensorBoardLog:
 def read_events(folder: Path) -> dict[str, dict[int, float]]:
     """Every scalar in ``folder``'s event files, by tag and round, as TensorBoard shows them (later files purging
     earlier ones' rounds); for tests and for reading a run's curves without TensorBoard's UI."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.util.tensor_util import make_ndarray
+    # tensorboard ships no type hints.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # type: ignore[import-untyped]
+    from tensorboard.util.tensor_util import make_ndarray  # type: ignore[import-untyped]
 
     accumulator = EventAccumulator(str(folder), size_guidance={"tensors": 0})
     accumulator.Reload()
