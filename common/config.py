@@ -33,6 +33,7 @@ class RunConfig:
     paradigm: str = "splitfed_v1"
     dataset: str = "mnist"
     data_dir: str | None = None
+    download: bool = False
     clients: int = 3
     client_ids: list[str] | None = None
     partition_method: str = "homo"
@@ -76,6 +77,8 @@ FIELD_DOCS: dict[str, str] = {
     "paradigm": "split-learning paradigm (see `slperf paradigms`); SLPerf's variants_type names are aliases",
     "dataset": "dataset name (mnist, ...); loaded offline from the pinned registry artifact or data_dir",
     "data_dir": "folder with the dataset's original files, used instead of the registry artifact",
+    "download": "SLPerf's: a data_dir that does not hold the data set is filled from the pinned offline copy (MNIST, "
+    "Fashion-MNIST: their IDX files; others are read from the pinned copy), instead of an error",
     "clients": "number of client daemons that take part",
     "client_ids": "explicit client ids to wait for (default: the first `clients` ids to connect, sorted)",
     "partition_method": "homo (IID), hetero (Dirichlet), label_skew, base_on_class, base_on_attribute, vertical",
@@ -119,7 +122,6 @@ ALIASES: dict[str, str] = {
 # SLPerf keys that mean nothing here (MPI ranks, log paths, download flags); accepted and reported.
 IGNORED_SLPERF_KEYS = frozenset(
     {
-        "download",
         "log_step",
         "server_rank",
         "max_rank",
@@ -272,7 +274,12 @@ def parse_core_keys(raw: Mapping[str, Any], *, source: str = "config") -> tuple[
         canonical = ALIASES.get(key, key)
         if canonical in values:
             raise ConfigError(f"{source}: key '{key}' given twice (directly and through an alias)")
-        if canonical in _HINTS:
+        if key == "device" and value == "gpu":  # SLPerf's shipped value, which its own code ignores
+            warnings.append(
+                "ignoring SLPerf's 'device: gpu' (SLPerf's code ignores it too): the server computes on cpu; "
+                "give device: cuda to compute on a GPU"
+            )
+        elif canonical in _HINTS:
             values[canonical] = _coerce(key, value, _HINTS[canonical])
         elif key in IGNORED_SLPERF_KEYS:
             warnings.append(f"ignoring SLPerf key '{key}' (it has no meaning in a gRPC federation)")

@@ -18,15 +18,41 @@ import yaml
 
 from slperf.common.config import CORE_KEYS, ConfigError, RunConfig, check_ranges, parse_core_keys
 from slperf.common.data import DATASETS
+from slperf.common.models import MODELS
 from slperf.common.paradigms import registry
+
+
+def _owner_of(key: str, chosen: str) -> str | None:
+    """The paradigm other than ``chosen`` that declares option ``key`` (SLPerf's file carries every paradigm's keys
+    at once), or None when no paradigm does."""
+    for other in registry.all_specs():
+        if other.name != chosen and key in other.option_keys():
+            return other.name
+    return None
+
+
+def _multitask_dataset(raw: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+    """SLPerf's multi-task config lists the tasks' data sets in ``dataset``; that list is ``task_datasets`` here
+    (the canonical key, which wins no argument: giving both is an error), and ``dataset`` becomes its first."""
+    given = raw.get("dataset")
+    if not isinstance(given, list):
+        return raw
+    if "task_datasets" in raw:
+        raise ConfigError(f"{source}: 'dataset' is a list and 'task_datasets' is given too; give the list once")
+    if not given or not all(isinstance(name, str) for name in given):
+        raise ConfigError(f"{source}: config key 'dataset' as a list must name one data set per task, got {given!r}")
+    return {**raw, "dataset": given[0], "task_datasets": list(given)}
 
 
 def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tuple[RunConfig, list[str]]:
     """Builds a validated RunConfig; returns it with warnings (ignored SLPerf keys).
 
-    Keys not known to the core are offered to the selected paradigm; whatever it does not declare is an
-    error naming the key.
+    Keys not known to the core are offered to the selected paradigm. One that another paradigm declares (SLPerf's
+    shipped file carries every paradigm's keys) is ignored with a warning naming that paradigm; one that no
+    paradigm declares is an error naming the key.
     """
+    if isinstance(raw, Mapping):
+        raw = _multitask_dataset(raw, source)
     cfg, extra, warnings = parse_core_keys(raw, source=source)
     spec = registry.get(cfg.paradigm)  # raises ConfigError for an unknown paradigm
     named = cfg.paradigm  # an alias may imply options; a config must not contradict them
@@ -34,9 +60,18 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
     cfg.paradigm = spec.name
     for key, value in extra.items():
         if key not in spec.option_keys():
+            owner = _owner_of(key, spec.name)
+            if owner is not None:
+                warnings.append(f"ignoring '{key}': it is an option of the {owner} paradigm, not of {spec.name}")
+                continue
             known = sorted(CORE_KEYS | set(spec.option_keys()))
             raise ConfigError(f"{source}: unknown config key '{key}' (known keys: {', '.join(known)})")
         merged_options[spec.canonical_option(key)] = value
+    if cfg.data_vertical_list is not None and spec.name != "vertical":
+        warnings.append(f"ignoring 'data_vertical_list': it belongs to the vertical paradigm, not to {spec.name}")
+        cfg.data_vertical_list = None
+    if cfg.model not in MODELS and cfg.model.lower() in MODELS:  # SLPerf writes LeNet, ResNet56
+        cfg.model = cfg.model.lower()
     cfg.options = spec.validate_options(merged_options, alias=named)
     check_ranges(cfg, DATASETS)
     return cfg, warnings

@@ -39,7 +39,7 @@ def client_partitions(config: RunConfig, dataset: LoadedDataset) -> list[ClientP
 
 
 def build_client_data(config: RunConfig, index: int, cache_dir: str | os.PathLike[str] | None = None) -> ClientData:
-    dataset = load_dataset(config.dataset, config.data_dir, cache_dir)
+    dataset = load_dataset(config.dataset, config.data_dir, cache_dir, download=config.download)
     spec, arrays = dataset.spec, dataset.arrays
     part = client_partitions(config, dataset)[index]
     # Vertical: row order is the alignment key, so every client visits its rows in the same order.

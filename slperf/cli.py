@@ -42,9 +42,18 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from slperf.common.security.errors import TLSConfigError
     from slperf.federation import FederationError
     from slperf.slclient.daemon import ClientFatal
+    from slperf.slserver.metrics import MetricsAddressError
     from slperf.slserver.server import AddressInUse
 
-    return ConfigError, DatasetUnavailable, TLSConfigError, FederationError, ClientFatal, AddressInUse
+    return (
+        ConfigError,
+        DatasetUnavailable,
+        TLSConfigError,
+        FederationError,
+        ClientFatal,
+        AddressInUse,
+        MetricsAddressError,
+    )
 
 
 class _Group(click.Group):
@@ -144,6 +153,11 @@ def certs_revoke(client_id: str, directory: Path) -> None:
     show_default=True,
     help="seconds one write to a client (at most a 1 MiB chunk) may wait; a client that stops reading is dropped",
 )
+@click.option(
+    "--metrics-address",
+    help="HOST:PORT to serve Prometheus metrics on at /metrics (sessions, bytes and messages per client, errors by "
+    "status code, round progress, server step latency and compute time); off unless given",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def server(
     address: str,
@@ -157,6 +171,7 @@ def server(
     max_tensor_elements: int,
     max_messages_per_second: float,
     write_timeout: float,
+    metrics_address: str | None,
     verbose: bool,
 ) -> None:
     """Run the server daemon (top segments, aggregation, checkpoints, control). A run interrupted by a
@@ -191,6 +206,7 @@ def server(
                 torch_threads=torch_threads,
                 allowed_clients=allowed,
                 limits=limits,
+                metrics_address=metrics_address,
             )
         )
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
@@ -349,13 +365,19 @@ def _operator(address, certs_dir, ca, cert, key, server_name, insecure):
 @click.option("--run-id", default="")
 @click.option("--no-follow", is_flag=True, help="start the run and return")
 def run(address, certs_dir, ca, cert, key, server_name, insecure, config_path, run_id, no_follow) -> None:
-    """Start a run on a running server and follow it to the end."""
+    """Start a run on a running server and follow it to the end. While another run is going, the run is queued
+    and starts when the runs before it have ended (`slperf status` shows the queue); a run id that the server
+    already has (running, queued, or a folder in its runs dir) is refused."""
     from slperf.common.config_loader import load_config
 
     load_config(config_path)  # the same validation the server applies, before anything is sent
     op = _operator(address, certs_dir, ca, cert, key, server_name, insecure)
-    run_id = op.start_run(config_path.read_text(), run_id)
-    click.echo(f"run {run_id} started")
+    reply = op.start_run_reply(config_path.read_text(), run_id)
+    run_id = reply.run_id
+    if reply.queue_position:
+        click.echo(f"run {run_id} queued (position {reply.queue_position})")
+    else:
+        click.echo(f"run {run_id} started")
     if no_follow:
         return
 
@@ -375,7 +397,7 @@ def run(address, certs_dir, ca, cert, key, server_name, insecure, config_path, r
 @_operator_options
 @click.option("--json", "as_json", is_flag=True)
 def status(address, certs_dir, ca, cert, key, server_name, insecure, as_json) -> None:
-    """Show the server's clients and the current run's progress."""
+    """Show the server's clients, the current run's progress and the queued runs."""
     from google.protobuf.json_format import MessageToDict
 
     reply = _operator(address, certs_dir, ca, cert, key, server_name, insecure).status()
@@ -394,13 +416,17 @@ def status(address, certs_dir, ca, cert, key, server_name, insecure, as_json) ->
             f"run {r.run_id}: {r.paradigm} {r.state}, round {r.round + 1}/{r.rounds}, "
             f"test accuracy {100 * r.test_accuracy:.2f}%{'  error: ' + r.error if r.error else ''}"
         )
+    if reply.queue:
+        click.echo(f"queue: {len(reply.queue)} run(s)")
+        for position, q in enumerate(reply.queue, start=1):
+            click.echo(f"  {position}. {q.run_id} {q.paradigm}, {q.rounds} round(s)")
 
 
 @main.command()
 @_operator_options
 @click.argument("run_id")
 def stop(address, certs_dir, ca, cert, key, server_name, insecure, run_id) -> None:
-    """Stop a run."""
+    """Stop a run, or remove a queued run from the queue."""
     stopped = _operator(address, certs_dir, ca, cert, key, server_name, insecure).stop_run(run_id)
     click.echo(f"run {run_id} {'stopped' if stopped else 'was not running'}")
 
@@ -702,7 +728,7 @@ def partition_cmd(config_path: Path, png_path: Path | None, as_json: bool, cache
     cfg, warnings = load_config(config_path)
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
-    dataset = load_dataset(cfg.dataset, cfg.data_dir, cache_dir)
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, cache_dir, download=cfg.download)
     try:
         parts = client_partitions(cfg, dataset)
     except ValueError as exc:

@@ -30,10 +30,13 @@ class OperatorClient:
         self.channel.close()
 
     def start_run(self, config_text: str, run_id: str = "", timeout: float = 30) -> str:
-        reply = self.stub.StartRun(
+        return self.start_run_reply(config_text, run_id, timeout).run_id
+
+    def start_run_reply(self, config_text: str, run_id: str = "", timeout: float = 30) -> service_pb2.StartRunResponse:
+        """The whole answer: the run id and its place in the queue (0: it started now)."""
+        return self.stub.StartRun(
             service_pb2.StartRunRequest(config=config_text, run_id=run_id), timeout=timeout, wait_for_ready=True
         )
-        return reply.run_id
 
     def status(self, timeout: float = 10) -> service_pb2.StatusResponse:
         return self.stub.Status(service_pb2.StatusRequest(), timeout=timeout)

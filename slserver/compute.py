@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -23,6 +24,8 @@ from slperf.common.config import RunConfig
 from slperf.common.devices import Placement, party_placement
 
 T = TypeVar("T")
+# Told of every computation when it is done: the function's name and its seconds on the compute thread.
+StepObserver = Callable[[str, float], None]
 
 
 @dataclass
@@ -32,6 +35,7 @@ class ComputeContext:
     config: RunConfig
     run_id: str
     executor: concurrent.futures.Executor
+    observe: StepObserver | None = None
     placement: Placement = field(init=False)
 
     def __post_init__(self) -> None:
@@ -42,5 +46,18 @@ class ComputeContext:
         return await loop.run_in_executor(self.executor, functools.partial(self._under_amp, fn, *args))
 
     def _under_amp(self, fn: Callable[..., T], *args: Any) -> T:
-        with self.placement.autocast():
-            return fn(*args)
+        started = time.perf_counter()
+        try:
+            with self.placement.autocast():
+                return fn(*args)
+        finally:
+            if self.observe is not None:
+                self.observe(step_name(fn), time.perf_counter() - started)
+
+
+def step_name(fn: Callable[..., Any]) -> str:
+    """What a computation is called in the metrics: its function's qualified name (``top_train_step``,
+    ``SGD.step``), through ``functools.partial``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return str(getattr(fn, "__qualname__", None) or type(fn).__qualname__)

@@ -20,8 +20,17 @@ server's segment for split inference (``slperf.slserver.served_models``). The ru
 - **Records after the last checkpoint are dropped** when a run continues (all of them when there is no
   checkpoint), so no round is counted twice; a torn last line of ``metrics.jsonl`` is cut off and logged; a
   damaged line elsewhere fails the run with an error naming the file and the line.
-- **A start in a folder whose checkpoint belongs to another config is refused and writes nothing there**: the
-  other run keeps its config, records and resumability. Use a new run id.
+- **A start under a run id that exists is refused** (``RunExists``, ALREADY_EXISTS on the wire): the current run,
+  a queued one, or any folder in ``runs_dir``, so a new run never writes into an old run's folder (a failed run's
+  ``state.json`` once got overwritten that way). Only a restart continues a folder (``resume``); one whose
+  checkpoint belongs to another config is refused there too and nothing is written into it.
+- **Runs queue** (FIFO): a start while a run is going is queued and begins when the one before it ends. A queued run
+  reserves its folder at once, with ``queued.json`` (its config and when it was queued) and nothing else; the marker
+  goes once the run writes its ``config.yaml``. At start-up, after the unfinished run is dealt with, the queued
+  folders are queued again in their order, so a restart loses no queued run. Removing a queued run (``stop``)
+  marks it stopped in its ``state.json``.
+- **A run in which no client evaluated in its last round fails**, saying so, instead of finishing with a test
+  accuracy of 0 that nobody measured.
 """
 
 from __future__ import annotations
@@ -46,18 +55,23 @@ from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone, ClientHandle, ParadigmSpec, ServerParadigm
 from slperf.common.protocol.types import RunState
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
-from slperf.slserver.compute import ComputeContext
+from slperf.slserver.compute import ComputeContext, StepObserver
 from slperf.slserver.proxy import ClientProxy
 from slperf.slserver.recorder import Record, RunRecorder
 from slperf.slserver.run_folder import MetricsError, RunFolder
 from slperf.slserver.served_models import keep_for_inference
 from slperf.slserver.sessions import SessionRegistry
+from slperf.slserver.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger("slperf.server.run")
 
 
 class RunFailed(Exception):
     """The run cannot go on for a reason its operator can act on (clients missing, a foreign checkpoint)."""
+
+
+class RunExists(Exception):
+    """A start under a run id that is taken: the current run's, a queued run's, or a folder's in ``runs_dir``."""
 
 
 class RunClient(ClientHandle, Protocol):
@@ -120,6 +134,7 @@ class _Prepared:
     paradigm: ServerParadigm
     recorder: RunRecorder
     first_round: int
+    events: TensorBoardLog
 
 
 class RunCoordinator:
@@ -139,18 +154,54 @@ class RunCoordinator:
         self.runs_dir = Path(runs_dir)
         self.executor = executor
         self.current: Run | None = None
+        # Runs waiting for the current one to end, first to start first.
+        self.queue: list[Run] = []
+        # Told of every server computation of every run (the metrics' step histogram); None: nobody listens.
+        self.step_observer: StepObserver | None = None
         self._paradigm_spec = paradigm_spec
         self._client_factory = client_factory
 
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self, config: RunConfig, run_id: str | None = None) -> Run:
-        if self.current is not None and not self.current.finished:
-            raise RuntimeError(f"run {self.current.run_id} is still {self.current.state}; stop it first")
+        """Starts a new run now, or queues it behind the current one; ``RunExists`` for a run id that is taken."""
         run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        self._refuse_taken(run_id)
         run = Run(run_id=run_id, config=config, folder=RunFolder(self.runs_dir / run_id))
-        run.task = asyncio.create_task(self._execute(run), name=f"run-{run_id}")
-        self.current = run
+        if self.current is not None and not self.current.finished:
+            run.state = RunState.QUEUED
+            run.folder.write_queued({"config": config.to_dict(), "queued_at": time.time_ns()})
+            self.queue.append(run)
+            log.info("run %s queued behind %s (position %d)", run_id, self.current.run_id, len(self.queue))
+            return run
+        self._launch(run)
         return run
+
+    def find(self, run_id: str) -> Run | None:
+        """The current run or a queued one by id; the current run for an empty id."""
+        if not run_id:
+            return self.current
+        for run in (self.current, *self.queue):
+            if run is not None and run.run_id == run_id:
+                return run
+        return None
+
+    def _refuse_taken(self, run_id: str) -> None:
+        if self.find(run_id) is not None:
+            raise RunExists(f"run id {run_id!r} is taken by a run on this server; use a new run id")
+        if (self.runs_dir / run_id).exists():
+            raise RunExists(f"run id {run_id!r} already has a folder in {self.runs_dir}; use a new run id")
+
+    def _launch(self, run: Run) -> None:
+        run.state = RunState.PENDING
+        run.task = asyncio.create_task(self._execute(run), name=f"run-{run.run_id}")
+        self.current = run
+
+    def _advance(self) -> None:
+        """Starts the first queued run once the current one has ended (never while it is still going)."""
+        if self.queue and (self.current is None or self.current.finished):
+            run = self.queue.pop(0)
+            log.info("run %s starts: the run before it ended", run.run_id)
+            self._launch(run)
 
     def recover(self) -> Run | None:
         """At server start-up, before any run: removes crashed writes' temporary files, continues the newest
@@ -159,14 +210,17 @@ class RunCoordinator:
         self._remove_stale_temp_files()
         unfinished = self._unfinished()
         if not unfinished:
-            return None
+            self._requeue()
+            return self.current
         newest, *older = unfinished
         for folder in older:
             reason = f"not resumed: the server resumed the newer unfinished run {newest.name}; start this one again "
             reason += "under a new run id"
             RunFolder(folder).write_state({"state": RunState.FAILED, "error": reason})
             log.warning("run %s: %s", folder.name, reason)
-        return self.resume(newest)
+        run = self.resume(newest)
+        self._requeue()
+        return run
 
     def find_resumable(self) -> Path | None:
         """The newest folder with a config but no final state: a run the server died in, before or after its
@@ -185,7 +239,44 @@ class RunCoordinator:
             log.info("run %s resumes from its last checkpoint", folder.name)
         else:
             log.info("run %s restarts from round 0: the server stopped before its first checkpoint", folder.name)
-        return self.start(config, folder.name)
+        run = Run(run_id=folder.name, config=config, folder=RunFolder(folder))
+        self._launch(run)
+        return run
+
+    def _requeue(self) -> None:
+        """Queues again, in their order, the runs that were queued when the server stopped (``queued.json``, no
+        ``config.yaml``); one whose config no longer loads is marked failed, saying why. Starts the first when no
+        run is going."""
+        if not self.runs_dir.is_dir():
+            return
+        queued: list[tuple[int, str, RunConfig, RunFolder]] = []
+        for path in sorted(self.runs_dir.iterdir()):
+            if not path.is_dir() or (path / "config.yaml").exists() or (path / "state.json").exists():
+                continue
+            folder = RunFolder(path)
+            try:
+                marker = folder.read_queued()
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                self._fail_queued(folder, f"its queue entry cannot be read: {exc}")
+                continue
+            try:
+                config, _ = config_from_mapping(marker.get("config") or {}, source=str(folder.queued_path))
+            except ConfigError as exc:
+                self._fail_queued(folder, f"its config cannot be used: {exc}")
+                continue
+            queued_at = marker.get("queued_at")
+            queued.append((queued_at if type(queued_at) is int else 0, path.name, config, folder))
+        for _, run_id, config, folder in sorted(queued, key=lambda q: (q[0], q[1])):
+            self.queue.append(Run(run_id=run_id, config=config, folder=folder, state=RunState.QUEUED))
+            log.info("run %s is queued again after the server restart", run_id)
+        self._advance()
+
+    def _fail_queued(self, folder: RunFolder, why: str) -> None:
+        error = f"cannot queue run {folder.path.name} again after a server restart: {why}"
+        log.error("%s", error)
+        folder.write_state({"state": RunState.FAILED, "error": error})
 
     def _failed_at_restart(self, folder: Path, why: str) -> Run:
         """The run in ``folder``, which cannot continue, as a failed run: in its folder and as ``current``."""
@@ -236,6 +327,13 @@ class RunCoordinator:
 
     async def stop(self, run: Run, reason: str = "operator") -> None:
         run.stop_reason = reason
+        if run in self.queue:  # never started: removed from the queue, recorded as stopped
+            self.queue.remove(run)
+            run.state, run.error = RunState.STOPPED, "removed from the queue by the operator"
+            run.folder.write_state({"state": run.state, "error": run.error})
+            run.folder.clear_queued()
+            run.publish("state", {"state": run.state, "error": run.error})
+            return
         if run.task and not run.task.done():
             run.task.cancel()
             try:
@@ -248,6 +346,7 @@ class RunCoordinator:
         """Runs ``run`` to an end state; whichever way it ends, its clients are released and watchers told."""
         started = time.monotonic()
         clients: list[RunClient] = []
+        prepared: _Prepared | None = None
         try:
             spec = self._paradigm_spec(run.config.paradigm)
             dataset = DATASETS[run.config.dataset]
@@ -274,17 +373,22 @@ class RunCoordinator:
             log.exception("run %s failed", run.run_id)
         finally:
             await asyncio.gather(*(c.finish(run.state) for c in clients), return_exceptions=True)
+            if prepared is not None:
+                await asyncio.to_thread(prepared.events.close)
             run.resumption = None
             if run.state.final and run.owns_folder:
                 # A final state marks the folder as not resumable; an interrupted or killed server writes none.
                 run.folder.write_state({"state": run.state, "error": run.error})
             run.publish("state", {"state": run.state, "error": run.error})
+            if run.state is not RunState.INTERRUPTED:  # a server shutting down starts nothing new
+                self._advance()
 
     async def _gather_clients(self, run: Run) -> list[RunClient]:
         """Claims the run folder (refused when it holds another run, before anything is written there), records
         the config, then waits for the run's participants; their handles, in client order."""
         run.resumption = await asyncio.to_thread(self._claim_folder, run)
         run.folder.write_config(run.config.to_dict())
+        run.folder.clear_queued()  # config.yaml now says the run exists; a restart resumes it, not queues it
         run.state = RunState.WAITING_FOR_CLIENTS
         run.publish("state", {"state": run.state})
         ids = await self._participants(run.config)
@@ -322,7 +426,7 @@ class RunCoordinator:
     ) -> _Prepared:
         """Builds the paradigm's server half, continues from a checkpoint if there is one, sets the clients up."""
         config = run.config
-        ctx = ComputeContext(config, run.run_id, self.executor)
+        ctx = ComputeContext(config, run.run_id, self.executor, self.step_observer)
         paradigm: ServerParadigm = await ctx.compute(spec.server, config, ctx, num_classes, input_shape)
         first_round, records, elapsed_before = self._resume(run, paradigm)
         recorder = RunRecorder(
@@ -334,11 +438,12 @@ class RunCoordinator:
             elapsed_before=elapsed_before,
         )
         await self._set_up(run, clients)
+        events = await asyncio.to_thread(TensorBoardLog, run.folder.path, first_round)
         run.state = RunState.RUNNING
         ids = [c.client_id for c in clients]
         run.publish("state", {"state": run.state, "clients": ids})
         log.info("run %s: %s with %s on %s", run.run_id, config.paradigm, ", ".join(ids), config.dataset)
-        return _Prepared(ctx, paradigm, recorder, first_round)
+        return _Prepared(ctx, paradigm, recorder, first_round, events)
 
     async def _set_up(self, run: Run, clients: list[RunClient]) -> None:
         """Sets every participant up for the run at once. One that never answers (gone, or slower than
@@ -404,6 +509,7 @@ class RunCoordinator:
             record = recorder.finish_round(meter, result, evaluation)
             run.test_accuracy = record["test_accuracy"]
             run.folder.append_metrics(record)
+            await asyncio.to_thread(prepared.events.write_round, record)
             checkpoint = {
                 "run_id": run.run_id,
                 "round": rnd,
@@ -416,8 +522,15 @@ class RunCoordinator:
             run.publish("round", record)
 
     async def _finish(self, run: Run, prepared: _Prepared) -> None:
-        """The run's summary and plots, once every round is done."""
+        """The run's summary and plots, once every round is done; a run whose last round nobody evaluated fails."""
         config = run.config
+        records = prepared.recorder.records
+        if not records or not records[-1].get("test_samples"):
+            last = f"round {records[-1]['round'] + 1}" if records else "no round"
+            raise RunFailed(
+                f"no client evaluated in the run's last round ({last}: 0 test samples), so it has no test accuracy; "
+                "the clients holding the test data dropped out or sat the evaluation out"
+            )
         run.summary = prepared.recorder.summary()
         run.summary.update(prepared.paradigm.describe())
         run.folder.write_summary(run.summary)

@@ -104,9 +104,19 @@ def _checked_first(behaviour: Behaviour, check: Check) -> Behaviour:
 def with_check(handler: Handler, check: Check, request_deserializer: Callable[[bytes], Any] | None = None) -> Handler:
     """A copy of ``handler`` whose behaviour awaits ``check`` first (and parses with ``request_deserializer``
     when given)."""
+    return with_wrapper(handler, lambda behaviour: _checked_first(behaviour, check), request_deserializer)
+
+
+def with_wrapper(
+    handler: Handler,
+    wrap: Callable[[Behaviour], Behaviour],
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> Handler:
+    """A copy of ``handler`` whose behaviour is ``wrap(behaviour)`` (which must keep its kind: coroutine or async
+    generator), parsing with ``request_deserializer`` when given."""
     attr, make = _BEHAVIOUR[(handler.request_streaming, handler.response_streaming)]
     return make(
-        _checked_first(getattr(handler, attr), check),
+        wrap(getattr(handler, attr)),
         request_deserializer=request_deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

@@ -73,6 +73,24 @@ class RunFolder:
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         atomic_write(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
+    @property
+    def queued_path(self) -> Path:
+        return self.path / "queued.json"
+
+    def write_queued(self, entry: dict[str, Any]) -> None:
+        """Marks the folder as a queued run's (its config and when it was queued), so a restart queues it again."""
+        atomic_write(self.queued_path, json.dumps(entry, sort_keys=True) + "\n")
+
+    def read_queued(self) -> dict[str, Any]:
+        """The queue entry; FileNotFoundError without one, ValueError for one that is not a JSON object."""
+        entry = json.loads(self.queued_path.read_text(encoding="utf-8"))
+        if not isinstance(entry, dict):
+            raise ValueError(f"{self.queued_path} is not a JSON object")
+        return entry
+
+    def clear_queued(self) -> None:
+        self.queued_path.unlink(missing_ok=True)
+
     def write_state(self, state: dict[str, Any]) -> None:
         atomic_write(self.path / "state.json", json.dumps(state, sort_keys=True) + "\n")
 

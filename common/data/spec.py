@@ -102,6 +102,9 @@ class DatasetSpec:
     class_names: tuple[str, ...] = ()
     synthetic: bool = False
     cache_tag: str = ""  # bumped when the decoder's output changes, so stale cached arrays are not reused
+    # Writes the set's original files into a folder from its arrays (``download: true`` fills a data_dir that does
+    # not hold them); None: the set cannot be written back, and such a data_dir is read from the pinned copy.
+    fill_dir: Callable[[dict[str, np.ndarray], Path], object] | None = None
 
     @property
     def cache_key(self) -> str:

@@ -142,7 +142,8 @@ def task_client_data(config: RunConfig, index: int, cache_dir: Path | None = Non
 
     task = task_of(config, index)
     task_spec(task.dataset, DATASETS[config.dataset].input_shape)  # the shared body's input shape
-    dataset = load_dataset(task.dataset, config.data_dir if task.dataset == config.dataset else None, cache_dir)
+    own = task.dataset == config.dataset
+    dataset = load_dataset(task.dataset, config.data_dir if own else None, cache_dir, download=config.download and own)
     spec, arrays = dataset.spec, dataset.arrays
     labels = np.asarray(arrays.train_y)
     pool = train_indices(config, labels)

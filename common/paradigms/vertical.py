@@ -94,7 +94,7 @@ def top_model(total_width: int, num_classes: int, seed: int) -> nn.Sequential:
 
 def vertical_client_data(config: RunConfig, index: int, cache_dir: Path | None = None) -> ClientData:
     """Every row of the (capped) training set, but only this client's feature columns."""
-    dataset = load_dataset(config.dataset, config.data_dir, cache_dir)
+    dataset = load_dataset(config.dataset, config.data_dir, cache_dir, download=config.download)
     spec = dataset.spec
     if spec.kind != "tabular":
         raise ConfigError(f"paradigm 'vertical' needs a tabular dataset (adult, german), not '{config.dataset}'")

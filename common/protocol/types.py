@@ -98,6 +98,8 @@ class SessionState(enum.StrEnum):
 class RunState(enum.StrEnum):
     """A run's life cycle. The values are what the Control service and the run folder's state.json carry."""
 
+    # Waiting in the server's queue for the run before it to end (a run starts at once when none is going).
+    QUEUED = "queued"
     PENDING = "pending"
     WAITING_FOR_CLIENTS = "waiting-for-clients"
     RUNNING = "running"

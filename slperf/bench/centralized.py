@@ -76,7 +76,7 @@ def train_centralized(
     ``seconds`` = cumulative) and ``bytes_up``/``bytes_down`` (0: nothing crosses a wire).
     """
     cfg = _as_config(config)
-    dataset = load_dataset(cfg.dataset, cfg.data_dir, cache_dir)
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, cache_dir, download=cfg.download)
     spec, arrays = dataset.spec, dataset.arrays
     pool = train_indices(cfg, np.asarray(arrays.train_y))
     test = np.arange(len(arrays.test_y), dtype=np.int64)

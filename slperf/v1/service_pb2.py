@@ -26,7 +26,7 @@ from slperf.v1 import inference_pb2 as slperf_dot_v1_dot_inference__pb2
 from slperf.v1 import session_pb2 as slperf_dot_v1_dot_session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17slperf/v1/service.proto\x12\tslperf.v1\x1a\x19slperf/v1/inference.proto\x1a\x17slperf/v1/session.proto\"1\n\x0fStartRunRequest\x12\x0e\n\x06\x63onfig\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\"\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x0f\n\rStatusRequest\"\x99\x01\n\x0c\x43lientStatus\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x10\n\x08\x62ytes_up\x18\x04 \x01(\x04\x12\x12\n\nbytes_down\x18\x05 \x01(\x04\x12\x19\n\x11\x63onnected_seconds\x18\x06 \x01(\x01\x12\x18\n\x10software_version\x18\x07 \x01(\t\"\x97\x01\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0e\n\x06rounds\x18\x04 \x01(\r\x12\x15\n\rtest_accuracy\x18\x05 \x01(\x01\x12\x10\n\x08paradigm\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x14\n\x0csummary_json\x18\x08 \x01(\t\"u\n\x0eStatusResponse\x12(\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x17.slperf.v1.ClientStatus\x12!\n\x03run\x18\x02 \x01(\x0b\x32\x14.slperf.v1.RunStatus\x12\x16\n\x0eserver_version\x18\x03 \x01(\t\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\\\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04json\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0b\x32\x14.slperf.v1.RunStatus\" \n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\"\n\x0fStopRunResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x08\"\x11\n\x0fShutdownRequest\"\x12\n\x10ShutdownResponse2R\n\rSplitLearning\x12\x41\n\x07Session\x12\x18.slperf.v1.ClientMessage\x1a\x18.slperf.v1.ServerMessage(\x01\x30\x01\x32\xa1\x03\n\x07\x43ontrol\x12\x43\n\x08StartRun\x12\x1a.slperf.v1.StartRunRequest\x1a\x1b.slperf.v1.StartRunResponse\x12=\n\x06Status\x12\x18.slperf.v1.StatusRequest\x1a\x19.slperf.v1.StatusResponse\x12=\n\x08WatchRun\x12\x1a.slperf.v1.WatchRunRequest\x1a\x13.slperf.v1.RunEvent0\x01\x12@\n\x07StopRun\x12\x19.slperf.v1.StopRunRequest\x1a\x1a.slperf.v1.StopRunResponse\x12\x43\n\x08Shutdown\x12\x1a.slperf.v1.ShutdownRequest\x1a\x1b.slperf.v1.ShutdownResponse\x12L\n\x0bRemoveModel\x12\x1d.slperf.v1.RemoveModelRequest\x1a\x1e.slperf.v1.RemoveModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17slperf/v1/service.proto\x12\tslperf.v1\x1a\x19slperf/v1/inference.proto\x1a\x17slperf/v1/session.proto\"1\n\x0fStartRunRequest\x12\x0e\n\x06\x63onfig\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\":\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0equeue_position\x18\x02 \x01(\r\"\x0f\n\rStatusRequest\"\x99\x01\n\x0c\x43lientStatus\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x10\n\x08\x62ytes_up\x18\x04 \x01(\x04\x12\x12\n\nbytes_down\x18\x05 \x01(\x04\x12\x19\n\x11\x63onnected_seconds\x18\x06 \x01(\x01\x12\x18\n\x10software_version\x18\x07 \x01(\t\"\x97\x01\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0e\n\x06rounds\x18\x04 \x01(\r\x12\x15\n\rtest_accuracy\x18\x05 \x01(\x01\x12\x10\n\x08paradigm\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x14\n\x0csummary_json\x18\x08 \x01(\t\"\x9a\x01\n\x0eStatusResponse\x12(\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x17.slperf.v1.ClientStatus\x12!\n\x03run\x18\x02 \x01(\x0b\x32\x14.slperf.v1.RunStatus\x12\x16\n\x0eserver_version\x18\x03 \x01(\t\x12#\n\x05queue\x18\x04 \x03(\x0b\x32\x14.slperf.v1.RunStatus\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\\\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04json\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0b\x32\x14.slperf.v1.RunStatus\" \n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\"\n\x0fStopRunResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x08\"\x11\n\x0fShutdownRequest\"\x12\n\x10ShutdownResponse2R\n\rSplitLearning\x12\x41\n\x07Session\x12\x18.slperf.v1.ClientMessage\x1a\x18.slperf.v1.ServerMessage(\x01\x30\x01\x32\xa1\x03\n\x07\x43ontrol\x12\x43\n\x08StartRun\x12\x1a.slperf.v1.StartRunRequest\x1a\x1b.slperf.v1.StartRunResponse\x12=\n\x06Status\x12\x18.slperf.v1.StatusRequest\x1a\x19.slperf.v1.StatusResponse\x12=\n\x08WatchRun\x12\x1a.slperf.v1.WatchRunRequest\x1a\x13.slperf.v1.RunEvent0\x01\x12@\n\x07StopRun\x12\x19.slperf.v1.StopRunRequest\x1a\x1a.slperf.v1.StopRunResponse\x12\x43\n\x08Shutdown\x12\x1a.slperf.v1.ShutdownRequest\x1a\x1b.slperf.v1.ShutdownResponse\x12L\n\x0bRemoveModel\x12\x1d.slperf.v1.RemoveModelRequest\x1a\x1e.slperf.v1.RemoveModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,29 +36,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTRUNREQUEST']._serialized_start=90
   _globals['_STARTRUNREQUEST']._serialized_end=139
   _globals['_STARTRUNRESPONSE']._serialized_start=141
-  _globals['_STARTRUNRESPONSE']._serialized_end=175
-  _globals['_STATUSREQUEST']._serialized_start=177
-  _globals['_STATUSREQUEST']._serialized_end=192
-  _globals['_CLIENTSTATUS']._serialized_start=195
-  _globals['_CLIENTSTATUS']._serialized_end=348
-  _globals['_RUNSTATUS']._serialized_start=351
-  _globals['_RUNSTATUS']._serialized_end=502
-  _globals['_STATUSRESPONSE']._serialized_start=504
-  _globals['_STATUSRESPONSE']._serialized_end=621
-  _globals['_WATCHRUNREQUEST']._serialized_start=623
-  _globals['_WATCHRUNREQUEST']._serialized_end=656
-  _globals['_RUNEVENT']._serialized_start=658
-  _globals['_RUNEVENT']._serialized_end=750
-  _globals['_STOPRUNREQUEST']._serialized_start=752
-  _globals['_STOPRUNREQUEST']._serialized_end=784
-  _globals['_STOPRUNRESPONSE']._serialized_start=786
-  _globals['_STOPRUNRESPONSE']._serialized_end=820
-  _globals['_SHUTDOWNREQUEST']._serialized_start=822
-  _globals['_SHUTDOWNREQUEST']._serialized_end=839
-  _globals['_SHUTDOWNRESPONSE']._serialized_start=841
-  _globals['_SHUTDOWNRESPONSE']._serialized_end=859
-  _globals['_SPLITLEARNING']._serialized_start=861
-  _globals['_SPLITLEARNING']._serialized_end=943
-  _globals['_CONTROL']._serialized_start=946
-  _globals['_CONTROL']._serialized_end=1363
+  _globals['_STARTRUNRESPONSE']._serialized_end=199
+  _globals['_STATUSREQUEST']._serialized_start=201
+  _globals['_STATUSREQUEST']._serialized_end=216
+  _globals['_CLIENTSTATUS']._serialized_start=219
+  _globals['_CLIENTSTATUS']._serialized_end=372
+  _globals['_RUNSTATUS']._serialized_start=375
+  _globals['_RUNSTATUS']._serialized_end=526
+  _globals['_STATUSRESPONSE']._serialized_start=529
+  _globals['_STATUSRESPONSE']._serialized_end=683
+  _globals['_WATCHRUNREQUEST']._serialized_start=685
+  _globals['_WATCHRUNREQUEST']._serialized_end=718
+  _globals['_RUNEVENT']._serialized_start=720
+  _globals['_RUNEVENT']._serialized_end=812
+  _globals['_STOPRUNREQUEST']._serialized_start=814
+  _globals['_STOPRUNREQUEST']._serialized_end=846
+  _globals['_STOPRUNRESPONSE']._serialized_start=848
+  _globals['_STOPRUNRESPONSE']._serialized_end=882
+  _globals['_SHUTDOWNREQUEST']._serialized_start=884
+  _globals['_SHUTDOWNREQUEST']._serialized_end=901
+  _globals['_SHUTDOWNRESPONSE']._serialized_start=903
+  _globals['_SHUTDOWNRESPONSE']._serialized_end=921
+  _globals['_SPLITLEARNING']._serialized_start=923
+  _globals['_SPLITLEARNING']._serialized_end=1005
+  _globals['_CONTROL']._serialized_start=1008
+  _globals['_CONTROL']._serialized_end=1425
 # @@protoc_insertion_point(module_scope)

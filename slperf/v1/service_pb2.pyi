@@ -17,10 +17,12 @@ class StartRunRequest(_message.Message):
     def __init__(self, config: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class StartRunResponse(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "queue_position")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    queue_position: int
+    def __init__(self, run_id: _Optional[str] = ..., queue_position: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -65,14 +67,16 @@ class RunStatus(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., test_accuracy: _Optional[float] = ..., paradigm: _Optional[str] = ..., error: _Optional[str] = ..., summary_json: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("clients", "run", "server_version")
+    __slots__ = ("clients", "run", "server_version", "queue")
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
     clients: _containers.RepeatedCompositeFieldContainer[ClientStatus]
     run: RunStatus
     server_version: str
-    def __init__(self, clients: _Optional[_Iterable[_Union[ClientStatus, _Mapping]]] = ..., run: _Optional[_Union[RunStatus, _Mapping]] = ..., server_version: _Optional[str] = ...) -> None: ...
+    queue: _containers.RepeatedCompositeFieldContainer[RunStatus]
+    def __init__(self, clients: _Optional[_Iterable[_Union[ClientStatus, _Mapping]]] = ..., run: _Optional[_Union[RunStatus, _Mapping]] = ..., server_version: _Optional[str] = ..., queue: _Optional[_Iterable[_Union[RunStatus, _Mapping]]] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
     __slots__ = ("run_id",)

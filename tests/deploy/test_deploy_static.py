@@ -195,7 +195,10 @@ def compose_service_commands(compose: dict) -> list[tuple[str, str, list[str]]]:
     entrypoint_default = dockerfile_instruction("ENTRYPOINT")
     cmd_default = dockerfile_instruction("CMD")
     found = []
+    slperf_image = compose["services"]["server"]["image"]
     for name, svc in compose["services"].items():
+        if svc.get("image") != slperf_image:  # another program's image (Prometheus): not slperf's commands
+            continue
         entrypoint = svc.get("entrypoint", entrypoint_default)
         entrypoint = shlex.split(entrypoint) if isinstance(entrypoint, str) else list(entrypoint)
         command = svc.get("command", cmd_default if "entrypoint" not in svc else [])
@@ -356,6 +359,16 @@ def test_compose_topology():
     assert operator["profiles"] == ["operator"] and operator["restart"] == "no"
     assert all(dep["condition"] == "service_healthy" for dep in operator["depends_on"].values())
     assert set(operator["depends_on"]) == {"server", *CLIENTS}
+    # The metrics profile: Prometheus, off by default, on the internal network, scraping what the server serves.
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["metrics"] and prometheus["networks"] == ["federation"]
+    assert prometheus["depends_on"]["server"]["condition"] == "service_healthy"
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
+    scrape = yaml.safe_load((ROOT / mounted["/etc/prometheus/prometheus.yml"]).read_text())
+    (target,) = [t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    metrics_address = server["command"][server["command"].index("--metrics-address") + 1]
+    assert target == f"server:{metrics_address.rpartition(':')[2]}"
+    assert all("profiles" in svc for name, svc in services.items() if name in ("prometheus", "operator"))
     # Only the server listens and nothing is published from the base file; the network is internal.
     assert not any("ports" in svc for svc in services.values())
     assert compose["networks"]["federation"]["internal"] is True

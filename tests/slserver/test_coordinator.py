@@ -37,7 +37,7 @@ from slperf.common.paradigms.kit.rounds import gather_round
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.types import PhaseSummary, RunState
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
-from slperf.slserver.coordinator import Run, RunCoordinator
+from slperf.slserver.coordinator import Run, RunCoordinator, RunExists
 from slperf.slserver.run_folder import RunFolder
 
 T = TypeVar("T")
@@ -292,7 +292,7 @@ def test_a_resumed_run_continues_at_the_next_round_and_keeps_the_earlier_records
 def test_a_checkpoint_of_another_config_is_refused_and_the_folder_is_left_as_it_was(tmp_path, executor):
     foreign = _config(lr=0.5)
     folder = RunFolder(tmp_path / "r1")
-    folder.write_config(foreign.to_dict())
+    folder.write_config(_config().to_dict())
     save_checkpoint(
         folder.checkpoint_path,
         {"run_id": "r1", "round": 0, "config": foreign.to_dict(), "paradigm": {"trained": [0]}, "model": {}},
@@ -303,7 +303,7 @@ def test_a_checkpoint_of_another_config_is_refused_and_the_folder_is_left_as_it_
 
     async def main() -> tuple[Run, RunCoordinator]:
         coordinator = world.coordinator(tmp_path, executor)
-        run = coordinator.start(_config(), "r1")
+        run = coordinator.resume(folder.path)
         await _within(run.task)
         return run, coordinator
 
@@ -314,6 +314,111 @@ def test_a_checkpoint_of_another_config_is_refused_and_the_folder_is_left_as_it_
     # The foreign run's folder is untouched (its config, records, checkpoint; no state.json): still resumable.
     assert {p.name: p.read_bytes() for p in folder.path.iterdir()} == before
     assert coordinator.find_resumable() == folder.path
+
+
+def test_a_start_under_an_existing_run_id_is_refused_and_writes_nothing(tmp_path, executor):
+    failed = RunFolder(tmp_path / "old")
+    failed.write_state({"state": "failed", "error": "it failed"})
+    before = {p.name: p.read_bytes() for p in failed.path.iterdir()}
+    world = World("c1", "c2", hold_round=0)
+
+    async def main() -> None:
+        coordinator = world.coordinator(tmp_path, executor)
+        with pytest.raises(RunExists, match="'old' already has a folder"):
+            coordinator.start(_config(), "old")
+        running = coordinator.start(_config(), "r1")
+        coordinator.start(_config(), "r2")  # queued
+        for taken in ("r1", "r2"):
+            with pytest.raises(RunExists, match=f"'{taken}' is taken by a run on this server"):
+                coordinator.start(_config(), taken)
+        await _within(world.holding.wait())
+        await _within(coordinator.stop(running))
+        assert coordinator.current is not None and coordinator.current.run_id == "r2"
+        await _within(coordinator.stop(coordinator.current))
+
+    asyncio.run(main())
+    assert {p.name: p.read_bytes() for p in failed.path.iterdir()} == before  # the failed run's state.json is kept
+
+
+def test_runs_started_while_one_is_going_are_queued_in_order_and_a_queued_run_can_be_removed(tmp_path, executor):
+    world = World("c1", "c2", hold_round=1)
+
+    async def main() -> tuple[RunCoordinator, list[Run], list[tuple[str, dict[str, Any]]]]:
+        coordinator = world.coordinator(tmp_path, executor)
+        first = coordinator.start(_config(), "r1")
+        await _within(world.holding.wait())
+        second, third = coordinator.start(_config(), "r2"), coordinator.start(_config(epochs=1), "r3")
+        assert (second.state, third.state) == (RunState.QUEUED, RunState.QUEUED)
+        assert coordinator.queue == [second, third] and coordinator.current is first
+        assert json.loads((tmp_path / "r3" / "queued.json").read_text())["config"] == _config(epochs=1).to_dict()
+        removed = _watch(second)
+        await _within(coordinator.stop(second))  # removed from the queue: never started
+        assert coordinator.queue == [third]
+        watched = _watch(third)
+        await _within(coordinator.stop(first))
+        assert coordinator.current is third  # the next queued run starts once the one before it ended
+        await _within(third.task)  # one round: finishes
+        return coordinator, [first, second, third], _events(removed) + _events(watched)
+
+    coordinator, (first, second, third), events = asyncio.run(main())
+    assert first.state is RunState.STOPPED and third.state is RunState.FINISHED, third.error
+    assert second.state is RunState.STOPPED and second.error == "removed from the queue by the operator"
+    assert _state(tmp_path / "r2") == {"state": "stopped", "error": "removed from the queue by the operator"}
+    assert sorted(p.name for p in (tmp_path / "r2").iterdir()) == ["state.json"]  # nothing else: it never ran
+    assert not (tmp_path / "r3" / "queued.json").exists() and _state(tmp_path / "r3")["state"] == "finished"
+    assert events[0] == ("state", {"state": RunState.STOPPED, "error": "removed from the queue by the operator"})
+    assert ("state", {"state": RunState.WAITING_FOR_CLIENTS}) in events and events[-1][1]["state"] == "finished"
+    assert coordinator.queue == []
+
+
+def test_a_restart_queues_the_queued_runs_again_in_their_order_behind_the_resumed_run(tmp_path, executor):
+    async def before_restart() -> None:
+        world = World("c1", "c2", hold_round=1)
+        coordinator = world.coordinator(tmp_path, executor)
+        run = coordinator.start(_config(), "r1")
+        await _within(world.holding.wait())
+        coordinator.start(_config(epochs=1), "zz")  # queued first, though its name sorts last
+        coordinator.start(_config(epochs=1), "aa")
+        await _within(coordinator.stop(run, reason="shutdown"))  # the server shuts down: nothing new starts
+        assert coordinator.current is run and [r.run_id for r in coordinator.queue] == ["zz", "aa"]
+
+    async def after_restart() -> list[Run]:
+        world = World("c1", "c2")
+        coordinator = world.coordinator(tmp_path, executor)
+        resumed = coordinator.recover()
+        assert resumed is not None and resumed.run_id == "r1"
+        queued = list(coordinator.queue)
+        assert [r.run_id for r in queued] == ["zz", "aa"] and all(r.state is RunState.QUEUED for r in queued)
+        await _within(resumed.task)
+        for run in queued:
+            assert coordinator.current is run
+            await _within(run.task)
+        return [resumed, *queued]
+
+    asyncio.run(before_restart())
+    runs = asyncio.run(after_restart())
+    assert [r.state for r in runs] == [RunState.FINISHED] * 3
+    assert [len(RunFolder(tmp_path / r.run_id).read_metrics()) for r in runs] == [3, 1, 1]
+
+
+def test_a_run_whose_last_round_nobody_evaluated_fails_saying_why(tmp_path, executor):
+    world = World("c1", "c2")
+
+    async def main() -> Run:
+        world._paradigm.evaluate = _evaluate_nothing  # type: ignore[method-assign]
+        run = world.coordinator(tmp_path, executor).start(_config(epochs=2), "r1")
+        await _within(run.task)
+        return run
+
+    run = asyncio.run(main())
+    assert run.state is RunState.FAILED
+    assert run.error.startswith("no client evaluated in the run's last round (round 2: 0 test samples)")
+    assert _state(tmp_path / "r1") == {"state": "failed", "error": run.error}
+    assert not (tmp_path / "r1" / "summary.json").exists()
+
+
+async def _evaluate_nothing(self: FakeParadigm, round: int, clients: Sequence[Any]) -> EvalResult:
+    return EvalResult(accuracy=0.0, loss=0.0, samples=0)
 
 
 def _killed_before_first_checkpoint(runs: Path, config: RunConfig, run_id: str = "r1") -> RunFolder:
@@ -419,10 +524,10 @@ def test_recovery_removes_dead_writers_temporary_files_and_nothing_else(tmp_path
 
 def test_a_torn_metrics_tail_is_repaired_and_the_run_resumes(tmp_path, executor, caplog):
     config = _config()
-    folder = RunFolder(tmp_path / "r1")
 
     async def main() -> Run:
         await _interrupt_after_round_0(tmp_path, executor, config)
+        folder = RunFolder(tmp_path / "r1")
         with open(folder.metrics_path, "ab") as handle:
             handle.write(b'{"round": 1, "test_accu')  # the power went while round 1's record was appended
         run = World("c1", "c2").coordinator(tmp_path, executor).recover()
@@ -432,6 +537,7 @@ def test_a_torn_metrics_tail_is_repaired_and_the_run_resumes(tmp_path, executor,
 
     with caplog.at_level(logging.WARNING, logger="slperf.server.run"):
         run = asyncio.run(main())
+    folder = RunFolder(tmp_path / "r1")
     assert run.state is RunState.FINISHED, run.error
     assert [r["round"] for r in folder.read_metrics()] == [0, 1, 2]
     assert f"{folder.metrics_path}: dropped a torn last line" in caplog.text
@@ -439,10 +545,10 @@ def test_a_torn_metrics_tail_is_repaired_and_the_run_resumes(tmp_path, executor,
 
 def test_a_damaged_metrics_line_fails_the_run_naming_file_and_line(tmp_path, executor):
     config = _config()
-    folder = RunFolder(tmp_path / "r1")
 
     async def main() -> Run:
         await _interrupt_after_round_0(tmp_path, executor, config)
+        folder = RunFolder(tmp_path / "r1")
         folder.metrics_path.write_bytes(b"not a record\n" + folder.metrics_path.read_bytes())
         run = World("c1", "c2").coordinator(tmp_path, executor).recover()
         assert run is not None
@@ -450,6 +556,7 @@ def test_a_damaged_metrics_line_fails_the_run_naming_file_and_line(tmp_path, exe
         return run
 
     run = asyncio.run(main())
+    folder = RunFolder(tmp_path / "r1")
     assert run.state is RunState.FAILED
     assert run.error.startswith(f"{folder.metrics_path} line 1 is not JSON")
     assert _state(folder.path) == {"state": "failed", "error": run.error}
@@ -533,8 +640,6 @@ def test_stop_by_the_operator_ends_in_stopped_with_a_final_state(tmp_path, execu
         run = coordinator.start(_config(), "r1")
         queue = _watch(run)
         await _within(world.holding.wait())
-        with pytest.raises(RuntimeError, match="still running"):
-            coordinator.start(_config(), "r2")
         await _within(coordinator.stop(run))
         return run, coordinator, _events(queue)
 

@@ -90,3 +90,22 @@ def find_idx_files(
         f"{dataset} is not available: data_dir {root} does not hold the IDX files ({hint}, "
         "or leave data_dir unset to use the pinned registry copy)"
     )
+
+
+def write_idx_dir(arrays: dict[str, np.ndarray], folder: str | os.PathLike[str]) -> list[Path]:
+    """Writes ``train_x``/``train_y``/``test_x``/``test_y`` (uint8 grey images, labels 0..255) as the four original IDX
+    files (their first names in IDX_NAMES) into ``folder``: what ``find_idx_files`` and the readers take back."""
+    from slperf.common.fsutil import atomic_write
+
+    root = Path(folder).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, names in IDX_NAMES.items():
+        arr = np.ascontiguousarray(arrays[key]).astype(np.uint8, copy=False)
+        if arr.ndim == 4 and arr.shape[1] == 1:  # N x 1 x H x W (the arrays' layout) is N x H x W in IDX
+            arr = arr.reshape(arr.shape[0], *arr.shape[2:])
+        header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, dtype=">u4").tobytes()
+        path = root / names[0]
+        atomic_write(path, header + arr.tobytes())
+        written.append(path)
+    return written
