@@ -4,6 +4,7 @@ any client is waited for: ``slperf run`` and ``slperf federation`` get the error
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
@@ -29,8 +30,9 @@ class _Context:
 
 
 class _Coordinator:
-    def __init__(self) -> None:
+    def __init__(self, runs_dir: Path) -> None:
         self.started: list[object] = []
+        self.runs_dir = runs_dir  # where the service's served models would be
 
     def start(self, config, run_id=None):
         self.started.append(config)
@@ -38,8 +40,8 @@ class _Coordinator:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_start_run_refuses_a_device_the_server_lacks():
-    coordinator = _Coordinator()
+def test_start_run_refuses_a_device_the_server_lacks(tmp_path: Path):
+    coordinator = _Coordinator(tmp_path)
     service = ControlService(registry=None, coordinator=coordinator, shutdown=asyncio.Event())  # type: ignore[arg-type]
     context = _Context()
     request = service_pb2.StartRunRequest(config=yaml.safe_dump({"paradigm": "vanilla", "device": "cuda"}))
