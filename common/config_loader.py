@@ -38,6 +38,13 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
             raise ConfigError(f"{source}: unknown config key '{key}' (known keys: {', '.join(known)})")
         merged_options[spec.canonical_option(key)] = value
     cfg.options = spec.validate_options(merged_options, alias=named)
+    if not spec.averages:
+        for key in ("aggregation", "trim_fraction"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(
+                    f"{source}: config key '{key}' applies to paradigms that average client segments "
+                    f"({', '.join(registry.averaging())}); {spec.name} averages none"
+                )
     check_ranges(cfg, DATASETS)
     return cfg, warnings
 
