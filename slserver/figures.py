@@ -36,7 +36,7 @@ def shard_bound(config: RunConfig) -> int | None:
     return pool
 
 
-def test_bound(config: RunConfig) -> int | None:
+def eval_bound(config: RunConfig) -> int | None:
     """The most test samples a client evaluates on (every client holds the same test set)."""
     size = DATASETS[config.dataset].test_size
     cap = config.max_test_samples

@@ -35,7 +35,7 @@ from slperf.common.protocol.messages import (
 )
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, SessionState, State, StepRef
 from slperf.common.wire.codec import check_state
-from slperf.slserver.figures import Disagreement, batches_of, bounded_summary, capped, shard_bound, test_bound
+from slperf.slserver.figures import Disagreement, batches_of, bounded_summary, capped, shard_bound, eval_bound
 from slperf.slserver.sessions import Session, SessionRegistry
 
 M = TypeVar("M")
@@ -58,7 +58,7 @@ class ClientProxy:
         # The most samples its shards can hold: a claim above is capped (a paradigm with data of its own, such as
         # multitask's per-task sets, has no bound the server knows).
         self._train_bound = shard_bound(config) if spec.client_data is None else None
-        self._test_bound = test_bound(config) if spec.client_data is None else None
+        self._test_bound = eval_bound(config) if spec.client_data is None else None
         # Figures this client reported that the server did not take as given, since the coordinator last asked.
         self._disagreements: list[Disagreement] = []
 
