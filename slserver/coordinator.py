@@ -278,7 +278,7 @@ class RunCoordinator:
         finally:
             await asyncio.gather(*(c.finish(run.state) for c in clients), return_exceptions=True)
             run.resumption = None
-            final = {"state": run.state, "error": run.error}
+            final: dict[str, Any] = {"state": run.state, "error": run.error}
             if run.degraded_reasons:  # absent from the state of a run nobody degraded
                 final.update(degraded=True, degraded_reasons=run.degraded_reasons)
             if run.state.final and run.owns_folder:
@@ -416,7 +416,9 @@ class RunCoordinator:
             model = paradigm.model_state()
             poisoned = {segment: bad for segment, state in model.items() if (bad := non_finite(state))}
             if poisoned:  # never checkpointed, never resumed from
-                raise RunFailed(f"round {rnd}: the server's model holds non-finite weights {poisoned}; not checkpointed")
+                raise RunFailed(
+                    f"round {rnd}: the server's model holds non-finite weights {poisoned}; not checkpointed"
+                )
             run.folder.append_metrics(record)
             checkpoint = {
                 "run_id": run.run_id,

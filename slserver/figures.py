@@ -11,6 +11,7 @@ counts replace the client's; in a pass without (``fedavg``) the claims are cappe
 from __future__ import annotations
 
 import math
+
 from slperf.common.config import RunConfig
 from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms.base import Disagreement

@@ -17,7 +17,7 @@ import torch
 
 from slperf.common.config import RunConfig
 from slperf.common.paradigms import registry as paradigms
-from slperf.common.paradigms.base import ClientGone, ClientMisbehaved
+from slperf.common.paradigms.base import ClientGone, ClientMisbehaved, Disagreement
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange, Stage
 from slperf.common.protocol.messages import (
@@ -35,7 +35,7 @@ from slperf.common.protocol.messages import (
 )
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, SessionState, State, StepRef
 from slperf.common.wire.codec import check_state
-from slperf.slserver.figures import Disagreement, batches_of, bounded_summary, capped, shard_bound, eval_bound
+from slperf.slserver.figures import batches_of, bounded_summary, capped, eval_bound, shard_bound
 from slperf.slserver.sessions import Session, SessionRegistry
 
 M = TypeVar("M")

@@ -41,7 +41,6 @@ class Disagreement:
         return {"client": self.client, "figure": self.figure, "claimed": self.claimed, "counted": self.counted}
 
 
-
 @dataclass
 class EvalResult:
     accuracy: float

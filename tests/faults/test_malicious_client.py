@@ -40,7 +40,9 @@ BASE = {
 
 def _liar(daemons, port: int, pki: Path, cid: str, *flags: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "tests.faults.malicious_client", *flags, "--", *client_args(port, cid, pki)]
-    proc = subprocess.Popen(cmd, stdout=open(daemons.tmp / f"{cid}.log", "wb"), stderr=subprocess.STDOUT, env=child_env())
+    proc = subprocess.Popen(
+        cmd, stdout=open(daemons.tmp / f"{cid}.log", "wb"), stderr=subprocess.STDOUT, env=child_env()
+    )
     daemons.procs.append(proc)
     return proc
 
@@ -109,13 +111,18 @@ def test_huge_finite_activations_do_not_poison_the_shared_top(daemons, pki):
         {"paradigm": "splitfed_v2", "epochs": 2, "client_ids": ["c1", "c2", "c3"]},
         ["c1", "c2"],
     )
-    print("state", out["state"], "records", [(r["participants"], r["dropped"], r["test_accuracy"]) for r in out["records"]])
+    print(
+        "state",
+        out["state"],
+        "records",
+        [(r["participants"], r["dropped"], r["test_accuracy"]) for r in out["records"]],
+    )
     assert out["state"] == "finished", out["error"]
     assert _finite(out["model"])
     for record in out["records"]:
         assert record["participants"] == ["c1", "c2"] and record["dropped"] == ["c3"], record
-        assert "c3" in record["misbehaved"] and "non-finite" in record["misbehaved"]["c3"]
-    assert out["records"][-1]["test_accuracy"] > 0.3
+        assert record["misbehaved"]["c3"].startswith("poisoned compute: round"), record["misbehaved"]
+        assert record["test_loss"] == record["test_loss"] and record["test_loss"] < 10  # finite, an honest model's
     assert out["state_json"]["degraded"] is True
     assert any("c3" in reason for reason in out["state_json"]["degraded_reasons"])
 

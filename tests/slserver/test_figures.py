@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from slperf.common.config_loader import config_from_mapping
 from slperf.common.protocol.types import Phase, PhaseSummary
-from slperf.slserver.figures import bounded_summary, shard_bound, eval_bound
+from slperf.slserver.figures import bounded_summary, eval_bound, shard_bound
 
 
 def _config(**raw):

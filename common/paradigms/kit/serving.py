@@ -75,7 +75,8 @@ async def serve_training(
 
     The gradient leaves before the top's optimiser step: the step runs in the compute thread while the reply
     travels and the client runs its backward pass (the client needs only the gradient), and it is finished
-    before the next batch is touched, so the arithmetic is exactly that of stepping first. The pass's figures are the server's own (what it computed per batch), not the client's PhaseDone.
+    before the next batch is touched, so the arithmetic is exactly that of stepping first. The pass's figures
+    are the server's own (what it computed per batch), not the client's PhaseDone.
     """
     stream = client.train(round, options)
     outcomes: list[StepOutcome] = []
@@ -105,7 +106,9 @@ async def serve_in_arrival_order(
     outcomes: list[StepOutcome] = []
     async for batch in stream:
         async with lock:
-            out = await compute_or_refuse(ctx, client, batch, top_train_step, top, optimizer, batch.tensor, batch.labels)
+            out = await compute_or_refuse(
+                ctx, client, batch, top_train_step, top, optimizer, batch.tensor, batch.labels
+            )
         outcomes.append(out)
         await client.reply(CutReply(batch.ref, out.grad, out.loss, out.correct, out.count))
     assert stream.summary is not None
