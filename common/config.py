@@ -60,6 +60,9 @@ class RunConfig:
     client_timeout: float = 300.0
     rejoin_timeout: float = 15.0
     connect_timeout: float | None = None
+    phase_timeout: float = 21600.0
+    aggregation: str | None = None
+    trim_fraction: float | None = None
     torch_threads: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -107,6 +110,13 @@ FIELD_DOCS: dict[str, str] = {
     "connect_timeout": "seconds to wait for all participants to connect at the start of a run "
     "(default: client_timeout)",
     "rejoin_timeout": "seconds a disconnected client has to reconnect at its next turn before it sits out that round",
+    "phase_timeout": "seconds one client's train or eval pass may take at most before it is dropped from the round "
+    "(a pass also ends at its shard's number of batches; this bounds one that drips steps)",
+    "aggregation": "paradigms that average client segments (splitfed_v1, splitfed_v2, fedavg, multitask): fedavg "
+    "(default; weighted by the samples the server counted), median or trimmed_mean (coordinate-wise, unweighted: "
+    "robust to a client sending poisoned weights); refused by paradigms that do not average",
+    "trim_fraction": "aggregation: trimmed_mean: share of the largest and of the smallest values dropped per "
+    "coordinate, in [0, 0.5) (default 0.2); refused with any other aggregation",
     "torch_threads": "torch intra-op threads per process (0 = leave torch's default)",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
 }
@@ -216,7 +226,8 @@ def check_ranges(cfg: RunConfig, datasets: Collection[str]) -> None:
             raise ConfigError(f"config key '{key}' must be >= 1 when set, got {value}")
     if cfg.connect_timeout is not None and cfg.connect_timeout <= 0:
         raise ConfigError(f"config key 'connect_timeout' must be > 0 when set, got {cfg.connect_timeout}")
-    for key in ("client_timeout", "rejoin_timeout"):
+    check_aggregation(cfg)
+    for key in ("client_timeout", "rejoin_timeout", "phase_timeout"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {getattr(cfg, key)}")
     if cfg.client_ids is not None:
@@ -235,6 +246,25 @@ def check_ranges(cfg: RunConfig, datasets: Collection[str]) -> None:
     check_device_name("device", cfg.device)
     check_device_name("client_device", cfg.client_device)
     check_amp_name(cfg.amp)
+
+
+AGGREGATIONS = ("fedavg", "median", "trimmed_mean")
+DEFAULT_TRIM_FRACTION = 0.2
+
+
+def check_aggregation(cfg: RunConfig) -> None:
+    """``aggregation`` and ``trim_fraction`` against each other; whether the paradigm averages at all is checked
+    where the paradigm is known (config_loader.py)."""
+    if cfg.aggregation is not None and cfg.aggregation not in AGGREGATIONS:
+        raise ConfigError(f"config key 'aggregation' must be one of {', '.join(AGGREGATIONS)}, got {cfg.aggregation!r}")
+    if cfg.trim_fraction is not None:
+        if cfg.aggregation != "trimmed_mean":
+            raise ConfigError(
+                "config key 'trim_fraction' applies to aggregation: trimmed_mean only "
+                f"(aggregation is {cfg.aggregation or 'fedavg'})"
+            )
+        if not 0 <= cfg.trim_fraction < 0.5:
+            raise ConfigError(f"config key 'trim_fraction' must be in [0, 0.5), got {cfg.trim_fraction}")
 
 
 _DEVICE_NAME = re.compile(r"^(cpu|cuda(:\d+)?)$")

@@ -73,6 +73,13 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
     if cfg.model not in MODELS and cfg.model.lower() in MODELS:  # SLPerf writes LeNet, ResNet56
         cfg.model = cfg.model.lower()
     cfg.options = spec.validate_options(merged_options, alias=named)
+    if not spec.averages:
+        for key in ("aggregation", "trim_fraction"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(
+                    f"{source}: config key '{key}' applies to paradigms that average client segments "
+                    f"({', '.join(registry.averaging())}); {spec.name} averages none"
+                )
     check_ranges(cfg, DATASETS)
     return cfg, warnings
 

@@ -52,7 +52,8 @@ from slperf.common.config_loader import config_from_mapping
 from slperf.common.data.registry import DATASETS
 from slperf.common.fsutil import remove_stale_temp_files
 from slperf.common.paradigms import registry as paradigms
-from slperf.common.paradigms.base import ClientGone, ClientHandle, ParadigmSpec, ServerParadigm
+from slperf.common.paradigms.base import ClientGone, ClientHandle, Disagreement, ParadigmSpec, ServerParadigm
+from slperf.common.paradigms.kit.aggregate import non_finite
 from slperf.common.protocol.types import RunState
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
 from slperf.slserver.compute import ComputeContext, StepObserver
@@ -85,6 +86,10 @@ class RunClient(ClientHandle, Protocol):
         """Tells the client the run is over; never raises for a client that is already gone."""
         ...
 
+    def take_disagreements(self) -> list[Disagreement]:
+        """The figures the client reported that the server bounded since the last call."""
+        ...
+
 
 # Makes the handle of one participant: (client id, index, registry, config, run id); ClientProxy by default.
 ClientFactory = Callable[[str, int, SessionRegistry, RunConfig, str], RunClient]
@@ -115,6 +120,9 @@ class Run:
     watchers: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = field(default_factory=list)
     # False once the start is refused because the folder holds another run: then nothing is written into it.
     owns_folder: bool = True
+    # Why the results are not the honest participants' alone (clients dropped for what they sent, figures the
+    # server bounded); non-empty: the run is degraded, which its state.json, summary and watchers say.
+    degraded_reasons: list[str] = field(default_factory=list)
     resumption: _Resumption | None = field(default=None, repr=False)
 
     def publish(self, kind: str, payload: dict[str, Any]) -> None:
@@ -376,10 +384,13 @@ class RunCoordinator:
             if prepared is not None:
                 await asyncio.to_thread(prepared.events.close)
             run.resumption = None
+            final: dict[str, Any] = {"state": run.state, "error": run.error}
+            if run.degraded_reasons:  # absent from the state of a run nobody degraded
+                final.update(degraded=True, degraded_reasons=run.degraded_reasons)
             if run.state.final and run.owns_folder:
                 # A final state marks the folder as not resumable; an interrupted or killed server writes none.
-                run.folder.write_state({"state": run.state, "error": run.error})
-            run.publish("state", {"state": run.state, "error": run.error})
+                run.folder.write_state(final)
+            run.publish("state", final)
             if run.state is not RunState.INTERRUPTED:  # a server shutting down starts nothing new
                 self._advance()
 
@@ -506,8 +517,18 @@ class RunCoordinator:
             result = await paradigm.train_round(rnd, clients)
             meter.training_done()
             evaluation = await paradigm.evaluate(rnd, clients)
-            record = recorder.finish_round(meter, result, evaluation)
+            bounded = [d for c in clients for d in c.take_disagreements()]
+            record = recorder.finish_round(meter, result, evaluation, bounded)
             run.test_accuracy = record["test_accuracy"]
+            run.degraded_reasons = recorder.degraded_reasons
+            for reason in run.degraded_reasons[len(run.degraded_reasons) - _new_reasons(record) :]:
+                log.warning("run %s degraded: %s", run.run_id, reason)
+            model = paradigm.model_state()
+            poisoned = {segment: bad for segment, state in model.items() if (bad := non_finite(state))}
+            if poisoned:  # never checkpointed, never resumed from
+                raise RunFailed(
+                    f"round {rnd}: the server's model holds non-finite weights {poisoned}; not checkpointed"
+                )
             run.folder.append_metrics(record)
             await asyncio.to_thread(prepared.events.write_round, record)
             checkpoint = {
@@ -515,7 +536,7 @@ class RunCoordinator:
                 "round": rnd,
                 "config": run.config.to_dict(),
                 "paradigm": paradigm.state_dict(),
-                "model": paradigm.model_state(),
+                "model": model,
                 "elapsed": recorder.elapsed(),
             }
             await prepared.ctx.compute(save_checkpoint, run.folder.checkpoint_path, checkpoint)
@@ -537,6 +558,11 @@ class RunCoordinator:
         await prepared.ctx.compute(
             run.folder.write_plots, prepared.recorder.records, f"{config.paradigm} on {config.dataset}"
         )
+
+
+def _new_reasons(record: dict[str, Any]) -> int:
+    """How many of the run's degraded reasons the round's record added (logged once each)."""
+    return len(record.get("misbehaved", {})) + len(record.get("disagreements", []))
 
 
 def _raw_mapping(path: Path) -> dict[str, Any]:

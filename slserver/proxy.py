@@ -8,6 +8,7 @@ is checked against the run, round, phase and step it expects, and against the pa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, TypeVar
 
@@ -16,7 +17,7 @@ import torch
 
 from slperf.common.config import RunConfig
 from slperf.common.paradigms import registry as paradigms
-from slperf.common.paradigms.base import ClientGone
+from slperf.common.paradigms.base import ClientGone, ClientMisbehaved, Disagreement
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange, Stage
 from slperf.common.protocol.messages import (
@@ -34,6 +35,7 @@ from slperf.common.protocol.messages import (
 )
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, SessionState, State, StepRef
 from slperf.common.wire.codec import check_state
+from slperf.slserver.figures import batches_of, bounded_summary, capped, eval_bound, shard_bound
 from slperf.slserver.sessions import Session, SessionRegistry
 
 M = TypeVar("M")
@@ -51,7 +53,14 @@ class ClientProxy:
         self._session: Session | None = None  # the session this client was last set up on
         self._timeout = config.client_timeout
         # What this client's cut tensors must look like, as the paradigm declares it (the client holds the same).
-        self.exchange = paradigms.get(config.paradigm).exchange(config, index)
+        spec = paradigms.get(config.paradigm)
+        self.exchange = spec.exchange(config, index)
+        # The most samples its shards can hold: a claim above is capped (a paradigm with data of its own, such as
+        # multitask's per-task sets, has no bound the server knows).
+        self._train_bound = shard_bound(config) if spec.client_data is None else None
+        self._test_bound = eval_bound(config) if spec.client_data is None else None
+        # Figures this client reported that the server did not take as given, since the coordinator last asked.
+        self._disagreements: list[Disagreement] = []
 
     # -- session plumbing -------------------------------------------------------------------------
     async def session(self) -> Session:
@@ -77,10 +86,22 @@ class ClientProxy:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"ready for run {ready.run_id!r} while setting up run {self._run_id!r}",
             )
-        self.train_samples, self.test_samples = ready.train_samples, ready.test_samples
+        self.train_samples = self._assigned(ready.train_samples, self._train_bound, "train_samples")
+        self.test_samples = self._assigned(ready.test_samples, self._test_bound, "test_samples")
         self._session = session
         session.state = SessionState.IN_RUN
         return session
+
+    def _assigned(self, claimed: int, bound: int | None, figure: str) -> int:
+        used = capped(claimed, bound)
+        if used != claimed:
+            self._disagreements.append(Disagreement(self.client_id, -1, figure, claimed, used))
+        return used
+
+    def take_disagreements(self) -> list[Disagreement]:
+        """The figures this client reported that the server bounded since the last call (for the round's record)."""
+        found, self._disagreements = self._disagreements, []
+        return found
 
     async def _send(self, session: Session, message: ServerMessage) -> None:
         try:
@@ -88,7 +109,22 @@ class ClientProxy:
         except ConnectionError as exc:  # the session closed itself if the write failed
             raise ClientGone(self.client_id, f"send failed: {exc}") from None
 
-    async def _next(self, session: Session) -> ClientMessage:
+    async def _next(self, session: Session, deadline: float | None = None) -> ClientMessage:
+        """The client's next message; ``deadline`` (loop time) ends its pass there (``phase_timeout``)."""
+        if deadline is not None:
+            left = deadline - asyncio.get_running_loop().time()
+            if left < self._timeout:
+                try:
+                    message = await session.next(max(left, 0.0))
+                except TimeoutError:
+                    reason = f"its pass took longer than phase_timeout = {self._config.phase_timeout:.0f} s"
+                    await session.send_error(grpc.StatusCode.ABORTED, f"{reason}; dropped from the round")
+                    raise ClientGone(self.client_id, reason) from None
+                except ConnectionError as exc:
+                    raise ClientGone(self.client_id, str(exc)) from None
+                if isinstance(message, ErrorReport):
+                    raise ClientGone(self.client_id, f"client reported an error: {message.message}")
+                return message
         try:
             message = await session.next(self._timeout)
         except TimeoutError:
@@ -176,8 +212,16 @@ class ClientProxy:
         stages = self.exchange.stages(first.phase)
         stage = 0
         expect = StepRef(first.run_id, first.round, 0, first.phase, stages[0].name if stages else "")
+        training = first.phase == Phase.TRAIN
+        samples = self.train_samples if training else self.test_samples
+        batch_size = self._config.batch_size if training else self._config.eval_batch_size
+        # The pass ends at its shard's batches: a client that goes on is refused (7 500 steps for a 6-batch shard
+        # kept a round open for ever), and at phase_timeout whatever it does.
+        max_steps = batches_of(samples, batch_size)
+        deadline = asyncio.get_running_loop().time() + self._config.phase_timeout
+        observed = PhaseSummary()  # the steps and samples the server saw
         while True:
-            message = await self._next(session)
+            message = await self._next(session, deadline)
             if isinstance(message, PhaseDone):
                 ref = message.ref
                 if (ref.run_id, ref.round, ref.phase) != (expect.run_id, expect.round, expect.phase):
@@ -185,7 +229,17 @@ class ClientProxy:
                         grpc.StatusCode.FAILED_PRECONDITION, "phase_done for another phase; dropped"
                     )
                     continue
-                yield message.summary
+                summary, found = bounded_summary(
+                    self.client_id,
+                    first.round,
+                    first.phase,
+                    message.summary,
+                    observed if stages else None,
+                    samples,
+                    batch_size,
+                )
+                self._disagreements.extend(found)
+                yield summary
                 return
             if not isinstance(message, CutTensor):
                 await session.send_error(
@@ -197,6 +251,15 @@ class ClientProxy:
             except WireError as err:
                 await session.send_error(err.code, err.message)
                 continue
+            if stage == 0:
+                if expect.step >= max_steps:
+                    reason = (
+                        f"sent more steps than its pass has: step {expect.step} of a {first.phase.name.lower()} pass "
+                        f"over {samples} samples in batches of {batch_size} ({max_steps} steps)"
+                    )
+                    await session.send_error(grpc.StatusCode.ABORTED, f"{reason}; dropped from the round")
+                    raise ClientMisbehaved(self.client_id, reason)
+                observed.add(int(message.tensor.shape[0]))
             yield message
             stage = (stage + 1) % len(stages)
             step = expect.step + (1 if stage == 0 else 0)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from slperf.common.config import RunConfig
-from slperf.common.paradigms.base import EvalResult, RoundResult
+from slperf.common.paradigms.base import Disagreement, EvalResult, RoundResult
 
 Record = dict[str, Any]
 # A client's bytes (up, down) over all its sessions so far; a reconnect must not reset them.
@@ -109,8 +109,16 @@ class RunRecorder:
     def start_round(self, round: int, client_ids: Sequence[str]) -> RoundMeter:
         return RoundMeter(round, client_ids, self._client_bytes, self._clock)
 
-    def finish_round(self, meter: RoundMeter, result: RoundResult, evaluation: EvalResult) -> Record:
-        """The round's record (also added to the running totals); call after the paradigm evaluated."""
+    def finish_round(
+        self,
+        meter: RoundMeter,
+        result: RoundResult,
+        evaluation: EvalResult,
+        disagreements: Sequence[Disagreement] = (),
+    ) -> Record:
+        """The round's record (also added to the running totals); call after the paradigm evaluated.
+        ``disagreements``: the client figures the server bounded this round (the client handles'), besides the
+        evaluation's own."""
         if meter.after_training is None:
             raise RuntimeError(f"round {meter.round}: training_done() was not called before the evaluation")
         before, trained, after = meter.before, meter.after_training, meter.read()
@@ -147,6 +155,11 @@ class RunRecorder:
             "bytes_up": up,
             "bytes_down": down,
             "per_client": per_client,
+            # Integrity: who was dropped for what it sent, which reported figures the server did not take, and
+            # whether the test figures are the server's own or only the clients' (bounded, cross-checked) word.
+            "misbehaved": dict(result.misbehaved),
+            "disagreements": [d.as_record() for d in (*disagreements, *evaluation.disagreements)],
+            "test_accuracy_source": evaluation.source,
             **({"extra": result.extra} if result.extra else {}),
             **({"eval_extra": evaluation.extra} if evaluation.extra else {}),
         }
@@ -159,6 +172,21 @@ class RunRecorder:
         self._bytes_up, self._bytes_down = record["bytes_up"], record["bytes_down"]
         for cid, figures in record["per_client"].items():
             self._per_client.setdefault(cid, ClientTotals()).add(figures)
+
+    @property
+    def degraded_reasons(self) -> list[str]:
+        """Why the run's results are not those of honest participants alone (empty: they are): every client
+        dropped for what it sent and every reported figure the server bounded, by round."""
+        reasons: list[str] = []
+        for record in self._records:
+            for cid, why in sorted(record.get("misbehaved", {}).items()):
+                reasons.append(f"round {record['round']}: client {cid} dropped: {why}")
+            for d in record.get("disagreements", []):
+                reasons.append(
+                    f"round {record['round']}: client {d['client']} reported {d['figure']} = {d['claimed']}, "
+                    f"the server used {d['counted']}"
+                )
+        return reasons
 
     def summary(self) -> dict[str, Any]:
         """The run's summary as ``summary.json`` holds it (the paradigm adds its own facts to it)."""
@@ -177,6 +205,9 @@ class RunRecorder:
             "rounds": len(self._records),
             "test_accuracy": accuracies[-1] if accuracies else None,
             "best_test_accuracy": max(accuracies) if accuracies else None,
+            "test_accuracy_source": self._records[-1].get("test_accuracy_source", "server") if self._records else None,
+            "degraded": bool(self.degraded_reasons),
+            "degraded_reasons": self.degraded_reasons,
             "wall_seconds": self.elapsed(),
             "bytes_up": sum(c.bytes_up for c in self._per_client.values()),
             "bytes_down": sum(c.bytes_down for c in self._per_client.values()),

@@ -23,6 +23,8 @@ def _mnist_files(data_dir: Path) -> list[Path]:
 register_dataset(
     DatasetSpec(
         name="mnist",
+        train_size=60000,
+        test_size=10000,
         num_classes=10,
         input_shape=(1, 28, 28),
         mean=(0.1307,),
@@ -47,6 +49,8 @@ def _fashion_files(data_dir: Path) -> list[Path]:
 register_dataset(
     DatasetSpec(
         name="fashionmnist",
+        train_size=60000,
+        test_size=10000,
         num_classes=10,
         input_shape=(1, 28, 28),
         mean=(fashion_mnist.MEAN,),
@@ -67,6 +71,8 @@ register_dataset(
 register_dataset(
     DatasetSpec(
         name="adult",
+        train_size=32561,
+        test_size=16281,
         num_classes=2,
         input_shape=(tabular.ADULT_FEATURES[-1].stop,),
         mean=(),
@@ -86,6 +92,8 @@ register_dataset(
 register_dataset(
     DatasetSpec(
         name="german",
+        train_size=900,
+        test_size=100,
         num_classes=2,
         input_shape=(tabular.GERMAN_FEATURES[-1].stop,),
         mean=(),
@@ -105,6 +113,8 @@ register_dataset(
 register_dataset(
     DatasetSpec(
         name="german-numeric",
+        train_size=900,
+        test_size=100,
         num_classes=2,
         input_shape=(tabular.GERMAN_NUMERIC_FEATURES[-1].stop,),
         mean=(),
@@ -126,6 +136,8 @@ register_dataset(
 register_dataset(
     DatasetSpec(
         name="cifar10",
+        train_size=50000,
+        test_size=10000,
         num_classes=10,
         input_shape=(3, 32, 32),
         mean=cifar.MEAN,
@@ -142,6 +154,8 @@ register_dataset(
 register_dataset(
     DatasetSpec(
         name="cifar10-synthetic",
+        train_size=50000,
+        test_size=10000,
         num_classes=10,
         input_shape=(3, 32, 32),
         mean=cifar.MEAN,

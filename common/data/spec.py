@@ -101,6 +101,10 @@ class DatasetSpec:
     features: tuple[Feature, ...] = ()
     class_names: tuple[str, ...] = ()
     synthetic: bool = False
+    # The split sizes of the real data set (None: unknown). The server holds no data, so this is what bounds the
+    # sample counts a client may claim (slperf.slserver.figures); an upper bound, so a smaller data_dir is fine.
+    train_size: int | None = None
+    test_size: int | None = None
     cache_tag: str = ""  # bumped when the decoder's output changes, so stale cached arrays are not reused
     # Writes the set's original files into a folder from its arrays (``download: true`` fills a data_dir that does
     # not hold them); None: the set cannot be written back, and such a data_dir is read from the pinned copy.

@@ -27,12 +27,30 @@ from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, Stat
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Disagreement:
+    """A figure a client reported that the server would not take as given: what it claimed, what was used."""
+
+    client: str
+    round: int
+    figure: str
+    claimed: float | int | str
+    counted: float | int
+
+    def as_record(self) -> dict[str, object]:
+        return {"client": self.client, "figure": self.figure, "claimed": self.claimed, "counted": self.counted}
+
+
 @dataclass
 class EvalResult:
     accuracy: float
     loss: float
     samples: int
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. per-client / per-task figures
+    # Who computed the figures: "server" (it scored the test set itself) or "clients" (only they could: the
+    # figures are their report, bounded and cross-checked by the server, and marked so in the results).
+    source: str = "server"
+    disagreements: list[Disagreement] = field(default_factory=list)  # client reports the server did not take
 
 
 @dataclass
@@ -43,6 +61,9 @@ class RoundResult:
     dropped: list[str] = field(default_factory=list)
     per_client: dict[str, PhaseSummary] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Clients dropped from the round for what they sent (poisoned compute, more steps than their shard), by id,
+    # with the reason; they are in ``dropped`` too. A round with any marks the run degraded.
+    misbehaved: dict[str, str] = field(default_factory=dict)
 
     @property
     def train_loss(self) -> float:
@@ -62,6 +83,12 @@ class ClientGone(Exception):
         super().__init__(f"client {client_id} dropped out: {reason}")
         self.client_id = client_id
         self.reason = reason
+
+
+class ClientMisbehaved(ClientGone):
+    """A client was dropped from the round for what it sent, not for leaving: its cut tensors made the server's
+    own compute non-finite, its figures broke the bounds the server observed, or its pass ran past its shard.
+    Raised where a ``ClientGone`` is (the round goes on without the client), and recorded as misbehaviour."""
 
 
 class NoClientLeft(ClientGone):
@@ -356,6 +383,9 @@ class ParadigmSpec:
     # Wall time per sample relative to vanilla SL, a prior for the benchmark's time estimates until it has
     # measured the paradigm itself (U-shaped moves two cut tensors each way, FedAvg has no cut at all).
     time_factor: float = 1.0
+    # Whether the server averages client segments (FedAvg of bottoms, tops or whole models): only such a paradigm
+    # accepts ``aggregation`` / ``trim_fraction`` (``kit.aggregate``).
+    averages: bool = False
 
     def option_keys(self) -> set[str]:
         return set(self.options) | set(self.option_aliases)

@@ -7,9 +7,12 @@ Protocol, per round:
      paradigms (``kit.steps.make_optimizer``); its train instruction is answered by a PhaseDone only.
   3. The server collects every model (``get_weights``) and FedAvgs them, weighted by the samples each
      client trained on this round.
-  4. Evaluation: one client receives the global model, evaluates it locally on the test set and reports
-     the figures in its PhaseDone (samples, correct, and ``loss_sum`` = the SUM of per-sample losses); the
-     server divides by the samples.
+  4. Evaluation: every client receives the global model, evaluates it locally on the (same) test set and
+     reports the figures in its PhaseDone (samples, correct, and ``loss_sum`` = the SUM of per-sample losses);
+     the server holds no data, so these are client-reported figures (``test_accuracy_source: clients``). Honest
+     clients report the same figures of the same model, so the server takes the median report (by accuracy):
+     one client forging a perfect score does not make the result, and every report that differs from the
+     median is recorded.
 """
 
 from __future__ import annotations
@@ -30,18 +33,20 @@ from slperf.common.paradigms.base import (
     ClientHandle,
     ClientLink,
     ClientParadigm,
+    Disagreement,
     EvalResult,
     InferencePlan,
     InferenceUnsupported,
+    NoClientLeft,
     ParadigmSpec,
     PhaseStream,
     RoundResult,
     ServerContext,
     ServerParadigm,
 )
-from slperf.common.paradigms.kit.aggregate import average_uploads, model_shift
+from slperf.common.paradigms.kit.aggregate import aggregate, aggregation_rule, model_shift
 from slperf.common.paradigms.kit.cuts import model_layout
-from slperf.common.paradigms.kit.rounds import first_available, gather_round
+from slperf.common.paradigms.kit.rounds import gather_round
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
 from slperf.common.paradigms.registry import register
 from slperf.common.protocol.exchange import Exchange, SegmentLayout
@@ -50,8 +55,9 @@ from slperf.common.protocol.types import PhaseSummary, State
 DEVIATIONS = """\
 * FedAvg averages into fresh tensors weighted by sample counts (SLPerf: into the last uploader's dict,
   overwriting it before reading it, weighted by batch count); integer buffers are handled.
-* One client evaluates the global model (SLPerf: every client evaluated the same model) and the rounds
-  are a loop driven by the server (SLPerf's mutual recursion added stack frames every epoch).
+* Every client evaluates the global model, as in SLPerf, but the result is the median report (SLPerf: each
+  client's own); the rounds are a loop driven by the server (SLPerf's mutual recursion added stack frames
+  every epoch).
 * SLPerf's server logged "Dist:", the mean squared difference between consecutive global models; it is
   kept as extra["model_shift"] of each round.
 * A client that drops out is left out of that round's average (RoundResult.dropped).
@@ -78,7 +84,8 @@ class FedAvgServer(ServerParadigm):
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         outcome = await gather_round(clients, lambda c: self._client_round(c, round))
         result = outcome.to_result(lambda done: done[0])
-        average = await self.ctx.compute(average_uploads, [(state, s.samples) for _, (s, state) in outcome.done])
+        uploads = [(state, s.samples) for _, (s, state) in outcome.done]
+        average = await self.ctx.compute(aggregate, uploads, aggregation_rule(self.config))
         if average is not None:
             result.extra["model_shift"] = await self.ctx.compute(model_shift, self.global_state, average)
             self.global_state = average
@@ -93,7 +100,10 @@ class FedAvgServer(ServerParadigm):
         )
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
-        return await first_available(clients, lambda c: self._evaluate_through(c, round), "evaluate")
+        outcome = await gather_round(clients, lambda c: self._evaluate_through(c, round))
+        if not outcome.done:
+            raise NoClientLeft("evaluate")
+        return median_report([(c.client_id, r) for c, r in outcome.done], round)
 
     def model_state(self) -> dict[str, State]:
         return {"model": self.global_state}
@@ -108,6 +118,26 @@ class FedAvgServer(ServerParadigm):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.global_state = dict(state["model"])
+
+
+def median_report(reports: Sequence[tuple[str, EvalResult]], round: int) -> EvalResult:
+    """The report with the median accuracy (the lower middle one of an even count), marked client-reported, with
+    a disagreement for every client whose figures differ from it."""
+    ranked = sorted(reports, key=lambda item: (item[1].accuracy, item[0]))
+    _, chosen = ranked[(len(ranked) - 1) // 2]
+    result = EvalResult(chosen.accuracy, chosen.loss, chosen.samples, source="clients")
+    for cid, report in reports:
+        if (report.accuracy, report.samples) != (chosen.accuracy, chosen.samples):
+            claimed = round_figure(report.accuracy * report.samples)
+            result.disagreements.append(
+                Disagreement(cid, round, "test_correct", claimed, round_figure(chosen.accuracy * chosen.samples))
+            )
+    result.extra["test_accuracy_per_client"] = {cid: report.accuracy for cid, report in reports}
+    return result
+
+
+def round_figure(value: float) -> int:
+    return int(value + 0.5)
 
 
 class FedAvgClient(ClientParadigm):
@@ -182,5 +212,6 @@ SPEC = register(
         time_factor=0.5,
         summary="unsplit baseline: whole model on every client, local epochs, sample-weighted FedAvg each round",
         deviations=DEVIATIONS,
+        averages=True,
     )
 )

@@ -51,7 +51,7 @@ from slperf.common.paradigms.base import (
     ServerContext,
     ServerParadigm,
 )
-from slperf.common.paradigms.kit.aggregate import fedavg, pooled
+from slperf.common.paradigms.kit.aggregate import aggregate, aggregation_rule, pooled
 from slperf.common.paradigms.kit.rounds import first_available, gather_round
 from slperf.common.paradigms.kit.serving import RoundRobinGate
 from slperf.common.paradigms.kit.steps import clone_state, load_state, make_optimizer
@@ -212,12 +212,15 @@ class MultiTaskServer(ServerParadigm):
             result.participants += group.participants
             result.dropped += group.dropped
             result.per_client.update(group.per_client)
+            result.misbehaved.update(group.misbehaved)
             uploads = [(new, summary.samples) for _, (summary, new) in outcome.done if summary.samples]
-            if uploads:
-                self.ends[task.index] = {
-                    segment: await self.ctx.compute(fedavg, [(new[segment], n) for new, n in uploads])
-                    for segment in (HEAD, TAIL)
-                }
+            rule = aggregation_rule(self.config)
+            averaged = {
+                segment: await self.ctx.compute(aggregate, [(new[segment], n) for new, n in uploads], rule)
+                for segment in (HEAD, TAIL)
+            }
+            if all(state is not None for state in averaged.values()):
+                self.ends[task.index] = {segment: state for segment, state in averaged.items() if state is not None}
         return result
 
     async def _evaluate_task(self, client: ClientHandle, task: Task, round: int) -> EvalResult:
@@ -294,6 +297,7 @@ SPEC = register(
         validate=_validate,
         client_data=task_client_data,
         deviations=DEVIATIONS,
+        averages=True,
         summary="multi-task U-shaped SL: task groups of clients with their own heads + tails + labels, one shared "
         "server body; groups take turns; heads and tails FedAvg'd within a group each round",
     )

@@ -76,3 +76,8 @@ def variant_names() -> list[str]:
         names.append(spec.name)
         names += [alias for alias in spec.alias_options if variant_of(alias) == alias]
     return names
+
+
+def averaging() -> list[str]:
+    """The paradigms that average client segments (those that accept ``aggregation``)."""
+    return sorted(spec.name for spec in all_specs() if spec.averages)

@@ -20,7 +20,7 @@ from typing import Any
 
 from slperf.common.config import RunConfig
 from slperf.common.paradigms.base import ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext
-from slperf.common.paradigms.kit.aggregate import average_uploads
+from slperf.common.paradigms.kit.aggregate import aggregate, aggregation_rule
 from slperf.common.paradigms.kit.bottom_client import BottomClient
 from slperf.common.paradigms.kit.rounds import gather_round
 from slperf.common.paradigms.kit.serving import evaluate_first_available, serve_training
@@ -53,14 +53,15 @@ class SplitFedV1Server(TopSegmentServer):
         outcome = await gather_round(clients, lambda c: self._client_round(c, round))
         bottoms = [(bottom, summary.samples) for _, (summary, bottom) in outcome.done]
         tops = [(clone_state(self.tops[c.index]), summary.samples) for c, (summary, _) in outcome.done]
-        bottom_avg = await self.ctx.compute(average_uploads, bottoms)
-        if bottom_avg is not None:
+        rule = aggregation_rule(self.config)
+        bottom_avg = await self.ctx.compute(aggregate, bottoms, rule)
+        top_avg = await self.ctx.compute(aggregate, tops, rule)
+        # Both or neither (nobody trained, or an average overflowed): a bottom and a top must stay a pair.
+        if bottom_avg is not None and top_avg is not None:
             self.bottom_state = bottom_avg
-            top_avg = await self.ctx.compute(average_uploads, tops)
-            assert top_avg is not None  # the same weights as the bottoms'
             load_state(self.global_top, top_avg)
-            for top in self.tops:
-                load_state(top, top_avg)
+        for top in self.tops:  # every copy continues from the global top, also one a refused client left behind
+            load_state(top, clone_state(self.global_top))
         return outcome.to_result(lambda done: done[0])
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
@@ -93,5 +94,6 @@ SPEC = register(
         aliases=("SplitFedV1", "splitfed1"),
         summary="parallel clients, one top copy per client, FedAvg of bottoms and tops each round",
         deviations=DEVIATIONS,
+        averages=True,
     )
 )

@@ -31,7 +31,7 @@ import torch
 
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.paradigms.base import ClientData, ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext
-from slperf.common.paradigms.kit.aggregate import average_uploads
+from slperf.common.paradigms.kit.aggregate import aggregate, aggregation_rule
 from slperf.common.paradigms.kit.bottom_client import BottomClient
 from slperf.common.paradigms.kit.optim import Optimizer
 from slperf.common.paradigms.kit.rounds import gather_round, ring
@@ -80,7 +80,8 @@ class SplitFedV2Server(TopSegmentServer):
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         run = gather_round if self.order == "parallel" else ring
         outcome = await run(clients, lambda c: self._client_pass(c, round))
-        average = await self.ctx.compute(average_uploads, [(bottom, s.samples) for _, (s, bottom) in outcome.done])
+        uploads = [(bottom, s.samples) for _, (s, bottom) in outcome.done]
+        average = await self.ctx.compute(aggregate, uploads, aggregation_rule(self.config))
         if average is not None:
             self.bottom_state = average
         return outcome.to_result(lambda done: done[0])
@@ -132,5 +133,6 @@ SPEC = register(
         summary="one shared top, clients in parallel (order: parallel|sequential; SplitFed and "
         "splitfed_v2_sequential imply sequential), FedAvg of the bottoms each round",
         deviations=DEVIATIONS,
+        averages=True,
     )
 )

@@ -83,3 +83,25 @@ def test_range_checks_take_the_known_data_set_names():
     check_ranges(RunConfig(dataset="toy"), {"toy"})
     with pytest.raises(ConfigError, match="unknown dataset 'mnist' \\(known: toy\\)"):
         check_ranges(RunConfig(), {"toy"})
+
+
+def test_aggregation_is_for_paradigms_that_average_and_trim_fraction_for_trimmed_mean_only():
+    from slperf.common.config import ConfigError as Error
+    from slperf.common.config_loader import config_from_mapping as load
+
+    for paradigm in ("splitfed_v1", "splitfed_v2", "fedavg"):
+        cfg, _ = load({"paradigm": paradigm, "aggregation": "trimmed_mean", "trim_fraction": 0.25})
+        assert (cfg.aggregation, cfg.trim_fraction) == ("trimmed_mean", 0.25)
+    assert load({"paradigm": "fedavg", "aggregation": "median"})[0].aggregation == "median"
+    with pytest.raises(Error, match="'aggregation' applies to paradigms that average"):
+        load({"paradigm": "vanilla", "aggregation": "median"})
+    with pytest.raises(Error, match="'trim_fraction' applies to paradigms that average"):
+        load({"paradigm": "psl", "trim_fraction": 0.1})
+    with pytest.raises(Error, match="trimmed_mean only"):
+        load({"paradigm": "fedavg", "aggregation": "median", "trim_fraction": 0.1})
+    with pytest.raises(Error, match=r"\[0, 0.5\)"):
+        load({"paradigm": "fedavg", "aggregation": "trimmed_mean", "trim_fraction": 0.5})
+    with pytest.raises(Error, match="must be one of"):
+        load({"paradigm": "fedavg", "aggregation": "krum"})
+    with pytest.raises(Error, match="phase_timeout"):
+        load({"phase_timeout": 0})

@@ -106,6 +106,9 @@ class FakeClient:
     async def finish(self, reason: str) -> None:
         self.finished.append(reason)
 
+    def take_disagreements(self) -> list:
+        return []
+
     async def train_pass(self, round: int) -> PhaseSummary:
         if round in self.world.drops.get(self.client_id, ()):
             self.world.registry.carry(self.client_id, (300, 0))  # half a pass, then the connection is gone

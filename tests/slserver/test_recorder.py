@@ -106,6 +106,9 @@ def test_a_round_record_splits_training_from_evaluation_bytes_and_carries_the_ru
         "wall_seconds": 8.0,  # the wall clock runs from the run's start (95.0)
         "bytes_up": 3010,
         "bytes_down": 1220,
+        "misbehaved": {},
+        "disagreements": [],
+        "test_accuracy_source": "server",
         "per_client": {
             "c1": {
                 "bytes_up": 1000,
@@ -219,6 +222,9 @@ def test_the_summary_totals_every_client_over_every_round():
         "rounds": 3,
         "test_accuracy": 0.625,
         "best_test_accuracy": 0.75,
+        "test_accuracy_source": "server",
+        "degraded": False,
+        "degraded_reasons": [],
         "wall_seconds": 32.0,
         "bytes_up": 7230,
         "bytes_down": 2860,

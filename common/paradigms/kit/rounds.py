@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from slperf.common.paradigms.base import ClientGone, ClientHandle, NoClientLeft, RoundResult
+from slperf.common.paradigms.base import ClientGone, ClientHandle, ClientMisbehaved, NoClientLeft, RoundResult
 from slperf.common.protocol.types import PhaseSummary
 
 T = TypeVar("T")
@@ -24,6 +24,12 @@ class RoundOutcome(Generic[T]):
 
     done: list[tuple[ClientHandle, T]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    misbehaved: dict[str, str] = field(default_factory=dict)  # dropped for what they sent: id -> reason
+
+    def drop(self, client: ClientHandle, gone: ClientGone) -> None:
+        self.dropped.append(client.client_id)
+        if isinstance(gone, ClientMisbehaved):
+            self.misbehaved[client.client_id] = gone.reason
 
     @property
     def clients(self) -> list[ClientHandle]:
@@ -32,7 +38,7 @@ class RoundOutcome(Generic[T]):
     def to_result(self, summary_of: Callable[[T], PhaseSummary] | None = None) -> RoundResult:
         """The round record: who trained (with the summary ``summary_of`` picks from each result; the
         result itself by default) and who dropped out."""
-        result = RoundResult(participants=[], dropped=list(self.dropped))
+        result = RoundResult(participants=[], dropped=list(self.dropped), misbehaved=dict(self.misbehaved))
         for client, value in self.done:
             result.participants.append(client.client_id)
             result.per_client[client.client_id] = summary_of(value) if summary_of else value  # type: ignore[assignment]
@@ -43,7 +49,7 @@ def _sort(clients: Sequence[ClientHandle], outcomes: Sequence[T | BaseException]
     sorted_out: RoundOutcome[T] = RoundOutcome()
     for client, outcome in zip(clients, outcomes):
         if isinstance(outcome, ClientGone):
-            sorted_out.dropped.append(client.client_id)
+            sorted_out.drop(client, outcome)
         elif isinstance(outcome, BaseException):
             raise outcome
         else:
@@ -64,8 +70,8 @@ async def ring(clients: Sequence[ClientHandle], fn: Callable[[ClientHandle], Awa
     for client in clients:
         try:
             outcome.done.append((client, await fn(client)))
-        except ClientGone:
-            outcome.dropped.append(client.client_id)
+        except ClientGone as gone:
+            outcome.drop(client, gone)
     return outcome
 
 

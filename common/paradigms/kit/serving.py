@@ -13,14 +13,52 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from slperf.common.paradigms.base import ClientGone, ClientHandle, EvalResult, NoClientLeft, RoundResult, ServerContext
+from slperf.common.paradigms.base import (
+    ClientGone,
+    ClientHandle,
+    ClientMisbehaved,
+    EvalResult,
+    NoClientLeft,
+    RoundResult,
+    ServerContext,
+)
 from slperf.common.paradigms.kit.aggregate import pooled
 from slperf.common.paradigms.kit.optim import Optimizer
 from slperf.common.paradigms.kit.rounds import first_available, gather_round
-from slperf.common.paradigms.kit.steps import top_eval_step, top_train_step
+from slperf.common.paradigms.kit.steps import PoisonedStep, StepOutcome, top_eval_step, top_train_step
 from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, State
 
 _forward_backward = functools.partial(top_train_step, step=False)
+
+
+async def refuse_poisoned(client: ClientHandle, round: int, step: int, err: PoisonedStep) -> ClientMisbehaved:
+    """Tells the client why the server ends its pass (``Error{ABORTED}``: it stops the pass and waits for the next
+    instruction) and returns what drops it from the round as misbehaved."""
+    reason = f"round {round} step {step}: the server {err}; its batch was not applied and it is dropped from the round"
+    try:
+        await client.abort(reason)
+    except ClientGone:
+        pass
+    return ClientMisbehaved(client.client_id, f"poisoned compute: {reason}")
+
+
+async def compute_or_refuse(
+    ctx: ServerContext, client: ClientHandle, batch: CutTensor, fn: Callable[..., StepOutcome], *args: Any
+) -> StepOutcome:
+    """``ctx.compute(fn, *args)`` for one client batch; a ``PoisonedStep`` (the server's own figures of the batch
+    are not finite: nothing was applied) drops the client from the round with a reason sent to it."""
+    try:
+        return await ctx.compute(fn, *args)
+    except PoisonedStep as err:
+        raise await refuse_poisoned(client, batch.ref.round, batch.ref.step, err) from None
+
+
+def counted(outcomes: Sequence[StepOutcome]) -> PhaseSummary:
+    """A pass's figures as the server computed them (its own loss, correct counts and the labels it saw)."""
+    summary = PhaseSummary()
+    for out in outcomes:
+        summary.add(out.count, out.loss, out.correct)
+    return summary
 
 
 # -- one client against a top ----------------------------------------------------------------------------
@@ -37,18 +75,21 @@ async def serve_training(
 
     The gradient leaves before the top's optimiser step: the step runs in the compute thread while the reply
     travels and the client runs its backward pass (the client needs only the gradient), and it is finished
-    before the next batch is touched, so the arithmetic is exactly that of stepping first.
+    before the next batch is touched, so the arithmetic is exactly that of stepping first. The pass's figures
+    are the server's own (what it computed per batch), not the client's PhaseDone.
     """
     stream = client.train(round, options)
+    outcomes: list[StepOutcome] = []
     async for batch in stream:
-        out = await ctx.compute(_forward_backward, top, optimizer, batch.tensor, batch.labels)
+        out = await compute_or_refuse(ctx, client, batch, _forward_backward, top, optimizer, batch.tensor, batch.labels)
+        outcomes.append(out)
         stepping = asyncio.ensure_future(ctx.compute(optimizer.step))
         try:
             await client.reply(CutReply(batch.ref, out.grad, out.loss, out.correct, out.count))
         finally:
             await stepping
     assert stream.summary is not None
-    return stream.summary
+    return counted(outcomes)
 
 
 async def serve_in_arrival_order(
@@ -62,12 +103,16 @@ async def serve_in_arrival_order(
     """One client's pass against a top other clients share: one step per batch, in the order batches come.
     The lock around the shared top makes "arrival order" hold whatever executor ``ctx.compute`` uses."""
     stream = client.train(round)
+    outcomes: list[StepOutcome] = []
     async for batch in stream:
         async with lock:
-            out = await ctx.compute(top_train_step, top, optimizer, batch.tensor, batch.labels)
+            out = await compute_or_refuse(
+                ctx, client, batch, top_train_step, top, optimizer, batch.tensor, batch.labels
+            )
+        outcomes.append(out)
         await client.reply(CutReply(batch.ref, out.grad, out.loss, out.correct, out.count))
     assert stream.summary is not None
-    return stream.summary
+    return counted(outcomes)
 
 
 # -- lock-step ---------------------------------------------------------------------------------------------
@@ -246,7 +291,7 @@ async def evaluate_through(ctx: ServerContext, client: ClientHandle, round: int,
     """The client streams test-set activations (no reply per batch); the server scores them with its top."""
     scored = PhaseSummary()
     async for batch in client.evaluate(round):
-        out = await ctx.compute(top_eval_step, top, batch.tensor, batch.labels)
+        out = await compute_or_refuse(ctx, client, batch, top_eval_step, top, batch.tensor, batch.labels)
         scored.add(out.count, out.loss, out.correct)
     n = scored.samples
     return EvalResult(accuracy=scored.correct / n if n else 0.0, loss=scored.loss_sum / n if n else 0.0, samples=n)

@@ -11,6 +11,7 @@ device of the module it runs, and returns the gradient for the wire as a host fl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -28,6 +29,40 @@ def grad_of(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.grad is None:
         raise RuntimeError("backward() left no gradient on the cut tensor")
     return tensor.grad
+
+
+class PoisonedStep(ValueError):
+    """What the server computed from a client's batch is not finite, or not a loss any model produces (huge
+    but finite activations pass the wire's NaN/Inf check and overflow the top): the step is refused, nothing
+    is applied, and the paradigm drops the client from the round (``kit.serving``)."""
+
+
+# Cross-entropy of logits a working model gives is a few units (log(classes) at random initialisation); one far
+# above this means the batch's activations are orders of magnitude off, and a step on it would wreck the top.
+MAX_PLAUSIBLE_LOSS = 1e4
+
+
+def check_step(loss: torch.Tensor, cut_grad: torch.Tensor | None, module: nn.Module) -> None:
+    """Raises ``PoisonedStep`` (and clears the gradients, so nothing of the batch is left to apply) when the
+    loss, the gradient at the cut or any parameter gradient is not finite, or the loss is implausibly large.
+    Called after ``backward`` and before any optimiser step, so a refused step leaves the module's weights and
+    its optimiser's state untouched."""
+    value = float(loss.detach())
+    problem = ""
+    if not math.isfinite(value):
+        problem = f"the loss is non-finite ({value})"
+    elif abs(value) > MAX_PLAUSIBLE_LOSS:
+        problem = f"the loss is {value:.3g}, beyond any model's (> {MAX_PLAUSIBLE_LOSS:g}): activations far off"
+    elif cut_grad is not None and not bool(torch.isfinite(cut_grad).all()):
+        problem = "the gradient at the cut is non-finite"
+    else:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            problem = "a parameter gradient is non-finite"
+    if problem:
+        for p in module.parameters():
+            p.grad = None
+        raise PoisonedStep(f"refused the step: {problem}")
 
 
 def make_optimizer(params: Iterable[torch.Tensor], config: RunConfig, lr: float | None = None) -> SGD:
@@ -56,6 +91,7 @@ def top_train_step(
     logits = top(acts)
     loss = F.cross_entropy(logits, labels)
     loss.backward()
+    check_step(loss, acts.grad, top)
     if step:
         optimizer.step()
     correct = int((logits.detach().argmax(1) == labels).sum())
@@ -69,6 +105,8 @@ def top_eval_step(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> S
     labels = to_device(labels, device)
     logits = top(to_device(acts, device))
     loss = F.cross_entropy(logits, labels, reduction="sum")
+    if not math.isfinite(float(loss)) or float(loss) > MAX_PLAUSIBLE_LOSS * labels.shape[0]:
+        raise PoisonedStep(f"refused the evaluation batch: its loss is {float(loss):.3g}")
     correct = int((logits.argmax(1) == labels).sum())
     return StepOutcome(None, float(loss), correct, int(labels.shape[0]))
 
@@ -82,7 +120,11 @@ def top_accumulate(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> 
     labels = to_device(labels, device)
     logits = top(acts)
     loss = F.cross_entropy(logits, labels)
+    if not math.isfinite(float(loss.detach())) or abs(float(loss.detach())) > MAX_PLAUSIBLE_LOSS:
+        raise PoisonedStep(f"refused the batch: its loss is {float(loss.detach()):.3g}")
     loss.backward()
+    if not bool(torch.isfinite(grad_of(acts)).all()):
+        raise PoisonedStep("refused the batch: the gradient at the cut is non-finite")
     correct = int((logits.detach().argmax(1) == labels).sum())
     return StepOutcome(cut_to_host(grad_of(acts)), float(loss.detach()), correct, int(labels.shape[0]))
 

@@ -30,7 +30,8 @@ def test_no_activations_cross_only_weights():
     trains = fed.wire.select(direction="down", kind="train")
     assert len(trains) == 6
     evaluations = fed.wire.select(direction="down", kind="evaluate")
-    assert [e.client for e in evaluations] == ["c1", "c1"]  # one client evaluates
+    # every client evaluates the same global model (the result is the median report, cross-checked)
+    assert sorted(e.client for e in evaluations) == ["c1", "c1", "c2", "c2", "c3", "c3"]
 
 
 def test_global_model_is_the_sample_weighted_average_and_evaluation_is_the_clients_report():
@@ -75,3 +76,20 @@ def test_a_client_that_drops_out_is_left_out():
     fed = run(config, setup=kill_c2)
     assert fed.rounds[0].dropped == ["c2"]
     assert fed.rounds[0].participants == ["c1", "c3"]
+
+
+def test_the_evaluation_is_the_median_report_so_one_forged_score_is_not_the_result():
+    from slperf.common.paradigms.base import EvalResult
+    from slperf.common.paradigms.fedavg import median_report
+
+    honest = EvalResult(accuracy=0.6, loss=1.2, samples=200)
+    forged = EvalResult(accuracy=1.0, loss=0.0, samples=200)
+    result = median_report([("c1", forged), ("c2", honest), ("c3", honest)], round=4)
+    assert (result.accuracy, result.loss, result.source) == (0.6, 1.2, "clients")
+    (disagreement,) = result.disagreements
+    assert (disagreement.client, disagreement.figure, disagreement.claimed, disagreement.counted) == (
+        "c1",
+        "test_correct",
+        200,
+        120,
+    )
