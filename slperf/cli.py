@@ -144,6 +144,28 @@ def certs_revoke(client_id: str, directory: Path) -> None:
     show_default=True,
     help="seconds one write to a client (at most a 1 MiB chunk) may wait; a client that stops reading is dropped",
 )
+@click.option(
+    "--hello-timeout",
+    type=click.FloatRange(min=0.001),
+    default=5.0,
+    show_default=True,
+    help="seconds a new session stream may take to send its Hello; later it ends with DEADLINE_EXCEEDED",
+)
+@click.option(
+    "--max-streams-per-client",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="session streams one client certificate (with --insecure: one address) may hold open at once; "
+    "more get RESOURCE_EXHAUSTED when they open",
+)
+@click.option(
+    "--revocation-check-seconds",
+    type=click.FloatRange(min=0.01),
+    default=2.0,
+    show_default=True,
+    help="how often the revocation list is checked for changes; a newly revoked client's session is closed",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def server(
     address: str,
@@ -157,6 +179,9 @@ def server(
     max_tensor_elements: int,
     max_messages_per_second: float,
     write_timeout: float,
+    hello_timeout: float,
+    max_streams_per_client: int,
+    revocation_check_seconds: float,
     verbose: bool,
 ) -> None:
     """Run the server daemon (top segments, aggregation, checkpoints, control). A run interrupted by a
@@ -180,6 +205,7 @@ def server(
         messages_per_second=max_messages_per_second,
         message_burst=max(1, int(2 * max_messages_per_second)),
         write_timeout=write_timeout,
+        hello_timeout=hello_timeout,
     )
     try:
         run_server(
@@ -191,6 +217,8 @@ def server(
                 torch_threads=torch_threads,
                 allowed_clients=allowed,
                 limits=limits,
+                streams_per_client=max_streams_per_client,
+                revocation_check_seconds=revocation_check_seconds,
             )
         )
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind

@@ -23,6 +23,7 @@ from slperf.common.config_loader import load_config_text
 from slperf.common.devices import resolve_device
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import Welcome
+from slperf.common.protocol.untrusted import shown
 from slperf.common.security.ids import valid_client_id, valid_run_id
 from slperf.common.transport.channel import (
     GRPC_MAX_MESSAGE_BYTES,
@@ -73,7 +74,7 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
                 f"version {PROTOCOL_VERSION} (upgrade the client or the server)",
             )
         if not valid_client_id(hello.client_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid client id {hello.client_id!r}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid client id {shown(hello.client_id)}")
         await self.auth.client(context, hello.client_id)
         session = Session(hello.client_id, context.peer(), context, limits, software_version=hello.software_version)
         try:
@@ -84,7 +85,12 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             replaced.close(
                 "replaced by a new session of the same client (reconnect)", grpc.StatusCode.ABORTED
             )  # its handler returns
-        log.info("client %s connected from %s (%s)", hello.client_id, context.peer(), hello.software_version or "?")
+        log.info(
+            "client %s connected from %s (%s)",
+            hello.client_id,
+            context.peer(),
+            shown(hello.software_version) if hello.software_version else "?",
+        )
         try:
             await session.send(
                 Welcome(
@@ -185,7 +191,7 @@ class ControlService(service_pb2_grpc.ControlServicer):
         for warning in warnings:
             log.warning("%s", warning)
         if request.run_id and not valid_run_id(request.run_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid run id {request.run_id!r}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid run id {shown(request.run_id)}")
         try:
             run = self.coordinator.start(config, request.run_id or None)
         except RuntimeError as exc:

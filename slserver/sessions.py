@@ -39,7 +39,8 @@ class SessionLimits:
     max_payload_bytes: int = 1 << 30
     tensor_limits: TensorLimits = DEFAULT_LIMITS
     inbox_size: int = 256
-    hello_timeout: float = 30.0
+    # A stream must say Hello within this; until it does it holds one of its peer's few stream slots.
+    hello_timeout: float = 5.0
     # Bound on one write to a client (an envelope of at most a chunk): expiry means it stopped reading; it is dropped.
     write_timeout: float = 60.0
     messages_per_second: float = 5000.0
