@@ -145,6 +145,20 @@ def certs_revoke(client_id: str, directory: Path) -> None:
     help="seconds one write to a client (at most a 1 MiB chunk) may wait; a client that stops reading is dropped",
 )
 @click.option(
+    "--session-memory-mb",
+    type=click.IntRange(min=1),
+    default=None,
+    help="MiB one session may make the server buffer: its unfinished message plus the messages queued for the "
+    "run; when full the server stops reading that stream  [default: --max-payload-mb + 64]",
+)
+@click.option(
+    "--transfer-timeout",
+    type=click.FloatRange(min=0.001),
+    default=120.0,
+    show_default=True,
+    help="seconds a chunked message may take from its first chunk to its last; then the session is closed",
+)
+@click.option(
     "--hello-timeout",
     type=click.FloatRange(min=0.001),
     default=5.0,
@@ -179,6 +193,8 @@ def server(
     max_tensor_elements: int,
     max_messages_per_second: float,
     write_timeout: float,
+    session_memory_mb: int | None,
+    transfer_timeout: float,
     hello_timeout: float,
     max_streams_per_client: int,
     revocation_check_seconds: float,
@@ -198,9 +214,14 @@ def server(
             "or --insecure for a local plaintext experiment"
         )
     allowed = frozenset(c.strip() for c in allowed_clients.split(",") if c.strip()) if allowed_clients else None
+    memory_mb = session_memory_mb if session_memory_mb is not None else max_payload_mb + 64
+    if memory_mb < max_payload_mb:
+        _fail(f"--session-memory-mb ({memory_mb}) must be at least --max-payload-mb ({max_payload_mb})")
     limits = SessionLimits(
         max_sessions=max_sessions,
         max_payload_bytes=max_payload_mb << 20,
+        memory_bytes=memory_mb << 20,
+        transfer_timeout=transfer_timeout,
         tensor_limits=TensorLimits(max_elements=max_tensor_elements),
         messages_per_second=max_messages_per_second,
         message_burst=max(1, int(2 * max_messages_per_second)),

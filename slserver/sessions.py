@@ -22,7 +22,8 @@ import grpc
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import ClientMessage, ErrorReport, Hello, ServerMessage
 from slperf.common.protocol.types import SessionState
-from slperf.common.transport.endpoint import Endpoint, ServerEndpoint, Side, Stream, StreamBroken
+from slperf.common.protocol.untrusted import shown
+from slperf.common.transport.endpoint import Endpoint, ServerEndpoint, Side, Stream, StreamBroken, TransferStalled
 from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits
 from slperf.common.wire.framing import ByteCounter
 
@@ -39,12 +40,32 @@ class SessionLimits:
     max_payload_bytes: int = 1 << 30
     tensor_limits: TensorLimits = DEFAULT_LIMITS
     inbox_size: int = 256
+    # One byte budget per session for everything it makes the server buffer: the unfinished incoming message
+    # (chunked transfers, attachments; at most max_payload_bytes) and the messages queued for the run. The
+    # session reads its next message only while the queue leaves room for a whole one (memory_bytes -
+    # max_payload_bytes); otherwise it stops reading and gRPC's flow control holds the client back.
+    memory_bytes: int = (1 << 30) + (64 << 20)
+    # An unfinished incoming message must be complete within this many seconds of its first chunk, or the
+    # session is closed (DEADLINE_EXCEEDED) and its buffers freed.
+    transfer_timeout: float = 120.0
     # A stream must say Hello within this; until it does it holds one of its peer's few stream slots.
     hello_timeout: float = 5.0
     # Bound on one write to a client (an envelope of at most a chunk): expiry means it stopped reading; it is dropped.
     write_timeout: float = 60.0
     messages_per_second: float = 5000.0
     message_burst: int = 10000
+
+    def __post_init__(self) -> None:
+        if self.memory_bytes < self.max_payload_bytes:
+            raise ValueError(
+                f"the session memory budget ({self.memory_bytes} bytes) must hold at least one message of the "
+                f"largest payload ({self.max_payload_bytes} bytes)"
+            )
+
+    @property
+    def inbox_room(self) -> int:
+        """Queued bytes beyond which a session stops reading: what is left of its budget for one whole message."""
+        return self.memory_bytes - self.max_payload_bytes
 
 
 class TokenBucket:
@@ -92,8 +113,13 @@ class Session:
             max_payload_bytes=limits.max_payload_bytes,
             admit=self._admit,
             write_timeout=limits.write_timeout,
+            transfer_timeout=limits.transfer_timeout,
         )
-        self._inbox: asyncio.Queue[ClientMessage | object] = asyncio.Queue(limits.inbox_size)
+        # (message, its bytes on the wire), or _CLOSED
+        self._inbox: asyncio.Queue[tuple[ClientMessage, int] | object] = asyncio.Queue(limits.inbox_size)
+        self.queued_bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
         self.closed = asyncio.Event()
         self.close_reason = ""
         # The status the server ends the stream with, once this side closed the session; None while open, or when
@@ -102,6 +128,17 @@ class Session:
         # Set by the run while this client takes part; messages arriving for no run are refused.
         self.in_run: str | None = None
         self.state = SessionState.IDLE
+
+    @property
+    def buffered_bytes(self) -> int:
+        """What this session makes the server hold now: queued messages and the unfinished incoming one. At most
+        ``limits.memory_bytes``."""
+        return self.queued_bytes + self.endpoint.buffered_bytes
+
+    def _took(self, size: int) -> None:
+        self.queued_bytes -= size
+        if self.queued_bytes <= self.limits.inbox_room:
+            self._room.set()
 
     @property
     def counter(self) -> ByteCounter:
@@ -145,7 +182,9 @@ class Session:
         if item is _CLOSED:
             self._inbox.put_nowait(_CLOSED)  # keep waking later readers too
             raise ConnectionError(self.close_reason or "session closed")
-        return item  # type: ignore[return-value]
+        message, size = item  # type: ignore[misc]
+        self._took(size)
+        return message  # type: ignore[no-any-return]
 
     def drain(self) -> None:
         """Drops messages left over from an aborted phase, so the next phase starts clean."""
@@ -154,16 +193,26 @@ class Session:
             if item is _CLOSED:
                 self._inbox.put_nowait(_CLOSED)
                 return
+            self._took(item[1])  # type: ignore[index]
 
     async def read_loop(self) -> None:
         """Reads until the client closes the stream. Every message is decoded and checked by the endpoint before
-        anything else sees it; a bad one is answered on the stream and dropped."""
+        anything else sees it; a bad one is answered on the stream and dropped. Back-pressure: while the queued
+        messages leave no room for a whole message in the session's budget, nothing more is read."""
         while True:
+            while self.queued_bytes > self.limits.inbox_room and not self.closed.is_set():
+                self._room.clear()
+                await self._room.wait()
+            before = self.endpoint.counter.up
             try:
                 message = await self.endpoint.receive()
             except WireError as err:
                 await self.send_error(err.code, err.message)
                 continue
+            except TransferStalled as exc:
+                self.close(str(exc), grpc.StatusCode.DEADLINE_EXCEEDED)
+                return
+            size = max(0, self.endpoint.counter.up - before)
             if message is None:
                 self.close("client closed the stream")
                 return
@@ -178,7 +227,8 @@ class Session:
                     f"client {self.client_id} is not taking part in a run; message dropped",
                 )
                 continue
-            await self._inbox.put(message)
+            self.queued_bytes += size
+            await self._inbox.put((message, size))
 
     def close(self, reason: str, code: grpc.StatusCode | None = None) -> None:
         """Ends the session. ``code`` is the status the server ends the client's stream with (None when the client
@@ -188,6 +238,7 @@ class Session:
             self.close_code = code
             self.closed.set()
             self.state = SessionState.DISCONNECTED
+            self._room.set()
             try:
                 self._inbox.put_nowait(_CLOSED)
             except asyncio.QueueFull:
