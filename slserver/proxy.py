@@ -19,6 +19,7 @@ from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange, Stage
+from slperf.common.protocol.untrusted import shown
 from slperf.common.protocol.messages import (
     ClientMessage,
     ErrorReport,
@@ -101,7 +102,7 @@ class ClientProxy:
         except ConnectionError as exc:
             raise ClientGone(self.client_id, str(exc)) from None
         if isinstance(message, ErrorReport):
-            raise ClientGone(self.client_id, f"client reported an error: {message.message}")
+            raise ClientGone(self.client_id, f"client reported an error: {shown(message.message)}")
         return message
 
     async def _expect(self, session: Session, kind: type[M]) -> M:

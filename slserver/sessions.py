@@ -54,6 +54,11 @@ class SessionLimits:
     write_timeout: float = 60.0
     messages_per_second: float = 5000.0
     message_burst: int = 10000
+    # Incoming bytes per second; above it the session reads more slowly (throttled, nothing is dropped).
+    bytes_per_second: float = float(512 << 20)
+    # Log lines about one client's messages (its Error reports, its refused messages) per second (burst: 10);
+    # the others are counted and the count logged.
+    logged_reports_per_second: float = 1.0
 
     def __post_init__(self) -> None:
         if self.memory_bytes < self.max_payload_bytes:
@@ -100,11 +105,13 @@ class Session:
     def __init__(self, client_id: str, peer: str, context: Stream, limits: SessionLimits, software_version: str = ""):
         self.client_id = client_id
         self.peer = peer
-        self.software_version = software_version
+        self.software_version = software_version[:64]  # shown in Status; a version is a few characters
         self.session_id = secrets.token_hex(8)
         self.limits = limits
         self.connected_at = time.monotonic()
         self._bucket = TokenBucket(limits.messages_per_second, limits.message_burst)
+        self._log_bucket = TokenBucket(limits.logged_reports_per_second, 10)
+        self._unlogged_reports = 0
         self.endpoint: ServerEndpoint = Endpoint(
             context,
             Side.SERVER,
@@ -112,6 +119,7 @@ class Session:
             limits=limits.tensor_limits,
             max_payload_bytes=limits.max_payload_bytes,
             admit=self._admit,
+            max_bytes_per_second=limits.bytes_per_second,
             write_timeout=limits.write_timeout,
             transfer_timeout=limits.transfer_timeout,
         )
@@ -156,6 +164,23 @@ class Session:
                 f"(messages_per_second); message dropped",
             )
 
+    def _log_report(self, report: ErrorReport) -> None:
+        """Logs what the client reports, escaped and truncated, at most ``logged_reports_per_second``: a client
+        must not be able to fill the server's log or forge lines in it."""
+        self._log_limited(
+            logging.WARNING, "client %s reports: %s: %s", self.client_id, report.code.name, shown(report.message)
+        )
+
+    def _log_limited(self, level: int, fmt: str, *args: object) -> None:
+        """Logs a line about something this client did, at most ``logged_reports_per_second`` (burst 10); what is
+        left out is counted and the count logged with the next line that is."""
+        if not self._log_bucket.take():
+            self._unlogged_reports += 1
+            return
+        unlogged, self._unlogged_reports = self._unlogged_reports, 0
+        more = f" ({unlogged} more lines about this client not logged)" if unlogged else ""
+        log.log(level, fmt + "%s", *args, more)
+
     async def send(self, message: ServerMessage) -> None:
         """Sends ``message`` (its tensors' bytes follow as attachments) as one unit. Raises ConnectionError when the
         session is closed or the write fails; a failed write closes the session, since its stream is unusable."""
@@ -170,7 +195,7 @@ class Session:
     async def send_error(self, code: grpc.StatusCode, message: str) -> None:
         """An in-stream error: the offending message is dropped and the session goes on (unless the error cannot
         be delivered, which closes the session like any failed write)."""
-        log.info("client %s: %s: %s", self.client_id, code.name, message)
+        self._log_limited(logging.INFO, "client %s: %s: %s", self.client_id, code.name, message)
         try:
             await self.send(ErrorReport(code, message))
         except ConnectionError:
@@ -220,7 +245,7 @@ class Session:
                 await self.send_error(grpc.StatusCode.FAILED_PRECONDITION, "Hello was already received on this session")
                 continue
             if isinstance(message, ErrorReport):
-                log.warning("client %s reports: %s", self.client_id, message.message)
+                self._log_report(message)
             if self.in_run is None:
                 await self.send_error(
                     grpc.StatusCode.FAILED_PRECONDITION,

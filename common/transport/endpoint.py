@@ -81,13 +81,15 @@ class Endpoint(Generic[Out, In]):
         admit: Callable[[], None] | None = None,
         write_timeout: float | None = None,
         transfer_timeout: float | None = None,
+        max_bytes_per_second: float | None = None,
     ):
         """``admit`` is called for every envelope before it is read further and may raise WireError to refuse it
         (the server's per-session rate limit); ``name`` says whose endpoint it is (a client id). ``write_timeout``
         bounds each single write (one envelope of at most a chunk): a peer that stops reading fills its HTTP/2
         window and would otherwise block the writer forever. ``transfer_timeout`` bounds how long an unfinished
         incoming message may stay unfinished (from its first chunk): past it :meth:`receive` raises
-        TransferStalled."""
+        TransferStalled. ``max_bytes_per_second`` throttles reading: past that rate the next read waits until the
+        bytes already received are paid for (nothing is dropped; gRPC's flow control slows the peer)."""
         self.stream = stream
         self.side = side
         self.name = name
@@ -104,6 +106,10 @@ class Endpoint(Generic[Out, In]):
         self._send_lock = asyncio.Lock()
         self.write_timeout = write_timeout
         self.transfer_timeout = transfer_timeout
+        self._byte_rate = max_bytes_per_second
+        self._byte_credit = max_bytes_per_second or 0.0  # one second's worth of burst
+        self._byte_stamp = time.monotonic()
+        self._bytes_paid = 0
         for observer in list(_observers):
             observer(self)
 
@@ -160,7 +166,25 @@ class Endpoint(Generic[Out, In]):
         """Bytes an unfinished incoming message holds (at most ``max_payload_bytes``)."""
         return self._deframer.buffered_bytes
 
+    def _received_bytes(self) -> int:
+        return self.counter.down if self.side is Side.CLIENT else self.counter.up
+
+    async def _throttle(self) -> None:
+        rate = self._byte_rate
+        if rate is None:
+            return
+        received = self._received_bytes()
+        now = time.monotonic()
+        credit = min(rate, self._byte_credit + (now - self._byte_stamp) * rate) - max(0, received - self._bytes_paid)
+        self._bytes_paid, self._byte_stamp = received, now
+        if credit < 0:
+            await asyncio.sleep(-credit / rate)
+            self._byte_stamp = time.monotonic()
+            credit = 0.0
+        self._byte_credit = credit
+
     async def _read(self) -> Any:
+        await self._throttle()
         since = self._deframer.unfinished_since
         if self.transfer_timeout is None or since is None:
             return await self.stream.read()

@@ -124,3 +124,41 @@ def test_a_client_outside_the_allowed_list_is_refused_when_the_stream_opens(daem
             await channel.close()
 
     asyncio.run(main())
+
+
+def test_client_text_is_bounded_in_statuses_and_logs(daemons, pki):
+    """A 1 MiB client id is INVALID_ARGUMENT (it was RESOURCE_EXHAUSTED: the id echoed into the status overflowed
+    gRPC's metadata limit), and a flood of Error reports with embedded newlines leaves a few escaped lines in the
+    server log instead of megabytes of forged ones."""
+    port = daemons.server(pki, daemons.tmp / "runs")
+    reports, report_text = 200, ("x" * 65_536 + "\n2099-01-01 INFO slperf.server: client forged connected")
+
+    async def main() -> None:
+        channel = create_channel(f"127.0.0.1:{port}", client_channel_credentials(pki, "c1"), server_name="localhost")
+        try:
+            call = open_session(channel)
+            await call.write(_hello("c" * (1 << 20)))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(call.read(), 10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert len(info.value.details()) < 400
+
+            call = open_session(channel)
+            await call.write(_hello("c1"))
+            assert (await asyncio.wait_for(call.read(), 10)).WhichOneof("body") == "welcome"
+            for seq in range(2, reports + 2):
+                await call.write(
+                    session_pb2.ClientMessage(seq=seq, error=session_pb2.Error(code=13, message=report_text))
+                )
+            # Each report (this client takes part in no run) is answered FAILED_PRECONDITION, in order.
+            for _ in range(reports):
+                assert (await asyncio.wait_for(call.read(), 10)).WhichOneof("body") == "error"
+            call.cancel()
+        finally:
+            await channel.close()
+
+    asyncio.run(main())
+    log = daemons.log("server")
+    assert "\n2099-01-01" not in log  # no forged line: the newline is escaped
+    assert log.count("slperf.server.sessions") <= 11  # a burst of 10 lines, then 1 a second
+    assert len(log) < 20_000, len(log)
