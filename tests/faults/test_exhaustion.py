@@ -162,3 +162,33 @@ def test_client_text_is_bounded_in_statuses_and_logs(daemons, pki):
     assert "\n2099-01-01" not in log  # no forged line: the newline is escaped
     assert log.count("slperf.server.sessions") <= 11  # a burst of 10 lines, then 1 a second
     assert len(log) < 20_000, len(log)
+
+
+def test_revoking_a_connected_client_ends_its_session_and_refuses_its_return(daemons, pki):
+    port = daemons.server(pki, daemons.tmp / "runs", "--revocation-check-seconds", "0.2")
+    target = f"127.0.0.1:{port}"
+
+    async def main() -> None:
+        channel = create_channel(target, client_channel_credentials(pki, "c1"), server_name="localhost")
+        operator = create_channel(target, operator_channel_credentials(pki), server_name="localhost")
+        call = open_session(channel)
+        try:
+            await call.write(_hello("c1"))
+            assert (await asyncio.wait_for(call.read(), 10)).WhichOneof("body") == "welcome"
+            revoked_at = time.monotonic()
+            revoke(pki, "c1")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(call.read(), 10)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "revoked" in info.value.details()
+            assert time.monotonic() - revoked_at < 3
+            status = await service_pb2_grpc.ControlStub(operator).Status(service_pb2.StatusRequest(), timeout=10)
+            assert [c.client_id for c in status.clients] == []  # it cannot be picked for the next run
+            again = open_session(channel)
+            assert await _status_code(again, 10) == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            call.cancel()
+            await channel.close()
+            await operator.close()
+
+    asyncio.run(main())
