@@ -174,6 +174,13 @@ def certs_revoke(client_id: str, directory: Path) -> None:
     "more get RESOURCE_EXHAUSTED when they open",
 )
 @click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(min=0.001),
+    default=10.0,
+    show_default=True,
+    help="seconds a new connection may take to finish its TLS handshake; then the server closes it",
+)
+@click.option(
     "--revocation-check-seconds",
     type=click.FloatRange(min=0.01),
     default=2.0,
@@ -198,6 +205,7 @@ def server(
     hello_timeout: float,
     max_streams_per_client: int,
     revocation_check_seconds: float,
+    handshake_timeout: float,
     verbose: bool,
 ) -> None:
     """Run the server daemon (top segments, aggregation, checkpoints, control). A run interrupted by a
@@ -240,6 +248,7 @@ def server(
                 limits=limits,
                 streams_per_client=max_streams_per_client,
                 revocation_check_seconds=revocation_check_seconds,
+                handshake_timeout=handshake_timeout,
             )
         )
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind

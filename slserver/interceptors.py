@@ -35,9 +35,9 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
+from slperf.common.protocol.untrusted import shown
 from slperf.common.security.errors import TLSConfigError
 from slperf.common.security.identity import Identity, Role, identity_from_auth_context
-from slperf.common.protocol.untrusted import shown
 from slperf.common.transport.channel import Malformed, safe_parser
 from slperf.slserver.revocation import RevocationList
 from slperf.v1 import service_pb2
@@ -344,9 +344,7 @@ class AdmissionPolicy:
     max_health_watches: int = 64
 
 
-def server_interceptors(
-    *, insecure: bool, policy: AdmissionPolicy | None = None
-) -> list[grpc.aio.ServerInterceptor]:
+def server_interceptors(*, insecure: bool, policy: AdmissionPolicy | None = None) -> list[grpc.aio.ServerInterceptor]:
     """The interceptors of the server, in order (the first runs first); with ``--insecure`` there is no
     certificate to check, but the stream limits (by peer address) still hold."""
     policy = policy or AdmissionPolicy(RevocationList(None))

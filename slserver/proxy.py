@@ -19,7 +19,6 @@ from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange, Stage
-from slperf.common.protocol.untrusted import shown
 from slperf.common.protocol.messages import (
     ClientMessage,
     ErrorReport,
@@ -34,6 +33,7 @@ from slperf.common.protocol.messages import (
     TrainEpoch,
 )
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, SessionState, State, StepRef
+from slperf.common.protocol.untrusted import shown
 from slperf.common.wire.codec import check_state
 from slperf.slserver.sessions import Session, SessionRegistry
 

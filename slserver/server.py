@@ -46,6 +46,9 @@ class ServerOptions:
     streams_per_client: int = 3
     # How often the revocation list is checked for changes; a revoked client's open session is then closed.
     revocation_check_seconds: float = 2.0
+    # A connection must finish its TLS handshake within this, or gRPC closes it (its default is 120 s, long enough
+    # for an outsider to use up the server's file descriptors with idle connections).
+    handshake_timeout: float = 10.0
 
 
 class AddressInUse(Exception):
@@ -77,7 +80,8 @@ async def serve(opts: ServerOptions, *, announce: Callable[[str], object] = prin
     # maximum_concurrent_rpcs: it counts every call, so streams that never say Hello would lock out the operator
     # and the health check; the session budget is StreamLimitInterceptor's instead (see interceptors.py).
     server = grpc.aio.server(
-        options=grpc_options() + [("grpc.so_reuseport", 0)],
+        options=grpc_options()
+        + [("grpc.so_reuseport", 0), ("grpc.server_handshake_timeout_ms", int(opts.handshake_timeout * 1000))],
         interceptors=server_interceptors(insecure=opts.insecure, policy=policy),
     )
     add_session_service(server, SplitLearningService(registry, auth))

@@ -160,7 +160,6 @@ class Endpoint(Generic[Out, In]):
                 decoded: In = self._decode(inbound, self.limits)
                 return decoded
 
-
     @property
     def buffered_bytes(self) -> int:
         """Bytes an unfinished incoming message holds (at most ``max_payload_bytes``)."""

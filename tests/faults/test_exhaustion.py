@@ -8,6 +8,7 @@ Welcome, the operator's Status call must answer, and so must the health check.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import grpc
@@ -23,6 +24,7 @@ from slperf.v1 import service_pb2, service_pb2_grpc, session_pb2
 IDLE_STREAMS = 300
 LIMIT = 2  # --max-streams-per-client
 HELLO_TIMEOUT = 5.0
+CONNECTIONS = 300  # idle TCP connections of an outsider
 
 
 def _hello(client_id: str) -> session_pb2.ClientMessage:
@@ -50,7 +52,9 @@ async def _status_code(call: grpc.aio.StreamStreamCall, within: float) -> grpc.S
 
 
 def test_idle_streams_of_one_certificate_leave_clients_operator_and_health_served(daemons, pki):
-    port = daemons.server(pki, daemons.tmp / "runs", "--hello-timeout", str(HELLO_TIMEOUT), "--max-streams-per-client", str(LIMIT))
+    port = daemons.server(
+        pki, daemons.tmp / "runs", "--hello-timeout", str(HELLO_TIMEOUT), "--max-streams-per-client", str(LIMIT)
+    )
     target = f"127.0.0.1:{port}"
 
     async def main() -> None:
@@ -192,3 +196,21 @@ def test_revoking_a_connected_client_ends_its_session_and_refuses_its_return(dae
             await operator.close()
 
     asyncio.run(main())
+
+
+def test_idle_connections_that_never_handshake_are_closed_at_the_handshake_timeout(daemons, pki):
+    """An outsider's idle TCP connections (no TLS at all) are closed after --handshake-timeout, not after gRPC's
+    default two minutes, so they cannot pile up until the server runs out of file descriptors."""
+    port = daemons.server(pki, daemons.tmp / "runs", "--handshake-timeout", "1")
+    sockets = []
+    try:
+        for _ in range(CONNECTIONS):
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        opened = time.monotonic()
+        for sock in sockets:
+            assert sock.recv(1) == b""  # closed by the server (a timeout would raise instead)
+        took = time.monotonic() - opened
+        assert took < 5, took
+    finally:
+        for sock in sockets:
+            sock.close()
