@@ -184,7 +184,8 @@ class ControlService(service_pb2_grpc.ControlServicer):
         context: grpc.aio.ServicerContext[service_pb2.StartRunRequest, service_pb2.StartRunResponse],
     ) -> service_pb2.StartRunResponse:
         try:
-            config, warnings = load_config_text(request.config, source="run config")
+            # Off the event loop: a big config must not stall every session's stream while it is parsed.
+            config, warnings = await asyncio.to_thread(load_config_text, request.config, source="run config")
             resolve_device(config.device, where="the server")  # a device this machine lacks: refused at start
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
