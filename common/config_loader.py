@@ -84,9 +84,85 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
     return cfg, warnings
 
 
-def load_config_text(text: str, *, source: str = "config") -> tuple[RunConfig, list[str]]:
+# Bounds on a config's text, far above any real config (a few KiB, a few levels, a few hundred values) and far
+# below what costs a server anything: a 352-byte alias bomb expands to gigabytes when walked, thousands of levels
+# overflow the parser's recursion, and a 5 000-digit integer makes int() refuse.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_NODES = 100_000  # values counted with every alias expanded
+MAX_INT_DIGITS = 100
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml's safe loader with the nesting depth and the expanded size of the document bounded while it is
+    composed (before anything is constructed), and integers of bounded length."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise ConfigError(f"nested more than {MAX_CONFIG_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        digits = str(node.value).lstrip("+-").replace("_", "")
+        if len(digits) > MAX_INT_DIGITS:
+            raise ConfigError(f"an integer of {len(digits)} digits at line {node.start_mark.line + 1}")
+        return super().construct_yaml_int(node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values ``node`` stands for with every alias expanded; each distinct node is counted once
+    (memoised), so this is fast for exactly the documents whose expansion is huge."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = 1  # a recursive alias counts once, not forever
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, memo) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = size
+    return size
+
+
+def _bounded_yaml(text: str) -> Any:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{len(text)} characters; a config may have at most {MAX_CONFIG_BYTES}")
+    loader = _BoundedLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_CONFIG_NODES:
+            raise ConfigError(
+                f"{size} values once its aliases are expanded; a config may have at most {MAX_CONFIG_NODES}"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def load_config_text(text: str, *, source: str = "config") -> tuple[RunConfig, list[str]]:
+    """Parses and validates a config's YAML text. Bounded in size, depth, alias expansion and integer length;
+    whatever is wrong is a ConfigError naming it (the server answers INVALID_ARGUMENT)."""
+    try:
+        raw = _bounded_yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: refused: {exc}") from None
+    except (RecursionError, ValueError) as exc:
+        raise ConfigError(f"{source}: not a usable YAML document: {type(exc).__name__}: {str(exc)[:200]}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -158,6 +158,49 @@ def certs_revoke(client_id: str, directory: Path) -> None:
     help="HOST:PORT to serve Prometheus metrics on at /metrics (sessions, bytes and messages per client, errors by "
     "status code, round progress, server step latency and compute time); off unless given",
 )
+@click.option(
+    "--session-memory-mb",
+    type=click.IntRange(min=1),
+    default=None,
+    help="MiB one session may make the server buffer: its unfinished message plus the messages queued for the "
+    "run; when full the server stops reading that stream  [default: --max-payload-mb + 64]",
+)
+@click.option(
+    "--transfer-timeout",
+    type=click.FloatRange(min=0.001),
+    default=120.0,
+    show_default=True,
+    help="seconds a chunked message may take from its first chunk to its last; then the session is closed",
+)
+@click.option(
+    "--hello-timeout",
+    type=click.FloatRange(min=0.001),
+    default=5.0,
+    show_default=True,
+    help="seconds a new session stream may take to send its Hello; later it ends with DEADLINE_EXCEEDED",
+)
+@click.option(
+    "--max-streams-per-client",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="session streams one client certificate (with --insecure: one address) may hold open at once; "
+    "more get RESOURCE_EXHAUSTED when they open",
+)
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(min=0.001),
+    default=10.0,
+    show_default=True,
+    help="seconds a new connection may take to finish its TLS handshake; then the server closes it",
+)
+@click.option(
+    "--revocation-check-seconds",
+    type=click.FloatRange(min=0.01),
+    default=2.0,
+    show_default=True,
+    help="how often the revocation list is checked for changes; a newly revoked client's session is closed",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def server(
     address: str,
@@ -172,6 +215,12 @@ def server(
     max_messages_per_second: float,
     write_timeout: float,
     metrics_address: str | None,
+    session_memory_mb: int | None,
+    transfer_timeout: float,
+    hello_timeout: float,
+    max_streams_per_client: int,
+    revocation_check_seconds: float,
+    handshake_timeout: float,
     verbose: bool,
 ) -> None:
     """Run the server daemon (top segments, aggregation, checkpoints, control). A run interrupted by a
@@ -188,13 +237,19 @@ def server(
             "or --insecure for a local plaintext experiment"
         )
     allowed = frozenset(c.strip() for c in allowed_clients.split(",") if c.strip()) if allowed_clients else None
+    memory_mb = session_memory_mb if session_memory_mb is not None else max_payload_mb + 64
+    if memory_mb < max_payload_mb:
+        _fail(f"--session-memory-mb ({memory_mb}) must be at least --max-payload-mb ({max_payload_mb})")
     limits = SessionLimits(
         max_sessions=max_sessions,
         max_payload_bytes=max_payload_mb << 20,
+        memory_bytes=memory_mb << 20,
+        transfer_timeout=transfer_timeout,
         tensor_limits=TensorLimits(max_elements=max_tensor_elements),
         messages_per_second=max_messages_per_second,
         message_burst=max(1, int(2 * max_messages_per_second)),
         write_timeout=write_timeout,
+        hello_timeout=hello_timeout,
     )
     try:
         run_server(
@@ -207,6 +262,9 @@ def server(
                 allowed_clients=allowed,
                 limits=limits,
                 metrics_address=metrics_address,
+                streams_per_client=max_streams_per_client,
+                revocation_check_seconds=revocation_check_seconds,
+                handshake_timeout=handshake_timeout,
             )
         )
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind

@@ -34,6 +34,7 @@ from slperf.common.protocol.messages import (
     TrainEpoch,
 )
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, SessionState, State, StepRef
+from slperf.common.protocol.untrusted import shown
 from slperf.common.wire.codec import check_state
 from slperf.slserver.figures import batches_of, bounded_summary, capped, eval_bound, shard_bound
 from slperf.slserver.sessions import Session, SessionRegistry
@@ -137,7 +138,7 @@ class ClientProxy:
         except ConnectionError as exc:
             raise ClientGone(self.client_id, str(exc)) from None
         if isinstance(message, ErrorReport):
-            raise ClientGone(self.client_id, f"client reported an error: {message.message}")
+            raise ClientGone(self.client_id, f"client reported an error: {shown(message.message)}")
         return message
 
     async def _expect(self, session: Session, kind: type[M]) -> M:

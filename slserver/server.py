@@ -23,8 +23,9 @@ from slperf.common.security.errors import TLSConfigError
 from slperf.common.transport.channel import grpc_options
 from slperf.slserver.coordinator import RunCoordinator
 from slperf.slserver.inference import InferenceService, add_inference_service
-from slperf.slserver.interceptors import HelloAuthorizer, server_interceptors
+from slperf.slserver.interceptors import AdmissionPolicy, HelloAuthorizer, server_interceptors
 from slperf.slserver.metrics import METRICS_READY_PREFIX, ErrorCountingInterceptor, ServerMetrics
+from slperf.slserver.revocation import RevocationList
 from slperf.slserver.served_models import ServedModels
 from slperf.slserver.service import ControlService, SplitLearningService, add_session_service
 from slperf.slserver.sessions import SessionLimits, SessionRegistry
@@ -46,6 +47,13 @@ class ServerOptions:
     allowed_clients: frozenset[str] | None = None
     # HOST:PORT of the Prometheus endpoint (``slperf.slserver.metrics``); None: no metrics are kept or served.
     metrics_address: str | None = None
+    # Open session streams one client certificate (with --insecure: one address) may hold at once.
+    streams_per_client: int = 3
+    # How often the revocation list is checked for changes; a revoked client's open session is then closed.
+    revocation_check_seconds: float = 2.0
+    # A connection must finish its TLS handshake within this, or gRPC closes it (its default is 120 s, long enough
+    # for an outsider to use up the server's file descriptors with idle connections).
+    handshake_timeout: float = 10.0
 
 
 class AddressInUse(Exception):
@@ -62,17 +70,28 @@ async def serve(opts: ServerOptions, *, announce: Callable[[str], object] = prin
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slperf-compute")
     coordinator = RunCoordinator(registry, opts.runs_dir, executor)
     shutdown = asyncio.Event()
-    auth = HelloAuthorizer(None if opts.insecure else opts.certs_dir, opts.insecure, opts.allowed_clients)
-    interceptors = server_interceptors(insecure=opts.insecure)
+    revocations = RevocationList(None if opts.insecure else opts.certs_dir)
+    auth = HelloAuthorizer(
+        None if opts.insecure else opts.certs_dir, opts.insecure, opts.allowed_clients, revocations=revocations
+    )
+    policy = AdmissionPolicy(
+        revocations,
+        opts.allowed_clients,
+        streams_per_client=opts.streams_per_client,
+        max_session_streams=limits.max_sessions + 32,
+    )
+    interceptors = server_interceptors(insecure=opts.insecure, policy=policy)
     metrics: ServerMetrics | None = None
     if opts.metrics_address is not None:
         metrics = ServerMetrics(registry, coordinator)
         interceptors.insert(0, ErrorCountingInterceptor(metrics.call_error))  # outermost: sees every refusal
 
-    # SO_REUSEPORT off: a second server on the same port must fail loudly, not share the port.
+    # SO_REUSEPORT off: a second server on the same port must fail loudly, not share the port. No
+    # maximum_concurrent_rpcs: it counts every call, so streams that never say Hello would lock out the operator
+    # and the health check; the session budget is StreamLimitInterceptor's instead (see interceptors.py).
     server = grpc.aio.server(
-        options=grpc_options() + [("grpc.so_reuseport", 0)],
-        maximum_concurrent_rpcs=limits.max_sessions + 32,
+        options=grpc_options()
+        + [("grpc.so_reuseport", 0), ("grpc.server_handshake_timeout_ms", int(opts.handshake_timeout * 1000))],
         interceptors=interceptors,
     )
     add_session_service(server, SplitLearningService(registry, auth))
@@ -110,12 +129,16 @@ async def serve(opts: ServerOptions, *, announce: Callable[[str], object] = prin
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown.set)
     log.info("listening on port %d (%s)", port, "plaintext" if opts.insecure else "mutual TLS")
+    watcher = asyncio.ensure_future(
+        revocations.watch(lambda revoked: close_revoked(registry, revoked), opts.revocation_check_seconds)
+    )
     announce(f"{READY_PREFIX}{port}")
     if metrics_server is not None:
         announce(f"{METRICS_READY_PREFIX}{metrics_server.port}")
     try:
         await shutdown.wait()
     finally:
+        watcher.cancel()
         if metrics_server is not None:
             metrics_server.close()
         for name in ("", "slperf.v1.SplitLearning", "slperf.v1.Control", "slperf.v1.Inference"):
@@ -127,6 +150,17 @@ async def serve(opts: ServerOptions, *, announce: Callable[[str], object] = prin
             session.close("server shutting down", grpc.StatusCode.UNAVAILABLE)
         await server.stop(grace=2.0)
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def close_revoked(registry: SessionRegistry, revoked: frozenset[str]) -> None:
+    """Closes the open session of every client in ``revoked`` (PERMISSION_DENIED, saying so); a run it takes part
+    in drops it like any client that disconnects, and its reconnects are refused when the stream opens."""
+    for session in list(registry.sessions.values()):
+        if session.client_id in revoked and not session.closed.is_set():
+            log.warning("client %s has been revoked: closing its session", session.client_id)
+            session.close(
+                f"client '{session.client_id}' has been revoked; session closed", grpc.StatusCode.PERMISSION_DENIED
+            )
 
 
 async def _set_health(servicer: health_pb2_grpc.HealthServicer, name: str, status: int) -> None:

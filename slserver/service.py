@@ -23,6 +23,7 @@ from slperf.common.config_loader import load_config_text
 from slperf.common.devices import resolve_device
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import Welcome
+from slperf.common.protocol.untrusted import shown
 from slperf.common.security.ids import valid_client_id, valid_run_id
 from slperf.common.transport.channel import (
     GRPC_MAX_MESSAGE_BYTES,
@@ -74,7 +75,7 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
                 f"version {PROTOCOL_VERSION} (upgrade the client or the server)",
             )
         if not valid_client_id(hello.client_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid client id {hello.client_id!r}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid client id {shown(hello.client_id)}")
         await self.auth.client(context, hello.client_id)
         session = Session(hello.client_id, context.peer(), context, limits, software_version=hello.software_version)
         try:
@@ -85,7 +86,12 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
             replaced.close(
                 "replaced by a new session of the same client (reconnect)", grpc.StatusCode.ABORTED
             )  # its handler returns
-        log.info("client %s connected from %s (%s)", hello.client_id, context.peer(), hello.software_version or "?")
+        log.info(
+            "client %s connected from %s (%s)",
+            hello.client_id,
+            context.peer(),
+            shown(hello.software_version) if hello.software_version else "?",
+        )
         try:
             await session.send(
                 Welcome(
@@ -185,14 +191,15 @@ class ControlService(service_pb2_grpc.ControlServicer):
         context: grpc.aio.ServicerContext[service_pb2.StartRunRequest, service_pb2.StartRunResponse],
     ) -> service_pb2.StartRunResponse:
         try:
-            config, warnings = load_config_text(request.config, source="run config")
+            # Off the event loop: a big config must not stall every session's stream while it is parsed.
+            config, warnings = await asyncio.to_thread(load_config_text, request.config, source="run config")
             resolve_device(config.device, where="the server")  # a device this machine lacks: refused at start
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         for warning in warnings:
             log.warning("%s", warning)
         if request.run_id and not valid_run_id(request.run_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid run id {request.run_id!r}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid run id {shown(request.run_id)}")
         try:
             run = self.coordinator.start(config, request.run_id or None)
         except RunExists as exc:

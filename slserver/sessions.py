@@ -22,7 +22,8 @@ import grpc
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import ClientMessage, ErrorReport, Hello, ServerMessage
 from slperf.common.protocol.types import SessionState
-from slperf.common.transport.endpoint import Endpoint, ServerEndpoint, Side, Stream, StreamBroken
+from slperf.common.protocol.untrusted import shown
+from slperf.common.transport.endpoint import Endpoint, ServerEndpoint, Side, Stream, StreamBroken, TransferStalled
 from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits
 from slperf.common.wire.framing import ByteCounter
 
@@ -39,11 +40,37 @@ class SessionLimits:
     max_payload_bytes: int = 1 << 30
     tensor_limits: TensorLimits = DEFAULT_LIMITS
     inbox_size: int = 256
-    hello_timeout: float = 30.0
+    # One byte budget per session for everything it makes the server buffer: the unfinished incoming message
+    # (chunked transfers, attachments; at most max_payload_bytes) and the messages queued for the run. The
+    # session reads its next message only while the queue leaves room for a whole one (memory_bytes -
+    # max_payload_bytes); otherwise it stops reading and gRPC's flow control holds the client back.
+    memory_bytes: int = (1 << 30) + (64 << 20)
+    # An unfinished incoming message must be complete within this many seconds of its first chunk, or the
+    # session is closed (DEADLINE_EXCEEDED) and its buffers freed.
+    transfer_timeout: float = 120.0
+    # A stream must say Hello within this; until it does it holds one of its peer's few stream slots.
+    hello_timeout: float = 5.0
     # Bound on one write to a client (an envelope of at most a chunk): expiry means it stopped reading; it is dropped.
     write_timeout: float = 60.0
     messages_per_second: float = 5000.0
     message_burst: int = 10000
+    # Incoming bytes per second; above it the session reads more slowly (throttled, nothing is dropped).
+    bytes_per_second: float = float(512 << 20)
+    # Log lines about one client's messages (its Error reports, its refused messages) per second (burst: 10);
+    # the others are counted and the count logged.
+    logged_reports_per_second: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.memory_bytes < self.max_payload_bytes:
+            raise ValueError(
+                f"the session memory budget ({self.memory_bytes} bytes) must hold at least one message of the "
+                f"largest payload ({self.max_payload_bytes} bytes)"
+            )
+
+    @property
+    def inbox_room(self) -> int:
+        """Queued bytes beyond which a session stops reading: what is left of its budget for one whole message."""
+        return self.memory_bytes - self.max_payload_bytes
 
 
 class TokenBucket:
@@ -78,11 +105,13 @@ class Session:
     def __init__(self, client_id: str, peer: str, context: Stream, limits: SessionLimits, software_version: str = ""):
         self.client_id = client_id
         self.peer = peer
-        self.software_version = software_version
+        self.software_version = software_version[:64]  # shown in Status; a version is a few characters
         self.session_id = secrets.token_hex(8)
         self.limits = limits
         self.connected_at = time.monotonic()
         self._bucket = TokenBucket(limits.messages_per_second, limits.message_burst)
+        self._log_bucket = TokenBucket(limits.logged_reports_per_second, 10)
+        self._unlogged_reports = 0
         self.endpoint: ServerEndpoint = Endpoint(
             context,
             Side.SERVER,
@@ -90,9 +119,15 @@ class Session:
             limits=limits.tensor_limits,
             max_payload_bytes=limits.max_payload_bytes,
             admit=self._admit,
+            max_bytes_per_second=limits.bytes_per_second,
             write_timeout=limits.write_timeout,
+            transfer_timeout=limits.transfer_timeout,
         )
-        self._inbox: asyncio.Queue[ClientMessage | object] = asyncio.Queue(limits.inbox_size)
+        # (message, its bytes on the wire), or _CLOSED
+        self._inbox: asyncio.Queue[tuple[ClientMessage, int] | object] = asyncio.Queue(limits.inbox_size)
+        self.queued_bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
         self.closed = asyncio.Event()
         self.close_reason = ""
         # The status the server ends the stream with, once this side closed the session; None while open, or when
@@ -103,6 +138,17 @@ class Session:
         self.state = SessionState.IDLE
         # Told of every in-stream error this session sends (the registry's listeners: the metrics).
         self.on_error: Callable[[grpc.StatusCode], None] | None = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """What this session makes the server hold now: queued messages and the unfinished incoming one. At most
+        ``limits.memory_bytes``."""
+        return self.queued_bytes + self.endpoint.buffered_bytes
+
+    def _took(self, size: int) -> None:
+        self.queued_bytes -= size
+        if self.queued_bytes <= self.limits.inbox_room:
+            self._room.set()
 
     @property
     def counter(self) -> ByteCounter:
@@ -120,6 +166,23 @@ class Session:
                 f"(messages_per_second); message dropped",
             )
 
+    def _log_report(self, report: ErrorReport) -> None:
+        """Logs what the client reports, escaped and truncated, at most ``logged_reports_per_second``: a client
+        must not be able to fill the server's log or forge lines in it."""
+        self._log_limited(
+            logging.WARNING, "client %s reports: %s: %s", self.client_id, report.code.name, shown(report.message)
+        )
+
+    def _log_limited(self, level: int, fmt: str, *args: object) -> None:
+        """Logs a line about something this client did, at most ``logged_reports_per_second`` (burst 10); what is
+        left out is counted and the count logged with the next line that is."""
+        if not self._log_bucket.take():
+            self._unlogged_reports += 1
+            return
+        unlogged, self._unlogged_reports = self._unlogged_reports, 0
+        more = f" ({unlogged} more lines about this client not logged)" if unlogged else ""
+        log.log(level, fmt + "%s", *args, more)
+
     async def send(self, message: ServerMessage) -> None:
         """Sends ``message`` (its tensors' bytes follow as attachments) as one unit. Raises ConnectionError when the
         session is closed or the write fails; a failed write closes the session, since its stream is unusable."""
@@ -134,7 +197,7 @@ class Session:
     async def send_error(self, code: grpc.StatusCode, message: str) -> None:
         """An in-stream error: the offending message is dropped and the session goes on (unless the error cannot
         be delivered, which closes the session like any failed write)."""
-        log.info("client %s: %s: %s", self.client_id, code.name, message)
+        self._log_limited(logging.INFO, "client %s: %s: %s", self.client_id, code.name, message)
         if self.on_error is not None:
             self.on_error(code)
         try:
@@ -148,7 +211,9 @@ class Session:
         if item is _CLOSED:
             self._inbox.put_nowait(_CLOSED)  # keep waking later readers too
             raise ConnectionError(self.close_reason or "session closed")
-        return item  # type: ignore[return-value]
+        message, size = item  # type: ignore[misc]
+        self._took(size)
+        return message  # type: ignore[no-any-return]
 
     def drain(self) -> None:
         """Drops messages left over from an aborted phase, so the next phase starts clean."""
@@ -157,16 +222,26 @@ class Session:
             if item is _CLOSED:
                 self._inbox.put_nowait(_CLOSED)
                 return
+            self._took(item[1])  # type: ignore[index]
 
     async def read_loop(self) -> None:
         """Reads until the client closes the stream. Every message is decoded and checked by the endpoint before
-        anything else sees it; a bad one is answered on the stream and dropped."""
+        anything else sees it; a bad one is answered on the stream and dropped. Back-pressure: while the queued
+        messages leave no room for a whole message in the session's budget, nothing more is read."""
         while True:
+            while self.queued_bytes > self.limits.inbox_room and not self.closed.is_set():
+                self._room.clear()
+                await self._room.wait()
+            before = self.endpoint.counter.up
             try:
                 message = await self.endpoint.receive()
             except WireError as err:
                 await self.send_error(err.code, err.message)
                 continue
+            except TransferStalled as exc:
+                self.close(str(exc), grpc.StatusCode.DEADLINE_EXCEEDED)
+                return
+            size = max(0, self.endpoint.counter.up - before)
             if message is None:
                 self.close("client closed the stream")
                 return
@@ -174,14 +249,15 @@ class Session:
                 await self.send_error(grpc.StatusCode.FAILED_PRECONDITION, "Hello was already received on this session")
                 continue
             if isinstance(message, ErrorReport):
-                log.warning("client %s reports: %s", self.client_id, message.message)
+                self._log_report(message)
             if self.in_run is None:
                 await self.send_error(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"client {self.client_id} is not taking part in a run; message dropped",
                 )
                 continue
-            await self._inbox.put(message)
+            self.queued_bytes += size
+            await self._inbox.put((message, size))
 
     def close(self, reason: str, code: grpc.StatusCode | None = None) -> None:
         """Ends the session. ``code`` is the status the server ends the client's stream with (None when the client
@@ -191,6 +267,7 @@ class Session:
             self.close_code = code
             self.closed.set()
             self.state = SessionState.DISCONNECTED
+            self._room.set()
             try:
                 self._inbox.put_nowait(_CLOSED)
             except asyncio.QueueFull:

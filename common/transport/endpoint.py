@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -52,6 +53,12 @@ class StreamBroken(ConnectionError):
     stopped reading. Either way the stream is unusable; its owner ends the session (nothing else is wrong)."""
 
 
+class TransferStalled(ConnectionError):
+    """An unfinished message (a chunked transfer, or attachments announced and not all sent) was not completed
+    within the endpoint's transfer deadline: the peer holds buffer space it does not use. The owner ends the
+    stream, which frees the buffers."""
+
+
 EndpointObserver = Callable[["Endpoint[Any, Any]"], None]
 _observers: list[EndpointObserver] = []
 
@@ -73,11 +80,16 @@ class Endpoint(Generic[Out, In]):
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         admit: Callable[[], None] | None = None,
         write_timeout: float | None = None,
+        transfer_timeout: float | None = None,
+        max_bytes_per_second: float | None = None,
     ):
         """``admit`` is called for every envelope before it is read further and may raise WireError to refuse it
         (the server's per-session rate limit); ``name`` says whose endpoint it is (a client id). ``write_timeout``
         bounds each single write (one envelope of at most a chunk): a peer that stops reading fills its HTTP/2
-        window and would otherwise block the writer forever."""
+        window and would otherwise block the writer forever. ``transfer_timeout`` bounds how long an unfinished
+        incoming message may stay unfinished (from its first chunk): past it :meth:`receive` raises
+        TransferStalled. ``max_bytes_per_second`` throttles reading: past that rate the next read waits until the
+        bytes already received are paid for (nothing is dropped; gRPC's flow control slows the peer)."""
         self.stream = stream
         self.side = side
         self.name = name
@@ -93,6 +105,11 @@ class Endpoint(Generic[Out, In]):
         self._admit = admit
         self._send_lock = asyncio.Lock()
         self.write_timeout = write_timeout
+        self.transfer_timeout = transfer_timeout
+        self._byte_rate = max_bytes_per_second
+        self._byte_credit = max_bytes_per_second or 0.0  # one second's worth of burst
+        self._byte_stamp = time.monotonic()
+        self._bytes_paid = 0
         for observer in list(_observers):
             observer(self)
 
@@ -130,7 +147,7 @@ class Endpoint(Generic[Out, In]):
         Raises WireError for a message that is out of protocol (the message is dropped, the stream goes on).
         """
         while True:
-            envelope = await self.stream.read()
+            envelope = await self._read()
             if envelope is grpc.aio.EOF:
                 return None
             if self._admit is not None:
@@ -142,6 +159,43 @@ class Endpoint(Generic[Out, In]):
             if inbound is not None:
                 decoded: In = self._decode(inbound, self.limits)
                 return decoded
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes an unfinished incoming message holds (at most ``max_payload_bytes``)."""
+        return self._deframer.buffered_bytes
+
+    def _received_bytes(self) -> int:
+        return self.counter.down if self.side is Side.CLIENT else self.counter.up
+
+    async def _throttle(self) -> None:
+        rate = self._byte_rate
+        if rate is None:
+            return
+        received = self._received_bytes()
+        now = time.monotonic()
+        credit = min(rate, self._byte_credit + (now - self._byte_stamp) * rate) - max(0, received - self._bytes_paid)
+        self._bytes_paid, self._byte_stamp = received, now
+        if credit < 0:
+            await asyncio.sleep(-credit / rate)
+            self._byte_stamp = time.monotonic()
+            credit = 0.0
+        self._byte_credit = credit
+
+    async def _read(self) -> Any:
+        await self._throttle()
+        since = self._deframer.unfinished_since
+        if self.transfer_timeout is None or since is None:
+            return await self.stream.read()
+        remaining = since + self.transfer_timeout - time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                return await self.stream.read()
+        except TimeoutError:
+            raise TransferStalled(
+                f"a message of {self._deframer.buffered_bytes} buffered bytes is still unfinished after "
+                f"{self.transfer_timeout:g} s (transfer_timeout)"
+            ) from None
 
 
 ClientEndpoint = Endpoint[ClientMessage, ServerMessage]

@@ -8,6 +8,7 @@ check the result at the end (length and checksum).
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -219,9 +220,10 @@ def split_payload(
 
 
 class _Transfer:
-    __slots__ = ("count", "total", "crc", "buffer", "received", "filled", "running_crc")
+    __slots__ = ("count", "total", "crc", "buffer", "received", "filled", "running_crc", "started")
 
     def __init__(self, count: int, total: int, crc: int) -> None:
+        self.started = time.monotonic()
         self.count = count
         self.total = total
         self.crc = crc
@@ -238,8 +240,9 @@ class Reassembler:
     """Puts chunked transfers back together; one instance per stream (not thread-safe).
 
     ``feed`` returns the payload when the last chunk of a transfer arrived, None before. Chunks of one transfer
-    must arrive in order from index 0; transfers may interleave, at most ``max_open_transfers`` at a time, each
-    at most ``max_total_bytes`` long (refused on its first chunk, before anything is buffered). Any WireError
+    must arrive in order from index 0; transfers may interleave, at most ``max_open_transfers`` at a time, all of
+    them together at most ``max_total_bytes`` long (refused on its first chunk, before anything is buffered), so
+    what one stream can make the receiver buffer is bounded by one payload, not by one per open transfer. Any WireError
     drops the transfer it concerns, freeing what was buffered for it.
 
     Buffering: a multi-chunk transfer is copied into one exact-size buffer as its chunks arrive (allocated on the
@@ -260,6 +263,16 @@ class Reassembler:
     def open_transfers(self) -> int:
         """How many transfers have started and not finished."""
         return len(self._open)
+
+    @property
+    def open_bytes(self) -> int:
+        """The bytes the open transfers announced (what their buffers hold once full)."""
+        return sum(transfer.total for transfer in self._open.values())
+
+    @property
+    def opened_at(self) -> float | None:
+        """``time.monotonic()`` when the oldest open transfer began; None when none is open."""
+        return min((transfer.started for transfer in self._open.values()), default=None)
 
     def reset(self) -> None:
         """Drops every partially received transfer."""
@@ -349,6 +362,11 @@ class Reassembler:
             raise WireError.invalid(
                 f"transfer {tid} announces {count} chunks for {total} bytes; every chunk must "
                 "carry data unless the payload is empty"
+            )
+        if count > 1 and self.open_bytes + total > self.max_total_bytes:
+            raise WireError.exhausted(
+                f"transfer {tid} announces {total} bytes; with the {self.open_bytes} bytes of the transfers already "
+                f"open that is more than the {self.max_total_bytes} bytes all open transfers may hold"
             )
         if count > 1 and len(self._open) >= self.max_open_transfers:
             raise WireError.exhausted(

@@ -13,6 +13,7 @@ here, at the transport, as the exact serialized size of every envelope in each d
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -108,9 +109,10 @@ class Framer(Generic[E]):
 
 
 class _Pending:
-    __slots__ = ("message", "expected", "bulk", "bytes")
+    __slots__ = ("message", "expected", "bulk", "bytes", "started")
 
     def __init__(self, message: Any, expected: int) -> None:
+        self.started = time.monotonic()
         self.message = message
         self.expected = expected
         self.bulk: list[bytes | memoryview] = []
@@ -136,6 +138,20 @@ class Deframer(Generic[E]):
         self._max_payload = max_payload_bytes
         self._reassembler = Reassembler(max_payload_bytes)
         self._pending: _Pending | None = None  # a message whose attachments are still arriving
+
+    @property
+    def buffered_bytes(self) -> int:
+        """What the unfinished message holds: the attachments received so far and every open transfer's
+        announced size. At most ``max_payload_bytes``: one budget for all of it."""
+        pending = self._pending.bytes if self._pending is not None else 0
+        return pending + self._reassembler.open_bytes
+
+    @property
+    def unfinished_since(self) -> float | None:
+        """``time.monotonic()`` when the unfinished message (its first chunk, or the message whose attachments
+        are awaited) began; None when nothing is unfinished. The receiver bounds how long that may last."""
+        started = [t for t in (self._reassembler.opened_at, self._pending and self._pending.started) if t]
+        return min(started) if started else None
 
     def feed(self, envelope: E) -> Inbound[E] | None:
         """Returns the complete message, None while a chunked one or its attachments are still arriving; raises
@@ -191,7 +207,7 @@ class Deframer(Generic[E]):
                 f"{pending.message.WhichOneof('body')} message, got {kind}; both dropped",
             )
         chunk = envelope.chunk  # type: ignore[attr-defined]
-        if chunk.index == 0 and pending.bytes + chunk.total_bytes > self._max_payload:
+        if chunk.index == 0 and self.buffered_bytes + chunk.total_bytes > self._max_payload:
             self._drop_pending()
             raise WireError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,

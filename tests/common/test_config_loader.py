@@ -3,6 +3,8 @@ data sets (config_loader.py)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from slperf.common.config import ConfigError
@@ -36,3 +38,29 @@ def test_json_round_trip_is_identical():
 def test_unknown_dataset_is_checked_against_the_data_registry():
     with pytest.raises(ConfigError, match="unknown dataset 'imagenet'.*mnist"):
         load_config_text("dataset: imagenet\n")
+
+
+def _bomb(levels: int) -> str:
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, levels):
+        prev = f"*a{i - 1}"
+        lines.append(f"a{i}: &a{i} [{', '.join([prev] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        (_bomb(9), "values once its aliases are expanded"),  # 352 bytes, 9^9 values when walked
+        ("a: " + "[" * 5000 + "]" * 5000, "nested more than 32 levels deep"),
+        ("epochs: " + "9" * 5000, "an integer of 5000 digits"),
+        ("# " + "x" * (2 << 20), "a config may have at most 1048576"),
+    ],
+    ids=["alias-bomb", "deep", "huge-int", "huge-text"],
+)
+def test_hostile_yaml_is_a_config_error_naming_the_problem_and_costs_nothing(text, fragment):
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="refused") as info:
+        load_config_text(text, source="run config")
+    assert fragment in str(info.value)
+    assert time.monotonic() - started < 2

@@ -11,6 +11,7 @@ import torch
 from slperf.common.protocol.messages import ErrorReport, Finish, Hello, Ready
 from slperf.common.protocol.types import CutTensor, Phase, SessionState, StepRef
 from slperf.slserver.sessions import Session, SessionLimits, SessionRegistry
+from slperf.v1 import session_pb2, tensor_pb2
 from tests.slserver.streams import stream_pair
 
 
@@ -77,10 +78,11 @@ def test_the_message_rate_limit_drops_what_exceeds_the_burst():
 def test_drain_drops_leftovers_but_not_the_close_and_a_closed_session_ends_every_read():
     async def main():
         session, client, stream, reader = await _session()
-        session._inbox.put_nowait(Ready("r", 1, 1))  # left over from an aborted phase
-        session._inbox.put_nowait(Ready("r", 2, 2))
+        session._inbox.put_nowait((Ready("r", 1, 1), 10))  # left over from an aborted phase
+        session._inbox.put_nowait((Ready("r", 2, 2), 10))
+        session.queued_bytes = 20
         session.drain()
-        assert session._inbox.empty()
+        assert session._inbox.empty() and session.queued_bytes == 0
         waiting = asyncio.create_task(session.next(30))
         session.close("test over")
         with pytest.raises(ConnectionError, match="test over"):
@@ -164,5 +166,59 @@ def test_a_write_to_a_client_that_stopped_reading_is_bounded_and_drops_it():
         assert stream.blocked.is_set()
         assert session.closed.is_set() and "not reading" in session.close_reason
         assert session.close_code is grpc.StatusCode.UNAVAILABLE
+
+    asyncio.run(main())
+
+
+async def _until(condition, within: float) -> None:
+    """Waits (bounded by ``within``) until ``condition()`` holds: the session's reader runs on the same loop."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+def test_the_session_stops_reading_when_its_byte_budget_is_full_and_loses_nothing():
+    """Back-pressure: 10 messages of 512 KiB for a run that does not read them. With a budget of 3 MiB (1 MiB of
+    it for the unfinished message) the session reads until 2 MiB are queued, then leaves the rest in the stream
+    (on a real stream gRPC's flow control then stops the client); every message still arrives, in order."""
+
+    async def main():
+        limits = SessionLimits(max_payload_bytes=1 << 20, memory_bytes=3 << 20)
+        session, client, stream, reader = await _session(limits)
+        session.in_run = "r"
+        peak = 0
+        read = stream.read
+
+        async def measured_read():
+            nonlocal peak
+            peak = max(peak, session.buffered_bytes)
+            return await read()
+
+        stream.read = measured_read
+        sent = [CutTensor(StepRef("r", 0, i, Phase.TRAIN), torch.full((128 << 10,), float(i))) for i in range(10)]
+        for message in sent:
+            await client.send(message)
+        await _until(lambda: not session._room.is_set() or stream.incoming.empty(), 5)
+        assert session.queued_bytes > limits.inbox_room  # it stopped because the budget was full ...
+        assert not stream.incoming.empty()  # ... leaving the rest unread
+        for i in range(10):
+            got = await session.next(5)
+            assert got.ref.step == i and torch.equal(got.tensor, sent[i].tensor)
+        assert peak <= limits.memory_bytes and session.queued_bytes == 0
+        stream.end()
+        await reader
+
+    asyncio.run(main())
+
+
+def test_an_unfinished_transfer_past_its_deadline_closes_the_session_and_frees_its_buffer():
+    async def main():
+        session, client, stream, reader = await _session(SessionLimits(transfer_timeout=0.2))
+        chunk = tensor_pb2.Chunk(transfer_id=1, index=0, count=3, total_bytes=3000, crc32=0, data=b"x" * 1000)
+        stream.incoming.put_nowait(session_pb2.ClientMessage(seq=1, chunk=chunk))
+        await asyncio.wait_for(reader, 5)
+        assert session.close_code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "unfinished after 0.2 s (transfer_timeout)" in session.close_reason
 
     asyncio.run(main())

@@ -110,3 +110,21 @@ def test_observers_see_every_endpoint_until_they_unsubscribe():
         stop()
     _pair()
     assert len(seen) == 2
+
+
+def test_reading_is_throttled_to_the_byte_rate_and_nothing_is_lost():
+    """6 MiB at 2 MiB/s with one second (2 MiB) of burst: each read first pays for the bytes before it, so the last
+    message is read after (6 - 2 - 1) MiB / 2 MiB/s = 1.5 s, not at once."""
+
+    async def main():
+        client, server, _ = _pair(max_bytes_per_second=float(2 << 20))
+        sent = [torch.full((256 << 10,), float(i)) for i in range(6)]  # 1 MiB each
+        for i, tensor in enumerate(sent):
+            await client.send(CutTensor(StepRef("run", 0, i, Phase.TRAIN), tensor))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for tensor in sent:
+            assert torch.equal((await server.receive()).tensor, tensor)
+        assert loop.time() - started >= 1.3
+
+    asyncio.run(main())

@@ -385,3 +385,22 @@ def test_envelopes_with_other_bodies_or_extra_fields_are_left_to_protobuf():
         + session_pb2.ClientMessage(seq=2, chunk=tensor_pb2.Chunk(count=1)).SerializeToString()
     )
     assert parse_chunk_envelope(repeated_seq, session_pb2.ClientMessage) is None  # protobuf: the last seq wins
+
+
+def test_open_transfers_share_one_byte_budget():
+    """Four interleaved transfers may be open, but together they buffer at most ``max_total_bytes`` (they were
+    each allowed that much: 4 x the payload limit held forever by one stalled sender)."""
+    r = Reassembler(10_000, max_open_transfers=4)
+    firsts = [split_payload(_payload(6000, tid), tid, 1000)[0] for tid in (1, 2)]
+    assert r.feed(_wire(firsts[0])) is None
+    assert r.open_bytes == 6000
+    _refused(r, firsts[1], EXHAUSTED, "transfer 2 announces 6000 bytes", "10000 bytes all open transfers may hold")
+    assert r.open_transfers == 1 and r.open_bytes == 6000
+    small = split_payload(_payload(4000, 3), 3, 1000)
+    for chunk in small[:-1]:
+        assert r.feed(_wire(chunk)) is None
+    assert r.open_bytes == 10_000
+    assert r.feed(_wire(small[-1])) == _payload(4000, 3)
+    assert r.open_bytes == 6000 and r.opened_at is not None
+    r.reset()
+    assert r.open_bytes == 0 and r.opened_at is None

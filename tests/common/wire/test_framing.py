@@ -153,3 +153,20 @@ def test_chunks_that_do_not_parse_are_invalid_argument():
     with pytest.raises(WireError) as info:
         deframer.feed(bogus)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_interleaved_attachment_transfers_share_the_payload_budget():
+    """Attachments whose transfers are opened side by side count together: the announced total of all of them
+    and the attachments already received stay within one ``max_payload_bytes``."""
+    _, deframer, _, _ = _pair(max_payload_bytes=10_000)
+    assert deframer.feed(session_pb2.ClientMessage(seq=1, attachments=3, ready=session_pb2.Ready())) is None
+    assert deframer.unfinished_since is not None
+    data = b"x" * 1000
+    first = tensor_pb2.Chunk(transfer_id=1, index=0, count=6, total_bytes=6000, crc32=0, data=data)
+    assert deframer.feed(session_pb2.ClientMessage(seq=2, chunk=first)) is None
+    assert deframer.buffered_bytes == 6000
+    second = tensor_pb2.Chunk(transfer_id=2, index=0, count=6, total_bytes=6000, crc32=0, data=data)
+    with pytest.raises(WireError) as info:
+        deframer.feed(session_pb2.ClientMessage(seq=3, chunk=second))
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert deframer.buffered_bytes == 0 and deframer.unfinished_since is None  # the message was dropped whole

@@ -99,3 +99,18 @@ def test_rejects_truncated_file(tmp_path):
 def test_encode_rejects_unsupported_dtype():
     with pytest.raises(ValueError, match="IDX cannot hold"):
         encode_idx(np.zeros(3, dtype=np.int64))
+
+
+def test_a_gzip_that_decompresses_beyond_the_bound_is_refused_without_holding_it(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(encode_idx(np.zeros((8, 512, 512), dtype=np.uint8))))  # 2 MiB, ~2 KiB zipped
+    with pytest.raises(DatasetCorrupt, match=r"more than 1048576 bytes once decompressed"):
+        read_idx_file(path, ndim=3, max_bytes=1 << 20)
+    assert read_idx_file(path, ndim=3, max_bytes=4 << 20).shape == (8, 512, 512)
+
+
+def test_a_plain_file_beyond_the_bound_is_refused_unread(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(encode_idx(np.zeros((8, 512, 512), dtype=np.uint8)))
+    with pytest.raises(DatasetCorrupt, match=r"more than 1048576 bytes; no IDX file"):
+        read_idx_file(path, ndim=3, max_bytes=1 << 20)
