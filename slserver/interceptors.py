@@ -35,6 +35,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from slperf.common.security.errors import TLSConfigError
 from slperf.common.security.identity import Identity, Role, identity_from_auth_context, load_revoked
 from slperf.common.transport.channel import Malformed, safe_parser
+from slperf.common.transport.endpoint import SessionContext
 from slperf.v1 import service_pb2
 
 log = logging.getLogger("slperf.server")
@@ -219,7 +220,7 @@ class HelloAuthorizer:
         self.insecure = insecure
         self.allowed = allowed  # None = every client the CA certified
 
-    async def client(self, context: grpc.aio.ServicerContext[Any, Any], claimed: str) -> None:
+    async def client(self, context: SessionContext, claimed: str) -> None:
         """Aborts the call unless ``claimed`` is allowed, the certificate names it, and it is not revoked."""
         if self.allowed is not None and claimed not in self.allowed:
             await context.abort(

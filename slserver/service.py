@@ -24,6 +24,7 @@ from slperf.common.devices import resolve_device
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import Welcome
 from slperf.common.security.ids import valid_client_id, valid_run_id
+from slperf.common.transport.endpoint import SessionContext
 from slperf.common.transport.channel import (
     GRPC_MAX_MESSAGE_BYTES,
     Malformed,
@@ -44,7 +45,6 @@ log = logging.getLogger("slperf.server")
 # (``serialize_envelope``) sends ServerMessages and hand-built ChunkEnvelopes.
 SessionRequest: TypeAlias = session_pb2.ClientMessage | ChunkEnvelope | Malformed
 SessionResponse: TypeAlias = session_pb2.ServerMessage | ChunkEnvelope
-SessionContext: TypeAlias = grpc.aio.ServicerContext[SessionRequest, SessionResponse]
 
 
 class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
@@ -53,6 +53,8 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
         self.auth = auth
 
     async def Session(self, request_iterator: AsyncIterator[SessionRequest], context: SessionContext) -> None:
+        """One client's session, from its Hello to its end. ``context`` is the gRPC call's, or the simulation's
+        in-memory stream end (``slperf.common.transport.memory``): nothing here needs more than ``SessionContext``."""
         limits = self.registry.limits
         try:
             first = await asyncio.wait_for(context.read(), limits.hello_timeout)

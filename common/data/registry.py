@@ -19,6 +19,7 @@ import numpy as np
 from . import cache
 from .errors import DatasetCorrupt
 from .sources.artifacts import ARTIFACTS
+from .shared import current_shared
 from .spec import ARRAY_NAMES, Arrays, DatasetSpec, LoadedDataset
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -79,6 +80,19 @@ def load_dataset(
     $SLPERF_CACHE or ~/.cache/slperf. Raises ValueError for an unknown name and DatasetUnavailable (one-line
     message naming the fix) when the data cannot be obtained.
     """
+    shared = current_shared()
+    if shared is not None:  # every party of a simulation: one load per process (see shared.py)
+        return shared.memo(
+            ("dataset", name, str(data_dir), str(cache_dir)), lambda: _load_dataset(name, data_dir, cache_dir)
+        )
+    return _load_dataset(name, data_dir, cache_dir)
+
+
+def _load_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str] | None,
+) -> LoadedDataset:
     spec = get_spec(name)
     cache_root = cache.resolve_cache_dir(cache_dir)
     local = Path(data_dir).expanduser() if data_dir is not None else None
