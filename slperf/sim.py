@@ -250,7 +250,8 @@ def run_simulation(
             if out:
                 say(f"round {record['round'] + 1}:{out}")
         else:
-            say(f"round {record['round'] + 1}/{run.config.epochs}: test accuracy {100 * record['test_accuracy']:.2f}%{out}")
+            accuracy = 100 * record["test_accuracy"]
+            say(f"round {record['round'] + 1}/{run.config.epochs}: test accuracy {accuracy:.2f}%{out}")
 
     echo(
         f"simulating {config.paradigm} on {config.dataset}, {config.clients} clients in one process (in-memory "
@@ -274,6 +275,6 @@ def run_simulation(
     summary: dict[str, Any] = json.loads(json.dumps(run.summary))  # as a federation's follower receives it
     summary["federation_seconds"] = time.monotonic() - started
     summary["run_dir"] = str(out_dir / run.run_id)
-    summary["supervisor"] = {"restarts": {}, "lost": dict(sim.lost), "log": ""}
+    summary["supervisor"] = {"restarts": {}, "lost": dict(sim.lost), "log": str(logs)}
     summary["backend"] = "sim"
     return summary

@@ -24,13 +24,13 @@ from slperf.common.devices import resolve_device
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import Welcome
 from slperf.common.security.ids import valid_client_id, valid_run_id
-from slperf.common.transport.endpoint import SessionContext
 from slperf.common.transport.channel import (
     GRPC_MAX_MESSAGE_BYTES,
     Malformed,
     serialize_envelope,
     session_request_parser,
 )
+from slperf.common.transport.endpoint import SessionContext
 from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES, ChunkEnvelope
 from slperf.common.wire.serde import PROTOCOL_VERSION, hello_from_pb
 from slperf.slserver.coordinator import Run, RunCoordinator
@@ -184,6 +184,12 @@ class ControlService(service_pb2_grpc.ControlServicer):
             resolve_device(config.device, where="the server")  # a device this machine lacks: refused at start
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if config.backend != "federation":  # a server is the federation backend; sim runs in `slperf federation`
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"backend: {config.backend} is run by `slperf federation --backend {config.backend}` on one machine; a "
+                "server runs federations (set backend: federation, or leave it out)",
+            )
         for warning in warnings:
             log.warning("%s", warning)
         if request.run_id and not valid_run_id(request.run_id):

@@ -18,8 +18,8 @@ import numpy as np
 
 from . import cache
 from .errors import DatasetCorrupt
-from .sources.artifacts import ARTIFACTS
 from .shared import current_shared
+from .sources.artifacts import ARTIFACTS
 from .spec import ARRAY_NAMES, Arrays, DatasetSpec, LoadedDataset
 
 DATASETS: dict[str, DatasetSpec] = {}

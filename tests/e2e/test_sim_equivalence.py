@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import Daemons
 
 from slperf.pki import add_client, init_pki
