@@ -108,9 +108,9 @@ def main() -> None:
         rows.append(row)
         baseline, peak = row["baseline_rss_kib"] / 1024, row["peak_rss_kib"] / 1024
         print(
-            f"{clients:>6} clients: {row['run_seconds']:7.1f} s, RSS baseline {baseline:7.1f} MiB, peak {peak:7.1f} MiB,"
-            f" {row['peak_per_client_kib']:7.1f} KiB/client at peak, {row['end_per_client_kib']:7.1f} KiB/client held"
-            " at the end",
+            f"{clients:>6} clients: {row['run_seconds']:7.1f} s, RSS baseline {baseline:7.1f} MiB,"
+            f" peak {peak:7.1f} MiB, {row['peak_per_client_kib']:7.1f} KiB/client at peak,"
+            f" {row['end_per_client_kib']:7.1f} KiB/client held at the end",
             flush=True,
         )
     for low, high in zip(rows, rows[1:]):
