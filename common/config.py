@@ -64,6 +64,7 @@ class RunConfig:
     aggregation: str | None = None
     trim_fraction: float | None = None
     torch_threads: int = 0
+    backend: str = "federation"
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +119,8 @@ FIELD_DOCS: dict[str, str] = {
     "trim_fraction": "aggregation: trimmed_mean: share of the largest and of the smallest values dropped per "
     "coordinate, in [0, 0.5) (default 0.2); refused with any other aggregation",
     "torch_threads": "torch intra-op threads per process (0 = leave torch's default)",
+    "backend": "how `slperf federation`/`slperf bench` run it: federation (server and client daemons as processes "
+    "over mutual TLS) or sim (every party in one process over in-memory links; same bytes, see docs/simulation.md)",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
 }
 
@@ -245,6 +248,7 @@ def check_ranges(cfg: RunConfig, datasets: Collection[str]) -> None:
         )
     check_device_name("device", cfg.device)
     check_device_name("client_device", cfg.client_device)
+    check_backend_name(cfg.backend)
     check_amp_name(cfg.amp)
 
 
@@ -277,6 +281,14 @@ def check_device_name(key: str, name: str) -> None:
     resolves its own device when it sets up (``slperf.common.devices``)."""
     if not _DEVICE_NAME.match(name):
         raise ConfigError(f"config key '{key}' must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+
+
+BACKENDS = ("federation", "sim")
+
+
+def check_backend_name(value: str) -> None:
+    if value not in BACKENDS:
+        raise ConfigError(f"config key 'backend' must be one of {', '.join(BACKENDS)}, got {value!r}")
 
 
 def check_amp_name(value: str) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 from slperf.common.config import RunConfig
 from slperf.common.data import ClientPartition, LoadedDataset, ShardLoader, cap_indices, load_dataset, partition_dataset
 from slperf.common.data.client_data import ClientData
+from slperf.common.data.shared import current_shared
 
 
 def train_indices(config: RunConfig, labels: np.ndarray) -> np.ndarray:
@@ -22,7 +23,15 @@ def train_indices(config: RunConfig, labels: np.ndarray) -> np.ndarray:
 
 def client_partitions(config: RunConfig, dataset: LoadedDataset) -> list[ClientPartition]:
     """Every client's rows (and, for a vertical partition, feature columns); raises ValueError for a
-    partition the data set cannot do (e.g. base_on_attribute on images)."""
+    partition the data set cannot do (e.g. base_on_attribute on images). Inside ``shared_data()`` (a simulation)
+    it is computed once per config and data set, not once per client."""
+    shared = current_shared()
+    if shared is not None:
+        return shared.memo(("partitions", config.to_json(), id(dataset)), lambda: _client_partitions(config, dataset))
+    return _client_partitions(config, dataset)
+
+
+def _client_partitions(config: RunConfig, dataset: LoadedDataset) -> list[ClientPartition]:
     pool = train_indices(config, np.asarray(dataset.arrays.train_y))
     return partition_dataset(
         dataset,

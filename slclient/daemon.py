@@ -22,7 +22,6 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import torch
@@ -56,7 +55,7 @@ from slperf.common.protocol.messages import (
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, RunState, State, StepRef
 from slperf.common.shards import build_client_data
 from slperf.common.transport.channel import create_channel, open_session
-from slperf.common.transport.endpoint import ClientEndpoint, Endpoint, Side, Stream, StreamBroken
+from slperf.common.transport.endpoint import ClientEndpoint, Endpoint, SessionCall, Side, Stream, StreamBroken
 from slperf.common.wire.codec import check_state
 from slperf.common.wire.framing import ByteCounter
 from slperf.common.wire.serde import PROTOCOL_VERSION
@@ -263,7 +262,17 @@ class ClientDaemon:
                 await _raise_for_status(call)
                 raise
 
-    async def _converse(self, attempt: _Attempt, call: grpc.aio.StreamStreamCall[Any, Any]) -> bool:
+    async def converse(self, call: SessionCall) -> bool:
+        """One session over ``call``, a stream this daemon did not dial (the simulation's in-memory link): the same
+        conversation as over gRPC, without the reconnect policy. Returns True when a run finished in it, False
+        when the server ended it with status OK; raises ``SessionEnded`` for any other status."""
+        try:
+            return await self._converse(_Attempt(), call)
+        except StreamBroken:
+            await _raise_for_status(call)
+            raise
+
+    async def _converse(self, attempt: _Attempt, call: SessionCall) -> bool:
         """Hello, Welcome, then the server's messages until the stream ends (see ``_session``)."""
         opts = self.opts
         link = SessionLink(call)
@@ -536,7 +545,7 @@ def check_setup_exchange(announced: Exchange, derived: Exchange, paradigm: Clien
         )
 
 
-async def _raise_for_status(call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+async def _raise_for_status(call: SessionCall) -> None:
     """After the server ended the stream: raises ``SessionEnded`` unless it ended it with status OK. A stream call
     is not awaitable (a unary one is), so its status comes from ``code()``/``details()``."""
     code = await call.code()

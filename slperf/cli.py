@@ -41,6 +41,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from slperf.common.data import DatasetUnavailable
     from slperf.common.security.errors import TLSConfigError
     from slperf.federation import FederationError
+    from slperf.sim import SimulationError
     from slperf.slclient.daemon import ClientFatal
     from slperf.slserver.metrics import MetricsAddressError
     from slperf.slserver.server import AddressInUse
@@ -50,6 +51,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         DatasetUnavailable,
         TLSConfigError,
         FederationError,
+        SimulationError,
         ClientFatal,
         AddressInUse,
         MetricsAddressError,
@@ -634,8 +636,17 @@ main.add_command(_health, "health")
     type=click.IntRange(min=0),
     help="restarts per client daemon, each after a backoff (1 s, doubling), before it stays down  [default: 3]",
 )
-def federation(config_path: Path, out_dir: Path, no_progress: bool, no_restart: bool, max_restarts: int | None) -> None:
-    """Run a whole local federation: server + client daemons as processes on loopback over mutual TLS.
+@click.option(
+    "--backend",
+    type=click.Choice(["federation", "sim"]),
+    help="federation: processes over mutual TLS; sim: every party in this process over in-memory links, same "
+    "bytes (docs/simulation.md)  [default: the config's backend, else federation]",
+)
+def federation(
+    config_path: Path, out_dir: Path, no_progress: bool, no_restart: bool, max_restarts: int | None, backend: str | None
+) -> None:
+    """Run a whole local federation: server + client daemons as processes on loopback over mutual TLS, or, with
+    --backend sim (or backend: sim in the config), all of them simulated in this one process.
 
     A client daemon that exits during the run is restarted and rejoins (see --no-restart, --max-restarts);
     exits and restarts are recorded in the run folder's supervisor.jsonl. The server exiting ends the run."""
@@ -643,10 +654,31 @@ def federation(config_path: Path, out_dir: Path, no_progress: bool, no_restart: 
 
     if no_restart and max_restarts is not None:
         _fail("--max-restarts means nothing with --no-restart; give one of them")
+    if _backend(config_path, backend) == "sim":
+        if no_restart or max_restarts is not None:
+            _fail("--no-restart and --max-restarts mean nothing with the sim backend: it starts no processes")
+        from slperf.sim import run_simulation
+
+        summary = run_simulation(config_path, out_dir, show_progress=not no_progress, echo=click.echo)
+        _print_summary(summary)
+        return
     restart = RestartPolicy(enabled=not no_restart)
     if max_restarts is not None:
         restart = RestartPolicy(max_restarts=max_restarts)
     summary = run_federation(config_path, out_dir, show_progress=not no_progress, echo=click.echo, restart=restart)
+    _print_summary(summary)
+
+
+def _backend(config_path: Path, override: str | None) -> str:
+    """The backend a run uses: ``--backend`` if given, else the config's ``backend``."""
+    if override is not None:
+        return override
+    from slperf.common.config_loader import load_config
+
+    return load_config(config_path)[0].backend
+
+
+def _print_summary(summary: dict) -> None:
     click.echo(
         f"done in {summary['federation_seconds']:.1f} s: {summary['paradigm']} on {summary['dataset']}, "
         f"{summary['clients']} clients, {summary['rounds']} rounds"
@@ -682,7 +714,13 @@ def federation(config_path: Path, out_dir: Path, no_progress: bool, no_restart: 
     is_flag=True,
     help="a client daemon that exits stays down instead of being restarted (see `slperf federation --help`)",
 )
-def bench(suite: str, out_dir: Path | None, no_progress: bool, no_restart: bool) -> None:
+@click.option(
+    "--backend",
+    type=click.Choice(["federation", "sim"]),
+    help="run every cell as a local federation (processes, mutual TLS) or simulated in this process (same bytes; "
+    "docs/simulation.md); part of each cell's config  [default: the suite's base, else federation]",
+)
+def bench(suite: str, out_dir: Path | None, no_progress: bool, no_restart: bool, backend: str | None) -> None:
     """Run a benchmark matrix (paradigms x datasets x partitions x clients x seeds) of real federations and
     write results.jsonl/csv, report.md and plots. A row counts the client daemons its federation restarted
     (client_restarts) or lost (clients_lost)."""
@@ -692,7 +730,11 @@ def bench(suite: str, out_dir: Path | None, no_progress: bool, no_restart: bool)
 
     try:
         outcome = run_suite(
-            suite, out_dir, show_progress=not no_progress, restart=RestartPolicy(enabled=not no_restart)
+            suite,
+            out_dir,
+            show_progress=not no_progress,
+            restart=RestartPolicy(enabled=not no_restart),
+            backend=backend,
         )
     except SuiteError as exc:
         _fail(str(exc))

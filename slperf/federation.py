@@ -422,9 +422,9 @@ def run_federation(
     config, warnings = load_config(config_path)
     for warning in warnings:
         echo(f"warning: {warning}")
-    load_dataset(
-        config.dataset, config.data_dir, download=config.download
-    )  # decode into the cache once, and fail early if missing
+    # Decode into the cache once, and fail early if missing.
+    load_dataset(config.dataset, config.data_dir, download=config.download)
+    config.backend = "federation"  # this is the federation backend, whatever the file says (--backend chose it)
     config.client_ids = config.participant_ids() or [f"c{i + 1}" for i in range(config.clients)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

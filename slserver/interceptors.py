@@ -40,6 +40,7 @@ from slperf.common.protocol.untrusted import shown
 from slperf.common.security.errors import TLSConfigError
 from slperf.common.security.identity import Identity, Role, identity_from_auth_context
 from slperf.common.transport.channel import Malformed, safe_parser
+from slperf.common.transport.endpoint import SessionContext
 from slperf.slserver.revocation import RevocationList
 from slperf.v1 import service_pb2
 
@@ -405,7 +406,7 @@ class HelloAuthorizer:
         self.allowed = allowed  # None = every client the CA certified
         self.revocations = revocations or RevocationList(certs_dir)
 
-    async def client(self, context: grpc.aio.ServicerContext[Any, Any], claimed: str) -> None:
+    async def client(self, context: SessionContext, claimed: str) -> None:
         """Aborts the call unless ``claimed`` is allowed, the certificate names it, and it is not revoked."""
         if not self.insecure:
             ident = session_identity()

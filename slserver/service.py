@@ -31,6 +31,7 @@ from slperf.common.transport.channel import (
     serialize_envelope,
     session_request_parser,
 )
+from slperf.common.transport.endpoint import SessionContext
 from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES, ChunkEnvelope
 from slperf.common.wire.serde import PROTOCOL_VERSION, hello_from_pb
 from slperf.slserver.coordinator import Run, RunCoordinator, RunExists
@@ -46,7 +47,6 @@ log = logging.getLogger("slperf.server")
 # (``serialize_envelope``) sends ServerMessages and hand-built ChunkEnvelopes.
 SessionRequest: TypeAlias = session_pb2.ClientMessage | ChunkEnvelope | Malformed
 SessionResponse: TypeAlias = session_pb2.ServerMessage | ChunkEnvelope
-SessionContext: TypeAlias = grpc.aio.ServicerContext[SessionRequest, SessionResponse]
 
 
 class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
@@ -55,6 +55,8 @@ class SplitLearningService(service_pb2_grpc.SplitLearningServicer):
         self.auth = auth
 
     async def Session(self, request_iterator: AsyncIterator[SessionRequest], context: SessionContext) -> None:
+        """One client's session, from its Hello to its end. ``context`` is the gRPC call's, or the simulation's
+        in-memory stream end (``slperf.common.transport.memory``): nothing here needs more than ``SessionContext``."""
         limits = self.registry.limits
         try:
             first = await asyncio.wait_for(context.read(), limits.hello_timeout)
@@ -196,6 +198,12 @@ class ControlService(service_pb2_grpc.ControlServicer):
             resolve_device(config.device, where="the server")  # a device this machine lacks: refused at start
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if config.backend != "federation":  # a server is the federation backend; sim runs in `slperf federation`
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"backend: {config.backend} is run by `slperf federation --backend {config.backend}` on one machine; a "
+                "server runs federations (set backend: federation, or leave it out)",
+            )
         for warning in warnings:
             log.warning("%s", warning)
         if request.run_id and not valid_run_id(request.run_id):

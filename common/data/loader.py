@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .shared import current_shared
 from .spec import LoadedDataset
 
 AUGMENT_STREAM = 0x6175_67  # separates the augmentation draws from the batch order's
@@ -98,10 +99,9 @@ class ShardLoader:
         x_all, y_all = (arrays.train_x, arrays.train_y) if train else (arrays.test_x, arrays.test_y)
         # Plain ndarray views of the (possibly memory-mapped) arrays: indexing them gives plain owned copies.
         x_all, y_all = np.asarray(x_all), np.asarray(y_all)
+        shared = current_shared()
         if indices is None:
-            self.indices = np.arange(len(y_all), dtype=np.int64)
-            self._x = np.array(x_all, copy=True)  # a private copy, off the memory map
-            self._y = np.array(y_all, dtype=np.int64)
+            idx = np.arange(len(y_all), dtype=np.int64)
         else:
             idx = np.asarray(indices)
             if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
@@ -109,9 +109,6 @@ class ShardLoader:
             idx = idx.astype(np.int64, copy=False)
             if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= len(y_all)):
                 raise ValueError(f"indices must lie in 0..{len(y_all) - 1}")
-            self.indices = idx.copy()
-            self._x = np.ascontiguousarray(x_all[idx])  # fancy indexing copies just these rows
-            self._y = np.asarray(y_all[idx], dtype=np.int64)
         tabular = self.spec.kind == "tabular"
         self.columns = None
         if columns is not None:
@@ -120,24 +117,43 @@ class ShardLoader:
                 raise ValueError("columns (a vertical slice) only apply to tabular data sets")
             if cols.ndim != 1 or cols.size == 0 or cols.dtype.kind not in "iu":
                 raise ValueError("columns must be a non-empty 1-D integer array")
-            if int(cols.min()) < 0 or int(cols.max()) >= self._x.shape[1]:
-                raise ValueError(f"columns must lie in 0..{self._x.shape[1] - 1}")
+            if int(cols.min()) < 0 or int(cols.max()) >= x_all.shape[1]:
+                raise ValueError(f"columns must lie in 0..{x_all.shape[1] - 1}")
             self.columns = cols.astype(np.int64)
-            self._x = np.ascontiguousarray(self._x[:, self.columns])
+        # _x/_y: the rows batches are taken from, and _rows: where a batch's positions point in them. Alone in its
+        # process, a loader copies its own rows (positions are row numbers of the copy); inside shared_data() it
+        # keeps the process's shared arrays and its shard's indices (see shared.py).
+        self._rows: np.ndarray | None
+        if shared is not None:
+            self.indices = shared.intern(idx)
+            self._x, self._y, self._rows = x_all, y_all, self.indices
+        else:
+            self.indices = idx.copy()
+            if indices is None:
+                self._x = np.array(x_all, copy=True)  # a private copy, off the memory map
+                self._y = np.array(y_all, dtype=np.int64)
+            else:
+                self._x = np.ascontiguousarray(x_all[idx])  # fancy indexing copies just these rows
+                self._y = np.asarray(y_all[idx], dtype=np.int64)
+            if self.columns is not None:
+                self._x = np.ascontiguousarray(self._x[:, self.columns])
+            self._rows = None
         channels = 0 if tabular else len(self.spec.mean)
         self._mean = self._std = None
         if channels:  # a spec without mean/std (e.g. pre-standardised features) is passed through
-            shape = (1, channels) + (1,) * max(self._x.ndim - 2, 0)
+            shape = (1, channels) + (1,) * max(x_all.ndim - 2, 0)
             self._mean = torch.tensor(self.spec.mean, dtype=torch.float32).reshape(shape)
             self._std = torch.tensor(self.spec.std, dtype=torch.float32).reshape(shape)
         self._scale = 255.0 if (self._x.dtype == np.uint8 and not tabular) else 1.0
         self.augmentation = self.spec.augment if (augment if augment is not None else self.train) else None
-        if self.augmentation is not None and self._x.ndim != 4:
+        if self.augmentation is not None and x_all.ndim != 4:
             raise ValueError(f"augmentation {self.augmentation!r} needs N×C×H×W images")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """One sample's shape as this loader yields it (tabular: the kept columns only)."""
+        if self._rows is not None and self.columns is not None:
+            return (int(self.columns.size),)
         return tuple(self._x.shape[1:])
 
     def augment_params(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +166,7 @@ class ShardLoader:
 
     @property
     def num_samples(self) -> int:
-        return int(self._y.size)
+        return int(self.indices.size)
 
     def num_batches(self, drop_last: bool = False) -> int:
         n, b = self.num_samples, self.batch_size
@@ -175,7 +191,7 @@ class ShardLoader:
             offsets, flips = (torch.from_numpy(a) for a in self.augment_params(epoch))
         for start in range(0, min(stop, order.size), self.batch_size):
             sel = order[start : start + self.batch_size]
-            x = torch.from_numpy(self._x[sel])
+            x, y = self._take(sel)
             if self.augmentation is not None:  # on the raw pixels, so the padding is black like torchvision's
                 x = random_crop_flip(x, offsets[start : start + len(sel)], flips[start : start + len(sel)])
             x = x.to(torch.float32)
@@ -183,4 +199,15 @@ class ShardLoader:
                 x = x.div_(self._scale)
             if self._mean is not None:
                 x = x.sub_(self._mean).div_(self._std)
-            yield x, torch.from_numpy(self._y[sel])
+            yield x, y
+
+    def _take(self, sel: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw samples and labels at shard positions ``sel``: from this loader's own rows, or gathered from the
+        shared arrays (fresh arrays either way, so the batch never aliases the data set)."""
+        if self._rows is None:
+            return torch.from_numpy(self._x[sel]), torch.from_numpy(self._y[sel])
+        rows = self._rows[sel]
+        x = self._x[rows]
+        if self.columns is not None:
+            x = np.ascontiguousarray(x[:, self.columns])
+        return torch.from_numpy(x), torch.from_numpy(np.asarray(self._y[rows], dtype=np.int64))

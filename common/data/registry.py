@@ -19,6 +19,7 @@ import numpy as np
 
 from . import cache
 from .errors import DatasetCorrupt, DatasetUnavailable
+from .shared import current_shared
 from .sources.artifacts import ARTIFACTS
 from .spec import ARRAY_NAMES, Arrays, DatasetSpec, LoadedDataset
 
@@ -124,6 +125,21 @@ def load_dataset(
     Raises ValueError for an unknown name and DatasetUnavailable (one-line message naming the fix) when the data
     cannot be obtained.
     """
+    shared = current_shared()
+    if shared is not None:  # every party of a simulation: one load per process (see shared.py)
+        return shared.memo(
+            ("dataset", name, str(data_dir), str(cache_dir), download),
+            lambda: _load_dataset(name, data_dir, cache_dir, download),
+        )
+    return _load_dataset(name, data_dir, cache_dir, download)
+
+
+def _load_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str] | None,
+    download: bool,
+) -> LoadedDataset:
     spec = get_spec(name)
     cache_root = cache.resolve_cache_dir(cache_dir)
     local = Path(data_dir).expanduser() if data_dir is not None else None

@@ -17,7 +17,7 @@ import asyncio
 import enum
 import time
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import grpc
 
@@ -46,6 +46,27 @@ class Stream(Protocol):
     async def write(self, envelope: Any) -> None: ...
 
     async def read(self) -> Any: ...
+
+
+class SessionContext(Stream, Protocol):
+    """The server's end of a session stream as its handler uses it: grpc's ``ServicerContext`` fits, and so does the
+    simulation's in-memory end (``slperf.common.transport.memory``). ``peer`` says who is on the other end; ``abort``
+    ends the stream with a status and raises ``grpc.aio.AbortError`` (the handler lets it through)."""
+
+    def peer(self) -> str: ...
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn: ...
+
+
+class SessionCall(Stream, Protocol):
+    """The client's end of a session stream: grpc's ``StreamStreamCall`` fits, and so does the in-memory one.
+    ``code``/``details`` are the status the server ended the stream with (they wait for it)."""
+
+    async def done_writing(self) -> None: ...
+
+    async def code(self) -> grpc.StatusCode: ...
+
+    async def details(self) -> str | None: ...
 
 
 class StreamBroken(ConnectionError):

@@ -41,5 +41,15 @@ def self_peak_rss_bytes() -> int:
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
+def reset_peak_rss() -> bool:
+    """Resets this process's VmHWM to its current RSS (Linux: ``5`` into /proc/self/clear_refs), so a later
+    ``peak_rss_bytes(os.getpid())`` is the peak since now; False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def mib(value: int | None) -> float | None:
     return None if value is None else value / (1 << 20)

@@ -8,6 +8,7 @@ Re-running the same suite into the same folder skips every cell that finished wi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import time
@@ -183,6 +184,7 @@ def run_suite(
     plots: bool = True,
     only: Callable[[Cell], bool] | None = None,
     restart: RestartPolicy | None = None,
+    backend: str | None = None,
 ) -> SuiteOutcome:
     """Runs every cell of a suite that has not finished yet, then writes results.csv, report.md and plots.
 
@@ -192,11 +194,14 @@ def run_suite(
     marks the cell failed and the suite goes on (KeyboardInterrupt stops it, keeping what finished). only: run
     just the cells it accepts (the report still covers every finished cell). restart: what the default runner's
     federations do about a client daemon that exits (default ``RestartPolicy()``; not for a given runner).
+    backend: ``federation`` or ``sim`` for every cell, over the suite's ``base`` (default: what the suite says).
     """
     if runner is not None and restart is not None:
         raise ValueError("restart is for the default runner; a given runner starts its own processes")
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
+    if backend is not None:  # over the suite's base: part of every cell's config (and of its config hash)
+        suite = dataclasses.replace(suite, base={**suite.base, "backend": backend})
     cells = expand(suite)  # a broken suite fails here, before any folder is made
     out = Path(out_dir) if out_dir is not None else Path("runs") / "bench" / suite.name
     out.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,11 @@
-"""Cell runners: how one cell of a suite is measured, each in processes of its own so that peak memory and
-start-up cost are the cell's own. A federation cell is a real local federation (``slperf.federation``:
-server and client daemons over mutual TLS on loopback) with its children's peak RSS read by a
-``FederationProbe``; a centralized cell runs ``python -m slperf.bench.centralized`` and reads its JSON
-progress lines. A runner returns the measured figures; ``slperf.bench.rows`` turns them into a row.
+"""Cell runners: how one cell of a suite is measured. A federation cell is a real local federation
+(``slperf.federation``: server and client daemons over mutual TLS on loopback) with its children's peak RSS read by
+a ``FederationProbe``; a centralized cell runs ``python -m slperf.bench.centralized`` and reads its JSON progress
+lines; both in processes of their own, so that peak memory and start-up cost are the cell's own. A sim cell
+(``backend: sim`` in the cell's config) runs in this process (``slperf.sim``): no start-up to pay, which is the
+point, and what a worker that runs many cells (a Ray task) wants; its peak RSS is this process's high-water mark,
+reset at the cell's start where Linux allows. A runner returns the measured figures; ``slperf.bench.rows`` turns
+them into a row.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from slperf.bench.memory import mib
+from slperf.bench.memory import mib, peak_rss_bytes, reset_peak_rss, self_peak_rss_bytes
 from slperf.bench.probe import FederationProbe
 from slperf.bench.rows import curve_from_metrics
 from slperf.bench.suite import CENTRALIZED, Cell
@@ -86,6 +89,46 @@ def run_federation_cell(
         "peak_rss_clients_mb": client_peaks,
         "client_restarts": sum(summary["supervisor"]["restarts"].values()),
         "clients_lost": sorted(summary["supervisor"]["lost"]),
+        "curve": curve,
+    }
+
+
+def run_sim_cell(cell: Cell, work_dir: Path, *, echo: Echo = print, show_progress: bool = True) -> dict[str, Any]:
+    """One cell as a simulation in this process; the keys of ``run_federation_cell``'s result. Every party shares
+    the process, so its peak RSS is given as ``peak_rss_process_mb`` (and as the server's, the client fields being
+    None): the high-water mark from this cell's start when the kernel lets a process reset it (Linux), else the
+    process's lifetime peak, which earlier cells in the same process may have set."""
+    from slperf.sim import run_simulation
+
+    config_path = _write_cell_config(cell, work_dir)
+    started = time.monotonic()
+    reset = reset_peak_rss()
+    summary = run_simulation(config_path, work_dir / "runs", show_progress=show_progress, echo=echo)
+    total = time.monotonic() - started
+    peak = peak_rss_bytes(os.getpid()) if reset else self_peak_rss_bytes()
+    records = RunFolder(Path(summary["run_dir"])).read_metrics()
+    curve = curve_from_metrics(records)
+    return {
+        "run_dir": summary["run_dir"],
+        "run_id": summary.get("run_id"),
+        "rounds": summary.get("rounds", len(curve)),
+        "final_accuracy": summary.get("test_accuracy"),
+        "best_accuracy": summary.get("best_test_accuracy"),
+        "bytes_up": summary.get("bytes_up"),
+        "bytes_down": summary.get("bytes_down"),
+        "train_bytes_up": summary.get("train_bytes_up"),
+        "train_bytes_down": summary.get("train_bytes_down"),
+        "train_seconds": sum(p["round_seconds"] for p in curve),
+        "run_seconds": summary.get("wall_seconds"),
+        "total_seconds": total,
+        "peak_rss_server_mb": mib(peak),
+        "peak_rss_process_mb": mib(peak),
+        "peak_rss_client_max_mb": None,
+        "peak_rss_client_mean_mb": None,
+        "peak_rss_clients_mb": {},
+        "client_restarts": 0,
+        "clients_lost": sorted(summary["supervisor"]["lost"]),
+        "backend": "sim",
         "curve": curve,
     }
 
@@ -169,8 +212,11 @@ def default_runner(
     show_progress: bool = True,
     restart: RestartPolicy | None = None,
 ) -> dict[str, Any]:
-    """A centralized cell in its own process, any other as a local federation (``restart``: what it does about
-    a client daemon that exits; default ``RestartPolicy()``)."""
+    """A centralized cell in its own process, any other as its config's ``backend`` says: a local federation
+    (``restart``: what it does about a client daemon that exits; default ``RestartPolicy()``) or, for ``sim``, a
+    simulation in this process (``restart`` means nothing there: no process is started)."""
     if cell.paradigm == CENTRALIZED:
         return run_centralized_cell(cell, work_dir, echo=echo, show_progress=show_progress)
+    if cell.config.get("backend", "federation") == "sim":
+        return run_sim_cell(cell, work_dir, echo=echo, show_progress=show_progress)
     return run_federation_cell(cell, work_dir, echo=echo, show_progress=show_progress, restart=restart)

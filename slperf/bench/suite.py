@@ -469,6 +469,7 @@ def expand(suite: Suite) -> list[Cell]:
                     "clients": 1,
                     "partition_method": "homo",
                 }
+                config.pop("backend", None)  # a baseline has no parties to place: the same cell under either backend
                 cell = Cell(CENTRALIZED, dataset, None, None, seed, {})
                 cells.append(Cell(CENTRALIZED, dataset, None, None, seed, _validate(config, cell.key)))
     for dataset in suite.datasets:

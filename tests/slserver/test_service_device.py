@@ -51,3 +51,16 @@ def test_start_run_refuses_a_device_the_server_lacks(tmp_path: Path):
     assert "device 'cuda' is not available on the server" in context.details
     assert "Set device: cpu in the run config" in context.details
     assert coordinator.started == []
+
+
+def test_start_run_refuses_a_sim_config():
+    """``backend: sim`` is run by ``slperf federation`` in one process; a server accepting it would ignore it."""
+    coordinator = _Coordinator()
+    service = ControlService(registry=None, coordinator=coordinator, shutdown=asyncio.Event())  # type: ignore[arg-type]
+    context = _Context()
+    request = service_pb2.StartRunRequest(config=yaml.safe_dump({"paradigm": "vanilla", "backend": "sim"}))
+    with pytest.raises(_Aborted):
+        asyncio.run(service.StartRun(request, context))  # type: ignore[arg-type]
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "slperf federation --backend sim" in context.details
+    assert coordinator.started == []
