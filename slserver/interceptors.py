@@ -227,7 +227,7 @@ class ClientIdentityInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def refuse_unless_admitted(
-    context: grpc.aio.ServicerContext[Any, Any],
+    context: SessionContext,
     client_id: str,
     revocations: RevocationList,
     allowed: frozenset[str] | None,
