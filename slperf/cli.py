@@ -473,19 +473,40 @@ def federation(config_path: Path, out_dir: Path, no_progress: bool, no_restart: 
     is_flag=True,
     help="a client daemon that exits stays down instead of being restarted (see `slperf federation --help`)",
 )
-def bench(suite: str, out_dir: Path | None, no_progress: bool, no_restart: bool) -> None:
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: one cell after another here; ray: each cell a Ray task with the suite's resources: "
+    "(needs pip install 'slperf[ray]')",
+)
+@click.option(
+    "--ray-address",
+    help="with --executor ray: a running Ray cluster (auto, or HEAD:6379); default: start a local Ray instance",
+)
+def bench(
+    suite: str, out_dir: Path | None, no_progress: bool, no_restart: bool, executor: str, ray_address: str | None
+) -> None:
     """Run a benchmark matrix (paradigms x datasets x partitions x clients x seeds) of real federations and
     write results.jsonl/csv, report.md and plots. A row counts the client daemons its federation restarted
-    (client_restarts) or lost (clients_lost)."""
+    (client_restarts) or lost (clients_lost). Under --executor ray, cells run at once as far as the Ray
+    cluster's CPUs/GPUs allow (each asks for the suite's resources:, default 1 CPU); on a cluster a cell's run
+    folder stays on the node that ran it (its row names it under worker)."""
+    from slperf.bench.executors import make_executor
     from slperf.bench.run import run_suite
     from slperf.bench.suite import SuiteError
     from slperf.federation import RestartPolicy
 
     try:
         outcome = run_suite(
-            suite, out_dir, show_progress=not no_progress, restart=RestartPolicy(enabled=not no_restart)
+            suite,
+            out_dir,
+            show_progress=not no_progress,
+            restart=RestartPolicy(enabled=not no_restart),
+            executor=make_executor(executor, ray_address=ray_address),
         )
-    except SuiteError as exc:
+    except SuiteError as exc:  # ExecutorError is one too: Ray missing, a cell no node can hold
         _fail(str(exc))
     click.echo(
         f"{len(outcome.ran)} cell(s) run, {len(outcome.skipped)} already done, {len(outcome.failed)} failed; "
