@@ -192,7 +192,8 @@ class RayExecutor:
         if self.address:
             ray.init(address=self.address)
         else:
-            ray.init(num_cpus=self.num_cpus, include_dashboard=False)
+            # "local": a fresh instance even where RAY_ADDRESS or a `ray start` on this machine would be found
+            ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False)
         self._owned = True
 
     def close(self) -> None:
