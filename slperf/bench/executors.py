@@ -154,6 +154,19 @@ def _ray_cell(runner: CellRunner, cell: Cell, work_dir: str) -> CellOutcome:
     return CellOutcome(outcome.cell, outcome.measured, outcome.error, outcome.started_at, outcome.seconds, _where())
 
 
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT with nothing listening is one error now: ray.init would go on retrying it for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto" (Ray finds this machine's cluster, or says there is none), or a ray:// client address
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with `ray start --head`"
+        ) from None
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -190,7 +203,11 @@ class RayExecutor:
         if ray.is_initialized():
             return
         if self.address:
-            ray.init(address=self.address)
+            _probe(self.address)
+            try:
+                ray.init(address=self.address)
+            except Exception as exc:  # no cluster there, or one that refuses us: say so, no traceback
+                raise ExecutorError(f"cannot join the Ray cluster at {self.address}: {error_text(exc)}") from None
         else:
             # "local": a fresh instance even where RAY_ADDRESS or a `ray start` on this machine would be found
             ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -269,3 +270,14 @@ def test_a_local_cell_bigger_than_the_machine_is_refused(tmp_path):
             show_progress=False,
             echo=lambda m: None,
         )
+
+
+@pytest.mark.timeout(60)
+def test_a_ray_address_where_nothing_listens_is_one_error_not_minutes_of_retries(tmp_path):
+    with socket.socket() as unused:  # a port nobody listens on: bound, never listening
+        unused.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{unused.getsockname()[1]}"
+        result = CliRunner().invoke(
+            main, ["bench", "--suite", "quick", "--out", str(tmp_path), "--executor", "ray", "--ray-address", address]
+        )
+    assert result.exit_code != 0 and f"no Ray cluster answers at {address}" in result.output, result.output
