@@ -200,10 +200,11 @@ class RayExecutor:
 
     def _connect(self) -> None:
         ray = self.ray
+        if self.address:
+            _probe(self.address)
         if ray.is_initialized():
             return
         if self.address:
-            _probe(self.address)
             try:
                 ray.init(address=self.address)
             except Exception as exc:  # no cluster there, or one that refuses us: say so, no traceback
@@ -286,7 +287,8 @@ class RayExecutor:
 
     def _cancel(self, refs: list[Any]) -> None:
         """Cancels cells still queued or running (KeyboardInterrupt in the task, so a federation stops its
-        processes) and waits a bounded time for them to end."""
+        processes) and waits a bounded time for them to end. Ray raises it when the task next runs Python code:
+        one inside a long C call is not interrupted (ray-project/ray#32954) and goes when Ray shuts down."""
         if not refs:
             return
         for ref in refs:

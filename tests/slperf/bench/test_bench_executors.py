@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +190,8 @@ def test_cuda_cells_without_gpus_are_refused_since_ray_would_hide_the_gpus(tmp_p
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
-@pytest.mark.timeout(240)
-def test_a_real_cell_end_to_end_through_slperf_bench_executor_ray(tmp_path):
+@pytest.mark.timeout(300)
+def test_real_cells_end_to_end_through_slperf_bench_executor_ray_two_federations_at_once(tmp_path):
     suite_file = tmp_path / "micro.yaml"
     suite_file.write_text(
         yaml.safe_dump(
@@ -203,14 +206,15 @@ def test_a_real_cell_end_to_end_through_slperf_bench_executor_ray(tmp_path):
                     "max_test_samples": 100,
                     "torch_threads": 1,
                 },
+                # two federation cells, 1 CPU each on 2 CPUs: they run at the same time, each its own servers
                 "matrix": {
-                    "paradigms": ["splitfed_v1"],
+                    "paradigms": ["splitfed_v1", "vanilla"],
                     "datasets": ["mnist"],
                     "partitions": ["homo"],
                     "clients": [2],
                     "seeds": [0],
                 },
-                "centralized": True,
+                "centralized": False,
             }
         )
     )
@@ -218,15 +222,16 @@ def test_a_real_cell_end_to_end_through_slperf_bench_executor_ray(tmp_path):
     result = CliRunner().invoke(
         main, ["bench", "--suite", str(suite_file), "--out", str(out), "--no-progress", "--executor", "ray"]
     )
-    assert result.exit_code == 0, result.output
-    assert "2 cell(s) run, 0 already done, 0 failed" in result.output
     rows = {r["key"]: r for r in _rows(out)}
-    fed = rows["splitfed_v1/mnist/homo/c2/s0"]
-    assert fed["status"] == "ok" and fed["rounds"] == 1 and 0 < fed["final_accuracy"] <= 1
-    assert fed["bytes_up"] > 0 and fed["peak_rss_client_max_mb"] > 50 and fed["worker"].startswith("pid ")
-    assert Path(fed["run_dir"], "summary.json").exists(), "on one node the run folder is the driver's"
-    assert Path(fed["run_dir"]).is_relative_to(out.resolve())
-    assert rows["centralized/mnist/all/s0"]["status"] == "ok"
+    assert result.exit_code == 0, [r.get("error") for r in rows.values()]
+    assert "2 cell(s) run, 0 already done, 0 failed" in result.output
+    assert sorted(rows) == ["splitfed_v1/mnist/homo/c2/s0", "vanilla/mnist/homo/c2/s0"]
+    for fed in rows.values():
+        assert fed["status"] == "ok" and fed["rounds"] == 1 and 0 < fed["final_accuracy"] <= 1
+        assert fed["bytes_up"] > 0 and fed["peak_rss_client_max_mb"] > 50 and fed["worker"].startswith("pid ")
+        assert Path(fed["run_dir"], "summary.json").exists(), "on one node the run folder is the driver's"
+        assert Path(fed["run_dir"]).is_relative_to(out.resolve() / "runs")
+    assert len({Path(r["run_dir"]).parent for r in rows.values()}) == 2, "each cell had a runs folder of its own"
 
 
 def test_ray_missing_is_one_error_naming_the_extra(tmp_path, monkeypatch):
@@ -246,7 +251,10 @@ def test_ray_address_without_the_ray_executor_is_refused(tmp_path):
 @pytest.mark.timeout(120)
 def test_the_local_executor_runs_cells_in_this_process_without_importing_ray(tmp_path):
     code = f"""
+import signal
 import sys
+import threading
+import time
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import bench_fakes
 from slperf.bench.executors import LocalExecutor
@@ -281,3 +289,51 @@ def test_a_ray_address_where_nothing_listens_is_one_error_not_minutes_of_retries
             main, ["bench", "--suite", "quick", "--out", str(tmp_path), "--executor", "ray", "--ray-address", address]
         )
     assert result.exit_code != 0 and f"no Ray cluster answers at {address}" in result.output, result.output
+
+
+def _long_vanilla_runner(marks: Path):
+    """Fast fake cells, but vanilla's lasts a minute (it is the cell in flight when the suite is stopped); it
+    notes when it starts and when Ray's cancel interrupts it."""
+
+    def run(cell: Cell, work_dir: Path) -> dict[str, Any]:
+        if cell.paradigm == "vanilla":
+            (marks / "started").write_text("")
+            try:
+                # The cell's "work", not a wait for anything: short sleeps, since Ray interrupts a task only when it
+                # runs Python code (a task inside one long C call is not: ray-project/ray#32954).
+                for _ in range(600):
+                    time.sleep(0.1)
+            except KeyboardInterrupt:
+                (marks / "cancelled").write_text("")
+                raise
+        return dict(bench_fakes.FakeRunner()(cell, work_dir))
+
+    return run
+
+
+@pytest.mark.usefixtures("local_ray")
+@pytest.mark.timeout(120)
+def test_ctrl_c_cancels_the_cells_in_flight_and_keeps_the_finished_ones(tmp_path):
+    marks, out = tmp_path / "marks", tmp_path / "out"
+    marks.mkdir()
+
+    def interrupt_once_started() -> None:
+        deadline = time.monotonic() + 60
+        while not (marks / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(
+            _suite(),
+            out,
+            runner=_long_vanilla_runner(marks),
+            show_progress=False,
+            echo=lambda m: None,
+            executor=RayExecutor(),
+        )
+    assert (marks / "cancelled").exists(), "the running cell was interrupted (a federation would stop its processes)"
+    rows = {r["key"]: r for r in _rows(out)} if (out / "results.jsonl").exists() else {}
+    assert KEYS[1] not in rows, "a cancelled cell leaves no row: the next run does it"
+    assert all(r["status"] == "ok" for r in rows.values())
