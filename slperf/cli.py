@@ -720,10 +720,33 @@ def _print_summary(summary: dict) -> None:
     help="run every cell as a local federation (processes, mutual TLS) or simulated in this process (same bytes; "
     "docs/simulation.md); part of each cell's config  [default: the suite's base, else federation]",
 )
-def bench(suite: str, out_dir: Path | None, no_progress: bool, no_restart: bool, backend: str | None) -> None:
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: one cell after another here; ray: each cell a Ray task with the suite's resources: "
+    "(needs pip install 'slperf[ray]')",
+)
+@click.option(
+    "--ray-address",
+    help="with --executor ray: a running Ray cluster (auto, or HEAD:6379); default: start a local Ray instance",
+)
+def bench(
+    suite: str,
+    out_dir: Path | None,
+    no_progress: bool,
+    no_restart: bool,
+    backend: str | None,
+    executor: str,
+    ray_address: str | None,
+) -> None:
     """Run a benchmark matrix (paradigms x datasets x partitions x clients x seeds) of real federations and
     write results.jsonl/csv, report.md and plots. A row counts the client daemons its federation restarted
-    (client_restarts) or lost (clients_lost)."""
+    (client_restarts) or lost (clients_lost). Under --executor ray, cells run at once as far as the Ray
+    cluster's CPUs/GPUs allow (each asks for the suite's resources:, default 1 CPU); on a cluster a cell's run
+    folder stays on the node that ran it (its row names it under worker)."""
+    from slperf.bench.executors import make_executor
     from slperf.bench.run import run_suite
     from slperf.bench.suite import SuiteError
     from slperf.federation import RestartPolicy
@@ -735,8 +758,9 @@ def bench(suite: str, out_dir: Path | None, no_progress: bool, no_restart: bool,
             show_progress=not no_progress,
             restart=RestartPolicy(enabled=not no_restart),
             backend=backend,
+            executor=make_executor(executor, ray_address=ray_address),
         )
-    except SuiteError as exc:
+    except SuiteError as exc:  # ExecutorError is one too: Ray missing, a cell no node can hold
         _fail(str(exc))
     click.echo(
         f"{len(outcome.ran)} cell(s) run, {len(outcome.skipped)} already done, {len(outcome.failed)} failed; "

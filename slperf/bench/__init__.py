@@ -23,7 +23,8 @@ Results go to one folder:
     results.csv     the same rows without the curves
     report.md       comparison tables, one per dataset x partition x client count, centralized row in each
     plots/          accuracy vs round, vs bytes on the wire, vs training time: one line per paradigm
-    configs/        the resolved config of every cell;  runs/  the federations' run folders and logs
+    configs/        the resolved config of every cell
+    runs/           one folder per federation cell attempt (<cell>-<time>-<random>/): its run folder and logs
 
 Nothing is imported here, so that ``slperf.bench.machine`` and ``slperf.bench.memory`` stay cheap to import.
 """

@@ -1,6 +1,7 @@
-"""The suite loop: runs every cell of a suite that has not finished yet, one after another, appending each
-row to the results store as it finishes and rewriting the report after every cell, so an interrupted suite
-loses only the cell in flight and a re-run into the same folder resumes.
+"""The suite loop: runs every cell of a suite that has not finished yet through an executor (one after another
+here, or as Ray tasks: ``slperf.bench.executors``), appending each row to the results store as its cell
+finishes and rewriting the report after every cell, so an interrupted suite loses only the cells in flight and
+a re-run into the same folder resumes.
 
 Re-running the same suite into the same folder skips every cell that finished with the same resolved config
 (its stable key and a hash of its config); failed cells and cells whose config changed are run again.
@@ -8,8 +9,8 @@ Re-running the same suite into the same folder skips every cell that finished wi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import sys
 import time
 from collections.abc import Callable
@@ -19,11 +20,11 @@ from typing import Any
 
 from slperf.bench import report
 from slperf.bench.estimate import Estimator
+from slperf.bench.executors import CellOutcome, Executor, LocalExecutor
 from slperf.bench.rows import failed_row, finalize_row
-from slperf.bench.runners import CellRunner, Echo, default_runner
+from slperf.bench.runners import CellRunner, Echo
 from slperf.bench.store import ResultsStore
 from slperf.bench.suite import Cell, Suite, expand, load_suite, preflight
-from slperf.common.errors import RpcFailure, one_line
 from slperf.federation import RestartPolicy
 
 Row = dict[str, Any]
@@ -39,13 +40,6 @@ class SuiteOutcome:
     failed: list[str]  # keys that failed this time
     report: Path | None = None
     plots: list[Path] = field(default_factory=list)
-
-
-def _error_text(exc: BaseException) -> str:
-    """One line: gRPC errors by their status and details, others by type and message."""
-    if callable(getattr(exc, "code", None)) and callable(getattr(exc, "details", None)):
-        return one_line(f"{type(exc).__name__}: {RpcFailure.of(exc).line()}")
-    return one_line(f"{type(exc).__name__}: {exc}")
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -98,6 +92,7 @@ class _SuiteRun:
     out: Path
     console: _Console
     store: ResultsStore
+    concurrent: bool = False  # cells finish in any order: messages name their cell
     previous: dict[str, Row] = field(init=False)
     estimator: Estimator = field(init=False)
 
@@ -127,32 +122,28 @@ class _SuiteRun:
         say(f"suite {self.suite.name}: {len(todo)} cell(s) to run, expected ≈ {_fmt_seconds(remaining)} in total")
         return todo, skipped
 
-    def run_cell(self, cell: Cell, runner: CellRunner, expected: float) -> tuple[Row, bool]:
-        """One cell measured and turned into a row, and whether it failed: a runner that raises gives a failed
-        row (the matrix goes on); KeyboardInterrupt stops the suite with every finished cell kept."""
+    def row_of(self, outcome: CellOutcome, expected: float) -> Row:
+        """A finished cell's row (a failed one when its runner raised or its worker died), said on the console."""
+        cell = outcome.cell
         target = self.suite.target_for(cell.dataset)
-        started_at = time.time()
-        t0 = time.monotonic()
-        failed = False
-        try:
-            row = finalize_row(cell, runner(cell, self.out), target=target)
-        except KeyboardInterrupt:
-            self.console.say(f"interrupted during {cell.key}; finished cells are kept in {self.store.path}")
-            raise
-        except Exception as exc:  # one broken cell must not lose the rest of the matrix
-            row = failed_row(cell, _error_text(exc), target=target)
-            failed = True
+        if outcome.measured is None:
+            row = failed_row(cell, outcome.error or "failed", target=target)
             self.console.say(f"    FAILED {cell.key}: {row['error']}")
-        elapsed = time.monotonic() - t0
-        row.setdefault("total_seconds", elapsed)
+        else:
+            row = finalize_row(cell, outcome.measured, target=target)
+        if outcome.seconds is not None:
+            row.setdefault("total_seconds", outcome.seconds)
         row["expected_seconds"] = expected
-        row["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started_at))
+        row["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(outcome.started_at))
+        if outcome.worker is not None:
+            row["worker"] = outcome.worker
         if row["status"] == "ok":
             acc = row.get("final_accuracy")
-            self.console.say(
-                f"    done in {_fmt_seconds(elapsed)}: final accuracy {'n/a' if acc is None else f'{100 * acc:.2f}%'}"
-            )
-        return row, failed
+            seconds = row.get("total_seconds")
+            took = "" if seconds is None else f" in {_fmt_seconds(float(seconds))}"
+            which = f" {cell.key}" if self.concurrent else ""
+            self.console.say(f"    done{which}{took}: final accuracy {'n/a' if acc is None else f'{100 * acc:.2f}%'}")
+        return row
 
     def record(self, row: Row) -> None:
         """Keeps a finished row (store, resume state, estimates) and rewrites the tables with it."""
@@ -185,6 +176,7 @@ def run_suite(
     only: Callable[[Cell], bool] | None = None,
     restart: RestartPolicy | None = None,
     backend: str | None = None,
+    executor: Executor | None = None,
 ) -> SuiteOutcome:
     """Runs every cell of a suite that has not finished yet, then writes results.csv, report.md and plots.
 
@@ -195,9 +187,30 @@ def run_suite(
     just the cells it accepts (the report still covers every finished cell). restart: what the default runner's
     federations do about a client daemon that exits (default ``RestartPolicy()``; not for a given runner).
     backend: ``federation`` or ``sim`` for every cell, over the suite's ``base`` (default: what the suite says).
+    executor: where cells run (default ``LocalExecutor()``: one after another here; a ``RayExecutor`` runs
+    them as Ray tasks, and a given runner must then be picklable); it is closed at the end.
     """
     if runner is not None and restart is not None:
         raise ValueError("restart is for the default runner; a given runner starts its own processes")
+    executor = executor or LocalExecutor()
+    try:
+        return _run_suite(suite, out_dir, runner, show_progress, echo, plots, only, restart, backend, executor)
+    finally:
+        executor.close()
+
+
+def _run_suite(
+    suite: str | Path | Suite,
+    out_dir: str | Path | None,
+    runner: CellRunner | None,
+    show_progress: bool,
+    echo: Echo | None,
+    plots: bool,
+    only: Callable[[Cell], bool] | None,
+    restart: RestartPolicy | None,
+    backend: str | None,
+    executor: Executor,
+) -> SuiteOutcome:
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     if backend is not None:  # over the suite's base: part of every cell's config (and of its config hash)
@@ -207,28 +220,49 @@ def run_suite(
     out.mkdir(parents=True, exist_ok=True)
     store = ResultsStore(out)
     console = _Console(suite, len(cells), show_progress=show_progress, echo=echo)
-    state = _SuiteRun(suite, cells, out, console, store)
+    state = _SuiteRun(suite, cells, out, console, store, concurrent=not isinstance(executor, LocalExecutor))
     if runner is None:
-        runner = functools.partial(default_runner, echo=console.say, show_progress=show_progress, restart=restart)
+        runner = executor.runner(echo=console.say, show_progress=show_progress, restart=restart)
 
     todo, skipped = state.plan(only)
     ran: list[str] = []
     failed: list[str] = []
-    for n, cell in enumerate(todo, 1):
-        expected, basis = state.estimator.estimate(cell)
+    if todo:
+        executor.check(todo, suite.resources)
+    # Each cell's expected time as it starts (the local executor), or as it is submitted (Ray).
+    expected = {c.key: state.estimator.estimate(c)[0] for c in todo}
+    started: list[Cell] = []
+
+    def starting(cell: Cell) -> None:
+        estimate, basis = state.estimator.estimate(cell)
+        expected[cell.key] = estimate
+        started.append(cell)
+        n = len(started)
         remaining = sum(state.estimator.estimate(c)[0] for c in todo[n - 1 :])
         console.say(
-            f"[{n}/{len(todo)}] {cell.key}: expected ≈ {_fmt_seconds(expected)} ({basis}); "
+            f"[{n}/{len(todo)}] {cell.key}: expected ≈ {_fmt_seconds(estimate)} ({basis}); "
             f"≈ {_fmt_seconds(remaining)} left for the matrix"
         )
         console.running(cell.key)
-        row, cell_failed = state.run_cell(cell, runner, expected)
-        ran.append(cell.key)
-        if cell_failed:
-            failed.append(cell.key)
-        console.advance()
-        state.record(row)
-    console.close()
+
+    outcomes = executor.run(todo, runner, out, suite.resources, say=console.say, starting=starting)
+    try:
+        with contextlib.closing(outcomes):
+            for outcome in outcomes:
+                row = state.row_of(outcome, expected[outcome.cell.key])
+                ran.append(outcome.cell.key)
+                if outcome.failed:
+                    failed.append(outcome.cell.key)
+                console.advance()
+                state.record(row)
+    except KeyboardInterrupt:
+        in_flight = [c.key for c in todo if c.key not in ran and (state.concurrent or c in started)]
+        console.say(
+            f"interrupted during {', '.join(in_flight) or 'the suite'}; finished cells are kept in {store.path}"
+        )
+        raise
+    finally:
+        console.close()
 
     report_path, plot_paths = state.write_report(plots)
     console.say(

@@ -15,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -42,6 +43,16 @@ def _write_cell_config(cell: Cell, work_dir: Path) -> Path:
     return path
 
 
+def _attempt_folder(cell: Cell, work_dir: Path) -> Path:
+    """A fresh runs folder for each attempt at a cell (``runs/<cell>-<time>-<random>``): a server resumes the
+    newest unfinished run it finds in its runs folder, so a folder shared with a cell running at the same time
+    (the Ray executor) or with an interrupted attempt would hand this cell's server someone else's run; the
+    daemons' logs (``logs/`` in it) stay the cell's own as well."""
+    parent = work_dir / "runs"
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{cell.slug}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=parent))
+
+
 def run_federation_cell(
     cell: Cell,
     work_dir: Path,
@@ -58,7 +69,7 @@ def run_federation_cell(
     with FederationProbe() as probe:
         summary = run_federation(
             config_path,
-            work_dir / "runs",
+            _attempt_folder(cell, work_dir),
             show_progress=show_progress,
             echo=echo,
             hooks=probe.hooks,

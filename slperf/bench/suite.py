@@ -25,6 +25,7 @@ Suite file (every key but ``matrix`` optional)::
     target_accuracy: 0.9                # or per dataset {mnist: 0.97, cifar10: 0.6}
     centralized: true                   # a centralized baseline row per dataset and seed (default true)
     estimate: {seconds_per_sample: {mnist: 0.0004}, overhead_seconds: 8}   # priors for the time estimates
+    resources: {cpus: 2, gpus: 1}       # what one cell needs (default 1 CPU, 0 GPU): see Resources
 
 Partitions: ``homo`` (alias ``iid``), ``hetero:ALPHA`` (alias ``dirichlet:ALPHA``), ``label_skew:CLASSES``,
 ``base_on_class``, ``vertical``, or a mapping ``{method, alpha, classes}``. Precedence of config keys, lowest
@@ -188,6 +189,20 @@ class Cell:
         return int(self.config.get("epochs", 3))
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What one cell of the suite needs: the Ray executor asks Ray for this much per cell task (so it decides
+    how many cells run at once, and on which node); the local executor runs one cell at a time and only checks
+    that this machine has that much. Fractions below 1 share a CPU or GPU between cells (Ray's rule: above 1,
+    whole numbers only). A cell's processes are not confined to its CPUs; ``torch_threads`` sets their use."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def line(self) -> str:
+        return f"{_num(self.cpus)} CPU(s), {_num(self.gpus)} GPU(s)"
+
+
 @dataclass
 class Suite:
     name: str
@@ -204,6 +219,7 @@ class Suite:
     target_accuracy: float | dict[str, float] | None = None
     centralized: bool = True
     estimate: dict[str, Any] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
     source: Traversable | None = None
 
     def target_for(self, dataset: str) -> float | None:
@@ -275,6 +291,7 @@ _SUITE_KEYS = {
     "target_accuracy",
     "centralized",
     "estimate",
+    "resources",
 }
 _MATRIX_KEYS = {"paradigms", "datasets", "partitions", "clients", "seeds"}
 # Config keys that the matrix sets for every cell; a base that set them would be silently overwritten.
@@ -372,6 +389,31 @@ def _parse_target(raw: Mapping[str, Any], where: str) -> float | dict[str, float
     return dict(target) if isinstance(target, Mapping) else target
 
 
+def _parse_resources(raw: Mapping[str, Any], where: str) -> Resources:
+    spec = raw.get("resources")
+    if spec is None:
+        return Resources()
+    if not isinstance(spec, Mapping):
+        raise SuiteError(f"{where}: resources must be a mapping {{cpus: N, gpus: M}}")
+    unknown = sorted(set(spec) - {"cpus", "gpus"})
+    if unknown:
+        raise SuiteError(f"{where}: unknown resources keys {unknown} (known: cpus, gpus)")
+    values: dict[str, float] = {}
+    for key, default, least in (("cpus", 1.0, "positive"), ("gpus", 0.0, "non-negative")):
+        value = spec.get(key, default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value < 0
+            or (key == "cpus" and value == 0)
+        ):
+            raise SuiteError(f"{where}: resources {key} must be a {least} number, got {value!r}")
+        if value > 1 and value != int(value):
+            raise SuiteError(f"{where}: resources {key} above 1 must be a whole number (Ray's rule), got {value!r}")
+        values[key] = float(value)
+    return Resources(cpus=values["cpus"], gpus=values["gpus"])
+
+
 def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None = None) -> Suite:
     """Validates a suite mapping; every problem is a SuiteError naming the key."""
     where = str(source) if source else "suite"
@@ -407,6 +449,7 @@ def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None
         target_accuracy=target,
         centralized=centralized,
         estimate=dict(estimate),
+        resources=_parse_resources(raw, where),
         source=source,
     )
 

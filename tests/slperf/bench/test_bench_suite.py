@@ -212,3 +212,18 @@ def test_preflight_names_unregistered_models():
     notes = preflight(expand(parse_suite(raw)))
     assert len(notes) == 1 and "nosuchmodel" in notes[0]
     assert preflight(expand(small_suite())) == []
+
+
+def test_resources_that_ray_cannot_hold_are_suite_errors():
+    assert parse_suite(suite_dict()).resources.line() == "1 CPU(s), 0 GPU(s)"
+    assert parse_suite(suite_dict(resources={"cpus": 0.5, "gpus": 2})).resources.gpus == 2.0
+    for bad, match in (
+        ({"cpus": 0}, "cpus must be a positive"),
+        ({"gpus": -1}, "gpus must be a non-negative"),
+        ({"cpus": "two"}, "cpus must be"),
+        ({"cpus": 1.5}, "whole number"),
+        ({"gpu": 1}, "unknown resources keys"),
+        ([1], "must be a mapping"),
+    ):
+        with pytest.raises(SuiteError, match=match):
+            parse_suite(suite_dict(resources=bad))
