@@ -39,10 +39,10 @@ def _fail(message: str) -> None:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from slperf.common.config import ConfigError
     from slperf.common.data import DatasetUnavailable
+    from slperf.common.metrics_http import MetricsAddressError
     from slperf.common.security.errors import TLSConfigError
     from slperf.federation import FederationError
     from slperf.slclient.daemon import ClientFatal
-    from slperf.slserver.metrics import MetricsAddressError
     from slperf.slserver.server import AddressInUse
 
     return (
