@@ -268,6 +268,12 @@ def _credentials(
     "--device",
     help="torch device this silo computes on: cpu, cuda, cuda:N (default: the run's client_device, cpu by default)",
 )
+@click.option(
+    "--metrics-address",
+    help="HOST:PORT to serve this daemon's Prometheus metrics on at /metrics (connection state, reconnects, bytes "
+    "and messages per direction, current run/round/phase, steps and compute time, errors by status code); off "
+    "unless given",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def client(
     address,
@@ -284,6 +290,7 @@ def client(
     reconnect_delay,
     max_reconnect_delay,
     device,
+    metrics_address,
     verbose,
 ) -> None:
     """Run a client daemon: dial out, hold the bottom segment and this silo's shard, stay up between runs.
@@ -319,7 +326,9 @@ def client(
             backoff_initial=reconnect_delay,
             backoff_max=max_reconnect_delay,
             device=device,
-        )
+            metrics_address=metrics_address,
+        ),
+        announce=lambda line: (print(line), sys.stdout.flush()),
     )
 
     async def main_task() -> None:
