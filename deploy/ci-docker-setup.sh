@@ -7,10 +7,16 @@
 #                 pip inside a build container cannot reach the index
 #   3. base:      a Debian bookworm root file system with python3 (debootstrap), saved as a tarball that
 #                 `docker import` turns into the base image slperf/base:bookworm (Docker Hub is unreachable)
-#   4. import:    (only with a reachable DOCKER_HOST) imports the tarball as slperf/base:bookworm
+#   4. prometheus: the build context of the offline Prometheus image (deploy/prometheus/Dockerfile): Debian bookworm's
+#                 prometheus package fetched with `apt-get download` and unpacked (`dpkg-deb -x`; nothing installed on
+#                 the host), its prometheus and promtool binaries and deploy/prometheus/prometheus.yml, in
+#                 $SLPERF_DOCKER_CACHE/prometheus-bookworm
+#   5. import:    (only with a reachable DOCKER_HOST) imports the tarball as slperf/base:bookworm and builds
+#                 slperf/prometheus:bookworm from the prometheus context, when it is there
 # Every step is idempotent and skipped when its result is already there. It starts no daemon.
 #
-# Usage: deploy/ci-docker-setup.sh [apt] [wheelhouse] [base] [import]     (no argument = apt wheelhouse base)
+# Usage: deploy/ci-docker-setup.sh [apt] [wheelhouse] [base] [prometheus] [import]
+#        (no argument = apt wheelhouse base prometheus)
 # Env:   SLPERF_DOCKER_CACHE  where the base tarball is kept (default /var/cache/slperf-docker)
 #        PYTHON               interpreter whose pip downloads the wheels (default .venv/bin/python, else python3)
 set -euo pipefail
@@ -19,6 +25,8 @@ cd "$(dirname "$0")/.."
 CACHE="${SLPERF_DOCKER_CACHE:-/var/cache/slperf-docker}"
 BASE_TAR="$CACHE/base-bookworm-python3.tar"
 BASE_IMAGE="slperf/base:bookworm"
+PROM_CONTEXT="$CACHE/prometheus-bookworm"
+PROM_IMAGE="slperf/prometheus:bookworm"
 WHEELHOUSE="deploy/wheelhouse"
 PY_VERSION="3.11"   # the python3 of Debian bookworm, which the base image carries
 PYTHON="${PYTHON:-}"
@@ -111,6 +119,33 @@ step_base() {
   log "base: wrote $BASE_TAR ($(du -h "$BASE_TAR" | cut -f1))"
 }
 
+step_prometheus() {
+  if [ -x "$PROM_CONTEXT/bin/prometheus" ] && [ -x "$PROM_CONTEXT/bin/promtool" ]; then
+    cp deploy/prometheus/prometheus.yml "$PROM_CONTEXT/prometheus.yml"  # the repository's config, always current
+    log "prometheus: $PROM_CONTEXT exists ($("$PROM_CONTEXT/bin/prometheus" --version 2>&1 | head -n1))"
+    return
+  fi
+  command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
+    || { log "prometheus: apt-get and dpkg-deb are needed (a Debian host)"; exit 1; }
+  mkdir -p "$CACHE"
+  local work
+  work="$(mktemp -d "$CACHE/prometheus.XXXXXX")"
+  trap 'rm -rf "$work"' RETURN
+  # The package only; its dependencies (the web UI's JavaScript, adduser) are not needed for scraping and the API.
+  # apt-get download writes into the current folder; _apt may not write to $work, hence the chmod.
+  chmod 0777 "$work"
+  (cd "$work" && apt-get download prometheus >"$work/download.log" 2>&1) \
+    || { apt-get update -qq && (cd "$work" && apt-get download prometheus >"$work/download.log" 2>&1); } \
+    || { tail -n 20 "$work/download.log" >&2; exit 1; }
+  dpkg-deb -x "$work"/prometheus_*.deb "$work/root"
+  mkdir -p "$work/context/bin"
+  install -m 0755 "$work/root/usr/bin/prometheus" "$work/root/usr/bin/promtool" "$work/context/bin/"
+  cp deploy/prometheus/prometheus.yml "$work/context/prometheus.yml"
+  rm -rf "$PROM_CONTEXT"
+  mv "$work/context" "$PROM_CONTEXT"
+  log "prometheus: $(basename "$work"/prometheus_*.deb) unpacked into $PROM_CONTEXT"
+}
+
 step_import() {
   if ! docker info >/dev/null 2>&1; then
     log "import: no Docker engine at ${DOCKER_HOST:-the default socket}; skipped"
@@ -118,21 +153,31 @@ step_import() {
   fi
   if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     log "import: $BASE_IMAGE is already there"
-    return
+  else
+    [ -s "$BASE_TAR" ] || step_base
+    docker import --change 'CMD ["python3"]' "$BASE_TAR" "$BASE_IMAGE" >/dev/null
+    log "import: $BASE_IMAGE imported"
   fi
-  [ -s "$BASE_TAR" ] || step_base
-  docker import --change 'CMD ["python3"]' "$BASE_TAR" "$BASE_IMAGE" >/dev/null
-  log "import: $BASE_IMAGE imported"
+  if docker image inspect "$PROM_IMAGE" >/dev/null 2>&1; then
+    log "import: $PROM_IMAGE is already there"
+  elif [ -x "$PROM_CONTEXT/bin/prometheus" ]; then
+    docker build -q -f deploy/prometheus/Dockerfile --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$PROM_IMAGE" \
+      "$PROM_CONTEXT" >/dev/null
+    log "import: $PROM_IMAGE built"
+  else
+    log "import: no $PROM_CONTEXT (run the prometheus step); $PROM_IMAGE not built"
+  fi
 }
 
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(apt wheelhouse base)
+[ ${#steps[@]} -gt 0 ] || steps=(apt wheelhouse base prometheus)
 for s in "${steps[@]}"; do
   case "$s" in
     apt) step_apt ;;
     wheelhouse) step_wheelhouse ;;
     base) step_base ;;
+    prometheus) step_prometheus ;;
     import) step_import ;;
-    *) log "unknown step '$s' (apt, wheelhouse, base, import)"; exit 2 ;;
+    *) log "unknown step '$s' (apt, wheelhouse, base, prometheus, import)"; exit 2 ;;
   esac
 done

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from slperf.common.config import ConfigError
 from slperf.common.config_loader import config_from_json
 from slperf.common.data import DatasetUnavailable
 from slperf.common.devices import host_state
+from slperf.common.metrics_http import METRICS_READY_PREFIX
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientParadigm, InferenceUnsupported
 from slperf.common.paradigms.kit.cuts import state_layout
@@ -52,13 +54,14 @@ from slperf.common.protocol.messages import (
     TrainEpoch,
     Welcome,
 )
-from slperf.common.protocol.types import CutReply, CutTensor, Phase, RunState, State, StepRef
+from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, RunState, State, StepRef
 from slperf.common.shards import build_client_data
 from slperf.common.transport.channel import create_channel, open_session
 from slperf.common.transport.endpoint import ClientEndpoint, Endpoint, SessionCall, Side, Stream, StreamBroken
 from slperf.common.wire.codec import check_state
 from slperf.common.wire.framing import ByteCounter
 from slperf.common.wire.serde import PROTOCOL_VERSION
+from slperf.slclient.metrics import ClientMetrics, StepClock
 from slperf.slclient.reconnect import Backoff, Verdict, classify
 from slperf.slclient.state_store import SetupKey, Snapshot, StateStore
 
@@ -108,12 +111,16 @@ class ClientOptions:
     once: bool = False  # exit after the first run finishes (tests)
     torch_threads: int = 0
     device: str | None = None  # this silo's torch device (--device); None: the run's client_device
+    # HOST:PORT of the Prometheus endpoint (``slperf.slclient.metrics``); None: the figures are kept, not served.
+    metrics_address: str | None = None
 
 
 class SessionLink:
     """The client's side of one session stream: its endpoint, and the paradigm's ClientLink over it."""
 
-    def __init__(self, call: Stream, run_id: str = "", exchange: Exchange | None = None):
+    def __init__(
+        self, call: Stream, run_id: str = "", exchange: Exchange | None = None, metrics: ClientMetrics | None = None
+    ):
         self.call = call
         self.run_id = run_id
         self.endpoint: ClientEndpoint = Endpoint(call, Side.CLIENT)
@@ -121,28 +128,40 @@ class SessionLink:
         # sent that awaits a reply, by its ref.
         self.exchange = exchange
         self._awaiting: dict[StepRef, int] = {}
+        # Told of error reports and dropped messages; the current pass's clock, told of every wait on the link.
+        self.metrics = metrics
+        self.clock: StepClock | None = None
 
     @property
     def counter(self) -> ByteCounter:
         return self.endpoint.counter
 
-    def begin_pass(self, run_id: str, exchange: Exchange | None) -> None:
+    def begin_pass(self, run_id: str, exchange: Exchange | None, clock: StepClock | None = None) -> None:
         """A new pass of run ``run_id``: replies are checked against ``exchange``; nothing from an aborted pass
-        is still awaited."""
+        is still awaited; ``clock`` is told of the pass's waits on the link."""
         self.run_id = run_id
         self.exchange = exchange
+        self.clock = clock
         self._awaiting.clear()
 
     async def send(self, message: ClientMessage) -> None:
+        if isinstance(message, ErrorReport) and self.metrics is not None:
+            self.metrics.error(message.code, "sent")
         await self.endpoint.send(message)
 
     async def receive(self) -> ServerMessage | None:
         """The next message from the server; None when it ends the stream. Bad messages are logged and dropped."""
         while True:
             try:
-                return await self.endpoint.receive()
+                message = await self.endpoint.receive()
             except WireError as err:
                 log.error("dropping a bad message from the server: %s", err.message)
+                if self.metrics is not None:
+                    self.metrics.error(err.code, "dropped")
+                continue
+            if isinstance(message, ErrorReport) and self.metrics is not None:
+                self.metrics.error(message.code, "received")
+            return message
 
     # -- ClientLink ---------------------------------------------------------------------------------
     async def send_cut_tensor(
@@ -154,11 +173,27 @@ class SessionLink:
     ) -> None:
         if self.exchange is not None and self.exchange.stage(ref.phase, ref.stage).down is not None:
             self._awaiting[ref] = int(tensor.shape[0])
-        await self.send(CutTensor(ref, tensor, labels, sample_ids))
+        if self.clock is not None:
+            self.clock.link_call(ref.step)
+        try:
+            await self.send(CutTensor(ref, tensor, labels, sample_ids))
+        finally:
+            if self.clock is not None:
+                self.clock.link_done()
 
     async def recv_reply(self, ref: StepRef) -> CutReply:
         if self.exchange is None or ref not in self._awaiting:
             raise ServerError(grpc.StatusCode.FAILED_PRECONDITION, f"no cut tensor awaiting a reply was sent for {ref}")
+        if self.clock is not None:
+            self.clock.link_call(ref.step)
+        try:
+            return await self._await_reply(ref)
+        finally:
+            if self.clock is not None:
+                self.clock.link_done()
+
+    async def _await_reply(self, ref: StepRef) -> CutReply:
+        assert self.exchange is not None
         while True:
             message = await self.receive()
             if message is None:
@@ -185,8 +220,10 @@ class SessionLink:
 
 
 class ClientDaemon:
-    def __init__(self, opts: ClientOptions):
+    def __init__(self, opts: ClientOptions, *, announce: Callable[[str], object] = print):
         self.opts = opts
+        self.metrics = ClientMetrics(opts.client_id)
+        self._announce = announce  # where the metrics endpoint's ready line goes (stdout)
         self.paradigm: ClientParadigm | None = None
         self.exchange: Exchange | None = None  # the current run's, from the paradigm's spec
         self.run_id = ""
@@ -201,11 +238,25 @@ class ClientDaemon:
     async def run_forever(self) -> None:
         """Serves the server until stopped (or, with ``once``, until a run finished). Gives up only when the
         server refuses this client's identity or credentials (``ClientFatal``); a server that is down, restarts
-        or stops gracefully is reconnected to with backoff, however often and however long."""
+        or stops gracefully is reconnected to with backoff, however often and however long. With
+        ``metrics_address`` its metrics are served meanwhile (``SLPERF_METRICS port=N`` once they are)."""
+        if self.opts.metrics_address is None:
+            await self._sessions()
+            return
+        endpoint = self.metrics.serve(self.opts.metrics_address)  # MetricsAddressError before any dialling
+        log.info("metrics on http://%s:%d/metrics", self.opts.metrics_address.rpartition(":")[0], endpoint.port)
+        self._announce(f"{METRICS_READY_PREFIX}{endpoint.port}")
+        try:
+            await self._sessions()
+        finally:
+            endpoint.close()
+
+    async def _sessions(self) -> None:
         backoff = Backoff(self.opts.backoff_initial, self.opts.backoff_max)
         refusals = 0  # attempts in a row refused at the TLS level, none of which reached Welcome
         while True:
             attempt = _Attempt()
+            self.metrics.dialling()
             try:
                 finished = await self._session(attempt)
                 if finished and self.opts.once:
@@ -224,6 +275,7 @@ class ClientDaemon:
                 backoff.reset()
             if failure is not None:
                 code, details = failure
+                self.metrics.error(code, "session")
                 verdict = classify(code, details, attempt.welcomed)
                 if verdict == Verdict.IDENTITY_REFUSED:
                     raise ClientFatal(f"the server refused client '{self.opts.client_id}': {code.name}: {details}")
@@ -245,6 +297,7 @@ class ClientDaemon:
                     details,
                 )
             delay = backoff.next_delay()
+            self.metrics.reconnecting()
             log.info("reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)  # reconnect backoff, not synchronisation
 
@@ -261,6 +314,8 @@ class ClientDaemon:
                 # A write failed because the call ended: its status says why (a TLS refusal looks like this).
                 await _raise_for_status(call)
                 raise
+            finally:
+                self.metrics.session_closed()
 
     async def converse(self, call: SessionCall) -> bool:
         """One session over ``call``, a stream this daemon did not dial (the simulation's in-memory link): the same
@@ -275,7 +330,8 @@ class ClientDaemon:
     async def _converse(self, attempt: _Attempt, call: SessionCall) -> bool:
         """Hello, Welcome, then the server's messages until the stream ends (see ``_session``)."""
         opts = self.opts
-        link = SessionLink(call)
+        link = SessionLink(call, metrics=self.metrics)
+        self.metrics.session_opened(link.counter)
         await link.send(Hello(PROTOCOL_VERSION, opts.client_id, f"slperf {__version__}"))
         welcome = await link.receive()
         if welcome is None:
@@ -284,6 +340,7 @@ class ClientDaemon:
         if not isinstance(welcome, Welcome):
             raise ConnectionError(f"expected Welcome, got {type(welcome).__name__}")
         attempt.welcomed = True
+        self.metrics.welcomed()
         log.info("connected to %s as %s", opts.server, opts.client_id)
         finished = False
         while True:
@@ -317,6 +374,7 @@ class ClientDaemon:
             self.run_id = ""
             self._setup_key = None
             self.exchange = None
+            self.metrics.run_over()
             return True
         elif isinstance(message, ModelState):
             await self._set_weights(link, message)
@@ -335,33 +393,46 @@ class ClientDaemon:
             return
         training = isinstance(part, TrainEpoch)
         await self._align(part.round if training else part.round + 1)
-        link.begin_pass(self.run_id, self.exchange)
+        phase = Phase.TRAIN if training else Phase.EVAL
+        clock = self.metrics.pass_started(part.round, phase)
+        link.begin_pass(self.run_id, self.exchange, clock)
+        summary: PhaseSummary | None = None
         try:
-            if isinstance(part, TrainEpoch):
-                summary = await self.paradigm.train_epoch(link, part.round, part.options)
-            else:
-                summary = await self.paradigm.evaluate(link, part.round)
-        except ServerError as exc:
-            self._pass_failed(training)
-            if exc.code == grpc.StatusCode.ABORTED:
-                log.warning("the server ended %s of round %d early: %s", kind, part.round, exc)
-                return
-            await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
+            summary = await self._pass(link, part, kind)
+        finally:
+            link.clock = None
+            self.metrics.pass_ended(phase, clock, None if summary is None else summary.steps)
+        if summary is None:
             return
-        except (WireError, ValueError) as exc:
-            # The server drops this client from the phase when it reports an error; the session goes on.
-            self._pass_failed(training)
-            await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
-            return
-        except BaseException:
-            self._pass_failed(training)
-            raise
         self._pushed.clear()
         if training:
             self._entering = part.round + 1
             await self._save_state()
-        phase = Phase.TRAIN if isinstance(part, TrainEpoch) else Phase.EVAL
         await link.send(PhaseDone(StepRef(self.run_id, part.round, summary.steps, phase), summary))
+
+    async def _pass(self, link: SessionLink, part: TrainEpoch | Evaluate, kind: str) -> PhaseSummary | None:
+        """The paradigm's pass; None when it failed (reported to the server unless the server ended it)."""
+        assert self.paradigm is not None
+        training = isinstance(part, TrainEpoch)
+        try:
+            if isinstance(part, TrainEpoch):
+                return await self.paradigm.train_epoch(link, part.round, part.options)
+            return await self.paradigm.evaluate(link, part.round)
+        except ServerError as exc:
+            self._pass_failed(training)
+            if exc.code == grpc.StatusCode.ABORTED:
+                log.warning("the server ended %s of round %d early: %s", kind, part.round, exc)
+                return None
+            await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
+            return None
+        except (WireError, ValueError) as exc:
+            # The server drops this client from the phase when it reports an error; the session goes on.
+            self._pass_failed(training)
+            await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
+            return None
+        except BaseException:
+            self._pass_failed(training)
+            raise
 
     async def _send_weights(self, link: SessionLink, request: RequestWeights) -> None:
         segment = self.paradigm.segments.get(request.segment) if self.paradigm else None
@@ -404,6 +475,7 @@ class ClientDaemon:
             return
         self.run_id = setup.run_id
         self._setup_key = key
+        self.metrics.run_set_up(setup.run_id, config.paradigm)
         await self._fresh_state(key)
         log.info(
             "run %s: %s, client %d of %d, %d training samples",

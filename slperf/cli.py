@@ -39,11 +39,11 @@ def _fail(message: str) -> None:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from slperf.common.config import ConfigError
     from slperf.common.data import DatasetUnavailable
+    from slperf.common.metrics_http import MetricsAddressError
     from slperf.common.security.errors import TLSConfigError
     from slperf.federation import FederationError
     from slperf.sim import SimulationError
     from slperf.slclient.daemon import ClientFatal
-    from slperf.slserver.metrics import MetricsAddressError
     from slperf.slserver.server import AddressInUse
 
     return (
@@ -328,6 +328,12 @@ def _credentials(
     "--device",
     help="torch device this silo computes on: cpu, cuda, cuda:N (default: the run's client_device, cpu by default)",
 )
+@click.option(
+    "--metrics-address",
+    help="HOST:PORT to serve this daemon's Prometheus metrics on at /metrics (connection state, reconnects, bytes "
+    "and messages per direction, current run/round/phase, steps and compute time, errors by status code); off "
+    "unless given",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def client(
     address,
@@ -344,6 +350,7 @@ def client(
     reconnect_delay,
     max_reconnect_delay,
     device,
+    metrics_address,
     verbose,
 ) -> None:
     """Run a client daemon: dial out, hold the bottom segment and this silo's shard, stay up between runs.
@@ -379,7 +386,9 @@ def client(
             backoff_initial=reconnect_delay,
             backoff_max=max_reconnect_delay,
             device=device,
-        )
+            metrics_address=metrics_address,
+        ),
+        announce=lambda line: (print(line), sys.stdout.flush()),
     )
 
     async def main_task() -> None:

@@ -29,14 +29,14 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from slperf.common.metrics_http import METRICS_READY_PREFIX, MetricsAddressError, MetricsServer, serve_metrics
 from slperf.common.wire.framing import ByteCounter
 from slperf.slserver.coordinator import RunCoordinator
 from slperf.slserver.interceptors import Continuation, Handler, with_wrapper
@@ -44,13 +44,10 @@ from slperf.slserver.sessions import Session, SessionRegistry
 
 log = logging.getLogger("slperf.server")
 
-METRICS_READY_PREFIX = "SLPERF_METRICS port="
+__all__ = ["METRICS_READY_PREFIX", "MetricsAddressError", "MetricsServer", "ServerMetrics", "ErrorCountingInterceptor"]
+
 # Model steps on the server take from well under a millisecond (a tiny top) to seconds (a large one on a CPU).
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class MetricsAddressError(Exception):
-    """``--metrics-address`` is not HOST:PORT, or the endpoint cannot listen there."""
 
 
 @dataclass
@@ -175,33 +172,7 @@ class ServerMetrics(Collector):
     # -- serving ---------------------------------------------------------------------------------------------
     def serve(self, address: str) -> MetricsServer:
         """Serves ``/metrics`` on ``address`` (HOST:PORT, port 0 = any) from a thread of prometheus_client's."""
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise MetricsAddressError(f"--metrics-address must be HOST:PORT, got {address!r}")
-        try:
-            server, thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
-        except OSError as exc:
-            raise MetricsAddressError(
-                f"cannot serve metrics on {address}: {exc.strerror or exc} (choose another --metrics-address)"
-            ) from None
-        return MetricsServer(server, thread.join)
-
-
-@dataclass
-class MetricsServer:
-    """The running HTTP endpoint; ``close`` stops it."""
-
-    http: WSGIServer
-    join: Callable[..., None]
-
-    @property
-    def port(self) -> int:
-        return int(self.http.server_port)
-
-    def close(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
-        self.join(5.0)
+        return serve_metrics(self.registry, address)
 
 
 class ErrorCountingInterceptor(grpc.aio.ServerInterceptor):

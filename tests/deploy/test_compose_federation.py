@@ -2,13 +2,16 @@
 
 The test starts its own Docker engine (dockerd with --bridge=none --iptables=false, in a temporary folder, with its
 own socket, data and exec roots), imports the local base image made by deploy/ci-docker-setup.sh, builds the image
-with `docker-compose build` (PIP_SOURCE=wheelhouse: no package index in the build), brings the federation up with
-`docker-compose up -d`, starts the smoke run with the documented operator command
-(`docker-compose run --rm operator`), checks the run's summary, the run folder on the runs volume and every
-service's health, and tears everything down, that dockerd included, also on failure.
+with `docker-compose build` (PIP_SOURCE=wheelhouse: no package index in the build) and the offline Prometheus image
+(deploy/prometheus/Dockerfile), brings the federation up with its metrics profile
+(`docker-compose --profile metrics up -d`), starts the smoke run with the documented operator command
+(`docker-compose run --rm operator`), checks the run's summary, the run folder on the runs volume, every service's
+health, and, through Prometheus's HTTP API, that it scraped the server (target up, every client's bytes), and tears
+everything down, that dockerd included, also on failure.
 
 It installs nothing. Skipped, with the reason, when not root, when dockerd / docker-compose / docker are missing, or
-when the base tarball or the wheelhouse are not prepared: deploy/ci-docker-setup.sh does both.
+when the base tarball, the Prometheus build context or the wheelhouse are not prepared: deploy/ci-docker-setup.sh
+does all three.
 Figures (build time, image size, compose-up-to-trained time) are printed (pytest -s) and recorded as properties.
 
 SLPERF_DOCKER_TEST_DATA_ROOT=DIR keeps the engine's data root (images and build cache) in DIR between runs, for
@@ -35,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("SLPERF_DOCKER_CACHE", "/var/cache/slperf-docker"))
 BASE_TAR = CACHE / "base-bookworm-python3.tar"
 BASE_IMAGE = "slperf/base:bookworm"
+PROM_CONTEXT = CACHE / "prometheus-bookworm"
+PROM_IMAGE = "slperf/prometheus:bookworm"  # docker-compose.yml's default for the prometheus service
+PROM_API = "http://localhost:9090"
 WHEELHOUSE = ROOT / "deploy" / "wheelhouse"
 SERVICES = ("server", "c1", "c2", "c3")
 SETUP_HINT = "run deploy/ci-docker-setup.sh (as root) first"
@@ -49,6 +55,8 @@ def _requirements() -> dict[str, str]:
         pytest.skip(f"{', '.join(missing)} not installed ({SETUP_HINT})")
     if not BASE_TAR.is_file():
         pytest.skip(f"no local base image tarball at {BASE_TAR} ({SETUP_HINT})")
+    if not (PROM_CONTEXT / "bin" / "prometheus").is_file() or not (PROM_CONTEXT / "bin" / "promtool").is_file():
+        pytest.skip(f"no Prometheus build context at {PROM_CONTEXT} ({SETUP_HINT})")
     if not list(WHEELHOUSE.glob("torch-2.13.0*.whl")):
         pytest.skip(f"the wheelhouse {WHEELHOUSE} has no torch 2.13.0 wheel ({SETUP_HINT})")
     return tools
@@ -166,6 +174,23 @@ def _inspect(docker: str, env: dict, container: str, fmt: str) -> str:
     return out.stdout.strip()
 
 
+def _prometheus_query(compose: list[str], env: dict, expr: str) -> list[dict]:
+    """The result of an instant query, from Prometheus's HTTP API (``/api/v1/query``) inside its container: its
+    ``promtool`` is the client (the upstream image carries it too)."""
+    query = ["promtool", "query", "instant", "-o", "json", PROM_API, expr]
+    out = _run([*compose, "exec", "-T", "prometheus", *query], env, 120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def _scraped(compose: list[str], env: dict) -> tuple[dict[str, float], dict[str, float]]:
+    """What Prometheus holds of the server: ``up`` by job, and ``slperf_server_client_bytes_total`` by client
+    (direction up)."""
+    up = {r["metric"]["job"]: float(r["value"][1]) for r in _prometheus_query(compose, env, "up")}
+    sent = _prometheus_query(compose, env, 'slperf_server_client_bytes_total{direction="up"}')
+    return up, {r["metric"]["client"]: float(r["value"][1]) for r in sent}
+
+
 def test_compose_federation_builds_starts_and_trains(record_property):
     tools = _requirements()
     docker, compose_exe = tools["docker"], tools["docker-compose"]
@@ -183,6 +208,12 @@ def test_compose_federation_builds_starts_and_trains(record_property):
             imported = _run([docker, "import", "--change", 'CMD ["python3"]', str(BASE_TAR), BASE_IMAGE], env, 600)
             assert imported.returncode == 0, imported.stderr
         figures["base_import_s"] = time.monotonic() - t0
+        if _run([docker, "image", "inspect", PROM_IMAGE], env, 60).returncode != 0:
+            # The offline Prometheus image, as deploy/ci-docker-setup.sh import builds it (compose mounts the
+            # repository's prometheus.yml over the one the context holds).
+            dockerfile = str(ROOT / "deploy" / "prometheus" / "Dockerfile")
+            built = _run([docker, "build", "-q", "-f", dockerfile, "-t", PROM_IMAGE, str(PROM_CONTEXT)], env, 600)
+            assert built.returncode == 0, (built.stdout + built.stderr)[-4000:]
 
         t0 = time.monotonic()
         build = _run([*compose, "build"], env, 2400)
@@ -190,9 +221,9 @@ def test_compose_federation_builds_starts_and_trains(record_property):
         assert build.returncode == 0, (build.stdout + build.stderr)[-4000:]
         figures["image_mb"] = int(_inspect(docker, env, image, "{{.Size}}")) / 1e6
 
-        # Up: the certificate job, the server (healthy), then the three clients.
+        # Up: the certificate job, the server (healthy), then the three clients and Prometheus (profile metrics).
         t_up = time.monotonic()
-        up = _run([*compose, "up", "-d"], env, 600)
+        up = _run([*compose, "--profile", "metrics", "up", "-d"], env, 600)
         assert up.returncode == 0, up.stdout + up.stderr
         figures["up_s"] = time.monotonic() - t_up
 
@@ -254,13 +285,26 @@ def test_compose_federation_builds_starts_and_trains(record_property):
             files = _run([*compose, "exec", "-T", cid, "ls", "/var/lib/slperf/certs"], env, 120).stdout.split()
             assert sorted(files) == ["ca.pem", "client.key", "client.pem"], files
 
+        # Prometheus scraped the server over the internal network: its target is up and it holds every client's
+        # bytes from the run. It scrapes every 5 s; the wait is for its next scrape, bounded.
+        deadline = time.monotonic() + 90
+        while True:
+            up, sent = _scraped(compose, env)
+            if (up.get("slperf-server") == 1 and set(sent) == {"c1", "c2", "c3"}) or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert up == {"slperf-server": 1.0}, up
+        assert set(sent) == {"c1", "c2", "c3"} and all(v > 0 for v in sent.values()), sent
+        figures["prometheus_client_bytes_up"] = sum(sent.values())
+
         for key, value in figures.items():
             record_property(key, round(value, 1))
         print("\ncompose federation: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))
     finally:
         try:
             if engine.proc is not None and engine.proc.poll() is None:
-                _run([*compose, "--profile", "operator", "down", "-v", "--remove-orphans", "--timeout", "20"], env, 300)
+                down = [*compose, "--profile", "operator", "--profile", "metrics", "down", "-v", "--remove-orphans"]
+                _run([*down, "--timeout", "20"], env, 300)
                 if not os.environ.get("SLPERF_DOCKER_TEST_DATA_ROOT"):
                     _run([docker, "image", "rm", "-f", image], env, 120)
         finally:

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 EXPOSE = ROOT / "deploy" / "compose.expose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+PROMETHEUS_DOCKERFILE = ROOT / "deploy" / "prometheus" / "Dockerfile"
 K8S = ROOT / "deploy" / "k8s"
 SYSTEMD = ROOT / "deploy" / "systemd"
 GUIDE = ROOT / "deploy" / "README.md"
@@ -92,11 +93,11 @@ def load_compose(path: Path = COMPOSE, env: dict[str, str] | None = None) -> dic
 
 
 # -- command lines -------------------------------------------------------------------------------------------------
-def dockerfile_instruction(name: str) -> list[str]:
+def dockerfile_instruction(name: str, dockerfile: Path = DOCKERFILE) -> list[str]:
     """The JSON-form arguments of the last NAME instruction (ENTRYPOINT, CMD) of the runtime stage."""
-    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    text = dockerfile.read_text().replace("\\\n", " ")
     found = [line for line in text.splitlines() if line.startswith(name + " ")]
-    assert found, f"no {name} in {DOCKERFILE}"
+    assert found, f"no {name} in {dockerfile}"
     import json
 
     return json.loads(found[-1][len(name) + 1 :].strip())
@@ -369,6 +370,11 @@ def test_compose_topology():
     metrics_address = server["command"][server["command"].index("--metrics-address") + 1]
     assert target == f"server:{metrics_address.rpartition(':')[2]}"
     assert all("profiles" in svc for name, svc in services.items() if name in ("prometheus", "operator"))
+    # Its default image is the offline one deploy/ci-docker-setup.sh builds; SLPERF_PROMETHEUS_IMAGE overrides it.
+    assert prometheus["image"] == "slperf/prometheus:bookworm"
+    upstream = load_compose(env={"SLPERF_PROMETHEUS_IMAGE": "prom/prometheus:v2.53.0"})["services"]["prometheus"]
+    assert upstream["image"] == "prom/prometheus:v2.53.0"
+    assert "/prometheus" in {v.split(":")[1] for v in prometheus["volumes"]}
     # Only the server listens and nothing is published from the base file; the network is internal.
     assert not any("ports" in svc for svc in services.values())
     assert compose["networks"]["federation"]["internal"] is True
@@ -377,15 +383,32 @@ def test_compose_topology():
 
 
 # -- Dockerfile ----------------------------------------------------------------------------------------------------
-def test_dockerfile_lints_clean():
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, PROMETHEUS_DOCKERFILE], ids=["slperf", "prometheus"])
+def test_dockerfile_lints_clean(dockerfile):
     hadolint = tool("hadolint")
     proc = subprocess.run(
-        [hadolint, "--config", str(ROOT / "deploy" / "hadolint.yaml"), str(DOCKERFILE)],
+        [hadolint, "--config", str(ROOT / "deploy" / "hadolint.yaml"), str(dockerfile)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_prometheus_dockerfile():
+    """The offline Prometheus image takes what prom/prometheus takes: Prometheus's flags as its command (compose
+    passes them), its data in /prometheus, as nobody; built on the offline base from the setup script's context."""
+    text = PROMETHEUS_DOCKERFILE.read_text()
+    assert re.search(r"^ARG BASE_IMAGE=slperf/base:bookworm$", text, re.M)
+    assert re.search(r"^COPY bin/prometheus bin/promtool /usr/local/bin/$", text, re.M)
+    assert re.search(r"^USER 65534:65534$", text, re.M)
+    assert dockerfile_instruction("ENTRYPOINT", PROMETHEUS_DOCKERFILE) == ["/usr/local/bin/prometheus"]
+    command = load_compose()["services"]["prometheus"]["command"]
+    assert dockerfile_instruction("CMD", PROMETHEUS_DOCKERFILE) == command
+    assert dockerfile_instruction("VOLUME", PROMETHEUS_DOCKERFILE) == ["/prometheus"]
+    setup = (ROOT / "deploy" / "ci-docker-setup.sh").read_text()
+    assert "step_prometheus" in setup and "apt-get download prometheus" in setup and "dpkg-deb -x" in setup
+    assert "deploy/prometheus/Dockerfile" in setup and "slperf/prometheus:bookworm" in setup
 
 
 def test_dockerfile_rules():
