@@ -44,10 +44,10 @@ def _write_cell_config(cell: Cell, work_dir: Path) -> Path:
 
 
 def _attempt_folder(cell: Cell, work_dir: Path) -> Path:
-    """A fresh runs folder for each attempt at a cell (``runs/<cell>-<time>-<random>``): a server resumes the
-    newest unfinished run it finds in its runs folder, so a folder shared with a cell running at the same time
-    (the Ray executor) or with an interrupted attempt would hand this cell's server someone else's run; the
-    daemons' logs (``logs/`` in it) stay the cell's own as well."""
+    """A fresh runs folder for each attempt at a cell (``runs/<cell>-<time>-<random>``), federation or sim: a server
+    resumes the newest unfinished run it finds in its runs folder, so a folder shared with a cell running at the same
+    time (the Ray executor) or with an interrupted attempt would hand this cell's server someone else's run; the
+    daemons' logs (``logs/`` in it, a simulation's ``sim.log``) stay the cell's own as well."""
     parent = work_dir / "runs"
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"{cell.slug}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=parent))
@@ -114,7 +114,8 @@ def run_sim_cell(cell: Cell, work_dir: Path, *, echo: Echo = print, show_progres
     config_path = _write_cell_config(cell, work_dir)
     started = time.monotonic()
     reset = reset_peak_rss()
-    summary = run_simulation(config_path, work_dir / "runs", show_progress=show_progress, echo=echo)
+    # Its own folder too: two sim cells in one Ray worker node must not share a run folder or a log file.
+    summary = run_simulation(config_path, _attempt_folder(cell, work_dir), show_progress=show_progress, echo=echo)
     total = time.monotonic() - started
     peak = peak_rss_bytes(os.getpid()) if reset else self_peak_rss_bytes()
     records = RunFolder(Path(summary["run_dir"])).read_metrics()
