@@ -64,6 +64,7 @@ class RunConfig:
     aggregation: str | None = None
     trim_fraction: float | None = None
     torch_threads: int = 0
+    attacks: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +119,8 @@ FIELD_DOCS: dict[str, str] = {
     "trim_fraction": "aggregation: trimmed_mean: share of the largest and of the smallest values dropped per "
     "coordinate, in [0, 0.5) (default 0.2); refused with any other aggregation",
     "torch_threads": "torch intra-op threads per process (0 = leave torch's default)",
+    "attacks": "attacks of an honest-but-curious server to run and record each round (docs/threat_model.md): dcor, "
+    "inversion_whitebox, label_leak; each is refused where the paradigm's threat model rules it out; empty: none",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
 }
 
