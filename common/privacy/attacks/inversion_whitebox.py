@@ -77,8 +77,10 @@ def save_grid(path: Path, pictures: list[tuple[str, torch.Tensor, torch.Tensor]]
                 ax = axes[2 * row + kind][col]
                 ax.axis("off")
                 if col < len(images):
-                    image = images[col].clamp(0, 1)
-                    ax.imshow(image[0] if image.shape[0] == 1 else image.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+                    image = images[col].clamp(0, 1).numpy()
+                    ax.imshow(
+                        image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1
+                    )
             label = "original" if kind == 0 else "reconstructed"
             axes[2 * row + kind][0].set_title(f"{client} {label}", fontsize=7, loc="left")
     fig.suptitle(f"white-box inversion, round {round}", fontsize=9)
