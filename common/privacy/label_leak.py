@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 
 def norm_scores(gradients: torch.Tensor) -> torch.Tensor:
-    return gradients.reshape(gradients.shape[0], -1).double().norm(dim=1)
+    norms: torch.Tensor = gradients.reshape(gradients.shape[0], -1).double().norm(dim=1)
+    return norms
 
 
 def direction_scores(gradients: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

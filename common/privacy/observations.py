@@ -56,7 +56,8 @@ class GroundTruth:
 
     def batches(self, index: int, round: int, steps: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Inputs and labels of the client's training batches ``steps`` of ``round``."""
-        wanted, out = set(steps), {}
+        wanted = set(steps)
+        out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if not wanted:
             return out
         for step, (x, y) in enumerate(self.client_data(index).train.batches(round)):

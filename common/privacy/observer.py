@@ -36,7 +36,7 @@ class PrivacyObserver:
         self._tail_steps = max((a.tail_steps for a in self.attacks), default=0)
         self._truth = GroundTruth(config)
         self._rounds: dict[int, RoundLog] = {}
-        self._sent: dict[int, Mapping[str, torch.Tensor]] = {}  # client index -> the producer segment last sent
+        self._sent: dict[int, dict[str, torch.Tensor]] = {}  # client index -> the producer segment last sent
         self.last: dict[str, Any] = {}
 
     def _client(self, round: int, index: int, client_id: str) -> ClientRound:

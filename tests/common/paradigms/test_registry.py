@@ -1,5 +1,5 @@
-"""The registry loads only plug-ins; every paradigm module imports only the API (base, threats), the registry and the kit;
-aliases select their paradigm with the options they imply; ``slperf paradigms --details`` shows one."""
+"""The registry loads only plug-ins; every paradigm module imports only the API (base, threats), the registry and
+the kit; aliases select their paradigm with the options they imply; ``slperf paradigms --details`` shows one."""
 
 from __future__ import annotations
 
