@@ -65,6 +65,7 @@ class RunConfig:
     trim_fraction: float | None = None
     torch_threads: int = 0
     backend: str = "federation"
+    attacks: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +122,8 @@ FIELD_DOCS: dict[str, str] = {
     "torch_threads": "torch intra-op threads per process (0 = leave torch's default)",
     "backend": "how `slperf federation`/`slperf bench` run it: federation (server and client daemons as processes "
     "over mutual TLS) or sim (every party in one process over in-memory links; same bytes, see docs/simulation.md)",
+    "attacks": "attacks of an honest-but-curious server to run and record each round (docs/threat_model.md): dcor, "
+    "inversion_whitebox, label_leak; each is refused where the paradigm's threat model rules it out; empty: none",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
 }
 

@@ -81,6 +81,10 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
                     f"({', '.join(registry.averaging())}); {spec.name} averages none"
                 )
     check_ranges(cfg, DATASETS)
+    if cfg.attacks:
+        from slperf.common.privacy.observer import check_attacks
+
+        check_attacks(cfg)
     return cfg, warnings
 
 

@@ -895,7 +895,8 @@ def partition_cmd(config_path: Path, png_path: Path | None, as_json: bool, cache
     "details",
     metavar="NAME",
     default=None,
-    help="Show one paradigm (name or alias): its protocol, options, aliases and deviations from SLPerf.",
+    help="Show one paradigm (name or alias): its protocol, options, aliases, threat model (what the server and a "
+    "client see) and deviations from SLPerf.",
 )
 def paradigms(details: str | None) -> None:
     """List the paradigms and their SLPerf aliases."""
@@ -948,6 +949,8 @@ def _paradigm_details(spec: ParadigmSpec) -> str:
     lines.append(f"time factor (vs vanilla, for benchmark estimates): {spec.time_factor}")
     lines += ["", "exchange per step (client 0, this paradigm's example config; shapes follow the model and cut):"]
     lines += [f"  {line}" for line in _example_exchange(spec)]
+    lines += ["", "threat model (honest-but-curious parties; docs/threat_model.md):"]
+    lines += [f"  {line}" for line in spec.threats.describe()]
     if spec.deviations:
         lines += ["", "deliberate deviations from SLPerf's code:", spec.deviations]
     return "\n".join(lines)

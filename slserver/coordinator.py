@@ -54,6 +54,7 @@ from slperf.common.fsutil import remove_stale_temp_files
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone, ClientHandle, Disagreement, ParadigmSpec, ServerParadigm
 from slperf.common.paradigms.kit.aggregate import non_finite
+from slperf.common.privacy.observer import PrivacyObserver
 from slperf.common.protocol.types import RunState
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
 from slperf.slserver.compute import ComputeContext, StepObserver
@@ -89,6 +90,9 @@ class RunClient(ClientHandle, Protocol):
     def take_disagreements(self) -> list[Disagreement]:
         """The figures the client reported that the server bounded since the last call."""
         ...
+
+    # The run's attacks' observer (``attacks:``), which the handle tells of what crosses; None: no attacks.
+    observer: PrivacyObserver | None
 
 
 # Makes the handle of one participant: (client id, index, registry, config, run id); ClientProxy by default.
@@ -143,6 +147,7 @@ class _Prepared:
     recorder: RunRecorder
     first_round: int
     events: TensorBoardLog
+    privacy: PrivacyObserver | None = None  # the attacks the config asks for (None: none, nothing observed)
 
 
 class RunCoordinator:
@@ -449,12 +454,17 @@ class RunCoordinator:
             elapsed_before=elapsed_before,
         )
         await self._set_up(run, clients)
+        privacy = None
+        if config.attacks:
+            privacy = await ctx.compute(PrivacyObserver, config, input_shape, num_classes, run.folder.path)
+            for client in clients:
+                client.observer = privacy
         events = await asyncio.to_thread(TensorBoardLog, run.folder.path, first_round)
         run.state = RunState.RUNNING
         ids = [c.client_id for c in clients]
         run.publish("state", {"state": run.state, "clients": ids})
         log.info("run %s: %s with %s on %s", run.run_id, config.paradigm, ", ".join(ids), config.dataset)
-        return _Prepared(ctx, paradigm, recorder, first_round, events)
+        return _Prepared(ctx, paradigm, recorder, first_round, events, privacy)
 
     async def _set_up(self, run: Run, clients: list[RunClient]) -> None:
         """Sets every participant up for the run at once. One that never answers (gone, or slower than
@@ -519,6 +529,8 @@ class RunCoordinator:
             evaluation = await paradigm.evaluate(rnd, clients)
             bounded = [d for c in clients for d in c.take_disagreements()]
             record = recorder.finish_round(meter, result, evaluation, bounded)
+            if prepared.privacy is not None:  # after the round: the attacks never slow its training
+                record["privacy"] = await prepared.ctx.compute(prepared.privacy.finish_round, rnd)
             run.test_accuracy = record["test_accuracy"]
             run.degraded_reasons = recorder.degraded_reasons
             for reason in run.degraded_reasons[len(run.degraded_reasons) - _new_reasons(record) :]:
@@ -554,6 +566,8 @@ class RunCoordinator:
             )
         run.summary = prepared.recorder.summary()
         run.summary.update(prepared.paradigm.describe())
+        if config.attacks:  # the last round's leakage figures beside its accuracy
+            run.summary["privacy"] = records[-1].get("privacy", {})
         run.folder.write_summary(run.summary)
         await prepared.ctx.compute(
             run.folder.write_plots, prepared.recorder.records, f"{config.paradigm} on {config.dataset}"

@@ -18,6 +18,7 @@ import torch
 from slperf.common.config import RunConfig
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone, ClientMisbehaved, Disagreement
+from slperf.common.privacy.observer import PrivacyObserver
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange, Stage
 from slperf.common.protocol.messages import (
@@ -62,6 +63,8 @@ class ClientProxy:
         self._test_bound = eval_bound(config) if spec.client_data is None else None
         # Figures this client reported that the server did not take as given, since the coordinator last asked.
         self._disagreements: list[Disagreement] = []
+        # The run's attacks' observer (``attacks:``), told of what this client sent and was sent; None: no attacks.
+        self.observer: PrivacyObserver | None = None
 
     # -- session plumbing -------------------------------------------------------------------------
     async def session(self) -> Session:
@@ -155,6 +158,8 @@ class ClientProxy:
     async def set_weights(self, segment: str, state: Mapping[str, torch.Tensor], round: int) -> None:
         session = await self.session()
         await self._send(session, ModelState(self._run_id, round, segment, dict(state)))
+        if self.observer is not None:
+            self.observer.weights_sent(self.client_id, self.index, segment, round, state)
 
     async def get_weights(self, segment: str, round: int, expected: Mapping[str, torch.Tensor]) -> tuple[State, int]:
         session = await self.session()
@@ -261,6 +266,8 @@ class ClientProxy:
                     await session.send_error(grpc.StatusCode.ABORTED, f"{reason}; dropped from the round")
                     raise ClientMisbehaved(self.client_id, reason)
                 observed.add(int(message.tensor.shape[0]))
+            if self.observer is not None:
+                self.observer.cut_tensor(self.client_id, self.index, message)
             yield message
             stage = (stage + 1) % len(stages)
             step = expect.step + (1 if stage == 0 else 0)

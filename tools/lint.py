@@ -29,6 +29,7 @@ MYPY_PACKAGES = [
     "slperf.common.wire",
     "slperf.common.transport",
     "slperf.common.paradigms",
+    "slperf.common.privacy",
     "slperf.slserver",
     "slperf.slclient",
 ]

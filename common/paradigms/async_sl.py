@@ -52,6 +52,7 @@ from slperf.common.paradigms.kit.rounds import ring
 from slperf.common.paradigms.kit.steps import top_train_step
 from slperf.common.paradigms.kit.top_server import HandedOnBottomServer, top_exchange
 from slperf.common.paradigms.registry import register
+from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.types import CutReply, Phase, PhaseSummary, StepRef
 
@@ -220,12 +221,28 @@ def _exchange(config: RunConfig, client_index: int) -> Exchange:
     return top_exchange(config, client_index, gradient_optional=True)
 
 
+THREATS = ThreatModel(
+    server=(
+        Exposure(Seen.ACTIVATIONS, "every batch of a client in state A or B, and every evaluation batch"),
+        Exposure(Seen.LABELS, "with every batch"),
+        Exposure(Seen.CLIENT_WEIGHTS, "each client's trained bottom after a state-A turn, to hand on"),
+    ),
+    client=(
+        Exposure(Seen.CUT_GRADIENTS, "for each of its training batches in state A (none in B)"),
+        Exposure(Seen.WEIGHTS, "before its turn: the bottom the previous client trained"),
+    ),
+    producer="it relays the bottom: it sends each client the bottom its turn starts from and evaluates with it",
+    notes="the server keeps a client's activations and labels of its last state-B turn and trains on them in C",
+)
+
+
 SPEC = register(
     ParadigmSpec(
         name="async",
         server=AsyncServer,
         client=AsyncClient,
         exchange=_exchange,
+        threats=THREATS,
         aliases=("Asynchronous", "asyncsl"),
         options={"loss_threshold": (float, 0.1)},
         option_aliases={"thred": "loss_threshold"},

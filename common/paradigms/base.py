@@ -21,6 +21,7 @@ from torch import nn
 from slperf.common.config import RunConfig
 from slperf.common.data.client_data import ClientData as ClientData  # part of the paradigm API
 from slperf.common.devices import Placement, party_placement
+from slperf.common.paradigms.threats import UNDECLARED, ThreatModel
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, State, StepRef
 
@@ -386,6 +387,9 @@ class ParadigmSpec:
     # Whether the server averages client segments (FedAvg of bottoms, tops or whole models): only such a paradigm
     # accepts ``aggregation`` / ``trim_fraction`` (``kit.aggregate``).
     averages: bool = False
+    # What the server and a client get to see of each other in this paradigm (``threats``): the threat-model table
+    # of docs/threat_model.md and ``slperf paradigms --details``, checked against the wire by the tests.
+    threats: ThreatModel = UNDECLARED
 
     def option_keys(self) -> set[str]:
         return set(self.options) | set(self.option_aliases)

@@ -49,6 +49,7 @@ from slperf.common.paradigms.kit.cuts import model_layout
 from slperf.common.paradigms.kit.rounds import gather_round
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
 from slperf.common.paradigms.registry import register
+from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
 from slperf.common.protocol.exchange import Exchange, SegmentLayout
 from slperf.common.protocol.types import PhaseSummary, State
 
@@ -203,12 +204,20 @@ def _exchange(config: RunConfig, client_index: int) -> Exchange:
     )
 
 
+THREATS = ThreatModel(
+    server=(Exposure(Seen.CLIENT_WEIGHTS, "every client's whole trained model after every round"),),
+    client=(Exposure(Seen.WEIGHTS, "the FedAvg'd global model before every round and every evaluation"),),
+    notes="no activation, gradient or label crosses; the weights' updates are what a curious server can attack",
+)
+
+
 SPEC = register(
     ParadigmSpec(
         name="fedavg",
         server=FedAvgServer,
         client=FedAvgClient,
         exchange=_exchange,
+        threats=THREATS,
         time_factor=0.5,
         summary="unsplit baseline: whole model on every client, local epochs, sample-weighted FedAvg each round",
         deviations=DEVIATIONS,

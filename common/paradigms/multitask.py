@@ -69,6 +69,7 @@ from slperf.common.paradigms.kit.ushaped import (
     ushaped_exchange,
 )
 from slperf.common.paradigms.registry import register
+from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.types import PhaseSummary
 
@@ -285,12 +286,29 @@ def _exchange(config: RunConfig, client_index: int) -> Exchange:
     return ushaped_exchange(config, shared_input, task.num_classes)
 
 
+THREATS = ThreatModel(
+    server=(
+        Exposure(Seen.ACTIVATIONS, "the head's output, every training and evaluation batch of every client"),
+        Exposure(Seen.TAIL_GRADIENTS, "d loss / d (body output) from the client's tail, every training batch"),
+        Exposure(Seen.CLIENT_WEIGHTS, "every member's head and tail after every round, before the group's FedAvg"),
+    ),
+    client=(
+        Exposure(Seen.SERVER_OUTPUT, "the body's output, every training and evaluation batch"),
+        Exposure(Seen.CUT_GRADIENTS, "d loss / d (head output), every training batch"),
+        Exposure(Seen.WEIGHTS, "its task group's FedAvg'd head and tail, before every round"),
+    ),
+    producer="it FedAvgs each group's heads and tails and sends the average the group starts the round from",
+    notes="labels never cross, but holding the tails the server can run them on its body's output",
+)
+
+
 SPEC = register(
     ParadigmSpec(
         name="multitask",
         server=MultiTaskServer,
         client=UShapedClient,
         exchange=_exchange,
+        threats=THREATS,
         aliases=("TaskAgnostic",),
         time_factor=1.6,
         options={"client_split": (list, []), "task_datasets": (list, []), "tail_layer": (int, -1)},

@@ -39,6 +39,7 @@ from slperf.common.paradigms.kit.serving import Barrier, lockstep_round, reply_o
 from slperf.common.paradigms.kit.steps import optimizer_step, top_accumulate, top_train_step, zero_grads
 from slperf.common.paradigms.kit.top_server import SharedTopServer, top_exchange
 from slperf.common.paradigms.registry import register
+from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
 from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary
 
 SERVER_UPDATES = ("arrival", "sum", "lockstep")
@@ -113,12 +114,27 @@ def _validate(options: dict[str, Any]) -> None:
 SUM = {"server_update": "sum"}
 LOCKSTEP = {"server_update": "lockstep"}
 
+THREATS = ThreatModel(
+    server=(
+        Exposure(Seen.ACTIVATIONS, "every training and evaluation batch of every client"),
+        Exposure(Seen.LABELS, "with every batch"),
+        Exposure(Seen.CLIENT_WEIGHTS, "each client's own bottom after every pass (kept, never averaged)"),
+    ),
+    client=(
+        Exposure(Seen.CUT_GRADIENTS, "for each of its training batches"),
+        Exposure(Seen.WEIGHTS, "its own bottom back, before every pass"),
+    ),
+    producer="it keeps every client's own bottom and sends it back before each pass",
+)
+
+
 SPEC = register(
     ParadigmSpec(
         name="psl",
         server=PSLServer,
         client=BottomClient,
         exchange=top_exchange,
+        threats=THREATS,
         aliases=("asy_vanilla", "asy_vanilla2", "psl_sum", "synchronization", "psl_lockstep"),
         alias_options={"psl_sum": SUM, "asy_vanilla2": SUM, "psl_lockstep": LOCKSTEP, "synchronization": LOCKSTEP},
         options={"server_update": (str, "arrival")},

@@ -15,7 +15,7 @@ from slperf.common.paradigms.base import ParadigmSpec
 _SPECS: dict[str, ParadigmSpec] = {}
 _ALIASES: dict[str, str] = {}
 _loaded = False
-_NOT_PLUGINS = frozenset({"base", "registry"})  # the API and this module; the kit is a subpackage
+_NOT_PLUGINS = frozenset({"base", "threats", "registry"})  # the API and this module; the kit is a subpackage
 
 
 def register(spec: ParadigmSpec) -> ParadigmSpec:

@@ -35,6 +35,7 @@ from slperf.common.paradigms.kit.serving import Barrier, lockstep_round, reply_o
 from slperf.common.paradigms.kit.steps import optimizer_step, top_accumulate, zero_grads
 from slperf.common.paradigms.kit.top_server import SharedTopServer, top_exchange
 from slperf.common.paradigms.registry import register
+from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
 from slperf.common.protocol.types import CutReply, CutTensor
 
 DEVIATIONS = """\
@@ -113,12 +114,28 @@ def _validate(options: dict[str, Any]) -> None:
         raise ConfigError(f"option 'splitlr_alpha' of paradigm 'sglr' must be >= 0, got {options['splitlr_alpha']}")
 
 
+THREATS = ThreatModel(
+    server=(
+        Exposure(Seen.ACTIVATIONS, "every training and evaluation batch of every client"),
+        Exposure(Seen.LABELS, "with every batch"),
+        Exposure(Seen.CLIENT_WEIGHTS, "each client's own bottom after every pass (kept, never averaged)"),
+    ),
+    client=(
+        Exposure(Seen.CUT_GRADIENTS, "per training batch: its own, or the mean over the step's averaging set"),
+        Exposure(Seen.WEIGHTS, "its own bottom back, before every pass"),
+    ),
+    producer="it keeps every client's own bottom and sends it back before each pass",
+    notes="a client in the averaging set receives the mean of other clients' cut gradients",
+)
+
+
 SPEC = register(
     ParadigmSpec(
         name="sglr",
         server=SGLRServer,
         client=BottomClient,
         exchange=top_exchange,
+        threats=THREATS,
         aliases=("SGLR",),
         time_factor=1.2,
         options={"splitavg_active": (float, 0.5), "splitlr_alpha": (float, 0.5)},

@@ -27,6 +27,7 @@ from slperf.common.paradigms.kit.serving import evaluate_first_available, serve_
 from slperf.common.paradigms.kit.steps import clone_state, load_state, make_optimizer
 from slperf.common.paradigms.kit.top_server import TopSegmentServer, top_exchange
 from slperf.common.paradigms.registry import register
+from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
 from slperf.common.protocol.types import PhaseSummary, State
 
 DEVIATIONS = """\
@@ -85,12 +86,27 @@ class SplitFedV1Server(TopSegmentServer):
         self.bottom_state = dict(state["bottom"])
 
 
+THREATS = ThreatModel(
+    server=(
+        Exposure(Seen.ACTIVATIONS, "every training and evaluation batch of every client"),
+        Exposure(Seen.LABELS, "with every batch"),
+        Exposure(Seen.CLIENT_WEIGHTS, "every client's trained bottom after every round, before FedAvg"),
+    ),
+    client=(
+        Exposure(Seen.CUT_GRADIENTS, "for each of its training batches (from its own top copy)"),
+        Exposure(Seen.WEIGHTS, "the FedAvg of every client's bottom, at the start of every round"),
+    ),
+    producer="it FedAvgs the bottoms and sends the average that every client starts the round from",
+)
+
+
 SPEC = register(
     ParadigmSpec(
         name="splitfed_v1",
         server=SplitFedV1Server,
         client=BottomClient,
         exchange=top_exchange,
+        threats=THREATS,
         aliases=("SplitFedV1", "splitfed1"),
         summary="parallel clients, one top copy per client, FedAvg of bottoms and tops each round",
         deviations=DEVIATIONS,

@@ -39,6 +39,7 @@ from slperf.common.paradigms.kit.serving import evaluate_first_available, serve_
 from slperf.common.paradigms.kit.steps import clone_state, make_optimizer
 from slperf.common.paradigms.kit.top_server import TopSegmentServer, top_exchange
 from slperf.common.paradigms.registry import register
+from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
 from slperf.common.protocol.types import PhaseSummary, State
 
 ORDERS = ("parallel", "sequential")
@@ -120,12 +121,27 @@ def _validate(options: dict[str, Any]) -> None:
 
 SEQUENTIAL = {"order": "sequential"}
 
+THREATS = ThreatModel(
+    server=(
+        Exposure(Seen.ACTIVATIONS, "every training and evaluation batch of every client"),
+        Exposure(Seen.LABELS, "with every batch"),
+        Exposure(Seen.CLIENT_WEIGHTS, "every client's trained bottom after every round, before FedAvg"),
+    ),
+    client=(
+        Exposure(Seen.CUT_GRADIENTS, "for each of its training batches (from the one shared top)"),
+        Exposure(Seen.WEIGHTS, "the FedAvg of every client's bottom, at the start of every round"),
+    ),
+    producer="it FedAvgs the bottoms and sends the average that every client starts the round from",
+)
+
+
 SPEC = register(
     ParadigmSpec(
         name="splitfed_v2",
         server=SplitFedV2Server,
         client=SplitFedV2Client,
         exchange=top_exchange,
+        threats=THREATS,
         aliases=("SplitFed2", "SplitFed", "splitfed_v2_sequential"),
         alias_options={"splitfed_v2_sequential": SEQUENTIAL, "SplitFed": SEQUENTIAL},
         options={"order": (str, "parallel"), "optim": (str, "sgd")},

@@ -61,6 +61,7 @@ from slperf.common.paradigms.kit.ushaped import (
     ushaped_exchange,
 )
 from slperf.common.paradigms.registry import register
+from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.types import PhaseSummary
 
@@ -181,12 +182,33 @@ def _exchange(config: RunConfig, client_index: int) -> Exchange:
     return ushaped_exchange(config, dataset.input_shape, dataset.num_classes)
 
 
+THREATS = ThreatModel(
+    server=(
+        Exposure(Seen.ACTIVATIONS, "the head's output, every training and evaluation batch of every client"),
+        Exposure(Seen.TAIL_GRADIENTS, "d loss / d (middle output) from the client's tail, every training batch"),
+        Exposure(
+            Seen.CLIENT_WEIGHTS,
+            "head and tail after every turn (sequential: to hand on; parallel: a copy kept for restarts)",
+        ),
+    ),
+    client=(
+        Exposure(Seen.SERVER_OUTPUT, "the middle's output, every training and evaluation batch"),
+        Exposure(Seen.CUT_GRADIENTS, "d loss / d (head output), every training batch"),
+        Exposure(Seen.WEIGHTS, "head and tail before its turn (sequential: the previous client's)"),
+    ),
+    producer="it sends every client the head (and tail) its turn starts from and collects them after",
+    notes="labels never cross, but holding the tail the server can run it on its own output and get the "
+    "client's logits: the labels are only as private as the tail's weights",
+)
+
+
 SPEC = register(
     ParadigmSpec(
         name="ushaped",
         server=UShapedServer,
         client=UShapedClient,
         exchange=_exchange,
+        threats=THREATS,
         time_factor=1.6,
         aliases=("Ushaped", "u_shaped", "parallel_U_Shape", "ushaped_parallel"),
         alias_options={"ushaped_parallel": PARALLEL, "parallel_U_Shape": PARALLEL},

@@ -23,6 +23,7 @@ from slperf.common.paradigms.kit.rounds import ring
 from slperf.common.paradigms.kit.serving import serve_training
 from slperf.common.paradigms.kit.top_server import HandedOnBottomServer, top_exchange
 from slperf.common.paradigms.registry import register
+from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
 from slperf.common.protocol.types import PhaseSummary
 
 DEVIATIONS = """\
@@ -48,12 +49,28 @@ class VanillaServer(HandedOnBottomServer):
         return (await ring(clients, lambda c: self._turn(c, round))).to_result()
 
 
+THREATS = ThreatModel(
+    server=(
+        Exposure(Seen.ACTIVATIONS, "every training and evaluation batch of every client"),
+        Exposure(Seen.LABELS, "with every batch"),
+        Exposure(Seen.CLIENT_WEIGHTS, "each client's trained bottom after its turn, to hand on to the next"),
+    ),
+    client=(
+        Exposure(Seen.CUT_GRADIENTS, "for each of its training batches"),
+        Exposure(Seen.WEIGHTS, "before its turn: the bottom the previous client trained"),
+    ),
+    producer="it relays the bottom: it sends each client the bottom its turn starts from and evaluates with it",
+    notes="each client also receives the bottom the previous client trained on its own data",
+)
+
+
 SPEC = register(
     ParadigmSpec(
         name="vanilla",
         server=VanillaServer,
         client=BottomClient,
         exchange=top_exchange,
+        threats=THREATS,
         aliases=("vanilla",),
         summary="sequential ring; bottom weights handed on through the server; labels go to the server",
         deviations=DEVIATIONS,

@@ -53,6 +53,7 @@ from slperf.common.paradigms.kit.cuts import state_layout
 from slperf.common.paradigms.kit.serving import next_batches
 from slperf.common.paradigms.kit.steps import bottom_backward_step, clone_state, grad_of, make_optimizer
 from slperf.common.paradigms.registry import register
+from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
 from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorSpec
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, StepRef
 
@@ -315,12 +316,23 @@ def _exchange(config: RunConfig, client_index: int) -> Exchange:
     )
 
 
+THREATS = ThreatModel(
+    server=(
+        Exposure(Seen.ACTIVATIONS, "each client's embedding of its columns, with the batch's sample ids, every batch"),
+        Exposure(Seen.LABELS, "from the label owner only, with every batch"),
+    ),
+    client=(Exposure(Seen.CUT_GRADIENTS, "its slice of the gradient, every training batch"),),
+    notes="no weights cross: the server never holds a client's bottom",
+)
+
+
 SPEC = register(
     ParadigmSpec(
         name="vertical",
         server=VerticalServer,
         client=VerticalClient,
         exchange=_exchange,
+        threats=THREATS,
         aliases=("vertical", "vsl"),
         time_factor=1.3,
         options={"cut_layer_vertical_list": (list, None), "label_owner": (int, 0)},

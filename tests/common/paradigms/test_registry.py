@@ -1,5 +1,5 @@
-"""The registry loads only plug-ins; every paradigm module imports only the API, the registry and the kit;
-aliases select their paradigm with the options they imply; ``slperf paradigms --details`` shows one."""
+"""The registry loads only plug-ins; every paradigm module imports only the API (base, threats), the registry and
+the kit; aliases select their paradigm with the options they imply; ``slperf paradigms --details`` shows one."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from slperf.common.config import ConfigError
 from slperf.common.config_loader import config_from_mapping
 from slperf.common.paradigms import registry
 
-API = {"slperf.common.paradigms.base", "slperf.common.paradigms.registry"}
+API = {"slperf.common.paradigms.base", "slperf.common.paradigms.threats", "slperf.common.paradigms.registry"}
 PLUGINS = sorted(
     info.name
     for info in pkgutil.iter_modules(package.__path__)
-    if not info.ispkg and info.name not in {"base", "registry"}
+    if not info.ispkg and info.name not in {"base", "threats", "registry"}
 )
 
 

@@ -1,0 +1,1 @@
+"""Attacks of an honest-but-curious server, as plug-ins (``registry``)."""
