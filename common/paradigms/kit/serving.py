@@ -146,6 +146,7 @@ class Barrier:
         self.active: list[ClientHandle] = list(clients)
         self.summaries: dict[str, PhaseSummary] = {}
         self.dropped: list[str] = []
+        self.misbehaved: dict[str, str] = {}  # dropped for what they sent: id -> reason
         self._streams = {c.client_id: c.train(round) for c in clients}
         self._iters = {cid: aiter(s) for cid, s in self._streams.items()}
 
@@ -154,6 +155,11 @@ class Barrier:
             self.active.remove(client)
         if client.client_id not in self.dropped:
             self.dropped.append(client.client_id)
+
+    def misbehave(self, client: ClientHandle, gone: ClientMisbehaved) -> None:
+        """Drops the client for what it sent (its batch was refused), with the reason the round records."""
+        self.drop(client)
+        self.misbehaved[client.client_id] = gone.reason
 
     async def steps(self) -> AsyncIterator[list[tuple[ClientHandle, CutTensor]]]:
         while self.active:
@@ -181,6 +187,24 @@ async def reply_or_drop(barrier: Barrier, client: ClientHandle, reply: CutReply)
         barrier.drop(client)
 
 
+async def compute_in_step(
+    ctx: ServerContext,
+    barrier: Barrier,
+    client: ClientHandle,
+    batch: CutTensor,
+    fn: Callable[..., StepOutcome],
+    *args: Any,
+) -> StepOutcome | None:
+    """``ctx.compute(fn, *args)`` for one client's batch of a lock-step step; ``None`` when the server refused it
+    (``PoisonedStep``: nothing of it was applied), and the client is then told why and leaves the barrier as
+    misbehaved, while the step goes on with the other clients' batches."""
+    try:
+        return await compute_or_refuse(ctx, client, batch, fn, *args)
+    except ClientMisbehaved as gone:
+        barrier.misbehave(client, gone)
+        return None
+
+
 ServerStep = Callable[[Barrier, list[tuple[ClientHandle, CutTensor]]], Awaitable[None]]
 
 
@@ -204,6 +228,7 @@ async def lockstep_round(
         participants=[c.client_id for c in pulled.clients],
         dropped=left + pulled.dropped,
         per_client={c.client_id: barrier.summaries[c.client_id] for c in pulled.clients},
+        misbehaved={**pushed.misbehaved, **barrier.misbehaved, **pulled.misbehaved},
     )
 
 

@@ -113,20 +113,34 @@ def top_eval_step(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> S
 
 def top_accumulate(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> StepOutcome:
     """Forward one client's batch and add the gradient of its loss to the top's (no step): lock-step
-    paradigms sum several clients' losses into one step."""
+    paradigms sum several clients' losses into one step.
+
+    The batch's gradients are computed apart (``autograd.grad``) and checked before they are added, so a
+    refused batch (``PoisonedStep``) leaves the gradients the other clients' batches accumulated untouched.
+    The sum is the same as ``backward`` accumulating: each parameter's gradient is the previous one plus this
+    batch's.
+    """
     top.train()
     device = module_device(top)
     acts = to_device(acts, device).detach().requires_grad_(True)
     labels = to_device(labels, device)
     logits = top(acts)
     loss = F.cross_entropy(logits, labels)
-    if not math.isfinite(float(loss.detach())) or abs(float(loss.detach())) > MAX_PLAUSIBLE_LOSS:
-        raise PoisonedStep(f"refused the batch: its loss is {float(loss.detach()):.3g}")
-    loss.backward()
-    if not bool(torch.isfinite(grad_of(acts)).all()):
+    value = float(loss.detach())
+    if not math.isfinite(value) or abs(value) > MAX_PLAUSIBLE_LOSS:
+        raise PoisonedStep(f"refused the batch: its loss is {value:.3g}")
+    params = [p for p in top.parameters() if p.requires_grad]
+    cut_grad, *grads = torch.autograd.grad(loss, [acts, *params], allow_unused=True)
+    if cut_grad is None or not bool(torch.isfinite(cut_grad).all()):
         raise PoisonedStep("refused the batch: the gradient at the cut is non-finite")
+    if not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+        raise PoisonedStep("refused the batch: a parameter gradient is non-finite")
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
     correct = int((logits.detach().argmax(1) == labels).sum())
-    return StepOutcome(cut_to_host(grad_of(acts)), float(loss.detach()), correct, int(labels.shape[0]))
+    return StepOutcome(cut_to_host(cut_grad), value, correct, int(labels.shape[0]))
 
 
 def zero_grads(optimizer: Optimizer) -> None:
