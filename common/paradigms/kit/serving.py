@@ -332,7 +332,10 @@ async def evaluate_first_available(
         await client.set_weights("bottom", bottom_state, round)
         return await evaluate_through(ctx, client, round, top)
 
-    return await first_available(clients, through, "evaluate through")
+    misbehaved: dict[str, str] = {}
+    result = await first_available(clients, through, "evaluate through", misbehaved)
+    result.misbehaved.update(misbehaved)
+    return result
 
 
 async def evaluate_every_client(
@@ -356,4 +359,6 @@ async def evaluate_every_client(
     outcome = await gather_round(clients, one)
     if not outcome.done:
         raise NoClientLeft("evaluate through")
-    return pooled([r for _, r in outcome.done]), {c.client_id: r.accuracy for c, r in outcome.done}
+    result = pooled([r for _, r in outcome.done])
+    result.misbehaved.update(outcome.misbehaved)
+    return result, {c.client_id: r.accuracy for c, r in outcome.done}

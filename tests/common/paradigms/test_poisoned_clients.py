@@ -59,3 +59,26 @@ def test_a_poisoned_lockstep_batch_drops_its_client_and_the_others_finish(paradi
         assert result.misbehaved["c3"].startswith("poisoned compute: round"), result.misbehaved
         assert evaluation.loss == evaluation.loss and evaluation.loss < 10
     assert _finite(fed.server.top)
+
+
+# every psl client evaluates; splitfed_v1 evaluates through the first client that answers, vanilla through the
+# one that trained last: the liar is the one each asks first
+@pytest.mark.parametrize("paradigm,liar", [("psl", "c1"), ("splitfed_v1", "c1"), ("vanilla", "c3")])
+def test_a_client_refused_for_a_poisoned_evaluation_is_recorded_as_misbehaved(paradigm, liar):
+    config = config_from(BASE, paradigm=paradigm, epochs=1)
+    torch.set_num_threads(1)
+
+    async def main():
+        async with InProcessFederation(config) as fed:
+            module = fed.daemons[liar].paradigm.segments["bottom"]
+            # only the test set's activations are poisoned: its training is honest
+            module.register_forward_hook(lambda m, args, out: out if m.training else out * 1e30)
+            return await fed.round(0)
+
+    result, evaluation = asyncio.run(asyncio.wait_for(main(), 120))
+    assert liar in result.participants and not result.misbehaved
+    assert list(evaluation.misbehaved) == [liar], evaluation.misbehaved
+    assert evaluation.misbehaved[liar].startswith("poisoned compute: round 0") and "evaluation batch" in str(
+        evaluation.misbehaved
+    )
+    assert evaluation.samples > 0 and evaluation.loss < 10  # scored through an honest client
