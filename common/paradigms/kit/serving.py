@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from torch import nn
 
@@ -29,6 +29,7 @@ from slperf.common.paradigms.kit.steps import PoisonedStep, StepOutcome, top_eva
 from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, State
 
 _forward_backward = functools.partial(top_train_step, step=False)
+T = TypeVar("T")
 
 
 async def refuse_poisoned(client: ClientHandle, round: int, step: int, err: PoisonedStep) -> ClientMisbehaved:
@@ -43,12 +44,13 @@ async def refuse_poisoned(client: ClientHandle, round: int, step: int, err: Pois
 
 
 async def compute_or_refuse(
-    ctx: ServerContext, client: ClientHandle, batch: CutTensor, fn: Callable[..., StepOutcome], *args: Any
-) -> StepOutcome:
+    ctx: ServerContext, client: ClientHandle, batch: CutTensor, fn: Callable[..., T], *args: Any
+) -> T:
     """``ctx.compute(fn, *args)`` for one client batch; a ``PoisonedStep`` (the server's own figures of the batch
     are not finite: nothing was applied) drops the client from the round with a reason sent to it."""
     try:
-        return await ctx.compute(fn, *args)
+        result: T = await ctx.compute(fn, *args)
+        return result
     except PoisonedStep as err:
         raise await refuse_poisoned(client, batch.ref.round, batch.ref.step, err) from None
 

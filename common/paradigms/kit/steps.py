@@ -65,6 +65,35 @@ def check_step(loss: torch.Tensor, cut_grad: torch.Tensor | None, module: nn.Mod
         raise PoisonedStep(f"refused the step: {problem}")
 
 
+# Where the server holds no loss (the U-shaped middle: the client's tail computes it), a step is judged by its
+# gradients. Cross-entropy's gradient at the logits is at most 1 per sample, so an honest model's parameter
+# gradients are a few units to a few hundred; one above this bound, applied at any usable learning rate, would
+# move the weights by thousands: it only comes from activations orders of magnitude off.
+MAX_PLAUSIBLE_GRAD_NORM = 1e6
+
+
+def check_gradients(module: nn.Module, cut_grad: torch.Tensor | None) -> None:
+    """Raises ``PoisonedStep`` (and clears the gradients) when the gradient at the cut or any parameter gradient
+    of ``module`` is not finite, or the parameter gradients' norm is implausibly large. For a step whose loss the
+    server does not see; called after ``backward`` and before any optimiser step."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    norm = math.sqrt(sum(float(torch.sum(g.detach().double() ** 2)) for g in grads))  # float64: 1e30**2 fits
+    problem = ""
+    if cut_grad is not None and not bool(torch.isfinite(cut_grad).all()):
+        problem = "the gradient at the cut is non-finite"
+    elif not math.isfinite(norm):
+        problem = "a parameter gradient is non-finite"
+    elif norm > MAX_PLAUSIBLE_GRAD_NORM:
+        problem = (
+            f"the parameter gradients' norm is {norm:.3g}, beyond any model's (> {MAX_PLAUSIBLE_GRAD_NORM:g}): "
+            "activations far off"
+        )
+    if problem:
+        for p in module.parameters():
+            p.grad = None
+        raise PoisonedStep(f"refused the step: {problem}")
+
+
 def make_optimizer(params: Iterable[torch.Tensor], config: RunConfig, lr: float | None = None) -> SGD:
     """SGD with momentum and weight decay, as SLPerf uses for every paradigm but two (``kit.optim.SGD``: the
     arithmetic of ``torch.optim.SGD`` without its import of ``torch._dynamo``)."""
