@@ -330,3 +330,38 @@ def test_without_a_pin_the_run_config_folder_is_read_and_a_generated_set_reads_n
     assert daemon.pin_data_dir(named, tmp_path / "own").data_dir == str(tmp_path / "own")
     generated = config_from_json(_setup_naming("r", str(tmp_path / "named"), dataset="cifar10-synthetic").config_json)
     assert daemon.pin_data_dir(generated, tmp_path / "own").data_dir is None
+
+
+def test_a_stream_refused_at_open_for_exhaustion_or_a_missed_hello_deadline_backs_off_and_retries(monkeypatch):
+    """The server refuses a 4th stream of one certificate with RESOURCE_EXHAUSTED before any Welcome, and ends a
+    stream that said no Hello in time with DEADLINE_EXCEEDED: neither is a refusal of who the client is. The
+    daemon neither exits nor reconnects at once: every such attempt waits a longer backoff than the one before
+    (up to the maximum), and a session that reaches Welcome starts the delays over."""
+    import grpc
+    import pytest
+
+    exhausted = _rpc_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "this peer already has 3 open /slperf.v1.Session/Connect calls, the limit (--max-streams-per-client) is reached",
+    )
+    late = _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within 5 s")
+    calls = [_ScriptedCall([], error=exhausted) for _ in range(4)] + [_ScriptedCall([], error=late)]
+    calls.append(_ScriptedCall([_welcome_envelope()], error=_rpc_error(grpc.StatusCode.UNAVAILABLE, KILLED)))
+    calls.append(_ScriptedCall([], error=exhausted))
+    served = _serve_script(monkeypatch, calls)
+    waits: list[float] = []
+
+    class Recorded(daemon.Backoff):
+        def next_delay(self) -> float:
+            waits.append(self._next)  # the delay before jitter
+            super().next_delay()
+            return 0.0
+
+    monkeypatch.setattr(daemon, "Backoff", Recorded)
+    client = ClientDaemon(
+        ClientOptions(server="unused:1", client_id="c1", credentials=None, backoff_initial=1.0, backoff_max=8.0)
+    )
+    with pytest.raises(_ScriptDone):  # still retrying when the script ran out: it never gave up
+        asyncio.run(client.run_forever())
+    assert len(served) == 7
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 1.0, 2.0]
