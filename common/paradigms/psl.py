@@ -108,8 +108,8 @@ class PSLServer(SharedTopServer):
         await self.ctx.compute(zero_grads, self.optimizer)
         stepped = False
         for client, batch in batches:
-            args = (self.top, batch.tensor, batch.labels)
-            out = await compute_in_step(self.ctx, barrier, client, batch, top_accumulate, *args)
+            summed = (self.top, batch.tensor, batch.labels)
+            out = await compute_in_step(self.ctx, barrier, client, batch, top_accumulate, *summed)
             if out is not None:
                 stepped = True
                 await reply_or_drop(barrier, client, CutReply(batch.ref, out.grad, out.loss, out.correct, out.count))

@@ -342,7 +342,8 @@ def test_a_stream_refused_at_open_for_exhaustion_or_a_missed_hello_deadline_back
 
     exhausted = _rpc_error(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "this peer already has 3 open /slperf.v1.Session/Connect calls, the limit (--max-streams-per-client) is reached",
+        "this peer already has 3 open /slperf.v1.Session/Connect calls, the limit (--max-streams-per-client) is "
+        "reached",
     )
     late = _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within 5 s")
     calls = [_ScriptedCall([], error=exhausted) for _ in range(4)] + [_ScriptedCall([], error=late)]

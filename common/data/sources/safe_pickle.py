@@ -249,8 +249,8 @@ class _Machine:
             self.made_bytes += len(value)
         if self.made_bytes > self.byte_budget:
             raise DatasetCorrupt(
-                f"{self.what}: its arrays and texts would take more than {self.byte_budget} bytes, twice the pickle's size "
-                "(shared data built many times): not a data set batch"
+                f"{self.what}: its arrays and texts would take more than {self.byte_budget} bytes, twice the "
+                "pickle's size (shared data built many times): not a data set batch"
             )
 
     def pop_mark(self) -> list[Any]:

@@ -13,8 +13,8 @@ import pickle
 import pickletools
 import struct
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
