@@ -28,9 +28,9 @@ import grpc
 import torch
 
 from slperf import __version__
-from slperf.common.config import ConfigError
+from slperf.common.config import ConfigError, RunConfig
 from slperf.common.config_loader import config_from_json
-from slperf.common.data import DatasetUnavailable
+from slperf.common.data import DATASETS, DatasetUnavailable
 from slperf.common.devices import host_state
 from slperf.common.metrics_http import METRICS_READY_PREFIX
 from slperf.common.paradigms import registry as paradigms
@@ -55,6 +55,7 @@ from slperf.common.protocol.messages import (
     Welcome,
 )
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, RunState, State, StepRef
+from slperf.common.protocol.untrusted import shown
 from slperf.common.shards import build_client_data
 from slperf.common.transport.channel import create_channel, open_session
 from slperf.common.transport.endpoint import ClientEndpoint, Endpoint, SessionCall, Side, Stream, StreamBroken
@@ -104,7 +105,7 @@ class ClientOptions:
     server_name: str | None = None  # TLS name override when the address is not in the certificate
     cache_dir: Path | None = None
     state_dir: Path | None = None  # training state kept for a restart to resume exactly; None keeps none
-    data_dir: str | None = None
+    data_dir: Path | None = None  # --data-dir: this silo's own data folder, which wins over the run config's
     max_handshake_failures: int = 3
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
@@ -113,6 +114,28 @@ class ClientOptions:
     device: str | None = None  # this silo's torch device (--device); None: the run's client_device
     # HOST:PORT of the Prometheus endpoint (``slperf.slclient.metrics``); None: the figures are kept, not served.
     metrics_address: str | None = None
+
+
+def pin_data_dir(config: RunConfig, pinned: Path | None) -> RunConfig:
+    """The run config with this silo's own data folder (--data-dir) in place of the one the server named.
+
+    A silo that pins its folder reads its data there and nowhere else, whatever the run config's ``data_dir``
+    says, so a server cannot point it at other folders; the override is logged once per run set-up. A generated
+    data set reads no files, so for it the folder is dropped, not applied. Without a pin the run config's
+    ``data_dir`` is used as it is.
+    """
+    if pinned is None:
+        return config
+    spec = DATASETS.get(config.dataset)
+    own = None if spec is not None and spec.synthetic else str(pinned)
+    if config.data_dir is not None and config.data_dir != own:
+        log.info(
+            "data set %s: reading this silo's --data-dir %s, not the run config's data_dir %s",
+            config.dataset,
+            own if own is not None else "(none: it is generated)",
+            shown(config.data_dir),
+        )
+    return dataclasses.replace(config, data_dir=own)
 
 
 class SessionLink:
@@ -462,6 +485,7 @@ class ClientDaemon:
         try:
             config = config_from_json(setup.config_json)
             config = dataclasses.replace(config, device=self.opts.device or config.client_device)
+            config = pin_data_dir(config, self.opts.data_dir)
             spec = paradigms.get(config.paradigm)
             if config.torch_threads:
                 torch.set_num_threads(config.torch_threads)

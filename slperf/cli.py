@@ -308,6 +308,12 @@ def _credentials(
     help="where the training state of the runs this client is in is kept, so that a restarted daemon resumes "
     "exactly (default $SLPERF_STATE, else ~/.local/state/slperf)",
 )
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="this silo's own data folder: every run reads its data set files here, whatever data_dir the run config "
+    "names (the server cannot point the client elsewhere); default: the run config's data_dir",
+)
 @click.option("--once", is_flag=True, help="exit after one run instead of staying up")
 @click.option("--torch-threads", type=int, default=0)
 @click.option(
@@ -345,6 +351,7 @@ def client(
     server_name,
     cache_dir,
     state_dir,
+    data_dir,
     once,
     torch_threads,
     reconnect_delay,
@@ -382,6 +389,7 @@ def client(
             server_name=server_name,
             cache_dir=cache_dir,
             state_dir=state_dir or default_state_dir(),
+            data_dir=data_dir.expanduser().absolute() if data_dir is not None else None,
             once=once,
             backoff_initial=reconnect_delay,
             backoff_max=max_reconnect_delay,

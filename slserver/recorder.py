@@ -157,7 +157,7 @@ class RunRecorder:
             "per_client": per_client,
             # Integrity: who was dropped for what it sent, which reported figures the server did not take, and
             # whether the test figures are the server's own or only the clients' (bounded, cross-checked) word.
-            "misbehaved": dict(result.misbehaved),
+            "misbehaved": _misbehaved(result.misbehaved, evaluation.misbehaved),
             "disagreements": [d.as_record() for d in (*disagreements, *evaluation.disagreements)],
             "test_accuracy_source": evaluation.source,
             **({"extra": result.extra} if result.extra else {}),
@@ -215,3 +215,12 @@ class RunRecorder:
             "train_bytes_down": sum(c.train_bytes_down for c in self._per_client.values()),
             "per_client": per_client,
         }
+
+
+def _misbehaved(training: Mapping[str, str], evaluation: Mapping[str, str]) -> dict[str, str]:
+    """The round's clients dropped for what they sent, by id: in training, and skipped from the evaluation (its
+    reason marked so); a client that did both keeps both reasons."""
+    out = dict(training)
+    for cid, why in evaluation.items():
+        out[cid] = f"{out[cid]}; evaluation: {why}" if cid in out else f"evaluation: {why}"
+    return out

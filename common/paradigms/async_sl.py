@@ -46,10 +46,18 @@ import torch
 
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.devices import cut_to_host
-from slperf.common.paradigms.base import ClientHandle, ClientLink, ParadigmSpec, RoundResult, ServerContext
+from slperf.common.paradigms.base import (
+    ClientHandle,
+    ClientLink,
+    ClientMisbehaved,
+    ParadigmSpec,
+    RoundResult,
+    ServerContext,
+)
 from slperf.common.paradigms.kit.bottom_client import BottomClient
 from slperf.common.paradigms.kit.rounds import ring
-from slperf.common.paradigms.kit.steps import top_train_step
+from slperf.common.paradigms.kit.serving import compute_or_refuse
+from slperf.common.paradigms.kit.steps import PoisonedStep, top_train_step
 from slperf.common.paradigms.kit.top_server import HandedOnBottomServer, top_exchange
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
@@ -119,7 +127,8 @@ class AsyncServer(HandedOnBottomServer):
         acts, labels = [], []
         stream = client.train(round, {"state": state.value})
         async for batch in stream:
-            out = await self.ctx.compute(top_train_step, self.top, self.optimizer, batch.tensor, batch.labels)
+            args = (self.top, self.optimizer, batch.tensor, batch.labels)
+            out = await compute_or_refuse(self.ctx, client, batch, top_train_step, *args)
             summary.add(out.count, out.loss, out.correct)
             if state == TurnState.FROZEN:
                 assert batch.labels is not None  # the exchange declares labels with every cut tensor
@@ -134,14 +143,23 @@ class AsyncServer(HandedOnBottomServer):
         return summary
 
     async def _turn_cached(self, client: ClientHandle, round: int) -> PhaseSummary:
-        """State C: one epoch of the top on the client's cached activations; the client is not contacted."""
+        """State C: one epoch of the top on the client's cached activations; the client is not contacted. A cached
+        batch the server refuses (poisoned: nothing of it applied) ends the turn, drops the cache (the client's
+        next turn is in state A) and the client from the round as misbehaved."""
         acts, labels = self.cache[client.client_id]
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + client.index * 1009 + round)
         order = torch.randperm(labels.shape[0], generator=generator)
         summary = PhaseSummary()
         for start in range(0, order.numel(), self.config.batch_size):
             pick = order[start : start + self.config.batch_size]
-            out = await self.ctx.compute(top_train_step, self.top, self.optimizer, acts[pick], labels[pick])
+            try:
+                out = await self.ctx.compute(top_train_step, self.top, self.optimizer, acts[pick], labels[pick])
+            except PoisonedStep as err:
+                self.cache.pop(client.client_id, None)
+                self.states[client.client_id] = TurnState.NORMAL
+                step = start // self.config.batch_size
+                reason = f"round {round} cached step {step}: the server {err}; its cached activations were dropped"
+                raise ClientMisbehaved(client.client_id, f"poisoned compute: {reason}") from None
             summary.add(out.count, out.loss, out.correct)
         return summary
 

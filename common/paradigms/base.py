@@ -52,6 +52,9 @@ class EvalResult:
     # figures are their report, bounded and cross-checked by the server, and marked so in the results).
     source: str = "server"
     disagreements: list[Disagreement] = field(default_factory=list)  # client reports the server did not take
+    # Clients the evaluation skipped for what they sent (a poisoned test batch, figures past the bounds), by id,
+    # with the reason: recorded with the round's ``misbehaved`` (the run is degraded).
+    misbehaved: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

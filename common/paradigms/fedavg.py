@@ -104,7 +104,9 @@ class FedAvgServer(ServerParadigm):
         outcome = await gather_round(clients, lambda c: self._evaluate_through(c, round))
         if not outcome.done:
             raise NoClientLeft("evaluate")
-        return median_report([(c.client_id, r) for c, r in outcome.done], round)
+        result = median_report([(c.client_id, r) for c, r in outcome.done], round)
+        result.misbehaved.update(outcome.misbehaved)
+        return result
 
     def model_state(self) -> dict[str, State]:
         return {"model": self.global_state}

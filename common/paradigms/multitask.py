@@ -230,18 +230,21 @@ class MultiTaskServer(ServerParadigm):
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         per_task: dict[int, EvalResult] = {}
+        misbehaved: dict[str, str] = {}
         for task in self.tasks:
             try:
 
                 async def through(c: ClientHandle, task: Task = task) -> EvalResult:
                     return await self._evaluate_task(c, task, round)
 
-                per_task[task.index] = await first_available(self._members(task, clients), through, "evaluate through")
+                members = self._members(task, clients)
+                per_task[task.index] = await first_available(members, through, "evaluate through", misbehaved)
             except NoClientLeft:
                 continue  # the task's members are all gone; the other tasks still count
         if not per_task:
             raise NoClientLeft("evaluate through")
         result = pooled(list(per_task.values()))
+        result.misbehaved.update(misbehaved)
         result.extra["task_accuracy"] = {str(t): r.accuracy for t, r in per_task.items()}
         return result
 

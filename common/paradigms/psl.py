@@ -35,7 +35,13 @@ from slperf.common.config import ConfigError, RunConfig
 from slperf.common.paradigms.base import ClientHandle, ParadigmSpec, RoundResult, ServerContext
 from slperf.common.paradigms.kit.bottom_client import BottomClient
 from slperf.common.paradigms.kit.rounds import gather_round
-from slperf.common.paradigms.kit.serving import Barrier, lockstep_round, reply_or_drop, serve_in_arrival_order
+from slperf.common.paradigms.kit.serving import (
+    Barrier,
+    compute_in_step,
+    lockstep_round,
+    reply_or_drop,
+    serve_in_arrival_order,
+)
 from slperf.common.paradigms.kit.steps import optimizer_step, top_accumulate, top_train_step, zero_grads
 from slperf.common.paradigms.kit.top_server import SharedTopServer, top_exchange
 from slperf.common.paradigms.registry import register
@@ -88,19 +94,28 @@ class PSLServer(SharedTopServer):
         return summary
 
     async def _server_step(self, barrier: Barrier, batches: list[tuple[ClientHandle, CutTensor]]) -> None:
-        """What the one top does with one batch from every client still in the pass."""
+        """What the one top does with one batch from every client still in the pass. A batch the server refuses
+        (poisoned: nothing of it applied) drops its client from the round; the step goes on with the others'."""
         batches = sorted(batches, key=lambda cb: cb[0].index)
         if self.server_update == "lockstep":
             for client, batch in batches:
-                out = await self.ctx.compute(top_train_step, self.top, self.optimizer, batch.tensor, batch.labels)
-                await reply_or_drop(barrier, client, CutReply(batch.ref, out.grad, out.loss, out.correct, out.count))
+                args = (self.top, self.optimizer, batch.tensor, batch.labels)
+                out = await compute_in_step(self.ctx, barrier, client, batch, top_train_step, *args)
+                if out is not None:
+                    reply = CutReply(batch.ref, out.grad, out.loss, out.correct, out.count)
+                    await reply_or_drop(barrier, client, reply)
             return
         # "sum": the gradients of all clients' losses add up in the top; one step after the last client.
         await self.ctx.compute(zero_grads, self.optimizer)
+        stepped = False
         for client, batch in batches:
-            out = await self.ctx.compute(top_accumulate, self.top, batch.tensor, batch.labels)
-            await reply_or_drop(barrier, client, CutReply(batch.ref, out.grad, out.loss, out.correct, out.count))
-        await self.ctx.compute(optimizer_step, self.optimizer)
+            summed = (self.top, batch.tensor, batch.labels)
+            out = await compute_in_step(self.ctx, barrier, client, batch, top_accumulate, *summed)
+            if out is not None:
+                stepped = True
+                await reply_or_drop(barrier, client, CutReply(batch.ref, out.grad, out.loss, out.correct, out.count))
+        if stepped:
+            await self.ctx.compute(optimizer_step, self.optimizer)
 
 
 def _validate(options: dict[str, Any]) -> None:

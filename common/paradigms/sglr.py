@@ -31,7 +31,7 @@ import torch
 from slperf.common.config import ConfigError, RunConfig
 from slperf.common.paradigms.base import ClientHandle, ParadigmSpec, RoundResult, ServerContext
 from slperf.common.paradigms.kit.bottom_client import BottomClient
-from slperf.common.paradigms.kit.serving import Barrier, lockstep_round, reply_or_drop
+from slperf.common.paradigms.kit.serving import Barrier, compute_in_step, lockstep_round, reply_or_drop
 from slperf.common.paradigms.kit.steps import optimizer_step, top_accumulate, zero_grads
 from slperf.common.paradigms.kit.top_server import SharedTopServer, top_exchange
 from slperf.common.paradigms.registry import register
@@ -90,12 +90,22 @@ class SGLRServer(SharedTopServer):
         )
 
     async def _server_step(self, round: int, barrier: Barrier, batches: list[tuple[ClientHandle, CutTensor]]) -> None:
-        """Step 2 with one batch from every client still in the pass."""
+        """Step 2 with one batch from every client still in the pass. A batch the server refuses (poisoned:
+        nothing of it applied) drops its client from the round; the step goes on with the others' batches."""
         batches = sorted(batches, key=lambda cb: cb[0].index)
         step = batches[0][1].ref.step
         # a. the summed loss of every client's batch; each client's own cut-layer gradient.
         await self.ctx.compute(zero_grads, self.optimizer)
-        outs = [await self.ctx.compute(top_accumulate, self.top, batch.tensor, batch.labels) for _, batch in batches]
+        accepted, outs = [], []
+        for client, batch in batches:
+            args = (self.top, batch.tensor, batch.labels)
+            out = await compute_in_step(self.ctx, barrier, client, batch, top_accumulate, *args)
+            if out is not None:
+                accepted.append((client, batch))
+                outs.append(out)
+        if not outs:
+            return
+        batches = accepted
         # b. and c. the averaging set gets the mean gradient, the rest their own.
         active = averaging_set(self.config.seed, round, step, len(batches), self.active_fraction)
         grads = await self.ctx.compute(split_average, [o.grad for o in outs], active)

@@ -122,15 +122,22 @@ class UShapedServer(ServerParadigm):
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         if self.schedule == "sequential":
-            return await first_available(
-                latest_first(clients, self.last_trained), lambda c: self._evaluate_client(c, round), "evaluate through"
+            misbehaved: dict[str, str] = {}
+            first = await first_available(
+                latest_first(clients, self.last_trained),
+                lambda c: self._evaluate_client(c, round),
+                "evaluate through",
+                misbehaved,
             )
+            first.misbehaved.update(misbehaved)
+            return first
         # Parallel: every client evaluates its own head and tail (concurrently; no gate needed without
         # gradients).
         outcome = await gather_round(clients, lambda c: self._evaluate_client(c, round))
         if not outcome.done:
             raise NoClientLeft("evaluate through")
         result = pooled([r for _, r in outcome.done])
+        result.misbehaved.update(outcome.misbehaved)
         result.extra["eval_accuracy"] = {c.client_id: r.accuracy for c, r in outcome.done}
         return result
 

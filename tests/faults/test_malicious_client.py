@@ -183,3 +183,22 @@ def test_robust_aggregation_against_one_client_sending_scaled_weights(tmp_path, 
         assert accuracy < 0.3
     else:
         assert accuracy > 0.6
+
+
+@pytest.mark.parametrize("paradigm,options", [("psl", {"server_update": "lockstep"}), ("sglr", {})])
+def test_huge_finite_activations_in_a_lockstep_step_drop_only_the_liar(daemons, pki, paradigm, options):
+    out = _run(
+        daemons,
+        pki,
+        "c3",
+        ["--scale-acts", "1e30"],
+        {"paradigm": paradigm, **options, "client_ids": ["c1", "c2", "c3"]},
+        ["c1", "c2"],
+    )
+    print(paradigm, "state", out["state"], [(r["participants"], r["dropped"]) for r in out["records"]])
+    assert out["state"] == "finished", out["error"] + out["server_log"][-3000:]
+    assert _finite(out["model"])
+    (record,) = out["records"]
+    assert record["participants"] == ["c1", "c2"] and record["dropped"] == ["c3"], record
+    assert record["misbehaved"]["c3"].startswith("poisoned compute: round 0"), record["misbehaved"]
+    assert out["state_json"]["degraded"] is True and out["summary"]["degraded"] is True

@@ -280,3 +280,89 @@ def test_a_hello_error_after_welcome_is_not_final(monkeypatch):
     with pytest.raises(_ScriptDone):
         asyncio.run(_daemon().run_forever())
     assert len(served) == 1
+
+
+# -- --data-dir: the silo's own data folder wins over the run config's ------------------------------------------
+def _setup_naming(run_id: str, data_dir: str, dataset: str = "mnist") -> RunSetup:
+    config, _ = config_from_mapping(
+        {
+            "paradigm": "vanilla",
+            "dataset": dataset,
+            "data_dir": data_dir,
+            "download": True,  # SLPerf's key: a folder without the set is filled from the pinned copy
+            "clients": 1,
+            "epochs": 1,
+            "max_train_samples": 64,
+            "max_test_samples": 32,
+        }
+    )
+    exchange = paradigms.get(config.paradigm).exchange(config, 0)
+    return RunSetup(run_id=run_id, config_json=config.to_json(), client_index=0, num_clients=1, exchange=exchange)
+
+
+def test_a_pinned_data_dir_wins_over_the_folder_the_run_config_names(tmp_path, monkeypatch, caplog):
+    import logging
+
+    read = []
+    real = daemon.build_client_data
+    monkeypatch.setattr(daemon, "build_client_data", lambda config, *rest: read.append(config) or real(config, *rest))
+    own, elsewhere = tmp_path / "silo-data", tmp_path / "server-named"
+    client = ClientDaemon(ClientOptions(server="unused:1", client_id="c1", credentials=None, data_dir=own))
+    link = _Link()
+    with caplog.at_level(logging.INFO, logger="slperf.client"):
+        asyncio.run(client._setup(link, _setup_naming("r1", str(elsewhere))))
+        asyncio.run(client._setup(link, _setup_naming("r1", str(elsewhere))))  # a rejoin: nothing read or logged
+    assert [type(m) for m in link.sent] == [Ready, Ready] and link.sent[0].train_samples == 64
+    assert [c.data_dir for c in read] == [str(own)]
+    assert any(p.name.startswith("train-images") for p in own.iterdir())  # the set was read from (filled into) it
+    assert not elsewhere.exists()  # the folder the server named was never touched
+    overrides = [r.getMessage() for r in caplog.records if "--data-dir" in r.getMessage()]
+    assert overrides == [
+        f"data set mnist: reading this silo's --data-dir {own}, not the run config's data_dir {str(elsewhere)!r}"
+    ]
+
+
+def test_without_a_pin_the_run_config_folder_is_read_and_a_generated_set_reads_none(tmp_path):
+    from slperf.common.config_loader import config_from_json
+
+    named = config_from_json(_setup_naming("r", str(tmp_path / "named")).config_json)
+    assert daemon.pin_data_dir(named, None) is named
+    assert daemon.pin_data_dir(named, tmp_path / "own").data_dir == str(tmp_path / "own")
+    generated = config_from_json(_setup_naming("r", str(tmp_path / "named"), dataset="cifar10-synthetic").config_json)
+    assert daemon.pin_data_dir(generated, tmp_path / "own").data_dir is None
+
+
+def test_a_stream_refused_at_open_for_exhaustion_or_a_missed_hello_deadline_backs_off_and_retries(monkeypatch):
+    """The server refuses a 4th stream of one certificate with RESOURCE_EXHAUSTED before any Welcome, and ends a
+    stream that said no Hello in time with DEADLINE_EXCEEDED: neither is a refusal of who the client is. The
+    daemon neither exits nor reconnects at once: every such attempt waits a longer backoff than the one before
+    (up to the maximum), and a session that reaches Welcome starts the delays over."""
+    import grpc
+    import pytest
+
+    exhausted = _rpc_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "this peer already has 3 open /slperf.v1.Session/Connect calls, the limit (--max-streams-per-client) is "
+        "reached",
+    )
+    late = _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within 5 s")
+    calls = [_ScriptedCall([], error=exhausted) for _ in range(4)] + [_ScriptedCall([], error=late)]
+    calls.append(_ScriptedCall([_welcome_envelope()], error=_rpc_error(grpc.StatusCode.UNAVAILABLE, KILLED)))
+    calls.append(_ScriptedCall([], error=exhausted))
+    served = _serve_script(monkeypatch, calls)
+    waits: list[float] = []
+
+    class Recorded(daemon.Backoff):
+        def next_delay(self) -> float:
+            waits.append(self._next)  # the delay before jitter
+            super().next_delay()
+            return 0.0
+
+    monkeypatch.setattr(daemon, "Backoff", Recorded)
+    client = ClientDaemon(
+        ClientOptions(server="unused:1", client_id="c1", credentials=None, backoff_initial=1.0, backoff_max=8.0)
+    )
+    with pytest.raises(_ScriptDone):  # still retrying when the script ran out: it never gave up
+        asyncio.run(client.run_forever())
+    assert len(served) == 7
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 1.0, 2.0]

@@ -72,3 +72,25 @@ def test_backoff_doubles_to_its_maximum_with_jitter_and_resets():
     assert 0.5 <= backoff.next_delay() <= 1.5
     with pytest.raises(ValueError):
         Backoff(0, 1)
+
+
+@pytest.mark.parametrize(
+    "code,details",
+    [
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "this peer already has 3 open /slperf.v1.Session/Connect calls, the limit (--max-streams-per-client) is "
+            "reached",
+        ),
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "the server has 288 open /slperf.v1.Session/Connect calls, the limit is reached",
+        ),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within 5 s"),
+    ],
+)
+def test_the_servers_stream_open_limits_are_retried_not_final(code, details):
+    """The server's own texts for a stream refused at open (per-certificate or total stream limit) and for a
+    Hello that came too late: the client backs off and tries again (the daemon test checks the delays grow)."""
+    assert classify(code, details, welcomed=False) == Verdict.RETRY
+    assert classify(code, details, welcomed=True) == Verdict.RETRY

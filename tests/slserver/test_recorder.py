@@ -268,3 +268,20 @@ def test_a_round_cannot_be_recorded_without_its_training_reading():
     with pytest.raises(RuntimeError, match="training_done"):
         recorder.finish_round(meter, _result(0), _evaluation(0))
     assert list(recorder.records) == []
+
+
+def test_a_client_skipped_from_the_evaluation_for_what_it_sent_is_recorded_and_degrades_the_run():
+    recorder = RunRecorder("r", CONFIG, Wire(), started=0.0, clock=Clock(0.0))
+    meter = recorder.start_round(0, ["c1", "c2"])
+    meter.training_done()
+    result = RoundResult(participants=["c1"], dropped=["c2"], misbehaved={"c2": "poisoned compute: training"})
+    evaluation = EvalResult(accuracy=0.5, loss=1.0, samples=10, misbehaved={"c1": "poisoned compute: eval", "c2": "x"})
+    record = recorder.finish_round(meter, result, evaluation)
+    assert record["misbehaved"] == {
+        "c1": "evaluation: poisoned compute: eval",
+        "c2": "poisoned compute: training; evaluation: x",
+    }
+    assert recorder.degraded_reasons == [
+        "round 0: client c1 dropped: evaluation: poisoned compute: eval",
+        "round 0: client c2 dropped: poisoned compute: training; evaluation: x",
+    ]

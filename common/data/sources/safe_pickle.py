@@ -30,6 +30,10 @@ import numpy as np
 from ..errors import DatasetCorrupt
 
 MAX_PICKLE_BYTES = 512 << 20  # far above a 31 MB CIFAR batch
+# Container entries (list items, tuple items, dict keys and values) in one pickle. A CIFAR-10 batch holds 20 004
+# (10 000 labels, 10 000 file names, 4 keys), CIFAR-100's training file 150 004; no data set this reader serves
+# comes near the bound, and a pickle past it is refused before it costs gigabytes of Python objects.
+MAX_VALUES = 2_000_000
 
 _GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): "reconstruct",
@@ -169,22 +173,46 @@ def _build(obj: Any, state: Any, what: str) -> None:
     raise _refuse(what, f"BUILD on a {type(obj).__name__} (only arrays and dtypes are built)")
 
 
-def _finish(value: Any, what: str, depth: int = 0) -> Any:
-    if depth > 100:
-        raise DatasetCorrupt(f"{what}: nested too deeply")
-    if isinstance(value, _Array):
-        if value.value is None:
-            raise DatasetCorrupt(f"{what}: an array was announced but never filled in")
-        return value.value
-    if isinstance(value, (_Global, _DType)):
-        raise _refuse(what, "a bare constructor or dtype in the data")
-    if isinstance(value, dict):
-        return {_finish(k, what, depth + 1): _finish(v, what, depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finish(v, what, depth + 1) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_finish(v, what, depth + 1) for v in value)
-    return value
+class _Finisher:
+    """Turns the machine's values into plain results, each shared value once.
+
+    A memo entry read N times is N references to one value, so results are memoised by identity: without that,
+    a few hundred bytes of nested shared references (each level two references to the one below) expand to 2^depth
+    values. A value that contains itself is refused (a data set has no cycles).
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.done: dict[int, Any] = {}
+        self.open: set[int] = set()
+
+    def __call__(self, value: Any, depth: int = 0) -> Any:
+        if isinstance(value, _Array):
+            if value.value is None:
+                raise DatasetCorrupt(f"{self.what}: an array was announced but never filled in")
+            return value.value
+        if isinstance(value, (_Global, _DType)):
+            raise _refuse(self.what, "a bare constructor or dtype in the data")
+        if not isinstance(value, (dict, list, tuple)):
+            return value
+        key = id(value)
+        if key in self.done:
+            return self.done[key]
+        if key in self.open:
+            raise DatasetCorrupt(f"{self.what}: a value that contains itself (a data set has no cycles)")
+        if depth > 100:
+            raise DatasetCorrupt(f"{self.what}: nested too deeply")
+        self.open.add(key)
+        result: Any
+        if isinstance(value, dict):
+            result = {self(k, depth + 1): self(v, depth + 1) for k, v in value.items()}
+        elif isinstance(value, list):
+            result = [self(v, depth + 1) for v in value]
+        else:
+            result = tuple(self(v, depth + 1) for v in value)
+        self.open.discard(key)
+        self.done[key] = result
+        return result
 
 
 class _Machine:
@@ -197,6 +225,33 @@ class _Machine:
         self.memo: dict[int, Any] = {}
         self.done = False
         self.result: Any = None
+        self.values = 0
+        self.made_bytes = 0
+        self.byte_budget = 0
+
+    def count(self, n: int) -> None:
+        """Counts n more container entries against MAX_VALUES."""
+        self.values += n
+        if self.values > MAX_VALUES:
+            raise DatasetCorrupt(
+                f"{self.what}: more than {MAX_VALUES} values (a CIFAR batch holds about 20 000): not a data set batch"
+            )
+
+    def made(self, value: Any) -> None:
+        """Counts the bytes of the arrays and encoded texts the reader built: at most twice the pickle's size.
+
+        A legitimate array's bytes are in the file once (as bytes, or as text that _codecs.encode turns into the
+        bytes the array is then built from); a memo entry read many times must not become many copies.
+        """
+        if isinstance(value, np.ndarray):
+            self.made_bytes += value.nbytes
+        elif isinstance(value, bytes):
+            self.made_bytes += len(value)
+        if self.made_bytes > self.byte_budget:
+            raise DatasetCorrupt(
+                f"{self.what}: its arrays and texts would take more than {self.byte_budget} bytes, twice the "
+                "pickle's size (shared data built many times): not a data set batch"
+            )
 
     def pop_mark(self) -> list[Any]:
         """The items pushed since the last MARK; the stack below the mark becomes the stack again."""
@@ -282,18 +337,21 @@ def _small_tuple(m: _Machine, name: str, arg: Any, pos: int) -> None:
         raise DatasetCorrupt(f"{m.what}: {name} at byte {pos} on a short stack")
     items = m.stack[-n:]
     del m.stack[-n:]
+    m.count(len(items))
     m.stack.append(tuple(items))
 
 
 @_handles("TUPLE")
 def _tuple(m: _Machine, name: str, arg: Any, pos: int) -> None:
     items = m.pop_mark()  # first: it rebinds the stack
+    m.count(len(items))
     m.stack.append(tuple(items))
 
 
 @_handles("LIST")
 def _list(m: _Machine, name: str, arg: Any, pos: int) -> None:
     items = m.pop_mark()
+    m.count(len(items))
     m.stack.append(items)
 
 
@@ -302,6 +360,7 @@ def _dict(m: _Machine, name: str, arg: Any, pos: int) -> None:
     items = m.pop_mark()
     if len(items) % 2 or not all(isinstance(k, _KEY_TYPES) for k in items[0::2]):
         raise _refuse(m.what, "a DICT with odd items or unhashable keys")
+    m.count(len(items))
     m.stack.append(dict(zip(items[0::2], items[1::2])))
 
 
@@ -310,6 +369,7 @@ def _append(m: _Machine, name: str, arg: Any, pos: int) -> None:
     value = m.stack.pop()
     if not isinstance(m.stack[-1], list):
         raise _refuse(m.what, f"APPEND to a {type(m.stack[-1]).__name__}")
+    m.count(1)
     m.stack[-1].append(value)
 
 
@@ -318,6 +378,7 @@ def _appends(m: _Machine, name: str, arg: Any, pos: int) -> None:
     items = m.pop_mark()
     if not isinstance(m.stack[-1], list):
         raise _refuse(m.what, f"APPENDS to a {type(m.stack[-1]).__name__}")
+    m.count(len(items))
     m.stack[-1].extend(items)
 
 
@@ -334,6 +395,7 @@ def _setitems(m: _Machine, name: str, arg: Any, pos: int) -> None:
     target = m.stack[-1]
     if not isinstance(target, dict):
         raise _refuse(m.what, f"{name} on a {type(target).__name__}")
+    m.count(2 * len(pairs))
     for key, value in pairs:
         if not isinstance(key, _KEY_TYPES):
             raise _refuse(m.what, f"a dict key of type {type(key).__name__}")
@@ -375,13 +437,18 @@ def _global(m: _Machine, name: str, arg: Any, pos: int) -> None:
 @_handles("REDUCE")
 def _reduce_op(m: _Machine, name: str, arg: Any, pos: int) -> None:
     args, func = m.stack.pop(), m.stack.pop()
-    m.stack.append(_reduce(func, args, m.what))
+    value = _reduce(func, args, m.what)
+    m.made(value)
+    m.stack.append(value)
 
 
 @_handles("BUILD")
 def _build_op(m: _Machine, name: str, arg: Any, pos: int) -> None:
     state = m.stack.pop()
-    _build(m.stack[-1], state, m.what)
+    target = m.stack[-1]
+    _build(target, state, m.what)
+    if isinstance(target, _Array):
+        m.made(target.value)
 
 
 def safe_load(data: bytes, *, what: str = "pickle") -> Any:
@@ -392,6 +459,7 @@ def safe_load(data: bytes, *, what: str = "pickle") -> Any:
     if len(data) > MAX_PICKLE_BYTES:
         raise DatasetCorrupt(f"{what}: {len(data)} bytes is more than this reader accepts ({MAX_PICKLE_BYTES})")
     machine = _Machine(what)
+    machine.byte_budget = 2 * len(data)  # arrays, and the texts _codecs.encode makes bytes of: each in the file once
     try:
         for op, arg, pos in pickletools.genops(io.BytesIO(data)):
             handler = _HANDLERS.get(op.name)
@@ -399,7 +467,7 @@ def safe_load(data: bytes, *, what: str = "pickle") -> Any:
                 raise _refuse(what, f"the opcode {op.name} at byte {pos}")
             handler(machine, op.name, arg, pos)
             if machine.done:
-                return _finish(machine.result, what)
+                return _Finisher(what)(machine.result)
     except DatasetCorrupt:
         raise
     except (ValueError, IndexError, TypeError, AssertionError, UnicodeError, OverflowError, MemoryError) as exc:

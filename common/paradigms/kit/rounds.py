@@ -75,12 +75,21 @@ async def ring(clients: Sequence[ClientHandle], fn: Callable[[ClientHandle], Awa
     return outcome
 
 
-async def first_available(clients: Sequence[ClientHandle], fn: Callable[[ClientHandle], Awaitable[T]], task: str) -> T:
+async def first_available(
+    clients: Sequence[ClientHandle],
+    fn: Callable[[ClientHandle], Awaitable[T]],
+    task: str,
+    misbehaved: dict[str, str] | None = None,
+) -> T:
     """``fn`` through the first client (in the given order) that does not drop out; ``NoClientLeft`` (naming
-    ``task``) when every one does."""
+    ``task``) when every one does. A client skipped for what it sent (``ClientMisbehaved``) is added to
+    ``misbehaved`` (id -> reason) when given, so the skip is recorded, not only survived."""
     for client in clients:
         try:
             return await fn(client)
+        except ClientMisbehaved as gone:
+            if misbehaved is not None:
+                misbehaved[client.client_id] = gone.reason
         except ClientGone:
             continue
     raise NoClientLeft(task)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from torch import nn
 
@@ -29,6 +29,7 @@ from slperf.common.paradigms.kit.steps import PoisonedStep, StepOutcome, top_eva
 from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, State
 
 _forward_backward = functools.partial(top_train_step, step=False)
+T = TypeVar("T")
 
 
 async def refuse_poisoned(client: ClientHandle, round: int, step: int, err: PoisonedStep) -> ClientMisbehaved:
@@ -43,12 +44,13 @@ async def refuse_poisoned(client: ClientHandle, round: int, step: int, err: Pois
 
 
 async def compute_or_refuse(
-    ctx: ServerContext, client: ClientHandle, batch: CutTensor, fn: Callable[..., StepOutcome], *args: Any
-) -> StepOutcome:
+    ctx: ServerContext, client: ClientHandle, batch: CutTensor, fn: Callable[..., T], *args: Any
+) -> T:
     """``ctx.compute(fn, *args)`` for one client batch; a ``PoisonedStep`` (the server's own figures of the batch
     are not finite: nothing was applied) drops the client from the round with a reason sent to it."""
     try:
-        return await ctx.compute(fn, *args)
+        result: T = await ctx.compute(fn, *args)
+        return result
     except PoisonedStep as err:
         raise await refuse_poisoned(client, batch.ref.round, batch.ref.step, err) from None
 
@@ -146,6 +148,7 @@ class Barrier:
         self.active: list[ClientHandle] = list(clients)
         self.summaries: dict[str, PhaseSummary] = {}
         self.dropped: list[str] = []
+        self.misbehaved: dict[str, str] = {}  # dropped for what they sent: id -> reason
         self._streams = {c.client_id: c.train(round) for c in clients}
         self._iters = {cid: aiter(s) for cid, s in self._streams.items()}
 
@@ -154,6 +157,11 @@ class Barrier:
             self.active.remove(client)
         if client.client_id not in self.dropped:
             self.dropped.append(client.client_id)
+
+    def misbehave(self, client: ClientHandle, gone: ClientMisbehaved) -> None:
+        """Drops the client for what it sent (its batch was refused), with the reason the round records."""
+        self.drop(client)
+        self.misbehaved[client.client_id] = gone.reason
 
     async def steps(self) -> AsyncIterator[list[tuple[ClientHandle, CutTensor]]]:
         while self.active:
@@ -181,6 +189,24 @@ async def reply_or_drop(barrier: Barrier, client: ClientHandle, reply: CutReply)
         barrier.drop(client)
 
 
+async def compute_in_step(
+    ctx: ServerContext,
+    barrier: Barrier,
+    client: ClientHandle,
+    batch: CutTensor,
+    fn: Callable[..., StepOutcome],
+    *args: Any,
+) -> StepOutcome | None:
+    """``ctx.compute(fn, *args)`` for one client's batch of a lock-step step; ``None`` when the server refused it
+    (``PoisonedStep``: nothing of it was applied), and the client is then told why and leaves the barrier as
+    misbehaved, while the step goes on with the other clients' batches."""
+    try:
+        return await compute_or_refuse(ctx, client, batch, fn, *args)
+    except ClientMisbehaved as gone:
+        barrier.misbehave(client, gone)
+        return None
+
+
 ServerStep = Callable[[Barrier, list[tuple[ClientHandle, CutTensor]]], Awaitable[None]]
 
 
@@ -204,6 +230,7 @@ async def lockstep_round(
         participants=[c.client_id for c in pulled.clients],
         dropped=left + pulled.dropped,
         per_client={c.client_id: barrier.summaries[c.client_id] for c in pulled.clients},
+        misbehaved={**pushed.misbehaved, **barrier.misbehaved, **pulled.misbehaved},
     )
 
 
@@ -307,7 +334,10 @@ async def evaluate_first_available(
         await client.set_weights("bottom", bottom_state, round)
         return await evaluate_through(ctx, client, round, top)
 
-    return await first_available(clients, through, "evaluate through")
+    misbehaved: dict[str, str] = {}
+    result = await first_available(clients, through, "evaluate through", misbehaved)
+    result.misbehaved.update(misbehaved)
+    return result
 
 
 async def evaluate_every_client(
@@ -331,4 +361,6 @@ async def evaluate_every_client(
     outcome = await gather_round(clients, one)
     if not outcome.done:
         raise NoClientLeft("evaluate through")
-    return pooled([r for _, r in outcome.done]), {c.client_id: r.accuracy for c, r in outcome.done}
+    result = pooled([r for _, r in outcome.done])
+    result.misbehaved.update(outcome.misbehaved)
+    return result, {c.client_id: r.accuracy for c, r in outcome.done}

@@ -65,6 +65,35 @@ def check_step(loss: torch.Tensor, cut_grad: torch.Tensor | None, module: nn.Mod
         raise PoisonedStep(f"refused the step: {problem}")
 
 
+# Where the server holds no loss (the U-shaped middle: the client's tail computes it), a step is judged by its
+# gradients. Cross-entropy's gradient at the logits is at most 1 per sample, so an honest model's parameter
+# gradients are a few units to a few hundred; one above this bound, applied at any usable learning rate, would
+# move the weights by thousands: it only comes from activations orders of magnitude off.
+MAX_PLAUSIBLE_GRAD_NORM = 1e6
+
+
+def check_gradients(module: nn.Module, cut_grad: torch.Tensor | None) -> None:
+    """Raises ``PoisonedStep`` (and clears the gradients) when the gradient at the cut or any parameter gradient
+    of ``module`` is not finite, or the parameter gradients' norm is implausibly large. For a step whose loss the
+    server does not see; called after ``backward`` and before any optimiser step."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    norm = math.sqrt(sum(float(torch.sum(g.detach().double() ** 2)) for g in grads))  # float64: 1e30**2 fits
+    problem = ""
+    if cut_grad is not None and not bool(torch.isfinite(cut_grad).all()):
+        problem = "the gradient at the cut is non-finite"
+    elif not math.isfinite(norm):
+        problem = "a parameter gradient is non-finite"
+    elif norm > MAX_PLAUSIBLE_GRAD_NORM:
+        problem = (
+            f"the parameter gradients' norm is {norm:.3g}, beyond any model's (> {MAX_PLAUSIBLE_GRAD_NORM:g}): "
+            "activations far off"
+        )
+    if problem:
+        for p in module.parameters():
+            p.grad = None
+        raise PoisonedStep(f"refused the step: {problem}")
+
+
 def make_optimizer(params: Iterable[torch.Tensor], config: RunConfig, lr: float | None = None) -> SGD:
     """SGD with momentum and weight decay, as SLPerf uses for every paradigm but two (``kit.optim.SGD``: the
     arithmetic of ``torch.optim.SGD`` without its import of ``torch._dynamo``)."""
@@ -113,20 +142,34 @@ def top_eval_step(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> S
 
 def top_accumulate(top: nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> StepOutcome:
     """Forward one client's batch and add the gradient of its loss to the top's (no step): lock-step
-    paradigms sum several clients' losses into one step."""
+    paradigms sum several clients' losses into one step.
+
+    The batch's gradients are computed apart (``autograd.grad``) and checked before they are added, so a
+    refused batch (``PoisonedStep``) leaves the gradients the other clients' batches accumulated untouched.
+    The sum is the same as ``backward`` accumulating: each parameter's gradient is the previous one plus this
+    batch's.
+    """
     top.train()
     device = module_device(top)
     acts = to_device(acts, device).detach().requires_grad_(True)
     labels = to_device(labels, device)
     logits = top(acts)
     loss = F.cross_entropy(logits, labels)
-    if not math.isfinite(float(loss.detach())) or abs(float(loss.detach())) > MAX_PLAUSIBLE_LOSS:
-        raise PoisonedStep(f"refused the batch: its loss is {float(loss.detach()):.3g}")
-    loss.backward()
-    if not bool(torch.isfinite(grad_of(acts)).all()):
+    value = float(loss.detach())
+    if not math.isfinite(value) or abs(value) > MAX_PLAUSIBLE_LOSS:
+        raise PoisonedStep(f"refused the batch: its loss is {value:.3g}")
+    params = [p for p in top.parameters() if p.requires_grad]
+    cut_grad, *grads = torch.autograd.grad(loss, [acts, *params], allow_unused=True)
+    if cut_grad is None or not bool(torch.isfinite(cut_grad).all()):
         raise PoisonedStep("refused the batch: the gradient at the cut is non-finite")
+    if not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+        raise PoisonedStep("refused the batch: a parameter gradient is non-finite")
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
     correct = int((logits.detach().argmax(1) == labels).sum())
-    return StepOutcome(cut_to_host(grad_of(acts)), float(loss.detach()), correct, int(labels.shape[0]))
+    return StepOutcome(cut_to_host(cut_grad), value, correct, int(labels.shape[0]))
 
 
 def zero_grads(optimizer: Optimizer) -> None:

@@ -42,8 +42,15 @@ from slperf.common.paradigms.base import (
 )
 from slperf.common.paradigms.kit.cuts import cut_shapes, split_layouts
 from slperf.common.paradigms.kit.optim import Optimizer
-from slperf.common.paradigms.kit.serving import Gate
-from slperf.common.paradigms.kit.steps import backward_from, bottom_backward_step, grad_of, make_optimizer
+from slperf.common.paradigms.kit.serving import Gate, compute_or_refuse
+from slperf.common.paradigms.kit.steps import (
+    PoisonedStep,
+    backward_from,
+    bottom_backward_step,
+    check_gradients,
+    grad_of,
+    make_optimizer,
+)
 from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorSpec
 from slperf.common.protocol.types import CutReply, Phase, PhaseSummary, State, StepRef
 
@@ -121,15 +128,19 @@ def middle_forward(middle: nn.Module, acts: torch.Tensor) -> tuple[torch.Tensor,
     middle.train()
     a1 = to_device(acts, module_device(middle)).detach().requires_grad_(True)
     a2 = middle(a1)
+    if not bool(torch.isfinite(a2.detach()).all()):
+        raise PoisonedStep("refused the step: the middle's output is non-finite")
     return a1, a2, cut_to_host(a2.detach())
 
 
 def middle_backward(
     middle: nn.Module, optimizer: Optimizer, a1: torch.Tensor, a2: torch.Tensor, grad: torch.Tensor
 ) -> torch.Tensor:
-    """Back-propagates the client's gradient of the middle output, steps the middle, returns d/d a1."""
+    """Back-propagates the client's gradient of the middle output, steps the middle, returns d/d a1. A step whose
+    gradients are not finite or implausibly large is refused before the optimiser moves (``PoisonedStep``)."""
     optimizer.zero_grad(set_to_none=True)
     backward_from(a2, to_device(grad, a2.device))
+    check_gradients(middle, a1.grad)
     optimizer.step()
     return cut_to_host(grad_of(a1))
 
@@ -138,6 +149,8 @@ def middle_backward(
 def middle_eval(middle: nn.Module, acts: torch.Tensor) -> torch.Tensor:
     middle.eval()
     out: torch.Tensor = middle(to_device(acts, module_device(middle)))
+    if not bool(torch.isfinite(out).all()):
+        raise PoisonedStep("refused the evaluation batch: the middle's output is non-finite")
     return cut_to_host(out)
 
 
@@ -172,7 +185,7 @@ async def serve_ushaped(
             if batch.ref.stage == HEAD:
                 await gate.acquire(client.client_id)
                 held = True
-                a1, a2, a2_wire = await ctx.compute(middle_forward, middle, batch.tensor)
+                a1, a2, a2_wire = await compute_or_refuse(ctx, client, batch, middle_forward, middle, batch.tensor)
                 pending = (a1, a2)
                 await client.reply(CutReply(batch.ref, a2_wire, count=int(a2.shape[0])))
             else:
@@ -185,7 +198,8 @@ async def serve_ushaped(
                         f"tail gradient of shape {list(batch.tensor.shape)} for a "
                         f"middle output of shape {list(a2.shape)}",
                     )
-                g1 = await ctx.compute(middle_backward, middle, optimizer, a1, a2, batch.tensor)
+                args = (middle, optimizer, a1, a2, batch.tensor)
+                g1 = await compute_or_refuse(ctx, client, batch, middle_backward, *args)
                 held = False
                 gate.release(client.client_id)
                 await client.reply(CutReply(batch.ref, g1, count=int(g1.shape[0])))
@@ -202,7 +216,7 @@ async def evaluate_ushaped(ctx: ServerContext, client: ClientHandle, round: int,
     the client scores its tail output against its own labels and reports the figures in its summary."""
     stream = client.evaluate(round)
     async for batch in stream:
-        a2 = await ctx.compute(middle_eval, middle, batch.tensor)
+        a2 = await compute_or_refuse(ctx, client, batch, middle_eval, middle, batch.tensor)
         await client.reply(CutReply(batch.ref, a2, count=int(a2.shape[0])))
     summary = stream.summary
     assert summary is not None

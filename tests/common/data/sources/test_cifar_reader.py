@@ -14,6 +14,7 @@ import pickletools
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import pytest
 
 from slperf.common.data import DatasetCorrupt
 from slperf.common.data.sources.cifar import read_cifar_batch
-from slperf.common.data.sources.safe_pickle import UnsafePickle, safe_load
+from slperf.common.data.sources.safe_pickle import MAX_VALUES, UnsafePickle, safe_load
 
 
 def _s(text: bytes) -> bytes:
@@ -175,7 +176,7 @@ def test_malicious_pickles_are_refused_and_nothing_executes(tmp_path):
     script = r"""
 import json, sys
 from pathlib import Path
-from slperf.common.data.sources.safe_pickle import UnsafePickle, safe_load
+from slperf.common.data.sources.safe_pickle import MAX_VALUES, UnsafePickle, safe_load
 from slperf.common.data.errors import DatasetCorrupt
 payloads = {k: bytes.fromhex(v) for k, v in json.loads(Path(sys.argv[1]).read_text()).items()}
 events = []
@@ -258,3 +259,65 @@ def test_batch_content_checks(tmp_path):
         (tmp_path / name).write_bytes(blob)
         with pytest.raises(DatasetCorrupt, match=expect[name]):
             read_cifar_batch(tmp_path / name)
+
+
+# ---- bounded by what a data set can hold --------------------------------------------------------------------
+
+
+def _shared_reference_bomb(levels: int) -> bytes:
+    """Each level a tuple of two references to the level below: `levels` * 6 bytes that name 2**levels leaves.
+
+    Written opcode by opcode (MARK, EMPTY_LIST, BINPUT 0, then per level BINGET i, BINGET i, TUPLE2, BINPUT i+1,
+    and a final TUPLE): a reader that expands memo references instead of sharing them walks 2**levels values.
+    """
+    out = [b"\x80\x02(]q\x00"]
+    for i in range(levels):
+        out.append(b"h" + bytes([i]) + b"h" + bytes([i]) + b"\x86q" + bytes([i + 1]))
+    out.append(b"t.")
+    return b"".join(out)
+
+
+def test_shared_memo_references_are_shared_not_expanded(tmp_path):
+    blob = _shared_reference_bomb(40)  # 2**40 leaves; before the fix 20 levels (148 bytes) took 32 s
+    assert len(blob) < 300
+    assert [op.name for op, _, _ in pickletools.genops(blob)][-3:] == ["BINPUT", "TUPLE", "STOP"]
+    start = time.perf_counter()
+    top = safe_load(blob)
+    assert time.perf_counter() - start < 1.0
+    assert len(top) == 41 and top[40][0] is top[40][1] is top[39]  # one value per memo entry, shared
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(blob)
+    with pytest.raises(DatasetCorrupt, match="not a CIFAR batch dict"):
+        read_cifar_batch(path)
+
+
+def test_a_value_that_contains_itself_is_refused():
+    # EMPTY_LIST, BINPUT 0, MARK, BINGET 0, BINGET 0, APPENDS: the list holds itself twice
+    blob = b"\x80\x02]q\x00(h\x00h\x00e."
+    with pytest.raises(DatasetCorrupt, match="contains itself"):
+        safe_load(blob)
+
+
+def test_more_values_than_a_data_set_holds_are_refused():
+    # a list, MARK, a memoised None, MAX_VALUES references to it, APPENDS: 2 bytes a value
+    blob = b"\x80\x02](N\x94" + b"h\x00" * MAX_VALUES + b"e."
+    start = time.perf_counter()
+    with pytest.raises(DatasetCorrupt, match=f"more than {MAX_VALUES} values"):
+        safe_load(blob)
+    assert time.perf_counter() - start < 10.0
+    assert len(safe_load(b"\x80\x02](N\x94" + b"h\x00" * 1000 + b"e.")) == 1001
+
+
+def test_one_array_built_many_times_from_shared_bytes_is_refused():
+    raw = bytes(range(256)) * 64  # 16 KiB, once in the file
+    one = pickle.dumps(np.frombuffer(raw, dtype=np.uint8), protocol=5)
+    names = [op.name for op, _, _ in pickletools.genops(one) if op.name != "FRAME"]
+    # memo 2 is _frombuffer, 3 the raw bytes, 9 the dtype (see pickletools.dis of a protocol-5 uint8 array)
+    expected = ["SHORT_BINUNICODE", "MEMOIZE"] * 2 + ["STACK_GLOBAL", "MEMOIZE", "MARK", "BINBYTES", "MEMOIZE"]
+    assert names[1:10] == expected
+    body = one[one.index(b"\x8c") : -1]  # without PROTO, FRAME and STOP: pushes the array
+    again = b"h\x02(h\x03h\x09M\x00\x40\x85\x8c\x01Ct\x94R\x94"  # _frombuffer(raw, u1, (16384,), 'C')
+    with pytest.raises(DatasetCorrupt, match="twice the pickle's size"):
+        safe_load(b"\x80\x05(" + body + again * 8 + b"l.")
+    arrays = safe_load(b"\x80\x05(" + body + again + b"l.")  # the bytes made into an array twice: fine
+    assert len(arrays) == 2 and all(a.tobytes() == raw for a in arrays)

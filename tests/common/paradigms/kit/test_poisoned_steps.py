@@ -45,3 +45,13 @@ def test_accumulation_and_evaluation_refuse_poisoned_batches_too():
     with pytest.raises(PoisonedStep):
         top_eval_step(top, torch.randn(4, 8) * 1e30, labels)
     assert top_eval_step(top, torch.randn(4, 8), labels).count == 4
+
+
+def test_a_refused_batch_leaves_what_other_batches_accumulated_untouched():
+    top, _ = _top()
+    labels = torch.tensor([0, 1, 2, 3])
+    top_accumulate(top, torch.randn(4, 8), labels)  # an honest client's batch of this lock-step step
+    before = [p.grad.clone() for p in top.parameters()]
+    with pytest.raises(PoisonedStep):
+        top_accumulate(top, torch.randn(4, 8) * 1e30, labels)
+    assert all(torch.equal(b, p.grad) for b, p in zip(before, top.parameters()))
