@@ -36,6 +36,7 @@ from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientParadigm, InferenceUnsupported
 from slperf.common.paradigms.kit.cuts import state_layout
 from slperf.common.paradigms.kit.inference import segment_blocks
+from slperf.common.protocol.compression import NO_CODEC
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.messages import (
@@ -58,6 +59,7 @@ from slperf.common.shards import build_client_data
 from slperf.common.transport.channel import create_channel, open_session
 from slperf.common.transport.endpoint import ClientEndpoint, Endpoint, Side, Stream, StreamBroken
 from slperf.common.wire.codec import check_state
+from slperf.common.wire.compressed import ErrorFeedback
 from slperf.common.wire.framing import ByteCounter
 from slperf.common.wire.serde import PROTOCOL_VERSION
 from slperf.slclient.reconnect import Backoff, Verdict, classify
@@ -122,6 +124,7 @@ class SessionLink:
         # sent that awaits a reply, by its ref.
         self.exchange = exchange
         self._awaiting: dict[StepRef, int] = {}
+        self._feedback = ErrorFeedback()  # top-k error feedback of the cut tensors this client sends (topk:F:ef)
 
     @property
     def counter(self) -> ByteCounter:
@@ -133,6 +136,7 @@ class SessionLink:
         self.run_id = run_id
         self.exchange = exchange
         self._awaiting.clear()
+        self._feedback.clear()
 
     async def send(self, message: ClientMessage) -> None:
         await self.endpoint.send(message)
@@ -153,9 +157,15 @@ class SessionLink:
         labels: torch.Tensor | None = None,
         sample_ids: torch.Tensor | None = None,
     ) -> None:
-        if self.exchange is not None and self.exchange.stage(ref.phase, ref.stage).down is not None:
-            self._awaiting[ref] = int(tensor.shape[0])
-        await self.send(CutTensor(ref, tensor, labels, sample_ids))
+        codec = NO_CODEC
+        if self.exchange is not None:
+            stage = self.exchange.stage(ref.phase, ref.stage)
+            codec = stage.up.codec
+            if stage.down is not None:
+                self._awaiting[ref] = int(tensor.shape[0])
+            if ref.phase is Phase.TRAIN:
+                tensor = self._feedback.apply(ref.stage, tensor, codec)
+        await self.send(CutTensor(ref, tensor, labels, sample_ids, codec=codec))
 
     async def recv_reply(self, ref: StepRef) -> CutReply:
         if self.exchange is None or ref not in self._awaiting:
