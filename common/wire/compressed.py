@@ -4,9 +4,10 @@ Only a cut tensor (``CutTensor.tensor``, ``CutReply.tensor``) may travel compres
 declares (``slperf.common.protocol.compression``). The layouts are normative in docs/protocol.md 2.5.
 
 Receive path: the payload bytes are read once (as for a plain tensor), viewed with ``numpy.frombuffer`` without a
-copy, and turned into the float32 result by one vectorised pass into a fresh array (fp16: ``astype``; bf16: the
-16 bits placed in the upper half of a uint32 array viewed as float32; int8: ``(q - zero_point) * scale`` with the
-output as ``out=``; top-k: a zero array and one scatter). That result is the only allocation the size of the tensor.
+copy, and turned into the float32 result by vectorised passes into one fresh array (fp16: ``astype``; bf16: the 16
+bits placed in the upper half of a uint32 array viewed as float32; int8: q widened into the result, then
+``-= zero_point`` and ``*= scale`` in place; top-k: a zero array and one scatter, which widens the k uint32 indices
+to intp). That result is the only allocation the size of the tensor.
 
 Encoding: int8 maps each tensor's (or channel's) [min, max] onto -128..127, so every value is restored within half
 a scale step; fp16 saturates at +-65504 rather than sending Inf (which the receiver refuses); top-k sends the
@@ -150,8 +151,10 @@ def decode_cut(
         _check_length(name, label, data, numel, shape)
         scale, zero = _checked_affine(msg, name, shape)
         out = np.empty(shape, dtype=np.float32)
-        np.subtract(np.frombuffer(data, dtype=_I1).reshape(shape), zero, out=out, dtype=np.float32)
-        np.multiply(out, scale, out=out)
+        out[...] = np.frombuffer(data, dtype=_I1).reshape(shape)  # widened into the result, no temporary
+        out -= zero
+        with np.errstate(over="ignore"):  # a huge scale overflows to Inf, refused below
+            out *= scale
         arrived = Arrived(kind, scales=len(msg.scales))
     else:
         out, kept = _scatter_topk(msg, name, data, numel)
@@ -184,7 +187,9 @@ def _checked_affine(msg: tensor_pb2.Tensor, name: str, shape: tuple[int, ...]) -
     bad = ~(np.isfinite(scales) & (scales > 0))
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise WireError.invalid(f"tensor '{name}': int8 scale {first} is {scales[first]}; scales must be finite and > 0")
+        raise WireError.invalid(
+            f"tensor '{name}': int8 scale {first} is {scales[first]}; scales must be finite and > 0"
+        )
     zeros = np.asarray(msg.zero_points, dtype=np.int64)
     off = (zeros < -128) | (zeros > 127)
     if off.any():

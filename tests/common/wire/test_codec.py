@@ -140,7 +140,16 @@ def _address(buffer: bytes) -> int:
 def test_readonly_decode_is_zero_copy_and_writable_decode_is_one_copy(dtype):
     raw = encode_tensor(torch.ones(256, 64, dtype=dtype)).data
     # A stand-in message whose `data` is always the same bytes object, so addresses can be compared.
-    msg = SimpleNamespace(dtype=TORCH_TO_WIRE[dtype], shape=[256, 64], data=raw, attachment=0, encoding=0, scales=[], zero_points=[], indices=b"")
+    msg = SimpleNamespace(
+        dtype=TORCH_TO_WIRE[dtype],
+        shape=[256, 64],
+        data=raw,
+        attachment=0,
+        encoding=0,
+        scales=[],
+        zero_points=[],
+        indices=b"",
+    )
     view = decode_tensor(msg, writable=False)
     assert view.data_ptr() == _address(raw)
 
