@@ -21,6 +21,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from slperf.common.protocol.compression import Codec, parse_codec
+
 
 class ConfigError(ValueError):
     """A config problem a user can fix; the message names the key and what is wrong."""
@@ -66,6 +68,7 @@ class RunConfig:
     torch_threads: int = 0
     backend: str = "federation"
     attacks: list[str] = field(default_factory=list)
+    compress: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +127,9 @@ FIELD_DOCS: dict[str, str] = {
     "over mutual TLS) or sim (every party in one process over in-memory links; same bytes, see docs/simulation.md)",
     "attacks": "attacks of an honest-but-curious server to run and record each round (docs/threat_model.md): dcor, "
     "inversion_whitebox, label_leak; each is refused where the paradigm's threat model rules it out; empty: none",
+    "compress": "codec of the cut tensors per direction, e.g. {up: int8, down: fp16}: none (default), fp16, bf16, "
+    "int8 (affine, per tensor), int8:channel (per channel), topk:F (the F share of largest magnitudes), topk:F:ef "
+    "(with error feedback); up = what clients send, down = the server's replies; refused by paradigms without cut",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
 }
 
@@ -253,6 +259,23 @@ def check_ranges(cfg: RunConfig, datasets: Collection[str]) -> None:
     check_device_name("client_device", cfg.client_device)
     check_backend_name(cfg.backend)
     check_amp_name(cfg.amp)
+    compress_codecs(cfg)
+
+
+COMPRESS_DIRECTIONS = ("up", "down")
+
+
+def compress_codecs(cfg: RunConfig) -> tuple[Codec, Codec]:
+    """The (up, down) codecs of ``compress`` (none where a direction is not named); ConfigError for another key
+    or an unknown codec name."""
+    unknown = sorted(str(k) for k in cfg.compress if k not in COMPRESS_DIRECTIONS)
+    if unknown:
+        raise ConfigError(f"config key 'compress' takes the directions up and down, not {', '.join(unknown)}")
+    try:
+        up, down = (parse_codec(cfg.compress.get(d, "none"), f"compress.{d}") for d in COMPRESS_DIRECTIONS)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return up, down
 
 
 AGGREGATIONS = ("fedavg", "median", "trimmed_mean")

@@ -16,10 +16,19 @@ from typing import Any
 
 import yaml
 
-from slperf.common.config import CORE_KEYS, ConfigError, RunConfig, check_ranges, parse_core_keys
+from slperf.common.config import (
+    COMPRESS_DIRECTIONS,
+    CORE_KEYS,
+    ConfigError,
+    RunConfig,
+    check_ranges,
+    compress_codecs,
+    parse_core_keys,
+)
 from slperf.common.data import DATASETS
 from slperf.common.models import MODELS
 from slperf.common.paradigms import registry
+from slperf.common.paradigms.base import ParadigmSpec
 
 
 def _owner_of(key: str, chosen: str) -> str | None:
@@ -85,7 +94,24 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
         from slperf.common.privacy.observer import check_attacks
 
         check_attacks(cfg)
+    _check_compressible(cfg, spec, source)
     return cfg, warnings
+
+
+def _check_compressible(cfg: RunConfig, spec: ParadigmSpec, source: str) -> None:
+    """A ``compress`` codec must have a float32 cut tensor to act on in its direction; a paradigm without one
+    (fedavg: nothing crosses a cut) refuses it rather than accept it and do nothing."""
+    for direction, codec in zip(COMPRESS_DIRECTIONS, compress_codecs(cfg), strict=True):
+        if not codec.compressed:
+            continue
+        exchange = spec.exchange(cfg, 0)
+        stages = exchange.train + exchange.eval
+        specs = [s.up if direction == "up" else s.down for s in stages]
+        if not any(t is not None and t.codec.compressed for t in specs):
+            raise ConfigError(
+                f"{source}: config key 'compress.{direction}': {spec.name} sends no float32 cut tensor "
+                f"{direction} to compress"
+            )
 
 
 # Bounds on a config's text, far above any real config (a few KiB, a few levels, a few hundred values) and far

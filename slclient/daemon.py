@@ -37,6 +37,7 @@ from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientParadigm, InferenceUnsupported
 from slperf.common.paradigms.kit.cuts import state_layout
 from slperf.common.paradigms.kit.inference import segment_blocks
+from slperf.common.protocol.compression import NO_CODEC
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange
 from slperf.common.protocol.messages import (
@@ -60,6 +61,7 @@ from slperf.common.shards import build_client_data
 from slperf.common.transport.channel import create_channel, open_session
 from slperf.common.transport.endpoint import ClientEndpoint, Endpoint, SessionCall, Side, Stream, StreamBroken
 from slperf.common.wire.codec import check_state
+from slperf.common.wire.compressed import ErrorFeedback
 from slperf.common.wire.framing import ByteCounter
 from slperf.common.wire.serde import PROTOCOL_VERSION
 from slperf.slclient.metrics import ClientMetrics, StepClock
@@ -154,6 +156,7 @@ class SessionLink:
         # Told of error reports and dropped messages; the current pass's clock, told of every wait on the link.
         self.metrics = metrics
         self.clock: StepClock | None = None
+        self._feedback = ErrorFeedback()  # top-k error feedback of the cut tensors this client sends (topk:F:ef)
 
     @property
     def counter(self) -> ByteCounter:
@@ -166,6 +169,7 @@ class SessionLink:
         self.exchange = exchange
         self.clock = clock
         self._awaiting.clear()
+        self._feedback.clear()
 
     async def send(self, message: ClientMessage) -> None:
         if isinstance(message, ErrorReport) and self.metrics is not None:
@@ -194,12 +198,18 @@ class SessionLink:
         labels: torch.Tensor | None = None,
         sample_ids: torch.Tensor | None = None,
     ) -> None:
-        if self.exchange is not None and self.exchange.stage(ref.phase, ref.stage).down is not None:
-            self._awaiting[ref] = int(tensor.shape[0])
+        codec = NO_CODEC
+        if self.exchange is not None:
+            stage = self.exchange.stage(ref.phase, ref.stage)
+            codec = stage.up.codec
+            if stage.down is not None:
+                self._awaiting[ref] = int(tensor.shape[0])
+            if ref.phase is Phase.TRAIN:
+                tensor = self._feedback.apply(ref.stage, tensor, codec)
         if self.clock is not None:
             self.clock.link_call(ref.step)
         try:
-            await self.send(CutTensor(ref, tensor, labels, sample_ids))
+            await self.send(CutTensor(ref, tensor, labels, sample_ids, codec=codec))
         finally:
             if self.clock is not None:
                 self.clock.link_done()

@@ -9,6 +9,7 @@ is checked against the run, round, phase and step it expects, and against the pa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ from slperf.common.protocol.messages import (
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, SessionState, State, StepRef
 from slperf.common.protocol.untrusted import shown
 from slperf.common.wire.codec import check_state
+from slperf.common.wire.compressed import ErrorFeedback
 from slperf.slserver.figures import batches_of, bounded_summary, capped, eval_bound, shard_bound
 from slperf.slserver.sessions import Session, SessionRegistry
 
@@ -65,6 +67,7 @@ class ClientProxy:
         self._disagreements: list[Disagreement] = []
         # The run's attacks' observer (``attacks:``), told of what this client sent and was sent; None: no attacks.
         self.observer: PrivacyObserver | None = None
+        self._feedback = ErrorFeedback()  # top-k error feedback of this client's reply tensors (topk:F:ef)
 
     # -- session plumbing -------------------------------------------------------------------------
     async def session(self) -> Session:
@@ -189,6 +192,15 @@ class ClientProxy:
         )
 
     async def reply(self, reply: CutReply) -> None:
+        """Sends ``reply`` with the codec the exchange declares for its stage's reply tensor (top-k error feedback
+        kept per client and stage, over one training pass)."""
+        stage = self.exchange.stage(reply.ref.phase, reply.ref.stage)
+        if stage.down is not None and reply.tensor is not None:
+            codec = stage.down.codec
+            tensor = reply.tensor
+            if reply.ref.phase is Phase.TRAIN:
+                tensor = self._feedback.apply(reply.ref.stage, tensor, codec)
+            reply = dataclasses.replace(reply, tensor=tensor, codec=codec)
         await self._send(await self.session(), reply)
 
     async def abort(self, reason: str) -> None:
@@ -214,6 +226,7 @@ class ClientProxy:
         """Sends the instruction, then yields the pass's cut tensors in step and stage order (as the exchange
         declares them) and finally its summary. Messages that do not fit are refused on the stream and skipped."""
         session = await self.session()
+        self._feedback.clear()
         await self._send(session, instruction)
         stages = self.exchange.stages(first.phase)
         stage = 0

@@ -18,11 +18,11 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import torch
 from torch import nn
 
-from slperf.common.config import RunConfig
+from slperf.common.config import RunConfig, compress_codecs
 from slperf.common.data.client_data import ClientData as ClientData  # part of the paradigm API
 from slperf.common.devices import Placement, party_placement
 from slperf.common.paradigms.threats import UNDECLARED, ThreatModel
-from slperf.common.protocol.exchange import Exchange
+from slperf.common.protocol.exchange import Exchange, with_compression
 from slperf.common.protocol.types import CutReply, CutTensor, PhaseSummary, State, StepRef
 
 T = TypeVar("T")
@@ -393,6 +393,20 @@ class ParadigmSpec:
     # What the server and a client get to see of each other in this paradigm (``threats``): the threat-model table
     # of docs/threat_model.md and ``slperf paradigms --details``, checked against the wire by the tests.
     threats: ThreatModel = UNDECLARED
+
+    def __post_init__(self) -> None:
+        # The run config's ``compress`` applies to every paradigm's cut tensors alike, so it is added here to the
+        # exchange each paradigm declares (``with_compression``), not by each paradigm.
+        declared = self.exchange
+        if getattr(declared, "declared", None) is not None:  # dataclasses.replace of a spec: already wrapped
+            return
+
+        def exchange(config: RunConfig, index: int) -> Exchange:
+            up, down = compress_codecs(config)
+            return with_compression(declared(config, index), up, down)
+
+        exchange.declared = declared  # type: ignore[attr-defined]
+        self.exchange = exchange
 
     def option_keys(self) -> set[str]:
         return set(self.options) | set(self.option_aliases)

@@ -13,12 +13,14 @@ instance the evaluation pass of a paradigm whose server owns the loss).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import grpc
 import torch
 
+from slperf.common.protocol.compression import NO_CODEC, Codec
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.types import CutReply, CutTensor, Phase
 
@@ -34,6 +36,7 @@ class TensorSpec:
 
     sample_shape: tuple[int, ...]
     dtypes: tuple[torch.dtype, ...] = (torch.float32,)
+    codec: Codec = NO_CODEC  # how the tensor travels (the run config's ``compress``; float32 specs only)
 
     def check(self, tensor: torch.Tensor, what: str, batch: int | None = None, max_batch: int | None = None) -> int:
         """Refuses (INVALID_ARGUMENT) a tensor of another dtype or per-sample shape, a batch other than ``batch``
@@ -57,7 +60,8 @@ class TensorSpec:
 
     def describe(self) -> str:
         dtypes = "|".join(map(wire_name, self.dtypes))
-        return f"{dtypes}[batch, {', '.join(map(str, self.sample_shape))}]"
+        codec = f" as {self.codec.name()}" if self.codec.compressed else ""
+        return f"{dtypes}[batch, {', '.join(map(str, self.sample_shape))}]{codec}"
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,8 @@ class Exchange:
         caller, who knows which step it expects)."""
         limit = self.batch_limit(message.ref.phase)
         batch = stage.up.check(message.tensor, "cut tensor", max_batch=limit)
+        if message.arrived is not None:
+            stage.up.codec.check_arrived(message.arrived, tuple(message.tensor.shape), "cut tensor")
         labels = message.labels
         if stage.labels:
             if labels is None:
@@ -193,12 +199,34 @@ class Exchange:
                 raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "reply carries no tensor; this stage needs one")
         else:
             stage.down.check(reply.tensor, "reply tensor", batch=batch)
+            if reply.arrived is not None:
+                stage.down.codec.check_arrived(reply.arrived, tuple(reply.tensor.shape), "reply tensor")
         if not 0 <= reply.correct <= batch or reply.count > batch:
             raise WireError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"reply counts {reply.correct} correct of {reply.count} for a batch of {batch}",
             )
         _check_extra(reply.extra, stage.extra_down, "reply", batch)
+
+
+def with_compression(exchange: Exchange, up: Codec, down: Codec) -> Exchange:
+    """``exchange`` with ``up`` on every stage's cut tensor and ``down`` on every reply tensor, where that tensor is
+    float32 (a codec compresses float32 only; an integer cut tensor, such as token ids, stays as it is). Labels,
+    sample ids, extra tensors and weights are never compressed."""
+
+    def coded(spec: TensorSpec | None, codec: Codec) -> TensorSpec | None:
+        if spec is None or spec.dtypes != (torch.float32,):
+            return spec
+        return dataclasses.replace(spec, codec=codec)
+
+    def stage(s: Stage) -> Stage:
+        up_spec = coded(s.up, up)
+        assert up_spec is not None
+        return dataclasses.replace(s, up=up_spec, down=coded(s.down, down))
+
+    return dataclasses.replace(
+        exchange, train=tuple(stage(s) for s in exchange.train), eval=tuple(stage(s) for s in exchange.eval)
+    )
 
 
 def _check_extra(got: Mapping[str, torch.Tensor], declared: Mapping[str, TensorSpec], what: str, batch: int) -> None:

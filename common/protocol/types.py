@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from slperf.common.protocol.compression import NO_CODEC, Arrived, Codec
+
 State = dict[str, torch.Tensor]
 
 
@@ -48,6 +50,10 @@ class CutTensor:
     labels: torch.Tensor | None = None
     sample_ids: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    # How ``tensor`` crosses the wire: the sender's link sets the codec its exchange declares; the receiver's
+    # decoder records how it arrived, which the receiver's exchange checks (None: not from the wire).
+    codec: Codec = NO_CODEC
+    arrived: Arrived | None = None
 
 
 @dataclass
@@ -60,6 +66,8 @@ class CutReply:
     correct: int = 0
     count: int = 0
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    codec: Codec = NO_CODEC  # as CutTensor's
+    arrived: Arrived | None = None
 
 
 @dataclass

@@ -170,10 +170,44 @@ def decode_tensor(
     transfer reassembled from several chunks) the result aliases it with no copy at all, writable or not.
 
     Raises WireError: INVALID_ARGUMENT for an unknown/unspecified/disallowed dtype, a negative dimension, too
-    many dimensions, a byte length that does not match the shape, non-0/1 bool bytes or (unless
-    ``allow_nonfinite``) NaN/Inf in a float tensor; RESOURCE_EXHAUSTED for more than ``limits.max_elements``.
+    many dimensions, a byte length that does not match the shape, non-0/1 bool bytes, a compressed encoding
+    (only cut tensors may be compressed: ``slperf.common.wire.compressed``) or (unless ``allow_nonfinite``) NaN/Inf in a
+    float tensor; RESOURCE_EXHAUSTED for more than ``limits.max_elements``.
     With ``writable=False`` the result aliases immutable memory and must not be modified in place.
     """
+    if msg.encoding != tensor_pb2.TENSOR_ENCODING_UNSPECIFIED or msg.scales or msg.zero_points or msg.indices:
+        raise WireError.invalid(f"tensor '{name}': only cut tensors may be compressed; this one must be plain")
+    spec, shape, numel = checked_layout(msg, name, limits)
+    need = numel * spec.np_dtype.itemsize
+
+    data = payload(msg, name, bulk)
+    if len(data) != need:
+        raise WireError.invalid(
+            f"tensor '{name}': data has {len(data)} bytes, shape {list(shape)} with {spec.name} needs {need}"
+        )
+
+    if spec.code == tensor_pb2.DTYPE_BOOL and numel and np.frombuffer(data, dtype=_UINT8).max() > 1:
+        bad = np.frombuffer(data, dtype=_UINT8)
+        first = int(np.flatnonzero(bad > 1)[0])
+        raise WireError.invalid(f"tensor '{name}': bool data must be bytes 0 or 1; byte {first} is {bad[first]}")
+
+    array = np.frombuffer(data, dtype=spec.np_dtype)  # zero-copy view of `data` (read-only over bytes)
+    if not _NATIVE_LE and array.dtype.itemsize > 1:
+        array = array.astype(array.dtype.newbyteorder("="))  # the byte swap is then the one copy
+    elif writable and not array.flags.writeable:
+        array = array.copy()
+    tensor = torch.from_numpy(array) if array.flags.writeable else _from_readonly(array)
+    if spec.code == tensor_pb2.DTYPE_BFLOAT16:
+        tensor = tensor.view(torch.bfloat16)
+    tensor = tensor.view(shape)
+
+    if spec.is_float and numel and not allow_nonfinite and not all_finite(tensor):
+        raise WireError.invalid(nonfinite_message(name, spec.name, tensor))
+    return tensor
+
+
+def checked_layout(msg: tensor_pb2.Tensor, name: str, limits: TensorLimits) -> tuple[_Spec, tuple[int, ...], int]:
+    """The dtype's spec, the shape and the element count, once dtype, rank and size are within ``limits``."""
     code = msg.dtype
     spec = _BY_CODE.get(code)
     if spec is None:
@@ -203,35 +237,10 @@ def decode_tensor(
         raise WireError.exhausted(
             f"tensor '{name}': shape {list(shape)} {what}, more than the {limits.max_elements} allowed"
         )
-    need = numel * spec.np_dtype.itemsize
-
-    data = _payload(msg, name, bulk)
-    if len(data) != need:
-        raise WireError.invalid(
-            f"tensor '{name}': data has {len(data)} bytes, shape {list(shape)} with {spec.name} needs {need}"
-        )
-
-    if code == tensor_pb2.DTYPE_BOOL and numel and np.frombuffer(data, dtype=_UINT8).max() > 1:
-        bad = np.frombuffer(data, dtype=_UINT8)
-        first = int(np.flatnonzero(bad > 1)[0])
-        raise WireError.invalid(f"tensor '{name}': bool data must be bytes 0 or 1; byte {first} is {bad[first]}")
-
-    array = np.frombuffer(data, dtype=spec.np_dtype)  # zero-copy view of `data` (read-only over bytes)
-    if not _NATIVE_LE and array.dtype.itemsize > 1:
-        array = array.astype(array.dtype.newbyteorder("="))  # the byte swap is then the one copy
-    elif writable and not array.flags.writeable:
-        array = array.copy()
-    tensor = torch.from_numpy(array) if array.flags.writeable else _from_readonly(array)
-    if code == tensor_pb2.DTYPE_BFLOAT16:
-        tensor = tensor.view(torch.bfloat16)
-    tensor = tensor.view(shape)
-
-    if spec.is_float and numel and not allow_nonfinite and not _all_finite(tensor):
-        raise WireError.invalid(_nonfinite_message(name, spec, tensor))
-    return tensor
+    return spec, shape, numel
 
 
-def _payload(msg: tensor_pb2.Tensor, name: str, bulk: Sequence[bytes | memoryview]) -> bytes | memoryview:
+def payload(msg: tensor_pb2.Tensor, name: str, bulk: Sequence[bytes | memoryview]) -> bytes | memoryview:
     index = msg.attachment
     if not index:
         return msg.data  # upb copies the field into a new bytes object on every access: read it once
@@ -242,7 +251,7 @@ def _payload(msg: tensor_pb2.Tensor, name: str, bulk: Sequence[bytes | memoryvie
     return bulk[index - 1]
 
 
-def _all_finite(tensor: torch.Tensor) -> bool:
+def all_finite(tensor: torch.Tensor) -> bool:
     """True when no element is NaN or +-Inf, without a temporary the size of the tensor.
 
     Any NaN or Inf makes the sum NaN or Inf, so a finite sum (the fastest reduction, measured) proves the tensor
@@ -255,13 +264,13 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     return math.isfinite(lo.item()) and math.isfinite(hi.item())
 
 
-def _nonfinite_message(name: str, spec: _Spec, tensor: torch.Tensor) -> str:
+def nonfinite_message(name: str, dtype: str, tensor: torch.Tensor) -> str:
     flat = tensor.reshape(-1)
     nan = torch.isnan(flat)
     inf = torch.isinf(flat)
     first = int(torch.nonzero(nan | inf)[0, 0])
     return (
-        f"tensor '{name}': {spec.name} data contains {int(nan.sum())} NaN and {int(inf.sum())} Inf values "
+        f"tensor '{name}': {dtype} data contains {int(nan.sum())} NaN and {int(inf.sum())} Inf values "
         f"(first at flat index {first}); non-finite values are not accepted"
     )
 

@@ -19,6 +19,7 @@ from typing import Any, cast
 import grpc
 import torch
 
+from slperf.common.protocol.compression import NO_CODEC, Codec, Encoding
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorLayout, TensorSpec
 from slperf.common.protocol.messages import (
@@ -48,13 +49,15 @@ from slperf.common.wire.codec import (
     encode_state,
     encode_tensor,
 )
+from slperf.common.wire.compressed import decode_cut, encode_cut
 from slperf.common.wire.framing import Inbound
 from slperf.v1 import session_pb2, tensor_pb2
 
 # 2: attachments (raw tensor bytes after the message); 3: generic CutTensor/CutReply instead of
 # Activations/Gradients, which named one paradigm's use of them; 4: Welcome carries every limit, RunSetup the
-# declared exchange, and the fields no server acted on (resume_token, capabilities) are gone.
-PROTOCOL_VERSION = 4
+# declared exchange, and the fields no server acted on (resume_token, capabilities) are gone; 5: compressed cut
+# tensors (Tensor.encoding, scales, zero_points, indices; TensorSpec.codec), the unused scale/zero_point are gone.
+PROTOCOL_VERSION = 5
 
 Bulk = Sequence[bytes | memoryview]
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
@@ -142,14 +145,34 @@ def _dtype_from_pb(code: int, what: str) -> torch.dtype:
     return dtype
 
 
+def codec_to_pb(m: Codec) -> session_pb2.TensorCodec:
+    return session_pb2.TensorCodec(
+        encoding=cast(tensor_pb2.TensorEncoding, int(m.encoding)),
+        per_channel=m.per_channel,
+        topk_fraction=m.fraction,
+        error_feedback=m.error_feedback,
+    )
+
+
+def codec_from_pb(pb: session_pb2.TensorCodec, what: str) -> Codec:
+    try:
+        return Codec(Encoding(pb.encoding), pb.per_channel, pb.topk_fraction, pb.error_feedback)
+    except ValueError as exc:  # an unknown encoding number, or fields that do not belong to the encoding
+        raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} has an invalid codec: {exc}") from None
+
+
 def tensor_spec_to_pb(m: TensorSpec) -> session_pb2.TensorSpec:
-    return session_pb2.TensorSpec(sample_shape=list(m.sample_shape), dtypes=[_wire_dtype(d) for d in m.dtypes])
+    pb = session_pb2.TensorSpec(sample_shape=list(m.sample_shape), dtypes=[_wire_dtype(d) for d in m.dtypes])
+    if m.codec.compressed:
+        pb.codec.CopyFrom(codec_to_pb(m.codec))
+    return pb
 
 
 def tensor_spec_from_pb(pb: session_pb2.TensorSpec, what: str) -> TensorSpec:
     if not pb.dtypes:
         raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} names no dtype")
-    return TensorSpec(tuple(pb.sample_shape), tuple(_dtype_from_pb(d, what) for d in pb.dtypes))
+    codec = codec_from_pb(pb.codec, what) if pb.HasField("codec") else NO_CODEC
+    return TensorSpec(tuple(pb.sample_shape), tuple(_dtype_from_pb(d, what) for d in pb.dtypes), codec)
 
 
 def stage_to_pb(m: Stage) -> session_pb2.ExchangeStage:
@@ -341,7 +364,7 @@ def _extra_from_pb(source: Any, bulk: Bulk, limits: TensorLimits, *, allow_nonfi
 
 
 def cut_tensor_to_pb(m: CutTensor, bulk: list[memoryview]) -> session_pb2.CutTensor:
-    pb = session_pb2.CutTensor(ref=ref_to_pb(m.ref), tensor=encode_tensor(m.tensor, bulk))
+    pb = session_pb2.CutTensor(ref=ref_to_pb(m.ref), tensor=encode_cut(m.tensor, m.codec, bulk))
     if m.labels is not None:
         pb.labels.CopyFrom(encode_tensor(m.labels, bulk))
     if m.sample_ids is not None:
@@ -355,28 +378,28 @@ def cut_tensor_from_pb(pb: session_pb2.CutTensor, bulk: Bulk, limits: TensorLimi
     ref = _required_ref(pb, "cut_tensor")
     if not pb.HasField("tensor"):
         raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "cut_tensor message has no tensor")
-    tensor = decode_tensor(pb.tensor, name="cut tensor", limits=limits, writable=True, bulk=bulk)
+    tensor, arrived = decode_cut(pb.tensor, name="cut tensor", limits=limits, bulk=bulk)
     labels = _optional(pb, "labels", bulk, limits)
     sample_ids = _optional(pb, "sample_ids", bulk, limits)
-    return CutTensor(ref, tensor, labels, sample_ids, _extra_from_pb(pb.extra, bulk, limits, allow_nonfinite=False))
+    extra = _extra_from_pb(pb.extra, bulk, limits, allow_nonfinite=False)
+    return CutTensor(ref, tensor, labels, sample_ids, extra, arrived=arrived)
 
 
 def cut_reply_to_pb(m: CutReply, bulk: list[memoryview]) -> session_pb2.CutReply:
     pb = session_pb2.CutReply(ref=ref_to_pb(m.ref), loss=m.loss, correct=m.correct, count=m.count)
     if m.tensor is not None:
-        pb.tensor.CopyFrom(encode_tensor(m.tensor, bulk))
+        pb.tensor.CopyFrom(encode_cut(m.tensor, m.codec, bulk))
     _extra_to_pb(m.extra, pb.extra, bulk)
     return pb
 
 
 def cut_reply_from_pb(pb: session_pb2.CutReply, bulk: Bulk, limits: TensorLimits) -> CutReply:
     ref = _required_ref(pb, "cut_reply")
-    tensor = None
+    tensor = arrived = None
     if pb.HasField("tensor"):
-        tensor = decode_tensor(pb.tensor, name="cut reply", limits=limits, writable=True, bulk=bulk)
-    return CutReply(
-        ref, tensor, pb.loss, pb.correct, pb.count, _extra_from_pb(pb.extra, bulk, limits, allow_nonfinite=False)
-    )
+        tensor, arrived = decode_cut(pb.tensor, name="cut reply", limits=limits, bulk=bulk)
+    extra = _extra_from_pb(pb.extra, bulk, limits, allow_nonfinite=False)
+    return CutReply(ref, tensor, pb.loss, pb.correct, pb.count, extra, arrived=arrived)
 
 
 def _optional(pb: Any, field: str, bulk: Bulk, limits: TensorLimits) -> torch.Tensor | None:

@@ -138,12 +138,26 @@ class RunSetup(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., config_json: _Optional[str] = ..., client_index: _Optional[int] = ..., num_clients: _Optional[int] = ..., exchange: _Optional[_Union[Exchange, _Mapping]] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
-    __slots__ = ("sample_shape", "dtypes")
+    __slots__ = ("sample_shape", "dtypes", "codec")
     SAMPLE_SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPES_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
     sample_shape: _containers.RepeatedScalarFieldContainer[int]
     dtypes: _containers.RepeatedScalarFieldContainer[_tensor_pb2.DType]
-    def __init__(self, sample_shape: _Optional[_Iterable[int]] = ..., dtypes: _Optional[_Iterable[_Union[_tensor_pb2.DType, str]]] = ...) -> None: ...
+    codec: TensorCodec
+    def __init__(self, sample_shape: _Optional[_Iterable[int]] = ..., dtypes: _Optional[_Iterable[_Union[_tensor_pb2.DType, str]]] = ..., codec: _Optional[_Union[TensorCodec, _Mapping]] = ...) -> None: ...
+
+class TensorCodec(_message.Message):
+    __slots__ = ("encoding", "per_channel", "topk_fraction", "error_feedback")
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    PER_CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    TOPK_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    encoding: _tensor_pb2.TensorEncoding
+    per_channel: bool
+    topk_fraction: float
+    error_feedback: bool
+    def __init__(self, encoding: _Optional[_Union[_tensor_pb2.TensorEncoding, str]] = ..., per_channel: _Optional[bool] = ..., topk_fraction: _Optional[float] = ..., error_feedback: _Optional[bool] = ...) -> None: ...
 
 class ExchangeStage(_message.Message):
     __slots__ = ("name", "up", "down", "labels", "sample_ids", "extra_up", "extra_down", "down_optional")

@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16slperf/v1/tensor.proto\x12\tslperf.v1\"}\n\x06Tensor\x12\x1f\n\x05\x64type\x18\x01 \x01(\x0e\x32\x10.slperf.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x12\n\nzero_point\x18\x05 \x01(\x05\x12\x12\n\nattachment\x18\x06 \x01(\r\">\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x06tensor\x18\x02 \x01(\x0b\x32\x11.slperf.v1.Tensor\"l\n\x05\x43hunk\x12\x13\n\x0btransfer_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\r\n\x05\x63rc32\x18\x05 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c*\xcf\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x0f\n\x0b\x44TYPE_INT16\x10\x07\x12\x0e\n\nDTYPE_INT8\x10\x08\x12\x0f\n\x0b\x44TYPE_UINT8\x10\t\x12\x0e\n\nDTYPE_BOOL\x10\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16slperf/v1/tensor.proto\x12\tslperf.v1\"\xdc\x01\n\x06Tensor\x12\x1f\n\x05\x64type\x18\x01 \x01(\x0e\x32\x10.slperf.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x12\n\nattachment\x18\x06 \x01(\r\x12+\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x19.slperf.v1.TensorEncoding\x12\x0e\n\x06scales\x18\x08 \x03(\x02\x12\x13\n\x0bzero_points\x18\t \x03(\x11\x12\x0f\n\x07indices\x18\n \x01(\x0cJ\x04\x08\x04\x10\x05J\x04\x08\x05\x10\x06R\x05scaleR\nzero_point\">\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x06tensor\x18\x02 \x01(\x0b\x32\x11.slperf.v1.Tensor\"l\n\x05\x43hunk\x12\x13\n\x0btransfer_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\r\n\x05\x63rc32\x18\x05 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c*\xcf\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x0f\n\x0b\x44TYPE_INT16\x10\x07\x12\x0e\n\nDTYPE_INT8\x10\x08\x12\x0f\n\x0b\x44TYPE_UINT8\x10\t\x12\x0e\n\nDTYPE_BOOL\x10\n*\xa0\x01\n\x0eTensorEncoding\x12\x1f\n\x1bTENSOR_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17TENSOR_ENCODING_FLOAT16\x10\x01\x12\x1c\n\x18TENSOR_ENCODING_BFLOAT16\x10\x02\x12\x18\n\x14TENSOR_ENCODING_INT8\x10\x03\x12\x18\n\x14TENSOR_ENCODING_TOPK\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slperf.v1.tensor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=339
-  _globals['_DTYPE']._serialized_end=546
-  _globals['_TENSOR']._serialized_start=37
-  _globals['_TENSOR']._serialized_end=162
-  _globals['_NAMEDTENSOR']._serialized_start=164
-  _globals['_NAMEDTENSOR']._serialized_end=226
-  _globals['_CHUNK']._serialized_start=228
-  _globals['_CHUNK']._serialized_end=336
+  _globals['_DTYPE']._serialized_start=435
+  _globals['_DTYPE']._serialized_end=642
+  _globals['_TENSORENCODING']._serialized_start=645
+  _globals['_TENSORENCODING']._serialized_end=805
+  _globals['_TENSOR']._serialized_start=38
+  _globals['_TENSOR']._serialized_end=258
+  _globals['_NAMEDTENSOR']._serialized_start=260
+  _globals['_NAMEDTENSOR']._serialized_end=322
+  _globals['_CHUNK']._serialized_start=324
+  _globals['_CHUNK']._serialized_end=432
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,14 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_INT8: _ClassVar[DType]
     DTYPE_UINT8: _ClassVar[DType]
     DTYPE_BOOL: _ClassVar[DType]
+
+class TensorEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TENSOR_ENCODING_UNSPECIFIED: _ClassVar[TensorEncoding]
+    TENSOR_ENCODING_FLOAT16: _ClassVar[TensorEncoding]
+    TENSOR_ENCODING_BFLOAT16: _ClassVar[TensorEncoding]
+    TENSOR_ENCODING_INT8: _ClassVar[TensorEncoding]
+    TENSOR_ENCODING_TOPK: _ClassVar[TensorEncoding]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
@@ -31,22 +39,31 @@ DTYPE_INT16: DType
 DTYPE_INT8: DType
 DTYPE_UINT8: DType
 DTYPE_BOOL: DType
+TENSOR_ENCODING_UNSPECIFIED: TensorEncoding
+TENSOR_ENCODING_FLOAT16: TensorEncoding
+TENSOR_ENCODING_BFLOAT16: TensorEncoding
+TENSOR_ENCODING_INT8: TensorEncoding
+TENSOR_ENCODING_TOPK: TensorEncoding
 
 class Tensor(_message.Message):
-    __slots__ = ("dtype", "shape", "data", "scale", "zero_point", "attachment")
+    __slots__ = ("dtype", "shape", "data", "attachment", "encoding", "scales", "zero_points", "indices")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
-    SCALE_FIELD_NUMBER: _ClassVar[int]
-    ZERO_POINT_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    ZERO_POINTS_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
     dtype: DType
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
-    scale: float
-    zero_point: int
     attachment: int
-    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ..., attachment: _Optional[int] = ...) -> None: ...
+    encoding: TensorEncoding
+    scales: _containers.RepeatedScalarFieldContainer[float]
+    zero_points: _containers.RepeatedScalarFieldContainer[int]
+    indices: bytes
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., attachment: _Optional[int] = ..., encoding: _Optional[_Union[TensorEncoding, str]] = ..., scales: _Optional[_Iterable[float]] = ..., zero_points: _Optional[_Iterable[int]] = ..., indices: _Optional[bytes] = ...) -> None: ...
 
 class NamedTensor(_message.Message):
     __slots__ = ("name", "tensor")

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from slperf.common.config import ConfigError
-from slperf.common.config_loader import config_from_json, load_config, load_config_text
+from slperf.common.config_loader import config_from_json, config_from_mapping, load_config, load_config_text
 
 
 def test_unknown_key_is_named():
@@ -64,3 +64,36 @@ def test_hostile_yaml_is_a_config_error_naming_the_problem_and_costs_nothing(tex
         load_config_text(text, source="run config")
     assert fragment in str(info.value)
     assert time.monotonic() - started < 2
+
+
+def test_compress_names_a_codec_per_direction_and_the_exchange_declares_it():
+    from slperf.common.paradigms import registry
+
+    cfg, _ = config_from_mapping({"paradigm": "vanilla", "compress": {"up": "int8:channel", "down": "topk:0.1"}})
+    stage = registry.get("vanilla").exchange(cfg, 0).train[0]
+    assert stage.up.codec.name() == "int8:channel" and stage.down is not None and stage.down.codec.name() == "topk:0.1"
+    plain, _ = config_from_mapping({"paradigm": "vanilla"})
+    assert plain.compress == {} and not registry.get("vanilla").exchange(plain, 0).train[0].up.codec.compressed
+
+
+@pytest.mark.parametrize(
+    "compress, fragment",
+    [
+        ({"up": "int4"}, "'compress.up' must be one of none, fp16, bf16, int8"),
+        ({"sideways": "fp16"}, "takes the directions up and down, not sideways"),
+        ({"down": "topk:0"}, "topk fraction must be in (0, 1]"),
+        ({"down": "topk:1.5"}, "topk fraction must be in (0, 1]"),
+        ({"up": "int8:tensor"}, "'compress.up' must be one of"),
+        ({"up": 8}, "must be a codec name"),
+        ("int8", "must be a mapping"),
+    ],
+)
+def test_a_bad_compress_is_a_config_error_naming_it(compress, fragment):
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping({"paradigm": "vanilla", "compress": compress})
+    assert fragment in str(info.value)
+
+
+def test_a_paradigm_without_a_cut_refuses_compress():
+    with pytest.raises(ConfigError, match="'compress.up': fedavg sends no float32 cut tensor up"):
+        config_from_mapping({"paradigm": "fedavg", "compress": {"up": "fp16"}})

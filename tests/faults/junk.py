@@ -5,6 +5,7 @@ run ids, rounds and transfer ids are never the real ones)."""
 from __future__ import annotations
 
 import random
+import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +28,101 @@ class RawBytes:
         return self.data
 
 
+def _u4(*values: int) -> bytes:
+    return struct.pack(f"<{len(values)}I", *values)
+
+
+def _f4(*values: float) -> bytes:
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+_INT8 = tensor_pb2.TENSOR_ENCODING_INT8
+_TOPK = tensor_pb2.TENSOR_ENCODING_TOPK
+_FP16 = tensor_pb2.TENSOR_ENCODING_FLOAT16
+_BF16 = tensor_pb2.TENSOR_ENCODING_BFLOAT16
+_NAN = float("nan")
+
+# Compressed cut tensors that break one rule each of docs/protocol.md 2.4.1; every receiver must refuse each with
+# INVALID_ARGUMENT, whatever the exchange declares (the tensor is checked before the exchange is).
+BAD_COMPRESSED: dict[str, Callable[[random.Random], tensor_pb2.Tensor]] = {
+    "int8 with a wrong byte count": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2, 3], data=b"\0" * (6 + r.choice([-1, 1, 5])), encoding=_INT8, scales=[1.0], zero_points=[0]
+    ),
+    "int8 with a NaN scale": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2, 3], data=b"\0" * 6, encoding=_INT8, scales=[_NAN], zero_points=[0]
+    ),
+    "int8 with an infinite scale": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2, 3], data=b"\0" * 6, encoding=_INT8, scales=[float("inf")], zero_points=[0]
+    ),
+    "int8 with a zero or negative scale": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2, 3], data=b"\0" * 6, encoding=_INT8, scales=[r.choice([0.0, -0.5])], zero_points=[0]
+    ),
+    "int8 with a zero point outside -128..127": lambda r: tensor_pb2.Tensor(
+        dtype=F32,
+        shape=[2, 3],
+        data=b"\0" * 6,
+        encoding=_INT8,
+        scales=[1.0],
+        zero_points=[r.choice([128, -129, 1 << 30])],
+    ),
+    "int8 with neither 1 nor shape[1] scales": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2, 3], data=b"\0" * 6, encoding=_INT8, scales=[1.0] * r.choice([0, 2, 4]), zero_points=[0] * 2
+    ),
+    "int8 with fewer zero points than scales": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2, 3], data=b"\0" * 6, encoding=_INT8, scales=[1.0, 1.0, 1.0], zero_points=[0]
+    ),
+    "int8 whose scale overflows float32": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[1, 2], data=b"\x7f\x80", encoding=_INT8, scales=[3e38], zero_points=[-128]
+    ),
+    "topk with an index out of range": lambda r: tensor_pb2.Tensor(
+        dtype=F32,
+        shape=[2, 4],
+        data=_f4(1.0, 2.0),
+        encoding=_TOPK,
+        indices=_u4(1, r.choice([8, 9, 1 << 31, (1 << 32) - 1])),
+    ),
+    "topk with a repeated index": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2, 4], data=_f4(1.0, 2.0, 3.0), encoding=_TOPK, indices=_u4(1, 3, 3)
+    ),
+    "topk with unsorted indices": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2, 4], data=_f4(1.0, 2.0), encoding=_TOPK, indices=_u4(5, 2)
+    ),
+    "topk with fewer values than indices": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2, 4], data=_f4(1.0), encoding=_TOPK, indices=_u4(1, 2)
+    ),
+    "topk with indices not a multiple of 4 bytes": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2, 4], data=_f4(1.0), encoding=_TOPK, indices=b"\1\0\0"
+    ),
+    "topk with more entries than elements": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2], data=_f4(1.0, 2.0, 3.0), encoding=_TOPK, indices=_u4(0, 1, 2)
+    ),
+    "topk with a NaN value": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2, 4], data=_f4(_NAN), encoding=_TOPK, indices=_u4(3)
+    ),
+    "fp16 with a wrong byte count": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2, 3], data=b"\0" * (12 + r.choice([-2, -1, 1, 12])), encoding=_FP16
+    ),
+    "fp16 holding an Inf": lambda r: tensor_pb2.Tensor(dtype=F32, shape=[1], data=b"\x00\x7c", encoding=_FP16),
+    "bf16 holding a NaN": lambda r: tensor_pb2.Tensor(dtype=F32, shape=[1], data=b"\xc0\x7f", encoding=_BF16),
+    "a compressed tensor of dtype int64": lambda r: tensor_pb2.Tensor(
+        dtype=tensor_pb2.DTYPE_INT64, shape=[2], data=b"\0" * 4, encoding=_FP16
+    ),
+    "an unknown encoding": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2], data=b"\0" * 8, encoding=r.choice([5, 99])
+    ),
+    "int8 scales on an fp16 tensor": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2], data=b"\0" * 4, encoding=_FP16, scales=[1.0], zero_points=[0]
+    ),
+    "topk indices on an int8 tensor": lambda r: tensor_pb2.Tensor(
+        dtype=F32, shape=[2], data=b"\0" * 2, encoding=_INT8, scales=[1.0], zero_points=[0], indices=_u4(0)
+    ),
+}
+
+
 def _bad_tensor(rng: random.Random) -> tensor_pb2.Tensor:
-    kind = rng.randrange(5)
+    kind = rng.randrange(6)
+    if kind == 5:
+        return rng.choice(list(BAD_COMPRESSED.values()))(rng)
     if kind == 0:
         return tensor_pb2.Tensor(dtype=rng.choice([0, 11, 99]), shape=[2], data=b"\0" * 8)
     if kind == 1:

@@ -140,7 +140,16 @@ def _address(buffer: bytes) -> int:
 def test_readonly_decode_is_zero_copy_and_writable_decode_is_one_copy(dtype):
     raw = encode_tensor(torch.ones(256, 64, dtype=dtype)).data
     # A stand-in message whose `data` is always the same bytes object, so addresses can be compared.
-    msg = SimpleNamespace(dtype=TORCH_TO_WIRE[dtype], shape=[256, 64], data=raw, attachment=0)
+    msg = SimpleNamespace(
+        dtype=TORCH_TO_WIRE[dtype],
+        shape=[256, 64],
+        data=raw,
+        attachment=0,
+        encoding=0,
+        scales=[],
+        zero_points=[],
+        indices=b"",
+    )
     view = decode_tensor(msg, writable=False)
     assert view.data_ptr() == _address(raw)
 
@@ -353,8 +362,7 @@ def tensor_messages(draw):
     lengths = st.integers(0, 64) if size is None else st.sampled_from([size, size, size, size - 1, size + 1, 0])
     n = max(0, draw(lengths))
     data = draw(st.one_of(st.binary(min_size=n, max_size=n), st.sampled_from([bytes(n), b"\x01" * n])))
-    scale = draw(st.sampled_from([0.0, 0.25, -1e30, float("nan")]))
-    msg = tensor_pb2.Tensor(dtype=dtype, shape=shape, data=data, scale=scale, zero_point=draw(st.integers(-5, 5)))
+    msg = tensor_pb2.Tensor(dtype=dtype, shape=shape, data=data)
     return tensor_pb2.Tensor.FromString(msg.SerializeToString())  # as a receiver would see it
 
 
