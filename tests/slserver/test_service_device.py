@@ -53,9 +53,9 @@ def test_start_run_refuses_a_device_the_server_lacks(tmp_path: Path):
     assert coordinator.started == []
 
 
-def test_start_run_refuses_a_sim_config():
+def test_start_run_refuses_a_sim_config(tmp_path: Path):
     """``backend: sim`` is run by ``slperf federation`` in one process; a server accepting it would ignore it."""
-    coordinator = _Coordinator()
+    coordinator = _Coordinator(tmp_path)
     service = ControlService(registry=None, coordinator=coordinator, shutdown=asyncio.Event())  # type: ignore[arg-type]
     context = _Context()
     request = service_pb2.StartRunRequest(config=yaml.safe_dump({"paradigm": "vanilla", "backend": "sim"}))
