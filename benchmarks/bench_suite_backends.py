@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import time
 from pathlib import Path
@@ -47,6 +48,11 @@ def _with_backend(suite: Suite, backend: str) -> Suite:
 
 
 def _run(suite: Suite, variant: str, out: Path, only: Any = None) -> tuple[float, dict[str, dict[str, Any]]]:
+    """Runs the suite (or the cells ``only`` accepts) as ``variant`` into ``out``; (wall seconds, ok rows). A folder
+    this has finished before (its ``wall.json``) is read instead of run again (``--reuse``)."""
+    done = out / "wall.json"
+    if done.exists():
+        return float(json.loads(done.read_text())["wall_seconds"]), _ok_rows(out)
     backend, executor = VARIANTS[variant]
     started = time.monotonic()
     run_suite(
@@ -60,12 +66,18 @@ def _run(suite: Suite, variant: str, out: Path, only: Any = None) -> tuple[float
         executor=make_executor(executor),
     )
     wall = time.monotonic() - started
-    return wall, {k: r for k, r in ResultsStore(out).load().items() if r.get("status") == "ok"}
+    done.write_text(json.dumps({"wall_seconds": wall}))
+    return wall, _ok_rows(out)
+
+
+def _ok_rows(out: Path) -> dict[str, dict[str, Any]]:
+    return {k: r for k, r in ResultsStore(out).load().items() if r.get("status") == "ok"}
 
 
 def _paper_slice(paper: Suite, n: int) -> list[Cell]:
     cells = [c for c in expand(paper) if c.dataset == "adult" and c.paradigm != CENTRALIZED]
-    cells = [c for c in cells if c.partition == "homo" and c.clients == 3 and c.seed == 0]
+    cells = [c for c in cells if c.partition is not None and c.partition.method == "homo"]
+    cells = [c for c in cells if c.clients == 3 and c.seed == 0]
     return cells[:n]
 
 
@@ -75,8 +87,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["federation", "sim", "sim-ray"], choices=sorted(VARIANTS))
     parser.add_argument("--paper-slice", type=int, default=4, help="paper cells to run per variant (0: none)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-backends"))
+    parser.add_argument("--reuse", help="a sitting's folder under --out (its stamp): variants it finished are read")
     args = parser.parse_args()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = args.reuse or time.strftime("%Y%m%d-%H%M%S")
     suite = load_suite(args.suite)
     paper = load_suite("paper")
     figures: dict[str, Any] = {"suite": suite.name, "variants": {}}
@@ -122,17 +135,20 @@ def main() -> None:
                 only=lambda c, keys=frozenset(chosen): c.key in keys,
             )
             measured = sum(float(r.get("total_seconds") or 0.0) for r in slice_rows.values())
-            print(
-                f"paper slice ({len(sliced)} cells: {', '.join(sorted(c.paradigm for c in sliced))}): "
-                f"estimated {expected:.0f} s, measured {measured:.0f} s of cell time "
-                f"({slice_wall:.0f} s wall), measured/estimated {measured / expected:.2f}"
-            )
-            entry.update(
-                paper_slice_cells=sorted(chosen),
-                paper_slice_estimated_seconds=expected,
-                paper_slice_measured_seconds=measured,
-                paper_slice_wall_seconds=slice_wall,
-            )
+            if not sliced or len(slice_rows) < len(sliced):
+                print(f"paper slice: {len(slice_rows)} of {len(sliced)} cells finished; no comparison")
+            else:
+                print(
+                    f"paper slice ({len(sliced)} cells: {', '.join(sorted(c.paradigm for c in sliced))}): "
+                    f"estimated {expected:.0f} s, measured {measured:.0f} s of cell time "
+                    f"({slice_wall:.0f} s wall), measured/estimated {measured / expected:.2f}"
+                )
+                entry.update(
+                    paper_slice_cells=sorted(chosen),
+                    paper_slice_estimated_seconds=expected,
+                    paper_slice_measured_seconds=measured,
+                    paper_slice_wall_seconds=slice_wall,
+                )
         figures["variants"][variant] = entry
 
     # The same cell under every variant: equal accuracy and bytes where the schedule is deterministic.
