@@ -1,5 +1,7 @@
 """What the server lets a client's figures be: sample counts, steps, losses and correct counts bounded by what the
-server observed or assigned, with every disagreement kept for the run's record.
+server observed or assigned, with every disagreement kept for the run's record. A reported loss sum is bounded
+by ``MAX_PLAUSIBLE_LOSS`` per sample (the rule the server's own steps follow), so a client that alone computes its
+loss (U-shaped: its tail holds the labels) cannot report a finite but absurd one.
 
 The server holds no data, so it cannot recount a shard; but it knows the data set's size (``DatasetSpec``), the
 pool a run draws from (``max_train_samples``) and how the partition cuts it. For ``homo`` the shards differ by at
@@ -15,6 +17,7 @@ import math
 from slperf.common.config import RunConfig
 from slperf.common.data.registry import DATASETS
 from slperf.common.paradigms.base import Disagreement
+from slperf.common.paradigms.kit.steps import MAX_PLAUSIBLE_LOSS
 from slperf.common.protocol.types import Phase, PhaseSummary
 
 
@@ -84,7 +87,9 @@ def bounded_summary(
         steps = use("steps", claimed.steps, min(max(claimed.steps, 0), batches_of(samples, batch_size)))
     correct = use("correct", claimed.correct, min(max(claimed.correct, 0), samples))
     loss_sum = claimed.loss_sum
-    if not math.isfinite(loss_sum) or loss_sum < 0:  # a loss is a finite, non-negative sum
+    # A loss is a finite, non-negative sum, and no more per sample than any model's (the kit's plausibility rule
+    # for the server's own steps): a U-shaped client's loss comes from its own tail, so only it can report it.
+    if not math.isfinite(loss_sum) or loss_sum < 0 or loss_sum > MAX_PLAUSIBLE_LOSS * samples:
         shown = loss_sum if math.isfinite(loss_sum) else str(loss_sum)  # NaN and inf are not JSON
         found.append(Disagreement(client, round, prefix + "loss_sum", shown, 0.0))
         loss_sum = 0.0

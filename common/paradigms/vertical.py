@@ -12,6 +12,14 @@ Protocol, per round (lock-step per batch):
      client its slice of the gradient (split by embedding width, ``cut_layer_vertical_list``).
   3. Evaluation runs the same way over the test rows, without gradients; the server scores.
 
+A party whose embedding poisons the server's step (huge finite activations: a non-finite or implausible loss or
+gradient, ``kit.steps``) is found by scoring each party's embedding alone (the others' replaced by zeros), told
+why, dropped from the round as misbehaved and replaced by zeros, as a party that drops out is; the step is taken
+again without it, and nothing of the refused one is applied. In evaluation it is recorded in the evaluation's
+``misbehaved`` and the rest of its pass is read and ignored. The label owner cannot be replaced (no labels, no
+step): its poisoned batch fails the run with a reason naming it, and so does a step that only the parties
+together poison (no one party to drop): never a NaN top, a checkpointed poison or a "finished" run on garbage.
+
 Keys as in SLPerf: ``data_vertical_list`` (number of original attributes per client, in column order; a
 partition key, shared with ``partition_method: vertical``), ``cut_layer_vertical_list`` (embedding width
 per client).
@@ -20,6 +28,7 @@ per client).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,7 @@ from slperf.common.paradigms.base import (
     ClientGone,
     ClientHandle,
     ClientLink,
+    ClientMisbehaved,
     ClientParadigm,
     EvalResult,
     InferencePlan,
@@ -50,8 +60,16 @@ from slperf.common.paradigms.base import (
     ServerParadigm,
 )
 from slperf.common.paradigms.kit.cuts import state_layout
-from slperf.common.paradigms.kit.serving import next_batches
-from slperf.common.paradigms.kit.steps import bottom_backward_step, clone_state, grad_of, make_optimizer
+from slperf.common.paradigms.kit.serving import next_batches, refuse_poisoned
+from slperf.common.paradigms.kit.steps import (
+    MAX_PLAUSIBLE_LOSS,
+    PoisonedStep,
+    bottom_backward_step,
+    check_step,
+    clone_state,
+    grad_of,
+    make_optimizer,
+)
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
 from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorSpec
@@ -63,7 +81,9 @@ DEVIATIONS = """\
 * Only the label owner sends labels (SLPerf had every client send them, so every party held the labels).
 * The sample ids travel with each batch and are checked, instead of trusting identical shuffles.
 * A client that drops out is replaced by zeros for the rest of the round (its columns are missing, the
-  others still learn) and is recorded as dropped; without the label owner a round cannot train and ends."""
+  others still learn) and is recorded as dropped; without the label owner a round cannot train and ends.
+* A party whose embedding poisons the server's step is dropped the same way and recorded as misbehaved; a
+  poisoned label owner fails the run (naming it). A party with misaligned sample ids is recorded as misbehaved."""
 
 
 def _widths(config: RunConfig) -> list[int]:
@@ -162,6 +182,20 @@ class VerticalClient(ClientParadigm):
         return summary
 
 
+class PoisonNotAttributed(ClientGone):
+    """A step the server refused as poisoned although no single party's embedding poisons it alone (parties
+    acting together): vertical SL cannot tell whose columns to drop, so the run fails rather than step on it."""
+
+    def __init__(self, round: int, step: int, refused: PoisonedStep):
+        reason = (
+            f"round {round} step {step}: the server {refused}, and no single party's embedding does so alone: "
+            "it cannot tell whose to drop, so the run fails (nothing of the batch was applied)"
+        )
+        Exception.__init__(self, reason)
+        self.client_id = ""
+        self.reason = reason
+
+
 class VerticalServer(ServerParadigm):
     def __init__(self, config: RunConfig, ctx: ServerContext, num_classes: int, input_shape: tuple[int, ...]):
         super().__init__(config, ctx, num_classes, input_shape)
@@ -175,6 +209,8 @@ class VerticalServer(ServerParadigm):
     def _step(
         self, embeddings: list[torch.Tensor], labels: torch.Tensor, train: bool
     ) -> tuple[list[torch.Tensor], float, int]:
+        """One step of the top on every party's embedding; ``PoisonedStep`` (nothing applied) when what the server
+        computed is not finite or not a loss any model gives."""
         parts = [self.placement.inbound(e).detach().requires_grad_(train) for e in embeddings]
         labels = self.placement.inbound(labels)
         if train:
@@ -183,6 +219,7 @@ class VerticalServer(ServerParadigm):
             logits = self.top(torch.cat(parts, dim=1))
             loss = F.cross_entropy(logits, labels)
             loss.backward()
+            check_step(loss, torch.cat([grad_of(p) for p in parts], dim=1), self.top)
             self.optimizer.step()
             grads = [cut_to_host(grad_of(p)) for p in parts]
         else:
@@ -190,28 +227,69 @@ class VerticalServer(ServerParadigm):
             with torch.no_grad():
                 logits = self.top(torch.cat(parts, dim=1))
                 loss = F.cross_entropy(logits, labels, reduction="sum")
+            value = float(loss)
+            if not math.isfinite(value) or value > MAX_PLAUSIBLE_LOSS * labels.shape[0]:
+                raise PoisonedStep(f"refused the evaluation batch: its loss is {value:.3g}")
             grads = []
         correct = int((logits.detach().argmax(1) == labels).sum())
         return grads, float(loss.detach()), correct
 
+    @torch.no_grad()
+    def _culprits(
+        self, embeddings: list[torch.Tensor], present: list[int], labels: torch.Tensor, train: bool
+    ) -> dict[int, PoisonedStep]:
+        """Whose embedding poisoned a refused step: each present party's embedding alone, the others' replaced by
+        zeros (as a dropped party's are), through the top; a party is a culprit when that loss is not one any model
+        gives. Honest embeddings alone give an ordinary loss; one orders of magnitude off does not."""
+        self.top.eval()
+        labels = self.placement.inbound(labels)
+        found: dict[int, PoisonedStep] = {}
+        what = "step" if train else "evaluation batch"
+        for i in present:
+            parts = [self.placement.inbound(e if j == i else torch.zeros_like(e)) for j, e in enumerate(embeddings)]
+            value = float(F.cross_entropy(self.top(torch.cat(parts, dim=1)), labels))
+            if not math.isfinite(value) or value > MAX_PLAUSIBLE_LOSS:
+                found[i] = PoisonedStep(
+                    f"refused the {what}: with this party's embedding alone the top's loss is {value:.3g}, beyond "
+                    f"any model's (> {MAX_PLAUSIBLE_LOSS:g}): its activations are far off"
+                )
+        return found
+
     async def _lockstep(
-        self, clients: Sequence[ClientHandle], streams: Sequence[PhaseStream], train: bool, result: RoundResult | None
+        self,
+        clients: Sequence[ClientHandle],
+        streams: Sequence[PhaseStream],
+        train: bool,
+        dropped: list[str],
+        misbehaved: dict[str, str],
     ) -> tuple[int, float, int]:
-        """Drives all streams one step at a time; returns (correct, loss_sum, samples)."""
+        """Drives all streams one step at a time; returns (correct, loss_sum, samples).
+
+        A party whose embedding poisons a step (``_culprits``) is told why, leaves the pass as misbehaved and is
+        replaced by zeros, and the step is taken again without it; nothing of the refused step was applied. The
+        label owner cannot be replaced (no labels, no step): its poisoned batch fails the run, naming it."""
         iters = [aiter(s) for s in streams]
         alive = [True] * len(clients)
+        ignored = [False] * len(clients)  # refused while evaluating: its pass is read to the end, not used
         correct = samples = 0
         loss_sum = 0.0
+
+        def leave(i: int, reason: str | None = None) -> None:
+            alive[i] = False
+            dropped.append(clients[i].client_id)
+            if reason is not None:
+                misbehaved[clients[i].client_id] = reason
+
         while True:
             pulled = await next_batches([it if ok else None for it, ok in zip(iters, alive)])
             batches: list[CutTensor | None] = []
             for i, got in enumerate(pulled):
                 if isinstance(got, ClientGone):
+                    if not ignored[i]:
+                        leave(i)
                     alive[i] = False
-                    if result is not None:
-                        result.dropped.append(clients[i].client_id)
                     got = None
-                batches.append(got)
+                batches.append(None if ignored[i] else got)
             if all(b is None for b in batches):
                 return correct, loss_sum, samples
             owner = batches[self.owner]
@@ -227,16 +305,47 @@ class VerticalServer(ServerParadigm):
                     or (ids is not None and not torch.equal(batch.sample_ids, ids))
                 ):
                     # Misaligned: this party's rows are not the owner's; it sits out the rest of the pass.
-                    await clients[i].abort(f"step {batch.ref.step}: sample ids differ from the label owner's")
-                    alive[i] = False
-                    if result is not None:
-                        result.dropped.append(clients[i].client_id)
+                    reason = f"step {batch.ref.step}: sample ids differ from the label owner's"
+                    await clients[i].abort(reason)
+                    leave(i, f"misaligned: round {batch.ref.round} {reason}")
                     batches[i] = batch = None
                 if batch is None:
                     embeddings.append(torch.zeros(size, self.widths[i]))
                     continue
                 embeddings.append(batch.tensor)
-            grads, loss, n_correct = await self.ctx.compute(self._step, embeddings, owner.labels, train)
+            while True:
+                try:
+                    grads, loss, n_correct = await self.ctx.compute(self._step, embeddings, owner.labels, train)
+                    break
+                except PoisonedStep as refused:
+                    present = [i for i, b in enumerate(batches) if b is not None]
+                    culprits = await self.ctx.compute(self._culprits, embeddings, present, owner.labels, train)
+                    if not culprits:
+                        raise PoisonNotAttributed(owner.ref.round, owner.ref.step, refused) from None
+                    for i, err in culprits.items():
+                        if train:
+                            gone = await refuse_poisoned(clients[i], owner.ref.round, owner.ref.step, err)
+                        else:
+                            # Not stopped: an evaluating party does not wait for replies, so its next batches are
+                            # already on the way and would land in its next pass; they are read and ignored.
+                            gone = ClientMisbehaved(
+                                clients[i].client_id,
+                                f"poisoned compute: round {owner.ref.round} step {owner.ref.step}: the server "
+                                f"{err}; the rest of its evaluation pass is ignored (scored without its columns)",
+                            )
+                        if i == self.owner:
+                            raise ClientMisbehaved(
+                                gone.client_id,
+                                f"{gone.reason}; it is the label owner, and vertical SL cannot step without its "
+                                "labels: the run fails (nothing of the refused batch was applied)",
+                            ) from None
+                        if train:
+                            leave(i, gone.reason)
+                        else:
+                            ignored[i] = True
+                            misbehaved[clients[i].client_id] = gone.reason
+                        batches[i] = None
+                        embeddings[i] = torch.zeros(size, self.widths[i])
             correct += n_correct
             loss_sum += loss * (1 if not train else size)
             samples += size
@@ -253,7 +362,7 @@ class VerticalServer(ServerParadigm):
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         result = RoundResult(participants=[])
         streams = [c.train(round) for c in clients]
-        await self._lockstep(clients, streams, True, result)
+        await self._lockstep(clients, streams, True, result.dropped, result.misbehaved)
         for client, stream in zip(clients, streams):
             if client.client_id not in result.dropped and stream.summary is not None:
                 result.participants.append(client.client_id)
@@ -262,9 +371,13 @@ class VerticalServer(ServerParadigm):
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
         streams = [c.evaluate(round) for c in clients]
-        correct, loss_sum, samples = await self._lockstep(clients, streams, False, None)
+        misbehaved: dict[str, str] = {}
+        correct, loss_sum, samples = await self._lockstep(clients, streams, False, [], misbehaved)
         return EvalResult(
-            accuracy=correct / samples if samples else 0.0, loss=loss_sum / samples if samples else 0.0, samples=samples
+            accuracy=correct / samples if samples else 0.0,
+            loss=loss_sum / samples if samples else 0.0,
+            samples=samples,
+            misbehaved=misbehaved,
         )
 
     def model_state(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -12,6 +12,8 @@ import pytest
 import torch
 from sl_wire_harness import InProcessFederation, config_from
 
+from slperf.common.paradigms.base import ClientMisbehaved
+
 BASE = {
     "dataset": "mnist",
     "clients": 3,
@@ -138,3 +140,64 @@ def test_async_sl_refuses_poisoned_cached_activations_before_any_update():
     assert result.participants == ["c1"] and "cached step 0" in result.misbehaved["c2"], result
     assert "c2" not in fed.server.cache and fed.server.states["c2"] == "A"
     assert _finite(fed.server.top)
+
+
+VERTICAL = {
+    **BASE,
+    "paradigm": "vertical",
+    "dataset": "adult",
+    "batch_size": 64,
+    "max_train_samples": 320,
+    "max_test_samples": 128,
+    "eval_batch_size": 64,
+    "data_vertical_list": [6, 4, 4],
+    "cut_layer_vertical_list": [4, 3, 2],
+    "label_owner": 1,  # c2 holds the labels
+}
+
+
+def test_a_poisoned_vertical_party_is_dropped_and_the_others_finish():
+    fed = _attacked_run(config_from(VERTICAL), "c3")
+    for result, evaluation in fed.results:
+        assert result.participants == ["c1", "c2"] and result.dropped == ["c3"], result
+        assert result.misbehaved["c3"].startswith("poisoned compute: round"), result.misbehaved
+        # the liar's test embeddings are refused too: scored without its columns, as a dropped party's
+        assert list(evaluation.misbehaved) == ["c3"], (result, evaluation)
+        assert "evaluation" in evaluation.misbehaved["c3"]
+        assert evaluation.samples == 128 and evaluation.loss == evaluation.loss and evaluation.loss < 10
+    assert _finite(fed.server.top)
+
+
+def test_a_vertical_party_refused_only_while_evaluating_is_recorded_as_misbehaved():
+    config = config_from(VERTICAL, epochs=1)
+    torch.set_num_threads(1)
+
+    async def main():
+        async with InProcessFederation(config) as fed:
+            module = fed.daemons["c1"].paradigm.segments["bottom"]
+            module.register_forward_hook(lambda m, args, out: out if m.training else out * 1e30)
+            return await fed.round(0)
+
+    result, evaluation = asyncio.run(asyncio.wait_for(main(), 120))
+    assert result.participants == ["c1", "c2", "c3"] and not result.misbehaved
+    assert list(evaluation.misbehaved) == ["c1"], evaluation.misbehaved
+    assert evaluation.misbehaved["c1"].startswith("poisoned compute: round 0")
+    assert evaluation.samples == 128 and evaluation.loss < 10
+
+
+def test_a_poisoned_label_owner_fails_the_vertical_run_naming_it_and_leaves_the_top_untouched():
+    config = config_from(VERTICAL, epochs=1)
+    torch.set_num_threads(1)
+
+    async def main():
+        async with InProcessFederation(config) as fed:
+            initial = {k: v.clone() for k, v in fed.server.top.state_dict().items()}
+            _poison(fed, "c2", "bottom")
+            with pytest.raises(ClientMisbehaved) as failed:
+                await fed.round(0)
+            return fed, initial, failed.value
+
+    fed, initial, failed = asyncio.run(asyncio.wait_for(main(), 120))
+    assert failed.client_id == "c2" and "label owner" in str(failed) and "poisoned compute" in str(failed)
+    # every step the owner took part in was refused before the optimiser: the top is the initial one
+    assert all(torch.equal(initial[k], v) for k, v in fed.server.top.state_dict().items())
