@@ -76,11 +76,23 @@ def run_federation_cell(
             restart=restart,
         )
     total = time.monotonic() - started
-    records = RunFolder(Path(summary["run_dir"])).read_metrics()
-    curve = curve_from_metrics(records)
     peaks = probe.peaks
     client_peaks = {cid: mib(v) for cid, v in sorted(peaks["clients"].items())}
     values = [v for v in client_peaks.values() if v is not None]
+    return {
+        **_run_figures(summary, total),
+        "peak_rss_server_mb": mib(peaks["server"]),
+        "peak_rss_client_max_mb": max(values) if values else None,
+        "peak_rss_client_mean_mb": statistics.fmean(values) if values else None,
+        "peak_rss_clients_mb": client_peaks,
+        "client_restarts": sum(summary["supervisor"]["restarts"].values()),
+        "clients_lost": sorted(summary["supervisor"]["lost"]),
+    }
+
+
+def _run_figures(summary: Mapping[str, Any], total: float) -> dict[str, Any]:
+    """What a federation and a simulation cell report alike, from the run's summary and its metrics.jsonl."""
+    curve = curve_from_metrics(RunFolder(Path(summary["run_dir"])).read_metrics())
     return {
         "run_dir": summary["run_dir"],
         "run_id": summary.get("run_id"),
@@ -94,12 +106,6 @@ def run_federation_cell(
         "train_seconds": sum(p["round_seconds"] for p in curve),
         "run_seconds": summary.get("wall_seconds"),
         "total_seconds": total,
-        "peak_rss_server_mb": mib(peaks["server"]),
-        "peak_rss_client_max_mb": max(values) if values else None,
-        "peak_rss_client_mean_mb": statistics.fmean(values) if values else None,
-        "peak_rss_clients_mb": client_peaks,
-        "client_restarts": sum(summary["supervisor"]["restarts"].values()),
-        "clients_lost": sorted(summary["supervisor"]["lost"]),
         "curve": curve,
     }
 
@@ -118,21 +124,8 @@ def run_sim_cell(cell: Cell, work_dir: Path, *, echo: Echo = print, show_progres
     summary = run_simulation(config_path, _attempt_folder(cell, work_dir), show_progress=show_progress, echo=echo)
     total = time.monotonic() - started
     peak = peak_rss_bytes(os.getpid()) if reset else self_peak_rss_bytes()
-    records = RunFolder(Path(summary["run_dir"])).read_metrics()
-    curve = curve_from_metrics(records)
     return {
-        "run_dir": summary["run_dir"],
-        "run_id": summary.get("run_id"),
-        "rounds": summary.get("rounds", len(curve)),
-        "final_accuracy": summary.get("test_accuracy"),
-        "best_accuracy": summary.get("best_test_accuracy"),
-        "bytes_up": summary.get("bytes_up"),
-        "bytes_down": summary.get("bytes_down"),
-        "train_bytes_up": summary.get("train_bytes_up"),
-        "train_bytes_down": summary.get("train_bytes_down"),
-        "train_seconds": sum(p["round_seconds"] for p in curve),
-        "run_seconds": summary.get("wall_seconds"),
-        "total_seconds": total,
+        **_run_figures(summary, total),
         "peak_rss_server_mb": mib(peak),
         "peak_rss_process_mb": mib(peak),
         "peak_rss_client_max_mb": None,
@@ -141,7 +134,6 @@ def run_sim_cell(cell: Cell, work_dir: Path, *, echo: Echo = print, show_progres
         "client_restarts": 0,
         "clients_lost": sorted(summary["supervisor"]["lost"]),
         "backend": "sim",
-        "curve": curve,
     }
 
 
