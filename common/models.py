@@ -8,7 +8,9 @@ signature (`ModelFactory`) are in model_zoo.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +28,28 @@ def register_model(name: str, factory: ModelFactory) -> None:
     MODELS[name] = factory
 
 
+_SEEDING = threading.RLock()  # re-entrant: a factory may build a sub-model with seeded() itself
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Torch's global RNG seeded with ``seed`` inside the block, its state restored after, one block at a time.
+
+    The global RNG is the process's: parties sharing a process (the simulation: the server builds on its compute
+    thread while clients build on the event loop) would otherwise seed and draw from it in interleaved order, and
+    a model's initial weights would depend on thread scheduling."""
+    with _SEEDING, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int) -> nn.Sequential:
     """Builds the unsplit model with weights determined only by ``seed`` (global RNG state untouched)."""
     try:
         factory = MODELS[name]
     except KeyError:
         raise ConfigError(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))})") from None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return factory(input_shape[0], num_classes, input_shape[-1])
 
 

@@ -43,6 +43,7 @@ from slperf.common.data import ShardLoader, cap_indices, load_dataset
 from slperf.common.data.attributes import vertical_columns
 from slperf.common.data.registry import DATASETS
 from slperf.common.devices import cut_to_host
+from slperf.common.models import seeded
 from slperf.common.paradigms.base import (
     ClientData,
     ClientGone,
@@ -102,14 +103,12 @@ def _attribute_counts(config: RunConfig, num_attributes: int) -> list[int]:
 
 
 def bottom_model(in_features: int, width: int, seed: int, index: int) -> nn.Sequential:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed * 7919 + index)
+    with seeded(seed * 7919 + index):
         return nn.Sequential(nn.Linear(in_features, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, width))
 
 
 def top_model(total_width: int, num_classes: int, seed: int) -> nn.Sequential:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return nn.Sequential(nn.ReLU(), nn.Linear(total_width, 32), nn.ReLU(), nn.Linear(32, num_classes))
 
 
