@@ -90,6 +90,15 @@ class RelayProc:
         parsed = [json.loads(line) for line in self.out.lines if line.startswith("{")]
         return [e for e in parsed if kind is None or e["event"] == kind]
 
+    def wait_event(self, kind: str, timeout: float = 10) -> dict:
+        """Until the relay has printed an event of ``kind`` (its stdout is read on a thread), bounded by ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.events(kind)):
+            line = self.out.get(max(0.0, deadline - time.monotonic()))  # raises queue.Empty at the deadline
+            if line is None:
+                raise EOFError(f"the relay ended before a {kind!r} event")
+        return found[0]
+
     def cut(self, source: str, seconds: float, mode: str = "drop") -> None:
         self.control.write_text(json.dumps({"source": source, "seconds": seconds, "mode": mode}))
         self.proc.send_signal(signal.SIGUSR1)
@@ -200,9 +209,7 @@ def test_relay_cut_drop_holds_traffic_until_the_deadline(loopback_relay):
         sock.sendall(b"before")
         assert _recv_exactly(sock, 6) == b"before"
         r.cut("127.0.0.1", 1.5, "drop")
-        deadline = time.monotonic() + 5
-        while not r.events("cut") and time.monotonic() < deadline:
-            time.sleep(0.02)
+        r.wait_event("cut")
         t0 = time.monotonic()
         sock.sendall(b"during")
         assert _recv_exactly(sock, 6) == b"during"  # held, not lost: TCP resumes when the link is back
@@ -227,7 +234,7 @@ def test_relay_cut_reset_resets_and_refuses_until_the_deadline(loopback_relay):
         with pytest.raises(ConnectionError):
             refused.sendall(b"x")
             _recv_exactly(refused, 1)
-    time.sleep(2.2)
+    r.wait_event("restore")  # the relay lifts the cut by itself at its deadline
     with socket.create_connection(r.address, timeout=10) as later:
         later.sendall(b"back")
         assert _recv_exactly(later, 4) == b"back"
