@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 import grpc
 
-from slperf import __version__
+from slperf import __version__, parent_death
 from slperf.common.errors import RpcFailure
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="slperf")
 def main() -> None:
     """SLPerf: split learning over mutual-TLS gRPC, and a benchmark of its paradigms."""
+    parent_death.exit_with_parent()
 
 
 # -- certificates ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 import yaml
 
-from slperf import pki
+from slperf import parent_death, pki
 from slperf.common.config import RunConfig
 from slperf.common.config_loader import load_config
 from slperf.common.data import load_dataset
@@ -179,6 +179,7 @@ class Federation:
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(self.torch_threads))
         env["PYTHONUNBUFFERED"] = "1"
+        env[parent_death.ENV] = str(os.getpid())  # the daemons end with this process, even a SIGKILLed one
         if self.config.deterministic:  # cuBLAS reads it when it starts (see slperf.common.devices)
             env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         return env
