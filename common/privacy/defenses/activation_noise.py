@@ -23,7 +23,8 @@ def clip_per_sample(activations: torch.Tensor, clip: float) -> torch.Tensor:
     flat = activations.reshape(activations.shape[0], -1)
     norms = flat.norm(dim=1, keepdim=True)
     scale = (clip / norms.clamp(min=1e-12)).clamp(max=1.0)
-    return (flat * scale).reshape(activations.shape)
+    clipped: torch.Tensor = (flat * scale).reshape(activations.shape)
+    return clipped
 
 
 class ActivationNoise(Defense):
@@ -41,10 +42,12 @@ class ActivationNoise(Defense):
         }
 
     def release_activations(self, activations: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        clip, sigma = self.params["clip"], self.params["sigma"]
+        clip: float = self.params["clip"]
+        sigma: float = self.params["sigma"]
         clipped = clip_per_sample(activations, clip)
         noise = torch.randn(activations.shape, generator=generator, dtype=torch.float32)
-        return clipped + (sigma * clip * noise).to(device=activations.device, dtype=clipped.dtype)
+        sent: torch.Tensor = clipped + (sigma * clip * noise).to(device=activations.device, dtype=clipped.dtype)
+        return sent
 
 
 register(ActivationNoise)

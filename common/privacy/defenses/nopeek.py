@@ -48,7 +48,9 @@ class NoPeek(Defense):
     def penalty(self, inputs: torch.Tensor, activations: torch.Tensor) -> torch.Tensor | None:
         if inputs.shape[0] < 2:
             return None  # a batch of one has no correlation to hide
-        return self.params["alpha"] * distance_correlation_loss(inputs, activations)
+        alpha: float = self.params["alpha"]
+        term: torch.Tensor = alpha * distance_correlation_loss(inputs, activations)
+        return term
 
 
 register(NoPeek)

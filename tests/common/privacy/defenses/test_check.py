@@ -42,7 +42,11 @@ defenses:
 @pytest.mark.parametrize(
     ("paradigm", "defenses", "message"),
     [
-        ("vanilla", {"nope": {}}, r"unknown defense 'nope' \(known: activation_noise, grad_perturb, label_dp, nopeek\)"),
+        (
+            "vanilla",
+            {"nope": {}},
+            r"unknown defense 'nope' \(known: activation_noise, grad_perturb, label_dp, nopeek\)",
+        ),
         ("vanilla", {"nopeek": {}}, r"'defenses.nopeek.alpha' is required"),
         ("vanilla", {"nopeek": {"alpha": -1}}, r"'defenses.nopeek.alpha' must be > 0, got -1"),
         ("vanilla", {"nopeek": {"alpha": "big"}}, r"'defenses.nopeek.alpha' must be a finite number"),

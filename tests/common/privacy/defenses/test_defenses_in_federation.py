@@ -124,7 +124,7 @@ def test_a_simulated_defended_run_records_the_defenses_and_their_epsilon_per_rou
         assert record["defenses"] == config.defenses
         privacy = record["privacy"]
         assert {"dcor", "activation_epsilon", "label_epsilon"} <= set(privacy)
-        for cid, client in record["per_client"].items():
+        for cid in record["per_client"]:
             spent = [(r["per_client"][cid]["samples"], 64) for r in records[: rnd + 1]]
             assert privacy["per_client"][cid]["activation_epsilon"] == pytest.approx(
                 activation_epsilon(1.0, spent, 1e-5)
