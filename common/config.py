@@ -68,6 +68,7 @@ class RunConfig:
     torch_threads: int = 0
     backend: str = "federation"
     attacks: list[str] = field(default_factory=list)
+    defenses: dict[str, Any] = field(default_factory=dict)
     compress: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -127,6 +128,9 @@ FIELD_DOCS: dict[str, str] = {
     "over mutual TLS) or sim (every party in one process over in-memory links; same bytes, see docs/simulation.md)",
     "attacks": "attacks of an honest-but-curious server to run and record each round (docs/threat_model.md): dcor, "
     "inversion_whitebox, label_leak; each is refused where the paradigm's threat model rules it out; empty: none",
+    "defenses": "client-side defenses and their parameters (docs/threat_model.md, Defenses), e.g. {nopeek: {alpha: "
+    "0.5}, activation_noise: {clip: 1.0, sigma: 0.5, delta: 1e-5}, label_dp: {epsilon: 2.0}, grad_perturb: {kind: "
+    "max_norm}}; each is refused where the paradigm's threat model leaves it nothing to protect; empty: none",
     "compress": "codec of the cut tensors per direction, e.g. {up: int8, down: fp16}: none (default), fp16, bf16, "
     "int8 (affine, per tensor), int8:channel (per channel), topk:F (the F share of largest magnitudes), topk:F:ef "
     "(with error feedback); up = what clients send, down = the server's replies; refused by paradigms without cut",

@@ -94,6 +94,10 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
         from slperf.common.privacy.observer import check_attacks
 
         check_attacks(cfg)
+    if cfg.defenses:
+        from slperf.common.privacy.defenses.check import check_defenses
+
+        check_defenses(cfg)
     _check_compressible(cfg, spec, source)
     return cfg, warnings
 

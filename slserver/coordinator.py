@@ -54,6 +54,7 @@ from slperf.common.fsutil import remove_stale_temp_files
 from slperf.common.paradigms import registry as paradigms
 from slperf.common.paradigms.base import ClientGone, ClientHandle, Disagreement, ParadigmSpec, ServerParadigm
 from slperf.common.paradigms.kit.aggregate import non_finite
+from slperf.common.privacy.defenses.accounting import defense_figures, merge_figures
 from slperf.common.privacy.observer import PrivacyObserver
 from slperf.common.protocol.types import RunState
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
@@ -531,6 +532,10 @@ class RunCoordinator:
             record = recorder.finish_round(meter, result, evaluation, bounded)
             if prepared.privacy is not None:  # after the round: the attacks never slow its training
                 record["privacy"] = await prepared.ctx.compute(prepared.privacy.finish_round, rnd)
+            if run.config.defenses:  # which defenses at which strength, and their epsilon, beside the attacks'
+                figures = await prepared.ctx.compute(defense_figures, run.config, recorder.records)
+                record["privacy"] = merge_figures(record.get("privacy"), figures)
+                record["defenses"] = run.config.defenses
             run.test_accuracy = record["test_accuracy"]
             run.degraded_reasons = recorder.degraded_reasons
             for reason in run.degraded_reasons[len(run.degraded_reasons) - _new_reasons(record) :]:
@@ -566,8 +571,10 @@ class RunCoordinator:
             )
         run.summary = prepared.recorder.summary()
         run.summary.update(prepared.paradigm.describe())
-        if config.attacks:  # the last round's leakage figures beside its accuracy
+        if config.attacks or config.defenses:  # the last round's leakage figures beside its accuracy
             run.summary["privacy"] = records[-1].get("privacy", {})
+        if config.defenses:
+            run.summary["defenses"] = config.defenses
         run.folder.write_summary(run.summary)
         await prepared.ctx.compute(
             run.folder.write_plots, prepared.recorder.records, f"{config.paradigm} on {config.dataset}"

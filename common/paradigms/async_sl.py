@@ -218,9 +218,11 @@ class AsyncClient(BottomClient):
         summary = PhaseSummary()
         for step, (x, y) in enumerate(self.data.train.batches(round)):
             ref = StepRef(link.run_id, round, step, Phase.TRAIN)
+            inputs = self.placement.inbound(x)
             with torch.no_grad(), self.placement.autocast():
-                acts = self.bottom(self.placement.inbound(x))
-            await link.send_cut_tensor(ref, cut_to_host(acts), labels=y)
+                acts = self.bottom(inputs)
+                out = self.defenses.release(inputs, acts, y, round, step)  # defended like any training batch
+            await link.send_cut_tensor(ref, cut_to_host(out.activations), labels=out.labels)
             reply = await link.recv_reply(ref)  # metrics only; frozen bottom
             summary.add(int(y.shape[0]), reply.loss, reply.correct)
         return summary

@@ -73,6 +73,7 @@ from slperf.common.paradigms.kit.steps import (
 )
 from slperf.common.paradigms.registry import register
 from slperf.common.paradigms.threats import Exposure, Seen, ThreatModel
+from slperf.common.privacy.defenses.client import ClientDefenses
 from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorSpec
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, PhaseSummary, StepRef
 
@@ -143,6 +144,7 @@ class VerticalClient(ClientParadigm):
         )
         self.segments = {"bottom": self.bottom}
         self.optimizer = make_optimizer(self.bottom.parameters(), config)
+        self.defenses = ClientDefenses(config, data.train, data.num_classes)  # ``defenses:``; none: a no-op
 
     def _batches(
         self, loader: ShardLoader, epoch: int, shuffle: bool
@@ -156,12 +158,15 @@ class VerticalClient(ClientParadigm):
         summary = PhaseSummary()
         for step, (x, y, ids) in enumerate(self._batches(self.data.train, round, True)):
             ref = StepRef(link.run_id, round, step, Phase.TRAIN)
+            inputs = self.placement.inbound(x)
             with self.placement.autocast():
-                emb = self.bottom(self.placement.inbound(x))
-            await link.send_cut_tensor(ref, cut_to_host(emb.detach()), labels=y if self.owner else None, sample_ids=ids)
+                emb = self.bottom(inputs)
+            out = self.defenses.release(inputs, emb, y, round, step)  # what leaves this party, defended
+            labels = out.labels if self.owner else None
+            await link.send_cut_tensor(ref, cut_to_host(out.activations.detach()), labels=labels, sample_ids=ids)
             reply = await link.recv_reply(ref)
             if reply.tensor is not None:
-                bottom_backward_step(emb, reply.tensor, self.optimizer)
+                bottom_backward_step(out.activations, reply.tensor, self.optimizer, out.penalty)
             summary.add(int(x.shape[0]), reply.loss, reply.correct)
         return summary
 

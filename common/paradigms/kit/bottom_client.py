@@ -17,6 +17,7 @@ from slperf.common.models import build_split
 from slperf.common.paradigms.base import ClientData, ClientLink, ClientParadigm
 from slperf.common.paradigms.kit.optim import Optimizer
 from slperf.common.paradigms.kit.steps import bottom_backward_step, make_optimizer
+from slperf.common.privacy.defenses.client import ClientDefenses
 from slperf.common.protocol.types import Phase, PhaseSummary, StepRef
 
 
@@ -27,18 +28,21 @@ class BottomClient(ClientParadigm):
         self.bottom = self.placement.module(split.segments[0])
         self.segments = {"bottom": self.bottom}
         self.optimizer: Optimizer = make_optimizer(self.bottom.parameters(), config)
+        self.defenses = ClientDefenses(config, data.train, data.num_classes)  # ``defenses:``; none: a no-op
 
     async def train_epoch(self, link: ClientLink, round: int, options: Mapping[str, Any]) -> PhaseSummary:
         self.bottom.train()
         summary = PhaseSummary()
         for step, (x, y) in enumerate(self.data.train.batches(round)):
             ref = StepRef(link.run_id, round, step, Phase.TRAIN)
+            inputs = self.placement.inbound(x)
             with self.placement.autocast():
-                acts = self.bottom(self.placement.inbound(x))
-            await link.send_cut_tensor(ref, cut_to_host(acts.detach()), labels=y)
+                acts = self.bottom(inputs)
+            out = self.defenses.release(inputs, acts, y, round, step)  # what leaves the client, defended
+            await link.send_cut_tensor(ref, cut_to_host(out.activations.detach()), labels=out.labels)
             reply = await link.recv_reply(ref)
             if reply.tensor is not None:  # paradigms may withhold the gradient (e.g. a frozen client)
-                bottom_backward_step(acts, reply.tensor, self.optimizer)
+                bottom_backward_step(out.activations, reply.tensor, self.optimizer, out.penalty)
             summary.add(int(y.shape[0]), reply.loss, reply.correct)
         return summary
 

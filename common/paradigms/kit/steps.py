@@ -193,10 +193,19 @@ def backward_from(tensor: torch.Tensor, grad: torch.Tensor) -> None:
     torch.sum(tensor * grad.detach()).backward()
 
 
-def bottom_backward_step(acts: torch.Tensor, grad: torch.Tensor, optimizer: Optimizer) -> None:
-    """Back-propagates the gradient the server sent (a host tensor) through ``acts`` (on the party's device)."""
+def bottom_backward_step(
+    acts: torch.Tensor, grad: torch.Tensor, optimizer: Optimizer, penalty: torch.Tensor | None = None
+) -> None:
+    """Back-propagates the gradient the server sent (a host tensor) through ``acts`` (on the party's device), plus
+    the gradient of the client's own ``penalty`` term (a defense's, e.g. NoPeek's), in one backward pass."""
     optimizer.zero_grad(set_to_none=True)
-    backward_from(acts, to_device(grad, acts.device))
+    grad = to_device(grad, acts.device)
+    if penalty is None:
+        backward_from(acts, grad)
+    else:
+        if grad.shape != acts.shape:
+            raise ValueError(f"a gradient of shape {list(grad.shape)} for a tensor of shape {list(acts.shape)}")
+        (torch.sum(acts * grad.detach()) + penalty).backward()
     optimizer.step()
 
 

@@ -51,6 +51,7 @@ from slperf.common.paradigms.kit.steps import (
     grad_of,
     make_optimizer,
 )
+from slperf.common.privacy.defenses.client import ClientDefenses
 from slperf.common.protocol.exchange import Exchange, SegmentLayout, Stage, TensorSpec
 from slperf.common.protocol.types import CutReply, Phase, PhaseSummary, State, StepRef
 
@@ -239,6 +240,7 @@ class UShapedClient(ClientParadigm):
         self.segments = {HEAD: self.head, TAIL: self.tail}
         self.head_optimizer = make_optimizer(self.head.parameters(), config)
         self.tail_optimizer = make_optimizer(self.tail.parameters(), config)
+        self.defenses = ClientDefenses(config, data.train, data.num_classes)  # ``defenses:``; none: a no-op
 
     async def train_epoch(self, link: ClientLink, round: int, options: Mapping[str, Any]) -> PhaseSummary:
         self.head.train()
@@ -248,8 +250,11 @@ class UShapedClient(ClientParadigm):
         for step, (x, y) in enumerate(self.data.train.batches(round)):
             head_ref = StepRef(link.run_id, round, step, Phase.TRAIN, HEAD)
             tail_ref = StepRef(link.run_id, round, step, Phase.TRAIN, TAIL)
+            inputs = place.inbound(x)
             with place.autocast():
-                a1 = self.head(place.inbound(x))
+                a1 = self.head(inputs)
+            out = self.defenses.release(inputs, a1, y, round, step)  # the labels stay here: only a1 is used
+            a1 = out.activations
             await link.send_cut_tensor(head_ref, cut_to_host(a1.detach()))  # 1: no labels
             down = await link.recv_reply(head_ref)  # 2
             if down.tensor is None:
@@ -262,11 +267,11 @@ class UShapedClient(ClientParadigm):
             self.tail_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.tail_optimizer.step()
-            await link.send_cut_tensor(tail_ref, cut_to_host(grad_of(a2)))  # 3
+            await link.send_cut_tensor(tail_ref, cut_to_host(self.defenses.gradient(grad_of(a2))))  # 3
             up = await link.recv_reply(tail_ref)  # 4
             if up.tensor is None:
                 raise ValueError(f"step {step}: the server sent no gradient for the head")
-            bottom_backward_step(a1, up.tensor, self.head_optimizer)
+            bottom_backward_step(a1, up.tensor, self.head_optimizer, out.penalty)
             summary.add(int(y.shape[0]), float(loss.detach()), int((logits.detach().argmax(1) == labels).sum()))
         return summary
 
