@@ -107,6 +107,7 @@ def _run_figures(summary: Mapping[str, Any], total: float) -> dict[str, Any]:
         "run_seconds": summary.get("wall_seconds"),
         "total_seconds": total,
         "curve": curve,
+        "privacy": summary.get("privacy"),  # the final round's leakage figures; None: the cell ran no attack
     }
 
 
