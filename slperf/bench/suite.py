@@ -595,7 +595,8 @@ def _validate(config: dict[str, Any], key: str) -> dict[str, Any]:
     try:
         cfg, _ = config_from_mapping(config, source=f"cell {key}")
     except ConfigError as exc:
-        raise SuiteError(str(exc)) from None
+        message = str(exc)  # the loader names the source; a check after loading (attacks) may not
+        raise SuiteError(message if key in message else f"cell {key}: {message}") from None
     resolved = cfg.to_dict()
     resolved.pop("client_ids", None)
     return resolved
