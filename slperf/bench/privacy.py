@@ -211,8 +211,8 @@ def utility_points(rows: Sequence[Mapping[str, Any]]) -> OrderedDict[str, dict[s
 
 def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path]:
     """Per paradigm one PNG: a panel per leakage figure it has, test accuracy against leakage, one labelled
-    point per defense variant and a marker per data set / partition / client count. Down and to the right of
-    the undefended point is what a defense should buy: less leakage for little accuracy."""
+    point per defense variant and a marker per data set / partition / client count. What a defense should buy
+    is a point left of the undefended one (less leakage) and about as high (little accuracy lost)."""
     points = utility_points(rows)
     if not points:
         return []
@@ -226,9 +226,14 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
     written: list[Path] = []
     markers = "osD^vP*X"
     for paradigm, by_figure in points.items():
-        fig, axes = plt.subplots(1, len(by_figure), figsize=(5.2 * len(by_figure), 4.4), dpi=100, squeeze=False)
+        cols = min(2, len(by_figure))
+        rows_ = math.ceil(len(by_figure) / cols)
+        fig, grid = plt.subplots(rows_, cols, figsize=(5.6 * cols, 4.2 * rows_), dpi=100, squeeze=False)
+        axes = list(grid.flat)
+        for ax in axes[len(by_figure) :]:
+            ax.set_visible(False)
         series_names = sorted({s for panel in by_figure.values() for s in panel})
-        for ax, (figure, panel) in zip(axes[0], by_figure.items(), strict=True):
+        for ax, (figure, panel) in zip(axes, by_figure.items(), strict=False):
             for series, series_points in panel.items():
                 i = series_names.index(series)
                 ax.scatter(
@@ -242,10 +247,11 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
                     ax.annotate(
                         p.variant, (p.leakage, p.accuracy), fontsize=7, xytext=(4, 3), textcoords="offset points"
                     )
+            ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
             ax.set_xlabel(f"{LEAKAGE_AXES[figure]}  (more leakage →)")
             ax.set_ylabel("final test accuracy (%)")
             ax.grid(True, alpha=0.3)
-        axes[0][0].legend(fontsize=7, loc="best")
+        axes[0].legend(fontsize=7, loc="best")
         fig.suptitle(f"{paradigm}: privacy–utility (final round; one point per defense variant)", fontsize=10)
         fig.tight_layout()
         path = plots_dir / plot_name(paradigm)
