@@ -54,6 +54,7 @@ LEAKAGE_AXES = OrderedDict(
     ]
 )
 GRID_COLUMN = "inversion_grid"
+MIN_SPAN = 0.05  # the narrowest leakage axis a plot shows (the figures on it lie in [0, 1])
 _GRID = re.compile(r"inversion_round(\d+)\.png$")
 
 
@@ -220,6 +221,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +250,13 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
                         p.variant, (p.leakage, p.accuracy), fontsize=7, xytext=(4, 3), textcoords="offset points"
                     )
             ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
+            low, high = ax.get_xlim()
+            if high - low < MIN_SPAN:  # figures this close are one figure: do not blow their noise up
+                middle = (low + high) / 2
+                ax.set_xlim(middle - MIN_SPAN / 2, middle + MIN_SPAN / 2)
+            ax.xaxis.set_major_locator(MaxNLocator(5))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+            ax.ticklabel_format(axis="y", useOffset=False)
             ax.set_xlabel(f"{LEAKAGE_AXES[figure]}  (more leakage →)")
             ax.set_ylabel("final test accuracy (%)")
             ax.grid(True, alpha=0.3)

@@ -528,6 +528,8 @@ def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None
             raise SuiteError(f"{where}: base key '{axis}' is also a matrix axis; keep one of them")
     ds_over, pd_over = _parse_overrides(raw, where)
     exclude = _parse_exclude(raw, where)
+    if axes.defenses is None and any("defense" in rule for rule in exclude):
+        raise SuiteError(f"{where}: an exclude rule names a defense, but the matrix has no 'defenses' axis")
     target = _parse_target(raw, where)
     centralized = raw.get("centralized", True)
     if not isinstance(centralized, bool):

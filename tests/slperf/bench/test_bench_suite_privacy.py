@@ -159,6 +159,13 @@ def test_bad_privacy_axes_are_named(axes, fragment):
         expand(parse_suite(_suite(**axes)))
 
 
+def test_an_exclude_rule_on_defenses_needs_the_axis():
+    raw = _suite()
+    raw["exclude"] = [{"defense": "nopeek"}]
+    with pytest.raises(SuiteError, match="no 'defenses' axis"):
+        parse_suite(raw)
+
+
 def test_an_axis_and_a_base_key_for_the_same_thing_are_refused():
     raw = _suite(attacks=["dcor"])
     raw["base"]["attacks"] = ["dcor"]
