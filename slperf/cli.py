@@ -719,7 +719,9 @@ def _print_summary(summary: dict) -> None:
 
 
 @main.command()
-@click.option("--suite", required=True, help="suite NAME (built in: quick, paper) or a YAML file")
+@click.option(
+    "--suite", required=True, help="suite NAME (built in: quick, paper, privacy, privacy_tiny) or a YAML file"
+)
 @click.option(
     "--out",
     "out_dir",

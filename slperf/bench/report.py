@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from slperf.bench import privacy
 from slperf.bench.machine import machine_info
 from slperf.bench.suite import CENTRALIZED, Partition
 from slperf.common.fsutil import atomic_write
@@ -31,6 +32,9 @@ CSV_COLUMNS = [
     "partition_method",
     "clients",
     "seed",
+    "defense",
+    "attacks",
+    "attack_set",
     "model",
     "epochs",
     "batch_size",
@@ -53,6 +57,8 @@ CSV_COLUMNS = [
     "peak_rss_server_mb",
     "peak_rss_client_max_mb",
     "peak_rss_client_mean_mb",
+    *privacy.FIGURE_NAMES,
+    privacy.GRID_COLUMN,
     "config_hash",
     "run_dir",
     "started_at",
@@ -165,15 +171,23 @@ TABLE_HEADER = [
 ]
 
 
+def series_name(row: Mapping[str, Any]) -> str:
+    """A table line's / plot line's name: the paradigm, with its privacy variant when the suite has those axes."""
+    if row.get("defense") or row.get("attack_set"):
+        return f"{row['paradigm']} ({privacy.variant_of(row)})"
+    return str(row["paradigm"])
+
+
 def table_markdown(group_rows: Sequence[Mapping[str, Any]], centralized_rows: Sequence[Mapping[str, Any]]) -> str:
-    """One comparison table: a line per paradigm (seed means), the centralized baseline first."""
+    """One comparison table: a line per paradigm (and privacy variant; seed means), the centralized baseline
+    first."""
     header = [h.replace("{target}", _target_label([*group_rows, *centralized_rows])) for h in TABLE_HEADER]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     by_paradigm: OrderedDict[str, list[Mapping[str, Any]]] = OrderedDict()
     if centralized_rows:
         by_paradigm[CENTRALIZED] = list(centralized_rows)
     for row in group_rows:
-        by_paradigm.setdefault(row["paradigm"], []).append(row)
+        by_paradigm.setdefault(series_name(row), []).append(row)
     for paradigm, rows in by_paradigm.items():
         agg = aggregate(rows)
         if not agg["seeds"]:
@@ -222,7 +236,9 @@ def report_markdown(
     cells: Sequence[Any] | None = None,
     plots: Sequence[Path] | None = None,
     machine: Mapping[str, Any] | None = None,
+    report_dir: Path | None = None,
 ) -> str:
+    """The report; ``report_dir``: where it is written (links to run folders are relative to it)."""
     name = getattr(suite, "name", None) or "benchmark"
     out = [f"# SLPerf benchmark: {name}", ""]
     description = getattr(suite, "description", "")
@@ -257,6 +273,8 @@ def report_markdown(
         "are several.",
         "",
     ]
+    if privacy.has_privacy(finished):
+        out += [privacy.COLUMNS_NOTE, ""]
     centralized = [r for r in finished if r["paradigm"] == CENTRALIZED]
     plot_names = {p.name for p in plots or []}
     for group, group_rows in groups(rows).items():
@@ -264,10 +282,17 @@ def report_markdown(
         out += [f"## {dataset}, {Partition.from_label(partition).title}, {clients} clients", ""]
         out.append(table_markdown(group_rows, [r for r in centralized if r["dataset"] == dataset]))
         out.append("")
+        if privacy.has_privacy(group_rows):
+            out += ["Leakage (final round):", "", privacy.table_markdown(group_rows, report_dir or Path(".")), ""]
         for kind in ("round", "bytes", "time"):
             fname = plot_name(group, kind)
             if fname in plot_names:
                 out.append(f"![accuracy vs {kind}](plots/{fname})")
+        out.append("")
+    utility = [p for p in plots or [] if p.name.startswith("privacy_utility_")]
+    if utility:
+        out += ["## Privacy–utility", ""]
+        out += [f"![{p.stem}](plots/{p.name})" for p in utility]
         out.append("")
     if not groups(rows) and centralized:
         out += ["## Centralized baselines", "", table_markdown([], centralized), ""]
@@ -292,7 +317,8 @@ def write_tables(
     out_dir = Path(out_dir)
     write_csv(rows, out_dir / "results.csv")
     report = out_dir / "report.md"
-    atomic_write(report, report_markdown(rows, suite=suite, cells=cells, plots=plots, machine=machine_info()))
+    text = report_markdown(rows, suite=suite, cells=cells, plots=plots, machine=machine_info(), report_dir=out_dir)
+    atomic_write(report, text)
     return report
 
 
@@ -343,7 +369,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
         dataset, partition, clients = group
         by_paradigm: OrderedDict[str, list[Mapping[str, Any]]] = OrderedDict()
         for row in group_rows:
-            by_paradigm.setdefault(row["paradigm"], []).append(row)
+            by_paradigm.setdefault(series_name(row), []).append(row)
         base = [r for r in centralized if r["dataset"] == dataset]
         for kind in ("round", "bytes", "time"):
             fig, ax = plt.subplots(figsize=(9, 4.8), dpi=100)
@@ -372,4 +398,5 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
             fig.savefig(path)
             plt.close(fig)
             written.append(path)
+    written += privacy.write_plots(rows, plots_dir)
     return written

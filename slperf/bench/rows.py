@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from slperf.bench.suite import Cell
+from slperf.bench import privacy
+from slperf.bench.suite import Cell, attack_label
 
 
 def rounds_to_target(curve: Sequence[Mapping[str, Any]], target: float | None) -> int | None:
@@ -42,11 +43,15 @@ def finalize_row(cell: Cell, measured: Mapping[str, Any], *, target: float | Non
         "batch_size": cell.config.get("batch_size"),
         "lr": cell.config.get("lr"),
         "model": cell.config.get("model"),
+        "defense": cell.defense,
+        "attacks": attack_label(cell.config["attacks"]) if cell.config.get("attacks") else None,
+        "attack_set": attack_label(cell.attack_set) if cell.attack_set is not None else None,
         "final_accuracy": accs[-1] if accs else None,
         "best_accuracy": max(accs) if accs else None,
         "target_accuracy": target,
     }
     row.update({k: v for k, v in measured.items() if k not in ("curve",)})
+    row.update(privacy.row_figures(measured))
     if row.get("final_accuracy") is None and accs:
         row["final_accuracy"] = accs[-1]
     row["rounds"] = measured.get("rounds", len(curve))
@@ -75,17 +80,19 @@ def curve_from_metrics(records: Iterable[Mapping[str, Any]]) -> list[dict[str, A
     seconds = 0.0
     for record in sorted(records, key=lambda r: r["round"]):
         seconds += float(record.get("round_seconds", 0.0))
-        out.append(
-            {
-                "round": int(record["round"]) + 1,
-                "test_accuracy": record.get("test_accuracy"),
-                "test_loss": record.get("test_loss"),
-                "train_loss": record.get("train_loss"),
-                "bytes": int(record.get("bytes_up", 0)) + int(record.get("bytes_down", 0)),
-                "bytes_up": int(record.get("bytes_up", 0)),
-                "bytes_down": int(record.get("bytes_down", 0)),
-                "round_seconds": float(record.get("round_seconds", 0.0)),
-                "seconds": seconds,
-            }
-        )
+        point: dict[str, Any] = {
+            "round": int(record["round"]) + 1,
+            "test_accuracy": record.get("test_accuracy"),
+            "test_loss": record.get("test_loss"),
+            "train_loss": record.get("train_loss"),
+            "bytes": int(record.get("bytes_up", 0)) + int(record.get("bytes_down", 0)),
+            "bytes_up": int(record.get("bytes_up", 0)),
+            "bytes_down": int(record.get("bytes_down", 0)),
+            "round_seconds": float(record.get("round_seconds", 0.0)),
+            "seconds": seconds,
+        }
+        figures = privacy.round_figures(record)
+        if figures is not None:  # the round's leakage figures, where the run asked for attacks
+            point["privacy"] = figures
+        out.append(point)
     return out

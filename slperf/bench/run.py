@@ -180,7 +180,7 @@ def run_suite(
 ) -> SuiteOutcome:
     """Runs every cell of a suite that has not finished yet, then writes results.csv, report.md and plots.
 
-    suite: a Suite, a YAML file, or the NAME of a built-in suite (quick, paper). out_dir: the results folder
+    suite: a Suite, a YAML file, or the NAME of a built-in suite (``slperf/bench/suites``). out_dir: the results folder
     (default ``runs/bench/<suite name>``); re-running into it resumes. runner(cell, work_dir) -> measured
     figures (default: a real federation, or the centralized baseline in its own process); a runner that raises
     marks the cell failed and the suite goes on (KeyboardInterrupt stops it, keeping what finished). only: run

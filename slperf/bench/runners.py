@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from slperf.bench import privacy
 from slperf.bench.memory import mib, peak_rss_bytes, reset_peak_rss, self_peak_rss_bytes
 from slperf.bench.probe import FederationProbe
 from slperf.bench.rows import curve_from_metrics
@@ -107,6 +108,9 @@ def _run_figures(summary: Mapping[str, Any], total: float) -> dict[str, Any]:
         "run_seconds": summary.get("wall_seconds"),
         "total_seconds": total,
         "curve": curve,
+        "privacy": summary.get("privacy"),  # the final round's leakage figures; None: the cell ran no attack
+        # found where the cell ran (on a Ray cluster, the worker's node: the driver may not see its run folder)
+        privacy.GRID_COLUMN: privacy.final_grid(summary["run_dir"]),
     }
 
 

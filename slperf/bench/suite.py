@@ -18,6 +18,10 @@ Suite file (every key but ``matrix`` optional)::
       partitions: [homo, hetero:0.5, {method: label_skew, classes: 2}]
       clients: [3]
       seeds: [0]
+      attacks: [dcor, inversion_whitebox]     # run-config ``attacks:`` of every cell, or an axis: [[dcor], [dcor, ...]]
+      defenses:                         # an axis of named variants, each the cells' run-config ``defenses:``
+        none: {}
+        nopeek-0.5: {nopeek: {alpha: 0.5}}
     exclude: [{paradigm: fedavg, partition: label_skew-k2}]   # skip cells matching every given field
     overrides:
       datasets: {adult: {model: mlp}}              # applied over base, for that dataset
@@ -30,10 +34,18 @@ Suite file (every key but ``matrix`` optional)::
 Partitions: ``homo`` (alias ``iid``), ``hetero:ALPHA`` (alias ``dirichlet:ALPHA``), ``label_skew:CLASSES``,
 ``base_on_class``, ``vertical``, or a mapping ``{method, alpha, classes}``. Precedence of config keys, lowest
 first: ``base``, dataset overrides, the matrix axes, paradigm overrides.
+
+Privacy axes: ``attacks`` is one list of attack names for every cell, or a list of such lists (an axis: one
+cell per list, ``atk-A+B`` in its key); an attack a cell's paradigm cannot be attacked with (its threat model,
+``slperf paradigms --details``) fails the expansion, naming the cell: give that paradigm its own list in
+``overrides.paradigms`` or exclude it. ``defenses`` maps variant names to the cells' run-config ``defenses:``
+value (``{}``: undefended); the name goes into the key (``def-NAME``) and the row's ``defense``, and an exclude
+rule may match it (``{paradigm: ushaped, defense: label_dp}`` matches every ``label_dp-...`` variant).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -158,8 +170,19 @@ def parse_partition(spec: Any) -> Partition:
 
 
 @dataclass(frozen=True)
+class Defense:
+    """One variant of the suite's ``defenses`` axis: its name (in the cell's key and row) and the run-config
+    ``defenses:`` mapping it gives the cell (empty: undefended, and the key is left out of the config)."""
+
+    name: str
+    settings: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
 class Cell:
-    """One run of the matrix (or a centralized baseline: ``paradigm == "centralized"``)."""
+    """One run of the matrix (or a centralized baseline: ``paradigm == "centralized"``). ``defense``: the variant
+    of the suite's defenses axis (None: the suite has none); ``attack_set``: the attack list of the cell when the
+    suite's attacks are an axis of several lists (None otherwise: then the key does not vary with it)."""
 
     paradigm: str
     dataset: str
@@ -167,13 +190,20 @@ class Cell:
     clients: int | None
     seed: int
     config: Mapping[str, Any] = field(compare=False, hash=False)
+    defense: str | None = None
+    attack_set: tuple[str, ...] | None = None
 
     @property
     def key(self) -> str:
         if self.paradigm == CENTRALIZED:
             return f"{CENTRALIZED}/{self.dataset}/all/s{self.seed}"
         assert self.partition is not None
-        return f"{self.paradigm}/{self.dataset}/{self.partition.label}/c{self.clients}/s{self.seed}"
+        key = f"{self.paradigm}/{self.dataset}/{self.partition.label}/c{self.clients}/s{self.seed}"
+        if self.attack_set is not None:
+            key += f"/atk-{attack_label(self.attack_set)}"
+        if self.defense is not None:
+            key += f"/def-{self.defense}"
+        return key
 
     @property
     def slug(self) -> str:
@@ -187,6 +217,10 @@ class Cell:
     @property
     def epochs(self) -> int:
         return int(self.config.get("epochs", 3))
+
+
+def attack_label(attacks: Sequence[str]) -> str:
+    return "+".join(attacks) if attacks else "none"
 
 
 @dataclass(frozen=True)
@@ -221,6 +255,13 @@ class Suite:
     estimate: dict[str, Any] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
     source: Traversable | None = None
+    attack_sets: list[tuple[str, ...]] | None = None  # None: no attacks axis (base or overrides may still set them)
+    defenses: list[Defense] | None = None  # None: no defenses axis
+
+    @property
+    def attacks_vary(self) -> bool:
+        """The attacks axis has several lists, so a cell's key names its list."""
+        return self.attack_sets is not None and len(self.attack_sets) > 1
 
     def target_for(self, dataset: str) -> float | None:
         if isinstance(self.target_accuracy, Mapping):
@@ -293,7 +334,7 @@ _SUITE_KEYS = {
     "estimate",
     "resources",
 }
-_MATRIX_KEYS = {"paradigms", "datasets", "partitions", "clients", "seeds"}
+_MATRIX_KEYS = {"paradigms", "datasets", "partitions", "clients", "seeds", "attacks", "defenses"}
 # Config keys that the matrix sets for every cell; a base that set them would be silently overwritten.
 _MATRIX_CONFIG_KEYS = (
     "paradigm",
@@ -307,7 +348,7 @@ _MATRIX_CONFIG_KEYS = (
     "class_number_per_client",
     "client_ids",
 )
-_EXCLUDE_FIELDS = {"paradigm", "dataset", "partition", "clients", "seed"}
+_EXCLUDE_FIELDS = {"paradigm", "dataset", "partition", "clients", "seed", "defense"}
 
 
 @dataclass(frozen=True)
@@ -317,6 +358,56 @@ class _Axes:
     partitions: list[Partition]
     clients: list[int]
     seeds: list[int]
+    attack_sets: list[tuple[str, ...]] | None
+    defenses: list[Defense] | None
+
+
+def _parse_attacks(matrix: Mapping[str, Any], where: str) -> list[tuple[str, ...]] | None:
+    """``[a, b]`` (one list for every cell) or ``[[a], [a, b]]`` (an axis); names are checked per cell, against
+    its paradigm, when the cell's config is validated."""
+    if "attacks" not in matrix:
+        return None
+    spec = matrix["attacks"]
+    if not isinstance(spec, list) or not spec:
+        raise SuiteError(f"{where}: matrix attacks must be a list of attack names, or a list of such lists")
+    if all(isinstance(a, str) for a in spec):
+        sets = [spec]
+    elif all(isinstance(a, list) for a in spec):
+        sets = spec
+    else:
+        raise SuiteError(f"{where}: matrix attacks {spec!r} mixes names and lists (a list of names, or of lists)")
+    out: list[tuple[str, ...]] = []
+    for names in sets:
+        if not all(isinstance(n, str) and n for n in names):
+            raise SuiteError(f"{where}: matrix attacks: {names!r} must be attack names")
+        if tuple(names) in out:
+            raise SuiteError(f"{where}: matrix attacks lists {names!r} twice")
+        out.append(tuple(names))
+    return out
+
+
+def _parse_defenses(matrix: Mapping[str, Any], where: str) -> list[Defense] | None:
+    """A mapping variant name -> the run-config ``defenses:`` value ({} or null: undefended)."""
+    if "defenses" not in matrix:
+        return None
+    spec = matrix["defenses"]
+    if not isinstance(spec, Mapping) or not spec:
+        raise SuiteError(
+            f"{where}: matrix defenses must be a mapping of variant names to run-config 'defenses' mappings, "
+            "e.g. {none: {}, nopeek-0.5: {nopeek: {alpha: 0.5}}}"
+        )
+    out: list[Defense] = []
+    for name, settings in spec.items():
+        if not isinstance(name, str) or not name or "/" in name or name != name.strip():
+            raise SuiteError(f"{where}: matrix defenses: variant name {name!r} must be a non-empty string without '/'")
+        settings = {} if settings is None else settings
+        if not isinstance(settings, Mapping):
+            raise SuiteError(
+                f"{where}: matrix defenses: variant {name!r} must map to a run-config 'defenses' mapping, "
+                f"got {settings!r}"
+            )
+        out.append(Defense(name, dict(settings)))
+    return out
 
 
 def _parse_matrix(raw: Mapping[str, Any], where: str) -> _Axes:
@@ -345,7 +436,15 @@ def _parse_matrix(raw: Mapping[str, Any], where: str) -> _Axes:
                     f"{where}: matrix {key} must be {'positive' if key == 'clients' else 'non-negative'} "
                     f"integers, got {v!r}"
                 )
-    return _Axes(paradigms, datasets, partitions, [int(c) for c in clients], [int(s) for s in seeds])
+    return _Axes(
+        paradigms,
+        datasets,
+        partitions,
+        [int(c) for c in clients],
+        [int(s) for s in seeds],
+        _parse_attacks(matrix, where),
+        _parse_defenses(matrix, where),
+    )
 
 
 def _parse_base(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -424,8 +523,13 @@ def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None
         raise SuiteError(f"{where}: unknown suite keys {unknown} (known: {', '.join(sorted(_SUITE_KEYS))})")
     axes = _parse_matrix(raw, where)
     base = _parse_base(raw, where)
+    for axis, present in (("attacks", axes.attack_sets), ("defenses", axes.defenses)):
+        if present is not None and axis in base:
+            raise SuiteError(f"{where}: base key '{axis}' is also a matrix axis; keep one of them")
     ds_over, pd_over = _parse_overrides(raw, where)
     exclude = _parse_exclude(raw, where)
+    if axes.defenses is None and any("defense" in rule for rule in exclude):
+        raise SuiteError(f"{where}: an exclude rule names a defense, but the matrix has no 'defenses' axis")
     target = _parse_target(raw, where)
     centralized = raw.get("centralized", True)
     if not isinstance(centralized, bool):
@@ -451,6 +555,8 @@ def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None
         estimate=dict(estimate),
         resources=_parse_resources(raw, where),
         source=source,
+        attack_sets=axes.attack_sets,
+        defenses=axes.defenses,
     )
 
 
@@ -470,6 +576,7 @@ def _excluded(suite: Suite, cell: Cell) -> bool:
         "partition": cell.partition.label if cell.partition else None,
         "clients": cell.clients,
         "seed": cell.seed,
+        "defense": cell.defense,
     }
     for rule in suite.exclude:
         if all(_matches(fields[k], v) for k, v in rule.items()):
@@ -490,7 +597,8 @@ def _validate(config: dict[str, Any], key: str) -> dict[str, Any]:
     try:
         cfg, _ = config_from_mapping(config, source=f"cell {key}")
     except ConfigError as exc:
-        raise SuiteError(str(exc)) from None
+        message = str(exc)  # the loader names the source; a check after loading (attacks) may not
+        raise SuiteError(message if key in message else f"cell {key}: {message}") from None
     resolved = cfg.to_dict()
     resolved.pop("client_ids", None)
     return resolved
@@ -513,33 +621,63 @@ def expand(suite: Suite) -> list[Cell]:
                     "partition_method": "homo",
                 }
                 config.pop("backend", None)  # a baseline has no parties to place: the same cell under either backend
+                for key in ("attacks", "defenses"):  # nobody to attack or defend: one process holds everything
+                    config.pop(key, None)
                 cell = Cell(CENTRALIZED, dataset, None, None, seed, {})
                 cells.append(Cell(CENTRALIZED, dataset, None, None, seed, _validate(config, cell.key)))
     for dataset in suite.datasets:
         for clients in suite.clients:
             for partition in suite.partitions:
                 for seed in suite.seeds:
-                    for paradigm in suite.paradigms:
-                        config = {
-                            **suite.base,
-                            **suite.dataset_overrides.get(dataset, {}),
-                            "paradigm": paradigm,
-                            "dataset": dataset,
-                            "clients": clients,
-                            "seed": seed,
-                            **partition.config_keys(),
-                            **suite.paradigm_overrides.get(paradigm, {}),
-                        }
-                        probe = Cell(paradigm, dataset, partition, clients, seed, {})
-                        if _excluded(suite, probe):
-                            continue
-                        cells.append(Cell(paradigm, dataset, partition, clients, seed, _validate(config, probe.key)))
+                    for defense, attacks in _privacy_variants(suite):
+                        for paradigm in suite.paradigms:
+                            config = {
+                                **suite.base,
+                                **suite.dataset_overrides.get(dataset, {}),
+                                "paradigm": paradigm,
+                                "dataset": dataset,
+                                "clients": clients,
+                                "seed": seed,
+                                **partition.config_keys(),
+                                **_privacy_keys(defense, attacks),
+                                **suite.paradigm_overrides.get(paradigm, {}),
+                            }
+                            probe = Cell(
+                                paradigm,
+                                dataset,
+                                partition,
+                                clients,
+                                seed,
+                                {},
+                                defense=defense.name if defense else None,
+                                attack_set=attacks if suite.attacks_vary else None,
+                            )
+                            if _excluded(suite, probe):
+                                continue
+                            cells.append(dataclasses.replace(probe, config=_validate(config, probe.key)))
     keys = [c.key for c in cells]
     if len(keys) != len(set(keys)):
         raise SuiteError(
             "the matrix lists a cell twice (a repeated paradigm, dataset, partition, client count or seed)"
         )
     return cells
+
+
+def _privacy_variants(suite: Suite) -> list[tuple[Defense | None, tuple[str, ...] | None]]:
+    """Every (defense variant, attack list) of the suite's privacy axes; (None, None) when it has neither."""
+    defenses: list[Defense | None] = list(suite.defenses) if suite.defenses is not None else [None]
+    attack_sets: list[tuple[str, ...] | None] = list(suite.attack_sets) if suite.attack_sets is not None else [None]
+    return [(d, a) for d in defenses for a in attack_sets]
+
+
+def _privacy_keys(defense: Defense | None, attacks: tuple[str, ...] | None) -> dict[str, Any]:
+    """The run-config keys a privacy variant sets: ``attacks`` and, unless undefended, ``defenses``."""
+    keys: dict[str, Any] = {}
+    if attacks is not None:
+        keys["attacks"] = list(attacks)
+    if defense is not None and defense.settings:
+        keys["defenses"] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in defense.settings.items()}
+    return keys
 
 
 def preflight(cells: Sequence[Cell]) -> list[str]:
