@@ -4,9 +4,10 @@ leakage table per group of the report and a privacy–utility plot per paradigm.
 
 A row's privacy figures are the **final round's** (what summary.json records): a defense shapes the model over
 the rounds, and the first round's figures (an untrained bottom leaks nearly everything, whatever the defense)
-would hide what it does. Every round's figures stay in the row's curve (``privacy``). ε is the one a defense
-reports in the round's privacy record (``epsilon``), which accumulates over the rounds: the final one is the
-whole run's.
+would hide what it does. Every round's figures stay in the row's curve (``privacy``). ε is what the defenses
+report in the round's privacy record (``activation_epsilon``: Opacus's RDP accountant over every round so far, the
+worst client's; ``label_epsilon``: randomized response's, each label answered once per run): the final round's is
+the whole run's.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ FIGURES = (
     Figure("label_norm_auc", "label leak AUC (norm)", 3),
     Figure("label_inference_accuracy", "label inference acc", 3),
     Figure("dcor", "dCor", 3),
-    Figure("epsilon", "ε", 2),
+    Figure("activation_epsilon", "ε (activations)", 2),
+    Figure("label_epsilon", "ε (labels)", 2),
 )
 FIGURE_NAMES = tuple(f.name for f in FIGURES)
 # The leakage figures a privacy–utility plot puts on its x axis (one panel each, where the paradigm has them).

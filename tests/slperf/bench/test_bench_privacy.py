@@ -13,7 +13,6 @@ from bench_fakes import FakeRunner, suite_dict
 
 from slperf.bench import privacy
 from slperf.bench import report as bench_report
-from slperf.bench import suite as bench_suite
 from slperf.bench.rows import curve_from_metrics, finalize_row
 from slperf.bench.run import run_suite
 from slperf.bench.suite import Cell, expand, parse_suite
@@ -43,23 +42,15 @@ class PrivacyRunner(FakeRunner):
         if cell.paradigm == "ushaped":
             figures |= {"label_direction_auc": 0.97, "label_inference_accuracy": 0.67, "label_norm_auc": 0.3}
         if defense == "noise-1.0":
-            figures["epsilon"] = 3.25
+            figures["activation_epsilon"] = 3.25
         measured["curve"] = [{**p, "test_accuracy": ACCURACY[defense]} for p in measured["curve"]]
         measured |= {"run_dir": str(run_dir), "privacy": {**figures, "per_client": {"c1": figures}}}
         return measured
 
 
 @pytest.fixture
-def rows(tmp_path, monkeypatch):
-    """Rows of vanilla and ushaped under three defense variants, with known figures. ``defenses`` is another lane's
-    run-config key: the cells' configs are validated without it (the suite tests cover the expansion)."""
-    validate = bench_suite._validate
-
-    def without_defenses(config: dict[str, Any], key: str) -> dict[str, Any]:
-        defenses = config.pop("defenses", None)
-        return {**validate(config, key), **({"defenses": defenses} if defenses else {})}
-
-    monkeypatch.setattr(bench_suite, "_validate", without_defenses)
+def rows(tmp_path):
+    """Rows of vanilla and ushaped under three defense variants, with known figures."""
     matrix = {"paradigms": ["vanilla", "ushaped"], "datasets": ["mnist"], "partitions": ["homo"], "clients": [2]}
     matrix |= {"seeds": [0], "attacks": ["dcor"], "defenses": VARIANTS}
     cells = expand(parse_suite(suite_dict(matrix=matrix, centralized=False)))
@@ -83,7 +74,7 @@ def _table(text: str, first_header: str) -> list[dict[str, str]]:
 def test_a_row_carries_the_final_rounds_figures_its_variant_and_the_last_grid(rows):
     row = next(r for r in rows if r["key"] == "vanilla/mnist/homo/c2/s0/def-noise-1.0")
     assert row["defense"] == "noise-1.0" and row["attacks"] == "dcor" and row["attack_set"] is None
-    assert row["inversion_ssim"] == 0.301 and row["epsilon"] == 3.25 and "label_direction_auc" not in row
+    assert row["inversion_ssim"] == 0.301 and row["activation_epsilon"] == 3.25 and "label_direction_auc" not in row
     assert row["inversion_grid"].endswith("inversion_round1.png")  # the final round's, not the first's
 
 
@@ -96,7 +87,8 @@ def test_the_leakage_table_puts_a_known_figure_in_its_column(rows, tmp_path):
     assert set(table) == {(p, d) for p in ("vanilla", "ushaped") for d in VARIANTS}
     assert table["vanilla", "none"]["inversion SSIM"] == "0.912"
     assert table["vanilla", "noise-1.0"]["inversion SSIM"] == "0.301"
-    assert table["vanilla", "noise-1.0"]["ε"] == "3.25" and table["vanilla", "none"]["ε"] == "—"
+    eps = "ε (activations)"
+    assert table["vanilla", "noise-1.0"][eps] == "3.25" and table["vanilla", "none"][eps] == "—"
     assert table["vanilla", "none"]["final acc (%)"] == "90.00"
     assert table["ushaped", "none"]["label leak AUC (direction)"] == "0.970"
     assert table["vanilla", "none"]["label leak AUC (direction)"] == "—"  # not an attack vanilla allows

@@ -9,11 +9,7 @@ from typing import Any
 import pytest
 from bench_fakes import suite_dict
 
-from slperf.bench import suite as bench_suite
 from slperf.bench.suite import SuiteError, expand, load_suite, parse_suite
-from slperf.common.config import RunConfig
-
-RUNCONFIG_HAS_DEFENSES = "defenses" in RunConfig.__dataclass_fields__
 
 
 def _matrix(**axes: Any) -> dict[str, Any]:
@@ -29,22 +25,6 @@ def _matrix(**axes: Any) -> dict[str, Any]:
 
 def _suite(**axes: Any) -> dict[str, Any]:
     return suite_dict(matrix=_matrix(**axes), centralized=False)
-
-
-@pytest.fixture
-def defenses_accepted(monkeypatch):
-    """Validates a cell's config as the real validator does, but for ``defenses`` (another lane's run-config key,
-    checked there): it is taken off before and put back after, so the test sees what the cell's config carries."""
-    validate = bench_suite._validate
-
-    def without_defenses(config: dict[str, Any], key: str) -> dict[str, Any]:
-        defenses = config.pop("defenses", None)
-        resolved = validate(config, key)
-        if defenses is not None:
-            resolved["defenses"] = defenses
-        return resolved
-
-    monkeypatch.setattr(bench_suite, "_validate", without_defenses)
 
 
 def test_one_attack_list_goes_to_every_cell_and_leaves_the_keys_alone():
@@ -68,12 +48,12 @@ def test_the_undefended_variant_names_the_cell_and_sets_no_config_key():
     plain = expand(parse_suite(_suite()))
     cells = expand(parse_suite(_suite(defenses={"none": {}})))
     assert [c.key for c in cells] == ["vanilla/mnist/homo/c2/s0/def-none", "ushaped/mnist/homo/c2/s0/def-none"]
-    assert all(c.defense == "none" and "defenses" not in c.config for c in cells)
+    assert all(c.defense == "none" and c.config["defenses"] == {} for c in cells)
     # the same run as the suite without the axis: only the key says which variant it is
     assert [c.config_hash for c in cells] == [c.config_hash for c in plain]
 
 
-def test_defended_variants_carry_their_mapping_into_the_cell_config(defenses_accepted):
+def test_defended_variants_carry_their_mapping_into_the_cell_config():
     variants = {
         "none": {},
         "nopeek-0.5": {"nopeek": {"alpha": 0.5}},
@@ -86,26 +66,24 @@ def test_defended_variants_carry_their_mapping_into_the_cell_config(defenses_acc
         "vanilla/mnist/homo/c2/s0/def-noise-1.0",
     ]
     by_defense = {c.defense: c for c in cells}
-    assert "defenses" not in by_defense["none"].config
+    assert by_defense["none"].config["defenses"] == {}
     assert by_defense["nopeek-0.5"].config["defenses"] == {"nopeek": {"alpha": 0.5}}
-    assert by_defense["noise-1.0"].config["defenses"] == {"activation_noise": {"clip": 1.0, "sigma": 1.0}}
+    # The run config's validator resolves the defaults (delta), so the cell carries what the run will use.
+    noise = {"activation_noise": {"clip": 1.0, "sigma": 1.0, "delta": 1e-5}}
+    assert by_defense["noise-1.0"].config["defenses"] == noise
     assert all(c.config["attacks"] == ["dcor"] for c in cells)
     assert len({c.config_hash for c in cells}) == 3
 
 
 def test_a_defended_cell_goes_through_the_run_config_validator():
-    """Whether the run config knows ``defenses`` yet or not, a defended cell is validated by it: its mapping is in
-    the resolved config, or the expansion names the cell and the key."""
-    raw = _suite(paradigms=["vanilla"], defenses={"nopeek-0.5": {"nopeek": {"alpha": 0.5}}})
-    if RUNCONFIG_HAS_DEFENSES:
-        (cell,) = expand(parse_suite(raw))
-        assert "nopeek" in cell.config["defenses"]
-    else:
-        with pytest.raises(SuiteError, match=r"vanilla/mnist/homo/c2/s0/def-nopeek-0.5.*defenses"):
-            expand(parse_suite(raw))
+    (cell,) = expand(parse_suite(_suite(paradigms=["vanilla"], defenses={"nopeek-0.5": {"nopeek": {"alpha": 0.5}}})))
+    assert cell.config["defenses"] == {"nopeek": {"alpha": 0.5}}
+    bad = _suite(paradigms=["vanilla"], defenses={"nopeek-x": {"nopeek": {"alpha": -1}}})
+    with pytest.raises(SuiteError, match=r"vanilla/mnist/homo/c2/s0/def-nopeek-x.*alpha"):
+        expand(parse_suite(bad))
 
 
-def test_exclude_rules_match_a_defense_family(defenses_accepted):
+def test_exclude_rules_match_a_defense_family():
     raw = _suite(
         defenses={"none": {}, "label_dp-1": {"label_dp": {"epsilon": 1.0}}, "label_dp-4": {"label_dp": {"epsilon": 4}}},
     )
@@ -173,7 +151,7 @@ def test_an_axis_and_a_base_key_for_the_same_thing_are_refused():
         parse_suite(raw)
 
 
-def test_the_privacy_suite(defenses_accepted):
+def test_the_privacy_suite():
     suite = load_suite("privacy")
     assert suite.paradigms == ["vanilla", "splitfed_v1", "splitfed_v2", "psl", "ushaped"]
     assert suite.datasets == ["mnist", "fashionmnist"] and not suite.centralized
