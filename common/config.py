@@ -126,7 +126,8 @@ FIELD_DOCS: dict[str, str] = {
     "backend": "how `slperf federation`/`slperf bench` run it: federation (server and client daemons as processes "
     "over mutual TLS) or sim (every party in one process over in-memory links; same bytes, see docs/simulation.md)",
     "attacks": "attacks of an honest-but-curious server to run and record each round (docs/threat_model.md): dcor, "
-    "inversion_whitebox, label_leak; each is refused where the paradigm's threat model rules it out; empty: none",
+    "inversion_whitebox, inversion_learned[:F] (F: share of the public test split it knows, default 0.1), "
+    "label_leak; each is refused where the paradigm's threat model rules it out; empty: none",
     "compress": "codec of the cut tensors per direction, e.g. {up: int8, down: fp16}: none (default), fp16, bf16, "
     "int8 (affine, per tensor), int8:channel (per channel), topk:F (the F share of largest magnitudes), topk:F:ef "
     "(with error feedback); up = what clients send, down = the server's replies; refused by paradigms without cut",

@@ -5,8 +5,9 @@ it knows (docs/threat_model.md says how SLPerf's attacker gets them).
 
 Images (input ``[C, H, W]``, activation ``[C', h, w]``): two 3x3 convolutions at the activation's resolution,
 bilinear upsampling to ``H x W`` and a 3x3 convolution into pixels: a local decoder that matches a convolutional
-segment's local receptive fields, so it learns from a few hundred images (and trains in seconds on a CPU). Anything else: an MLP on the flattened activation plus a linear skip path (which alone
-inverts a linear segment exactly).
+segment's local receptive fields, so it learns from a few hundred images (and trains in seconds on a CPU).
+Anything else: an MLP on the flattened activation plus a linear skip path (which alone inverts a linear segment
+exactly).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class _FlatDecoder(nn.Module):
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         flat = a.reshape(a.shape[0], -1)
-        return (self.skip(flat) + self.mlp(flat)).reshape(a.shape[0], *self.input_shape)
+        out: torch.Tensor = (self.skip(flat) + self.mlp(flat)).reshape(a.shape[0], *self.input_shape)
+        return out
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -52,9 +52,10 @@ class LearnedInversion(Attack):
         super().__init__(ctx, parameter)
         self.aux = self.aux_fraction(parameter)
         config = ctx.config
-        evaluated = DATASETS[config.dataset].test_size
-        if config.max_test_samples is not None:
-            evaluated = min(evaluated, config.max_test_samples)
+        sizes = [n for n in (DATASETS[config.dataset].test_size, config.max_test_samples) if n is not None]
+        if not sizes:
+            raise ConfigError(f"{self.name} needs max_test_samples: {config.dataset} does not say its test size")
+        evaluated = min(sizes)
         self.aux_samples = max(1, round(self.aux * evaluated))
         self.eval_steps = math.ceil(self.aux_samples / config.eval_batch_size)
 
@@ -71,7 +72,9 @@ class LearnedInversion(Attack):
         except ValueError:
             value = math.nan
         if not 0.0 < value <= 1.0:
-            raise ConfigError(f"config key 'attacks': {cls.name}:{parameter}: the parameter is the {cls.parameter_help}")
+            raise ConfigError(
+                f"config key 'attacks': {cls.name}:{parameter}: the parameter is the {cls.parameter_help}"
+            )
         return value
 
     def _pairs(self, truth: GroundTruth, source: ClientRound) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +114,8 @@ class LearnedInversion(Attack):
             if image:
                 pictures.append((seen.client_id, original, recon))
         if pictures and self.ctx.folder is not None:
-            title = f"learned inverse network (auxiliary: {100 * self.aux:g}% of the public test split, {self.aux_samples} pairs)"
+            aux = f"{100 * self.aux:g}% of the public test split, {self.aux_samples} pairs"
+            title = f"learned inverse network (auxiliary: {aux})"
             save_grid(self.ctx.folder / f"inversion_learned_round{log.round}.png", pictures, log.round, title)
         return out
 
