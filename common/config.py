@@ -127,7 +127,8 @@ FIELD_DOCS: dict[str, str] = {
     "backend": "how `slperf federation`/`slperf bench` run it: federation (server and client daemons as processes "
     "over mutual TLS) or sim (every party in one process over in-memory links; same bytes, see docs/simulation.md)",
     "attacks": "attacks of an honest-but-curious server to run and record each round (docs/threat_model.md): dcor, "
-    "inversion_whitebox, label_leak; each is refused where the paradigm's threat model rules it out; empty: none",
+    "inversion_whitebox, inversion_learned[:F] (F: share of the public test split it knows, default 0.1), "
+    "label_leak; each is refused where the paradigm's threat model rules it out; empty: none",
     "defenses": "client-side defenses and their parameters (docs/threat_model.md, Defenses), e.g. {nopeek: {alpha: "
     "0.5}, activation_noise: {clip: 1.0, sigma: 0.5, delta: 1e-5}, label_dp: {epsilon: 2.0}, grad_perturb: {kind: "
     "max_norm}}; each is refused where the paradigm's threat model leaves it nothing to protect; empty: none",

@@ -11,6 +11,7 @@ one labelled example of the direction score).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,7 @@ class ClientRound:
     activations: dict[int, torch.Tensor] = field(default_factory=dict)  # step -> what the first stage carried up
     tail_gradients: dict[int, torch.Tensor] = field(default_factory=dict)  # step -> a later stage's tensor (U-shaped)
     producer: State | None = None  # the client segment the server sent before the client's first step
+    eval_activations: dict[int, torch.Tensor] = field(default_factory=dict)  # step -> an evaluation batch's
 
 
 @dataclass
@@ -56,11 +58,23 @@ class GroundTruth:
 
     def batches(self, index: int, round: int, steps: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Inputs and labels of the client's training batches ``steps`` of ``round``."""
+        return self._pick(self.client_data(index).train.batches(round), steps)
+
+    def eval_batches(self, index: int, steps: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Inputs and labels of the client's evaluation batches ``steps`` of ``round``: the data set's test split
+        in the order every paradigm evaluates (unshuffled), public where the data set is (what ``inversion_learned``
+        assumes)."""
+        return self._pick(self.client_data(index).test.batches(0, shuffle=False), steps)
+
+    @staticmethod
+    def _pick(
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: list[int]
+    ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         wanted = set(steps)
         out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if not wanted:
             return out
-        for step, (x, y) in enumerate(self.client_data(index).train.batches(round)):
+        for step, (x, y) in enumerate(batches):
             if step in wanted:
                 out[step] = (x, y)
             if step >= max(wanted):

@@ -31,8 +31,9 @@ class PrivacyObserver:
         self._first_stage = exchange.train[0].name if exchange.train else ""
         self._producer = exchange.segments[0].name if exchange.segments else ""
         ctx = AttackContext(config, input_shape, num_classes, folder)
-        self.attacks: list[Attack] = [attacks.get(name)(ctx) for name in config.attacks]
+        self.attacks: list[Attack] = [attacks.get(spec)(ctx, attacks.split(spec)[1]) for spec in config.attacks]
         self._activation_steps = max((a.activation_steps for a in self.attacks), default=0)
+        self._eval_steps = max((a.eval_steps for a in self.attacks), default=0)
         self._tail_steps = max((a.tail_steps for a in self.attacks), default=0)
         self._truth = GroundTruth(config)
         self._rounds: dict[int, RoundLog] = {}
@@ -51,6 +52,9 @@ class PrivacyObserver:
 
     def cut_tensor(self, client_id: str, index: int, message: CutTensor) -> None:
         ref = message.ref
+        if ref.phase is Phase.EVAL and ref.stage == self._first_stage and ref.step < self._eval_steps:
+            self._client(ref.round, index, client_id).eval_activations[ref.step] = message.tensor.detach().clone()
+            return
         if ref.phase is not Phase.TRAIN:
             return
         if ref.stage == self._first_stage:
@@ -84,10 +88,14 @@ def check_attacks(config: RunConfig) -> None:
     """Refuses (ConfigError) an unknown attack, one named twice, or one the paradigm's threat model rules out."""
     from slperf.common.config import ConfigError
 
-    if len(set(config.attacks)) != len(config.attacks):
+    names = [attacks.split(spec)[0] for spec in config.attacks]
+    if len(set(names)) != len(names):
         raise ConfigError("config key 'attacks' names an attack twice")
     threats = paradigms.get(config.paradigm).threats
-    for name in config.attacks:
-        why = attacks.get(name).refusal(threats)
+    for spec in config.attacks:
+        name, parameter = attacks.split(spec)
+        attack = attacks.get(spec)
+        attack.check_parameter(parameter)
+        why = attack.refusal(threats)
         if why:
             raise ConfigError(f"config key 'attacks': {name} cannot run against {config.paradigm}: {why}")

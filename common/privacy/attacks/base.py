@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from slperf.common.config import RunConfig
+from slperf.common.config import ConfigError, RunConfig
 from slperf.common.paradigms.threats import Seen, ThreatModel
 from slperf.common.privacy.observations import GroundTruth, RoundLog
 
@@ -32,9 +32,18 @@ class Attack(abc.ABC):
     excluded: ClassVar[frozenset[Seen]] = frozenset()  # pointless where the server sees these (labels in the clear)
     activation_steps: ClassVar[int] = 0
     tail_steps: ClassVar[int] = 0
+    parameter_help: ClassVar[str] = ""  # what ``name:PARAMETER`` means; empty: the attack takes none
 
-    def __init__(self, ctx: AttackContext):
+    def __init__(self, ctx: AttackContext, parameter: str | None = None):
         self.ctx = ctx
+        self.check_parameter(parameter)
+        self.eval_steps = 0  # how many of each client's first evaluation batches it looks at (set by an attack)
+
+    @classmethod
+    def check_parameter(cls, parameter: str | None) -> None:
+        """Refuses (ConfigError) a parameter this attack does not take or cannot read."""
+        if parameter is not None and not cls.parameter_help:
+            raise ConfigError(f"config key 'attacks': {cls.name} takes no parameter (got '{cls.name}:{parameter}')")
 
     @classmethod
     def refusal(cls, threats: ThreatModel) -> str | None:

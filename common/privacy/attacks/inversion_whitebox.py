@@ -58,8 +58,10 @@ class WhiteBoxInversion(Attack):
         return out
 
 
-def save_grid(path: Path, pictures: list[tuple[str, torch.Tensor, torch.Tensor]], round: int) -> None:
-    """Per client two rows: its originals, then the server's reconstructions of them."""
+def save_grid(
+    path: Path, pictures: list[tuple[str, torch.Tensor, torch.Tensor]], round: int, title: str = "white-box inversion"
+) -> None:
+    """Per client two rows: its originals, then the server's reconstructions of them; ``title``, round N above."""
     import io
 
     import matplotlib
@@ -83,7 +85,7 @@ def save_grid(path: Path, pictures: list[tuple[str, torch.Tensor, torch.Tensor]]
                     )
             label = "original" if kind == 0 else "reconstructed"
             axes[2 * row + kind][0].set_title(f"{client} {label}", fontsize=7, loc="left")
-    fig.suptitle(f"white-box inversion, round {round}", fontsize=9)
+    fig.suptitle(f"{title}, round {round}", fontsize=9)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)

@@ -1,8 +1,10 @@
 """Label inference from the gradients a U-shaped server receives from the clients' tails (Li et al., ICLR 2022).
 Per client and round, on its first 16 training steps' tail gradients: the leak AUC of the norm score and of the
-direction score for the binary question "is it class 0?" (the direction's reference is the gradient of one
-class-0 sample the attacker is assumed to know, left out of the scoring), and the multi-class label-inference
-accuracy of clustering the gradients (``slperf.common.privacy.label_leak``)."""
+direction score for the question "is it the positive class?", and the label-inference accuracy of clustering the
+gradients (``slperf.common.privacy.label_leak``). On a binary task (Adult) the positive class is the rarer one of
+the scored samples, Li et al.'s setting (the rare class gets the larger gradients); on a multi-class task it is
+class 0. The direction's reference is the gradient of one positive sample the attacker is assumed to know, left
+out of the scoring."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from slperf.common.privacy.label_leak import cluster_accuracy, direction_scores,
 from slperf.common.privacy.metrics import roc_auc
 from slperf.common.privacy.observations import GroundTruth, RoundLog
 
-POSITIVE = 0
+MULTICLASS_POSITIVE = 0
 
 
 class LabelLeak(Attack):
@@ -35,7 +37,7 @@ class LabelLeak(Attack):
                 continue
             g = torch.cat([seen.tail_gradients[s].reshape(len(seen.tail_gradients[s]), -1) for s in steps])
             y = torch.cat([batches[s][1] for s in steps])
-            positive = y == POSITIVE
+            positive = y == positive_class(y, self.ctx.num_classes)
             figures = {
                 "label_norm_auc": roc_auc(norm_scores(g), positive),
                 "label_inference_accuracy": cluster_accuracy(g, y, self.ctx.num_classes, seed=self.ctx.config.seed),
@@ -48,6 +50,14 @@ class LabelLeak(Attack):
                 figures["label_direction_auc"] = roc_auc(scores, positive[keep])
             out[seen.client_id] = figures
         return out
+
+
+def positive_class(labels: torch.Tensor, num_classes: int) -> int:
+    """The class the AUCs ask about: binary, the rarer one among ``labels`` (the lower on a tie); else class 0."""
+    if num_classes != 2:
+        return MULTICLASS_POSITIVE
+    counts = torch.bincount(labels.flatten(), minlength=2)
+    return int(torch.argmin(counts))
 
 
 register(LabelLeak)

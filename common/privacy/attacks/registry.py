@@ -1,5 +1,6 @@
 """Finds attacks by name. Every plain module of this package other than the API (``base``) and this registry is an
-attack plug-in that calls ``register``, as paradigms do; a run asks for them with ``attacks: [name, ...]``."""
+attack plug-in that calls ``register``, as paradigms do; a run asks for them with ``attacks: [name, ...]``, an attack
+that takes a parameter as ``name:PARAMETER`` (``inversion_learned:0.1``)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,16 @@ def _load_all() -> None:
             importlib.import_module(f"{pkg.__name__}.{info.name}")
 
 
-def get(name: str) -> type[Attack]:
+def split(spec: str) -> tuple[str, str | None]:
+    """``name`` or ``name:PARAMETER`` -> (name, parameter or None)."""
+    name, sep, parameter = spec.partition(":")
+    return name, (parameter if sep else None)
+
+
+def get(spec: str) -> type[Attack]:
+    """The attack named by ``spec`` (``name`` or ``name:PARAMETER``; the parameter is not checked here)."""
     _load_all()
+    name = split(spec)[0]
     if name not in _ATTACKS:
         raise ConfigError(f"unknown attack '{name}' (known: {', '.join(sorted(_ATTACKS))})")
     return _ATTACKS[name]

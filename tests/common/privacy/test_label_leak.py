@@ -42,3 +42,35 @@ def test_clustering_recovers_classes_whose_gradients_point_apart():
     # Gradients that carry no label information: about the share of the largest class.
     noise = torch.randn(300, 32, generator=g)
     assert cluster_accuracy(noise, y, 5) < 0.45
+
+
+class _Truth:
+    """Ground truth of one client's training batches (labels only matter here)."""
+
+    def __init__(self, labels: dict[int, torch.Tensor]):
+        self.labels = labels
+
+    def batches(self, index, round, steps):
+        return {s: (torch.zeros(len(self.labels[s]), 1), self.labels[s]) for s in steps if s in self.labels}
+
+
+def test_the_attack_on_a_binary_task_asks_about_the_rare_class_and_leaks_it():
+    from slperf.common.config import RunConfig
+    from slperf.common.privacy.attacks.base import AttackContext
+    from slperf.common.privacy.attacks.label_leak import LabelLeak, positive_class
+    from slperf.common.privacy.observations import ClientRound, RoundLog
+
+    grads, y = logistic_gradients(n=256, seed=3)
+    for flip in (False, True):  # the rare class labelled 1, then labelled 0: the scores follow the rarity
+        labels = 1 - y if flip else y
+        assert positive_class(labels, 2) == (0 if flip else 1)
+        seen = ClientRound("c1", 0)
+        truth = {}
+        for step in range(4):
+            seen.tail_gradients[step] = grads[64 * step : 64 * (step + 1)]
+            truth[step] = labels[64 * step : 64 * (step + 1)]
+        log = RoundLog(0, {0: seen})
+        figures = LabelLeak(AttackContext(RunConfig(), (16,), 2, None)).run(log, _Truth(truth))["c1"]
+        assert figures["label_norm_auc"] > 0.99 and figures["label_direction_auc"] > 0.99, figures
+        assert figures["label_inference_accuracy"] > 0.95, figures
+    assert positive_class(torch.tensor([3, 3, 0]), 10) == 0  # multi-class: "is it class 0?"
