@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from slperf.bench import network_report
 from slperf.bench.machine import machine_info
 from slperf.bench.suite import CENTRALIZED, Partition
 from slperf.common.fsutil import atomic_write
@@ -53,6 +54,17 @@ CSV_COLUMNS = [
     "peak_rss_server_mb",
     "peak_rss_client_max_mb",
     "peak_rss_client_mean_mb",
+    "network",
+    "compression",
+    "link_rate_mbit",
+    "link_delay_ms",
+    "link_up_mbit",
+    "link_down_mbit",
+    "link_rtt_ms",
+    "seconds_per_round",
+    "seconds_to_target",
+    "server_compute_seconds",
+    "server_busy_fraction",
     "config_hash",
     "run_dir",
     "started_at",
@@ -173,7 +185,7 @@ def table_markdown(group_rows: Sequence[Mapping[str, Any]], centralized_rows: Se
     if centralized_rows:
         by_paradigm[CENTRALIZED] = list(centralized_rows)
     for row in group_rows:
-        by_paradigm.setdefault(row["paradigm"], []).append(row)
+        by_paradigm.setdefault(variant_label(row), []).append(row)
     for paradigm, rows in by_paradigm.items():
         agg = aggregate(rows)
         if not agg["seeds"]:
@@ -199,6 +211,13 @@ def table_markdown(group_rows: Sequence[Mapping[str, Any]], centralized_rows: Se
             + " |"
         )
     return "\n".join(lines)
+
+
+def variant_label(row: Mapping[str, Any]) -> str:
+    """The paradigm, with the cell's network profile and codec when the matrix varies them (so that the tables
+    and plots never average a LAN cell with a WAN one as if they were seeds)."""
+    extra = [str(row[k]) for k in ("network", "compression") if row.get(k)]
+    return row["paradigm"] + (f" [{', '.join(extra)}]" if extra else "")
 
 
 def groups(rows: Sequence[Mapping[str, Any]]) -> OrderedDict[tuple[str, str, int], list[Mapping[str, Any]]]:
@@ -269,6 +288,7 @@ def report_markdown(
             if fname in plot_names:
                 out.append(f"![accuracy vs {kind}](plots/{fname})")
         out.append("")
+    out += network_report.section_markdown(rows, plots or [])
     if not groups(rows) and centralized:
         out += ["## Centralized baselines", "", table_markdown([], centralized), ""]
     if failed:
@@ -343,7 +363,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
         dataset, partition, clients = group
         by_paradigm: OrderedDict[str, list[Mapping[str, Any]]] = OrderedDict()
         for row in group_rows:
-            by_paradigm.setdefault(row["paradigm"], []).append(row)
+            by_paradigm.setdefault(variant_label(row), []).append(row)
         base = [r for r in centralized if r["dataset"] == dataset]
         for kind in ("round", "bytes", "time"):
             fig, ax = plt.subplots(figsize=(9, 4.8), dpi=100)
@@ -372,4 +392,5 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
             fig.savefig(path)
             plt.close(fig)
             written.append(path)
+    written += network_report.write_plot(finished, plots_dir)
     return written

@@ -106,6 +106,8 @@ def _run_figures(summary: Mapping[str, Any], total: float) -> dict[str, Any]:
         "train_seconds": sum(p["round_seconds"] for p in curve),
         "run_seconds": summary.get("wall_seconds"),
         "total_seconds": total,
+        "server_compute_seconds": summary.get("server_compute_seconds"),
+        **({"network_links": summary["network"]["links"]} if summary.get("network") else {}),
         "curve": curve,
     }
 

@@ -18,6 +18,8 @@ Suite file (every key but ``matrix`` optional)::
       partitions: [homo, hetero:0.5, {method: label_skew, classes: 2}]
       clients: [3]
       seeds: [0]
+      networks: [{name: wan, rate_mbit: 100, delay_ms: 25}]   # optional: shaped client links (network:)
+      compress: [none, int8:channel]    # optional: the codec both ways, or {up: C, down: C} (compress:)
     exclude: [{paradigm: fedavg, partition: label_skew-k2}]   # skip cells matching every given field
     overrides:
       datasets: {adult: {model: mlp}}              # applied over base, for that dataset
@@ -167,13 +169,20 @@ class Cell:
     clients: int | None
     seed: int
     config: Mapping[str, Any] = field(compare=False, hash=False)
+    network: str = ""  # the label of the matrix's network profile ("" when the matrix has no networks axis)
+    compression: str = ""  # the label of the matrix's compress codec ("" when it has no compress axis)
 
     @property
     def key(self) -> str:
         if self.paradigm == CENTRALIZED:
             return f"{CENTRALIZED}/{self.dataset}/all/s{self.seed}"
         assert self.partition is not None
-        return f"{self.paradigm}/{self.dataset}/{self.partition.label}/c{self.clients}/s{self.seed}"
+        key = f"{self.paradigm}/{self.dataset}/{self.partition.label}/c{self.clients}/s{self.seed}"
+        return (
+            key
+            + (f"/net-{self.network}" if self.network else "")
+            + (f"/z-{self.compression}" if self.compression else "")
+        )
 
     @property
     def slug(self) -> str:
@@ -214,6 +223,8 @@ class Suite:
     clients: list[int]
     seeds: list[int]
     exclude: list[dict[str, Any]] = field(default_factory=list)
+    networks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (label, network: value)
+    compressions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (label, compress: value)
     dataset_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     paradigm_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     target_accuracy: float | dict[str, float] | None = None
@@ -293,7 +304,7 @@ _SUITE_KEYS = {
     "estimate",
     "resources",
 }
-_MATRIX_KEYS = {"paradigms", "datasets", "partitions", "clients", "seeds"}
+_MATRIX_KEYS = {"paradigms", "datasets", "partitions", "clients", "seeds", "networks", "compress"}
 # Config keys that the matrix sets for every cell; a base that set them would be silently overwritten.
 _MATRIX_CONFIG_KEYS = (
     "paradigm",
@@ -307,7 +318,7 @@ _MATRIX_CONFIG_KEYS = (
     "class_number_per_client",
     "client_ids",
 )
-_EXCLUDE_FIELDS = {"paradigm", "dataset", "partition", "clients", "seed"}
+_EXCLUDE_FIELDS = {"paradigm", "dataset", "partition", "clients", "seed", "network", "compression"}
 
 
 @dataclass(frozen=True)
@@ -317,6 +328,47 @@ class _Axes:
     partitions: list[Partition]
     clients: list[int]
     seeds: list[int]
+    networks: list[tuple[str, dict[str, Any]]]
+    compressions: list[tuple[str, dict[str, Any]]]
+
+
+def _parse_networks(matrix: Mapping[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
+    """The ``networks`` axis: each a ``network:`` value, labelled by its name (or its rate and delay)."""
+    from slperf.common.network_profile import NetworkConfigError, parse_profile
+
+    if "networks" not in matrix:
+        return []
+    out: list[tuple[str, dict[str, Any]]] = []
+    for raw in _list(matrix, "networks"):
+        if not isinstance(raw, Mapping):
+            raise SuiteError(
+                f"{where}: each of matrix networks must be a mapping like {{rate_mbit: 100, delay_ms: 25}}"
+            )
+        try:
+            label = parse_profile({k: v for k, v in raw.items() if k != "clients"}).label
+        except NetworkConfigError as exc:
+            raise SuiteError(f"{where}: matrix networks: {exc}") from None
+        out.append((label, dict(raw)))
+    labels = [label for label, _ in out]
+    if len(labels) != len(set(labels)):
+        raise SuiteError(f"{where}: matrix networks has two profiles named alike ({', '.join(labels)}): name them")
+    return out
+
+
+def _parse_compressions(matrix: Mapping[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
+    """The ``compress`` axis: ``none``, a codec for both directions, or ``{up: C, down: C}``."""
+    if "compress" not in matrix:
+        return []
+    out: list[tuple[str, dict[str, Any]]] = []
+    for raw in _list(matrix, "compress"):
+        if isinstance(raw, str):
+            value = {} if raw == "none" else {"up": raw, "down": raw}
+            out.append((raw, value))
+        elif isinstance(raw, Mapping) and raw and set(raw) <= {"up", "down"}:
+            out.append((f"{raw.get('up', 'none')}-{raw.get('down', 'none')}", dict(raw)))
+        else:
+            raise SuiteError(f"{where}: matrix compress entries are a codec name or {{up: C, down: C}}, got {raw!r}")
+    return out
 
 
 def _parse_matrix(raw: Mapping[str, Any], where: str) -> _Axes:
@@ -345,7 +397,10 @@ def _parse_matrix(raw: Mapping[str, Any], where: str) -> _Axes:
                     f"{where}: matrix {key} must be {'positive' if key == 'clients' else 'non-negative'} "
                     f"integers, got {v!r}"
                 )
-    return _Axes(paradigms, datasets, partitions, [int(c) for c in clients], [int(s) for s in seeds])
+    networks, compressions = _parse_networks(matrix, where), _parse_compressions(matrix, where)
+    return _Axes(
+        paradigms, datasets, partitions, [int(c) for c in clients], [int(s) for s in seeds], networks, compressions
+    )
 
 
 def _parse_base(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -424,6 +479,9 @@ def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None
         raise SuiteError(f"{where}: unknown suite keys {unknown} (known: {', '.join(sorted(_SUITE_KEYS))})")
     axes = _parse_matrix(raw, where)
     base = _parse_base(raw, where)
+    for axis, key in ((axes.networks, "network"), (axes.compressions, "compress")):
+        if axis and key in base:
+            raise SuiteError(f"{where}: base key '{key}' is set by the matrix; put it in 'matrix' instead")
     ds_over, pd_over = _parse_overrides(raw, where)
     exclude = _parse_exclude(raw, where)
     target = _parse_target(raw, where)
@@ -444,6 +502,8 @@ def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None
         clients=axes.clients,
         seeds=axes.seeds,
         exclude=exclude,
+        networks=axes.networks,
+        compressions=axes.compressions,
         dataset_overrides=ds_over,
         paradigm_overrides=pd_over,
         target_accuracy=target,
@@ -470,6 +530,8 @@ def _excluded(suite: Suite, cell: Cell) -> bool:
         "partition": cell.partition.label if cell.partition else None,
         "clients": cell.clients,
         "seed": cell.seed,
+        "network": cell.network,
+        "compression": cell.compression,
     }
     for rule in suite.exclude:
         if all(_matches(fields[k], v) for k, v in rule.items()):
@@ -519,27 +581,38 @@ def expand(suite: Suite) -> list[Cell]:
         for clients in suite.clients:
             for partition in suite.partitions:
                 for seed in suite.seeds:
-                    for paradigm in suite.paradigms:
-                        config = {
-                            **suite.base,
-                            **suite.dataset_overrides.get(dataset, {}),
-                            "paradigm": paradigm,
-                            "dataset": dataset,
-                            "clients": clients,
-                            "seed": seed,
-                            **partition.config_keys(),
-                            **suite.paradigm_overrides.get(paradigm, {}),
-                        }
-                        probe = Cell(paradigm, dataset, partition, clients, seed, {})
-                        if _excluded(suite, probe):
-                            continue
-                        cells.append(Cell(paradigm, dataset, partition, clients, seed, _validate(config, probe.key)))
+                    for (net, network), (zip_, compress) in _link_variants(suite):
+                        for paradigm in suite.paradigms:
+                            config = {
+                                **suite.base,
+                                **suite.dataset_overrides.get(dataset, {}),
+                                "paradigm": paradigm,
+                                "dataset": dataset,
+                                "clients": clients,
+                                "seed": seed,
+                                **partition.config_keys(),
+                                **({"network": network} if net else {}),
+                                **({"compress": compress} if zip_ else {}),
+                                **suite.paradigm_overrides.get(paradigm, {}),
+                            }
+                            probe = Cell(paradigm, dataset, partition, clients, seed, {}, net, zip_)
+                            if _excluded(suite, probe):
+                                continue
+                            resolved = _validate(config, probe.key)
+                            cells.append(Cell(paradigm, dataset, partition, clients, seed, resolved, net, zip_))
     keys = [c.key for c in cells]
     if len(keys) != len(set(keys)):
         raise SuiteError(
             "the matrix lists a cell twice (a repeated paradigm, dataset, partition, client count or seed)"
         )
     return cells
+
+
+def _link_variants(suite: Suite) -> list[tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]]:
+    """(network, compression) pairs of the matrix, each ("", {}) when its axis is absent: compression inner."""
+    networks = suite.networks or [("", {})]
+    compressions = suite.compressions or [("", {})]
+    return [(n, c) for n in networks for c in compressions]
 
 
 def preflight(cells: Sequence[Cell]) -> list[str]:
