@@ -718,7 +718,7 @@ def _print_summary(summary: dict) -> None:
 
 
 @main.command()
-@click.option("--suite", required=True, help="suite NAME (built in: quick, paper) or a YAML file")
+@click.option("--suite", required=True, help="suite NAME (built in: quick, paper, network) or a YAML file")
 @click.option(
     "--out",
     "out_dir",
