@@ -141,10 +141,13 @@ def write_plot(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path]
                 if xs:
                     label = paradigm if compression == "none" else f"{paradigm} ({compression})"
                     ax.plot(xs, ys, marker="o", color=cmap(i % 10), linestyle="-" if j == 0 else "--", label=label)
+        if not ax.lines:  # say why a panel is empty rather than leave a blank frame
+            ax.text(0.5, 0.5, "no cell reached the target", transform=ax.transAxes, ha="center", va="center")
         ax.set_xticks(range(len(profiles)), profiles)
         ax.set_xlabel("link profile (fastest first)")
         ax.set_ylabel(title)
-        ax.set_yscale("log")
+        if ax.lines:
+            ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
     target = next((r["target_accuracy"] for r in shaped if r.get("target_accuracy") is not None), None)
     axes[0].set_title("time to " + ("target" if target is None else f"{100 * float(target):g}% accuracy"))
