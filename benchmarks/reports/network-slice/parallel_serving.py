@@ -11,6 +11,7 @@ from slperf.federation import run_federation
 from slperf.slserver.run_folder import RunFolder
 
 out = Path("/tmp/netpar")
+out.mkdir(exist_ok=True)
 results = []
 for paradigm in ("splitfed_v1", "vanilla"):
     for clients in (1, 2):
