@@ -21,6 +21,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from slperf.common.network_profile import NetworkConfigError, NetworkSpec, parse_network
 from slperf.common.protocol.compression import Codec, parse_codec
 
 
@@ -70,6 +71,7 @@ class RunConfig:
     attacks: list[str] = field(default_factory=list)
     defenses: dict[str, Any] = field(default_factory=dict)
     compress: dict[str, Any] = field(default_factory=dict)
+    network: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +137,10 @@ FIELD_DOCS: dict[str, str] = {
     "compress": "codec of the cut tensors per direction, e.g. {up: int8, down: fp16}: none (default), fp16, bf16, "
     "int8 (affine, per tensor), int8:channel (per channel), topk:F (the F share of largest magnitudes), topk:F:ef "
     "(with error feedback); up = what clients send, down = the server's replies; refused by paradigms without cut",
+    "network": "shaped links for the client daemons, e.g. {rate_mbit: 100, delay_ms: 25} (one-way delay each "
+    "direction), optionally with clients: {ID: {rate_mbit, delay_ms}}: the launcher (slperf federation, slperf bench) "
+    "runs each client daemon in a network namespace of its own behind tc tbf and a delay relay (Linux, root); a "
+    "server started by hand refuses it (it cannot shape its clients' links); empty: loopback, unshaped",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
 }
 
@@ -265,6 +271,21 @@ def check_ranges(cfg: RunConfig, datasets: Collection[str]) -> None:
     check_backend_name(cfg.backend)
     check_amp_name(cfg.amp)
     compress_codecs(cfg)
+    network_spec(cfg)
+
+
+def network_spec(cfg: RunConfig) -> NetworkSpec | None:
+    """The validated ``network`` key (None: no shaping); shaping needs client daemons as processes of their own."""
+    try:
+        spec = parse_network(cfg.network, cfg.participant_ids() or [f"c{i + 1}" for i in range(cfg.clients)])
+    except NetworkConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if spec is not None and cfg.backend == "sim":
+        raise ConfigError(
+            "config key 'network' needs backend: federation (each client daemon in a network namespace of its own); "
+            "a simulation has no links to shape"
+        )
+    return spec
 
 
 COMPRESS_DIRECTIONS = ("up", "down")

@@ -720,7 +720,7 @@ def _print_summary(summary: dict) -> None:
 
 @main.command()
 @click.option(
-    "--suite", required=True, help="suite NAME (built in: quick, paper, privacy, privacy_tiny) or a YAML file"
+    "--suite", required=True, help="suite NAME (built in: quick, paper, network, privacy, privacy_tiny) or a YAML file"
 )
 @click.option(
     "--out",

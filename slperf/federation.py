@@ -25,12 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import yaml
 
 from slperf import parent_death, pki
-from slperf.common.config import RunConfig
+from slperf.common.config import RunConfig, network_spec
 from slperf.common.config_loader import load_config
 from slperf.common.data import load_dataset
 from slperf.common.fsutil import atomic_write
@@ -38,6 +38,9 @@ from slperf.common.security.credentials import operator_channel_credentials
 from slperf.common.security.layout import ca_paths, client_paths
 from slperf.operator import OperatorClient
 from slperf.slserver.server import READY_PREFIX
+
+if TYPE_CHECKING:  # imported where used: an unshaped run never loads it
+    from slperf.netshape.clients import LinkMeasurement, ShapedClients
 
 
 class FederationError(Exception):
@@ -146,6 +149,15 @@ class FederationHooks:
     before_stop: Callable[[Federation], None] | None = None
 
 
+class ClientPlacement(Protocol):
+    """Where a client daemon runs and which address it dials (default: this host's loopback). The shaped network
+    (``slperf.netshape.clients.ShapedClients``) runs each one in a namespace of its own behind its link."""
+
+    def client_endpoint(self, client_id: str, server_port: int) -> tuple[list[str], str]:
+        """The argv prefix to start the daemon with and the HOST:PORT it dials the server at."""
+        ...
+
+
 @dataclass
 class Federation:
     config: RunConfig
@@ -163,6 +175,7 @@ class Federation:
     restarts: dict[str, int] = field(default_factory=dict)  # client id -> restarts so far
     lost: dict[str, str] = field(default_factory=dict)  # client id -> why it stays down
     last_round: int | None = None  # the last round whose record the follower saw (set by run_federation)
+    placement: ClientPlacement | None = None
     _stopping: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -231,12 +244,16 @@ class Federation:
 
     def _spawn_client(self, cid: str, restart: int = 0) -> subprocess.Popen:
         cert, key = client_paths(self.certs_dir, cid)
+        prefix, address = [], f"127.0.0.1:{self.port}"
+        if self.placement is not None:
+            prefix, address = self.placement.client_endpoint(cid, self.port)
         with self._open_log(cid, restart) as log:
             return subprocess.Popen(
-                self._cmd(
+                prefix
+                + self._cmd(
                     "client",
                     "--server",
-                    f"127.0.0.1:{self.port}",
+                    address,
                     "--id",
                     cid,
                     "--ca",
@@ -449,7 +466,10 @@ def run_federation(
     )
     server_gone: list[str] = []
     started = time.monotonic()
+    shaped: ShapedClients | None = None
     try:
+        shaped, links = _shaped_network(config, out_dir, echo)
+        fed.placement = shaped
         fed.start()
         op = fed.operator()
 
@@ -459,7 +479,7 @@ def run_federation(
 
         fed.supervise(on_server_exit)
         try:
-            run_id = op.start_run(yaml.safe_dump(config.to_dict()))
+            run_id = op.start_run(yaml.safe_dump({**config.to_dict(), "network": {}}))  # the launcher's key
             fed.supervisor.attach(out_dir / run_id / SUPERVISOR_LOG)
             echo(
                 f"run {run_id}: {config.paradigm} on {config.dataset}, {config.clients} clients over mutual TLS "
@@ -504,6 +524,8 @@ def run_federation(
         summary = json.loads(status.summary_json)
         summary["federation_seconds"] = time.monotonic() - started
         summary["run_dir"] = str(out_dir / run_id)
+        if shaped is not None:
+            summary["network"] = {"profile": shaped.spec.label, "links": [m.as_record() for m in links]}
         summary["supervisor"] = {
             "restarts": dict(fed.restarts),
             "lost": dict(fed.lost),
@@ -511,5 +533,39 @@ def run_federation(
         }
         return summary
     finally:
-        fed.stop()
-        shutil.rmtree(certs, ignore_errors=True)
+        try:
+            fed.stop()
+        finally:
+            if shaped is not None:
+                shaped.close()  # every namespace, link and relay, also after a failure
+            shutil.rmtree(certs, ignore_errors=True)
+
+
+def _shaped_network(
+    config: RunConfig, out_dir: Path, echo: Callable[[str], None]
+) -> tuple[ShapedClients | None, list[LinkMeasurement]]:
+    """For a run with ``network:``: the client daemons' namespaces, built, shaped and measured (torn down again if
+    any of it fails); (None, []) without the key. FederationError when namespaces cannot be made here."""
+    spec = network_spec(config)
+    if spec is None:
+        return None, []
+    from slperf.netshape.clients import ShapedClients
+    from slperf.netshape.namespaces import NetnsUnavailable
+
+    assert config.client_ids is not None
+    shaped = ShapedClients(spec, config.client_ids, out_dir / "network")
+    try:
+        shaped.build()
+    except NetnsUnavailable as exc:
+        raise FederationError(f"network: {spec.label} needs client daemons in network namespaces: {exc}") from None
+    try:
+        links = shaped.measure()
+    except BaseException:
+        shaped.close()
+        raise
+    for m in links:
+        echo(
+            f"link {m.client} ({m.profile}): measured {m.up_mbit:.1f} Mbit/s up, {m.down_mbit:.1f} down, "
+            f"round trip {m.rtt_path_ms:.1f} ms through its relay"
+        )
+    return shaped, links

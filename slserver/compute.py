@@ -37,6 +37,9 @@ class ComputeContext:
     executor: concurrent.futures.Executor
     observe: StepObserver | None = None
     placement: Placement = field(init=False)
+    # Seconds the compute thread spent in this run's computations: the server's busy time (its share of the wall
+    # time shows whether the server or the links set the pace). Written on the compute thread only.
+    busy_seconds: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.placement = party_placement(self.config, where="the server")
@@ -51,8 +54,10 @@ class ComputeContext:
             with self.placement.autocast():
                 return fn(*args)
         finally:
+            took = time.perf_counter() - started
+            self.busy_seconds += took
             if self.observe is not None:
-                self.observe(step_name(fn), time.perf_counter() - started)
+                self.observe(step_name(fn), took)
 
 
 def step_name(fn: Callable[..., Any]) -> str:

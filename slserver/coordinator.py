@@ -571,6 +571,8 @@ class RunCoordinator:
             )
         run.summary = prepared.recorder.summary()
         run.summary.update(prepared.paradigm.describe())
+        # This process's compute time for the run (a resumed run's earlier process is not counted).
+        run.summary["server_compute_seconds"] = prepared.ctx.busy_seconds
         if config.attacks or config.defenses:  # the last round's leakage figures beside its accuracy
             run.summary["privacy"] = records[-1].get("privacy", {})
         if config.defenses:

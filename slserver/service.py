@@ -204,6 +204,12 @@ class ControlService(service_pb2_grpc.ControlServicer):
                 f"backend: {config.backend} is run by `slperf federation --backend {config.backend}` on one machine; a "
                 "server runs federations (set backend: federation, or leave it out)",
             )
+        if config.network:  # the launcher shapes the links it starts the clients on; a server cannot
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "network: is applied by the launcher (`slperf federation`, `slperf bench`), which runs the client "
+                "daemons behind shaped links; a server cannot shape its clients' links (leave the key out)",
+            )
         for warning in warnings:
             log.warning("%s", warning)
         if request.run_id and not valid_run_id(request.run_id):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from slperf.bench import privacy
+from slperf.bench import network_report
 from slperf.bench.machine import machine_info
 from slperf.bench.suite import CENTRALIZED, Partition
 from slperf.common.fsutil import atomic_write
@@ -59,6 +60,17 @@ CSV_COLUMNS = [
     "peak_rss_client_mean_mb",
     *privacy.FIGURE_NAMES,
     privacy.GRID_COLUMN,
+    "network",
+    "compression",
+    "link_rate_mbit",
+    "link_delay_ms",
+    "link_up_mbit",
+    "link_down_mbit",
+    "link_rtt_ms",
+    "seconds_per_round",
+    "seconds_to_target",
+    "server_compute_seconds",
+    "server_busy_fraction",
     "config_hash",
     "run_dir",
     "started_at",
@@ -172,10 +184,14 @@ TABLE_HEADER = [
 
 
 def series_name(row: Mapping[str, Any]) -> str:
-    """A table line's / plot line's name: the paradigm, with its privacy variant when the suite has those axes."""
+    """A table line's / plot line's name: the paradigm, with its privacy variant when the suite has those axes and
+    its network profile and codec when the matrix varies them (so that the tables and plots never average a LAN
+    cell with a WAN one, or a defended cell with an undefended one, as if they were seeds)."""
+    name = str(row["paradigm"])
     if row.get("defense") or row.get("attack_set"):
-        return f"{row['paradigm']} ({privacy.variant_of(row)})"
-    return str(row["paradigm"])
+        name += f" ({privacy.variant_of(row)})"
+    extra = [str(row[k]) for k in ("network", "compression") if row.get(k)]
+    return name + (f" [{', '.join(extra)}]" if extra else "")
 
 
 def table_markdown(group_rows: Sequence[Mapping[str, Any]], centralized_rows: Sequence[Mapping[str, Any]]) -> str:
@@ -294,6 +310,7 @@ def report_markdown(
         out += ["## Privacy–utility", ""]
         out += [f"![{p.stem}](plots/{p.name})" for p in utility]
         out.append("")
+    out += network_report.section_markdown(rows, plots or [])
     if not groups(rows) and centralized:
         out += ["## Centralized baselines", "", table_markdown([], centralized), ""]
     if failed:
@@ -399,4 +416,5 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
             plt.close(fig)
             written.append(path)
     written += privacy.write_plots(rows, plots_dir)
+    written += network_report.write_plot(finished, plots_dir)
     return written

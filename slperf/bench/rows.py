@@ -23,6 +23,35 @@ def rounds_to_target(curve: Sequence[Mapping[str, Any]], target: float | None) -
     return None
 
 
+def seconds_to_target(curve: Sequence[Mapping[str, Any]], target: float | None) -> float | None:
+    """Training time (the sum of round times) until the test accuracy first reaches the target, None if never."""
+    if target is None:
+        return None
+    for point in curve:
+        acc = point.get("test_accuracy")
+        if acc is not None and acc >= target:
+            return float(point.get("seconds", 0.0))
+    return None
+
+
+def _link_figures(cell: Cell, measured: Mapping[str, Any]) -> dict[str, Any]:
+    """The network columns: the cell's profile, what its links measured (the slowest client's rates, the mean
+    round trip through the relays) and the server's busy share of the run's wall time."""
+    out: dict[str, Any] = {"network": cell.network or None, "compression": cell.compression or None}
+    links = list(measured.get("network_links") or [])
+    if links:
+        out["link_rate_mbit"] = links[0].get("rate_mbit")
+        out["link_delay_ms"] = links[0].get("delay_ms")
+        out["link_up_mbit"] = min(float(m["up_mbit"]) for m in links)
+        out["link_down_mbit"] = min(float(m["down_mbit"]) for m in links)
+        rtts = [float(m["rtt_path_ms"]) for m in links if m.get("rtt_path_ms") is not None]
+        out["link_rtt_ms"] = sum(rtts) / len(rtts) if rtts else None
+    busy, wall = measured.get("server_compute_seconds"), measured.get("run_seconds")
+    if busy is not None and wall:
+        out["server_busy_fraction"] = float(busy) / float(wall)
+    return out
+
+
 def finalize_row(cell: Cell, measured: Mapping[str, Any], *, target: float | None) -> dict[str, Any]:
     """A results row: the cell's identity and config plus what the runner measured, with the figures that
     follow from the curve (final/best accuracy, rounds to target) filled in when the runner left them out."""
@@ -56,6 +85,8 @@ def finalize_row(cell: Cell, measured: Mapping[str, Any], *, target: float | Non
         row["final_accuracy"] = accs[-1]
     row["rounds"] = measured.get("rounds", len(curve))
     row["rounds_to_target"] = rounds_to_target(curve, target)
+    row["seconds_to_target"] = seconds_to_target(curve, target)
+    row.update(_link_figures(cell, measured))
     clients = cell.clients or 1
     for direction in ("up", "down"):
         total = row.get(f"bytes_{direction}")
@@ -63,6 +94,8 @@ def finalize_row(cell: Cell, measured: Mapping[str, Any], *, target: float | Non
             row[f"bytes_{direction}_per_client"] = total / clients
     if row.get("train_seconds") is None and curve:
         row["train_seconds"] = sum(float(p.get("round_seconds", 0.0)) for p in curve)
+    if row.get("train_seconds") is not None and row["rounds"]:
+        row["seconds_per_round"] = float(row["train_seconds"]) / int(row["rounds"])
     row["config"] = dict(cell.config)
     row["curve"] = curve
     return row

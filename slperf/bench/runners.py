@@ -107,6 +107,8 @@ def _run_figures(summary: Mapping[str, Any], total: float) -> dict[str, Any]:
         "train_seconds": sum(p["round_seconds"] for p in curve),
         "run_seconds": summary.get("wall_seconds"),
         "total_seconds": total,
+        "server_compute_seconds": summary.get("server_compute_seconds"),
+        **({"network_links": summary["network"]["links"]} if summary.get("network") else {}),
         "curve": curve,
         "privacy": summary.get("privacy"),  # the final round's leakage figures; None: the cell ran no attack
         # found where the cell ran (on a Ray cluster, the worker's node: the driver may not see its run folder)

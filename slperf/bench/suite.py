@@ -22,6 +22,8 @@ Suite file (every key but ``matrix`` optional)::
       defenses:                         # an axis of named variants, each the cells' run-config ``defenses:``
         none: {}
         nopeek-0.5: {nopeek: {alpha: 0.5}}
+      networks: [{name: wan, rate_mbit: 100, delay_ms: 25}]   # optional: shaped client links (network:)
+      compress: [none, int8:channel]    # optional: the codec both ways, or {up: C, down: C} (compress:)
     exclude: [{paradigm: fedavg, partition: label_skew-k2}]   # skip cells matching every given field
     overrides:
       datasets: {adult: {model: mlp}}              # applied over base, for that dataset
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -192,6 +195,8 @@ class Cell:
     config: Mapping[str, Any] = field(compare=False, hash=False)
     defense: str | None = None
     attack_set: tuple[str, ...] | None = None
+    network: str = ""  # the label of the matrix's network profile ("" when the matrix has no networks axis)
+    compression: str = ""  # the label of the matrix's compress codec ("" when it has no compress axis)
 
     @property
     def key(self) -> str:
@@ -203,6 +208,10 @@ class Cell:
             key += f"/atk-{attack_label(self.attack_set)}"
         if self.defense is not None:
             key += f"/def-{self.defense}"
+        if self.network:
+            key += f"/net-{self.network}"
+        if self.compression:
+            key += f"/z-{self.compression}"
         return key
 
     @property
@@ -248,6 +257,8 @@ class Suite:
     clients: list[int]
     seeds: list[int]
     exclude: list[dict[str, Any]] = field(default_factory=list)
+    networks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (label, network: value)
+    compressions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (label, compress: value)
     dataset_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     paradigm_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     target_accuracy: float | dict[str, float] | None = None
@@ -334,7 +345,17 @@ _SUITE_KEYS = {
     "estimate",
     "resources",
 }
-_MATRIX_KEYS = {"paradigms", "datasets", "partitions", "clients", "seeds", "attacks", "defenses"}
+_MATRIX_KEYS = {
+    "paradigms",
+    "datasets",
+    "partitions",
+    "clients",
+    "seeds",
+    "attacks",
+    "defenses",
+    "networks",
+    "compress",
+}
 # Config keys that the matrix sets for every cell; a base that set them would be silently overwritten.
 _MATRIX_CONFIG_KEYS = (
     "paradigm",
@@ -348,7 +369,7 @@ _MATRIX_CONFIG_KEYS = (
     "class_number_per_client",
     "client_ids",
 )
-_EXCLUDE_FIELDS = {"paradigm", "dataset", "partition", "clients", "seed", "defense"}
+_EXCLUDE_FIELDS = {"paradigm", "dataset", "partition", "clients", "seed", "defense", "network", "compression"}
 
 
 @dataclass(frozen=True)
@@ -360,6 +381,8 @@ class _Axes:
     seeds: list[int]
     attack_sets: list[tuple[str, ...]] | None
     defenses: list[Defense] | None
+    networks: list[tuple[str, dict[str, Any]]]
+    compressions: list[tuple[str, dict[str, Any]]]
 
 
 def _parse_attacks(matrix: Mapping[str, Any], where: str) -> list[tuple[str, ...]] | None:
@@ -407,6 +430,44 @@ def _parse_defenses(matrix: Mapping[str, Any], where: str) -> list[Defense] | No
                 f"got {settings!r}"
             )
         out.append(Defense(name, dict(settings)))
+
+
+def _parse_networks(matrix: Mapping[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
+    """The ``networks`` axis: each a ``network:`` value, labelled by its name (or its rate and delay)."""
+    from slperf.common.network_profile import NetworkConfigError, parse_profile
+
+    if "networks" not in matrix:
+        return []
+    out: list[tuple[str, dict[str, Any]]] = []
+    for raw in _list(matrix, "networks"):
+        if not isinstance(raw, Mapping):
+            raise SuiteError(
+                f"{where}: each of matrix networks must be a mapping like {{rate_mbit: 100, delay_ms: 25}}"
+            )
+        try:
+            label = parse_profile({k: v for k, v in raw.items() if k != "clients"}).label
+        except NetworkConfigError as exc:
+            raise SuiteError(f"{where}: matrix networks: {exc}") from None
+        out.append((label, dict(raw)))
+    labels = [label for label, _ in out]
+    if len(labels) != len(set(labels)):
+        raise SuiteError(f"{where}: matrix networks has two profiles named alike ({', '.join(labels)}): name them")
+    return out
+
+
+def _parse_compressions(matrix: Mapping[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
+    """The ``compress`` axis: ``none``, a codec for both directions, or ``{up: C, down: C}``."""
+    if "compress" not in matrix:
+        return []
+    out: list[tuple[str, dict[str, Any]]] = []
+    for raw in _list(matrix, "compress"):
+        if isinstance(raw, str):
+            value = {} if raw == "none" else {"up": raw, "down": raw}
+            out.append((raw, value))
+        elif isinstance(raw, Mapping) and raw and set(raw) <= {"up", "down"}:
+            out.append((f"{raw.get('up', 'none')}-{raw.get('down', 'none')}", dict(raw)))
+        else:
+            raise SuiteError(f"{where}: matrix compress entries are a codec name or {{up: C, down: C}}, got {raw!r}")
     return out
 
 
@@ -436,6 +497,7 @@ def _parse_matrix(raw: Mapping[str, Any], where: str) -> _Axes:
                     f"{where}: matrix {key} must be {'positive' if key == 'clients' else 'non-negative'} "
                     f"integers, got {v!r}"
                 )
+    networks, compressions = _parse_networks(matrix, where), _parse_compressions(matrix, where)
     return _Axes(
         paradigms,
         datasets,
@@ -444,6 +506,8 @@ def _parse_matrix(raw: Mapping[str, Any], where: str) -> _Axes:
         [int(s) for s in seeds],
         _parse_attacks(matrix, where),
         _parse_defenses(matrix, where),
+        networks,
+        compressions,
     )
 
 
@@ -526,6 +590,9 @@ def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None
     for axis, present in (("attacks", axes.attack_sets), ("defenses", axes.defenses)):
         if present is not None and axis in base:
             raise SuiteError(f"{where}: base key '{axis}' is also a matrix axis; keep one of them")
+    for axis, key in ((axes.networks, "network"), (axes.compressions, "compress")):
+        if axis and key in base:
+            raise SuiteError(f"{where}: base key '{key}' is set by the matrix; put it in 'matrix' instead")
     ds_over, pd_over = _parse_overrides(raw, where)
     exclude = _parse_exclude(raw, where)
     if axes.defenses is None and any("defense" in rule for rule in exclude):
@@ -548,6 +615,8 @@ def parse_suite(raw: Any, *, source: Traversable | None = None, name: str | None
         clients=axes.clients,
         seeds=axes.seeds,
         exclude=exclude,
+        networks=axes.networks,
+        compressions=axes.compressions,
         dataset_overrides=ds_over,
         paradigm_overrides=pd_over,
         target_accuracy=target,
@@ -577,6 +646,8 @@ def _excluded(suite: Suite, cell: Cell) -> bool:
         "clients": cell.clients,
         "seed": cell.seed,
         "defense": cell.defense,
+        "network": cell.network,
+        "compression": cell.compression,
     }
     for rule in suite.exclude:
         if all(_matches(fields[k], v) for k, v in rule.items()):
@@ -629,7 +700,9 @@ def expand(suite: Suite) -> list[Cell]:
         for clients in suite.clients:
             for partition in suite.partitions:
                 for seed in suite.seeds:
-                    for defense, attacks in _privacy_variants(suite):
+                    for (defense, attacks), ((net, network), (zip_, compress)) in itertools.product(
+                        _privacy_variants(suite), _link_variants(suite)
+                    ):
                         for paradigm in suite.paradigms:
                             config = {
                                 **suite.base,
@@ -640,6 +713,8 @@ def expand(suite: Suite) -> list[Cell]:
                                 "seed": seed,
                                 **partition.config_keys(),
                                 **_privacy_keys(defense, attacks),
+                                **({"network": network} if net else {}),
+                                **({"compress": compress} if zip_ else {}),
                                 **suite.paradigm_overrides.get(paradigm, {}),
                             }
                             probe = Cell(
@@ -651,6 +726,8 @@ def expand(suite: Suite) -> list[Cell]:
                                 {},
                                 defense=defense.name if defense else None,
                                 attack_set=attacks if suite.attacks_vary else None,
+                                network=net,
+                                compression=zip_,
                             )
                             if _excluded(suite, probe):
                                 continue
@@ -678,6 +755,13 @@ def _privacy_keys(defense: Defense | None, attacks: tuple[str, ...] | None) -> d
     if defense is not None and defense.settings:
         keys["defenses"] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in defense.settings.items()}
     return keys
+
+
+def _link_variants(suite: Suite) -> list[tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]]:
+    """(network, compression) pairs of the matrix, each ("", {}) when its axis is absent: compression inner."""
+    networks = suite.networks or [("", {})]
+    compressions = suite.compressions or [("", {})]
+    return [(n, c) for n in networks for c in compressions]
 
 
 def preflight(cells: Sequence[Cell]) -> list[str]:

@@ -22,20 +22,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import netns
 import pytest
-import relay
 import yaml
 
 from slperf.common.security.layout import ca_paths, client_paths
+from slperf.netshape import namespaces, relay
+from slperf.netshape.lines import Lines
+from slperf.netshape.topology import Topology
 from slperf.pki import add_client, init_pki
 from slperf.slserver.run_folder import RunFolder
 
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
-RELAY = HERE / "relay.py"
-NETNS = HERE / "netns.py"
+RELAY = ["-m", "slperf.netshape.relay"]
+NETNS = HERE / "netns.py"  # the operator script
 SERVER_PORT, RELAY_PORT = 50051, 50060  # fixed: every test has namespaces of its own
 CLIENTS = ("c1", "c2", "c3")
 
@@ -82,7 +83,7 @@ class EchoServer:
 @dataclass
 class RelayProc:
     proc: subprocess.Popen
-    out: netns.Lines
+    out: Lines
     address: tuple[str, int]
     control: Path
 
@@ -113,7 +114,7 @@ def loopback_relay(tmp_path):
         control = tmp_path / f"cut-{len(started)}.json"
         argv = [
             sys.executable,
-            str(RELAY),
+            *RELAY,
             "--listen",
             "127.0.0.1:0",
             "--to",
@@ -125,7 +126,7 @@ def loopback_relay(tmp_path):
         with open(tmp_path / "relay.err", "ab") as err:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err)
         started.append(proc)
-        out = netns.Lines(proc.stdout)
+        out = Lines(proc.stdout)
         ready = out.wait_for(relay.READY, timeout=30)
         host, port = relay.parse_hostport(ready[len(relay.READY) :])
         return RelayProc(proc, out, (host, port), control)
@@ -245,10 +246,10 @@ def test_relay_cut_reset_resets_and_refuses_until_the_deadline(loopback_relay):
 def star():
     """Hosts server, c1..c3 and operator, each in its own namespace, on one bridge; all deleted at the end."""
     try:
-        netns.preflight()
-    except netns.NetnsUnavailable as exc:
+        namespaces.preflight()
+    except namespaces.NetnsUnavailable as exc:
         pytest.skip(f"network-fault tests need network namespaces: {exc}")
-    topo = netns.Topology(["server", *CLIENTS, "operator"])
+    topo = Topology(["server", *CLIENTS, "operator"])
     topo.build()
     try:
         yield topo
@@ -270,7 +271,7 @@ class Federation:
     """The server, a relay in front of it, client daemons dialling the relay, and an operator: each one a
     process in its own host namespace."""
 
-    topo: netns.Topology
+    topo: Topology
     tmp: Path
     certs: Path = field(init=False)
     runs: Path = field(init=False)
@@ -308,7 +309,7 @@ class Federation:
             "1",
         ]
         proc = self.topo.popen("server", argv, log=self.tmp / "server.log", capture_stdout=True, env=child_env())
-        netns.Lines(proc.stdout).wait_for("SLPERF_READY", timeout=90)
+        Lines(proc.stdout).wait_for("SLPERF_READY", timeout=90)
 
     def start_relay(
         self,
@@ -322,7 +323,7 @@ class Federation:
         control = self.tmp / "cut.json"
         argv = [
             sys.executable,
-            str(RELAY),
+            *RELAY,
             "--listen",
             f"{self.server_ip}:{RELAY_PORT}",
             "--to",
@@ -341,7 +342,7 @@ class Federation:
             str(control),
         ]
         proc = self.topo.popen("server", argv, log=self.tmp / "relay.log", capture_stdout=True, env=child_env())
-        out = netns.Lines(proc.stdout)
+        out = Lines(proc.stdout)
         out.wait_for(relay.READY, timeout=30)
         self.relay = RelayProc(proc, out, (self.server_ip, RELAY_PORT), control)
 
@@ -398,7 +399,7 @@ class Federation:
             str(path),
         ]
         proc = self.topo.popen("operator", argv, log=self.tmp / "operator.log", capture_stdout=True, env=child_env())
-        out = netns.Lines(proc.stdout)
+        out = Lines(proc.stdout)
         rounds: list[dict] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -183,7 +183,7 @@ def test_suite_names_resolve_to_the_shipped_files():
 
 
 def test_the_built_in_suites_are_package_data():
-    assert builtin_suite_names() == ["paper", "privacy", "privacy_tiny", "quick"]
+    assert builtin_suite_names() == ["network", "paper", "privacy", "privacy_tiny", "quick"]
     path = resolve_suite_path("quick")
     assert path.is_file() and "name: quick" in path.read_text(encoding="utf-8")
 

@@ -1,9 +1,12 @@
-"""A userspace TCP relay that stands in for a bad network link (this machine's kernel has no netem).
+"""A userspace TCP relay that stands in for a slow or bad network link (this machine's kernel has no netem).
 
 Run it inside a network namespace, in front of the server:
 
-    ip netns exec NS python relay.py --listen 10.7.8.1:50060 --to 10.7.8.1:50051 \\
+    ip netns exec NS python -m slperf.netshape.relay --listen 10.7.8.1:50060 --to 10.7.8.1:50051 \\
         --delay-ms 50 --reset-prob 0.01 --rate-bytes-per-s 4000000 --control /tmp/x/cut.json
+
+With ``--upstream-netns /proc/PID/ns/net`` it connects to ``--to`` from that namespace instead of its own (the
+shaped benchmark: it listens in the clients' namespace and reaches a server on the root namespace's loopback).
 
 What it does to every accepted connection:
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import signal
 import socket
@@ -42,6 +46,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from slperf.netshape.namespaces import entered
 
 READY = "RELAY_READY "
 CHUNK = 64 * 1024
@@ -245,6 +251,7 @@ class Relay:
         self.reset_bytes = args.reset_bytes
         self.rate = args.rate_bytes_per_s
         self.control = Path(args.control) if args.control else None
+        self.upstream_netns: str | None = args.upstream_netns
         self.rng = random.Random(args.seed)
         self.hosts: dict[str, Host] = {}
         self.conns: set[Conn] = set()
@@ -284,7 +291,7 @@ class Relay:
                 return
             await host.flowing.wait()  # a connection opened during a drop-mode cut waits for the link
             try:
-                _, conn.server_writer = server = await asyncio.open_connection(*self.to)
+                _, conn.server_writer = server = await self.open_upstream()
             except OSError as exc:
                 self.emit("upstream-failed", conn=number, error=str(exc))
                 conn.reset("upstream refused")
@@ -306,6 +313,21 @@ class Relay:
             for task in conn.tasks:
                 task.cancel()
             self.conns.discard(conn)
+
+    async def open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to ``--to``; made from ``--upstream-netns`` when given (the socket is created there, on
+        this thread, and keeps that namespace; connecting and everything after it happen on the event loop)."""
+        if self.upstream_netns is None:
+            return await asyncio.open_connection(*self.to)
+        with entered(self.upstream_netns):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, self.to)
+        except BaseException:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock)
 
     def cut(self) -> None:
         try:
@@ -368,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-bytes-per-s", type=float, default=0.0, help="per source host and direction; 0 = off")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--control", help="JSON file read on SIGUSR1: {source, seconds, mode: drop|reset}")
+    parser.add_argument(
+        "--upstream-netns", help="namespace file (/proc/PID/ns/net, /run/netns/NAME) to connect to --to from"
+    )
     return parser
 
 
@@ -375,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.reset_prob <= 1.0:
         sys.exit("--reset-prob must be in [0, 1]")
+    if args.upstream_netns and not os.path.exists(args.upstream_netns):
+        sys.exit(f"--upstream-netns {args.upstream_netns}: no such namespace file")
     asyncio.run(Relay(args).serve())
 
 
