@@ -18,8 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from slperf.bench import privacy
-from slperf.bench import network_report
+from slperf.bench import network_report, privacy
 from slperf.bench.machine import machine_info
 from slperf.bench.suite import CENTRALIZED, Partition
 from slperf.common.fsutil import atomic_write
