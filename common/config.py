@@ -69,6 +69,8 @@ class RunConfig:
     backend: str = "federation"
     attacks: list[str] = field(default_factory=list)
     compress: dict[str, Any] = field(default_factory=dict)
+    client_image: str | None = None
+    client_resources: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +132,11 @@ FIELD_DOCS: dict[str, str] = {
     "compress": "codec of the cut tensors per direction, e.g. {up: int8, down: fp16}: none (default), fp16, bf16, "
     "int8 (affine, per tensor), int8:channel (per channel), topk:F (the F share of largest magnitudes), topk:F:ef "
     "(with error feedback); up = what clients send, down = the server's replies; refused by paradigms without cut",
+    "client_image": "a local federation (slperf federation, slperf bench) runs each client daemon in its own container "
+    "of this image (e.g. slperf:latest, deploy/Dockerfile) through the Docker engine of DOCKER_HOST, with its own "
+    "network and data volume (docs/containers.md); default: host processes",
+    "client_resources": "limits of each client's container, e.g. {cpus: 0.5, memory_mb: 768}, for every client or per "
+    "client ({per_client: {c3: {}}}: c3 unlimited); needs client_image",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
 }
 

@@ -204,6 +204,12 @@ class ControlService(service_pb2_grpc.ControlServicer):
                 f"backend: {config.backend} is run by `slperf federation --backend {config.backend}` on one machine; a "
                 "server runs federations (set backend: federation, or leave it out)",
             )
+        if config.client_image is not None or config.client_resources:  # a server starts no client daemon
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "client_image and client_resources are applied by the launcher that starts the client daemons "
+                "(`slperf federation`, `slperf bench`); a server cannot apply them to daemons that connect to it",
+            )
         for warning in warnings:
             log.warning("%s", warning)
         if request.run_id and not valid_run_id(request.run_id):
