@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from slperf.bench.machine import machine_info
+from slperf.bench.parties import parties_markdown
 from slperf.bench.suite import CENTRALIZED, Partition
 from slperf.common.fsutil import atomic_write
 
@@ -53,6 +54,9 @@ CSV_COLUMNS = [
     "peak_rss_server_mb",
     "peak_rss_client_max_mb",
     "peak_rss_client_mean_mb",
+    "cpu_seconds_server",
+    "cpu_seconds_client_max",
+    "client_train_ms_per_batch_max",
     "config_hash",
     "run_dir",
     "started_at",
@@ -271,6 +275,7 @@ def report_markdown(
         out.append("")
     if not groups(rows) and centralized:
         out += ["## Centralized baselines", "", table_markdown([], centralized), ""]
+    out += parties_markdown(rows)
     if failed:
         out += ["## Failed cells", "", "| cell | error |", "|---|---|"]
         for row in failed:
