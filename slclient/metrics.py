@@ -23,6 +23,10 @@ Metrics (all prefixed ``slperf_client_``):
 - ``compute_seconds_total`` (counter, by ``phase``): the daemon's own time in passes, i.e. the pass's wall time less
   the time spent waiting on the link (sending cut tensors, awaiting replies), for every paradigm (FedAvg's local
   passes exchange nothing, so all their time is compute).
+- ``pass_cpu_seconds_total`` (counter, by ``phase``): the daemon process's CPU time (user + system, all threads)
+  during its passes. Waiting on the link costs next to none, so over ``compute_seconds_total`` it is the share of a
+  core the daemon got while computing: about 1 for a free core and one torch thread, at most the limit for a
+  client in a container limited by ``client_resources`` (docs/containers.md), less on a loaded machine.
 - ``step_seconds`` (histogram, by ``phase``): the same time, per step that crosses the cut. A step's time runs from
   the end of the previous step's last wait on the link (the pass's start, for the first step) to the end of its own
   last wait, less the waits within; the time after the pass's last wait counts in the last step. So a step's figure
@@ -71,13 +75,21 @@ class StepClock:
     await something for a step and ``link_done`` when that returns; the daemon calls ``finish`` when the pass is
     over. Everything runs on the event loop, so nothing here needs a lock."""
 
-    def __init__(self, observe: Callable[[float], None], now: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        observe: Callable[[float], None],
+        now: Callable[[], float] = time.perf_counter,
+        cpu_now: Callable[[], float] = time.process_time,
+    ):
         self._observe = observe
         self._now = now
+        self._cpu_now = cpu_now
+        self._cpu_started = cpu_now()
         self._busy_since = now()
         self._step: int | None = None
         self._pending: float | None = None  # the current step's time so far, observed when the next one starts
         self.total = 0.0  # the pass's compute time so far
+        self.cpu = 0.0  # the process's CPU time in the pass, set by finish()
 
     def _busy(self) -> float:
         chunk = self._now() - self._busy_since
@@ -103,6 +115,7 @@ class StepClock:
         if self._pending is not None:
             self._observe(self._pending + chunk)
             self._pending = None
+        self.cpu = self._cpu_now() - self._cpu_started
         return self.total
 
 
@@ -165,6 +178,12 @@ class ClientMetrics(Collector):
             ["phase"],
             registry=self.registry,
         )
+        self.pass_cpu = Counter(
+            "slperf_client_pass_cpu_seconds",
+            "The daemon process's CPU time (user + system) during its passes",
+            ["phase"],
+            registry=self.registry,
+        )
         self.step_seconds = Histogram(
             "slperf_client_step_seconds",
             "The daemon's own time per step that crosses the cut (from the previous step's last wait on the link to "
@@ -217,6 +236,7 @@ class ClientMetrics(Collector):
         seconds = clock.finish()
         label = phase_label(phase)
         self.compute.labels(phase=label).inc(seconds)
+        self.pass_cpu.labels(phase=label).inc(max(clock.cpu, 0.0))
         if steps is not None:
             self.steps.labels(phase=label).inc(steps)
         if self._run is not None:

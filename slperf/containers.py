@@ -80,24 +80,39 @@ class ClientCompute:
     train_steps: int
     eval_seconds: float
     eval_steps: int
+    train_cpu_seconds: float = 0.0  # the process's CPU time during its training passes
 
     @property
     def train_ms_per_batch(self) -> float | None:
         return 1000 * self.train_seconds / self.train_steps if self.train_steps else None
+
+    @property
+    def train_core_share(self) -> float | None:
+        """The share of a core the daemon got while it computed (CPU over compute time in its training passes)."""
+        return self.train_cpu_seconds / self.train_seconds if self.train_seconds > 0 else None
 
     def as_record(self) -> dict[str, Any]:
         return {
             "train_compute_seconds": self.train_seconds,
             "train_steps": self.train_steps,
             "train_ms_per_batch": self.train_ms_per_batch,
+            "train_core_share": self.train_core_share,
             "eval_compute_seconds": self.eval_seconds,
             "eval_steps": self.eval_steps,
         }
 
 
+_COMPUTE_METRICS = (
+    "slperf_client_compute_seconds_total",
+    "slperf_client_steps_total",
+    "slperf_client_pass_cpu_seconds_total",
+)
+
+
 def parse_client_metrics(text: str) -> ClientCompute:
-    """The compute figures from a client daemon's Prometheus text (``slperf_client_compute_seconds_total`` and
-    ``slperf_client_steps_total``, by ``phase``); a metric that is absent counts 0."""
+    """The compute figures from a client daemon's Prometheus text (``slperf_client_compute_seconds_total``,
+    ``slperf_client_steps_total`` and ``slperf_client_pass_cpu_seconds_total``, by ``phase``); a metric that is
+    absent counts 0."""
     values: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
         if line.startswith("#") or "{" not in line:
@@ -105,7 +120,7 @@ def parse_client_metrics(text: str) -> ClientCompute:
         name, _, rest = line.partition("{")
         labels, _, value = rest.partition("}")
         phase = next((p.split("=", 1)[1].strip('"') for p in labels.split(",") if p.startswith("phase=")), None)
-        if name in ("slperf_client_compute_seconds_total", "slperf_client_steps_total") and phase is not None:
+        if name in _COMPUTE_METRICS and phase is not None:
             try:
                 values[(name, phase)] = float(value.split()[0])
             except (IndexError, ValueError):
@@ -116,6 +131,7 @@ def parse_client_metrics(text: str) -> ClientCompute:
         train_steps=int(get(("slperf_client_steps_total", "train"), 0)),
         eval_seconds=get(("slperf_client_compute_seconds_total", "eval"), 0.0),
         eval_steps=int(get(("slperf_client_steps_total", "eval"), 0)),
+        train_cpu_seconds=get(("slperf_client_pass_cpu_seconds_total", "train"), 0.0),
     )
 
 
@@ -166,7 +182,12 @@ class ContainerProcess:
             try:
                 result = self.container.wait(timeout=max(step, 0.1))
                 self.returncode = int(result.get("StatusCode", -1))
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+                # Over a unix socket the slice's end comes as a ConnectionError saying "Read timed out"; any other
+                # connection error means the engine is gone, and the container with it.
+                if isinstance(exc, requests.exceptions.ConnectionError) and "timed out" not in str(exc):
+                    self.returncode = -9
+                    break
                 if left is not None:
                     left -= step
                     if left <= 0:

@@ -33,6 +33,7 @@ def party_figures(
                 cpus=limits.get("cpus"),
                 memory_mb=limits.get("memory_mb"),
                 train_ms_per_batch=c.get("train_ms_per_batch"),
+                train_core_share=c.get("train_core_share"),
                 train_steps=c.get("train_steps"),
             )
         out[cid] = figures
@@ -77,21 +78,23 @@ def parties_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "",
         "Per cell, each party: its limits (client daemons in containers: `client_resources`), CPU time (user + "
         "system, /proc), peak RSS (VmHWM) and, for a client in a container, its own compute per training batch "
-        "(the pass time less its waits on the link, from the daemon's metrics).",
+        "(the pass time less its waits on the link, from the daemon's metrics) and the share of a core it got while "
+        "computing (its CPU time over that compute time: at most its `cpus` limit).",
         "",
     ]
     for row in cells:
         out += [
             f"### {row['key']}",
             "",
-            "| party | limits | CPU (s) | peak RSS (MB) | train compute / batch (ms) | batches |",
-            "|---|---|---:|---:|---:|---:|",
+            "| party | limits | CPU (s) | peak RSS (MB) | train compute / batch (ms) | core share | batches |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for name, f in row["parties"].items():
             limit = "host process" if name == "server" else _limit(f)
             out.append(
                 f"| {name} | {limit} | {_cell(f.get('cpu_seconds'), 1)} | {_cell(f.get('peak_rss_mb'), 0)} | "
-                f"{_cell(f.get('train_ms_per_batch'), 2)} | {_cell(f.get('train_steps'), 0)} |"
+                f"{_cell(f.get('train_ms_per_batch'), 2)} | {_cell(f.get('train_core_share'), 2)} | "
+                f"{_cell(f.get('train_steps'), 0)} |"
             )
         out.append("")
     return out

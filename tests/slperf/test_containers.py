@@ -23,6 +23,7 @@ def test_compute_figures_come_from_the_daemons_own_metrics():
     text = generate_latest(metrics.registry).decode()
     figures = parse_client_metrics(text)
     assert figures.train_steps == 4 and figures.eval_steps == 0
+    assert figures.train_core_share == pytest.approx(figures.train_cpu_seconds / figures.train_seconds)
     assert figures.train_seconds >= 0 and figures.train_ms_per_batch == pytest.approx(1000 * figures.train_seconds / 4)
 
 

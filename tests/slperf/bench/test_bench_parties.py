@@ -10,7 +10,12 @@ SUMMARY = {
     "client_containers": {
         "image": "slperf:latest",
         "clients": {
-            "c1": {"limits": {"cpus": 0.5, "memory_mb": 768}, "train_ms_per_batch": 9.0, "train_steps": 20},
+            "c1": {
+                "limits": {"cpus": 0.5, "memory_mb": 768},
+                "train_ms_per_batch": 9.0,
+                "train_steps": 20,
+                "train_core_share": 0.5,
+            },
             "c2": {"limits": {"cpus": None, "memory_mb": None}, "train_ms_per_batch": 4.0, "train_steps": 20},
         },
     }
@@ -26,6 +31,7 @@ def test_party_figures_join_limits_compute_cpu_and_memory():
         "cpus": 0.5,
         "memory_mb": 768,
         "train_ms_per_batch": 9.0,
+        "train_core_share": 0.5,
         "train_steps": 20,
     }
     assert party_columns(parties) == {
@@ -39,7 +45,7 @@ def test_host_process_clients_have_cpu_and_memory_only():
     parties = party_figures({}, {"server": 1.0, "c1": 0.5}, 100.0, {"c1": 90.0})
     assert parties["c1"] == {"cpu_seconds": 0.5, "peak_rss_mb": 90.0}
     assert party_columns(parties)["client_train_ms_per_batch_max"] is None
-    assert "| c1 | host process | 0.5 | 90 | — | — |" in parties_markdown([_row(parties)])
+    assert "| c1 | host process | 0.5 | 90 | — | — | — |" in parties_markdown([_row(parties)])
 
 
 def _row(parties):
@@ -59,9 +65,9 @@ def test_report_has_the_per_party_section_and_the_csv_its_columns():
     parties = party_figures(SUMMARY, {"server": 3.0, "c1": 1.5, "c2": 1.2}, 400.0, {"c1": 300.0, "c2": 310.0})
     text = report_markdown([_row(parties)])
     assert "## Per-party compute and memory" in text
-    assert "| c1 | 0.5 cpus, 768 MiB | 1.5 | 300 | 9.00 | 20 |" in text
-    assert "| c2 | container, unlimited | 1.2 | 310 | 4.00 | 20 |" in text
-    assert "| server | host process | 3.0 | 400 | — | — |" in text
+    assert "| c1 | 0.5 cpus, 768 MiB | 1.5 | 300 | 9.00 | 0.50 | 20 |" in text
+    assert "| c2 | container, unlimited | 1.2 | 310 | 4.00 | — | 20 |" in text
+    assert "| server | host process | 3.0 | 400 | — | — | — |" in text
     header, line = csv_text([_row(parties)]).splitlines()
     assert dict(zip(header.split(","), line.split(",")))["client_train_ms_per_batch_max"] == "9.0"
     assert parties_markdown([{**_row(parties), "parties": {}}]) == []
