@@ -24,9 +24,10 @@ Metrics (all prefixed ``slperf_client_``):
   the time spent waiting on the link (sending cut tensors, awaiting replies), for every paradigm (FedAvg's local
   passes exchange nothing, so all their time is compute).
 - ``pass_cpu_seconds_total`` (counter, by ``phase``): the daemon process's CPU time (user + system, all threads)
-  during its passes. Waiting on the link costs next to none, so over ``compute_seconds_total`` it is the share of a
-  core the daemon got while computing: about 1 for a free core and one torch thread, at most the limit for a
-  client in a container limited by ``client_resources`` (docs/containers.md), less on a loaded machine.
+  in the same stretches of its passes as ``compute_seconds_total`` (not while it waits on the link). Over that
+  figure it is the share of a core the daemon got while computing: about 1 for a free core and one torch thread,
+  about the limit for a client in a container limited by ``client_resources`` (docs/containers.md), less on a
+  loaded machine.
 - ``step_seconds`` (histogram, by ``phase``): the same time, per step that crosses the cut. A step's time runs from
   the end of the previous step's last wait on the link (the pass's start, for the first step) to the end of its own
   last wait, less the waits within; the time after the pass's last wait counts in the last step. So a step's figure
@@ -84,16 +85,17 @@ class StepClock:
         self._observe = observe
         self._now = now
         self._cpu_now = cpu_now
-        self._cpu_started = cpu_now()
+        self._cpu_since = cpu_now()
         self._busy_since = now()
         self._step: int | None = None
         self._pending: float | None = None  # the current step's time so far, observed when the next one starts
         self.total = 0.0  # the pass's compute time so far
-        self.cpu = 0.0  # the process's CPU time in the pass, set by finish()
+        self.cpu = 0.0  # the process's CPU time in the same stretches (all its threads)
 
     def _busy(self) -> float:
         chunk = self._now() - self._busy_since
         self.total += chunk
+        self.cpu += max(self._cpu_now() - self._cpu_since, 0.0)
         return chunk
 
     def link_call(self, step: int) -> None:
@@ -107,6 +109,7 @@ class StepClock:
 
     def link_done(self) -> None:
         self._busy_since = self._now()
+        self._cpu_since = self._cpu_now()
 
     def finish(self) -> float:
         """The pass is over: its last step is observed (with the time after its last link call); returns the
@@ -115,7 +118,6 @@ class StepClock:
         if self._pending is not None:
             self._observe(self._pending + chunk)
             self._pending = None
-        self.cpu = self._cpu_now() - self._cpu_started
         return self.total
 
 
@@ -180,7 +182,7 @@ class ClientMetrics(Collector):
         )
         self.pass_cpu = Counter(
             "slperf_client_pass_cpu_seconds",
-            "The daemon process's CPU time (user + system) during its passes",
+            "The daemon process's CPU time (user + system) in its passes, less the waits on the link",
             ["phase"],
             registry=self.registry,
         )

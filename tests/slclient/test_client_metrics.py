@@ -186,8 +186,14 @@ def test_a_pass_counts_the_process_cpu_time_it_used():
     clock = StepClock(observed.append, now, cpu)
     now.t += 4.0
     cpu.t += 2.0  # half a core while it computed
+    clock.link_call(0)
+    now.t += 10.0
+    cpu.t += 1.0  # the link's work while the daemon waits: not the computation's
+    clock.link_done()
+    now.t += 1.0
+    cpu.t += 0.5
     clock.finish()
-    assert (clock.total, clock.cpu) == (4.0, 2.0)
+    assert (clock.total, clock.cpu) == (5.0, 2.5)
     metrics = ClientMetrics("c1")
     real = metrics.pass_started(0, Phase.TRAIN)
     deadline = time.process_time() + 0.05
