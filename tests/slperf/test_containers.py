@@ -3,7 +3,9 @@ the clear refusal when no Docker engine answers (the end-to-end run is tests/dep
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import generate_latest
@@ -41,3 +43,53 @@ def test_no_engine_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             clients.open()
     finally:
         clients.close()
+
+
+class _Item:
+    def __init__(self, kind: str, name: str, labels: dict[str, str], removed: list[str]):
+        self.name, self._kind, self._removed = name, kind, removed
+        self.attrs = {"Config": {"Labels": labels}} if kind == "container" else {"Labels": labels}
+
+    def remove(self, **_: object) -> None:
+        self._removed.append(f"{self._kind}:{self.name}")
+
+
+class _Collection:
+    def __init__(self, items: list[_Item]):
+        self.items = items
+
+    def list(self, all: bool = False, filters: dict[str, str] | None = None) -> list[_Item]:
+        key, _, value = (filters or {}).get("label", "").partition("=")
+        labels = [(i, i.attrs.get("Labels") or i.attrs.get("Config", {}).get("Labels") or {}) for i in self.items]
+        return [i for i, lab in labels if key in lab and (not value or lab[key] == value)]
+
+
+def test_the_sweep_removes_only_what_dead_launchers_on_this_host_left():
+    import socket
+    import subprocess
+    import sys
+
+    from slperf.containers import LABEL_OWNER, LABEL_RUN, sweep_stale
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs (reaped)
+    host = socket.gethostname()
+    removed: list[str] = []
+    owners = {
+        "gone": f"{host}:{dead.pid}",
+        "live": f"{host}:{os.getpid()}",
+        "elsewhere": f"another-host:{dead.pid}",
+    }
+
+    def items(kind: str) -> list[_Item]:
+        return [
+            _Item(kind, f"{run}-{kind}", {LABEL_RUN: run, LABEL_OWNER: owner}, removed) for run, owner in owners.items()
+        ]
+
+    engine = SimpleNamespace(
+        containers=_Collection(items("container")),
+        networks=_Collection(items("network")),
+        volumes=_Collection(items("volume")),
+    )
+    assert sweep_stale(engine) == ["gone"]
+    assert removed == ["container:gone-container", "network:gone-network", "volume:gone-volume"]
