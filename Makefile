@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install --upgrade --quiet pip
 	# torch==2.13.0 resolves to the CPU wheel on the project's machines (never a multi-GB CUDA build).
 	$(VPY) -m pip install --quiet "torch==2.13.0"
-	$(VPY) -m pip install --quiet -e ".[dev,ray]"
+	$(VPY) -m pip install --quiet -e ".[dev,ray,docker]"
 	touch $(STAMP)
 
 setup: $(STAMP)

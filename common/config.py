@@ -72,6 +72,8 @@ class RunConfig:
     defenses: dict[str, Any] = field(default_factory=dict)
     compress: dict[str, Any] = field(default_factory=dict)
     network: dict[str, Any] = field(default_factory=dict)
+    client_image: str | None = None
+    client_resources: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,9 +82,23 @@ class RunConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def launcher_keys_set(self) -> list[str]:
+        """The launcher-only keys this config sets (LAUNCHER_KEYS), which a server refuses."""
+        defaults = RunConfig()
+        return [k for k in LAUNCHER_KEYS if getattr(self, k) != getattr(defaults, k)]
+
+    def for_server(self) -> dict[str, Any]:
+        """The config a launcher sends the server: its own keys (LAUNCHER_KEYS) back at their defaults."""
+        defaults = RunConfig()
+        return {**self.to_dict(), **{k: getattr(defaults, k) for k in LAUNCHER_KEYS}}
+
     def participant_ids(self) -> list[str] | None:
         return list(self.client_ids) if self.client_ids else None
 
+
+# Keys that the launcher (`slperf federation`, `slperf bench`) applies to the client daemons it starts: shaped links
+# and containers. A server, which starts no daemon, refuses them; the launcher sends them at their defaults.
+LAUNCHER_KEYS = ("network", "client_image", "client_resources")
 
 FIELD_DOCS: dict[str, str] = {
     "paradigm": "split-learning paradigm (see `slperf paradigms`); SLPerf's variants_type names are aliases",
@@ -141,6 +157,11 @@ FIELD_DOCS: dict[str, str] = {
     "direction), optionally with clients: {ID: {rate_mbit, delay_ms}}: the launcher (slperf federation, slperf bench) "
     "runs each client daemon in a network namespace of its own behind tc tbf and a delay relay (Linux, root); a "
     "server started by hand refuses it (it cannot shape its clients' links); empty: loopback, unshaped",
+    "client_image": "a local federation (slperf federation, slperf bench) runs each client daemon in its own container "
+    "of this image (e.g. slperf:latest, deploy/Dockerfile) through the Docker engine of DOCKER_HOST, with its own "
+    "network and data volume (docs/containers.md); default: host processes",
+    "client_resources": "limits of each client's container, e.g. {cpus: 0.5, memory_mb: 768}, for every client or per "
+    "client ({per_client: {c3: {}}}: c3 unlimited); needs client_image",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
 }
 

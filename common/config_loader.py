@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from slperf.common.client_resources import check_client_containers
 from slperf.common.config import (
     COMPRESS_DIRECTIONS,
     CORE_KEYS,
@@ -99,6 +100,7 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
 
         check_defenses(cfg)
     _check_compressible(cfg, spec, source)
+    check_client_containers(cfg)
     return cfg, warnings
 
 

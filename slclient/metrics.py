@@ -23,6 +23,11 @@ Metrics (all prefixed ``slperf_client_``):
 - ``compute_seconds_total`` (counter, by ``phase``): the daemon's own time in passes, i.e. the pass's wall time less
   the time spent waiting on the link (sending cut tensors, awaiting replies), for every paradigm (FedAvg's local
   passes exchange nothing, so all their time is compute).
+- ``pass_cpu_seconds_total`` (counter, by ``phase``): the daemon process's CPU time (user + system, all threads)
+  in the same stretches of its passes as ``compute_seconds_total`` (not while it waits on the link). Over that
+  figure it is the share of a core the daemon got while computing: about 1 for a free core and one torch thread,
+  about the limit for a client in a container limited by ``client_resources`` (docs/containers.md), less on a
+  loaded machine.
 - ``step_seconds`` (histogram, by ``phase``): the same time, per step that crosses the cut. A step's time runs from
   the end of the previous step's last wait on the link (the pass's start, for the first step) to the end of its own
   last wait, less the waits within; the time after the pass's last wait counts in the last step. So a step's figure
@@ -71,17 +76,26 @@ class StepClock:
     await something for a step and ``link_done`` when that returns; the daemon calls ``finish`` when the pass is
     over. Everything runs on the event loop, so nothing here needs a lock."""
 
-    def __init__(self, observe: Callable[[float], None], now: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        observe: Callable[[float], None],
+        now: Callable[[], float] = time.perf_counter,
+        cpu_now: Callable[[], float] = time.process_time,
+    ):
         self._observe = observe
         self._now = now
+        self._cpu_now = cpu_now
+        self._cpu_since = cpu_now()
         self._busy_since = now()
         self._step: int | None = None
         self._pending: float | None = None  # the current step's time so far, observed when the next one starts
         self.total = 0.0  # the pass's compute time so far
+        self.cpu = 0.0  # the process's CPU time in the same stretches (all its threads)
 
     def _busy(self) -> float:
         chunk = self._now() - self._busy_since
         self.total += chunk
+        self.cpu += max(self._cpu_now() - self._cpu_since, 0.0)
         return chunk
 
     def link_call(self, step: int) -> None:
@@ -95,6 +109,7 @@ class StepClock:
 
     def link_done(self) -> None:
         self._busy_since = self._now()
+        self._cpu_since = self._cpu_now()
 
     def finish(self) -> float:
         """The pass is over: its last step is observed (with the time after its last link call); returns the
@@ -165,6 +180,12 @@ class ClientMetrics(Collector):
             ["phase"],
             registry=self.registry,
         )
+        self.pass_cpu = Counter(
+            "slperf_client_pass_cpu_seconds",
+            "The daemon process's CPU time (user + system) in its passes, less the waits on the link",
+            ["phase"],
+            registry=self.registry,
+        )
         self.step_seconds = Histogram(
             "slperf_client_step_seconds",
             "The daemon's own time per step that crosses the cut (from the previous step's last wait on the link to "
@@ -217,6 +238,7 @@ class ClientMetrics(Collector):
         seconds = clock.finish()
         label = phase_label(phase)
         self.compute.labels(phase=label).inc(seconds)
+        self.pass_cpu.labels(phase=label).inc(max(clock.cpu, 0.0))
         if steps is not None:
             self.steps.labels(phase=label).inc(steps)
         if self._run is not None:

@@ -30,12 +30,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 import yaml
 
 from slperf import parent_death, pki
+from slperf.common.client_resources import client_resources
 from slperf.common.config import RunConfig, network_spec
 from slperf.common.config_loader import load_config
 from slperf.common.data import load_dataset
 from slperf.common.fsutil import atomic_write
 from slperf.common.security.credentials import operator_channel_credentials
 from slperf.common.security.layout import ca_paths, client_paths
+from slperf.containers import ContainerClients, ContainerError, ContainerProcess
 from slperf.operator import OperatorClient
 from slperf.slserver.server import READY_PREFIX
 
@@ -165,8 +167,9 @@ class Federation:
     certs_dir: Path
     torch_threads: int = 1
     server: subprocess.Popen | None = None
-    clients: dict[str, subprocess.Popen] = field(default_factory=dict)
+    clients: dict[str, subprocess.Popen | ContainerProcess] = field(default_factory=dict)
     port: int = 0
+    containers: ContainerClients | None = None  # set by start() when the config names a client_image
     logs_dir: Path | None = None
     hooks: FederationHooks = field(default_factory=FederationHooks)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
@@ -214,12 +217,28 @@ class Federation:
         pki.init_pki(self.certs_dir, overwrite=True)
         for cid in self.client_ids():
             pki.add_client(self.certs_dir, cid)
+        # Containers: the server listens on every address, so each client reaches it at its own network's gateway.
+        address = "127.0.0.1:0"
+        if self.config.client_image is not None:
+            self.containers = ContainerClients(
+                self.config.client_image,
+                client_resources(self.config, self.client_ids()),
+                self.certs_dir,
+                self.logs_dir,
+                torch_threads=self.torch_threads,
+                data_dir=self.config.data_dir,
+            )
+            try:
+                self.containers.open()
+            except ContainerError as exc:
+                raise FederationError(str(exc)) from None
+            address = "0.0.0.0:0"
         with self._open_log("server") as server_log:  # the child has its own descriptor
             self.server = subprocess.Popen(
                 self._cmd(
                     "server",
                     "--address",
-                    "127.0.0.1:0",
+                    address,
                     "--certs",
                     str(self.certs_dir),
                     "--runs-dir",
@@ -242,7 +261,10 @@ class Federation:
         if self.hooks.on_started is not None:
             self.hooks.on_started(self)
 
-    def _spawn_client(self, cid: str, restart: int = 0) -> subprocess.Popen:
+    def _spawn_client(self, cid: str, restart: int = 0) -> subprocess.Popen | ContainerProcess:
+        if self.containers is not None:
+            self._open_log(cid, restart).close()  # the container's output is appended to it
+            return self.containers.spawn(cid, self.port, restart)
         cert, key = client_paths(self.certs_dir, cid)
         prefix, address = [], f"127.0.0.1:{self.port}"
         if self.placement is not None:
@@ -394,9 +416,28 @@ class Federation:
             if self.hooks.before_stop is not None:
                 self.hooks.before_stop(self)
         finally:
-            self._stop_children()
-            for watcher in self._watchers:  # each sees its child's exit and returns: nothing acts after stop
-                watcher.join(timeout=30)
+            try:
+                self._stop_children()
+                for watcher in self._watchers:  # each sees its child's exit and returns: nothing acts after stop
+                    watcher.join(timeout=30)
+            finally:
+                if self.containers is not None:
+                    self.containers.close()
+
+    def container_figures(self) -> dict[str, Any] | None:
+        """Per client: the limits its container got and the compute it reported (None without containers); read
+        while the daemons still run."""
+        if self.containers is None:
+            return None
+        compute = self.containers.compute()
+        limits = self.containers.limits()
+        return {
+            "image": self.containers.image,
+            "clients": {
+                cid: {"limits": limits.get(cid), **(compute[cid].as_record() if cid in compute else {})}
+                for cid in self.client_ids()
+            },
+        }
 
     def _stop_children(self) -> None:
         if self.server is not None and self.server.poll() is None:
@@ -479,11 +520,13 @@ def run_federation(
 
         fed.supervise(on_server_exit)
         try:
-            run_id = op.start_run(yaml.safe_dump({**config.to_dict(), "network": {}}))  # the launcher's key
+            # The launcher's keys (links, containers) are applied here; the server refuses them (it starts no daemon).
+            run_id = op.start_run(yaml.safe_dump(config.for_server()))
             fed.supervisor.attach(out_dir / run_id / SUPERVISOR_LOG)
             echo(
                 f"run {run_id}: {config.paradigm} on {config.dataset}, {config.clients} clients over mutual TLS "
-                f"(127.0.0.1:{fed.port}); logs in {fed.logs_dir}"
+                f"(port {fed.port}{f', clients in containers of {config.client_image}' if fed.containers else ''}); "
+                f"logs in {fed.logs_dir}"
             )
             if show_progress:
                 from tqdm import tqdm
@@ -522,6 +565,9 @@ def run_federation(
                 reason += f" (client daemons lost: {'; '.join(fed.lost.values())})"
             raise FederationError(f"run {run_id} {status.state}: {reason}")
         summary = json.loads(status.summary_json)
+        containers = fed.container_figures()
+        if containers is not None:
+            summary["client_containers"] = containers
         summary["federation_seconds"] = time.monotonic() - started
         summary["run_dir"] = str(out_dir / run_id)
         if shaped is not None:

@@ -204,11 +204,12 @@ class ControlService(service_pb2_grpc.ControlServicer):
                 f"backend: {config.backend} is run by `slperf federation --backend {config.backend}` on one machine; a "
                 "server runs federations (set backend: federation, or leave it out)",
             )
-        if config.network:  # the launcher shapes the links it starts the clients on; a server cannot
+        if launched := config.launcher_keys_set():  # a server starts no client daemon
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "network: is applied by the launcher (`slperf federation`, `slperf bench`), which runs the client "
-                "daemons behind shaped links; a server cannot shape its clients' links (leave the key out)",
+                f"{', '.join(launched)}: applied by the launcher that starts the client daemons (`slperf federation`, "
+                "`slperf bench`: shaped links, containers); a server cannot apply them to daemons that connect to it "
+                "(leave the keys out)",
             )
         for warning in warnings:
             log.warning("%s", warning)

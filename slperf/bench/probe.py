@@ -10,18 +10,36 @@ dies before ``stop`` still has the last value seen.
     with FederationProbe() as probe:
         summary = run_federation(config, out, hooks=probe.hooks)
     probe.peaks  # {"server": bytes, "clients": {"c1": bytes, ...}}
+    probe.cpu    # {"server": seconds, "c1": seconds, ...}: user + system CPU time of each process
+
+The CPU time is read from ``/proc/<pid>/stat`` the same way (it only grows, so the last read is the total); a client
+daemon in a container (``client_image``) is a process of this host too, so both figures cover it.
 
 Nothing global is changed: each probe sees only the federation it was handed to, so probes may coexist.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from slperf.bench.memory import peak_rss_bytes
 from slperf.federation import FederationHooks
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process (all its threads), from /proc/<pid>/stat; None when unavailable."""
+    try:
+        text = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    try:
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+    except (IndexError, ValueError):
+        return None
 
 
 class _Process(Protocol):
@@ -47,6 +65,7 @@ class FederationProbe:
         self.on_start = on_start
         self.server_peak: int | None = None
         self.client_peaks: dict[str, int] = {}
+        self._cpu: dict[tuple[str, int], float] = {}  # (party, pid) -> CPU seconds: a restarted daemon adds its own
         self.pids: dict[str, int] = {}
         self._federation: _Children | None = None
         self._stop_event = threading.Event()
@@ -58,6 +77,15 @@ class FederationProbe:
     def peaks(self) -> dict[str, Any]:
         with self._lock:
             return {"server": self.server_peak, "clients": dict(self.client_peaks)}
+
+    @property
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds by party (``server``, client ids), as last read."""
+        out: dict[str, float] = {}
+        with self._lock:
+            for (name, _), seconds in self._cpu.items():
+                out[name] = out.get(name, 0.0) + seconds
+        return out
 
     @property
     def hooks(self) -> FederationHooks:
@@ -90,9 +118,12 @@ class FederationProbe:
         """Reads every live child's high-water mark now (a mark only grows, so the latest read wins)."""
         for name, proc in self._children():
             peak = peak_rss_bytes(proc.pid)
+            cpu = cpu_seconds(proc.pid)
             if peak is None:
                 continue
             with self._lock:
+                if cpu is not None:
+                    self._cpu[(name, proc.pid)] = max(self._cpu.get((name, proc.pid), 0.0), cpu)
                 self.pids[name] = proc.pid
                 if name == "server":
                     self.server_peak = max(self.server_peak or 0, peak)

@@ -20,6 +20,7 @@ from typing import Any
 
 from slperf.bench import network_report, privacy
 from slperf.bench.machine import machine_info
+from slperf.bench.parties import parties_markdown
 from slperf.bench.suite import CENTRALIZED, Partition
 from slperf.common.fsutil import atomic_write
 
@@ -70,6 +71,9 @@ CSV_COLUMNS = [
     "seconds_to_target",
     "server_compute_seconds",
     "server_busy_fraction",
+    "cpu_seconds_server",
+    "cpu_seconds_client_max",
+    "client_train_ms_per_batch_max",
     "config_hash",
     "run_dir",
     "started_at",
@@ -312,6 +316,7 @@ def report_markdown(
     out += network_report.section_markdown(rows, plots or [])
     if not groups(rows) and centralized:
         out += ["## Centralized baselines", "", table_markdown([], centralized), ""]
+    out += parties_markdown(rows)
     if failed:
         out += ["## Failed cells", "", "| cell | error |", "|---|---|"]
         for row in failed:

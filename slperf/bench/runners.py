@@ -25,6 +25,7 @@ import yaml
 
 from slperf.bench import privacy
 from slperf.bench.memory import mib, peak_rss_bytes, reset_peak_rss, self_peak_rss_bytes
+from slperf.bench.parties import party_columns, party_figures
 from slperf.bench.probe import FederationProbe
 from slperf.bench.rows import curve_from_metrics
 from slperf.bench.suite import CENTRALIZED, Cell
@@ -80,12 +81,15 @@ def run_federation_cell(
     peaks = probe.peaks
     client_peaks = {cid: mib(v) for cid, v in sorted(peaks["clients"].items())}
     values = [v for v in client_peaks.values() if v is not None]
+    parties = party_figures(summary, probe.cpu, mib(peaks["server"]), client_peaks)
     return {
         **_run_figures(summary, total),
         "peak_rss_server_mb": mib(peaks["server"]),
         "peak_rss_client_max_mb": max(values) if values else None,
         "peak_rss_client_mean_mb": statistics.fmean(values) if values else None,
         "peak_rss_clients_mb": client_peaks,
+        "parties": parties,
+        **party_columns(parties),
         "client_restarts": sum(summary["supervisor"]["restarts"].values()),
         "clients_lost": sorted(summary["supervisor"]["lost"]),
     }

@@ -105,3 +105,12 @@ def test_aggregation_is_for_paradigms_that_average_and_trim_fraction_for_trimmed
         load({"paradigm": "fedavg", "aggregation": "krum"})
     with pytest.raises(Error, match="phase_timeout"):
         load({"phase_timeout": 0})
+
+
+def test_a_launcher_sends_the_server_its_config_without_its_own_keys():
+    from slperf.common.config import LAUNCHER_KEYS, RunConfig
+
+    config = RunConfig(network={"rate_mbit": 10}, client_image="slperf:latest", client_resources={"cpus": 0.5})
+    assert config.launcher_keys_set() == list(LAUNCHER_KEYS)
+    sent = config.for_server()
+    assert RunConfig(**sent).launcher_keys_set() == [] and sent["paradigm"] == config.paradigm

@@ -7,6 +7,7 @@ are counted. Also: the StepClock's split of a pass into steps, on a fake clock."
 from __future__ import annotations
 
 import subprocess
+import time
 import urllib.request
 
 import pytest
@@ -15,9 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from slperf import __version__
 from slperf.common.metrics_http import METRICS_READY_PREFIX
+from slperf.common.protocol.types import Phase
 from slperf.common.security.credentials import operator_channel_credentials
 from slperf.operator import OperatorClient
-from slperf.slclient.metrics import StepClock
+from slperf.slclient.metrics import ClientMetrics, StepClock
 from tests.conftest import child_env, client_args, slperf_cmd
 
 CONFIG = {
@@ -177,3 +179,25 @@ def test_a_pass_without_link_steps_observes_no_step():
     now.t += 4.0
     assert clock.finish() == 4.0  # FedAvg's local pass: all compute, no step crossed the cut
     assert observed == []
+
+
+def test_a_pass_counts_the_process_cpu_time_it_used():
+    now, cpu, observed = _FakeTime(), _FakeTime(), []
+    clock = StepClock(observed.append, now, cpu)
+    now.t += 4.0
+    cpu.t += 2.0  # half a core while it computed
+    clock.link_call(0)
+    now.t += 10.0
+    cpu.t += 1.0  # the link's work while the daemon waits: not the computation's
+    clock.link_done()
+    now.t += 1.0
+    cpu.t += 0.5
+    clock.finish()
+    assert (clock.total, clock.cpu) == (5.0, 2.5)
+    metrics = ClientMetrics("c1")
+    real = metrics.pass_started(0, Phase.TRAIN)
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # spends CPU: the counter must see it
+        pass
+    metrics.pass_ended(Phase.TRAIN, real, steps=1)
+    assert metrics.pass_cpu.labels(phase="train")._value.get() >= 0.05

@@ -64,3 +64,25 @@ def test_start_run_refuses_a_sim_config(tmp_path: Path):
     assert context.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "slperf federation --backend sim" in context.details
     assert coordinator.started == []
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"client_image": "slperf:latest"},
+        {"client_image": "slperf:latest", "client_resources": {"cpus": 0.5}},
+        {"network": {"rate_mbit": 10, "delay_ms": 5}},
+    ],
+)
+def test_start_run_refuses_the_launchers_keys(tmp_path: Path, keys: dict):
+    """Links and containers are applied by the launcher that starts the daemons; a server would accept and ignore
+    them."""
+    coordinator = _Coordinator(tmp_path)
+    service = ControlService(registry=None, coordinator=coordinator, shutdown=asyncio.Event())  # type: ignore[arg-type]
+    context = _Context()
+    request = service_pb2.StartRunRequest(config=yaml.safe_dump({"paradigm": "vanilla", **keys}))
+    with pytest.raises(_Aborted):
+        asyncio.run(service.StartRun(request, context))  # type: ignore[arg-type]
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{', '.join(keys)}: applied by the launcher" in context.details
+    assert coordinator.started == []

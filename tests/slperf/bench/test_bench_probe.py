@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from slperf.bench.memory import peak_rss_bytes, read_status_kib
-from slperf.bench.probe import FederationProbe
+from slperf.bench.probe import FederationProbe, cpu_seconds
 from slperf.federation import Federation
 
 CHILD_BYTES = 32 << 20
@@ -65,3 +65,26 @@ def test_federation_probe_reads_the_children_peaks_through_the_launcher_hooks():
     finally:
         for proc in procs:
             end_child(proc)
+
+
+# Spins until it has used about 0.3 s of CPU, then says so and waits for stdin to close.
+SPINNER = "import sys, time\nwhile time.process_time() < 0.3: pass\nprint('up', flush=True); sys.stdin.read()"
+
+
+def test_cpu_seconds_of_each_party_are_read_through_the_hooks():
+    spinner = subprocess.Popen([sys.executable, "-c", SPINNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    idle = start_child(1 << 20)
+    try:
+        assert spinner.stdout is not None and spinner.stdout.readline() == b"up\n"
+        assert cpu_seconds(2**22 + 12345) is None  # no such process
+        federation = SimpleNamespace(server=idle, clients={"c1": spinner})
+        with FederationProbe(poll_seconds=60) as probe:
+            probe.hooks.on_started(federation)
+            probe.hooks.before_stop(federation)
+            cpu = probe.cpu
+        assert set(cpu) == {"server", "c1"}
+        assert cpu["c1"] >= 0.28  # clock ticks: 0.3 s of process time is at least 28 ticks of 10 ms
+        assert cpu["server"] < cpu["c1"]
+    finally:
+        end_child(spinner)
+        end_child(idle)
