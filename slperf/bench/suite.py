@@ -430,6 +430,7 @@ def _parse_defenses(matrix: Mapping[str, Any], where: str) -> list[Defense] | No
                 f"got {settings!r}"
             )
         out.append(Defense(name, dict(settings)))
+    return out
 
 
 def _parse_networks(matrix: Mapping[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
