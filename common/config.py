@@ -69,6 +69,7 @@ class RunConfig:
     backend: str = "federation"
     attacks: list[str] = field(default_factory=list)
     compress: dict[str, Any] = field(default_factory=dict)
+    fed_server: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +131,9 @@ FIELD_DOCS: dict[str, str] = {
     "compress": "codec of the cut tensors per direction, e.g. {up: int8, down: fp16}: none (default), fp16, bf16, "
     "int8 (affine, per tensor), int8:channel (per channel), topk:F (the F share of largest magnitudes), topk:F:ef "
     "(with error feedback); up = what clients send, down = the server's replies; refused by paradigms without cut",
+    "fed_server": "{address: HOST:PORT}: SplitFed's separate aggregator (`slperf fedserver`; docs/protocol.md "
+    "section 12): the clients FedAvg their bottoms there and the server never receives them; only paradigms "
+    "that support it (splitfed_v1, splitfed_v2), federation backend only; empty: the server averages",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
 }
 
@@ -260,6 +264,22 @@ def check_ranges(cfg: RunConfig, datasets: Collection[str]) -> None:
     check_backend_name(cfg.backend)
     check_amp_name(cfg.amp)
     compress_codecs(cfg)
+    fed_server_address(cfg)
+
+
+def fed_server_address(cfg: RunConfig) -> str | None:
+    """The fed server's HOST:PORT (``fed_server: {address: ...}``), None without one; ConfigError for another key or
+    an address that is not HOST:PORT."""
+    if not cfg.fed_server:
+        return None
+    unknown = sorted(str(k) for k in cfg.fed_server if k != "address")
+    if unknown:
+        raise ConfigError(f"config key 'fed_server' takes address only, not {', '.join(unknown)}")
+    address = cfg.fed_server.get("address")
+    host, _, port = str(address).rpartition(":") if isinstance(address, str) else ("", "", "")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"config key 'fed_server.address' must be HOST:PORT, got {address!r}")
+    return str(address)
 
 
 COMPRESS_DIRECTIONS = ("up", "down")

@@ -126,9 +126,7 @@ class FedAggregator:
             if rnd is None or rnd.state is not RoundState.OPEN:
                 raise Refused(grpc.StatusCode.FAILED_PRECONDITION, f"round {round} of run {run_id!r} is not open")
             if client_id not in rnd.allowed:
-                raise Refused(
-                    grpc.StatusCode.PERMISSION_DENIED, f"client {client_id} takes no part in round {round}"
-                )
+                raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"client {client_id} takes no part in round {round}")
             if segment != rnd.segment:
                 raise Refused(
                     grpc.StatusCode.INVALID_ARGUMENT, f"round {round} averages {rnd.segment!r}, not {segment!r}"
@@ -156,7 +154,9 @@ class FedAggregator:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, f"round {round} of run {run_id!r} is not open")
         outsiders = sorted(set(samples) - rnd.allowed)
         if outsiders:
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{outsiders} were not allowed to take part in round {round}")
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{outsiders} were not allowed to take part in round {round}"
+            )
         present = [cid for cid in sorted(samples) if cid in rnd.uploads]
         missing = [cid for cid in sorted(samples) if cid not in rnd.uploads]
         average = aggregate([(rnd.uploads[cid], int(samples[cid])) for cid in present], rule=rnd.rule)

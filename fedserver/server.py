@@ -52,7 +52,9 @@ def settled_line(run_id: str, round: int, averaged: list[str], missing: list[str
 
 async def serve(opts: FedServerOptions, *, announce: Callable[[str], object] = print) -> None:
     if opts.certs_dir is None:
-        raise TLSConfigError("the fed server needs --certs DIR (mutual TLS; create it with `slperf certs add-fedserver`)")
+        raise TLSConfigError(
+            "the fed server needs --certs DIR (mutual TLS; create it with `slperf certs add-fedserver`)"
+        )
     credentials = fed_server_credentials(opts.certs_dir)
     service = FedService(FedAggregator(), on_settle=lambda *a: announce(settled_line(*a)))
     server = grpc.aio.server(options=grpc_options() + [("grpc.so_reuseport", 0)])

@@ -19,7 +19,13 @@ from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import ErrorReport, Hello, ModelState, RequestWeights, Welcome
 from slperf.common.security.identity import Identity, Role, identity_from_auth_context
 from slperf.common.security.ids import valid_client_id
-from slperf.common.transport.channel import GRPC_MAX_MESSAGE_BYTES, Malformed, serialize_envelope, session_request_parser, safe_parser
+from slperf.common.transport.channel import (
+    GRPC_MAX_MESSAGE_BYTES,
+    Malformed,
+    safe_parser,
+    serialize_envelope,
+    session_request_parser,
+)
 from slperf.common.transport.endpoint import Endpoint, ServerEndpoint, Side, StreamBroken
 from slperf.common.wire.chunking import DEFAULT_CHUNK_BYTES
 from slperf.common.wire.codec import DEFAULT_LIMITS
@@ -65,7 +71,7 @@ class FedService:
         if hello.protocol_version != PROTOCOL_VERSION:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"protocol version {hello.protocol_version} is not supported; this fed server speaks {PROTOCOL_VERSION}",
+                f"protocol version {hello.protocol_version} is not supported; this speaks {PROTOCOL_VERSION}",
             )
         if not valid_client_id(hello.client_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid client id")
@@ -113,7 +119,13 @@ class FedService:
             if isinstance(message, ModelState):
                 async with self._lock:
                     self.aggregator.upload(message.run_id, message.round, message.segment, client_id, message.tensors)
-                log.info("client %s uploaded %s of run %s round %d", client_id, message.segment, message.run_id, message.round)
+                log.info(
+                    "client %s uploaded %s of run %s round %d",
+                    client_id,
+                    message.segment,
+                    message.run_id,
+                    message.round,
+                )
                 return ModelState(message.run_id, message.round, message.segment, {})
             if isinstance(message, RequestWeights):
                 round, average = self.aggregator.latest(message.run_id, message.round)

@@ -39,11 +39,11 @@ from slperf.common.security.identity import (
 from slperf.common.security.ids import validate_client_id
 from slperf.common.security.layout import (
     CLIENTS_DIR,
+    FEDSERVER_IDENTITY_NAME,
+    FEDSERVER_TLS_NAME,
     PathLike,
     ca_paths,
     client_paths,
-    FEDSERVER_IDENTITY_NAME,
-    FEDSERVER_TLS_NAME,
     fedserver_paths,
     fix_hint,
     list_clients,

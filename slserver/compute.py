@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from slperf.common.config import RunConfig
 from slperf.common.devices import Placement, party_placement
+from slperf.common.paradigms.base import FedServerLink
 
 T = TypeVar("T")
 # Told of every computation when it is done: the function's name and its seconds on the compute thread.
@@ -37,6 +38,7 @@ class ComputeContext:
     executor: concurrent.futures.Executor
     observe: StepObserver | None = None
     placement: Placement = field(init=False)
+    fed_server: FedServerLink | None = None  # the run's fed server (``fed_server:``), set by the coordinator
 
     def __post_init__(self) -> None:
         self.placement = party_placement(self.config, where="the server")

@@ -56,8 +56,10 @@ from slperf.common.paradigms.base import ClientGone, ClientHandle, Disagreement,
 from slperf.common.paradigms.kit.aggregate import non_finite
 from slperf.common.privacy.observer import PrivacyObserver
 from slperf.common.protocol.types import RunState
+from slperf.common.security.errors import TLSConfigError
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
 from slperf.slserver.compute import ComputeContext, StepObserver
+from slperf.slserver.fed_link import FedServerUnavailable, GrpcFedServerLink
 from slperf.slserver.proxy import ClientProxy
 from slperf.slserver.recorder import Record, RunRecorder
 from slperf.slserver.run_folder import MetricsError, RunFolder
@@ -173,6 +175,9 @@ class RunCoordinator:
         self.step_observer: StepObserver | None = None
         self._paradigm_spec = paradigm_spec
         self._client_factory = client_factory
+        # The certificates folder (``--certs``): its server_client.pem is this server's identity towards a run's fed
+        # server (``fed_server:``); None (``--insecure``): a run with a fed server is refused.
+        self.certs_dir: Path | None = None
 
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self, config: RunConfig, run_id: str | None = None) -> Run:
@@ -388,6 +393,8 @@ class RunCoordinator:
             await asyncio.gather(*(c.finish(run.state) for c in clients), return_exceptions=True)
             if prepared is not None:
                 await asyncio.to_thread(prepared.events.close)
+                if isinstance(prepared.ctx.fed_server, GrpcFedServerLink):
+                    await prepared.ctx.fed_server.close()
             run.resumption = None
             final: dict[str, Any] = {"state": run.state, "error": run.error}
             if run.degraded_reasons:  # absent from the state of a run nobody degraded
@@ -443,6 +450,11 @@ class RunCoordinator:
         """Builds the paradigm's server half, continues from a checkpoint if there is one, sets the clients up."""
         config = run.config
         ctx = ComputeContext(config, run.run_id, self.executor, self.step_observer)
+        if config.fed_server:
+            try:
+                ctx.fed_server = GrpcFedServerLink(config, run.run_id, self.certs_dir)
+            except (FedServerUnavailable, TLSConfigError) as exc:
+                raise RunFailed(f"cannot reach the run's fed server: {exc}") from None
         paradigm: ServerParadigm = await ctx.compute(spec.server, config, ctx, num_classes, input_shape)
         first_round, records, elapsed_before = self._resume(run, paradigm)
         recorder = RunRecorder(

@@ -86,8 +86,9 @@ def check_attacks(config: RunConfig) -> None:
 
     if len(set(config.attacks)) != len(config.attacks):
         raise ConfigError("config key 'attacks' names an attack twice")
-    threats = paradigms.get(config.paradigm).threats
+    threats = paradigms.get(config.paradigm).threats_for(config)
+    topology = " with a fed server" if config.fed_server else ""
     for name in config.attacks:
         why = attacks.get(name).refusal(threats)
         if why:
-            raise ConfigError(f"config key 'attacks': {name} cannot run against {config.paradigm}: {why}")
+            raise ConfigError(f"config key 'attacks': {name} cannot run against {config.paradigm}{topology}: {why}")
