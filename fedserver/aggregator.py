@@ -60,6 +60,7 @@ class _Run:
     settled: int = -1  # the last round settled
     average: State | None = None  # the latest average (of round ``averaged_round``)
     averaged_round: int = -1
+    members: set[str] = field(default_factory=set)  # every client declared in one of its rounds: who may fetch
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class FedAggregator:
         expected = {t.name: torch.empty(t.shape, dtype=t.dtype, device="meta") for t in layout}
         run.rounds = {r: v for r, v in run.rounds.items() if r > run.settled}
         run.rounds[round] = _Round(segment, expected, rule, frozenset(allowed))
+        run.members.update(allowed)
 
     def upload(self, run_id: str, round: int, segment: str, client_id: str, tensors: State) -> None:
         """Takes ``client_id``'s trained segment for the round, or raises ``Refused`` saying why (the round is not
@@ -167,10 +169,13 @@ class FedAggregator:
         run.average, run.averaged_round = average, round
         return Settlement([cid for cid in present if samples[cid] > 0], missing)
 
-    def latest(self, run_id: str, upto: int) -> tuple[int, State]:
-        """The run's latest average, once round ``upto`` is settled (the main server settles a round before it sends
-        any client its next pass); ``Refused`` while it is not, or when no round has averaged anything yet."""
+    def latest(self, run_id: str, upto: int, client_id: str) -> tuple[int, State]:
+        """The run's latest average for ``client_id``, once round ``upto`` is settled (the main server settles a round
+        before it sends any client its next pass); ``Refused`` while it is not, when no round has averaged anything
+        yet, or when the client was never declared in the run (the average is the run's clients' alone)."""
         run = self._run(run_id)
+        if client_id not in run.members:
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"client {client_id} takes no part in run {run_id!r}")
         if run.settled < upto:
             raise Refused(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -2,8 +2,10 @@
 
 Identities come from the mutual-TLS handshake (the project CA vouched for them): a session must be a client
 certificate whose id is the one its Hello names, a declaration the main server's own certificate towards the fed
-server (``urn:slperf:server:server``). A session carries one upload or one fetch over the same envelope, chunking
-and tensor encoding as the main server's sessions (``Endpoint``), so every limit and check of the wire applies.
+server (``urn:slperf:server:server``). A session carries one upload, a fetch answers one average, both over the same
+envelope, chunking and tensor encoding as the main server's sessions (``Endpoint``), so every limit and check of the
+wire applies. A fetch is its own call because the average travels down, in a ServerMessage, and the client's
+envelope has no request for weights (RequestWeights is the main server's instruction to a client).
 """
 
 from __future__ import annotations
@@ -56,6 +58,30 @@ class FedService:
     def _identity(self, context: Any) -> Identity | None:
         return None if self.insecure else identity_from_auth_context(context.auth_context())
 
+    async def _check_caller(self, context: Any, protocol_version: int, client_id: str) -> None:
+        """Aborts the call unless it speaks this protocol version and its certificate is client ``client_id``'s."""
+        if protocol_version != PROTOCOL_VERSION:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version {protocol_version} is not supported; this speaks {PROTOCOL_VERSION}",
+            )
+        if not valid_client_id(client_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid client id")
+        peer = self._identity(context)
+        if not self.insecure and peer != Identity(Role.CLIENT, client_id):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"the certificate ({peer}) is not client {client_id}'s")
+
+    def _endpoint(self, context: Any, client_id: str) -> ServerEndpoint:
+        return Endpoint(
+            context,
+            Side.SERVER,
+            name=client_id,
+            limits=DEFAULT_LIMITS,
+            max_payload_bytes=DEFAULT_MAX_PAYLOAD_BYTES,
+            write_timeout=WRITE_TIMEOUT,
+            transfer_timeout=MESSAGE_TIMEOUT,
+        )
+
     async def Session(self, requests: Any, context: Any) -> None:  # noqa: N802 - the gRPC method name
         try:
             first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT)
@@ -68,27 +94,8 @@ class FedService:
         if not isinstance(first, session_pb2.ClientMessage) or first.WhichOneof("body") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be Hello")
         hello: Hello = hello_from_pb(first.hello)
-        if hello.protocol_version != PROTOCOL_VERSION:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"protocol version {hello.protocol_version} is not supported; this speaks {PROTOCOL_VERSION}",
-            )
-        if not valid_client_id(hello.client_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid client id")
-        peer = self._identity(context)
-        if not self.insecure and peer != Identity(Role.CLIENT, hello.client_id):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"the certificate ({peer}) is not client {hello.client_id}'s"
-            )
-        endpoint: ServerEndpoint = Endpoint(
-            context,
-            Side.SERVER,
-            name=hello.client_id,
-            limits=DEFAULT_LIMITS,
-            max_payload_bytes=DEFAULT_MAX_PAYLOAD_BYTES,
-            write_timeout=WRITE_TIMEOUT,
-            transfer_timeout=MESSAGE_TIMEOUT,
-        )
+        await self._check_caller(context, hello.protocol_version, hello.client_id)
+        endpoint = self._endpoint(context, hello.client_id)
         try:
             await endpoint.send(
                 Welcome(
@@ -115,25 +122,33 @@ class FedService:
             log.info("client %s: session ended: %s", hello.client_id, exc)
 
     async def _answer(self, client_id: str, message: object) -> ModelState | ErrorReport:
+        if not isinstance(message, ModelState):
+            return ErrorReport(grpc.StatusCode.INVALID_ARGUMENT, "expected model_state (an upload)")
         try:
-            if isinstance(message, ModelState):
-                async with self._lock:
-                    self.aggregator.upload(message.run_id, message.round, message.segment, client_id, message.tensors)
-                log.info(
-                    "client %s uploaded %s of run %s round %d",
-                    client_id,
-                    message.segment,
-                    message.run_id,
-                    message.round,
-                )
-                return ModelState(message.run_id, message.round, message.segment, {})
-            if isinstance(message, RequestWeights):
-                round, average = self.aggregator.latest(message.run_id, message.round)
-                return ModelState(message.run_id, round, message.segment, average)
+            async with self._lock:
+                self.aggregator.upload(message.run_id, message.round, message.segment, client_id, message.tensors)
         except Refused as err:
             log.warning("client %s: %s", client_id, err.message)
             return ErrorReport(err.code, err.message)
-        return ErrorReport(grpc.StatusCode.INVALID_ARGUMENT, "expected model_state (upload) or request_weights (fetch)")
+        log.info("client %s uploaded %s of run %s round %d", client_id, message.segment, message.run_id, message.round)
+        return ModelState(message.run_id, message.round, message.segment, {})
+
+    async def Fetch(self, request: Any, context: Any) -> None:  # noqa: N802 - the gRPC method name
+        """The run's latest average (as of a settled round) in one ModelState, or an ErrorReport saying why not."""
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        await self._check_caller(context, request.protocol_version, request.client_id)
+        answer: ModelState | ErrorReport
+        try:
+            async with self._lock:  # not halfway through a settle (which runs on a thread)
+                round, average = self.aggregator.latest(request.run_id, request.round, request.client_id)
+            answer = ModelState(request.run_id, round, request.segment, average)
+        except Refused as err:
+            answer = ErrorReport(err.code, err.message)
+        try:
+            await self._endpoint(context, request.client_id).send(answer)
+        except (StreamBroken, ConnectionError) as exc:
+            log.info("client %s: fetch ended: %s", request.client_id, exc)
 
     async def DeclareRound(  # noqa: N802 - the gRPC method name
         self, request: Any, context: Any
@@ -170,9 +185,13 @@ def add_fed_services(server: grpc.aio.Server, service: FedService) -> None:
     declare = safe_parser(
         fedserver_pb2.DeclareRoundRequest.DESCRIPTOR.full_name, fedserver_pb2.DeclareRoundRequest.FromString
     )
+    fetch = safe_parser(fedserver_pb2.FetchRequest.DESCRIPTOR.full_name, fedserver_pb2.FetchRequest.FromString)
     handlers = {
         "Session": grpc.stream_stream_rpc_method_handler(
             service.Session, request_deserializer=session_request_parser(), response_serializer=serialize_envelope
+        ),
+        "Fetch": grpc.unary_stream_rpc_method_handler(
+            service.Fetch, request_deserializer=fetch, response_serializer=serialize_envelope
         ),
         "DeclareRound": grpc.unary_unary_rpc_method_handler(
             service.DeclareRound,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from slperf.v1 import session_pb2 as slperf_dot_v1_dot_session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slperf/v1/fedserver.proto\x12\tslperf.v1\x1a\x17slperf/v1/session.proto\"\xa8\x02\n\x13\x44\x65\x63lareRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07segment\x18\x03 \x01(\t\x12(\n\x06layout\x18\x04 \x01(\x0b\x32\x18.slperf.v1.SegmentLayout\x12\x13\n\x0b\x61ggregation\x18\x05 \x01(\t\x12\x15\n\rtrim_fraction\x18\x06 \x01(\x01\x12\x46\n\x0cparticipants\x18\x07 \x03(\x0b\x32\x30.slperf.v1.DeclareRoundRequest.ParticipantsEntry\x12\x0e\n\x06settle\x18\x08 \x01(\x08\x1a\x33\n\x11ParticipantsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"9\n\x14\x44\x65\x63lareRoundResponse\x12\x10\n\x08\x61veraged\x18\x01 \x03(\t\x12\x0f\n\x07missing\x18\x02 \x03(\t2\xa4\x01\n\x0e\x46\x65\x64\x41ggregation\x12\x41\n\x07Session\x12\x18.slperf.v1.ClientMessage\x1a\x18.slperf.v1.ServerMessage(\x01\x30\x01\x12O\n\x0c\x44\x65\x63lareRound\x12\x1e.slperf.v1.DeclareRoundRequest\x1a\x1f.slperf.v1.DeclareRoundResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slperf/v1/fedserver.proto\x12\tslperf.v1\x1a\x17slperf/v1/session.proto\"\xa8\x02\n\x13\x44\x65\x63lareRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07segment\x18\x03 \x01(\t\x12(\n\x06layout\x18\x04 \x01(\x0b\x32\x18.slperf.v1.SegmentLayout\x12\x13\n\x0b\x61ggregation\x18\x05 \x01(\t\x12\x15\n\rtrim_fraction\x18\x06 \x01(\x01\x12\x46\n\x0cparticipants\x18\x07 \x03(\x0b\x32\x30.slperf.v1.DeclareRoundRequest.ParticipantsEntry\x12\x0e\n\x06settle\x18\x08 \x01(\x08\x1a\x33\n\x11ParticipantsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"k\n\x0c\x46\x65tchRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12\x0f\n\x07segment\x18\x05 \x01(\t\"9\n\x14\x44\x65\x63lareRoundResponse\x12\x10\n\x08\x61veraged\x18\x01 \x03(\t\x12\x0f\n\x07missing\x18\x02 \x03(\t2\xe2\x01\n\x0e\x46\x65\x64\x41ggregation\x12\x41\n\x07Session\x12\x18.slperf.v1.ClientMessage\x1a\x18.slperf.v1.ServerMessage(\x01\x30\x01\x12<\n\x05\x46\x65tch\x12\x17.slperf.v1.FetchRequest\x1a\x18.slperf.v1.ServerMessage0\x01\x12O\n\x0c\x44\x65\x63lareRound\x12\x1e.slperf.v1.DeclareRoundRequest\x1a\x1f.slperf.v1.DeclareRoundResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECLAREROUNDREQUEST']._serialized_end=362
   _globals['_DECLAREROUNDREQUEST_PARTICIPANTSENTRY']._serialized_start=311
   _globals['_DECLAREROUNDREQUEST_PARTICIPANTSENTRY']._serialized_end=362
-  _globals['_DECLAREROUNDRESPONSE']._serialized_start=364
-  _globals['_DECLAREROUNDRESPONSE']._serialized_end=421
-  _globals['_FEDAGGREGATION']._serialized_start=424
-  _globals['_FEDAGGREGATION']._serialized_end=588
+  _globals['_FETCHREQUEST']._serialized_start=364
+  _globals['_FETCHREQUEST']._serialized_end=471
+  _globals['_DECLAREROUNDRESPONSE']._serialized_start=473
+  _globals['_DECLAREROUNDRESPONSE']._serialized_end=530
+  _globals['_FEDAGGREGATION']._serialized_start=533
+  _globals['_FEDAGGREGATION']._serialized_end=759
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,20 @@ class DeclareRoundRequest(_message.Message):
     settle: bool
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., segment: _Optional[str] = ..., layout: _Optional[_Union[_session_pb2.SegmentLayout, _Mapping]] = ..., aggregation: _Optional[str] = ..., trim_fraction: _Optional[float] = ..., participants: _Optional[_Mapping[str, int]] = ..., settle: _Optional[bool] = ...) -> None: ...
 
+class FetchRequest(_message.Message):
+    __slots__ = ("protocol_version", "client_id", "run_id", "round", "segment")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    client_id: str
+    run_id: str
+    round: int
+    segment: str
+    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., segment: _Optional[str] = ...) -> None: ...
+
 class DeclareRoundResponse(_message.Message):
     __slots__ = ("averaged", "missing")
     AVERAGED_FIELD_NUMBER: _ClassVar[int]

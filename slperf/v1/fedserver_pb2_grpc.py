@@ -40,6 +40,11 @@ class FedAggregationStub:
                 request_serializer=slperf_dot_v1_dot_session__pb2.ClientMessage.SerializeToString,
                 response_deserializer=slperf_dot_v1_dot_session__pb2.ServerMessage.FromString,
                 _registered_method=True)
+        self.Fetch = channel.unary_stream(
+                '/slperf.v1.FedAggregation/Fetch',
+                request_serializer=slperf_dot_v1_dot_fedserver__pb2.FetchRequest.SerializeToString,
+                response_deserializer=slperf_dot_v1_dot_session__pb2.ServerMessage.FromString,
+                _registered_method=True)
         self.DeclareRound = channel.unary_unary(
                 '/slperf.v1.FedAggregation/DeclareRound',
                 request_serializer=slperf_dot_v1_dot_fedserver__pb2.DeclareRoundRequest.SerializeToString,
@@ -51,9 +56,17 @@ class FedAggregationServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Session(self, request_iterator, context):
-        """A client daemon's upload or fetch over the session envelope: Hello, then Welcome, then one ModelState (upload of
-        its trained bottom; answered with an empty ModelState as the receipt, or an Error) or one RequestWeights (fetch:
-        answered with the latest average of the run up to that round, or an Error). Client certificates only.
+        """A client daemon's upload over the session envelope: Hello, then Welcome, then one ModelState (its trained bottom
+        of a round), answered with an empty ModelState as the receipt or an Error. Client certificates only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fetch(self, request, context):
+        """A client daemon's fetch of the run's latest average once a round is settled: answered on the session envelope
+        (ServerMessage, chunked like any weights) with one ModelState or one Error. Client certificates of the run's
+        participants only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -74,6 +87,11 @@ def add_FedAggregationServicer_to_server(servicer, server):
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
                     request_deserializer=slperf_dot_v1_dot_session__pb2.ClientMessage.FromString,
+                    response_serializer=slperf_dot_v1_dot_session__pb2.ServerMessage.SerializeToString,
+            ),
+            'Fetch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=slperf_dot_v1_dot_fedserver__pb2.FetchRequest.FromString,
                     response_serializer=slperf_dot_v1_dot_session__pb2.ServerMessage.SerializeToString,
             ),
             'DeclareRound': grpc.unary_unary_rpc_method_handler(
@@ -108,6 +126,33 @@ class FedAggregation:
             target,
             '/slperf.v1.FedAggregation/Session',
             slperf_dot_v1_dot_session__pb2.ClientMessage.SerializeToString,
+            slperf_dot_v1_dot_session__pb2.ServerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/slperf.v1.FedAggregation/Fetch',
+            slperf_dot_v1_dot_fedserver__pb2.FetchRequest.SerializeToString,
             slperf_dot_v1_dot_session__pb2.ServerMessage.FromString,
             options,
             channel_credentials,

@@ -30,7 +30,7 @@ def test_average_is_weighted_by_the_samples_the_main_server_counted() -> None:
     agg.upload("run", 0, "bottom", "b", state(4.0))
     done = agg.settle("run", 0, {"a": 300, "b": 100})
     assert done.averaged == ["a", "b"] and done.missing == []
-    round, average = agg.latest("run", 0)
+    round, average = agg.latest("run", 0, "a")
     assert round == 0
     torch.testing.assert_close(average["w"], torch.full((2, 2), 1.75))  # (300 * 1 + 100 * 4) / 400
     torch.testing.assert_close(average["b"], torch.full((2,), 1.75))
@@ -54,7 +54,7 @@ def test_a_bad_upload_is_refused_and_the_others_are_averaged(bad: dict[str, torc
     agg.upload("run", 0, "bottom", "c", state(4.0))
     done = agg.settle("run", 0, {"a": 10, "b": 10, "c": 10})
     assert done.averaged == ["a", "c"] and done.missing == ["b"]
-    torch.testing.assert_close(agg.latest("run", 0)[1]["w"], torch.full((2, 2), 3.0))
+    torch.testing.assert_close(agg.latest("run", 0, "a")[1]["w"], torch.full((2, 2), 3.0))
     assert agg.uploads_refused == 1 and agg.uploads_accepted == 2
 
 
@@ -63,7 +63,7 @@ def test_a_participant_that_crashed_before_uploading_is_left_out() -> None:
     agg.upload("run", 0, "bottom", "a", state(5.0))
     done = agg.settle("run", 0, {"a": 10, "b": 10})
     assert done.missing == ["b"]
-    torch.testing.assert_close(agg.latest("run", 0)[1]["b"], torch.full((2,), 5.0))
+    torch.testing.assert_close(agg.latest("run", 0, "a")[1]["b"], torch.full((2,), 5.0))
 
 
 def test_uploads_outside_an_open_round_or_its_participants_are_refused() -> None:
@@ -81,15 +81,25 @@ def test_uploads_outside_an_open_round_or_its_participants_are_refused() -> None
 def test_no_average_keeps_the_previous_one_and_fetches_wait_for_the_settlement() -> None:
     agg = opened(("a",))
     with pytest.raises(Refused) as early:
-        agg.latest("run", 0)  # not settled yet
+        agg.latest("run", 0, "a")  # not settled yet
     assert early.value.code == grpc.StatusCode.FAILED_PRECONDITION
     agg.upload("run", 0, "bottom", "a", state(1.0))
     agg.settle("run", 0, {"a": 10})
     agg.open("run", 1, "bottom", LAYOUT, AggregationRule(), ("a",))
     done = agg.settle("run", 1, {"a": 10})  # a crashed: nothing to average in round 1
     assert done.averaged == [] and done.missing == ["a"]
-    round, average = agg.latest("run", 1)
+    round, average = agg.latest("run", 1, "a")
     assert round == 0
     torch.testing.assert_close(average["w"], torch.full((2, 2), 1.0))
     with pytest.raises(Refused):
         agg.open("run", 1, "bottom", LAYOUT, AggregationRule(), ("a",))  # settled rounds stay settled
+
+
+def test_only_the_runs_clients_fetch_its_average() -> None:
+    agg = opened(("a", "b"))
+    agg.upload("run", 0, "bottom", "a", state(1.0))
+    agg.settle("run", 0, {"a": 10})
+    assert agg.latest("run", 0, "b")[0] == 0  # b took part (without an upload): it continues from the average
+    with pytest.raises(Refused) as refused:
+        agg.latest("run", 0, "outsider")
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
