@@ -268,10 +268,15 @@ def check_ranges(cfg: RunConfig, datasets: Collection[str]) -> None:
 
 
 def fed_server_address(cfg: RunConfig) -> str | None:
-    """The fed server's HOST:PORT (``fed_server: {address: ...}``), None without one; ConfigError for another key or
-    an address that is not HOST:PORT."""
+    """The fed server's HOST:PORT (``fed_server: {address: ...}``), None without one; ConfigError for another key,
+    an address that is not HOST:PORT, or the sim backend (which has no fed server)."""
     if not cfg.fed_server:
         return None
+    if cfg.backend == "sim":
+        raise ConfigError(
+            "config key 'fed_server' needs the federation backend: the sim backend runs every party in one process "
+            "and starts no fed server (drop fed_server, or run without backend: sim / --backend sim)"
+        )
     unknown = sorted(str(k) for k in cfg.fed_server if k != "address")
     if unknown:
         raise ConfigError(f"config key 'fed_server' takes address only, not {', '.join(unknown)}")

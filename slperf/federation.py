@@ -238,7 +238,12 @@ class Federation:
         pki.add_fedserver(self.certs_dir)
         address = str(self.config.fed_server["address"])
         host = address.rpartition(":")[0]
-        with self._open_log("fedserver") as fed_log:
+        assert self.logs_dir is not None
+        log_path = self.logs_dir / "fedserver.log"
+        log_path.write_bytes(b"")
+        # Appended to by the child (its stderr) and by the drain below (its stdout lines): both O_APPEND, or each
+        # would write at its own offset over the other's lines.
+        with open(log_path, "ab") as fed_log:
             self.fed_server = subprocess.Popen(
                 self._cmd("fedserver", "--address", address, "--certs", str(self.certs_dir)),
                 stdout=subprocess.PIPE,
@@ -252,7 +257,7 @@ class Federation:
             raise FederationError(f"the fed server did not start: {self._tail('fedserver')}")
         self.config.fed_server = {"address": f"{host}:{int(line[len(FED_READY_PREFIX) :])}"}
         # Its per-round lines (SLPERF_FED_SETTLED) go on into its log, so the pipe never fills.
-        out, log_path = self.fed_server.stdout, (self.logs_dir or Path(".")) / "fedserver.log"
+        out = self.fed_server.stdout
 
         def drain() -> None:
             with open(log_path, "ab") as sink:

@@ -150,6 +150,9 @@ class _Prepared:
     first_round: int
     events: TensorBoardLog
     privacy: PrivacyObserver | None = None  # the attacks the config asks for (None: none, nothing observed)
+    # Each client's messages by kind when the run began (``SessionRegistry.client_kinds``): the summary's
+    # ``messages_up_by_kind`` is what they sent this server since (how a test sees no weights arrived).
+    kinds_before: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class RunCoordinator:
@@ -476,7 +479,8 @@ class RunCoordinator:
         ids = [c.client_id for c in clients]
         run.publish("state", {"state": run.state, "clients": ids})
         log.info("run %s: %s with %s on %s", run.run_id, config.paradigm, ", ".join(ids), config.dataset)
-        return _Prepared(ctx, paradigm, recorder, first_round, events, privacy)
+        kinds = {cid: self.registry.client_kinds(cid) for cid in ids}
+        return _Prepared(ctx, paradigm, recorder, first_round, events, privacy, kinds)
 
     async def _set_up(self, run: Run, clients: list[RunClient]) -> None:
         """Sets every participant up for the run at once. One that never answers (gone, or slower than
@@ -580,10 +584,17 @@ class RunCoordinator:
         run.summary.update(prepared.paradigm.describe())
         if config.attacks:  # the last round's leakage figures beside its accuracy
             run.summary["privacy"] = records[-1].get("privacy", {})
+        run.summary["messages_up_by_kind"] = {
+            cid: _since(self.registry.client_kinds(cid), before) for cid, before in sorted(prepared.kinds_before.items())
+        }
         run.folder.write_summary(run.summary)
         await prepared.ctx.compute(
             run.folder.write_plots, prepared.recorder.records, f"{config.paradigm} on {config.dataset}"
         )
+
+
+def _since(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {kind: n - before.get(kind, 0) for kind, n in sorted(now.items()) if n > before.get(kind, 0)}
 
 
 def _new_reasons(record: dict[str, Any]) -> int:
