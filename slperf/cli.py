@@ -987,6 +987,9 @@ def _paradigm_details(spec: ParadigmSpec) -> str:
     lines += [f"  {line}" for line in _example_exchange(spec)]
     lines += ["", "threat model (honest-but-curious parties; docs/threat_model.md):"]
     lines += [f"  {line}" for line in spec.threats.describe()]
+    if spec.fed_server_threats is not None:
+        lines += ["", "threat model with a separate fed server (fed_server: {address: ...}; slperf fedserver):"]
+        lines += [f"  {line}" for line in spec.fed_server_threats.describe()]
     if spec.deviations:
         lines += ["", "deliberate deviations from SLPerf's code:", spec.deviations]
     return "\n".join(lines)
