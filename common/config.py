@@ -132,7 +132,7 @@ FIELD_DOCS: dict[str, str] = {
     "int8 (affine, per tensor), int8:channel (per channel), topk:F (the F share of largest magnitudes), topk:F:ef "
     "(with error feedback); up = what clients send, down = the server's replies; refused by paradigms without cut",
     "fed_server": "{address: HOST:PORT}: SplitFed's separate aggregator (`slperf fedserver`; docs/protocol.md "
-    "section 12): the clients FedAvg their bottoms there and the server never receives them; only paradigms "
+    "section 11): the clients FedAvg their bottoms there and the server never receives them; only paradigms "
     "that support it (splitfed_v1, splitfed_v2), federation backend only; empty: the server averages",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
 }
