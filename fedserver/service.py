@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from slperf.common.protocol.errors import WireError
-from slperf.common.protocol.messages import ErrorReport, Hello, ModelState, RequestWeights, Welcome
+from slperf.common.protocol.messages import ErrorReport, Hello, ModelState, Welcome
 from slperf.common.security.identity import Identity, Role, identity_from_auth_context
 from slperf.common.security.ids import valid_client_id
 from slperf.common.transport.channel import (
@@ -69,7 +69,9 @@ class FedService:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid client id")
         peer = self._identity(context)
         if not self.insecure and peer != Identity(Role.CLIENT, client_id):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"the certificate ({peer}) is not client {client_id}'s")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"the certificate ({peer}) is not client {client_id}'s"
+            )
 
     def _endpoint(self, context: Any, client_id: str) -> ServerEndpoint:
         return Endpoint(

@@ -585,7 +585,8 @@ class RunCoordinator:
         if config.attacks:  # the last round's leakage figures beside its accuracy
             run.summary["privacy"] = records[-1].get("privacy", {})
         run.summary["messages_up_by_kind"] = {
-            cid: _since(self.registry.client_kinds(cid), before) for cid, before in sorted(prepared.kinds_before.items())
+            cid: _since(self.registry.client_kinds(cid), before)
+            for cid, before in sorted(prepared.kinds_before.items())
         }
         run.folder.write_summary(run.summary)
         await prepared.ctx.compute(

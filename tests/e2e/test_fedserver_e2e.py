@@ -60,6 +60,8 @@ def test_fed_server_splitfed_matches_the_plain_topology_and_the_server_never_rec
         assert "model_state" not in kinds, kinds  # ...and no client weights did
 
     # The fed server received and averaged both clients' bottoms in every round.
-    settled = re.findall(r"SLPERF_FED_SETTLED run=(\S+) round=(\d+) averaged=(\S*) missing=(\S*)", (logs / "fedserver.log").read_text())
+    settled = re.findall(
+        r"SLPERF_FED_SETTLED run=(\S+) round=(\d+) averaged=(\S*) missing=(\S*)", (logs / "fedserver.log").read_text()
+    )
     assert [(int(r), averaged, missing) for _, r, averaged, missing in settled] == [(0, "c1,c2", ""), (1, "c1,c2", "")]
     assert {run_id for run_id, *_ in settled} == {fed["run_id"]}
