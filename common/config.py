@@ -74,6 +74,7 @@ class RunConfig:
     network: dict[str, Any] = field(default_factory=dict)
     client_image: str | None = None
     client_resources: dict[str, Any] = field(default_factory=dict)
+    fed_server: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +163,9 @@ FIELD_DOCS: dict[str, str] = {
     "network and data volume (docs/containers.md); default: host processes",
     "client_resources": "limits of each client's container, e.g. {cpus: 0.5, memory_mb: 768}, for every client or per "
     "client ({per_client: {c3: {}}}: c3 unlimited); needs client_image",
+    "fed_server": "{address: HOST:PORT}: SplitFed's separate aggregator (`slperf fedserver`; docs/protocol.md "
+    "section 11): the clients FedAvg their bottoms there and the server never receives them; only paradigms "
+    "that support it (splitfed_v1, splitfed_v2), federation backend only; empty: the server averages",
     "options": "paradigm-specific keys, validated by the paradigm (may also be given at the top level)",
 }
 
@@ -293,6 +297,7 @@ def check_ranges(cfg: RunConfig, datasets: Collection[str]) -> None:
     check_amp_name(cfg.amp)
     compress_codecs(cfg)
     network_spec(cfg)
+    fed_server_address(cfg)
 
 
 def network_spec(cfg: RunConfig) -> NetworkSpec | None:
@@ -307,6 +312,31 @@ def network_spec(cfg: RunConfig) -> NetworkSpec | None:
             "a simulation has no links to shape"
         )
     return spec
+
+
+def fed_server_address(cfg: RunConfig) -> str | None:
+    """The fed server's HOST:PORT (``fed_server: {address: ...}``), None without one; ConfigError for another key,
+    an address that is not HOST:PORT, or the sim backend (which has no fed server)."""
+    if not cfg.fed_server:
+        return None
+    if cfg.backend == "sim":
+        raise ConfigError(
+            "config key 'fed_server' needs the federation backend: the sim backend runs every party in one process "
+            "and starts no fed server (drop fed_server, or run without backend: sim / --backend sim)"
+        )
+    if cfg.network or cfg.client_image is not None:
+        raise ConfigError(
+            "config key 'fed_server' is not combined with network or client_image yet: the local federation starts "
+            "the fed server on the host's loopback, which clients in network namespaces or containers cannot reach"
+        )
+    unknown = sorted(str(k) for k in cfg.fed_server if k != "address")
+    if unknown:
+        raise ConfigError(f"config key 'fed_server' takes address only, not {', '.join(unknown)}")
+    address = cfg.fed_server.get("address")
+    host, _, port = str(address).rpartition(":") if isinstance(address, str) else ("", "", "")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"config key 'fed_server.address' must be HOST:PORT, got {address!r}")
+    return str(address)
 
 
 COMPRESS_DIRECTIONS = ("up", "down")

@@ -91,6 +91,12 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> tu
                     f"({', '.join(registry.averaging())}); {spec.name} averages none"
                 )
     check_ranges(cfg, DATASETS)
+    if cfg.fed_server and spec.fed_server_threats is None:
+        supported = ", ".join(s.name for s in registry.all_specs() if s.fed_server_threats is not None)
+        raise ConfigError(
+            f"{source}: config key 'fed_server' applies to paradigms with a separate fed server ({supported}); "
+            f"{spec.name} has none"
+        )
     if cfg.attacks:
         from slperf.common.privacy.observer import check_attacks
 

@@ -28,7 +28,7 @@ import grpc
 import torch
 
 from slperf import __version__
-from slperf.common.config import ConfigError, RunConfig
+from slperf.common.config import ConfigError, RunConfig, fed_server_address
 from slperf.common.config_loader import config_from_json
 from slperf.common.data import DATASETS, DatasetUnavailable
 from slperf.common.devices import host_state
@@ -64,6 +64,7 @@ from slperf.common.wire.codec import check_state
 from slperf.common.wire.compressed import ErrorFeedback
 from slperf.common.wire.framing import ByteCounter
 from slperf.common.wire.serde import PROTOCOL_VERSION
+from slperf.slclient.fed_client import FedClient, FedRefused
 from slperf.slclient.metrics import ClientMetrics, StepClock
 from slperf.slclient.reconnect import Backoff, Verdict, classify
 from slperf.slclient.state_store import SetupKey, Snapshot, StateStore
@@ -267,6 +268,7 @@ class ClientDaemon:
         # pass); and the weights the server pushed since the last pass, which a loaded state must not undo.
         self._entering: int | None = None
         self._pushed: dict[str, State] = {}
+        self.fed: FedClient | None = None  # the run's fed server (``fed_server:``); None: the server averages
 
     async def run_forever(self) -> None:
         """Serves the server until stopped (or, with ``once``, until a run finished). Gives up only when the
@@ -399,6 +401,12 @@ class ClientDaemon:
             await self._send_weights(link, message)
         elif isinstance(message, Finish):
             log.info("run %s finished: %s", message.run_id, message.reason)
+            if self.fed is not None and self.paradigm is not None and message.reason == RunState.FINISHED:
+                try:  # the segment the run ends with is the last average, which the server never held
+                    await self._fed_fetch(self.paradigm.config.epochs - 1)
+                except FedRefused as exc:
+                    log.error("run %s: cannot fetch the final average: %s", message.run_id, exc)
+            self.fed = None
             if self.store is not None and message.run_id == self.run_id:
                 if message.reason == RunState.FINISHED:
                     await self._keep_final()
@@ -426,6 +434,12 @@ class ClientDaemon:
             return
         training = isinstance(part, TrainEpoch)
         await self._align(part.round if training else part.round + 1)
+        if self.fed is not None and (part.round > 0 or not training):
+            try:  # the average of the round before a training pass, of this round before an evaluation
+                await self._fed_fetch(part.round - 1 if training else part.round)
+            except FedRefused as exc:
+                await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
+                return
         phase = Phase.TRAIN if training else Phase.EVAL
         clock = self.metrics.pass_started(part.round, phase)
         link.begin_pass(self.run_id, self.exchange, clock)
@@ -438,6 +452,13 @@ class ClientDaemon:
         if summary is None:
             return
         self._pushed.clear()
+        if training and self.fed is not None:
+            try:  # the trained bottom goes to the fed server, before the server hears the pass is done
+                await self._fed_upload(part.round)
+            except FedRefused as exc:
+                self._pass_failed(training)
+                await self._report(link, grpc.StatusCode.ABORTED, f"{kind} of round {part.round} aborted: {exc}")
+                return
         if training:
             self._entering = part.round + 1
             await self._save_state()
@@ -507,6 +528,17 @@ class ClientDaemon:
         except (ConfigError, DatasetUnavailable, ValueError) as exc:
             await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"cannot set up run {setup.run_id}: {exc}")
             return
+        address = fed_server_address(config)
+        try:
+            fed = (
+                None
+                if address is None
+                else FedClient(address, self.opts.credentials, self.opts.client_id, config.client_timeout)
+            )
+        except FedRefused as exc:
+            await self._report(link, grpc.StatusCode.FAILED_PRECONDITION, f"cannot set up run {setup.run_id}: {exc}")
+            return
+        self.fed = fed
         self.run_id = setup.run_id
         self._setup_key = key
         self.metrics.run_set_up(setup.run_id, config.paradigm)
@@ -540,6 +572,28 @@ class ClientDaemon:
             return
         segment.load_state_dict(state.tensors, strict=True)
         self._pushed[state.segment] = state.tensors
+
+    # -- the fed server (``fed_server:``) ----------------------------------------------------------------------------
+    async def _fed_upload(self, round: int) -> None:
+        assert self.fed is not None and self.paradigm is not None
+        for name, segment in sorted(self.paradigm.segments.items()):
+            await self.fed.upload(self.run_id, round, name, host_state(segment), self.paradigm.data.train.num_samples)
+
+    async def _fed_fetch(self, upto: int) -> None:
+        """Loads the fed server's latest average (settled up to ``upto``); keeps the held weights when there is none
+        yet. An average of another layout is refused like any weights (``check_state``)."""
+        assert self.fed is not None and self.paradigm is not None
+        for name, segment in sorted(self.paradigm.segments.items()):
+            average = await self.fed.fetch(self.run_id, upto, name)
+            if average is None:
+                log.warning("run %s: the fed server has no average of %r yet; keeping this client's", self.run_id, name)
+                continue
+            try:
+                check_state(average, segment.state_dict())
+            except WireError as err:
+                raise FedRefused(err.code, f"its average of {name!r} is unusable: {err.message}") from None
+            segment.load_state_dict(average, strict=True)
+            self._pushed[name] = average
 
     # -- training state kept on disk (slperf.slclient.state_store) --------------------------------------------
     async def _fresh_state(self, key: SetupKey) -> None:

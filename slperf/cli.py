@@ -125,7 +125,35 @@ def certs_revoke(client_id: str, directory: Path) -> None:
     click.echo(f"client {client_id} revoked (recorded in {revoked_path(directory)})")
 
 
+@certs.command("add-fedserver")
+@click.option("--dir", "directory", required=True, type=click.Path(path_type=Path))
+def certs_add_fedserver(directory: Path) -> None:
+    """Issue the fed server's certificate and the main server's certificate towards it (SplitFed's fed_server)."""
+    from slperf import pki
+    from slperf.common.security.layout import fedserver_paths, server_client_paths
+
+    pki.add_fedserver(directory)
+    click.echo(
+        f"fed server: {fedserver_paths(directory)[0]}; main server towards it: {server_client_paths(directory)[0]}"
+    )
+
+
 # -- daemons ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--address", default="127.0.0.1:50052", show_default=True, help="HOST:PORT to listen on (port 0 = any)")
+@click.option(
+    "--certs", "certs_dir", required=True, type=click.Path(path_type=Path), help="certificates folder (add-fedserver)"
+)
+@click.option("-v", "--verbose", is_flag=True)
+def fedserver(address: str, certs_dir: Path, verbose: bool) -> None:
+    """Run SplitFed's separate fed server: it FedAvgs the clients' bottoms (run config fed_server: {address: ...}),
+    so the main server never receives them. Mutual TLS with fedserver.pem (slperf certs add-fedserver)."""
+    _setup_logging(verbose)
+    from slperf.fedserver.server import FedServerOptions, run_fed_server
+
+    run_fed_server(FedServerOptions(address=address, certs_dir=certs_dir))
+
+
 @main.command()
 @click.option("--address", default="127.0.0.1:50051", show_default=True, help="HOST:PORT to listen on (port 0 = any)")
 @click.option("--certs", "certs_dir", type=click.Path(path_type=Path), help="certificates folder (slperf certs init)")
@@ -962,6 +990,9 @@ def _paradigm_details(spec: ParadigmSpec) -> str:
     lines += [f"  {line}" for line in _example_exchange(spec)]
     lines += ["", "threat model (honest-but-curious parties; docs/threat_model.md):"]
     lines += [f"  {line}" for line in spec.threats.describe()]
+    if spec.fed_server_threats is not None:
+        lines += ["", "threat model with a separate fed server (fed_server: {address: ...}; slperf fedserver):"]
+        lines += [f"  {line}" for line in spec.fed_server_threats.describe()]
     if spec.deviations:
         lines += ["", "deliberate deviations from SLPerf's code:", spec.deviations]
     return "\n".join(lines)

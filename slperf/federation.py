@@ -38,6 +38,7 @@ from slperf.common.fsutil import atomic_write
 from slperf.common.security.credentials import operator_channel_credentials
 from slperf.common.security.layout import ca_paths, client_paths
 from slperf.containers import ContainerClients, ContainerError, ContainerProcess
+from slperf.fedserver.server import READY_PREFIX as FED_READY_PREFIX
 from slperf.operator import OperatorClient
 from slperf.slserver.server import READY_PREFIX
 
@@ -168,6 +169,7 @@ class Federation:
     torch_threads: int = 1
     server: subprocess.Popen | None = None
     clients: dict[str, subprocess.Popen | ContainerProcess] = field(default_factory=dict)
+    fed_server: subprocess.Popen | None = None  # SplitFed's fed server, when the config has fed_server
     port: int = 0
     containers: ContainerClients | None = None  # set by start() when the config names a client_image
     logs_dir: Path | None = None
@@ -233,6 +235,8 @@ class Federation:
             except ContainerError as exc:
                 raise FederationError(str(exc)) from None
             address = "0.0.0.0:0"
+        if self.config.fed_server:
+            self._start_fed_server()
         with self._open_log("server") as server_log:  # the child has its own descriptor
             self.server = subprocess.Popen(
                 self._cmd(
@@ -260,6 +264,41 @@ class Federation:
             self.clients[cid] = self._spawn_client(cid)
         if self.hooks.on_started is not None:
             self.hooks.on_started(self)
+
+    def _start_fed_server(self) -> None:
+        """Starts the fed server with its own certificate at the config's address (port 0: any) and points the run's
+        config at the port it got."""
+        pki.add_fedserver(self.certs_dir)
+        address = str(self.config.fed_server["address"])
+        host = address.rpartition(":")[0]
+        assert self.logs_dir is not None
+        log_path = self.logs_dir / "fedserver.log"
+        log_path.write_bytes(b"")
+        # Appended to by the child (its stderr) and by the drain below (its stdout lines): both O_APPEND, or each
+        # would write at its own offset over the other's lines.
+        with open(log_path, "ab") as fed_log:
+            self.fed_server = subprocess.Popen(
+                self._cmd("fedserver", "--address", address, "--certs", str(self.certs_dir)),
+                stdout=subprocess.PIPE,
+                stderr=fed_log,
+                env=self._env(),
+            )
+        assert self.fed_server.stdout is not None
+        line = self.fed_server.stdout.readline().decode(errors="replace").strip()  # blocks until ready or exit
+        if not line.startswith(FED_READY_PREFIX):
+            self.fed_server.wait(timeout=30)
+            raise FederationError(f"the fed server did not start: {self._tail('fedserver')}")
+        self.config.fed_server = {"address": f"{host}:{int(line[len(FED_READY_PREFIX) :])}"}
+        # Its per-round lines (SLPERF_FED_SETTLED) go on into its log, so the pipe never fills.
+        out = self.fed_server.stdout
+
+        def drain() -> None:
+            with open(log_path, "ab") as sink:
+                for chunk in iter(out.readline, b""):
+                    sink.write(chunk)
+                    sink.flush()
+
+        threading.Thread(target=drain, name="fedserver-stdout", daemon=True).start()
 
     def _spawn_client(self, cid: str, restart: int = 0) -> subprocess.Popen | ContainerProcess:
         if self.containers is not None:
@@ -447,7 +486,8 @@ class Federation:
                 op.close()
             except Exception:  # the server may be gone already; terminate below covers it
                 pass
-        stop_processes([*self.clients.values(), *([self.server] if self.server else [])], grace=15)
+        children = [*self.clients.values(), *([self.server] if self.server else [])]
+        stop_processes(children + ([self.fed_server] if self.fed_server else []), grace=15)
 
 
 def stop_processes(procs: Sequence[subprocess.Popen], grace: float) -> None:

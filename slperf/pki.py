@@ -39,14 +39,18 @@ from slperf.common.security.identity import (
 from slperf.common.security.ids import validate_client_id
 from slperf.common.security.layout import (
     CLIENTS_DIR,
+    FEDSERVER_IDENTITY_NAME,
+    FEDSERVER_TLS_NAME,
     PathLike,
     ca_paths,
     client_paths,
+    fedserver_paths,
     fix_hint,
     list_clients,
     operator_paths,
     quote,
     revoked_path,
+    server_client_paths,
     server_paths,
 )
 from slperf.common.security.pem import check_pair, load_cert, load_key, utc_now
@@ -342,6 +346,43 @@ def init_pki(
         if existing:
             _remove_stale_issued(d)
     log.info("created PKI in %s (server names: %s)", d, ", ".join(str(s.value) for s in sans))
+
+
+def add_fedserver(dir: PathLike, *, validity_days: int = DEFAULT_VALIDITY_DAYS) -> None:
+    """Issues the fed server's certificate (serverAuth, SAN DNS ``slperf-fedserver``, the one name clients verify
+    when they dial it, and ``urn:slperf:server:fedserver``) and the main server's certificate towards it
+    (clientAuth, ``urn:slperf:server:server``), from the CA in ``dir``; replaces earlier ones."""
+    d = Path(dir)
+    _check_days(validity_days)
+    ca_cert, ca_key = _load_ca(d)
+    before, after = _leaf_window(ca_cert, validity_days, None)
+    fed_key, fed_cert = _issue_leaf(
+        ca_cert,
+        ca_key,
+        role=Role.SERVER,
+        name=FEDSERVER_IDENTITY_NAME,
+        eku=ExtendedKeyUsageOID.SERVER_AUTH,
+        extra_sans=[x509.DNSName(FEDSERVER_TLS_NAME)],
+        not_before=before,
+        not_after=after,
+    )
+    caller_key, caller_cert = _issue_leaf(
+        ca_cert,
+        ca_key,
+        role=Role.SERVER,
+        name=SERVER_IDENTITY_NAME,
+        eku=ExtendedKeyUsageOID.CLIENT_AUTH,
+        not_before=before,
+        not_after=after,
+    )
+    with _dir_lock(d):
+        for (cert_path, key_path), key, cert in (
+            (fedserver_paths(d), fed_key, fed_cert),
+            (server_client_paths(d), caller_key, caller_cert),
+        ):
+            _write_key(key_path, key)
+            _write_cert(cert_path, cert)
+    log.info("issued the fed server's certificates in %s", d)
 
 
 def _remove_stale_issued(d: Path) -> None:

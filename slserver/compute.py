@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from slperf.common.config import RunConfig
 from slperf.common.devices import Placement, party_placement
+from slperf.common.paradigms.base import FedServerLink
 
 T = TypeVar("T")
 # Told of every computation when it is done: the function's name and its seconds on the compute thread.
@@ -40,6 +41,7 @@ class ComputeContext:
     # Seconds the compute thread spent in this run's computations: the server's busy time (its share of the wall
     # time shows whether the server or the links set the pace). Written on the compute thread only.
     busy_seconds: float = field(init=False, default=0.0)
+    fed_server: FedServerLink | None = None  # the run's fed server (``fed_server:``), set by the coordinator
 
     def __post_init__(self) -> None:
         self.placement = party_placement(self.config, where="the server")

@@ -57,8 +57,10 @@ from slperf.common.paradigms.kit.aggregate import non_finite
 from slperf.common.privacy.defenses.accounting import defense_figures, merge_figures
 from slperf.common.privacy.observer import PrivacyObserver
 from slperf.common.protocol.types import RunState
+from slperf.common.security.errors import TLSConfigError
 from slperf.slserver.checkpoint import load_checkpoint, save_checkpoint
 from slperf.slserver.compute import ComputeContext, StepObserver
+from slperf.slserver.fed_link import FedServerUnavailable, GrpcFedServerLink
 from slperf.slserver.proxy import ClientProxy
 from slperf.slserver.recorder import Record, RunRecorder
 from slperf.slserver.run_folder import MetricsError, RunFolder
@@ -149,6 +151,9 @@ class _Prepared:
     first_round: int
     events: TensorBoardLog
     privacy: PrivacyObserver | None = None  # the attacks the config asks for (None: none, nothing observed)
+    # Each client's messages by kind when the run began (``SessionRegistry.client_kinds``): the summary's
+    # ``messages_up_by_kind`` is what they sent this server since (how a test sees no weights arrived).
+    kinds_before: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class RunCoordinator:
@@ -174,6 +179,9 @@ class RunCoordinator:
         self.step_observer: StepObserver | None = None
         self._paradigm_spec = paradigm_spec
         self._client_factory = client_factory
+        # The certificates folder (``--certs``): its server_client.pem is this server's identity towards a run's fed
+        # server (``fed_server:``); None (``--insecure``): a run with a fed server is refused.
+        self.certs_dir: Path | None = None
 
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self, config: RunConfig, run_id: str | None = None) -> Run:
@@ -389,6 +397,8 @@ class RunCoordinator:
             await asyncio.gather(*(c.finish(run.state) for c in clients), return_exceptions=True)
             if prepared is not None:
                 await asyncio.to_thread(prepared.events.close)
+                if isinstance(prepared.ctx.fed_server, GrpcFedServerLink):
+                    await prepared.ctx.fed_server.close()
             run.resumption = None
             final: dict[str, Any] = {"state": run.state, "error": run.error}
             if run.degraded_reasons:  # absent from the state of a run nobody degraded
@@ -444,6 +454,11 @@ class RunCoordinator:
         """Builds the paradigm's server half, continues from a checkpoint if there is one, sets the clients up."""
         config = run.config
         ctx = ComputeContext(config, run.run_id, self.executor, self.step_observer)
+        if config.fed_server:
+            try:
+                ctx.fed_server = GrpcFedServerLink(config, run.run_id, self.certs_dir)
+            except (FedServerUnavailable, TLSConfigError) as exc:
+                raise RunFailed(f"cannot reach the run's fed server: {exc}") from None
         paradigm: ServerParadigm = await ctx.compute(spec.server, config, ctx, num_classes, input_shape)
         first_round, records, elapsed_before = self._resume(run, paradigm)
         recorder = RunRecorder(
@@ -465,7 +480,8 @@ class RunCoordinator:
         ids = [c.client_id for c in clients]
         run.publish("state", {"state": run.state, "clients": ids})
         log.info("run %s: %s with %s on %s", run.run_id, config.paradigm, ", ".join(ids), config.dataset)
-        return _Prepared(ctx, paradigm, recorder, first_round, events, privacy)
+        kinds = {cid: self.registry.client_kinds(cid) for cid in ids}
+        return _Prepared(ctx, paradigm, recorder, first_round, events, privacy, kinds)
 
     async def _set_up(self, run: Run, clients: list[RunClient]) -> None:
         """Sets every participant up for the run at once. One that never answers (gone, or slower than
@@ -577,10 +593,18 @@ class RunCoordinator:
             run.summary["privacy"] = records[-1].get("privacy", {})
         if config.defenses:
             run.summary["defenses"] = config.defenses
+        run.summary["messages_up_by_kind"] = {
+            cid: _since(self.registry.client_kinds(cid), before)
+            for cid, before in sorted(prepared.kinds_before.items())
+        }
         run.folder.write_summary(run.summary)
         await prepared.ctx.compute(
             run.folder.write_plots, prepared.recorder.records, f"{config.paradigm} on {config.dataset}"
         )
+
+
+def _since(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {kind: n - before.get(kind, 0) for kind, n in sorted(now.items()) if n > before.get(kind, 0)}
 
 
 def _new_reasons(record: dict[str, Any]) -> int:

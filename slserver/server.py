@@ -69,6 +69,7 @@ async def serve(opts: ServerOptions, *, announce: Callable[[str], object] = prin
     registry = SessionRegistry(limits=limits)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slperf-compute")
     coordinator = RunCoordinator(registry, opts.runs_dir, executor)
+    coordinator.certs_dir = None if opts.insecure else opts.certs_dir
     shutdown = asyncio.Event()
     revocations = RevocationList(None if opts.insecure else opts.certs_dir)
     auth = HelloAuthorizer(

@@ -291,6 +291,8 @@ class SessionRegistry:
     sessions: dict[str, Session] = field(default_factory=dict)
     # Bytes of sessions that have ended, so a client's totals survive its reconnects.
     retired_bytes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Messages of sessions that have ended, by kind (``ByteCounter.kinds_up``), for the same reason.
+    retired_kinds: dict[str, dict[str, int]] = field(default_factory=dict)
     listeners: list[SessionListener] = field(default_factory=list)
 
     def _stream_error(self, code: grpc.StatusCode) -> None:
@@ -307,6 +309,21 @@ class SessionRegistry:
             up, down = up + live.counter.up, down + live.counter.down
         return up, down
 
+    def client_kinds(self, client_id: str) -> dict[str, int]:
+        """The messages a client sent over all its sessions so far, by kind: what reached this server."""
+        kinds = dict(self.retired_kinds.get(client_id, {}))
+        live = self.sessions.get(client_id)
+        for kind, n in (live.counter.kinds_up if live is not None else {}).items():
+            kinds[kind] = kinds.get(kind, 0) + n
+        return kinds
+
+    def _retire(self, session: Session) -> None:
+        up, down = self.retired_bytes.get(session.client_id, (0, 0))
+        self.retired_bytes[session.client_id] = (up + session.counter.up, down + session.counter.down)
+        kinds = self.retired_kinds.setdefault(session.client_id, {})
+        for kind, n in session.counter.kinds_up.items():
+            kinds[kind] = kinds.get(kind, 0) + n
+
     async def add(self, session: Session) -> Session | None:
         """Registers a session; returns the one it replaces (a reconnect), which the caller closes."""
         async with self._changed:
@@ -314,8 +331,7 @@ class SessionRegistry:
             if old is not None:
                 # A reconnect: the old session's bytes move to the retired total now, not when it unwinds.
                 del self.sessions[session.client_id]
-                up, down = self.retired_bytes.get(old.client_id, (0, 0))
-                self.retired_bytes[old.client_id] = (up + old.counter.up, down + old.counter.down)
+                self._retire(old)
                 old.counter = ByteCounter()
             if old is None and len(self.sessions) >= self.limits.max_sessions:
                 raise WireError(
@@ -333,8 +349,7 @@ class SessionRegistry:
         async with self._changed:
             if self.sessions.get(session.client_id) is session:
                 del self.sessions[session.client_id]
-            up, down = self.retired_bytes.get(session.client_id, (0, 0))
-            self.retired_bytes[session.client_id] = (up + session.counter.up, down + session.counter.down)
+            self._retire(session)
             self._changed.notify_all()
 
     def get(self, client_id: str) -> Session | None:

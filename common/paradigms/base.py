@@ -142,9 +142,22 @@ class PhaseStream(Protocol):
     def __aiter__(self) -> AsyncIterator[CutTensor]: ...
 
 
+class FedServerLink(Protocol):
+    """The main server's line to the run's fed server (``fed_server:``): it says who takes part in a round and, after
+    it, who trained on how many samples; the clients' segments go to the fed server, never through this server."""
+
+    async def open_round(self, round: int, segment: str, participants: Sequence[str], layout: State) -> None: ...
+
+    async def settle_round(self, round: int, segment: str, samples: Mapping[str, int]) -> list[str]:
+        """Ends the round there; the ids of the clients whose segments were averaged (empty: no average)."""
+        ...
+
+
 class ServerContext(Protocol):
     config: RunConfig
     run_id: str
+    # The run's fed server, or None when the server averages itself (no ``fed_server:``).
+    fed_server: FedServerLink | None
 
     async def compute(self, fn: Callable[..., T], *args: Any) -> T:
         """Runs model compute off the event loop (the server's loop must keep serving every session)."""
@@ -393,6 +406,15 @@ class ParadigmSpec:
     # What the server and a client get to see of each other in this paradigm (``threats``): the threat-model table
     # of docs/threat_model.md and ``slperf paradigms --details``, checked against the wire by the tests.
     threats: ThreatModel = UNDECLARED
+    # What the parties see when the run has a separate fed server (``fed_server:``) that averages the client segments
+    # instead of the server; None: the paradigm offers no fed server (``fed_server`` is refused).
+    fed_server_threats: ThreatModel | None = None
+
+    def threats_for(self, config: RunConfig) -> ThreatModel:
+        """The threat model of this run's topology: with a fed server, the one it declares for that."""
+        if config.fed_server and self.fed_server_threats is not None:
+            return self.fed_server_threats
+        return self.threats
 
     def __post_init__(self) -> None:
         # The run config's ``compress`` applies to every paradigm's cut tensors alike, so it is added here to the

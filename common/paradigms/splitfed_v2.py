@@ -15,6 +15,9 @@ Protocol, per round:
      round. The top is not averaged: there is only one.
   4. Evaluation runs through one client with the averaged bottom and the top.
 
+With ``fed_server:`` the bottoms are averaged on the separate fed server instead (``kit.fed_rounds``): the clients
+upload them there and fetch the average; this server declares who took part and never receives a bottom.
+
 Optimiser: SGD with momentum and weight decay (``make_optimizer``) on both sides, whatever the order, so
 that SplitFed differs from the other paradigms only in its protocol; ``optim: adam`` gives SLPerf's
 sequential ``SplitFed`` optimiser (Adam, betas 0.9/0.999, eps 1e-8, no weight decay; choose a small ``lr``
@@ -30,9 +33,18 @@ from typing import Any
 import torch
 
 from slperf.common.config import ConfigError, RunConfig
-from slperf.common.paradigms.base import ClientData, ClientHandle, EvalResult, ParadigmSpec, RoundResult, ServerContext
+from slperf.common.paradigms.base import (
+    ClientData,
+    ClientHandle,
+    EvalResult,
+    InferencePlan,
+    ParadigmSpec,
+    RoundResult,
+    ServerContext,
+)
 from slperf.common.paradigms.kit.aggregate import aggregate, aggregation_rule
 from slperf.common.paradigms.kit.bottom_client import BottomClient
+from slperf.common.paradigms.kit.fed_rounds import evaluate_holding_average, fed_round
 from slperf.common.paradigms.kit.optim import Optimizer
 from slperf.common.paradigms.kit.rounds import gather_round, ring
 from slperf.common.paradigms.kit.serving import evaluate_first_available, serve_in_arrival_order
@@ -80,6 +92,16 @@ class SplitFedV2Server(TopSegmentServer):
 
     async def train_round(self, round: int, clients: Sequence[ClientHandle]) -> RoundResult:
         run = gather_round if self.order == "parallel" else ring
+        if self.ctx.fed_server is not None:
+            fed, _ = await fed_round(
+                self.ctx.fed_server,
+                round,
+                clients,
+                self.bottom_state,
+                run,
+                lambda c: serve_in_arrival_order(self.ctx, self.lock, c, round, self.top, self.optimizer),
+            )
+            return fed.to_result()
         outcome = await run(clients, lambda c: self._client_pass(c, round))
         uploads = [(bottom, s.samples) for _, (s, bottom) in outcome.done]
         average = await self.ctx.compute(aggregate, uploads, aggregation_rule(self.config))
@@ -88,10 +110,19 @@ class SplitFedV2Server(TopSegmentServer):
         return outcome.to_result(lambda done: done[0])
 
     async def evaluate(self, round: int, clients: Sequence[ClientHandle]) -> EvalResult:
+        if self.ctx.fed_server is not None:
+            return await evaluate_holding_average(self.ctx, clients, round, self.top)
         return await evaluate_first_available(self.ctx, clients, round, self.bottom_state, self.top)
 
     def model_state(self) -> dict[str, State]:
+        if self.ctx.fed_server is not None:  # the bottom is the fed server's and the clients'
+            return {"top": clone_state(self.top)}
         return {"bottom": self.bottom_state, "top": clone_state(self.top)}
+
+    def inference_plan(self, clients: Sequence[ClientHandle]) -> InferencePlan:
+        if self.ctx.fed_server is not None:  # each client keeps the last average, which it fetches at the end
+            return InferencePlan(server={"top": clone_state(self.top)}, clients={})
+        return super().inference_plan(clients)
 
     def state_dict(self) -> dict[str, Any]:
         return {"top": self.top.state_dict(), "optimizer": self.optimizer.state_dict(), "bottom": self.bottom_state}
@@ -134,6 +165,16 @@ THREATS = ThreatModel(
     producer="it FedAvgs the bottoms and sends the average that every client starts the round from",
 )
 
+FED_SERVER_THREATS = ThreatModel(
+    server=(
+        Exposure(Seen.ACTIVATIONS, "every training and evaluation batch of every client"),
+        Exposure(Seen.LABELS, "with every batch"),
+    ),
+    client=(Exposure(Seen.CUT_GRADIENTS, "for each of its training batches (from the one shared top)"),),
+    notes="fed_server: the bottoms go to the separate fed server, which FedAvgs them and sees every client's trained "
+    "bottom after every round (a client fetches the average from it); the server never holds a bottom",
+)
+
 
 SPEC = register(
     ParadigmSpec(
@@ -142,6 +183,7 @@ SPEC = register(
         client=SplitFedV2Client,
         exchange=top_exchange,
         threats=THREATS,
+        fed_server_threats=FED_SERVER_THREATS,
         aliases=("SplitFed2", "SplitFed", "splitfed_v2_sequential"),
         alias_options={"splitfed_v2_sequential": SEQUENTIAL, "SplitFed": SEQUENTIAL},
         options={"order": (str, "parallel"), "optim": (str, "sgd")},

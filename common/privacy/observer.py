@@ -91,11 +91,12 @@ def check_attacks(config: RunConfig) -> None:
     names = [attacks.split(spec)[0] for spec in config.attacks]
     if len(set(names)) != len(names):
         raise ConfigError("config key 'attacks' names an attack twice")
-    threats = paradigms.get(config.paradigm).threats
+    threats = paradigms.get(config.paradigm).threats_for(config)
+    topology = " with a fed server" if config.fed_server else ""
     for spec in config.attacks:
         name, parameter = attacks.split(spec)
         attack = attacks.get(spec)
         attack.check_parameter(parameter)
         why = attack.refusal(threats)
         if why:
-            raise ConfigError(f"config key 'attacks': {name} cannot run against {config.paradigm}: {why}")
+            raise ConfigError(f"config key 'attacks': {name} cannot run against {config.paradigm}{topology}: {why}")

@@ -10,6 +10,11 @@ Layout of a certificates directory DIR (created by ``slperf certs init`` and ``s
     DIR/operator.key                                                        (0600)
     DIR/clients/<id>.pem    one certificate per client: clientAuth, urn:slperf:client:<id>
     DIR/clients/<id>.key                                                    (0600)
+    DIR/fedserver.pem       fed server certificate (``slperf certs add-fedserver``): serverAuth, SAN DNS
+                            slperf-fedserver (the name clients verify), urn:slperf:server:fedserver
+    DIR/fedserver.key                                                       (0600)
+    DIR/server_client.pem   the main server's certificate towards the fed server: clientAuth, urn:slperf:server:server
+    DIR/server_client.key                                                   (0600)
     DIR/revoked.json        [{"id": "<id>", "serial": "<HEX>", "revoked_at": "<ISO 8601>"}, ...]
 
 The fix hints live here, next to the layout they are derived from, so that every error about a file of the
@@ -35,6 +40,14 @@ OPERATOR_CERT = "operator.pem"
 OPERATOR_KEY = "operator.key"
 CLIENTS_DIR = "clients"
 REVOKED_FILE = "revoked.json"
+FEDSERVER_CERT = "fedserver.pem"
+FEDSERVER_KEY = "fedserver.key"
+SERVER_CLIENT_CERT = "server_client.pem"
+SERVER_CLIENT_KEY = "server_client.key"
+# The name every party dialling the fed server verifies in its certificate, whatever address it dials: only the fed
+# server's certificate carries it (the main server's does not), so a client never uploads its weights elsewhere.
+FEDSERVER_TLS_NAME = "slperf-fedserver"
+FEDSERVER_IDENTITY_NAME = "fedserver"
 PKI_FILES = (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, OPERATOR_CERT, OPERATOR_KEY)
 
 
@@ -61,6 +74,18 @@ def client_paths(dir: PathLike, client_id: str) -> tuple[Path, Path]:
     validate_client_id(client_id)
     d = Path(dir) / CLIENTS_DIR
     return d / f"{client_id}.pem", d / f"{client_id}.key"
+
+
+def fedserver_paths(dir: PathLike) -> tuple[Path, Path]:
+    """(certificate, key) of the fed server in ``dir``."""
+    d = Path(dir)
+    return d / FEDSERVER_CERT, d / FEDSERVER_KEY
+
+
+def server_client_paths(dir: PathLike) -> tuple[Path, Path]:
+    """(certificate, key) the main server presents to the fed server in ``dir``."""
+    d = Path(dir)
+    return d / SERVER_CLIENT_CERT, d / SERVER_CLIENT_KEY
 
 
 def revoked_path(dir: PathLike) -> Path:
@@ -91,6 +116,8 @@ def fix_hint(path: Path, *, missing: bool) -> str:
         if missing:
             return f"create it with `slperf certs add-client {cid} --dir {d}`"
         return f"re-issue it with `slperf certs add-client {cid} --dir {d} --overwrite`"
+    if path.name in (FEDSERVER_CERT, FEDSERVER_KEY, SERVER_CLIENT_CERT, SERVER_CLIENT_KEY):
+        return f"create it with `slperf certs add-fedserver --dir {quote(path.parent)}`"
     if path.name in PKI_FILES:
         d = quote(path.parent)
         ca_exists = (path.parent / CA_CERT).exists() or (path.parent / CA_KEY).exists()

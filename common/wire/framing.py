@@ -38,6 +38,14 @@ class ByteCounter:
     messages_down: int = 0
     by_label: dict[str, list[int]] = field(default_factory=dict)
     label: str = ""
+    # Messages received, by the kind of their body (``model_state``, ``cut_tensor``...), counted when a message's
+    # envelope is complete (a chunked one once reassembled), before its attachments or any check: what crossed.
+    kinds_up: dict[str, int] = field(default_factory=dict)
+    kinds_down: dict[str, int] = field(default_factory=dict)
+
+    def received(self, kind: str, *, up: bool) -> None:
+        kinds = self.kinds_up if up else self.kinds_down
+        kinds[kind] = kinds.get(kind, 0) + 1
 
     def add(self, *, up: int = 0, down: int = 0) -> None:
         self.up += up
@@ -187,6 +195,7 @@ class Deframer(Generic[E]):
         return self._complete(inner)
 
     def _complete(self, message: E) -> Inbound[E] | None:
+        self._counter.received(message.WhichOneof("body"), up=self._up)  # type: ignore[attr-defined]
         expected = message.attachments  # type: ignore[attr-defined]
         if not expected:
             return Inbound(message)

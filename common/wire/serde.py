@@ -211,30 +211,30 @@ def exchange_to_pb(m: Exchange) -> session_pb2.Exchange:
         num_classes=m.num_classes,
         max_batch=m.max_batch,
         max_eval_batch=m.max_eval_batch,
-        segments=[
-            session_pb2.SegmentLayout(
-                name=seg.name,
-                tensors=[
-                    session_pb2.TensorLayout(name=t.name, dtype=_wire_dtype(t.dtype), shape=t.shape)
-                    for t in seg.tensors
-                ],
-            )
-            for seg in m.segments
-        ],
+        segments=[segment_layout_to_pb(seg) for seg in m.segments],
+    )
+
+
+def segment_layout_to_pb(seg: SegmentLayout) -> session_pb2.SegmentLayout:
+    return session_pb2.SegmentLayout(
+        name=seg.name,
+        tensors=[session_pb2.TensorLayout(name=t.name, dtype=_wire_dtype(t.dtype), shape=t.shape) for t in seg.tensors],
+    )
+
+
+def segment_layout_from_pb(seg: session_pb2.SegmentLayout) -> SegmentLayout:
+    """The layout, with every dtype checked (WireError naming the tensor for one that is not a wire dtype)."""
+    return SegmentLayout(
+        seg.name,
+        tuple(
+            TensorLayout(t.name, tuple(t.shape), _dtype_from_pb(t.dtype, f"segment {seg.name!r} tensor {t.name!r}"))
+            for t in seg.tensors
+        ),
     )
 
 
 def exchange_from_pb(pb: session_pb2.Exchange) -> Exchange:
-    segments = tuple(
-        SegmentLayout(
-            seg.name,
-            tuple(
-                TensorLayout(t.name, tuple(t.shape), _dtype_from_pb(t.dtype, f"segment {seg.name!r} tensor {t.name!r}"))
-                for t in seg.tensors
-            ),
-        )
-        for seg in pb.segments
-    )
+    segments = tuple(segment_layout_from_pb(seg) for seg in pb.segments)
     return Exchange(
         train=tuple(stage_from_pb(s) for s in pb.train),
         eval=tuple(stage_from_pb(s) for s in pb.eval),

@@ -67,6 +67,7 @@ class FakeRegistry:
     def __init__(self, client_ids: Sequence[str]) -> None:
         self.sessions: dict[str, object] = {cid: object() for cid in client_ids}
         self.bytes: dict[str, list[int]] = {cid: [0, 0] for cid in client_ids}
+        self.kinds: dict[str, dict[str, int]] = {cid: {} for cid in client_ids}
 
     async def wait_for(self, predicate: Any, timeout: float | None) -> None:
         if not predicate(self.sessions):  # nobody else will connect: the real registry would time out
@@ -75,6 +76,9 @@ class FakeRegistry:
     def client_bytes(self, client_id: str) -> tuple[int, int]:
         up, down = self.bytes[client_id]
         return up, down
+
+    def client_kinds(self, client_id: str) -> dict[str, int]:
+        return dict(self.kinds.get(client_id, {}))
 
     def carry(self, client_id: str, traffic: tuple[int, int]) -> None:
         self.bytes[client_id][0] += traffic[0]

@@ -222,3 +222,23 @@ def test_an_unfinished_transfer_past_its_deadline_closes_the_session_and_frees_i
         assert "unfinished after 0.2 s (transfer_timeout)" in session.close_reason
 
     asyncio.run(main())
+
+
+def test_messages_by_kind_survive_a_reconnect_and_are_counted_once():
+    async def main():
+        registry = SessionRegistry()
+        first = Session("c1", "a", stream_pair()[0], registry.limits)
+        first.counter.received("model_state", up=True)
+        first.counter.received("cut_tensor", up=True)
+        first.counter.received("welcome", up=False)  # what the server sent is not what the client sent
+        await registry.add(first)
+        second = Session("c1", "b", stream_pair()[0], registry.limits)
+        await registry.add(second)  # a reconnect: the first session's kinds are retired
+        second.counter.received("cut_tensor", up=True)
+        await registry.remove(first)  # the replaced session unwinding adds nothing twice
+        assert registry.client_kinds("c1") == {"model_state": 1, "cut_tensor": 2}
+        await registry.remove(second)
+        assert registry.client_kinds("c1") == {"model_state": 1, "cut_tensor": 2}
+        assert registry.client_kinds("nobody") == {}
+
+    asyncio.run(main())

@@ -8,7 +8,9 @@ layouts of the segments whose weights travel.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
+import torch
 from torch import nn
 
 from slperf.common.models import build_model, build_split
@@ -45,4 +47,8 @@ def model_layout(model: str, input_shape: tuple[int, ...], num_classes: int, see
 
 
 def state_layout(module: nn.Module) -> tuple[TensorLayout, ...]:
-    return tuple(TensorLayout(k, tuple(v.shape), v.dtype) for k, v in module.state_dict().items())
+    return state_layout_of(module.state_dict())
+
+
+def state_layout_of(state: Mapping[str, torch.Tensor]) -> tuple[TensorLayout, ...]:
+    return tuple(TensorLayout(k, tuple(v.shape), v.dtype) for k, v in state.items())

@@ -238,6 +238,7 @@ class FakeContext:
     def __init__(self, config: RunConfig):
         self.config = config
         self.run_id = RUN_ID
+        self.fed_server = None  # the server averages (no fed_server:)
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self.calls: list[tuple[str, Any]] = []
 

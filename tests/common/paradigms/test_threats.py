@@ -114,3 +114,17 @@ def test_details_print_the_threat_model(capsys):
     out = CliRunner().invoke(main, ["paradigms", "--details", "vanilla"]).output
     assert "the server sees:" in out and "labels: with every batch" in out
     assert "the server holds the weights that produced the activations it sees: yes" in out
+
+
+def test_docs_fed_server_table_is_the_declarations():
+    specs = [s for s in registry.all_specs() if s.fed_server_threats is not None]
+    assert {s.name for s in specs} == {"splitfed_v1", "splitfed_v2"}
+    table = threat_table((f"{s.name} + fed_server", s.fed_server_threats) for s in specs)
+    assert table in DOC.read_text(), "docs/threat_model.md: regenerate the fed server table (see its section)"
+
+
+def test_with_a_fed_server_the_server_sees_no_client_weights():
+    for spec in registry.all_specs():
+        if spec.fed_server_threats is not None:
+            assert not spec.fed_server_threats.server_sees(Seen.CLIENT_WEIGHTS), spec.name
+            assert not spec.fed_server_threats.server_holds_producer, spec.name
