@@ -1,7 +1,7 @@
 """`make lint`: ruff (lint and format check), mypy and import-linter over the tree; non-zero if any fails.
 
 mypy and import-linter resolve modules from the file system, and the installed package maps the folders
-``common/``, ``slserver/`` and ``slclient/`` into ``slperf.*`` (see ``[tool.setuptools]`` in pyproject.toml),
+``common/``, ``slserver/``, ``slclient/`` and ``fedserver/`` into ``slperf.*`` (see ``[tool.setuptools]`` in pyproject.toml),
 which neither can follow. So this script first lays out ``.lint/tree/slperf`` as the package is installed:
 real directories, each source file a symlink to the one in the tree (what setuptools' strict editable mode
 does), and points both tools at it. Errors name the symlink path, ``.lint/tree/slperf/common/...``, which is
@@ -18,11 +18,19 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TREE = ROOT / ".lint" / "tree"
-MAPPED = {"slperf": "slperf", "slperf/common": "common", "slperf/slserver": "slserver", "slperf/slclient": "slclient"}
+# The installed layout, read from pyproject's package-dir (so a new mapped folder cannot be forgotten here).
+MAPPED = {
+    package.replace(".", "/"): folder
+    for package, folder in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"
+    ].items()
+}
+MAPPED_DIRS = {folder for package, folder in MAPPED.items() if package != "slperf"}
 # Strict typing covers the core first: protocol types, wire, transport, paradigms and both daemons.
 MYPY_PACKAGES = [
     "slperf.common.protocol",
@@ -32,6 +40,7 @@ MYPY_PACKAGES = [
     "slperf.common.privacy",
     "slperf.slserver",
     "slperf.slclient",
+    "slperf.fedserver",
 ]
 
 
@@ -46,9 +55,6 @@ def lay_out_tree() -> None:
             for name in filenames:
                 if name.endswith((".py", ".pyi")):
                     (out / name).symlink_to(Path(dirpath) / name)
-
-
-MAPPED_DIRS = {"common", "slserver", "slclient"}
 
 
 def run(name: str, argv: list[str], **kwargs: object) -> bool:
