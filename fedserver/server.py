@@ -56,7 +56,11 @@ async def serve(opts: FedServerOptions, *, announce: Callable[[str], object] = p
             "the fed server needs --certs DIR (mutual TLS; create it with `slperf certs add-fedserver`)"
         )
     credentials = fed_server_credentials(opts.certs_dir)
-    service = FedService(FedAggregator(), on_settle=lambda *a: announce(settled_line(*a)))
+
+    def on_settle(run_id: str, round: int, averaged: list[str], missing: list[str]) -> None:
+        announce(settled_line(run_id, round, averaged, missing))
+
+    service = FedService(FedAggregator(), on_settle=on_settle)
     server = grpc.aio.server(options=grpc_options() + [("grpc.so_reuseport", 0)])
     add_fed_services(server, service)
     port = server.add_secure_port(opts.address, credentials)
