@@ -1,9 +1,9 @@
 """`make lint`: ruff (lint and format check), mypy and import-linter over the tree; non-zero if any fails.
 
 mypy and import-linter resolve modules from the file system, and the installed package maps the folders
-``common/``, ``slserver/``, ``slclient/`` and ``fedserver/`` into ``slperf.*`` (see ``[tool.setuptools]`` in pyproject.toml),
-which neither can follow. So this script first lays out ``.lint/tree/slperf`` as the package is installed:
-real directories, each source file a symlink to the one in the tree (what setuptools' strict editable mode
+``common/``, ``slserver/``, ``slclient/`` and ``fedserver/`` into ``slperf.*`` (see ``[tool.setuptools]`` in
+pyproject.toml), which neither can follow. So this script first lays out ``.lint/tree/slperf`` as the package is
+installed: real directories, each source file a symlink to the one in the tree (what setuptools' strict editable mode
 does), and points both tools at it. Errors name the symlink path, ``.lint/tree/slperf/common/...``, which is
 ``common/...`` in the tree.
 
