@@ -127,8 +127,26 @@ def pki(tmp_path) -> Path:
     return certs
 
 
+# Folders whose every test starts real processes (daemons over gRPC, fault injection, containers): `slow` by where
+# they live, so `make test-fast` (-m "not slow") never starts a daemon. Elsewhere a test that does is slow by its
+# fixture (`daemons`) or by its own mark.
+SLOW_FOLDERS = ("e2e", "faults")
+SLOW_FIXTURES = {"daemons", "local_ray"}  # real daemons; a local Ray instance (its own processes)
+
+
+def _mark_slow(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        folder = Path(str(item.path)).relative_to(tests).parts[0]
+        if folder in SLOW_FOLDERS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m "not slow" deselects by mark
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``cuda`` skip, saying why, on a machine without a CUDA device (CI, CPU-only torch)."""
+    """Tests that start real processes are ``slow`` (see SLOW_FOLDERS); tests marked ``cuda`` skip, saying why, on a
+    machine without a CUDA device (CI, CPU-only torch)."""
+    _mark_slow(items)
     marked = [item for item in items if item.get_closest_marker("cuda")]
     if not marked:
         return

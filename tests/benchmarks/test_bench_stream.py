@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import bench_stream
 
 
+@pytest.mark.slow  # starts a Python process of its own
 def test_stream_benchmark_measures_all_four_transports(tmp_path):
     result = bench_stream.main(["--sizes-mib", "1", "--repeats", "1", "--results-dir", str(tmp_path)])
     (case,) = result["cases"]

@@ -178,6 +178,7 @@ def test_other_image_sizes_and_channels():
         model_zoo.cifar_resnet(21)
 
 
+@pytest.mark.slow  # starts a Python process of its own
 def test_the_registry_starts_from_the_zoo_table_and_the_zoo_does_not_import_the_registry():
     assert set(model_zoo.BUILTIN_MODELS) <= set(MODELS)
     assert all(MODELS[name] is factory for name, factory in model_zoo.BUILTIN_MODELS.items())

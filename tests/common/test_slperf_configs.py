@@ -63,6 +63,7 @@ def test_a_list_valued_dataset_is_the_multitask_task_datasets():
         config_from_mapping(shipped(variants_type="TaskAgnostic", dataset=["mnist"], task_datasets=["mnist"]))
 
 
+@pytest.mark.slow  # starts a Python process of its own
 def test_download_fills_an_empty_data_dir_from_the_pinned_copy_once(tmp_path, caplog):
     folder = tmp_path / "data"
     with caplog.at_level(logging.WARNING, logger="slperf.data"):

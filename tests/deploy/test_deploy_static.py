@@ -242,6 +242,7 @@ def test_compose_files_match_the_compose_specification(tmp_path):
     assert proc.returncode == 1 and "restartz" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # starts a Python process of its own
 def test_docker_compose_accepts_the_files_when_installed():
     exe = shutil.which("docker-compose")
     if not exe:

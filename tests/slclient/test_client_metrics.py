@@ -134,6 +134,7 @@ def test_the_client_metrics_endpoint_counts_a_run_and_a_lost_server(tmp_path, pk
         )
 
 
+@pytest.mark.slow  # starts a Python process of its own
 def test_a_bad_metrics_address_is_a_usage_error(pki):
     args = ["client", *client_args(1, "c1", pki), "--metrics-address", "no-port"]
     proc = subprocess.run(slperf_cmd(*args), capture_output=True, text=True, env=child_env(), timeout=120)

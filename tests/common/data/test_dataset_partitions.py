@@ -207,6 +207,7 @@ print(json.dumps(out, sort_keys=True))
 """
 
 
+@pytest.mark.slow  # starts a Python process of its own
 def test_same_arrays_and_shards_in_two_processes(cache, data, tmp_path):
     cases = [c for c in CASES if not c[3].get("equal_size")]
     fresh = []

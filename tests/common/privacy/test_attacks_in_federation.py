@@ -47,6 +47,7 @@ def attacked_round(folder: Path, **overrides) -> tuple[InProcessFederation, dict
     return asyncio.run(main())
 
 
+@pytest.mark.slow  # trains a federation (in process)
 def test_whitebox_inversion_and_dcor_against_vanilla_reconstruct_the_inputs(tmp_path):
     fed, figures = attacked_round(tmp_path, paradigm="vanilla", attacks=["dcor", "inversion_whitebox"])
     assert set(figures["per_client"]) == {"c1", "c2"}
@@ -57,6 +58,7 @@ def test_whitebox_inversion_and_dcor_against_vanilla_reconstruct_the_inputs(tmp_
     assert all(c.HasField("labels") for c in fed.cut_tensors("c1"))
 
 
+@pytest.mark.slow  # trains a federation (in process)
 def test_label_leak_against_ushaped_infers_labels_from_the_tails_gradients(tmp_path):
     _, figures = attacked_round(tmp_path, paradigm="ushaped", attacks=["label_leak"])
     assert figures["label_direction_auc"] > 0.9, figures  # "is it a 0?" from one known 0's gradient

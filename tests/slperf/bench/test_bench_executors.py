@@ -317,22 +317,29 @@ def test_ctrl_c_cancels_the_cells_in_flight_and_keeps_the_finished_ones(tmp_path
     marks, out = tmp_path / "marks", tmp_path / "out"
     marks.mkdir()
 
+    over = threading.Event()
+
     def interrupt_once_started() -> None:
-        deadline = time.monotonic() + 60
-        while not (marks / "started").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # Only once the cell runs (a Ray worker can take long to start on a loaded machine; the test's timeout bounds
+        # the wait): an interrupt before that would test something else. Polls a file another process writes.
+        while not (marks / "started").exists():
+            if over.wait(0.05):
+                return
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_once_started, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run_suite(
-            _suite(),
-            out,
-            runner=_long_vanilla_runner(marks),
-            show_progress=False,
-            echo=lambda m: None,
-            executor=RayExecutor(),
-        )
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_suite(
+                _suite(),
+                out,
+                runner=_long_vanilla_runner(marks),
+                show_progress=False,
+                echo=lambda m: None,
+                executor=RayExecutor(),
+            )
+    finally:
+        over.set()
     assert (marks / "cancelled").exists(), "the running cell was interrupted (a federation would stop its processes)"
     rows = {r["key"]: r for r in _rows(out)} if (out / "results.jsonl").exists() else {}
     assert KEYS[1] not in rows, "a cancelled cell leaves no row: the next run does it"

@@ -118,6 +118,7 @@ def test_fetch_failure_is_quick_and_one_line(tmp_path):
     assert list((tmp_path / "cache" / "artifacts").iterdir()) == []
 
 
+@pytest.mark.slow  # starts a Python process of its own
 def test_damaged_cached_file_is_dropped_and_refetched(tmp_path, links):
     art = _fake(links)
     cache = tmp_path / "cache"

@@ -14,7 +14,6 @@ import pickletools
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -281,9 +280,7 @@ def test_shared_memo_references_are_shared_not_expanded(tmp_path):
     blob = _shared_reference_bomb(40)  # 2**40 leaves; before the fix 20 levels (148 bytes) took 32 s
     assert len(blob) < 300
     assert [op.name for op, _, _ in pickletools.genops(blob)][-3:] == ["BINPUT", "TUPLE", "STOP"]
-    start = time.perf_counter()
-    top = safe_load(blob)
-    assert time.perf_counter() - start < 1.0
+    top = safe_load(blob)  # expanded, 2**40 leaves would never finish (the suite's timeout would say so)
     assert len(top) == 41 and top[40][0] is top[40][1] is top[39]  # one value per memo entry, shared
     path = tmp_path / "data_batch_1"
     path.write_bytes(blob)
@@ -301,10 +298,10 @@ def test_a_value_that_contains_itself_is_refused():
 def test_more_values_than_a_data_set_holds_are_refused():
     # a list, MARK, a memoised None, MAX_VALUES references to it, APPENDS: 2 bytes a value
     blob = b"\x80\x02](N\x94" + b"h\x00" * MAX_VALUES + b"e."
-    start = time.perf_counter()
+    # The refusal is the bound: the count fires at value MAX_VALUES + 1, before the list is built (no wall-clock
+    # assert: how long 2 million values take depends on the machine's load, not on the loader).
     with pytest.raises(DatasetCorrupt, match=f"more than {MAX_VALUES} values"):
         safe_load(blob)
-    assert time.perf_counter() - start < 10.0
     assert len(safe_load(b"\x80\x02](N\x94" + b"h\x00" * 1000 + b"e.")) == 1001
 
 

@@ -83,9 +83,7 @@ def test_spec_and_pixel_statistics(decoded):
 
 def test_cached_load_maps_the_arrays(decoded):
     cache, first, _ = decoded
-    t0 = time.perf_counter()
-    ds = load_dataset("fashionmnist", cache_dir=cache)
-    assert time.perf_counter() - t0 < 0.5
+    ds = load_dataset("fashionmnist", cache_dir=cache)  # mapped, not decoded again: the memmap says so, not a clock
     assert ds.source.startswith("cache ") and isinstance(ds.arrays.train_x, np.memmap)
     assert np.array_equal(ds.arrays.test_y, first.arrays.test_y)
 

@@ -70,6 +70,7 @@ def test_backward_from_a_cut_gradient_is_backward_bit_for_bit():
         backward_from(acts, grad[:2])
 
 
+@pytest.mark.slow  # starts a Python process of its own
 def test_a_partys_set_up_and_first_steps_import_neither_dynamo_nor_sympy():
     code = (
         "import sys, torch\n"
