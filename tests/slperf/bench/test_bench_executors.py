@@ -249,6 +249,7 @@ def test_ray_address_without_the_ray_executor_is_refused(tmp_path):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow  # starts a Python process of its own
 def test_the_local_executor_runs_cells_in_this_process_without_importing_ray(tmp_path):
     code = f"""
 import signal
