@@ -68,6 +68,11 @@ class ClientProxy:
         # The run's attacks' observer (``attacks:``), told of what this client sent and was sent; None: no attacks.
         self.observer: PrivacyObserver | None = None
         self._feedback = ErrorFeedback()  # top-k error feedback of this client's reply tensors (topk:F:ef)
+        # The pass now open (run, round, phase), and the passes the server ended early (Error{ABORTED}): a client
+        # that streams without waiting for replies (every evaluation pass) has sent the rest of such a pass before it
+        # reads the ABORTED, and those leftovers must not be read as the first messages of its next pass.
+        self._open: tuple[str, int, Phase] | None = None
+        self._ended: set[tuple[str, int, Phase]] = set()
 
     # -- session plumbing -------------------------------------------------------------------------
     async def session(self) -> Session:
@@ -117,7 +122,26 @@ class ClientProxy:
             raise ClientGone(self.client_id, f"send failed: {exc}") from None
 
     async def _next(self, session: Session, deadline: float | None = None) -> ClientMessage:
-        """The client's next message; ``deadline`` (loop time) ends its pass there (``phase_timeout``)."""
+        """The client's next message, leftovers of a pass the server ended early skipped; ``deadline`` (loop time)
+        ends its pass there (``phase_timeout``)."""
+        while True:
+            message = await self._read(session, deadline)
+            if not isinstance(message, (CutTensor, PhaseDone)):
+                return message
+            ref = message.ref
+            key = (ref.run_id, ref.round, ref.phase)
+            if key not in self._ended:
+                return message
+            if isinstance(message, PhaseDone):  # nothing more of that pass can come
+                self._ended.discard(key)
+
+    def _end_pass(self) -> None:
+        """The open pass is over for the server: what the client still sends of it is dropped unread."""
+        if self._open is not None:
+            self._ended.add(self._open)
+            self._open = None
+
+    async def _read(self, session: Session, deadline: float | None = None) -> ClientMessage:
         if deadline is not None:
             left = deadline - asyncio.get_running_loop().time()
             if left < self._timeout:
@@ -125,6 +149,7 @@ class ClientProxy:
                     message = await session.next(max(left, 0.0))
                 except TimeoutError:
                     reason = f"its pass took longer than phase_timeout = {self._config.phase_timeout:.0f} s"
+                    self._end_pass()
                     await session.send_error(grpc.StatusCode.ABORTED, f"{reason}; dropped from the round")
                     raise ClientGone(self.client_id, reason) from None
                 except ConnectionError as exc:
@@ -204,6 +229,7 @@ class ClientProxy:
         await self._send(await self.session(), reply)
 
     async def abort(self, reason: str) -> None:
+        self._end_pass()
         session = self._registry.get(self.client_id)
         if session is not None:
             await session.send_error(grpc.StatusCode.ABORTED, reason)
@@ -227,6 +253,7 @@ class ClientProxy:
         declares them) and finally its summary. Messages that do not fit are refused on the stream and skipped."""
         session = await self.session()
         self._feedback.clear()
+        self._open = (first.run_id, first.round, first.phase)
         await self._send(session, instruction)
         stages = self.exchange.stages(first.phase)
         stage = 0
@@ -258,6 +285,7 @@ class ClientProxy:
                     batch_size,
                 )
                 self._disagreements.extend(found)
+                self._open = None
                 yield summary
                 return
             if not isinstance(message, CutTensor):
@@ -276,6 +304,7 @@ class ClientProxy:
                         f"sent more steps than its pass has: step {expect.step} of a {first.phase.name.lower()} pass "
                         f"over {samples} samples in batches of {batch_size} ({max_steps} steps)"
                     )
+                    self._end_pass()
                     await session.send_error(grpc.StatusCode.ABORTED, f"{reason}; dropped from the round")
                     raise ClientMisbehaved(self.client_id, reason)
                 observed.add(int(message.tensor.shape[0]))

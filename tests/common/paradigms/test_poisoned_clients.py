@@ -63,6 +63,22 @@ def test_a_poisoned_lockstep_batch_drops_its_client_and_the_others_finish(paradi
     assert _finite(fed.server.top)
 
 
+@pytest.mark.parametrize("options", [{"server_update": "sum"}, {"server_update": "lockstep"}])
+def test_what_a_refused_evaluation_left_unread_does_not_reach_the_clients_next_pass(options):
+    # An evaluation pass streams without replies: the liar has sent its PhaseDone before it reads the ABORTED.
+    # Before the fix that PhaseDone was read as the first message of its next training pass (refused with
+    # FAILED_PRECONDITION, which made the client give that pass up with an Error), and that Error was read as the
+    # answer to the next evaluation: the liar's second refusal was never seen.
+    fed = _attacked_run(config_from(BASE, paradigm="psl", **options), "c3")
+    for rnd, (result, evaluation) in enumerate(fed.results):
+        assert result.misbehaved["c3"].startswith(f"poisoned compute: round {rnd} step 0"), result.misbehaved
+        assert list(evaluation.misbehaved) == ["c3"], (rnd, evaluation.misbehaved)
+        assert evaluation.misbehaved["c3"].startswith(f"poisoned compute: round {rnd} step 0"), evaluation.misbehaved
+    errors = [m.error for m in fed.down("c3", "error")]
+    assert errors and all(e.code == 10 and "refused the" in e.message for e in errors), errors  # ABORTED only
+    assert fed.up("c3", "error") == []
+
+
 # every psl client evaluates; splitfed_v1 evaluates through the first client that answers, vanilla through the
 # one that trained last: the liar is the one each asks first
 @pytest.mark.parametrize("paradigm,liar", [("psl", "c1"), ("splitfed_v1", "c1"), ("vanilla", "c3")])
