@@ -188,8 +188,6 @@ class InProcessFederation:
         except ConnectionError:
             return
         except Exception as exc:
-            if self.pipes[client_id].cut:  # the test cut this client's link: whatever the daemon raised is why
-                return
             self.daemon_errors[client_id] = exc
             self.cut(client_id)
 
