@@ -43,7 +43,8 @@ class ByteCounter:
     kinds_up: dict[str, int] = field(default_factory=dict)
     kinds_down: dict[str, int] = field(default_factory=dict)
 
-    def received(self, kind: str, *, up: bool) -> None:
+    def received(self, kind: str | None, *, up: bool) -> None:
+        kind = kind or NO_BODY  # an envelope without a body is junk, but it crossed: counted under a name that sorts
         kinds = self.kinds_up if up else self.kinds_down
         kinds[kind] = kinds.get(kind, 0) + 1
 
@@ -125,6 +126,9 @@ class _Pending:
         self.expected = expected
         self.bulk: list[bytes | memoryview] = []
         self.bytes = 0
+
+
+NO_BODY = "(no body)"  # the kind counted for an envelope that carries no body (a peer's junk)
 
 
 class Deframer(Generic[E]):

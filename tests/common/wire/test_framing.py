@@ -10,7 +10,7 @@ import torch
 from slperf.common.protocol.errors import WireError
 from slperf.common.transport.channel import envelope_parser, serialize_envelope
 from slperf.common.wire.codec import BULK_MIN_BYTES, decode_state, decode_tensor, encode_state, encode_tensor
-from slperf.common.wire.framing import MAX_ATTACHMENTS, ByteCounter, Deframer, Framer
+from slperf.common.wire.framing import MAX_ATTACHMENTS, NO_BODY, ByteCounter, Deframer, Framer
 from slperf.v1 import session_pb2, tensor_pb2
 
 
@@ -170,3 +170,15 @@ def test_interleaved_attachment_transfers_share_the_payload_budget():
         deframer.feed(session_pb2.ClientMessage(seq=3, chunk=second))
     assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert deframer.buffered_bytes == 0 and deframer.unfinished_since is None  # the message was dropped whole
+
+
+def test_an_envelope_without_a_body_is_counted_under_a_name_that_sorts():
+    """A fuzzing peer's body-less envelope once reached the counts as None, and sorting them for the run's summary
+    failed the run for every client (tests/faults/test_fuzz_in_run.py)."""
+    framer, deframer, up, down = _pair()
+    for envelope in _wire(framer.frames(_activation(256), [])) + [session_pb2.ClientMessage(seq=99)]:
+        try:
+            deframer.feed(envelope)
+        except WireError:
+            pass  # the junk is refused; what matters is how it was counted
+    assert down.kinds_up == {"cut_tensor": 1, NO_BODY: 1}
