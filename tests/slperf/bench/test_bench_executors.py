@@ -328,6 +328,10 @@ def test_ctrl_c_cancels_the_cells_in_flight_and_keeps_the_finished_ones(tmp_path
                 return
         os.kill(os.getpid(), signal.SIGINT)
 
+    # Ctrl-C must reach this process as Python's KeyboardInterrupt. In whole-suite runs (not alone, not this file
+    # alone) it did not: some earlier test leaves another SIGINT handler installed (not yet found; see the closing
+    # note of session 4). This test is about the executor, so it installs the default handler it relies on.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_once_started, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -341,6 +345,7 @@ def test_ctrl_c_cancels_the_cells_in_flight_and_keeps_the_finished_ones(tmp_path
             )
     finally:
         over.set()
+        signal.signal(signal.SIGINT, inherited)
     assert (marks / "cancelled").exists(), "the running cell was interrupted (a federation would stop its processes)"
     rows = {r["key"]: r for r in _rows(out)} if (out / "results.jsonl").exists() else {}
     assert KEYS[1] not in rows, "a cancelled cell leaves no row: the next run does it"
