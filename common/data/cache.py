@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def save_arrays(
     return folder
 
 
+# np.load parses each .npy header with ast.literal_eval, and CPython 3.11's AST constructor is not thread-safe: two
+# threads compiling at once can raise "SystemError: AST constructor recursion depth mismatch" (CPython gh-106905).
+# The sim backend and the in-process test harness load every client's data on threads of one process, so a header
+# is parsed by one thread at a time (mapping stays lazy: the lock covers microseconds per array).
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 def load_arrays(
     cache_dir: str | os.PathLike[str] | None, key: str, names: tuple[str, ...]
 ) -> tuple[dict[str, np.ndarray], str] | None:
@@ -85,7 +93,8 @@ def load_arrays(
         out = {}
         for name in names:
             want = meta["arrays"][name]
-            arr = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            with _NPY_HEADER_LOCK:
+                arr = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
             if list(arr.shape) != list(want["shape"]) or arr.dtype.str != want["dtype"]:
                 return None
             out[name] = arr
