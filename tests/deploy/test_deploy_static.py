@@ -438,6 +438,20 @@ def test_dockerfile_rules():
     assert not any(ln.startswith("!") and re.search(r"cert|pki|\.venv|runs", ln) for ln in ignore), ignore
 
 
+def test_the_image_gets_every_package_folder():
+    """pip builds the wheel inside the image from what was copied there, so a mapped folder that is not copied (the
+    fed server's was missed once) only fails when an image is built. Both the COPY and the context allow-list."""
+    import tomllib
+
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    folders = sorted({folder.split("/")[0] for folder in mapping.values()})
+    assert "fedserver" in folders and "slserver" in folders, folders
+    copied = set(re.findall(r"^COPY (\S+) /src/\1$", DOCKERFILE.read_text(), re.M))
+    allowed = {ln[1:] for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.startswith("!")}
+    assert not set(folders) - copied, f"not copied into the build stage: {sorted(set(folders) - copied)}"
+    assert not set(folders) - allowed, f"left out of the build context: {sorted(set(folders) - allowed)}"
+
+
 # -- systemd, Kubernetes, the guide ------------------------------------------------------------------------------------
 def _systemd_exec_lines(path: Path) -> list[str]:
     text = path.read_text().replace("\\\n", " ")
