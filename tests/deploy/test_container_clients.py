@@ -39,16 +39,9 @@ BASE_TAR = CACHE / "base-bookworm-python3.tar"
 BASE_IMAGE = "slperf/base:bookworm"
 WHEELHOUSE = ROOT / "deploy" / "wheelhouse"
 SETUP_HINT = "run deploy/ci-docker-setup.sh (as root) first"
-IMAGE_INPUTS = (
-    "pyproject.toml",
-    "README.md",
-    "deploy/Dockerfile",
-    "deploy/configs",
-    "slperf",
-    "common",
-    "slserver",
-    "slclient",
-    "configs",
+# What the image is built from: the build context's allow-list (.dockerignore), plus the Dockerfile itself.
+IMAGE_INPUTS = ("deploy/Dockerfile",) + tuple(
+    line[1:] for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")
 )
 # A limited client's compute per batch must be at least this many times the unlimited one's. Half a core against a
 # free one is about 2x; the margin leaves room for noise while still failing when the limit is not applied (the
