@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -26,6 +27,18 @@ def _private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Client daemons the tests start (and their children, which inherit the environment) keep their training
     state in a folder of this test session, never in the user's ``~/.local/state/slperf``."""
     os.environ["SLPERF_STATE"] = str(tmp_path_factory.mktemp("client-state"))
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_left_as_found(request: pytest.FixtureRequest):
+    """A test that leaves its own SIGINT handler installed changes what Ctrl-C does in every later test (a Ray
+    Ctrl-C test once saw its interrupt swallowed in whole-suite runs only), so the test that did it fails here."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"{request.node.nodeid} left a SIGINT handler installed ({after!r}, was {before!r})")
 
 
 def slperf_cmd(*args: str) -> list[str]:
