@@ -29,8 +29,14 @@ data: $(STAMP)
 demo: $(STAMP)
 	$(VPY) -m slperf.cli federation $(CONFIG)
 
+# The suite starts hundreds of Python processes (daemons, CLI runs): with PYTHONDONTWRITEBYTECODE set (as on
+# these machines) each one compiled the project's sources again and pytest rewrote every test module on each run.
+# Letting them write __pycache__ (git- and docker-ignored) made `make test-fast` 1.8x faster here (3 min 24 s ->
+# 1 min 53 s, same load).
+TESTENV := env -u PYTHONDONTWRITEBYTECODE
+
 test: $(STAMP)
-	$(VPY) -m pytest -q
+	$(TESTENV) $(VPY) -m pytest -q
 
 # ruff (lint + format check), mypy (strict on the core) and the import-linter layer contracts in pyproject.toml.
 lint: $(STAMP)
@@ -38,10 +44,10 @@ lint: $(STAMP)
 
 # The suite under CPU load (one busy loop per core) and in random order, 3 times; prints each run's seed.
 test-stress: $(STAMP)
-	$(VPY) tools/stress.py --repeats $(or $(REPEATS),3)
+	$(TESTENV) $(VPY) tools/stress.py --repeats $(or $(REPEATS),3)
 
 test-fast: $(STAMP)
-	$(VPY) -m pytest -q -m "not slow"
+	$(TESTENV) $(VPY) -m pytest -q -m "not slow"
 
 # Performance benchmarks (split overhead, codec, stream throughput, scaling): print figures, write JSON to
 # benchmarks/results/; none is a pass/fail test. `slperf bench --suite quick` is the research matrix.
