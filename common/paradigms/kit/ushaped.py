@@ -65,7 +65,8 @@ def ushaped_cuts(config: RunConfig, input_shape: Sequence[int], num_classes: int
 
     Raises ConfigError naming the key when the cuts do not leave a non-empty head, middle and tail.
     """
-    blocks = len(build_model(config.model, input_shape, num_classes, config.seed))
+    model = build_model(config.model, input_shape, num_classes, config.seed)
+    blocks = len(model)
     tail = config.options.get("tail_layer", -1)
     tail = blocks - 1 if tail == -1 else tail
     if not 1 <= config.split_layer < blocks - 1:
@@ -79,6 +80,14 @@ def ushaped_cuts(config: RunConfig, input_shape: Sequence[int], num_classes: int
             f"and before the end of model '{config.model}' ({blocks} blocks), i.e. "
             f"{config.split_layer + 1}..{blocks - 1}, or -1 for the last block"
         )
+    trainable = [i for i, block in enumerate(model) if any(p.requires_grad for p in block.parameters())]
+    for name, first, end in (("head", 0, config.split_layer), ("middle", config.split_layer, tail), ("tail", tail, blocks)):
+        if not any(first <= i < end for i in trainable):
+            raise ConfigError(
+                f"split_layer {config.split_layer} and tail_layer {tail} leave the {name} (blocks {first}..{end - 1} "
+                f"of model '{config.model}') without trainable parameters; the blocks with parameters are "
+                f"{trainable}, and each of head, middle and tail needs at least one"
+            )
     return [config.split_layer, tail]
 
 

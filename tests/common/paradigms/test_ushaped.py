@@ -183,4 +183,7 @@ def test_options_are_validated():
         ushaped_cuts(make_config(tail_layer=4), (1, 28, 28), 10)
     with pytest.raises(ConfigError, match="split_layer"):
         ushaped_cuts(make_config(split_layer=3), (1, 28, 28), 10)
-    assert ushaped_cuts(make_config(split_layer=2), (1, 28, 28), 10) == [2, 3]
+    # LeNet's block 2 is the flatten: a middle of it alone would have nothing for the server's optimiser to train
+    with pytest.raises(ConfigError, match=r"leave the middle \(blocks 2..2 of model 'lenet'\) without trainable"):
+        ushaped_cuts(make_config(split_layer=2), (1, 28, 28), 10)
+    assert ushaped_cuts(make_config(split_layer=1, tail_layer=2), (1, 28, 28), 10) == [1, 2]
