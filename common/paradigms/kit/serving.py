@@ -163,6 +163,13 @@ class Barrier:
         self.drop(client)
         self.misbehaved[client.client_id] = gone.reason
 
+    def leave(self, client: ClientHandle, gone: ClientGone) -> None:
+        """Drops the client; one dropped for what it sent (a pass past its shard, say) keeps its reason."""
+        if isinstance(gone, ClientMisbehaved):
+            self.misbehave(client, gone)
+        else:
+            self.drop(client)
+
     async def steps(self) -> AsyncIterator[list[tuple[ClientHandle, CutTensor]]]:
         while self.active:
             clients = list(self.active)
@@ -170,7 +177,7 @@ class Barrier:
             batches = []
             for client, outcome in zip(clients, pulled):
                 if isinstance(outcome, ClientGone):
-                    self.drop(client)
+                    self.leave(client, outcome)
                 elif outcome is None:
                     self.active.remove(client)
                     summary = self._streams[client.client_id].summary
@@ -185,8 +192,8 @@ async def reply_or_drop(barrier: Barrier, client: ClientHandle, reply: CutReply)
     """Replies to one client of a lock-step pass; a client that is gone leaves the barrier."""
     try:
         await client.reply(reply)
-    except ClientGone:
-        barrier.drop(client)
+    except ClientGone as gone:
+        barrier.leave(client, gone)
 
 
 async def compute_in_step(
