@@ -375,6 +375,7 @@ class ClientDaemon:
         if not isinstance(welcome, Welcome):
             raise ConnectionError(f"expected Welcome, got {type(welcome).__name__}")
         attempt.welcomed = True
+        link.endpoint.follow(welcome)
         self.metrics.welcomed()
         log.info("connected to %s as %s", opts.server, opts.client_id)
         finished = False

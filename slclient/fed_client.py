@@ -100,6 +100,7 @@ class FedClient:
             welcome = await endpoint.receive()
             if not isinstance(welcome, Welcome):
                 raise FedRefused(grpc.StatusCode.UNAVAILABLE, f"expected Welcome, got {type(welcome).__name__}")
+            endpoint.follow(welcome)
             await endpoint.send(ModelState(run_id, round, segment, state, num_samples=samples))
             receipt = await endpoint.receive()
             await call.done_writing()

@@ -96,14 +96,16 @@ class Daemons:
         self.procs.append(proc)
         return proc
 
-    def federate(self, certs: Path, config: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """A server and the config's ``client_ids`` as daemons over mutual TLS, the config run to its end by the
-        operator; returns the run's summary and per-round records (the run must finish)."""
+    def federate(
+        self, certs: Path, config: dict[str, Any], *server_args: str
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A server (started with ``server_args``) and the config's ``client_ids`` as daemons over mutual TLS, the
+        config run to its end by the operator; returns the run's summary and per-round records (it must finish)."""
         from slperf.operator import OperatorClient
         from slperf.slserver.run_folder import RunFolder
 
         runs = self.tmp / "runs"
-        port = self.server(certs, runs)
+        port = self.server(certs, runs, *server_args)
         for cid in config["client_ids"]:
             self.client(port, cid, certs)
         op = OperatorClient(f"127.0.0.1:{port}", operator_channel_credentials(certs), server_name="localhost")

@@ -22,7 +22,7 @@ from typing import Any, Generic, NoReturn, Protocol, TypeVar
 import grpc
 
 from slperf.common.protocol.errors import WireError
-from slperf.common.protocol.messages import ClientMessage, ErrorReport, ServerMessage
+from slperf.common.protocol.messages import ClientMessage, ErrorReport, ServerMessage, Welcome
 from slperf.common.transport.channel import Malformed
 from slperf.common.wire import serde
 from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits
@@ -90,6 +90,40 @@ def observe_endpoints(observer: EndpointObserver) -> Callable[[], None]:
     return lambda: _observers.remove(observer)
 
 
+# Room an envelope needs besides its chunk's bytes (seq, transfer id, index, count, total, crc, field tags): a chunk
+# of max_envelope_bytes minus this always fits in one envelope of at most max_envelope_bytes.
+ENVELOPE_HEADROOM = 1024
+# A client paces itself below the rate a server announced: the server counts envelopes as it reads them, and
+# the network can bunch envelopes sent evenly, so pacing at exactly its rate could still be refused.
+PACING_MARGIN = 0.9
+
+
+class Pacer:
+    """Sends at most ``rate`` envelopes per second after a burst of ``burst``: the server's token bucket, kept on
+    the sending side so that none of this side's messages is refused for its rate."""
+
+    def __init__(self, rate: float, burst: int):
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"a pacer needs a positive rate and a burst of at least 1, got {rate} and {burst}")
+        self.rate = rate
+        self.capacity = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.waited = 0.0  # seconds spent waiting for the rate, for figures and tests
+
+    async def take(self) -> None:
+        """Waits until one envelope may go (the wait is the exact time its token takes to refill)."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            delay = (1.0 - self.tokens) / self.rate
+            await asyncio.sleep(delay)
+            self.waited += delay
+            self.tokens, self.stamp = 1.0, time.monotonic()
+        self.tokens -= 1.0
+
+
 class Endpoint(Generic[Out, In]):
     def __init__(
         self,
@@ -131,15 +165,39 @@ class Endpoint(Generic[Out, In]):
         self._byte_credit = max_bytes_per_second or 0.0  # one second's worth of burst
         self._byte_stamp = time.monotonic()
         self._bytes_paid = 0
+        self.pacer: Pacer | None = None  # set by follow(): this side's own envelope rate
+        self._max_send_payload: int | None = None
         for observer in list(_observers):
             observer(self)
 
+    def follow(self, welcome: Welcome) -> None:
+        """Keeps this (client) side within the limits the server's Welcome announced, so that it stays inside them
+        rather than finding them from refusals: chunks that fit the largest envelope, no message above the largest
+        payload, and envelopes paced below the session's rate. A zero in the Welcome means no such limit."""
+        if welcome.max_envelope_bytes:
+            room = max(1, welcome.max_envelope_bytes - ENVELOPE_HEADROOM)
+            self._framer.chunk_bytes = min(self._framer.chunk_bytes, room)
+        self._max_send_payload = welcome.max_payload_bytes or None
+        if welcome.messages_per_second > 0:
+            burst = max(1, welcome.message_burst // 2) if welcome.message_burst else 1
+            self.pacer = Pacer(welcome.messages_per_second * PACING_MARGIN, burst)
+
     async def send(self, message: Out) -> None:
         """Sends ``message`` and its attachments as one unit. Attachments are sliced from the tensors' memory:
-        the tensors must not change until this returns. Raises StreamBroken when the stream cannot take it."""
+        the tensors must not change until this returns. Raises StreamBroken when the stream cannot take it, and
+        WireError (RESOURCE_EXHAUSTED, nothing sent) for a message above the peer's announced largest payload."""
         envelope, bulk = self._encode(message)
+        if self._max_send_payload is not None:
+            size = sum(len(b) for b in bulk) + envelope.ByteSize()
+            if size > self._max_send_payload:
+                raise WireError.exhausted(
+                    f"a {type(message).__name__} of {size} bytes is more than the {self._max_send_payload} bytes "
+                    f"the server takes in one message (its Welcome's max_payload_bytes); not sent"
+                )
         async with self._send_lock:
             for frame in self._framer.frames(envelope, bulk):
+                if self.pacer is not None:
+                    await self.pacer.take()
                 await self._write(frame)
 
     async def _write(self, frame: Any) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slperf.common.protocol.errors import WireError
-from slperf.common.protocol.messages import ErrorReport, Ready
+from slperf.common.protocol.messages import ErrorReport, Ready, Welcome
 from slperf.common.protocol.types import CutReply, CutTensor, Phase, StepRef
 from slperf.common.transport.channel import Malformed, envelope_parser, serialize_envelope
 from slperf.common.transport.endpoint import Endpoint, Side, observe_endpoints
@@ -128,3 +128,96 @@ def test_reading_is_throttled_to_the_byte_rate_and_nothing_is_lost():
         assert loop.time() - started >= 1.3
 
     asyncio.run(main())
+
+
+# -- a client keeps to the limits of the server's Welcome ---------------------------------------------------------
+def _welcome(**limits) -> Welcome:
+    fields = dict(
+        protocol_version=4,
+        session_id="s",
+        max_payload_bytes=0,
+        chunk_bytes=1 << 20,
+        max_envelope_bytes=0,
+        max_tensor_elements=1 << 28,
+        max_tensor_dims=8,
+        messages_per_second=0.0,
+        message_burst=0,
+        write_timeout_seconds=60.0,
+    )
+    return Welcome(**{**fields, **limits})
+
+
+def test_a_client_following_the_welcome_sends_no_envelope_above_its_largest():
+    async def main():
+        client, server, up = _pair()
+        client.follow(_welcome(max_envelope_bytes=8192))
+        acts = torch.randn(4, 10_000)  # 160 kB: twenty-odd chunks of the announced size
+        sizes = []
+        original_put = up.put
+
+        async def measured_put(envelope):
+            sizes.append(envelope.ByteSize())
+            await original_put(envelope)
+
+        up.put = measured_put
+        await client.send(CutTensor(REF, acts, labels=torch.zeros(4, dtype=torch.long)))
+        got = await server.receive()
+        assert torch.equal(got.tensor, acts)
+        assert len(sizes) > 15 and max(sizes) <= 8192, sizes
+
+    asyncio.run(main())
+
+
+def test_a_message_above_the_announced_payload_is_refused_before_anything_is_sent():
+    async def main():
+        client, _, up = _pair()
+        client.follow(_welcome(max_payload_bytes=10_000))
+        with pytest.raises(WireError, match="max_payload_bytes") as refused:
+            await client.send(CutTensor(REF, torch.randn(4, 1000), labels=torch.zeros(4, dtype=torch.long)))
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert up.empty()
+        await client.send(CutTensor(REF, torch.randn(4, 100), labels=torch.zeros(4, dtype=torch.long)))
+        assert not up.empty()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("follows", [True, False])
+def test_a_client_following_the_welcome_stays_within_the_servers_message_rate(follows):
+    """The server's own token bucket admits every envelope of a client that paces itself; one that does not
+    is refused once its burst is spent (which is what shows the bucket really bites)."""
+    from slperf.slserver.sessions import TokenBucket
+
+    bucket = TokenBucket(rate=400.0, burst=20)
+
+    def admit() -> None:
+        if not bucket.take():
+            raise WireError.exhausted("more than 400 messages per second")
+
+    async def main():
+        client, server, _ = _pair(admit=admit)
+        if follows:
+            client.follow(_welcome(messages_per_second=400.0, message_burst=20))
+        sent = 120
+
+        async def send() -> None:
+            for i in range(sent):
+                await client.send(Ready("run", i, 0))
+
+        async def receive() -> int:  # reads as the envelopes arrive, as the server's session does
+            refused = 0
+            for _ in range(sent):
+                try:
+                    await server.receive()
+                except WireError:
+                    refused += 1
+            return refused
+
+        _, refused = await asyncio.gather(send(), receive())
+        return refused, client.pacer
+
+    refused, pacer = asyncio.run(main())
+    if follows:
+        assert refused == 0 and pacer is not None and pacer.waited > 0
+    else:
+        assert refused > 0 and pacer is None
