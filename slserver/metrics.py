@@ -11,6 +11,8 @@ Metrics (all prefixed ``slperf_server_``):
 - ``sessions`` (gauge, by ``state``): client sessions connected now.
 - ``client_bytes_total`` / ``client_messages_total`` (counters, by ``client`` and ``direction`` up/down): exact
   serialized bytes and envelopes over all of a client's sessions since the server started.
+- ``client_messages_by_kind_total`` (counter, by ``client`` and ``kind``, e.g. ``cut_tensor``, ``model_state``): the
+  messages a client sent, reassembled, by kind (the run summary's ``messages_up_by_kind`` is the same count per run).
 - ``errors_total`` (counter, by ``code`` and ``where``): calls the server ended with a non-OK status
   (``where="call"``: refused Hellos and credentials, Control refusals, sessions ended by the server) and in-stream
   error reports (``where="stream"``: a dropped bad message, the session goes on).
@@ -143,6 +145,16 @@ class ServerMetrics(Collector):
             messages.add_metric([client_id, "down"], m_down)
         yield nbytes
         yield messages
+        kinds = CounterMetricFamily(
+            "slperf_server_client_messages_by_kind",
+            "Messages (reassembled, not envelopes) a client sent since the server started, by kind: what reached "
+            "this server (with a fed server, model_state stays 0 for SplitFed clients)",
+            labels=["client", "kind"],
+        )
+        for client_id in sorted(set(self._traffic) | set(self.sessions.retired_kinds)):
+            for kind, count in sorted(self.sessions.client_kinds(client_id).items()):
+                kinds.add_metric([client_id, kind], count)
+        yield kinds
 
     def _run_metrics(self) -> Iterator[Metric]:
         run = self.coordinator.current

@@ -77,6 +77,14 @@ def test_the_metrics_endpoint_counts_a_run_as_it_goes(tmp_path, pki, daemons):
                 before = first[(name, (("client", cid), ("direction", direction)))]
                 after = second[(name, (("client", cid), ("direction", direction)))]
                 assert 0 < before < after, (name, cid, direction, before, after)
+        by_kind = "slperf_server_client_messages_by_kind_total"
+        assert (
+            0
+            < _sum(first, by_kind, client=cid, kind="cut_tensor")
+            < _sum(second, by_kind, client=cid, kind="cut_tensor")
+        )
+        envelopes = second[("slperf_server_client_messages_total", (("client", cid), ("direction", "up")))]
+        assert _sum(second, by_kind, client=cid) <= envelopes  # a chunked message is many envelopes
     assert 0 < _sum(first, "slperf_server_step_seconds_count") < _sum(second, "slperf_server_step_seconds_count")
     assert 0 < _sum(first, "slperf_server_step_seconds_sum") < _sum(second, "slperf_server_step_seconds_sum")
     steps = {dict(labels)["step"] for (name, labels) in first if name == "slperf_server_step_seconds_count"}
