@@ -156,7 +156,7 @@ def test_the_privacy_suite():
     assert suite.paradigms == ["vanilla", "splitfed_v1", "splitfed_v2", "psl", "ushaped"]
     assert suite.datasets == ["mnist", "fashionmnist"] and not suite.centralized
     cells = expand(suite)  # every attack validated against its cell's paradigm by the real config checks
-    assert len(cells) == 2 * (5 * 5 + 4 * 2 + 1)
+    assert len(cells) == 2 * (5 * 7 + 4 * 2 + 1)  # 7 defences for all, label DP (2) but U-shaped, max-norm U-shaped
     by_paradigm: dict[str, set[str]] = {}
     for cell in cells:
         assert cell.defense is not None and cell.key.endswith(f"/def-{cell.defense}")
