@@ -81,7 +81,11 @@ def ushaped_cuts(config: RunConfig, input_shape: Sequence[int], num_classes: int
             f"{config.split_layer + 1}..{blocks - 1}, or -1 for the last block"
         )
     trainable = [i for i, block in enumerate(model) if any(p.requires_grad for p in block.parameters())]
-    for name, first, end in (("head", 0, config.split_layer), ("middle", config.split_layer, tail), ("tail", tail, blocks)):
+    for name, first, end in (
+        ("head", 0, config.split_layer),
+        ("middle", config.split_layer, tail),
+        ("tail", tail, blocks),
+    ):
         if not any(first <= i < end for i in trainable):
             raise ConfigError(
                 f"split_layer {config.split_layer} and tail_layer {tail} leave the {name} (blocks {first}..{end - 1} "
