@@ -15,6 +15,7 @@ import statistics
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -367,10 +368,65 @@ def mean_curve(rows: Sequence[Mapping[str, Any]], x: str) -> tuple[list[float], 
     return xs, ys
 
 
+@dataclass(frozen=True)
+class Line:
+    """One curve of a group's plot: the seeds of one series, drawn in its panel with its colour and style."""
+
+    label: str
+    colour: int  # index into the colour cycle: the same paradigm (or variant) has the same colour in every panel
+    style: int  # index into the line styles: compressed / defended variants of one colour
+    rows: tuple[Mapping[str, Any], ...]
+
+
+def plot_layout(group_rows: Sequence[Mapping[str, Any]]) -> OrderedDict[str, list[Line]]:
+    """A group's curves by panel. A suite that varies the link gets one panel per network profile (colour: the
+    paradigm; style: the codec); one with privacy variants, one panel per paradigm (colour: the variant); any
+    other, one panel with a colour per series. So a 33-cell network suite is three readable panels, not 33 lines
+    in twenty recycled colours."""
+    rows = [r for r in group_rows if r["paradigm"] != CENTRALIZED]
+    networks = list(OrderedDict.fromkeys(str(r["network"]) for r in rows if r.get("network")))
+    variants = list(
+        OrderedDict.fromkeys(privacy.variant_of(r) for r in rows if r.get("defense") or r.get("attack_set"))
+    )
+    paradigms = list(OrderedDict.fromkeys(str(r["paradigm"]) for r in rows))
+    codecs = list(OrderedDict.fromkeys(str(r.get("compression") or "none") for r in rows))
+
+    singles: dict[str, int] = {}  # one panel: a colour per series, in order
+
+    def where(row: Mapping[str, Any]) -> tuple[str, str, int, int]:
+        """(panel, label, colour, style) of a row."""
+        codec = str(row.get("compression") or "none")
+        if len(networks) > 1:
+            variant = f" ({privacy.variant_of(row)})" if variants else ""
+            label = row["paradigm"] + variant + (f" [{codec}]" if len(codecs) > 1 else "")
+            return str(row.get("network")), label, paradigms.index(row["paradigm"]), codecs.index(codec)
+        if len(variants) > 1:
+            variant = privacy.variant_of(row)
+            return str(row["paradigm"]), variant, variants.index(variant), codecs.index(codec)
+        label = series_name(row)
+        return "", label, singles.setdefault(label, len(singles)), 0
+
+    panels: OrderedDict[str, OrderedDict[str, list[Mapping[str, Any]]]] = OrderedDict()
+    styles: dict[tuple[str, str], tuple[int, int]] = {}
+    for row in rows:
+        panel, label, colour, style = where(row)
+        panels.setdefault(panel, OrderedDict()).setdefault(label, []).append(row)
+        styles[(panel, label)] = (colour, style)
+    return OrderedDict(
+        (panel, [Line(label, *styles[(panel, label)], tuple(lrows)) for label, lrows in lines.items()])
+        for panel, lines in panels.items()
+    )
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
 def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path]:
     """Per group: accuracy vs round, vs bytes on the wire (MB, up + down, all clients), vs training time (s);
-    one line per paradigm (seed means); the centralized baseline dashed (on the bytes plot: its final
-    accuracy as a horizontal line, since it moves no bytes)."""
+    one line per series (seed means), in panels as :func:`plot_layout` lays them out; the centralized baseline
+    dashed black in every panel (on the bytes plot: its final accuracy as a horizontal line, since it moves no
+    bytes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -386,34 +442,62 @@ def write_plots(rows: Sequence[Mapping[str, Any]], plots_dir: Path) -> list[Path
         "bytes": "bytes on the wire, up + down, all clients (MB)",
         "time": "training time (s, sum of round times)",
     }
+    cmap = plt.get_cmap("tab10")
     for group, group_rows in groups(finished).items():
         dataset, partition, clients = group
-        by_paradigm: OrderedDict[str, list[Mapping[str, Any]]] = OrderedDict()
-        for row in group_rows:
-            by_paradigm.setdefault(series_name(row), []).append(row)
+        layout = plot_layout(group_rows)
+        if not layout:
+            continue
         base = [r for r in centralized if r["dataset"] == dataset]
+        title = f"{dataset}, {Partition.from_label(partition).title}, {clients} clients"
         for kind in ("round", "bytes", "time"):
-            fig, ax = plt.subplots(figsize=(9, 4.8), dpi=100)
-            cmap = plt.get_cmap("tab20")
-            all_x: list[float] = []
-            for i, (paradigm, prows) in enumerate(by_paradigm.items()):
-                xs, ys = mean_curve(prows, kind)
-                if xs:
-                    ax.plot(xs, ys, marker="o", markersize=3, label=paradigm, color=cmap(i % 20))
-                    all_x.extend(xs)
-            if base:
-                xs, ys = mean_curve(base, kind if kind != "bytes" else "round")
-                if xs and kind == "bytes":
-                    ax.axhline(ys[-1], color="black", linestyle="--", linewidth=1, label=f"{CENTRALIZED} (final)")
-                elif xs:
-                    ax.plot(xs, ys, color="black", linestyle="--", linewidth=1, label=CENTRALIZED)
-            if kind == "bytes" and all_x and min(all_x) > 0 and max(all_x) / min(all_x) > 20:
-                ax.set_xscale("log")  # FedAvg moves weights only: orders of magnitude fewer bytes
-            ax.set_xlabel(labels[kind])
-            ax.set_ylabel("test accuracy (%)")
-            ax.set_title(f"{dataset}, {Partition.from_label(partition).title}, {clients} clients")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+            n = len(layout)
+            cols = min(n, 3)
+            nrows = -(-n // cols)
+            fig, axes = plt.subplots(
+                nrows,
+                cols,
+                figsize=(9 if n == 1 else 4.6 * cols + 2.4, 4.8 if n == 1 else 3.9 * nrows),
+                dpi=100,
+                squeeze=False,
+                sharey=True,
+            )
+            for ax in axes.flat[n:]:
+                ax.set_visible(False)
+            for ax, (panel, lines) in zip(axes.flat, layout.items()):
+                all_x: list[float] = []
+                for line in lines:
+                    xs, ys = mean_curve(line.rows, kind)
+                    if xs:
+                        ax.plot(
+                            xs,
+                            ys,
+                            marker=MARKERS[line.colour // 10 % len(MARKERS)],
+                            markersize=3,
+                            label=line.label,
+                            color=cmap(line.colour % 10),
+                            linestyle=LINE_STYLES[line.style % len(LINE_STYLES)],
+                        )
+                        all_x.extend(xs)
+                if base:
+                    xs, ys = mean_curve(base, kind if kind != "bytes" else "round")
+                    if xs and kind == "bytes":
+                        ax.axhline(ys[-1], color="black", linestyle="--", linewidth=1, label=f"{CENTRALIZED} (final)")
+                    elif xs:
+                        ax.plot(xs, ys, color="black", linestyle="--", linewidth=1, label=CENTRALIZED)
+                if kind == "bytes" and all_x and min(all_x) > 0 and max(all_x) / min(all_x) > 20:
+                    ax.set_xscale("log")  # FedAvg moves weights only: orders of magnitude fewer bytes
+                ax.set_xlabel(labels[kind])
+                ax.set_ylabel("test accuracy (%)")
+                ax.set_title(f"{title}: {panel}" if n == 1 and panel else (panel or title), fontsize=10)
+                ax.grid(True, alpha=0.3)
+                ax.legend(
+                    fontsize=7 if n > 1 else 8,
+                    loc="lower right" if n > 1 else "upper left",
+                    **({} if n > 1 else {"bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}),
+                )
+            if n > 1:
+                fig.suptitle(title)
             fig.tight_layout()
             path = plots_dir / plot_name(group, kind)
             fig.savefig(path)

@@ -45,3 +45,40 @@ def test_plots_from_fake_rows(tmp_path):
         assert path.read_bytes()[:8] == PNG
     xs, ys = bench_report.mean_curve([r for r in rows if r["key"].startswith("splitfed_v1/mnist/homo")], "bytes")
     assert xs == [1.0, 2.0] and ys == pytest.approx([30.0, 60.0])
+
+
+def _row(paradigm: str, **extra):
+    return {"paradigm": paradigm, "status": "ok", "dataset": "mnist", "partition": "homo", "clients": 3, **extra}
+
+
+def test_a_suite_varying_the_link_gets_a_panel_per_profile_and_a_colour_per_paradigm():
+    rows = [
+        _row(p, network=net, compression=codec)
+        for net in ("lan", "wan")
+        for codec in ("none", "int8:channel")
+        for p in ("vanilla", "psl")
+    ] + [_row(bench_report.CENTRALIZED)]
+    layout = bench_report.plot_layout(rows)
+    assert list(layout) == ["lan", "wan"]
+    for lines in layout.values():
+        assert [(line.label, line.colour, line.style) for line in lines] == [
+            ("vanilla [none]", 0, 0),
+            ("psl [none]", 1, 0),
+            ("vanilla [int8:channel]", 0, 1),
+            ("psl [int8:channel]", 1, 1),
+        ]
+        assert all(len(line.rows) == 1 for line in lines)
+
+
+def test_privacy_variants_get_a_panel_per_paradigm_and_a_colour_per_variant():
+    rows = [_row(p, defense=d) for p in ("vanilla", "ushaped") for d in ("none", "nopeek-1.0")]
+    layout = bench_report.plot_layout(rows)
+    assert list(layout) == ["vanilla", "ushaped"]
+    assert [(line.label, line.colour) for line in layout["ushaped"]] == [("none", 0), ("nopeek-1.0", 1)]
+
+
+def test_a_plain_suite_is_one_panel_with_a_colour_per_series():
+    rows = [_row("vanilla", seed=0), _row("vanilla", seed=1), _row("psl")]
+    layout = bench_report.plot_layout(rows)
+    assert list(layout) == [""]
+    assert [(line.label, line.colour, len(line.rows)) for line in layout[""]] == [("vanilla", 0, 2), ("psl", 1, 1)]
