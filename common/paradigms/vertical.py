@@ -175,7 +175,7 @@ class VerticalClient(ClientParadigm):
         summary = PhaseSummary()
         for step, (x, y, ids) in enumerate(self._batches(self.data.test, 0, False)):
             with torch.no_grad(), self.placement.autocast():
-                emb = self.bottom(self.placement.inbound(x))
+                emb = self.defenses.release_eval(self.bottom(self.placement.inbound(x)))
             await link.send_cut_tensor(
                 StepRef(link.run_id, round, step, Phase.EVAL),
                 cut_to_host(emb),

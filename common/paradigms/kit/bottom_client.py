@@ -52,7 +52,7 @@ class BottomClient(ClientParadigm):
         for step, (x, y) in enumerate(self.data.test.batches(0, shuffle=False)):
             ref = StepRef(link.run_id, round, step, Phase.EVAL)
             with torch.no_grad(), self.placement.autocast():
-                acts = self.bottom(self.placement.inbound(x))
+                acts = self.defenses.release_eval(self.bottom(self.placement.inbound(x)))
             await link.send_cut_tensor(ref, cut_to_host(acts), labels=y)
             summary.add(int(y.shape[0]))
         return summary

@@ -297,7 +297,7 @@ class UShapedClient(ClientParadigm):
         for step, (x, y) in enumerate(self.data.test.batches(0, shuffle=False)):
             ref = StepRef(link.run_id, round, step, Phase.EVAL, HEAD)
             with torch.no_grad(), place.autocast():
-                a1 = self.head(place.inbound(x))
+                a1 = self.defenses.release_eval(self.head(place.inbound(x)))
             await link.send_cut_tensor(ref, cut_to_host(a1))
             down = await link.recv_reply(ref)
             if down.tensor is None:

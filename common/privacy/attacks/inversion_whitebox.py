@@ -6,19 +6,31 @@ PNG grid of originals above reconstructions goes into the run folder (``inversio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from slperf.common.models import build_split
 from slperf.common.paradigms.threats import Seen
 from slperf.common.privacy.attacks.base import Attack
 from slperf.common.privacy.attacks.registry import register
+from slperf.common.privacy.defenses.client import public_release
 from slperf.common.privacy.inversion import InversionSettings, invert
 from slperf.common.privacy.metrics import mse, psnr, ssim
 from slperf.common.privacy.observations import GroundTruth, RoundLog
 
 SAMPLES = 8
+
+
+class _Public(nn.Module):
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        return self.transform(activations)
 
 
 class WhiteBoxInversion(Attack):
@@ -42,6 +54,8 @@ class WhiteBoxInversion(Attack):
             )
             bottom = segment.segments[0]
             bottom.load_state_dict(seen.producer, strict=True)
+            if config.defenses:  # the defenses are public: invert through their clipping as well as the bottom
+                bottom = nn.Sequential(bottom, _Public(public_release(config)))
             # The data's value range (its public normalisation): pixel 0 and pixel 255 after it.
             low, high = float(x.min()), float(x.max())
             target = seen.activations[0][:SAMPLES]

@@ -41,6 +41,9 @@ class ActivationNoise(Defense):
             "delta": number(cls.name, raw, "delta", default=1e-5, high=1.0, high_open=True),
         }
 
+    def public_part(self, activations: torch.Tensor) -> torch.Tensor:
+        return clip_per_sample(activations, self.params["clip"])
+
     def release_activations(self, activations: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         clip: float = self.params["clip"]
         sigma: float = self.params["sigma"]

@@ -59,6 +59,12 @@ class Defense:
         """The training activations as sent, a differentiable function of ``activations``."""
         return activations
 
+    def public_part(self, activations: torch.Tensor) -> torch.Tensor:
+        """The deterministic part of :meth:`release_activations`, which the server knows from the run config (the
+        defense is public, only its randomness is the client's): what an attacker's model of the client puts
+        after the bottom. Identity where the release adds only noise, or nothing."""
+        return activations
+
     def release_labels(self, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The training labels as sent; ``positions``: the samples' positions in the client's shard."""
         return labels

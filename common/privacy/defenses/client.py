@@ -10,6 +10,7 @@ see docs/threat_model.md)."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,19 @@ class Release:
     activations: torch.Tensor
     labels: torch.Tensor
     penalty: torch.Tensor | None
+
+
+def public_release(config: RunConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the run's activation defenses do to a batch, less their noise: the server's best model of the
+    channel between a client's bottom and what it receives (for an attack that inverts through the bottom)."""
+    defenses = [registry.get(name)(params) for name, params in sorted(config.defenses.items())]
+
+    def apply(activations: torch.Tensor) -> torch.Tensor:
+        for defense in defenses:
+            activations = defense.public_part(activations)
+        return activations
+
+    return apply
 
 
 class ClientDefenses:
@@ -71,6 +85,15 @@ class ClientDefenses:
         for defense in self.defenses:
             labels = defense.release_labels(labels, positions)
         return Release(sent, labels, penalty)
+
+    def release_eval(self, activations: torch.Tensor) -> torch.Tensor:
+        """An evaluation batch's activations, as sent: through the same activation defences as training (clipping
+        and noise), so that the server's top is scored on what it was trained on (unclipped evaluation activations
+        were ~10x the scale of the clipped training ones, and scored at chance) and never sees an undefended one.
+        Evaluation releases are not in the reported epsilon, which accounts for the training samples."""
+        for defense in self.defenses:
+            activations = defense.release_activations(activations, self.generator)
+        return activations
 
     def gradient(self, gradient: torch.Tensor) -> torch.Tensor:
         """The gradient a client's tail sends the server (U-shaped), as sent."""
