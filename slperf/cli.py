@@ -799,6 +799,16 @@ def bench(
     from slperf.bench.suite import SuiteError
     from slperf.federation import RestartPolicy
 
+    def terminated(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops a suite as Ctrl-C does
+
+    # SIGTERM (a job scheduler's stop, `kill`) takes Ctrl-C's path: the cells in flight are cancelled, the finished
+    # ones kept, and the executor closed. Python's default SIGTERM ended the process at once and left the local Ray
+    # instance's agents running.
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set a handler
+    previous = signal.signal(signal.SIGTERM, terminated) if main_thread else None
     try:
         outcome = run_suite(
             suite,
@@ -810,6 +820,9 @@ def bench(
         )
     except SuiteError as exc:  # ExecutorError is one too: Ray missing, a cell no node can hold
         _fail(str(exc))
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     click.echo(
         f"{len(outcome.ran)} cell(s) run, {len(outcome.skipped)} already done, {len(outcome.failed)} failed; "
         f"report: {outcome.report}"

@@ -14,9 +14,12 @@ worker process died (Ray does not retry it: a rerun of the suite runs failed cel
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -175,6 +178,22 @@ def _import_ray() -> Any:
     return ray
 
 
+@contextlib.contextmanager
+def _keeping_sigterm() -> Iterator[None]:
+    """``ray.init`` installs its core worker's own SIGTERM handler, which ends the driver at once: no cell is
+    cancelled and the local instance's agents outlive it. The handler the caller had (``slperf bench``: stop as on
+    Ctrl-C) is put back after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
 class RayExecutor:
     """Each cell a Ray task (``ray.remote``, no retries) asking for the suite's CPUs and GPUs, run in Ray's
     reused worker processes, so a worker imports torch and slperf once for all the cells it runs; outcomes
@@ -206,12 +225,14 @@ class RayExecutor:
             return
         if self.address:
             try:
-                ray.init(address=self.address)
+                with _keeping_sigterm():
+                    ray.init(address=self.address)
             except Exception as exc:  # no cluster there, or one that refuses us: say so, no traceback
                 raise ExecutorError(f"cannot join the Ray cluster at {self.address}: {error_text(exc)}") from None
         else:
             # "local": a fresh instance even where RAY_ADDRESS or a `ray start` on this machine would be found
-            ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False)
+            with _keeping_sigterm():
+                ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False)
         self._owned = True
 
     def close(self) -> None:
