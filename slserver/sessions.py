@@ -24,6 +24,7 @@ from slperf.common.protocol.messages import ClientMessage, ErrorReport, Hello, S
 from slperf.common.protocol.types import SessionState
 from slperf.common.protocol.untrusted import shown
 from slperf.common.transport.endpoint import Endpoint, ServerEndpoint, Side, Stream, StreamBroken, TransferStalled
+from slperf.common.transport.rate import TokenBucket
 from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits
 from slperf.common.wire.framing import ByteCounter
 
@@ -71,25 +72,6 @@ class SessionLimits:
     def inbox_room(self) -> int:
         """Queued bytes beyond which a session stops reading: what is left of its budget for one whole message."""
         return self.memory_bytes - self.max_payload_bytes
-
-
-class TokenBucket:
-    """Per-session message rate limit; refills continuously from the loop clock (no timers, no polling)."""
-
-    def __init__(self, rate: float, burst: int):
-        self.rate = rate
-        self.capacity = float(burst)
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 async def _get_within(queue: asyncio.Queue[Any], timeout: float) -> Any:

@@ -24,6 +24,7 @@ import grpc
 from slperf.common.protocol.errors import WireError
 from slperf.common.protocol.messages import ClientMessage, ErrorReport, ServerMessage, Welcome
 from slperf.common.transport.channel import Malformed
+from slperf.common.transport.rate import Pacer
 from slperf.common.wire import serde
 from slperf.common.wire.codec import DEFAULT_LIMITS, TensorLimits
 from slperf.common.wire.framing import DEFAULT_MAX_PAYLOAD_BYTES, ByteCounter, Deframer, Framer
@@ -98,32 +99,6 @@ ENVELOPE_HEADROOM = 1024
 PACING_MARGIN = 0.9
 
 
-class Pacer:
-    """Sends at most ``rate`` envelopes per second after a burst of ``burst``: the server's token bucket, kept on
-    the sending side so that none of this side's messages is refused for its rate."""
-
-    def __init__(self, rate: float, burst: int):
-        if rate <= 0 or burst < 1:
-            raise ValueError(f"a pacer needs a positive rate and a burst of at least 1, got {rate} and {burst}")
-        self.rate = rate
-        self.capacity = float(burst)
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-        self.waited = 0.0  # seconds spent waiting for the rate, for figures and tests
-
-    async def take(self) -> None:
-        """Waits until one envelope may go (the wait is the exact time its token takes to refill)."""
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1.0:
-            delay = (1.0 - self.tokens) / self.rate
-            await asyncio.sleep(delay)
-            self.waited += delay
-            self.tokens, self.stamp = 1.0, time.monotonic()
-        self.tokens -= 1.0
-
-
 class Endpoint(Generic[Out, In]):
     def __init__(
         self,
@@ -179,8 +154,7 @@ class Endpoint(Generic[Out, In]):
             self._framer.chunk_bytes = min(self._framer.chunk_bytes, room)
         self._max_send_payload = welcome.max_payload_bytes or None
         if welcome.messages_per_second > 0:
-            burst = max(1, welcome.message_burst // 2) if welcome.message_burst else 1
-            self.pacer = Pacer(welcome.messages_per_second * PACING_MARGIN, burst)
+            self.pacer = Pacer(welcome.messages_per_second * PACING_MARGIN, max(1, welcome.message_burst // 2))
 
     async def send(self, message: Out) -> None:
         """Sends ``message`` and its attachments as one unit. Attachments are sliced from the tensors' memory:
@@ -197,7 +171,7 @@ class Endpoint(Generic[Out, In]):
         async with self._send_lock:
             for frame in self._framer.frames(envelope, bulk):
                 if self.pacer is not None:
-                    await self.pacer.take()
+                    await self.pacer.wait()
                 await self._write(frame)
 
     async def _write(self, frame: Any) -> None:

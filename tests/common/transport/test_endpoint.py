@@ -186,7 +186,7 @@ def test_a_message_above_the_announced_payload_is_refused_before_anything_is_sen
 def test_a_client_following_the_welcome_stays_within_the_servers_message_rate(follows):
     """The server's own token bucket admits every envelope of a client that paces itself; one that does not
     is refused once its burst is spent (which is what shows the bucket really bites)."""
-    from slperf.slserver.sessions import TokenBucket
+    from slperf.common.transport.rate import TokenBucket  # the server's own bucket (slserver/sessions.py)
 
     bucket = TokenBucket(rate=400.0, burst=20)
 
