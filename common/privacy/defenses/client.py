@@ -32,10 +32,15 @@ class Release:
     penalty: torch.Tensor | None
 
 
+def build_defenses(config: RunConfig) -> list[Defense]:
+    """The run's ``defenses:``, in the one order every party applies them."""
+    return [registry.get(name)(params) for name, params in sorted(config.defenses.items())]
+
+
 def public_release(config: RunConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     """What the run's activation defenses do to a batch, less their noise: the server's best model of the
     channel between a client's bottom and what it receives (for an attack that inverts through the bottom)."""
-    defenses = [registry.get(name)(params) for name, params in sorted(config.defenses.items())]
+    defenses = build_defenses(config)
 
     def apply(activations: torch.Tensor) -> torch.Tensor:
         for defense in defenses:
@@ -47,7 +52,7 @@ def public_release(config: RunConfig) -> Callable[[torch.Tensor], torch.Tensor]:
 
 class ClientDefenses:
     def __init__(self, config: RunConfig, train: ShardLoader, num_classes: int, key: int | None = None):
-        self.defenses: list[Defense] = [registry.get(name)(params) for name, params in sorted(config.defenses.items())]
+        self.defenses = build_defenses(config)
         self.generator = torch.Generator().manual_seed(secrets.randbits(63) if key is None else key)
         self._train = train
         self._order: tuple[int, np.ndarray] | None = None
